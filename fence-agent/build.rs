@@ -1,0 +1,48 @@
+//! Builds fence's eBPF object (the `fence-ebpf` crate) with the pinned nightly and bpf-linker,
+//! through aya-build, and leaves it in OUT_DIR for `include_bytes_aligned!`.
+//!
+//! A build that cannot produce the object fails here, loudly. `AYA_BUILD_SKIP=1` (for tooling
+//! such as clippy only) leaves an empty object; such a binary refuses to start (see
+//! `ebpf_object::bytes`), so it can never enforce nothing while claiming otherwise.
+
+use std::{env, fs, path::PathBuf};
+
+use anyhow::{Context as _, anyhow};
+
+/// Must match fence-ebpf/rust-toolchain.toml (its LLVM must match bpf-linker's).
+const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
+
+fn main() -> anyhow::Result<()> {
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?);
+    let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    let object = out_dir.join("fence");
+    println!("cargo::rerun-if-changed=../fence-ebpf/src");
+    println!("cargo::rerun-if-changed=../fence-ebpf/Cargo.toml");
+    println!("cargo::rerun-if-changed=../fence-common/src");
+    if skip {
+        // aya-build prints its own warning; leave an empty object so that the crate compiles.
+        fs::write(&object, []).with_context(|| format!("writing {}", object.display()))?;
+        println!("cargo::rustc-cfg=fence_ebpf_stub");
+    }
+    println!("cargo::rustc-check-cfg=cfg(fence_ebpf_stub)");
+    // aya-build forwards the inner cargo's stderr as build warnings; keep only real diagnostics.
+    // SAFETY: build scripts are single-threaded here.
+    unsafe { env::set_var("CARGO_TERM_QUIET", "true") };
+    aya_build::build_ebpf(
+        [aya_build::Package { name: "fence-ebpf", root_dir: "../fence-ebpf", ..Default::default() }],
+        aya_build::Toolchain::Custom(EBPF_TOOLCHAIN),
+    )
+    .context(
+        "building the eBPF programs failed; run `cargo xtask setup` to install the pinned \
+         nightly toolchain and bpf-linker",
+    )?;
+    if !skip {
+        let len = fs::metadata(&object)
+            .with_context(|| format!("eBPF object {} was not produced", object.display()))?
+            .len();
+        if len == 0 {
+            return Err(anyhow!("eBPF object {} is empty", object.display()));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! The host's cgroup v2 hierarchy: where it is mounted, which cgroup a process is in, and
+//! cgroup ids. The mount point is read from /proc/self/mountinfo, never assumed: hybrid hosts
+//! mount cgroup2 at /sys/fs/cgroup/unified, pure v2 hosts at /sys/fs/cgroup.
+
+use std::{
+    fs, io,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use thiserror::Error;
+
+use crate::policy::{CgroupResolver, ResolveError};
+
+#[derive(Debug, Error)]
+pub enum CgroupError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error(
+        "no cgroup2 file system is mounted (checked /proc/self/mountinfo); mount one, e.g. \
+         `mount -t cgroup2 none /sys/fs/cgroup/unified`"
+    )]
+    NoCgroup2,
+}
+
+/// Finds the first cgroup2 mount point in mountinfo text.
+pub fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        // Fields: id parent major:minor root mountpoint options [optional...] - fstype source
+        let (pre, post) = line.split_once(" - ")?;
+        let fstype = post.split_whitespace().next()?;
+        if fstype != "cgroup2" {
+            return None;
+        }
+        let mount_point = pre.split_whitespace().nth(4)?;
+        Some(PathBuf::from(unescape_octal(mount_point)))
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as \ooo.
+fn unescape_octal(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+        {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The cgroup v2 path of a process from /proc/PID/cgroup text (the `0::` line).
+pub fn v2_path_in(proc_cgroup: &str) -> Option<String> {
+    proc_cgroup.lines().find_map(|l| l.strip_prefix("0::")).map(|p| p.trim_end_matches(" (deleted)").to_owned())
+}
+
+/// The cgroup id of a cgroup directory: on 64-bit kernels (>= 5.5) the kernfs node id, which
+/// is the directory's inode number and what `bpf_get_current_cgroup_id()` returns.
+pub fn id_of(dir: &Path) -> io::Result<u64> {
+    Ok(fs::metadata(dir)?.ino())
+}
+
+/// The host's cgroup2 hierarchy.
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    root: PathBuf,
+}
+
+impl Cgroups {
+    /// Finds the cgroup2 mount of this host.
+    pub fn discover() -> Result<Cgroups, CgroupError> {
+        let path = Path::new("/proc/self/mountinfo");
+        let text = fs::read_to_string(path)
+            .map_err(|source| CgroupError::Read { path: path.to_owned(), source })?;
+        let root = cgroup2_mount_in(&text).ok_or(CgroupError::NoCgroup2)?;
+        Ok(Cgroups { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Absolute directory of a cgroup path relative to the mount (`/a/b`).
+    pub fn dir(&self, path: &str) -> PathBuf {
+        self.root.join(path.trim_start_matches('/'))
+    }
+
+    /// The cgroup v2 path of process `pid` ("self" for this process).
+    pub fn path_of_process(pid: &str) -> Option<String> {
+        fs::read_to_string(format!("/proc/{pid}/cgroup")).ok().as_deref().and_then(v2_path_in)
+    }
+}
+
+impl CgroupResolver for Cgroups {
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn resolve(&self, path: &str) -> Result<u64, ResolveError> {
+        let dir = self.dir(path);
+        match fs::metadata(&dir) {
+            Ok(m) if m.is_dir() && dir.join("cgroup.procs").exists() => Ok(m.ino()),
+            Ok(_) => Err(ResolveError::Other(format!("{} is not a cgroup directory", dir.display()))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(ResolveError::NotFound),
+            Err(e) => Err(ResolveError::Other(format!("{}: {e}", dir.display()))),
+        }
+    }
+
+    fn own_cgroup(&self) -> Option<String> {
+        Cgroups::path_of_process("self")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+25 30 0:23 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+33 25 0:28 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
+34 33 0:29 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate
+35 33 0:30 / /sys/fs/cgroup/systemd rw,nosuid,nodev,noexec,relatime shared:11 - cgroup cgroup rw,xattr,name=systemd
+";
+
+    #[test]
+    fn finds_cgroup2_on_a_hybrid_host() {
+        assert_eq!(cgroup2_mount_in(HYBRID), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+    }
+
+    #[test]
+    fn finds_cgroup2_with_optional_fields_and_escapes() {
+        let line = "40 1 0:35 / /mnt/cg\\040two rw shared:1 master:2 - cgroup2 none rw\n";
+        assert_eq!(cgroup2_mount_in(line), Some(PathBuf::from("/mnt/cg two")));
+    }
+
+    #[test]
+    fn no_cgroup2() {
+        let only_v1 = "35 33 0:30 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        assert_eq!(cgroup2_mount_in(only_v1), None);
+    }
+
+    #[test]
+    fn v2_path_from_proc_cgroup() {
+        let text = "12:cpu,cpuacct:/user.slice\n1:name=systemd:/user.slice/x.scope\n0::/user.slice/x.scope\n";
+        assert_eq!(v2_path_in(text).as_deref(), Some("/user.slice/x.scope"));
+        assert_eq!(v2_path_in("1:name=systemd:/\n"), None);
+    }
+}

@@ -1,0 +1,54 @@
+//! What user space knows about identity ids: names, modes, policy versions, rule names and
+//! bound cgroups. The policy manager updates it after every apply; the event reader reads it.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
+
+use crate::{compile::CompiledPolicy, policy::{Mode, PolicyVersion}};
+
+#[derive(Debug, Clone)]
+pub struct DirectoryEntry {
+    pub name: String,
+    pub mode: Mode,
+    pub version: PolicyVersion,
+    pub rule_names: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Directory {
+    by_id: HashMap<u32, DirectoryEntry>,
+    cgroup_paths: HashMap<u64, String>,
+}
+
+pub type SharedDirectory = Arc<RwLock<Directory>>;
+
+impl Directory {
+    /// Records the identities of a newly applied policy. Entries of identities that left the
+    /// policy stay (events about them may still be in flight); ids are never reused.
+    pub fn update(&mut self, policy: &CompiledPolicy) {
+        for identity in &policy.identities {
+            self.by_id.insert(
+                identity.id,
+                DirectoryEntry {
+                    name: identity.name.clone(),
+                    mode: identity.mode,
+                    version: identity.version,
+                    rule_names: identity.rule_names.clone(),
+                },
+            );
+            for (path, id) in &identity.cgroups {
+                self.cgroup_paths.insert(*id, path.clone());
+            }
+        }
+    }
+
+    pub fn identity(&self, id: u32) -> Option<&DirectoryEntry> {
+        self.by_id.get(&id)
+    }
+
+    pub fn cgroup_path(&self, id: u64) -> Option<&str> {
+        self.cgroup_paths.get(&id).map(String::as_str)
+    }
+}

@@ -1,0 +1,13 @@
+//! The event pipeline: kernel records from the ring buffer are decoded (`decode`), enriched
+//! with what only user space knows (identity name, policy version, executable, cgroup path)
+//! into an ECS-shaped record (`record`), and written as one JSON line to each sink (`sink`).
+
+pub mod decode;
+pub mod directory;
+pub mod reader;
+pub mod record;
+pub mod sink;
+
+pub use directory::{Directory, SharedDirectory};
+pub use reader::EventReader;
+pub use sink::Sinks;

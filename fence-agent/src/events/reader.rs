@@ -1,0 +1,126 @@
+//! Reads the kernel's ring buffer and turns each record into a line on the sinks.
+
+use std::{fs, os::fd::AsRawFd as _, time::Duration};
+
+use aya::maps::{MapData, RingBuf};
+use jiff::Timestamp;
+use tokio::io::{Interest, unix::AsyncFd};
+
+use super::{
+    SharedDirectory, Sinks,
+    decode::decode,
+    record::{HostView, build},
+};
+
+/// The live host, as events see it.
+pub struct LiveHost {
+    hostname: String,
+    /// Wall clock minus boot clock, in ns, refreshed for every batch.
+    offset_ns: i128,
+}
+
+impl LiveHost {
+    pub fn new() -> LiveHost {
+        let hostname = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "unknown".to_owned());
+        let mut h = LiveHost { hostname, offset_ns: 0 };
+        h.refresh_clock();
+        h
+    }
+
+    fn refresh_clock(&mut self) {
+        use nix::time::{ClockId, clock_gettime};
+        let ns = |c| clock_gettime(c).map(|t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()));
+        if let (Ok(real), Ok(boot)) = (ns(ClockId::CLOCK_REALTIME), ns(ClockId::CLOCK_BOOTTIME)) {
+            self.offset_ns = real - boot;
+        }
+    }
+}
+
+impl Default for LiveHost {
+    fn default() -> Self {
+        LiveHost::new()
+    }
+}
+
+impl HostView for LiveHost {
+    fn hostname(&self) -> &str {
+        &self.hostname
+    }
+    fn wall_time(&self, boot_ns: u64) -> Timestamp {
+        Timestamp::from_nanosecond(self.offset_ns + i128::from(boot_ns)).unwrap_or(Timestamp::UNIX_EPOCH)
+    }
+    fn executable(&self, tgid: u32) -> Option<String> {
+        fs::read_link(format!("/proc/{tgid}/exe")).ok().map(|p| p.display().to_string())
+    }
+    fn cgroup_path(&self, tgid: u32) -> Option<String> {
+        crate::cgroup::Cgroups::path_of_process(&tgid.to_string())
+    }
+}
+
+pub struct EventReader {
+    ring: AsyncFd<RingBuf<MapData>>,
+    directory: SharedDirectory,
+    sinks: Sinks,
+    host: LiveHost,
+    /// Records the agent could not decode (never expected; counted, not fatal).
+    pub undecodable: u64,
+    pub written: u64,
+}
+
+impl EventReader {
+    pub fn new(ring: RingBuf<MapData>, directory: SharedDirectory, sinks: Sinks) -> std::io::Result<EventReader> {
+        tracing::debug!(fd = ring.as_raw_fd(), "event ring buffer");
+        // SAFETY: the ring buffer owns its map fd for its whole life and always reports that fd.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(std::io::Error::from)?;
+        Ok(EventReader { ring, directory, sinks, host: LiveHost::new(), undecodable: 0, written: 0 })
+    }
+
+    /// Reads events until the task is cancelled.
+    pub async fn run(&mut self) {
+        loop {
+            match self.ring.readable_mut().await {
+                Ok(mut guard) => {
+                    guard.clear_ready();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "waiting on the event ring buffer failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            self.drain();
+        }
+    }
+
+    /// Writes every record currently in the ring buffer.
+    pub fn drain(&mut self) {
+        self.host.refresh_clock();
+        let directory = self.directory.read().unwrap_or_else(|p| p.into_inner());
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            match decode(&item) {
+                Ok(event) => {
+                    let record = build(&event, &directory, &self.host);
+                    match serde_json::to_string(&record) {
+                        Ok(line) => {
+                            if let Err(errors) = self.sinks.write_line(&line) {
+                                for e in errors {
+                                    tracing::error!(error = %e, "event sink");
+                                }
+                            }
+                            self.written += 1;
+                        }
+                        Err(e) => tracing::error!(error = %e, "serialising an event failed"),
+                    }
+                }
+                Err(e) => {
+                    self.undecodable += 1;
+                    tracing::error!(error = %e, "undecodable event record");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! The event record written to sinks: one JSON object per line, field names after the Elastic
+//! Common Schema (ECS 8.x: `@timestamp`, `event.*`, `process.*`, `destination.*`,
+//! `network.*`, `host.*`), with fence's own fields under `fence.*`. See README "Events".
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use fence_common::{
+    EventHeader, NetEvent, VERDICT_DENIED, VERDICT_WOULD_DENY, mechanism, op, reason,
+};
+use jiff::Timestamp;
+use serde::Serialize;
+
+use super::{decode::KernelEvent, directory::Directory};
+
+/// Version of the `fence.*` part of the record.
+pub const EVENT_SCHEMA_VERSION: u32 = 1;
+const ECS_VERSION: &str = "8.11.0";
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Record {
+    #[serde(rename = "@timestamp")]
+    pub timestamp: String,
+    pub ecs: Ecs,
+    pub event: EventFields,
+    pub host: Host,
+    pub process: Process,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Destination>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    pub fence: Fence,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Ecs {
+    pub version: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EventFields {
+    pub kind: &'static str,
+    pub category: Vec<&'static str>,
+    #[serde(rename = "type")]
+    pub event_type: Vec<&'static str>,
+    pub action: &'static str,
+    pub outcome: &'static str,
+    pub module: &'static str,
+    pub dataset: &'static str,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Host {
+    pub hostname: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Process {
+    /// Process id (the kernel's tgid).
+    pub pid: u32,
+    pub thread: Thread,
+    /// Command name (comm).
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executable: Option<String>,
+    pub user: Id,
+    pub group: Id,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Thread {
+    /// Thread id (the kernel's pid).
+    pub id: u32,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Id {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Destination {
+    pub address: String,
+    pub ip: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Network {
+    /// ipv4 or ipv6: the socket's address family.
+    #[serde(rename = "type")]
+    pub family: &'static str,
+    /// tcp, udp, or the protocol number for others.
+    pub transport: String,
+    pub iana_number: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Fence {
+    pub schema_version: u32,
+    pub identity: String,
+    pub identity_id: u32,
+    pub mode: &'static str,
+    pub verdict: &'static str,
+    pub operation: &'static str,
+    pub mechanism: &'static str,
+    pub policy_version: String,
+    /// The rule that decided (denials are decided by the default deny).
+    pub rule: &'static str,
+    pub reason: &'static str,
+    pub cgroup: Cgroup,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Cgroup {
+    pub id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// What the record needs from the running host (kept out of `build` so it stays testable).
+pub trait HostView {
+    fn hostname(&self) -> &str;
+    /// Wall-clock time of a `bpf_ktime_get_boot_ns()` value.
+    fn wall_time(&self, boot_ns: u64) -> Timestamp;
+    fn executable(&self, tgid: u32) -> Option<String>;
+    fn cgroup_path(&self, tgid: u32) -> Option<String>;
+}
+
+/// Builds the record of a kernel event.
+pub fn build(event: &KernelEvent, dir: &Directory, host: &dyn HostView) -> Record {
+    match event {
+        KernelEvent::Net(e) => net_record(e, dir, host),
+    }
+}
+
+fn common(h: &EventHeader, dir: &Directory, host: &dyn HostView) -> (String, Process, Fence) {
+    let timestamp = host
+        .wall_time(h.boot_ns)
+        .strftime("%Y-%m-%dT%H:%M:%S.%NZ")
+        .to_string();
+    let entry = dir.identity(h.identity);
+    let policy_version = match entry {
+        Some(e) if e.version.short_id() == h.policy_version => e.version.to_string(),
+        // The event predates the identity's current version: give what the kernel knew.
+        _ => format!("sha256:{:08x}…", h.policy_version),
+    };
+    let verdict = match h.verdict {
+        VERDICT_WOULD_DENY => "would-deny",
+        VERDICT_DENIED => "denied",
+        _ => "unknown",
+    };
+    let process = Process {
+        pid: h.tgid,
+        thread: Thread { id: h.pid },
+        name: comm(&h.comm),
+        executable: host.executable(h.tgid),
+        user: Id { id: h.uid.to_string() },
+        group: Id { id: h.gid.to_string() },
+    };
+    let cgroup_path =
+        dir.cgroup_path(h.cgroup_id).map(str::to_owned).or_else(|| host.cgroup_path(h.tgid));
+    let fence = Fence {
+        schema_version: EVENT_SCHEMA_VERSION,
+        identity: entry.map_or_else(|| format!("#{}", h.identity), |e| e.name.clone()),
+        identity_id: h.identity,
+        mode: if h.verdict == VERDICT_WOULD_DENY { "audit" } else { "enforce" },
+        verdict,
+        operation: operation_name(h.operation),
+        mechanism: mechanism_name(h.mechanism),
+        policy_version,
+        rule: match h.reason {
+            reason::IDENTITY_DENY_ALL => "identity-expired",
+            reason::SOCKET_KIND_NOT_ALLOWED => "socket-kinds",
+            _ => "default-deny",
+        },
+        reason: reason_name(h.reason),
+        cgroup: Cgroup { id: h.cgroup_id, path: cgroup_path },
+    };
+    (timestamp, process, fence)
+}
+
+fn net_record(e: &NetEvent, dir: &Directory, host: &dyn HostView) -> Record {
+    let h = &e.header;
+    let (timestamp, process, fence) = common(h, dir, host);
+    let family = match e.family {
+        2 => "ipv4",
+        10 => "ipv6",
+        _ => "other",
+    };
+    let transport = match e.protocol {
+        6 => "tcp".to_owned(),
+        17 => "udp".to_owned(),
+        1 => "icmp".to_owned(),
+        58 => "ipv6-icmp".to_owned(),
+        255 => "raw".to_owned(),
+        n => n.to_string(),
+    };
+    let network = Network { family, transport: transport.clone(), iana_number: e.protocol.to_string() };
+    let destination = (h.operation != op::SOCKET).then(|| {
+        let ip = match e.family {
+            2 => Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]).to_string(),
+            _ => Ipv6Addr::from(e.addr).to_string(),
+        };
+        Destination { address: ip.clone(), ip, port: e.port }
+    });
+    let action = operation_name(h.operation);
+    let why = match (&destination, h.reason) {
+        (_, reason::IDENTITY_DENY_ALL) => "the identity has expired and is denied everything".to_owned(),
+        (Some(d), _) => format!("no egress rule allows {transport} to {}", join_host_port(&d.ip, d.port)),
+        (None, _) => format!(
+            "fenced identities may only create TCP and UDP sockets (family {family}, type {}, protocol {})",
+            e.sock_type, e.protocol
+        ),
+    };
+    let denied = h.verdict == VERDICT_DENIED;
+    Record {
+        timestamp,
+        ecs: Ecs { version: ECS_VERSION },
+        event: EventFields {
+            kind: "alert",
+            category: vec!["network"],
+            event_type: vec![if h.operation == op::SOCKET { "start" } else { "connection" }, if denied { "denied" } else { "allowed" }],
+            action,
+            outcome: if denied { "failure" } else { "success" },
+            module: "fence",
+            dataset: "fence.enforcement",
+            reason: why,
+        },
+        host: Host { hostname: host.hostname().to_owned() },
+        process,
+        destination,
+        network: Some(network),
+        fence,
+    }
+}
+
+fn join_host_port(ip: &str, port: u16) -> String {
+    if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") }
+}
+
+fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+pub fn operation_name(o: u8) -> &'static str {
+    match o {
+        op::CONNECT => "connect",
+        op::SENDMSG => "sendmsg",
+        op::SOCKET => "socket",
+        _ => "unknown",
+    }
+}
+
+pub fn mechanism_name(m: u8) -> &'static str {
+    match m {
+        mechanism::CGROUP_CONNECT4 => "cgroup/connect4",
+        mechanism::CGROUP_CONNECT6 => "cgroup/connect6",
+        mechanism::CGROUP_SENDMSG4 => "cgroup/sendmsg4",
+        mechanism::CGROUP_SENDMSG6 => "cgroup/sendmsg6",
+        mechanism::CGROUP_SOCK_CREATE => "cgroup/sock_create",
+        _ => "unknown",
+    }
+}
+
+fn reason_name(r: u8) -> &'static str {
+    match r {
+        reason::NO_MATCHING_RULE => "no-matching-rule",
+        reason::IDENTITY_DENY_ALL => "identity-deny-all",
+        reason::SOCKET_KIND_NOT_ALLOWED => "socket-kind-not-allowed",
+        _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fence_common::{EVENT_NET, IdentityInfo, MODE_ENFORCE};
+
+    use super::*;
+    use crate::{
+        compile::{CompiledIdentity, CompiledPolicy},
+        policy::{Mode, PolicyVersion},
+    };
+
+    struct FakeHost;
+    impl HostView for FakeHost {
+        fn hostname(&self) -> &str {
+            "host-a"
+        }
+        fn wall_time(&self, boot_ns: u64) -> Timestamp {
+            Timestamp::from_nanosecond(1_800_000_000_000_000_000 + i128::from(boot_ns)).unwrap()
+        }
+        fn executable(&self, _: u32) -> Option<String> {
+            Some("/usr/bin/curl".into())
+        }
+        fn cgroup_path(&self, _: u32) -> Option<String> {
+            None
+        }
+    }
+
+    fn directory(version: PolicyVersion) -> Directory {
+        let mut d = Directory::default();
+        d.update(&CompiledPolicy {
+            identities: vec![CompiledIdentity {
+                id: 7,
+                name: "ci-bot".into(),
+                mode: Mode::Enforce,
+                expired: false,
+                info: IdentityInfo { mode: MODE_ENFORCE, ..Default::default() },
+                version,
+                rule_names: vec![],
+                cgroups: vec![("/fence/ci".into(), 99)],
+            }],
+            ..Default::default()
+        });
+        d
+    }
+
+    #[test]
+    fn a_denied_connect_has_every_field() {
+        let version = PolicyVersion([0xab; 32]);
+        let mut e = NetEvent::default();
+        e.header = EventHeader {
+            kind: EVENT_NET,
+            verdict: VERDICT_DENIED,
+            operation: op::CONNECT,
+            mechanism: mechanism::CGROUP_CONNECT4,
+            identity: 7,
+            boot_ns: 5,
+            cgroup_id: 99,
+            pid: 11,
+            tgid: 10,
+            uid: 1000,
+            gid: 1000,
+            policy_version: version.short_id(),
+            reason: reason::NO_MATCHING_RULE,
+            _pad: [0; 3],
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+        };
+        e.family = 2;
+        e.port = 22;
+        e.protocol = 6;
+        e.sock_type = 1;
+        e.addr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        let r = build(&KernelEvent::Net(e), &directory(version), &FakeHost);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["@timestamp"], "2027-01-15T08:00:00.000000005Z");
+        assert_eq!(v["fence"]["identity"], "ci-bot");
+        assert_eq!(v["fence"]["verdict"], "denied");
+        assert_eq!(v["fence"]["operation"], "connect");
+        assert_eq!(v["fence"]["cgroup"]["id"], 99);
+        assert_eq!(v["fence"]["cgroup"]["path"], "/fence/ci");
+        assert_eq!(v["fence"]["policy_version"], version.to_string());
+        assert_eq!(v["process"]["pid"], 10);
+        assert_eq!(v["process"]["thread"]["id"], 11);
+        assert_eq!(v["process"]["name"], "curl");
+        assert_eq!(v["process"]["user"]["id"], "1000");
+        assert_eq!(v["destination"]["ip"], "10.0.0.1");
+        assert_eq!(v["destination"]["port"], 22);
+        assert_eq!(v["network"]["transport"], "tcp");
+        assert_eq!(v["network"]["type"], "ipv4");
+        assert_eq!(v["event"]["outcome"], "failure");
+        assert_eq!(v["event"]["reason"], "no egress rule allows tcp to 10.0.0.1:22");
+    }
+
+    #[test]
+    fn an_audit_event_is_a_would_deny_that_succeeded() {
+        let version = PolicyVersion([1; 32]);
+        let mut e = NetEvent::default();
+        e.header.kind = EVENT_NET;
+        e.header.verdict = VERDICT_WOULD_DENY;
+        e.header.operation = op::SENDMSG;
+        e.header.identity = 7;
+        e.header.policy_version = 0xdeadbeef;
+        e.family = 10;
+        e.protocol = 17;
+        e.port = 53;
+        e.addr = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1];
+        let v = serde_json::to_value(build(&KernelEvent::Net(e), &directory(version), &FakeHost)).unwrap();
+        assert_eq!(v["fence"]["verdict"], "would-deny");
+        assert_eq!(v["fence"]["mode"], "audit");
+        assert_eq!(v["event"]["outcome"], "success");
+        assert_eq!(v["destination"]["ip"], "::ffff:127.0.0.1");
+        assert_eq!(v["event"]["reason"], "no egress rule allows udp to [::ffff:127.0.0.1]:53");
+        // Older policy version than the directory knows: the kernel's short id is reported.
+        assert_eq!(v["fence"]["policy_version"], "sha256:deadbeef…");
+    }
+}

@@ -1,0 +1,24 @@
+//! Policy: the documents operators write (`model`), reading them from files (`load`), checking
+//! them as a whole into a [`PolicySet`] (`validate`), and the errors that name file, identity,
+//! field and reason (`error`). Nothing here touches the kernel; cgroup paths are resolved
+//! through the [`CgroupResolver`] the caller passes in.
+
+pub mod error;
+pub mod load;
+pub mod model;
+pub mod net;
+pub mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::{PolicyError, PolicyErrorKind, PolicyErrors};
+pub use load::{Format, SourceDocument, load_paths, parse_document};
+pub use model::Mode;
+pub use validate::{
+    BoundCgroup, CgroupResolver, EgressRule, Identity, PolicySet, PolicyVersion, ResolveError,
+    validate,
+};
+
+/// The policy document schema this agent understands (`schema:` in every document).
+pub const SCHEMA_VERSION: u32 = 1;

@@ -1,0 +1,140 @@
+//! The policy document as operators write it (YAML, TOML or JSON; see README "Policy").
+//!
+//! ```yaml
+//! schema: 1
+//! identities:
+//!   - name: ci-runner
+//!     owner: platform-team@example.com
+//!     purpose: Runs CI jobs for the payments repo
+//!     expires: 2027-06-30
+//!     mode: enforce            # or audit
+//!     selectors:
+//!       - cgroup: /fence/ci-runner
+//!     egress:
+//!       - name: internal-https
+//!         to: [10.0.0.0/8, "fd00::/8"]
+//!         ports: [443, "8000-8080"]
+//!         protocol: tcp        # tcp, udp or any
+//! ```
+//!
+//! These types only check shape (unknown fields, types); meaning is checked by `validate`.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, de};
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDocument {
+    /// Document schema version; must be [`super::SCHEMA_VERSION`].
+    pub schema: Option<u64>,
+    #[serde(default)]
+    pub identities: Vec<IdentityDoc>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityDoc {
+    pub name: String,
+    /// Who answers for this identity (ISO 27001 5.15). Required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Why it exists. Required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// Date (2026-11-01) or RFC 3339 timestamp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    /// Date or RFC 3339 timestamp after which the identity is enforced as deny-all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    #[serde(default)]
+    pub mode: Mode,
+    pub selectors: Vec<SelectorDoc>,
+    #[serde(default)]
+    pub egress: Vec<EgressDoc>,
+}
+
+/// `enforce` denies what the policy does not allow; `audit` allows it and logs a would-deny.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Audit,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How processes are bound to the identity.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SelectorDoc {
+    /// A cgroup v2 path relative to the cgroup2 mount, e.g. `/system.slice/ci.service`.
+    /// Processes in it and in every cgroup below it carry the identity.
+    pub cgroup: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EgressDoc {
+    /// Rule name used in events; defaults to `egress[N]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// IPv4/IPv6 CIDRs or single addresses.
+    pub to: Vec<String>,
+    /// Ports (`443`), ranges (`"8000-8080"`) or `"any"`.
+    pub ports: Vec<PortDoc>,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Any,
+}
+
+/// A port as written: a number or a string (`"8000-8080"`, `"any"`). Checked by `validate`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum PortDoc {
+    Number(i64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for PortDoc {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = PortDoc;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port number, a range like \"8000-8080\", or \"any\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortDoc, E> {
+                Ok(PortDoc::Number(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PortDoc, E> {
+                Ok(PortDoc::Number(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortDoc, E> {
+                Ok(PortDoc::Text(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

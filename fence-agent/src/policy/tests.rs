@@ -1,0 +1,328 @@
+//! Validation tests: every kind of bad policy gives an error naming file, identity, field and
+//! reason; good policies come through whole. The cgroup resolver is a table: these tests are
+//! about validation, not about the host's cgroups.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+use jiff::Timestamp;
+
+use super::*;
+
+struct Table {
+    root: PathBuf,
+    ids: HashMap<&'static str, u64>,
+    own: Option<String>,
+}
+
+impl CgroupResolver for Table {
+    fn root(&self) -> &Path {
+        &self.root
+    }
+    fn resolve(&self, path: &str) -> Result<u64, ResolveError> {
+        self.ids.get(path).copied().ok_or(ResolveError::NotFound)
+    }
+    fn own_cgroup(&self) -> Option<String> {
+        self.own.clone()
+    }
+}
+
+fn table() -> Table {
+    Table {
+        root: "/sys/fs/cgroup".into(),
+        ids: HashMap::from([("/fence/a", 10), ("/fence/b", 11), ("/fence/a/sub", 12), ("/system.slice/agent.service", 13)]),
+        own: Some("/system.slice/agent.service".into()),
+    }
+}
+
+fn now() -> Timestamp {
+    "2026-11-25T12:00:00Z".parse().unwrap()
+}
+
+fn parse(text: &str, format: Format) -> Result<SourceDocument, PolicyErrors> {
+    parse_document(text, format)
+        .map(|document| SourceDocument { path: "p.yaml".into(), document })
+        .map_err(|kind| PolicyErrors(vec![PolicyError { file: "p.yaml".into(), identity: None, field: String::new(), kind }]))
+}
+
+fn check(text: &str) -> Result<PolicySet, PolicyErrors> {
+    let doc = parse(text, Format::Yaml)?;
+    validate(&[doc], Some(&table()), now())
+}
+
+/// The single error of a refused policy, as printed.
+fn error_of(text: &str) -> String {
+    match check(text) {
+        Ok(_) => panic!("policy was accepted:\n{text}"),
+        Err(e) => {
+            assert_eq!(e.0.len(), 1, "expected one error, got: {e}");
+            e.0[0].to_string()
+        }
+    }
+}
+
+const GOOD: &str = r#"
+schema: 1
+identities:
+  - name: ci-bot
+    owner: platform@example.com
+    purpose: runs CI
+    mode: enforce
+    selectors: [{cgroup: /fence/a}]
+    egress:
+      - name: https
+        to: [10.0.0.0/8, "fd00::/8"]
+        ports: [443, "8000-8080"]
+        protocol: tcp
+"#;
+
+fn with(line_from: &str, line_to: &str) -> String {
+    assert!(GOOD.contains(line_from), "{line_from}");
+    GOOD.replace(line_from, line_to)
+}
+
+#[test]
+fn a_good_policy_validates() {
+    let set = check(GOOD).unwrap();
+    let id = &set.identities[0];
+    assert_eq!(id.name, "ci-bot");
+    assert_eq!(id.mode, Mode::Enforce);
+    assert_eq!(id.cgroups, vec![BoundCgroup { path: "/fence/a".into(), id: Some(10) }]);
+    assert_eq!(id.egress[0].name, "https");
+    assert_eq!(id.egress[0].nets.len(), 2);
+    assert!(!id.expired);
+}
+
+#[test]
+fn the_same_policy_in_toml_and_json_validates_identically() {
+    let toml = r#"
+schema = 1
+[[identities]]
+name = "ci-bot"
+owner = "platform@example.com"
+purpose = "runs CI"
+mode = "enforce"
+selectors = [{ cgroup = "/fence/a" }]
+[[identities.egress]]
+name = "https"
+to = ["10.0.0.0/8", "fd00::/8"]
+ports = [443, "8000-8080"]
+protocol = "tcp"
+"#;
+    let json = r#"{"schema":1,"identities":[{"name":"ci-bot","owner":"platform@example.com",
+      "purpose":"runs CI","mode":"enforce","selectors":[{"cgroup":"/fence/a"}],
+      "egress":[{"name":"https","to":["10.0.0.0/8","fd00::/8"],"ports":[443,"8000-8080"],"protocol":"tcp"}]}]}"#;
+    let yaml_set = check(GOOD).unwrap();
+    for (text, format) in [(toml, Format::Toml), (json, Format::Json)] {
+        let doc = parse(text, format).unwrap();
+        let set = validate(&[doc], Some(&table()), now()).unwrap();
+        assert_eq!(set.identities[0].egress, yaml_set.identities[0].egress);
+        assert_eq!(set.identities[0].version, yaml_set.identities[0].version, "same document, same version");
+    }
+}
+
+#[test]
+fn bad_unknown_field() {
+    let e = error_of(&with("    mode: enforce\n", "    mode: enforce\n    moda: audit\n"));
+    assert!(e.contains("identities[0]") && e.contains("unknown field `moda`"), "{e}");
+}
+
+#[test]
+fn bad_malformed_cidr() {
+    let e = error_of(&with("10.0.0.0/8,", "10.0.0/8,"));
+    assert!(e.contains("identity \"ci-bot\": egress[0].to[0]: \"10.0.0/8\" is not a valid CIDR"), "{e}");
+}
+
+#[test]
+fn bad_out_of_range_prefix() {
+    let e = error_of(&with("10.0.0.0/8,", "10.0.0.0/33,"));
+    assert!(e.contains("egress[0].to[0]") && e.contains("prefix length 33 is out of range (0-32)"), "{e}");
+}
+
+#[test]
+fn bad_host_bits() {
+    let e = error_of(&with("10.0.0.0/8,", "10.1.2.3/8,"));
+    assert!(e.contains("has host bits set; did you mean 10.0.0.0/8?"), "{e}");
+}
+
+#[test]
+fn bad_host_name_in_cidr() {
+    let e = error_of(&with("10.0.0.0/8,", "example.com,"));
+    assert!(e.contains("host names are not accepted"), "{e}");
+}
+
+#[test]
+fn bad_port_out_of_range() {
+    let e = error_of(&with("[443, ", "[70000, "));
+    assert!(e.contains("egress[0].ports[0]: 70000 is out of range (ports are 1-65535)"), "{e}");
+    let e = error_of(&with("[443, ", "[0, "));
+    assert!(e.contains("egress[0].ports[0]: 0 is out of range"), "{e}");
+}
+
+#[test]
+fn bad_port_range() {
+    let e = error_of(&with("\"8000-8080\"", "\"8080-8000\""));
+    assert!(e.contains("egress[0].ports[1]") && e.contains("first port is greater"), "{e}");
+}
+
+#[test]
+fn bad_empty_identity_name() {
+    let e = error_of(&with("name: ci-bot", "name: \"\""));
+    assert!(e.contains("identities[0].name") && e.contains("must not be empty"), "{e}");
+}
+
+#[test]
+fn bad_identity_name_characters() {
+    let e = error_of(&with("name: ci-bot", "name: CI Bot"));
+    assert!(e.contains("\"CI Bot\" is not a valid name"), "{e}");
+}
+
+#[test]
+fn bad_duplicate_identity() {
+    let doubled = format!(
+        "{GOOD}  - name: ci-bot\n    owner: o\n    purpose: p\n    selectors: [{{cgroup: /fence/b}}]\n"
+    );
+    let e = error_of(&doubled);
+    assert!(e.contains("identity \"ci-bot\": name: identity is also defined in this file"), "{e}");
+}
+
+#[test]
+fn bad_duplicate_identity_across_files() {
+    let a = parse(GOOD, Format::Yaml).unwrap();
+    let mut b = parse(&GOOD.replace("/fence/a", "/fence/b"), Format::Yaml).unwrap();
+    b.path = "other.yaml".into();
+    let e = validate(&[a, b], Some(&table()), now()).unwrap_err().to_string();
+    assert!(e.contains("other.yaml: identity \"ci-bot\": name: identity is also defined in p.yaml"), "{e}");
+}
+
+#[test]
+fn bad_missing_cgroup() {
+    let e = error_of(&with("/fence/a}", "/fence/missing}"));
+    assert!(e.contains("selectors[0].cgroup: cgroup \"/fence/missing\" does not exist under /sys/fs/cgroup"), "{e}");
+}
+
+#[test]
+fn bad_root_cgroup_and_dotdot() {
+    let e = error_of(&with("/fence/a}", "/}"));
+    assert!(e.contains("the root cgroup holds every process"), "{e}");
+    let e = error_of(&with("/fence/a}", "/fence/../a}"));
+    assert!(e.contains("'.' and '..' are not allowed"), "{e}");
+}
+
+#[test]
+fn bad_cgroup_of_the_agent_itself() {
+    let e = error_of(&with("/fence/a}", "/system.slice}"));
+    assert!(e.contains("it contains the fence agent itself"), "{e}");
+}
+
+#[test]
+fn bad_conflicting_modes_on_one_cgroup() {
+    let two = format!(
+        "{GOOD}  - name: other\n    owner: o\n    purpose: p\n    mode: audit\n    selectors: [{{cgroup: /fence/a}}]\n"
+    );
+    let e = error_of(&two);
+    assert!(
+        e.contains("identity \"other\": selectors[0].cgroup")
+            && e.contains("also bound to identity \"ci-bot\" (mode enforce)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_unreadable_and_empty_files() {
+    let e = load_paths(&["/nonexistent/policy.yaml".into()]).unwrap_err().to_string();
+    assert!(e.contains("/nonexistent/policy.yaml: cannot read"), "{e}");
+    let dir = std::env::temp_dir().join(format!("fence-policy-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty = dir.join("empty.yaml");
+    std::fs::write(&empty, "  \n").unwrap();
+    let e = load_paths(std::slice::from_ref(&empty)).unwrap_err().to_string();
+    assert!(e.contains("empty.yaml: file is empty"), "{e}");
+    let odd = dir.join("policy.ini");
+    std::fs::write(&odd, "x").unwrap();
+    let e = load_paths(&[odd]).unwrap_err().to_string();
+    assert!(e.contains("unsupported file type"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_wrong_types() {
+    let e = error_of(&with("mode: enforce", "mode: 5"));
+    assert!(e.contains("identities[0].mode"), "{e}");
+    let e = error_of(&with("protocol: tcp", "protocol: icmp"));
+    assert!(e.contains("identities[0].egress[0].protocol") && e.contains("unknown variant `icmp`"), "{e}");
+    let e = error_of(&with("ports: [443, \"8000-8080\"]", "ports: 443"));
+    assert!(e.contains("identities[0].egress[0].ports"), "{e}");
+    let e = error_of(&with("ports: [443, ", "ports: [http, "));
+    assert!(e.contains("\"http\" is not a port or port range"), "{e}");
+}
+
+#[test]
+fn bad_syntax_names_the_format() {
+    let e = error_of("schema: 1\nidentities: [\n");
+    assert!(e.contains("not valid YAML"), "{e}");
+}
+
+#[test]
+fn bad_missing_owner_or_purpose() {
+    let e = error_of(&with("    owner: platform@example.com\n", ""));
+    assert!(e.contains("identity \"ci-bot\": owner: is required"), "{e}");
+    let e = error_of(&with("purpose: runs CI", "purpose: \"  \""));
+    assert!(e.contains("identity \"ci-bot\": purpose: is required"), "{e}");
+}
+
+#[test]
+fn bad_schema() {
+    let e = error_of(&with("schema: 1", "schema: 2"));
+    assert!(e.contains("schema 2 is not supported"), "{e}");
+    let e = error_of(&with("schema: 1\n", ""));
+    assert!(e.contains("schema: is required"), "{e}");
+}
+
+#[test]
+fn bad_dates() {
+    let e = error_of(&with("    mode: enforce\n", "    mode: enforce\n    expires: next tuesday\n"));
+    assert!(e.contains("expires: \"next tuesday\" is not a valid date"), "{e}");
+    let e = error_of(&with("    mode: enforce\n", "    mode: enforce\n    created: 2027-01-01\n    expires: 2026-01-01\n"));
+    assert!(e.contains("expires: 2026-01-01 is before created 2027-01-01"), "{e}");
+}
+
+#[test]
+fn bad_empty_lists() {
+    let e = error_of(&with("selectors: [{cgroup: /fence/a}]", "selectors: []"));
+    assert!(e.contains("selectors: must not be empty"), "{e}");
+    let e = error_of(&with("to: [10.0.0.0/8, \"fd00::/8\"]", "to: []"));
+    assert!(e.contains("egress[0].to: must not be empty"), "{e}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let bad = GOOD.replace("10.0.0.0/8,", "10.0.0.0/99,").replace("[443, ", "[0, ").replace("owner: platform@example.com", "owner: \"\"");
+    let e = check(&bad).unwrap_err();
+    assert_eq!(e.0.len(), 3, "{e}");
+}
+
+#[test]
+fn expired_identities_are_flagged_not_refused() {
+    let set = check(&with("    mode: enforce\n", "    mode: enforce\n    expires: 2026-01-01\n")).unwrap();
+    assert!(set.identities[0].expired);
+    let set = check(&with("    mode: enforce\n", "    mode: enforce\n    expires: 2027-01-01T00:00:00Z\n")).unwrap();
+    assert!(!set.identities[0].expired);
+}
+
+#[test]
+fn offline_validation_skips_host_checks() {
+    let doc = parse(&with("/fence/a}", "/not/on/this/host}"), Format::Yaml).unwrap();
+    let set = validate(&[doc], None, now()).unwrap();
+    assert_eq!(set.identities[0].cgroups[0], BoundCgroup { path: "/not/on/this/host".into(), id: None });
+}
+
+#[test]
+fn policy_versions_change_with_content() {
+    let a = check(GOOD).unwrap().identities[0].version;
+    let b = check(&with("[443, ", "[444, ")).unwrap().identities[0].version;
+    assert_ne!(a, b);
+    assert!(a.to_string().starts_with("sha256:") && a.to_string().len() == 7 + 64);
+}

@@ -1,0 +1,404 @@
+//! Checks a set of policy documents as a whole and turns it into a [`PolicySet`]: every
+//! value parsed, every cgroup resolved, every conflict found. All problems are reported
+//! together; a set with any problem is refused as a whole.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use fence_common::{MAX_CGROUP_DEPTH, PROTO_TCP, PROTO_UDP};
+use jiff::{Timestamp, civil::Date, tz::TimeZone};
+use sha2::{Digest as _, Sha256};
+
+use super::{
+    PolicyError, PolicyErrorKind, PolicyErrors, SCHEMA_VERSION, SourceDocument,
+    model::{IdentityDoc, Mode, Protocol},
+    net::{IpNet, PortRange},
+};
+
+/// Looks cgroups up on the host. `fence-agent` uses the real cgroup2 mount; unit tests use a
+/// table.
+pub trait CgroupResolver {
+    /// Where the cgroup2 hierarchy is mounted (for messages).
+    fn root(&self) -> &Path;
+    /// The cgroup id of `path` (normalised, starting with `/`).
+    fn resolve(&self, path: &str) -> Result<u64, ResolveError>;
+    /// The agent's own cgroup, which no identity may contain.
+    fn own_cgroup(&self) -> Option<String>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolveError {
+    NotFound,
+    Other(String),
+}
+
+/// A validated, resolved set of identities: what the compiler turns into map entries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicySet {
+    pub identities: Vec<Identity>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    pub name: String,
+    pub owner: String,
+    pub purpose: String,
+    pub created: Option<Timestamp>,
+    pub expires: Option<Timestamp>,
+    /// `expires` has passed: enforced as deny-all.
+    pub expired: bool,
+    pub mode: Mode,
+    pub cgroups: Vec<BoundCgroup>,
+    pub egress: Vec<EgressRule>,
+    pub version: PolicyVersion,
+    pub source: PathBuf,
+}
+
+/// A cgroup an identity is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundCgroup {
+    /// Normalised path relative to the cgroup2 mount, starting with `/`.
+    pub path: String,
+    /// cgroup id; `None` when validated without a resolver (`policy check --offline`).
+    pub id: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressRule {
+    /// Name for events (`egress[N]` when the policy gives none).
+    pub name: String,
+    pub nets: Vec<IpNet>,
+    pub ports: Vec<PortRange>,
+    /// `PROTO_*` bits.
+    pub protocols: u8,
+}
+
+/// SHA-256 of an identity's canonical document: the identity's policy version.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PolicyVersion(pub [u8; 32]);
+
+impl PolicyVersion {
+    pub fn of(doc: &IdentityDoc) -> PolicyVersion {
+        // Serialising a struct of strings, numbers and lists cannot fail.
+        let canonical = serde_json::to_vec(doc).unwrap_or_default();
+        PolicyVersion(Sha256::digest(&canonical).into())
+    }
+
+    /// The first four bytes, as the kernel carries them in events.
+    pub fn short_id(&self) -> u32 {
+        u32::from_be_bytes([self.0[0], self.0[1], self.0[2], self.0[3]])
+    }
+}
+
+impl fmt::Display for PolicyVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("sha256:")?;
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for PolicyVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Validates `docs` as one policy set. `resolver` is `None` only for offline checks.
+pub fn validate(
+    docs: &[SourceDocument],
+    resolver: Option<&dyn CgroupResolver>,
+    now: Timestamp,
+) -> Result<PolicySet, PolicyErrors> {
+    let mut errors = Vec::new();
+    let mut identities = Vec::new();
+    let mut names: HashMap<String, PathBuf> = HashMap::new();
+    for doc in docs {
+        let file_err = |field: &str, kind| PolicyError {
+            file: doc.path.clone(),
+            identity: None,
+            field: field.to_owned(),
+            kind,
+        };
+        match doc.document.schema {
+            None => errors.push(file_err("schema", PolicyErrorKind::Required(" (schema: 1)"))),
+            Some(s) if s != u64::from(SCHEMA_VERSION) => errors.push(file_err(
+                "schema",
+                PolicyErrorKind::UnsupportedSchema { found: s, supported: SCHEMA_VERSION },
+            )),
+            Some(_) => {}
+        }
+        for (index, idoc) in doc.document.identities.iter().enumerate() {
+            let mut ctx = Ctx { file: &doc.path, identity: None, errors: &mut errors };
+            if let Err(kind) = check_name(&idoc.name) {
+                ctx.push(&format!("identities[{index}].name"), kind);
+                continue;
+            }
+            ctx.identity = Some(&idoc.name);
+            if let Some(other) = names.get(&idoc.name) {
+                let other = if other == &doc.path {
+                    "this file".to_owned()
+                } else {
+                    other.display().to_string()
+                };
+                ctx.push("name", PolicyErrorKind::DuplicateIdentity { other });
+                continue;
+            }
+            names.insert(idoc.name.clone(), doc.path.clone());
+            if let Some(identity) = identity(&mut ctx, idoc, resolver, now) {
+                identities.push(identity);
+            }
+        }
+    }
+    check_cgroup_conflicts(&identities, &mut errors);
+    if errors.is_empty() { Ok(PolicySet { identities }) } else { Err(PolicyErrors(errors)) }
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    identity: Option<&'a str>,
+    errors: &'a mut Vec<PolicyError>,
+}
+
+impl Ctx<'_> {
+    fn push(&mut self, field: &str, kind: PolicyErrorKind) {
+        self.errors.push(PolicyError {
+            file: self.file.to_owned(),
+            identity: self.identity.map(str::to_owned),
+            field: field.to_owned(),
+            kind,
+        });
+    }
+}
+
+fn check_name(name: &str) -> Result<(), PolicyErrorKind> {
+    let invalid = |why| Err(PolicyErrorKind::InvalidName { value: name.to_owned(), why });
+    if name.is_empty() {
+        return invalid("must not be empty");
+    }
+    if name.len() > 63 {
+        return invalid("longer than 63 characters");
+    }
+    if !name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+        return invalid("must start with a lowercase letter or a digit");
+    }
+    if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c)) {
+        return invalid("only lowercase letters, digits, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+fn identity(
+    ctx: &mut Ctx<'_>,
+    doc: &IdentityDoc,
+    resolver: Option<&dyn CgroupResolver>,
+    now: Timestamp,
+) -> Option<Identity> {
+    let before = ctx.errors.len();
+    let owner = required_text(ctx, "owner", doc.owner.as_deref(), " (who answers for this identity)");
+    let purpose = required_text(ctx, "purpose", doc.purpose.as_deref(), " (why this identity exists)");
+    let created = doc.created.as_deref().and_then(|t| timestamp(ctx, "created", t));
+    let expires = doc.expires.as_deref().and_then(|t| timestamp(ctx, "expires", t));
+    if let (Some(c), Some(e)) = (created, expires)
+        && e <= c
+    {
+        ctx.push(
+            "expires",
+            PolicyErrorKind::ExpiresBeforeCreated {
+                created: doc.created.clone().unwrap_or_default(),
+                expires: doc.expires.clone().unwrap_or_default(),
+            },
+        );
+    }
+    if doc.selectors.is_empty() {
+        ctx.push("selectors", PolicyErrorKind::EmptyList);
+    }
+    let cgroups: Vec<BoundCgroup> = doc
+        .selectors
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| cgroup(ctx, &format!("selectors[{i}].cgroup"), &s.cgroup, resolver))
+        .collect();
+    let egress: Vec<EgressRule> =
+        doc.egress.iter().enumerate().filter_map(|(i, r)| egress_rule(ctx, i, r)).collect();
+    if ctx.errors.len() != before {
+        return None;
+    }
+    Some(Identity {
+        name: doc.name.clone(),
+        owner: owner?,
+        purpose: purpose?,
+        created,
+        expires,
+        expired: expires.is_some_and(|e| e <= now),
+        mode: doc.mode,
+        cgroups,
+        egress,
+        version: PolicyVersion::of(doc),
+        source: ctx.file.to_owned(),
+    })
+}
+
+fn required_text(
+    ctx: &mut Ctx<'_>,
+    field: &str,
+    value: Option<&str>,
+    hint: &'static str,
+) -> Option<String> {
+    match value.map(str::trim) {
+        Some(v) if !v.is_empty() => Some(v.to_owned()),
+        _ => {
+            ctx.push(field, PolicyErrorKind::Required(hint));
+            None
+        }
+    }
+}
+
+/// A date (`2027-06-30`, midnight UTC: the identity expires as that day starts) or an RFC 3339
+/// timestamp.
+fn timestamp(ctx: &mut Ctx<'_>, field: &str, text: &str) -> Option<Timestamp> {
+    if let Ok(ts) = text.parse::<Timestamp>() {
+        return Some(ts);
+    }
+    match text.parse::<Date>().and_then(|d| d.to_zoned(TimeZone::UTC)) {
+        Ok(z) => Some(z.timestamp()),
+        Err(_) => {
+            ctx.push(
+                field,
+                PolicyErrorKind::InvalidValue {
+                    what: "date",
+                    value: text.to_owned(),
+                    why: "write a date (2027-06-30) or an RFC 3339 timestamp \
+                          (2027-06-30T12:00:00Z)"
+                        .to_owned(),
+                },
+            );
+            None
+        }
+    }
+}
+
+fn cgroup(
+    ctx: &mut Ctx<'_>,
+    field: &str,
+    raw: &str,
+    resolver: Option<&dyn CgroupResolver>,
+) -> Option<BoundCgroup> {
+    let unusable = |why: &str| PolicyErrorKind::CgroupUnusable { path: raw.to_owned(), why: why.to_owned() };
+    let parts: Vec<&str> = raw.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() {
+        let why = "the root cgroup holds every process on the host, the agent included";
+        ctx.push(field, unusable(why));
+        return None;
+    }
+    if parts.iter().any(|p| *p == "." || *p == "..") {
+        ctx.push(field, unusable("'.' and '..' are not allowed in cgroup paths"));
+        return None;
+    }
+    if parts.len() > MAX_CGROUP_DEPTH as usize {
+        ctx.push(field, unusable(&format!("deeper than {MAX_CGROUP_DEPTH} levels")));
+        return None;
+    }
+    let path = format!("/{}", parts.join("/"));
+    let Some(resolver) = resolver else {
+        return Some(BoundCgroup { path, id: None });
+    };
+    if let Some(own) = resolver.own_cgroup()
+        && (own == path || own.starts_with(&format!("{path}/")))
+    {
+        ctx.push(field, unusable("it contains the fence agent itself"));
+        return None;
+    }
+    match resolver.resolve(&path) {
+        Ok(id) => Some(BoundCgroup { path, id: Some(id) }),
+        Err(ResolveError::NotFound) => {
+            let root = resolver.root().display().to_string();
+            ctx.push(field, PolicyErrorKind::CgroupNotFound { path, root });
+            None
+        }
+        Err(ResolveError::Other(why)) => {
+            ctx.push(field, unusable(&why));
+            None
+        }
+    }
+}
+
+fn egress_rule(ctx: &mut Ctx<'_>, index: usize, doc: &super::model::EgressDoc) -> Option<EgressRule> {
+    let before = ctx.errors.len();
+    let base = format!("egress[{index}]");
+    if doc.to.is_empty() {
+        ctx.push(&format!("{base}.to"), PolicyErrorKind::EmptyList);
+    }
+    if doc.ports.is_empty() {
+        ctx.push(&format!("{base}.ports"), PolicyErrorKind::EmptyList);
+    }
+    let mut nets = Vec::new();
+    for (i, t) in doc.to.iter().enumerate() {
+        match IpNet::parse(t) {
+            Ok(n) => nets.push(n),
+            Err(kind) => ctx.push(&format!("{base}.to[{i}]"), kind),
+        }
+    }
+    let mut ports = Vec::new();
+    for (i, p) in doc.ports.iter().enumerate() {
+        match PortRange::parse(p) {
+            Ok(r) => ports.push(r),
+            Err(kind) => ctx.push(&format!("{base}.ports[{i}]"), kind),
+        }
+    }
+    let name = match &doc.name {
+        Some(n) => match check_name(n) {
+            Ok(()) => n.clone(),
+            Err(kind) => {
+                ctx.push(&format!("{base}.name"), kind);
+                return None;
+            }
+        },
+        None => base,
+    };
+    if ctx.errors.len() != before {
+        return None;
+    }
+    let protocols = match doc.protocol {
+        Protocol::Tcp => PROTO_TCP,
+        Protocol::Udp => PROTO_UDP,
+        Protocol::Any => PROTO_TCP | PROTO_UDP,
+    };
+    Some(EgressRule { name, nets, ports, protocols })
+}
+
+/// One cgroup, one identity: two identities on one cgroup would make its mode and rules
+/// ambiguous.
+fn check_cgroup_conflicts(identities: &[Identity], errors: &mut Vec<PolicyError>) {
+    let mut seen: BTreeMap<String, (&Identity, &str)> = BTreeMap::new();
+    for identity in identities {
+        for (i, cg) in identity.cgroups.iter().enumerate() {
+            let key = match cg.id {
+                Some(id) => format!("id:{id}"),
+                None => cg.path.clone(),
+            };
+            if let Some((other, _)) = seen.get(&key) {
+                if other.name == identity.name {
+                    continue;
+                }
+                errors.push(PolicyError {
+                    file: identity.source.clone(),
+                    identity: Some(identity.name.clone()),
+                    field: format!("selectors[{i}].cgroup"),
+                    kind: PolicyErrorKind::CgroupConflict {
+                        path: cg.path.clone(),
+                        other: other.name.clone(),
+                        other_mode: other.mode.as_str(),
+                    },
+                });
+            } else {
+                seen.insert(key, (identity, cg.path.as_str()));
+            }
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! Types shared by fence's kernel programs (`fence-ebpf`) and its agent (`fence-agent`).
+//!
+//! One definition for both sides: map names, map key and value layouts, event records and
+//! the constants that give their fields meaning. Every type here is `#[repr(C)]`, has no
+//! implicit padding (padding is spelled out as `_pad` fields so that both sides zero it, which
+//! matters for hash-map keys), and has its size pinned by a `const` assertion: a layout change
+//! that is not mirrored on the other side fails to compile.
+//!
+//! Policy is kept in two *generations* (slots 0 and 1). Every policy key carries its slot; the
+//! kernel programs read the active slot from [`maps::ACTIVE`] once per hook invocation. The agent
+//! writes a complete policy into the inactive slot, flips [`ActiveState::generation`] with one
+//! map update, and only then clears the old slot. A hook therefore sees either the whole old
+//! policy or the whole new one, never a mix.
+#![no_std]
+
+/// Version of the layouts in this crate. The agent refuses pinned state of another version.
+pub const ABI_VERSION: u32 = 1;
+
+/// Names of the eBPF maps. The statics in `fence-ebpf` carry exactly these names; the agent's
+/// unit tests parse the built object and check both directions.
+pub mod maps {
+    /// `Array<ActiveState>`, one entry: which generation is live.
+    pub const ACTIVE: &str = "FENCE_ACTIVE";
+    /// `HashMap<CgroupKey, u32>`: cgroup id -> identity id, per generation.
+    pub const CGROUPS: &str = "FENCE_CGROUPS";
+    /// `HashMap<IdentityKey, IdentityInfo>`: per-identity mode and flags, per generation.
+    pub const IDENTITIES: &str = "FENCE_IDENTITIES";
+    /// `LpmTrie<Net4Key, NetRules>`: IPv4 egress allow-list.
+    pub const NET4: &str = "FENCE_NET4";
+    /// `LpmTrie<Net6Key, NetRules>`: IPv6 egress allow-list.
+    pub const NET6: &str = "FENCE_NET6";
+    /// `RingBuf` of event records (see [`super::EventHeader`]).
+    pub const EVENTS: &str = "FENCE_EVENTS";
+    /// `PerCpuArray<u64>` of counters indexed by [`super::counter`].
+    pub const COUNTERS: &str = "FENCE_COUNTERS";
+
+    /// Every map the object must define.
+    pub const ALL: &[&str] = &[ACTIVE, CGROUPS, IDENTITIES, NET4, NET6, EVENTS, COUNTERS];
+}
+
+/// Names of the eBPF programs (the function names in `fence-ebpf`).
+pub mod programs {
+    pub const CONNECT4: &str = "fence_connect4";
+    pub const CONNECT6: &str = "fence_connect6";
+    pub const SENDMSG4: &str = "fence_sendmsg4";
+    pub const SENDMSG6: &str = "fence_sendmsg6";
+    pub const SOCK_CREATE: &str = "fence_sock_create";
+
+    /// Every program the object must define.
+    pub const ALL: &[&str] = &[CONNECT4, CONNECT6, SENDMSG4, SENDMSG6, SOCK_CREATE];
+}
+
+/// Capacities of the maps (entries across both generations).
+pub mod capacity {
+    /// Cgroups bound to identities.
+    pub const CGROUPS: u32 = 16_384;
+    /// Identities.
+    pub const IDENTITIES: u32 = 8_192;
+    /// IPv4 prefixes (identity x CIDR).
+    pub const NET4: u32 = 65_536;
+    /// IPv6 prefixes (identity x CIDR).
+    pub const NET6: u32 = 65_536;
+    /// Ring buffer size in bytes (a power-of-two multiple of the page size).
+    pub const EVENTS_BYTES: u32 = 1 << 22;
+}
+
+/// Deepest cgroup level (root = 0) at which the kernel looks for an identity binding.
+/// Identities bound deeper are rejected by validation.
+pub const MAX_CGROUP_DEPTH: u32 = 32;
+
+/// Port rules that one prefix of one identity can carry (after the compiler merges the rules
+/// of every less specific prefix into it).
+pub const MAX_PORT_RULES: usize = 16;
+
+/// Number of policy generations (slots).
+pub const GENERATIONS: u32 = 2;
+
+/// Identity ids start at 1; 0 means "no identity".
+pub const NO_IDENTITY: u32 = 0;
+
+/// The live generation. Stored at index 0 of [`maps::ACTIVE`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ActiveState {
+    /// Live slot, 0 or 1.
+    pub generation: u32,
+    /// [`ABI_VERSION`] of the agent that wrote the policy.
+    pub abi: u32,
+    /// Monotonic apply sequence number of the live policy.
+    pub sequence: u64,
+}
+
+/// Key of [`maps::CGROUPS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CgroupKey {
+    /// cgroup v2 id (the inode number of the cgroup directory).
+    pub cgroup_id: u64,
+    pub generation: u32,
+    pub _pad: u32,
+}
+
+/// Key of [`maps::IDENTITIES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IdentityKey {
+    pub generation: u32,
+    pub identity: u32,
+}
+
+/// `IdentityInfo::mode`: deny what the policy does not allow.
+pub const MODE_ENFORCE: u8 = 1;
+/// `IdentityInfo::mode`: allow, and report what enforce mode would deny.
+pub const MODE_AUDIT: u8 = 2;
+
+/// `IdentityInfo::flags`: deny everything (the identity has expired: fail closed).
+pub const IDENTITY_DENY_ALL: u8 = 1;
+
+/// Value of [`maps::IDENTITIES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdentityInfo {
+    /// [`MODE_ENFORCE`] or [`MODE_AUDIT`]. Any other value is treated as enforce.
+    pub mode: u8,
+    /// `IDENTITY_*` flags.
+    pub flags: u8,
+    pub _pad: [u8; 2],
+    /// Agent-side index of the identity's policy version, reported in events.
+    pub policy_version: u32,
+}
+
+/// Data part of an IPv4 LPM key. The prefix length counts the 64 bits of `generation` and
+/// `identity` (always fully matched) plus the CIDR length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Net4Key {
+    pub generation: u32,
+    pub identity: u32,
+    /// Address in network byte order.
+    pub addr: [u8; 4],
+}
+
+/// Data part of an IPv6 LPM key, as [`Net4Key`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Net6Key {
+    pub generation: u32,
+    pub identity: u32,
+    /// Address in network byte order.
+    pub addr: [u8; 16],
+}
+
+/// Bits of the key prefix taken by `generation` and `identity`.
+pub const NET_KEY_PREFIX_BITS: u32 = 64;
+
+/// `PortRule::protocols` bit: TCP.
+pub const PROTO_TCP: u8 = 1;
+/// `PortRule::protocols` bit: UDP.
+pub const PROTO_UDP: u8 = 2;
+
+/// One allowed port range for a set of protocols.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRule {
+    /// First allowed port (host byte order).
+    pub lo: u16,
+    /// Last allowed port, inclusive.
+    pub hi: u16,
+    /// `PROTO_*` bits.
+    pub protocols: u8,
+    pub _pad: u8,
+    /// Index of the policy rule this came from (for attribution).
+    pub rule: u16,
+}
+
+/// Value of the LPM maps: every port rule that applies to destinations in the prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetRules {
+    /// Number of valid entries in `rules` (at most [`MAX_PORT_RULES`]).
+    pub count: u32,
+    pub _pad: u32,
+    pub rules: [PortRule; MAX_PORT_RULES],
+}
+
+impl NetRules {
+    /// Whether `port` over `protocol` (a `PROTO_*` bit) is allowed.
+    #[inline(always)]
+    pub fn allows(&self, protocol: u8, port: u16) -> bool {
+        let mut i = 0;
+        while i < MAX_PORT_RULES {
+            if i as u32 >= self.count {
+                return false;
+            }
+            let r = &self.rules[i];
+            if r.protocols & protocol != 0 && r.lo <= port && port <= r.hi {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+/// Indexes of [`maps::COUNTERS`].
+pub mod counter {
+    /// Events lost because the ring buffer was full.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// Events written to the ring buffer.
+    pub const EVENTS_SENT: u32 = 1;
+    /// Number of counters.
+    pub const COUNT: u32 = 2;
+}
+
+/// `EventHeader::kind`: the record is a [`NetEvent`].
+pub const EVENT_NET: u8 = 1;
+
+/// `EventHeader::verdict`: the operation was refused.
+pub const VERDICT_DENIED: u8 = 1;
+/// `EventHeader::verdict`: audit mode; enforce mode would have refused it.
+pub const VERDICT_WOULD_DENY: u8 = 2;
+
+/// `EventHeader::operation` values.
+pub mod op {
+    pub const CONNECT: u8 = 1;
+    pub const SENDMSG: u8 = 2;
+    pub const SOCKET: u8 = 3;
+}
+
+/// `EventHeader::mechanism` values: which hook decided.
+pub mod mechanism {
+    pub const CGROUP_CONNECT4: u8 = 1;
+    pub const CGROUP_CONNECT6: u8 = 2;
+    pub const CGROUP_SENDMSG4: u8 = 3;
+    pub const CGROUP_SENDMSG6: u8 = 4;
+    pub const CGROUP_SOCK_CREATE: u8 = 5;
+}
+
+/// Why the kernel decided as it did (`EventHeader::reason`).
+pub mod reason {
+    /// No rule of the identity allows the destination.
+    pub const NO_MATCHING_RULE: u8 = 1;
+    /// The identity is marked deny-all (expired).
+    pub const IDENTITY_DENY_ALL: u8 = 2;
+    /// The socket is neither TCP nor UDP over IPv4/IPv6 (raw, ICMP, SCTP, ...).
+    pub const SOCKET_KIND_NOT_ALLOWED: u8 = 3;
+}
+
+/// Common head of every event record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// `EVENT_*`: which record follows.
+    pub kind: u8,
+    /// `VERDICT_*`.
+    pub verdict: u8,
+    /// `op::*`.
+    pub operation: u8,
+    /// `mechanism::*`.
+    pub mechanism: u8,
+    /// Identity id (agent-assigned).
+    pub identity: u32,
+    /// `bpf_ktime_get_boot_ns()` at the decision.
+    pub boot_ns: u64,
+    /// cgroup v2 id of the acting task.
+    pub cgroup_id: u64,
+    /// Kernel pid of the acting task (thread id).
+    pub pid: u32,
+    /// Thread-group id (the process id user space sees).
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// `IdentityInfo::policy_version` of the identity at the decision.
+    pub policy_version: u32,
+    /// `reason::*`.
+    pub reason: u8,
+    pub _pad: [u8; 3],
+    /// Task command name, NUL padded.
+    pub comm: [u8; 16],
+}
+
+/// A network decision.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetEvent {
+    pub header: EventHeader,
+    /// AF_INET or AF_INET6 as the program saw it (a v4-mapped v6 address stays AF_INET6).
+    pub family: u16,
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// Socket protocol (IPPROTO_*).
+    pub protocol: u16,
+    /// Socket type (SOCK_STREAM, SOCK_DGRAM, ...).
+    pub sock_type: u16,
+    /// Destination address, network byte order; IPv4 uses the first four bytes.
+    pub addr: [u8; 16],
+}
+
+// Layout pins: a change on one side that is not mirrored fails to compile.
+const _: () = {
+    assert!(core::mem::size_of::<ActiveState>() == 16);
+    assert!(core::mem::size_of::<CgroupKey>() == 16);
+    assert!(core::mem::size_of::<IdentityKey>() == 8);
+    assert!(core::mem::size_of::<IdentityInfo>() == 8);
+    assert!(core::mem::size_of::<Net4Key>() == 12);
+    assert!(core::mem::size_of::<Net6Key>() == 24);
+    assert!(core::mem::size_of::<PortRule>() == 8);
+    assert!(core::mem::size_of::<NetRules>() == 8 + 8 * MAX_PORT_RULES);
+    assert!(core::mem::size_of::<EventHeader>() == 64);
+    assert!(core::mem::size_of::<NetEvent>() == 88);
+    assert!(core::mem::offset_of!(NetEvent, addr) == 72);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), contain only integers and integer arrays, and have no
+    // implicit padding (see the size assertions above), so every bit pattern is valid.
+    unsafe impl aya::Pod for ActiveState {}
+    unsafe impl aya::Pod for CgroupKey {}
+    unsafe impl aya::Pod for IdentityKey {}
+    unsafe impl aya::Pod for IdentityInfo {}
+    unsafe impl aya::Pod for Net4Key {}
+    unsafe impl aya::Pod for Net6Key {}
+    unsafe impl aya::Pod for NetRules {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(list: &[(u16, u16, u8)]) -> NetRules {
+        let mut r = NetRules::default();
+        for (i, &(lo, hi, protocols)) in list.iter().enumerate() {
+            r.rules[i] = PortRule { lo, hi, protocols, _pad: 0, rule: i as u16 };
+        }
+        r.count = list.len() as u32;
+        r
+    }
+
+    #[test]
+    fn allows_matches_port_range_and_protocol() {
+        let r = rules(&[(443, 443, PROTO_TCP), (8000, 8080, PROTO_TCP | PROTO_UDP)]);
+        assert!(r.allows(PROTO_TCP, 443));
+        assert!(!r.allows(PROTO_UDP, 443));
+        assert!(r.allows(PROTO_UDP, 8000));
+        assert!(r.allows(PROTO_TCP, 8080));
+        assert!(!r.allows(PROTO_TCP, 8081));
+        assert!(!r.allows(PROTO_TCP, 22));
+    }
+
+    #[test]
+    fn allows_ignores_entries_past_count() {
+        let mut r = rules(&[(53, 53, PROTO_UDP)]);
+        r.rules[1] = PortRule { lo: 0, hi: 65535, protocols: PROTO_TCP | PROTO_UDP, _pad: 0, rule: 1 };
+        assert!(!r.allows(PROTO_TCP, 22));
+        assert!(r.allows(PROTO_UDP, 53));
+        assert!(!NetRules::default().allows(PROTO_TCP, 1));
+    }
+
+    #[test]
+    fn protocol_zero_never_matches() {
+        let r = rules(&[(0, 65535, PROTO_TCP | PROTO_UDP)]);
+        assert!(!r.allows(0, 80));
+    }
+}

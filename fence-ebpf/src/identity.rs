@@ -1,0 +1,66 @@
+//! "Who is this task, and what does its identity allow": the one lookup every hook starts with.
+
+use aya_ebpf::helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id};
+use fence_common::{CgroupKey, IdentityInfo, IdentityKey, MAX_CGROUP_DEPTH, MODE_AUDIT};
+
+use crate::maps::{FENCE_ACTIVE, FENCE_CGROUPS, FENCE_IDENTITIES};
+
+/// A fenced task's identity in the live generation.
+pub struct Fenced {
+    pub generation: u32,
+    pub identity: u32,
+    pub cgroup_id: u64,
+    pub info: IdentityInfo,
+}
+
+impl Fenced {
+    /// Audit mode: report, do not deny.
+    #[inline(always)]
+    pub fn audit(&self) -> bool {
+        self.info.mode == MODE_AUDIT
+    }
+}
+
+/// The identity of the current task, or `None` when it is not fenced. `None` is the only
+/// answer for tasks outside every bound cgroup, so hooks allow them without further work.
+#[inline(always)]
+pub fn current() -> Option<Fenced> {
+    let generation = FENCE_ACTIVE.get(0)?.generation;
+    // SAFETY: helpers without pointer arguments.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let identity = match bound(cgroup_id, generation) {
+        Some(id) => id,
+        None => nearest_bound_ancestor(generation)?,
+    };
+    // SAFETY: the value is copied out at once.
+    let info = *unsafe { FENCE_IDENTITIES.get(&IdentityKey { generation, identity }) }?;
+    Some(Fenced { generation, identity, cgroup_id, info })
+}
+
+#[inline(always)]
+fn bound(cgroup_id: u64, generation: u32) -> Option<u32> {
+    let key = CgroupKey { cgroup_id, generation, _pad: 0 };
+    // SAFETY: the value is copied out at once.
+    unsafe { FENCE_CGROUPS.get(&key) }.copied()
+}
+
+/// Walks the ancestors of the current task's cgroup from the root down and returns the
+/// identity of the deepest one that is bound, so that cgroups created below a fenced cgroup
+/// (by anyone, at any time) are fenced from their creation, with no agent involvement.
+#[inline(always)]
+fn nearest_bound_ancestor(generation: u32) -> Option<u32> {
+    let mut found = None;
+    let mut level = 1;
+    while level <= MAX_CGROUP_DEPTH {
+        // SAFETY: helper without pointer arguments; returns 0 past the task's own level.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if id == 0 {
+            break;
+        }
+        if let Some(identity) = bound(id, generation) {
+            found = Some(identity);
+        }
+        level += 1;
+    }
+    found
+}

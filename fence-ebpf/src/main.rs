@@ -1,0 +1,25 @@
+//! fence's kernel programs. One module per hook family; every map is declared and documented
+//! in `maps`; `identity` is the one lookup that answers "is this task fenced, and as whom".
+//!
+//! Return values of cgroup sock_addr / sock programs: `ALLOW` (1) lets the operation proceed,
+//! `DENY` (0) makes the syscall fail with EPERM.
+#![no_std]
+#![no_main]
+
+mod events;
+mod identity;
+mod maps;
+mod net;
+
+/// The kernel refuses GPL-only helpers (and LSM programs) without a GPL-compatible license.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program with a reachable panic path, so this is never reached
+    // in a program that loads.
+    loop {}
+}

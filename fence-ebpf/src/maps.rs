@@ -1,0 +1,53 @@
+//! Every map of fence, in one place. Names come from `fence_common::maps` (the static's
+//! identifier is the map name); capacities from `fence_common::capacity`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+};
+use fence_common::{
+    ActiveState, CgroupKey, IdentityInfo, IdentityKey, Net4Key, Net6Key, NetRules, capacity,
+    counter,
+};
+
+/// The live policy generation (index 0). Written by the agent after a complete policy has been
+/// written into the other slot; read once per hook invocation.
+#[map]
+pub static FENCE_ACTIVE: Array<ActiveState> = Array::with_max_entries(1, 0);
+
+/// cgroup id (+ generation) -> identity id. A task is fenced when its cgroup or any ancestor
+/// (up to `MAX_CGROUP_DEPTH`) is in here; the deepest binding wins.
+#[map]
+pub static FENCE_CGROUPS: HashMap<CgroupKey, u32> =
+    HashMap::with_max_entries(capacity::CGROUPS, 0);
+
+/// identity id (+ generation) -> mode, flags and policy version.
+#[map]
+pub static FENCE_IDENTITIES: HashMap<IdentityKey, IdentityInfo> =
+    HashMap::with_max_entries(capacity::IDENTITIES, 0);
+
+/// IPv4 egress allow-list: (generation, identity, prefix) -> port rules. The compiler merges
+/// the rules of less specific prefixes into each prefix, so the longest match says it all.
+#[map]
+pub static FENCE_NET4: LpmTrie<Net4Key, NetRules> = LpmTrie::with_max_entries(capacity::NET4, 0);
+
+/// IPv6 egress allow-list, as `FENCE_NET4`. IPv4-mapped destinations use `FENCE_NET4`.
+#[map]
+pub static FENCE_NET6: LpmTrie<Net6Key, NetRules> = LpmTrie::with_max_entries(capacity::NET6, 0);
+
+/// Deny and would-deny events for the agent (records start with `EventHeader`).
+#[map]
+pub static FENCE_EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
+
+/// Per-CPU counters, indexed by `fence_common::counter`.
+#[map]
+pub static FENCE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Adds one to a counter.
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(c) = FENCE_COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, and programs of this type do not nest on one CPU.
+        unsafe { *c += 1 };
+    }
+}

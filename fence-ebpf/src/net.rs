@@ -1,0 +1,233 @@
+//! The network fence: cgroup connect4/6 and sendmsg4/6 (egress allow-lists) and sock_create
+//! (only TCP and UDP sockets over IPv4/IPv6 for fenced identities).
+//!
+//! Unconnected UDP (sendto/sendmsg/sendmmsg with an address) reaches sendmsg4/6; connected
+//! sockets were judged at connect. An IPv4-mapped IPv6 destination (::ffff:a.b.c.d) is judged
+//! by the IPv4 rules: it is IPv4 traffic.
+
+use aya_ebpf::{
+    macros::{cgroup_sock, cgroup_sock_addr},
+    programs::{SockAddrContext, SockContext},
+};
+use fence_common::{
+    EVENT_NET, IDENTITY_DENY_ALL, NET_KEY_PREFIX_BITS, Net4Key, Net6Key, NetEvent, PROTO_TCP,
+    PROTO_UDP, mechanism, op, reason,
+};
+
+use crate::{
+    events,
+    identity::{self, Fenced},
+    maps::{FENCE_NET4, FENCE_NET6},
+};
+
+/// Program verdict: let the operation proceed.
+const ALLOW: i32 = 1;
+/// Program verdict: the syscall fails with EPERM.
+const DENY: i32 = 0;
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
+
+#[cgroup_sock_addr(connect4)]
+pub fn fence_connect4(ctx: SockAddrContext) -> i32 {
+    judge_v4(&ctx, op::CONNECT, mechanism::CGROUP_CONNECT4)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn fence_sendmsg4(ctx: SockAddrContext) -> i32 {
+    judge_v4(&ctx, op::SENDMSG, mechanism::CGROUP_SENDMSG4)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn fence_connect6(ctx: SockAddrContext) -> i32 {
+    judge_v6(&ctx, op::CONNECT, mechanism::CGROUP_CONNECT6)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn fence_sendmsg6(ctx: SockAddrContext) -> i32 {
+    judge_v6(&ctx, op::SENDMSG, mechanism::CGROUP_SENDMSG6)
+}
+
+/// Fenced identities get TCP and UDP sockets only: raw IP, ICMP, SCTP, MPTCP, UDP-Lite and
+/// the like would leave through paths that connect/sendmsg do not see.
+#[cgroup_sock(sock_create)]
+pub fn fence_sock_create(ctx: SockContext) -> i32 {
+    let Some(who) = identity::current() else {
+        return ALLOW;
+    };
+    // SAFETY: the context pointer is valid for the program's run; plain field reads.
+    let (family, sock_type, protocol) =
+        unsafe { ((*ctx.sock).family, (*ctx.sock).type_, (*ctx.sock).protocol) };
+    if protocol_bit(sock_type, protocol) != 0 {
+        return ALLOW;
+    }
+    let event = NetEvent {
+        header: events::header(
+            &who,
+            EVENT_NET,
+            op::SOCKET,
+            mechanism::CGROUP_SOCK_CREATE,
+            reason::SOCKET_KIND_NOT_ALLOWED,
+        ),
+        family: family as u16,
+        port: 0,
+        protocol: protocol as u16,
+        sock_type: sock_type as u16,
+        addr: [0; 16],
+    };
+    decide(&who, event)
+}
+
+/// `PROTO_*` bit for a TCP or UDP socket, 0 for anything else.
+#[inline(always)]
+fn protocol_bit(sock_type: u32, protocol: u32) -> u8 {
+    match (sock_type, protocol) {
+        (SOCK_STREAM, IPPROTO_TCP) => PROTO_TCP,
+        (SOCK_DGRAM, IPPROTO_UDP) => PROTO_UDP,
+        _ => 0,
+    }
+}
+
+/// The fields every network decision needs from the context.
+struct Dest {
+    sock_type: u32,
+    protocol: u32,
+    /// Host byte order.
+    port: u16,
+}
+
+#[inline(always)]
+fn dest(ctx: &SockAddrContext) -> Dest {
+    // SAFETY: the context pointer is valid for the program's run; 4-byte field reads.
+    let (sock_type, protocol, user_port) = unsafe {
+        let sa = &*ctx.sock_addr;
+        (sa.type_, sa.protocol, sa.user_port)
+    };
+    // user_port holds the port in network byte order in its low 16 bits.
+    Dest { sock_type, protocol, port: u16::from_be(user_port as u16) }
+}
+
+#[inline(always)]
+fn judge_v4(ctx: &SockAddrContext, operation: u8, mech: u8) -> i32 {
+    let Some(who) = identity::current() else {
+        return ALLOW;
+    };
+    let d = dest(ctx);
+    // SAFETY: as in `dest`.
+    let ip4 = unsafe { (*ctx.sock_addr).user_ip4 };
+    let addr = ip4.to_ne_bytes();
+    let why = allowed_v4(&who, addr, &d);
+    let Some(why) = why else {
+        return ALLOW;
+    };
+    let mut full = [0u8; 16];
+    full[..4].copy_from_slice(&addr);
+    decide(&who, net_event(&who, operation, mech, why, AF_INET, &d, full))
+}
+
+#[inline(always)]
+fn judge_v6(ctx: &SockAddrContext, operation: u8, mech: u8) -> i32 {
+    let Some(who) = identity::current() else {
+        return ALLOW;
+    };
+    let d = dest(ctx);
+    // SAFETY: as in `dest`.
+    let ip6 = unsafe { (*ctx.sock_addr).user_ip6 };
+    let mut addr = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        addr[i * 4..i * 4 + 4].copy_from_slice(&ip6[i].to_ne_bytes());
+        i += 1;
+    }
+    let why = if is_v4_mapped(&addr) {
+        allowed_v4(&who, [addr[12], addr[13], addr[14], addr[15]], &d)
+    } else {
+        allowed_v6(&who, addr, &d)
+    };
+    let Some(why) = why else {
+        return ALLOW;
+    };
+    decide(&who, net_event(&who, operation, mech, why, AF_INET6, &d, addr))
+}
+
+/// ::ffff:0:0/96
+#[inline(always)]
+fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    a[0] == 0
+        && a[1] == 0
+        && a[2] == 0
+        && a[3] == 0
+        && a[4] == 0
+        && a[5] == 0
+        && a[6] == 0
+        && a[7] == 0
+        && a[8] == 0
+        && a[9] == 0
+        && a[10] == 0xff
+        && a[11] == 0xff
+}
+
+/// `None` when the policy allows the destination, else the `reason::*` for refusing it.
+#[inline(always)]
+fn allowed_v4(who: &Fenced, addr: [u8; 4], d: &Dest) -> Option<u8> {
+    if who.info.flags & IDENTITY_DENY_ALL != 0 {
+        return Some(reason::IDENTITY_DENY_ALL);
+    }
+    let proto = protocol_bit(d.sock_type, d.protocol);
+    let key = aya_ebpf::maps::lpm_trie::Key::new(
+        NET_KEY_PREFIX_BITS + 32,
+        Net4Key { generation: who.generation, identity: who.identity, addr },
+    );
+    match FENCE_NET4.get(&key) {
+        Some(rules) if rules.allows(proto, d.port) => None,
+        _ => Some(reason::NO_MATCHING_RULE),
+    }
+}
+
+#[inline(always)]
+fn allowed_v6(who: &Fenced, addr: [u8; 16], d: &Dest) -> Option<u8> {
+    if who.info.flags & IDENTITY_DENY_ALL != 0 {
+        return Some(reason::IDENTITY_DENY_ALL);
+    }
+    let proto = protocol_bit(d.sock_type, d.protocol);
+    let key = aya_ebpf::maps::lpm_trie::Key::new(
+        NET_KEY_PREFIX_BITS + 128,
+        Net6Key { generation: who.generation, identity: who.identity, addr },
+    );
+    match FENCE_NET6.get(&key) {
+        Some(rules) if rules.allows(proto, d.port) => None,
+        _ => Some(reason::NO_MATCHING_RULE),
+    }
+}
+
+#[inline(always)]
+fn net_event(
+    who: &Fenced,
+    operation: u8,
+    mech: u8,
+    why: u8,
+    family: u32,
+    d: &Dest,
+    addr: [u8; 16],
+) -> NetEvent {
+    NetEvent {
+        header: events::header(who, EVENT_NET, operation, mech, why),
+        family: family as u16,
+        port: d.port,
+        protocol: d.protocol as u16,
+        sock_type: d.sock_type as u16,
+        addr,
+    }
+}
+
+/// Reports the refusal and returns the verdict: audit mode allows.
+#[inline(always)]
+fn decide(who: &Fenced, event: NetEvent) -> i32 {
+    events::send(event);
+    if who.audit() { ALLOW } else { DENY }
+}
+
