@@ -29,7 +29,11 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: build scripts are single-threaded here.
     unsafe { env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
-        [aya_build::Package { name: "fence-ebpf", root_dir: "../fence-ebpf", ..Default::default() }],
+        [aya_build::Package {
+            name: "fence-ebpf",
+            root_dir: "../fence-ebpf",
+            ..Default::default()
+        }],
         aya_build::Toolchain::Custom(EBPF_TOOLCHAIN),
     )
     .context(

@@ -8,8 +8,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use fence_common::{
-    IDENTITY_DENY_ALL, IdentityInfo, MAX_PORT_RULES, MODE_AUDIT, MODE_ENFORCE, NetRules,
-    PROTO_TCP, PROTO_UDP, PortRule, capacity,
+    IDENTITY_DENY_ALL, IdentityInfo, MAX_PORT_RULES, MODE_AUDIT, MODE_ENFORCE, NetRules, PROTO_TCP,
+    PROTO_UDP, PortRule, capacity,
 };
 
 use crate::policy::{
@@ -80,7 +80,11 @@ pub fn compile(set: &PolicySet, ids: &mut IdAllocator) -> Result<CompiledPolicy,
                 Mode::Enforce => MODE_ENFORCE,
                 Mode::Audit => MODE_AUDIT,
             },
-            flags: if identity.expired { IDENTITY_DENY_ALL } else { 0 },
+            flags: if identity.expired {
+                IDENTITY_DENY_ALL
+            } else {
+                0
+            },
             _pad: [0; 2],
             policy_version: identity.version.short_id(),
         };
@@ -125,10 +129,18 @@ pub fn compile(set: &PolicySet, ids: &mut IdAllocator) -> Result<CompiledPolicy,
             });
         }
     }
-    if errors.is_empty() { Ok(out) } else { Err(PolicyErrors(errors)) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(PolicyErrors(errors))
+    }
 }
 
-fn egress_entries(identity: &Identity, id: u32, out: &mut CompiledPolicy) -> Result<(), PolicyError> {
+fn egress_entries(
+    identity: &Identity,
+    id: u32,
+    out: &mut CompiledPolicy,
+) -> Result<(), PolicyError> {
     // Every distinct prefix of the identity, with the rules that name it.
     let mut prefixes: BTreeMap<IpNet, ()> = BTreeMap::new();
     for rule in &identity.egress {
@@ -158,11 +170,24 @@ fn egress_entries(identity: &Identity, id: u32, out: &mut CompiledPolicy) -> Res
                 },
             });
         }
-        let mut rules = NetRules { count: merged.len() as u32, ..NetRules::default() };
+        let mut rules = NetRules {
+            count: merged.len() as u32,
+            ..NetRules::default()
+        };
         rules.rules[..merged.len()].copy_from_slice(&merged);
         match *prefix {
-            IpNet::V4 { addr, len } => out.net4.push(NetEntry { identity: id, prefix_len: len, addr, rules }),
-            IpNet::V6 { addr, len } => out.net6.push(NetEntry { identity: id, prefix_len: len, addr, rules }),
+            IpNet::V4 { addr, len } => out.net4.push(NetEntry {
+                identity: id,
+                prefix_len: len,
+                addr,
+                rules,
+            }),
+            IpNet::V6 { addr, len } => out.net6.push(NetEntry {
+                identity: id,
+                prefix_len: len,
+                addr,
+                rules,
+            }),
         }
     }
     Ok(())
@@ -195,12 +220,28 @@ fn merge(contributions: Vec<(u16, u16, u8, u16)>) -> Vec<PortRule> {
     let mut out: Vec<PortRule> = Vec::new();
     for &(lo, hi, rule) in &tcp {
         let both = udp.iter().any(|u| u.0 == lo && u.1 == hi);
-        let protocols = if both { PROTO_TCP | PROTO_UDP } else { PROTO_TCP };
-        out.push(PortRule { lo, hi, protocols, _pad: 0, rule });
+        let protocols = if both {
+            PROTO_TCP | PROTO_UDP
+        } else {
+            PROTO_TCP
+        };
+        out.push(PortRule {
+            lo,
+            hi,
+            protocols,
+            _pad: 0,
+            rule,
+        });
     }
     for &(lo, hi, rule) in &udp {
         if !tcp.iter().any(|t| t.0 == lo && t.1 == hi) {
-            out.push(PortRule { lo, hi, protocols: PROTO_UDP, _pad: 0, rule });
+            out.push(PortRule {
+                lo,
+                hi,
+                protocols: PROTO_UDP,
+                _pad: 0,
+                rule,
+            });
         }
     }
     out
@@ -235,7 +276,10 @@ mod tests {
             expires: None,
             expired: false,
             mode: Mode::Enforce,
-            cgroups: vec![BoundCgroup { path: format!("/{name}"), id: Some(100) }],
+            cgroups: vec![BoundCgroup {
+                path: format!("/{name}"),
+                id: Some(100),
+            }],
             egress,
             version: PolicyVersion([7; 32]),
             source: PathBuf::from("p.yaml"),
@@ -249,19 +293,40 @@ mod tests {
     fn rules_of(c: &CompiledPolicy, prefix: &str) -> Vec<(u16, u16, u8)> {
         let n = net(prefix);
         let r = match n {
-            IpNet::V4 { addr, len } => c.net4.iter().find(|e| e.addr == addr && e.prefix_len == len).map(|e| e.rules),
-            IpNet::V6 { addr, len } => c.net6.iter().find(|e| e.addr == addr && e.prefix_len == len).map(|e| e.rules),
+            IpNet::V4 { addr, len } => c
+                .net4
+                .iter()
+                .find(|e| e.addr == addr && e.prefix_len == len)
+                .map(|e| e.rules),
+            IpNet::V6 { addr, len } => c
+                .net6
+                .iter()
+                .find(|e| e.addr == addr && e.prefix_len == len)
+                .map(|e| e.rules),
         }
         .unwrap_or_else(|| panic!("no entry for {prefix}"));
-        r.rules[..r.count as usize].iter().map(|p| (p.lo, p.hi, p.protocols)).collect()
+        r.rules[..r.count as usize]
+            .iter()
+            .map(|p| (p.lo, p.hi, p.protocols))
+            .collect()
     }
 
     #[test]
     fn one_identity_one_rule() {
-        let c = compile(&set(vec![identity("a", vec![rule("r", &["127.0.0.1", "::1"], &[(8080, 8080)], PROTO_TCP)])]), &mut IdAllocator::default()).unwrap();
+        let c = compile(
+            &set(vec![identity(
+                "a",
+                vec![rule("r", &["127.0.0.1", "::1"], &[(8080, 8080)], PROTO_TCP)],
+            )]),
+            &mut IdAllocator::default(),
+        )
+        .unwrap();
         assert_eq!(c.identities.len(), 1);
         assert_eq!(c.identities[0].info.mode, MODE_ENFORCE);
-        assert_eq!(c.identities[0].info.policy_version, u32::from_be_bytes([7; 4]));
+        assert_eq!(
+            c.identities[0].info.policy_version,
+            u32::from_be_bytes([7; 4])
+        );
         assert_eq!(c.cgroups, vec![(100, c.identities[0].id)]);
         assert_eq!(rules_of(&c, "127.0.0.1/32"), vec![(8080, 8080, PROTO_TCP)]);
         assert_eq!(rules_of(&c, "::1/128"), vec![(8080, 8080, PROTO_TCP)]);
@@ -282,7 +347,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(rules_of(&c, "10.0.0.0/8"), vec![(443, 443, PROTO_TCP)]);
-        assert_eq!(rules_of(&c, "10.1.0.0/16"), vec![(80, 80, PROTO_TCP), (443, 443, PROTO_TCP)]);
+        assert_eq!(
+            rules_of(&c, "10.1.0.0/16"),
+            vec![(80, 80, PROTO_TCP), (443, 443, PROTO_TCP)]
+        );
     }
 
     #[test]
@@ -291,7 +359,12 @@ mod tests {
             &set(vec![identity(
                 "a",
                 vec![
-                    rule("a", &["0.0.0.0/0"], &[(1000, 2000), (2001, 3000), (53, 53)], PROTO_TCP),
+                    rule(
+                        "a",
+                        &["0.0.0.0/0"],
+                        &[(1000, 2000), (2001, 3000), (53, 53)],
+                        PROTO_TCP,
+                    ),
                     rule("b", &["0.0.0.0/0"], &[(53, 53)], PROTO_UDP),
                     rule("c", &["0.0.0.0/0"], &[(1500, 1600)], PROTO_TCP),
                 ],
@@ -299,23 +372,45 @@ mod tests {
             &mut IdAllocator::default(),
         )
         .unwrap();
-        assert_eq!(rules_of(&c, "0.0.0.0/0"), vec![(53, 53, PROTO_TCP | PROTO_UDP), (1000, 3000, PROTO_TCP)]);
+        assert_eq!(
+            rules_of(&c, "0.0.0.0/0"),
+            vec![(53, 53, PROTO_TCP | PROTO_UDP), (1000, 3000, PROTO_TCP)]
+        );
     }
 
     #[test]
     fn v4_rules_do_not_leak_into_v6() {
-        let c = compile(&set(vec![identity("a", vec![rule("r", &["0.0.0.0/0"], &[(1, 65535)], PROTO_TCP | PROTO_UDP)])]), &mut IdAllocator::default()).unwrap();
+        let c = compile(
+            &set(vec![identity(
+                "a",
+                vec![rule(
+                    "r",
+                    &["0.0.0.0/0"],
+                    &[(1, 65535)],
+                    PROTO_TCP | PROTO_UDP,
+                )],
+            )]),
+            &mut IdAllocator::default(),
+        )
+        .unwrap();
         assert!(c.net6.is_empty());
     }
 
     #[test]
     fn expired_identities_are_deny_all_with_no_allow_entries() {
-        let mut i = identity("a", vec![rule("r", &["0.0.0.0/0"], &[(1, 65535)], PROTO_TCP)]);
+        let mut i = identity(
+            "a",
+            vec![rule("r", &["0.0.0.0/0"], &[(1, 65535)], PROTO_TCP)],
+        );
         i.expired = true;
         let c = compile(&set(vec![i]), &mut IdAllocator::default()).unwrap();
         assert_eq!(c.identities[0].info.flags, IDENTITY_DENY_ALL);
         assert!(c.net4.is_empty());
-        assert_eq!(c.cgroups.len(), 1, "the cgroup stays bound, so it is fenced");
+        assert_eq!(
+            c.cgroups.len(),
+            1,
+            "the cgroup stays bound, so it is fenced"
+        );
     }
 
     #[test]
@@ -329,18 +424,36 @@ mod tests {
     #[test]
     fn too_many_port_rules_names_identity_and_prefix() {
         let ports: Vec<(u16, u16)> = (0..20).map(|i| (1000 + i * 10, 1000 + i * 10)).collect();
-        let e = compile(&set(vec![identity("a", vec![rule("r", &["10.0.0.0/8"], &ports, PROTO_TCP)])]), &mut IdAllocator::default())
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("identity \"a\"") && e.contains("10.0.0.0/8 carry 20 distinct port rules"), "{e}");
+        let e = compile(
+            &set(vec![identity(
+                "a",
+                vec![rule("r", &["10.0.0.0/8"], &ports, PROTO_TCP)],
+            )]),
+            &mut IdAllocator::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("identity \"a\"") && e.contains("10.0.0.0/8 carry 20 distinct port rules"),
+            "{e}"
+        );
     }
 
     #[test]
     fn ids_are_stable_across_compiles_and_never_reused() {
         let mut ids = IdAllocator::default();
-        let first = compile(&set(vec![identity("a", vec![]), identity("b", vec![])]), &mut ids).unwrap();
-        let second = compile(&set(vec![identity("b", vec![]), identity("c", vec![])]), &mut ids).unwrap();
-        let id = |c: &CompiledPolicy, n: &str| c.identities.iter().find(|i| i.name == n).unwrap().id;
+        let first = compile(
+            &set(vec![identity("a", vec![]), identity("b", vec![])]),
+            &mut ids,
+        )
+        .unwrap();
+        let second = compile(
+            &set(vec![identity("b", vec![]), identity("c", vec![])]),
+            &mut ids,
+        )
+        .unwrap();
+        let id =
+            |c: &CompiledPolicy, n: &str| c.identities.iter().find(|i| i.name == n).unwrap().id;
         assert_eq!(id(&first, "b"), id(&second, "b"));
         assert_ne!(id(&second, "c"), id(&first, "a"));
         assert!(id(&first, "a") >= 1, "0 means no identity");
@@ -358,15 +471,26 @@ mod object_tests {
             panic!("built with AYA_BUILD_SKIP: no eBPF object to check");
         }
         let obj = aya_obj::Object::parse(bytes).expect("the embedded eBPF object parses");
-        let mut maps: Vec<&str> = obj.maps.keys().map(String::as_str).filter(|m| !m.starts_with('.')).collect();
+        let mut maps: Vec<&str> = obj
+            .maps
+            .keys()
+            .map(String::as_str)
+            .filter(|m| !m.starts_with('.'))
+            .collect();
         maps.sort();
         let mut expected: Vec<&str> = fence_common::maps::ALL.to_vec();
         expected.sort();
-        assert_eq!(maps, expected, "maps in the object vs fence_common::maps::ALL");
+        assert_eq!(
+            maps, expected,
+            "maps in the object vs fence_common::maps::ALL"
+        );
         let mut programs: Vec<&str> = obj.programs.keys().map(String::as_str).collect();
         programs.sort();
         let mut expected: Vec<&str> = fence_common::programs::ALL.to_vec();
         expected.sort();
-        assert_eq!(programs, expected, "programs in the object vs fence_common::programs::ALL");
+        assert_eq!(
+            programs, expected,
+            "programs in the object vs fence_common::programs::ALL"
+        );
     }
 }

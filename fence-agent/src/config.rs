@@ -17,7 +17,7 @@ use thiserror::Error;
 
 pub const DEFAULT_PATH: &str = "/etc/fence/agent.toml";
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -39,13 +39,10 @@ fn yes() -> bool {
 
 impl Default for EventsConfig {
     fn default() -> Self {
-        EventsConfig { stdout: true, file: None }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config { events: EventsConfig::default() }
+        EventsConfig {
+            stdout: true,
+            file: None,
+        }
     }
 }
 
@@ -65,8 +62,10 @@ impl Config {
             None if Path::new(DEFAULT_PATH).exists() => PathBuf::from(DEFAULT_PATH),
             None => return Ok(Config::default()),
         };
-        let text =
-            fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        let text = fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
         Config::parse(&text).map_err(|message| ConfigError::Invalid { path, message })
     }
 

@@ -27,7 +27,10 @@ pub enum EnforcerError {
     #[error("loading the eBPF object failed: {0}")]
     Load(#[source] aya::EbpfError),
     #[error("the eBPF object has no {kind} named {name}")]
-    Missing { kind: &'static str, name: &'static str },
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
     #[error("the kernel refused program {name}: {source}")]
     Program {
         name: &'static str,
@@ -100,36 +103,63 @@ impl Enforcer {
             return Err(EnforcerError::NoObject);
         }
         raise_memlock_limit();
-        let mut bpf = EbpfLoader::new().load(object).map_err(EnforcerError::Load)?;
+        let mut bpf = EbpfLoader::new()
+            .load(object)
+            .map_err(EnforcerError::Load)?;
         let root = cgroups.root().to_owned();
-        let root_fd = File::open(&root)
-            .map_err(|source| EnforcerError::CgroupRoot { path: root.clone(), source })?;
+        let root_fd = File::open(&root).map_err(|source| EnforcerError::CgroupRoot {
+            path: root.clone(),
+            source,
+        })?;
         let mut attachments = Vec::new();
         for (name, hook) in SOCK_ADDR_PROGRAMS {
             let program: &mut CgroupSockAddr = bpf
                 .program_mut(name)
-                .ok_or(EnforcerError::Missing { kind: "program", name })?
+                .ok_or(EnforcerError::Missing {
+                    kind: "program",
+                    name,
+                })?
                 .try_into()
                 .map_err(|source| EnforcerError::Program { name, source })?;
-            program.load().map_err(|source| EnforcerError::Program { name, source })?;
+            program
+                .load()
+                .map_err(|source| EnforcerError::Program { name, source })?;
             program
                 .attach(&root_fd, LINK_MODE)
                 .map_err(|source| EnforcerError::Program { name, source })?;
-            attachments.push(Attachment { program: name, hook, cgroup: root.clone() });
+            attachments.push(Attachment {
+                program: name,
+                hook,
+                cgroup: root.clone(),
+            });
         }
         let name = programs::SOCK_CREATE;
         let program: &mut CgroupSock = bpf
             .program_mut(name)
-            .ok_or(EnforcerError::Missing { kind: "program", name })?
+            .ok_or(EnforcerError::Missing {
+                kind: "program",
+                name,
+            })?
             .try_into()
             .map_err(|source| EnforcerError::Program { name, source })?;
-        program.load().map_err(|source| EnforcerError::Program { name, source })?;
+        program
+            .load()
+            .map_err(|source| EnforcerError::Program { name, source })?;
         program
             .attach(&root_fd, LINK_MODE)
             .map_err(|source| EnforcerError::Program { name, source })?;
-        attachments.push(Attachment { program: name, hook: "cgroup/sock_create", cgroup: root });
+        attachments.push(Attachment {
+            program: name,
+            hook: "cgroup/sock_create",
+            cgroup: root,
+        });
         let active = read_active(&bpf)?;
-        Ok(Enforcer { bpf, generation: active.generation & 1, sequence: active.sequence, attachments })
+        Ok(Enforcer {
+            bpf,
+            generation: active.generation & 1,
+            sequence: active.sequence,
+            attachments,
+        })
     }
 
     pub fn attachments(&self) -> &[Attachment] {
@@ -141,8 +171,14 @@ impl Enforcer {
         let map = self
             .bpf
             .take_map(maps::EVENTS)
-            .ok_or(EnforcerError::Missing { kind: "map", name: maps::EVENTS })?;
-        RingBuf::try_from(map).map_err(|source| EnforcerError::Map { map: maps::EVENTS, source })
+            .ok_or(EnforcerError::Missing {
+                kind: "map",
+                name: maps::EVENTS,
+            })?;
+        RingBuf::try_from(map).map_err(|source| EnforcerError::Map {
+            map: maps::EVENTS,
+            source,
+        })
     }
 
     /// Makes `policy` the live policy. On error the previous policy stays live and untouched.
@@ -160,10 +196,17 @@ impl Enforcer {
             }
         };
         let sequence = self.sequence + 1;
-        let state = ActiveState { generation: next, abi: ABI_VERSION, sequence };
+        let state = ActiveState {
+            generation: next,
+            abi: ABI_VERSION,
+            sequence,
+        };
         self.map_array::<ActiveState>(maps::ACTIVE)?
             .set(0, &state, 0)
-            .map_err(|source| EnforcerError::Map { map: maps::ACTIVE, source })?;
+            .map_err(|source| EnforcerError::Map {
+                map: maps::ACTIVE,
+                source,
+            })?;
         let old = self.generation;
         self.generation = next;
         self.sequence = sequence;
@@ -173,21 +216,29 @@ impl Enforcer {
         if let Err(e) = self.clear_generation(old) {
             tracing::warn!(error = %e, generation = old, "clearing the previous policy generation failed; it is no longer live");
         }
-        Ok(ApplyReport { generation: next, sequence, entries })
+        Ok(ApplyReport {
+            generation: next,
+            sequence,
+            entries,
+        })
     }
 
     /// Kernel counters summed over CPUs.
     pub fn counters(&self) -> Result<Counters, EnforcerError> {
-        let map = self
-            .bpf
-            .map(maps::COUNTERS)
-            .ok_or(EnforcerError::Missing { kind: "map", name: maps::COUNTERS })?;
-        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)
-            .map_err(|source| EnforcerError::Map { map: maps::COUNTERS, source })?;
+        let map = self.bpf.map(maps::COUNTERS).ok_or(EnforcerError::Missing {
+            kind: "map",
+            name: maps::COUNTERS,
+        })?;
+        let array: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|source| EnforcerError::Map {
+                map: maps::COUNTERS,
+                source,
+            })?;
         let sum = |index: u32| -> Result<u64, EnforcerError> {
-            let values = array
-                .get(&index, 0)
-                .map_err(|source| EnforcerError::Map { map: maps::COUNTERS, source })?;
+            let values = array.get(&index, 0).map_err(|source| EnforcerError::Map {
+                map: maps::COUNTERS,
+                source,
+            })?;
             Ok(values.iter().copied().fold(0u64, u64::wrapping_add))
         };
         Ok(Counters {
@@ -199,12 +250,19 @@ impl Enforcer {
     fn write_generation(&mut self, g: u32, p: &CompiledPolicy) -> Result<usize, EnforcerError> {
         let mut n = 0;
         {
-            let mut identities = self.map_hash::<IdentityKey, fence_common::IdentityInfo>(maps::IDENTITIES)?;
+            let mut identities =
+                self.map_hash::<IdentityKey, fence_common::IdentityInfo>(maps::IDENTITIES)?;
             for identity in &p.identities {
-                let key = IdentityKey { generation: g, identity: identity.id };
+                let key = IdentityKey {
+                    generation: g,
+                    identity: identity.id,
+                };
                 identities
                     .insert(&key, &identity.info, 0)
-                    .map_err(|source| EnforcerError::Map { map: maps::IDENTITIES, source })?;
+                    .map_err(|source| EnforcerError::Map {
+                        map: maps::IDENTITIES,
+                        source,
+                    })?;
                 n += 1;
             }
         }
@@ -213,9 +271,17 @@ impl Enforcer {
             for e in &p.net4 {
                 let key = Key::new(
                     NET_KEY_PREFIX_BITS + u32::from(e.prefix_len),
-                    Net4Key { generation: g, identity: e.identity, addr: e.addr },
+                    Net4Key {
+                        generation: g,
+                        identity: e.identity,
+                        addr: e.addr,
+                    },
                 );
-                net4.insert(&key, &e.rules, 0).map_err(|source| EnforcerError::Map { map: maps::NET4, source })?;
+                net4.insert(&key, &e.rules, 0)
+                    .map_err(|source| EnforcerError::Map {
+                        map: maps::NET4,
+                        source,
+                    })?;
                 n += 1;
             }
         }
@@ -224,17 +290,34 @@ impl Enforcer {
             for e in &p.net6 {
                 let key = Key::new(
                     NET_KEY_PREFIX_BITS + u32::from(e.prefix_len),
-                    Net6Key { generation: g, identity: e.identity, addr: e.addr },
+                    Net6Key {
+                        generation: g,
+                        identity: e.identity,
+                        addr: e.addr,
+                    },
                 );
-                net6.insert(&key, &e.rules, 0).map_err(|source| EnforcerError::Map { map: maps::NET6, source })?;
+                net6.insert(&key, &e.rules, 0)
+                    .map_err(|source| EnforcerError::Map {
+                        map: maps::NET6,
+                        source,
+                    })?;
                 n += 1;
             }
         }
         // Cgroup bindings last: an identity is only reachable once its rules are in place.
         let mut cgroups = self.map_hash::<CgroupKey, u32>(maps::CGROUPS)?;
         for &(cgroup_id, identity) in &p.cgroups {
-            let key = CgroupKey { cgroup_id, generation: g, _pad: 0 };
-            cgroups.insert(&key, &identity, 0).map_err(|source| EnforcerError::Map { map: maps::CGROUPS, source })?;
+            let key = CgroupKey {
+                cgroup_id,
+                generation: g,
+                _pad: 0,
+            };
+            cgroups
+                .insert(&key, &identity, 0)
+                .map_err(|source| EnforcerError::Map {
+                    map: maps::CGROUPS,
+                    source,
+                })?;
             n += 1;
         }
         Ok(n)
@@ -244,27 +327,44 @@ impl Enforcer {
         let err = |map| move |source| EnforcerError::Map { map, source };
         {
             let mut m = self.map_hash::<CgroupKey, u32>(maps::CGROUPS)?;
-            let keys: Vec<CgroupKey> = m.keys().filter_map(Result::ok).filter(|k| k.generation == g).collect();
+            let keys: Vec<CgroupKey> = m
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.generation == g)
+                .collect();
             for k in keys {
                 remove_ok_if_gone(m.remove(&k)).map_err(err(maps::CGROUPS))?;
             }
         }
         {
-            let mut m = self.map_hash::<IdentityKey, fence_common::IdentityInfo>(maps::IDENTITIES)?;
-            let keys: Vec<IdentityKey> = m.keys().filter_map(Result::ok).filter(|k| k.generation == g).collect();
+            let mut m =
+                self.map_hash::<IdentityKey, fence_common::IdentityInfo>(maps::IDENTITIES)?;
+            let keys: Vec<IdentityKey> = m
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.generation == g)
+                .collect();
             for k in keys {
                 remove_ok_if_gone(m.remove(&k)).map_err(err(maps::IDENTITIES))?;
             }
         }
         {
             let mut m = self.map_lpm::<Net4Key>(maps::NET4)?;
-            let keys: Vec<Key<Net4Key>> = m.keys().filter_map(Result::ok).filter(|k| k.data().generation == g).collect();
+            let keys: Vec<Key<Net4Key>> = m
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.data().generation == g)
+                .collect();
             for k in keys {
                 remove_ok_if_gone(m.remove(&k)).map_err(err(maps::NET4))?;
             }
         }
         let mut m = self.map_lpm::<Net6Key>(maps::NET6)?;
-        let keys: Vec<Key<Net6Key>> = m.keys().filter_map(Result::ok).filter(|k| k.data().generation == g).collect();
+        let keys: Vec<Key<Net6Key>> = m
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data().generation == g)
+            .collect();
         for k in keys {
             remove_ok_if_gone(m.remove(&k)).map_err(err(maps::NET6))?;
         }
@@ -275,7 +375,10 @@ impl Enforcer {
         &mut self,
         name: &'static str,
     ) -> Result<HashMap<&mut MapData, K, V>, EnforcerError> {
-        let map = self.bpf.map_mut(name).ok_or(EnforcerError::Missing { kind: "map", name })?;
+        let map = self
+            .bpf
+            .map_mut(name)
+            .ok_or(EnforcerError::Missing { kind: "map", name })?;
         HashMap::try_from(map).map_err(|source| EnforcerError::Map { map: name, source })
     }
 
@@ -283,22 +386,35 @@ impl Enforcer {
         &mut self,
         name: &'static str,
     ) -> Result<LpmTrie<&mut MapData, K, NetRules>, EnforcerError> {
-        let map = self.bpf.map_mut(name).ok_or(EnforcerError::Missing { kind: "map", name })?;
+        let map = self
+            .bpf
+            .map_mut(name)
+            .ok_or(EnforcerError::Missing { kind: "map", name })?;
         LpmTrie::try_from(map).map_err(|source| EnforcerError::Map { map: name, source })
     }
 
-    fn map_array<V: aya::Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, V>, EnforcerError> {
-        let map = self.bpf.map_mut(name).ok_or(EnforcerError::Missing { kind: "map", name })?;
+    fn map_array<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Array<&mut MapData, V>, EnforcerError> {
+        let map = self
+            .bpf
+            .map_mut(name)
+            .ok_or(EnforcerError::Missing { kind: "map", name })?;
         Array::try_from(map).map_err(|source| EnforcerError::Map { map: name, source })
     }
 }
 
 fn read_active(bpf: &Ebpf) -> Result<ActiveState, EnforcerError> {
     let name = maps::ACTIVE;
-    let map = bpf.map(name).ok_or(EnforcerError::Missing { kind: "map", name })?;
+    let map = bpf
+        .map(name)
+        .ok_or(EnforcerError::Missing { kind: "map", name })?;
     let array: Array<&MapData, ActiveState> =
         Array::try_from(map).map_err(|source| EnforcerError::Map { map: name, source })?;
-    array.get(&0, 0).map_err(|source| EnforcerError::Map { map: name, source })
+    array
+        .get(&0, 0)
+        .map_err(|source| EnforcerError::Map { map: name, source })
 }
 
 /// A key that is already gone is fine when clearing.
@@ -322,7 +438,10 @@ fn rcu_grace_period() {
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones to the memory cgroup.
 fn raise_memlock_limit() {
-    let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: plain syscall on a local struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK (fine on kernels >= 5.11)");

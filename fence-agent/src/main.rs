@@ -4,18 +4,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-mod cgroup;
-mod cmd;
-mod compile;
-mod config;
-mod ebpf_object;
-mod enforcer;
-mod events;
-mod manager;
-mod policy;
+use fence_agent::cmd;
 
 #[derive(Debug, Parser)]
-#[command(name = "fence-agent", version, about = "Ring-fences non-human identities with eBPF")]
+#[command(
+    name = "fence-agent",
+    version,
+    about = "Ring-fences non-human identities with eBPF"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]

@@ -44,7 +44,12 @@ pub struct PolicyManager {
 
 impl PolicyManager {
     pub fn new(enforcer: Enforcer, directory: SharedDirectory) -> PolicyManager {
-        PolicyManager { enforcer, ids: IdAllocator::default(), directory, current: None }
+        PolicyManager {
+            enforcer,
+            ids: IdAllocator::default(),
+            directory,
+            current: None,
+        }
     }
 
     pub fn enforcer(&self) -> &Enforcer {
@@ -59,8 +64,15 @@ impl PolicyManager {
     pub fn apply(&mut self, set: PolicySet) -> Result<&Applied, ApplyError> {
         let compiled = compile(&set, &mut self.ids)?;
         // The directory learns new identities before the kernel can report on them.
-        self.directory.write().unwrap_or_else(|p| p.into_inner()).update(&compiled);
+        self.directory
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .update(&compiled);
         let report = self.enforcer.apply(&compiled)?;
-        Ok(self.current.insert(Applied { set, compiled, report }))
+        Ok(self.current.insert(Applied {
+            set,
+            compiled,
+            report,
+        }))
     }
 }

@@ -332,7 +332,13 @@ mod tests {
     fn rules(list: &[(u16, u16, u8)]) -> NetRules {
         let mut r = NetRules::default();
         for (i, &(lo, hi, protocols)) in list.iter().enumerate() {
-            r.rules[i] = PortRule { lo, hi, protocols, _pad: 0, rule: i as u16 };
+            r.rules[i] = PortRule {
+                lo,
+                hi,
+                protocols,
+                _pad: 0,
+                rule: i as u16,
+            };
         }
         r.count = list.len() as u32;
         r
@@ -352,7 +358,13 @@ mod tests {
     #[test]
     fn allows_ignores_entries_past_count() {
         let mut r = rules(&[(53, 53, PROTO_UDP)]);
-        r.rules[1] = PortRule { lo: 0, hi: 65535, protocols: PROTO_TCP | PROTO_UDP, _pad: 0, rule: 1 };
+        r.rules[1] = PortRule {
+            lo: 0,
+            hi: 65535,
+            protocols: PROTO_TCP | PROTO_UDP,
+            _pad: 0,
+            rule: 1,
+        };
         assert!(!r.allows(PROTO_TCP, 22));
         assert!(r.allows(PROTO_UDP, 53));
         assert!(!NetRules::default().allows(PROTO_TCP, 1));

@@ -15,7 +15,11 @@ pub fn header(who: &Fenced, kind: u8, operation: u8, mechanism: u8, reason: u8) 
     let uid_gid = bpf_get_current_uid_gid();
     EventHeader {
         kind,
-        verdict: if who.audit() { VERDICT_WOULD_DENY } else { VERDICT_DENIED },
+        verdict: if who.audit() {
+            VERDICT_WOULD_DENY
+        } else {
+            VERDICT_DENIED
+        },
         operation,
         mechanism,
         identity: who.identity,

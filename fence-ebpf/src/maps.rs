@@ -18,8 +18,7 @@ pub static FENCE_ACTIVE: Array<ActiveState> = Array::with_max_entries(1, 0);
 /// cgroup id (+ generation) -> identity id. A task is fenced when its cgroup or any ancestor
 /// (up to `MAX_CGROUP_DEPTH`) is in here; the deepest binding wins.
 #[map]
-pub static FENCE_CGROUPS: HashMap<CgroupKey, u32> =
-    HashMap::with_max_entries(capacity::CGROUPS, 0);
+pub static FENCE_CGROUPS: HashMap<CgroupKey, u32> = HashMap::with_max_entries(capacity::CGROUPS, 0);
 
 /// identity id (+ generation) -> mode, flags and policy version.
 #[map]

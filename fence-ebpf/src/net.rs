@@ -108,7 +108,11 @@ fn dest(ctx: &SockAddrContext) -> Dest {
         (sa.type_, sa.protocol, sa.user_port)
     };
     // user_port holds the port in network byte order in its low 16 bits.
-    Dest { sock_type, protocol, port: u16::from_be(user_port as u16) }
+    Dest {
+        sock_type,
+        protocol,
+        port: u16::from_be(user_port as u16),
+    }
 }
 
 #[inline(always)]
@@ -126,7 +130,10 @@ fn judge_v4(ctx: &SockAddrContext, operation: u8, mech: u8) -> i32 {
     };
     let mut full = [0u8; 16];
     full[..4].copy_from_slice(&addr);
-    decide(&who, net_event(&who, operation, mech, why, AF_INET, &d, full))
+    decide(
+        &who,
+        net_event(&who, operation, mech, why, AF_INET, &d, full),
+    )
 }
 
 #[inline(always)]
@@ -151,7 +158,10 @@ fn judge_v6(ctx: &SockAddrContext, operation: u8, mech: u8) -> i32 {
     let Some(why) = why else {
         return ALLOW;
     };
-    decide(&who, net_event(&who, operation, mech, why, AF_INET6, &d, addr))
+    decide(
+        &who,
+        net_event(&who, operation, mech, why, AF_INET6, &d, addr),
+    )
 }
 
 /// ::ffff:0:0/96
@@ -180,7 +190,11 @@ fn allowed_v4(who: &Fenced, addr: [u8; 4], d: &Dest) -> Option<u8> {
     let proto = protocol_bit(d.sock_type, d.protocol);
     let key = aya_ebpf::maps::lpm_trie::Key::new(
         NET_KEY_PREFIX_BITS + 32,
-        Net4Key { generation: who.generation, identity: who.identity, addr },
+        Net4Key {
+            generation: who.generation,
+            identity: who.identity,
+            addr,
+        },
     );
     match FENCE_NET4.get(&key) {
         Some(rules) if rules.allows(proto, d.port) => None,
@@ -196,7 +210,11 @@ fn allowed_v6(who: &Fenced, addr: [u8; 16], d: &Dest) -> Option<u8> {
     let proto = protocol_bit(d.sock_type, d.protocol);
     let key = aya_ebpf::maps::lpm_trie::Key::new(
         NET_KEY_PREFIX_BITS + 128,
-        Net6Key { generation: who.generation, identity: who.identity, addr },
+        Net6Key {
+            generation: who.generation,
+            identity: who.identity,
+            addr,
+        },
     );
     match FENCE_NET6.get(&key) {
         Some(rules) if rules.allows(proto, d.port) => None,
@@ -230,4 +248,3 @@ fn decide(who: &Fenced, event: NetEvent) -> i32 {
     events::send(event);
     if who.audit() { ALLOW } else { DENY }
 }
-

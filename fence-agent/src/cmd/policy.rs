@@ -34,7 +34,11 @@ pub fn main(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let cgroups = if args.offline { None } else { Some(Cgroups::discover()?) };
+    let cgroups = if args.offline {
+        None
+    } else {
+        Some(Cgroups::discover()?)
+    };
     let result = load_paths(&args.paths).and_then(|docs| {
         let resolver = cgroups.as_ref().map(|c| c as &dyn CgroupResolver);
         let set = validate(&docs, resolver, Timestamp::now())?;
@@ -44,7 +48,11 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     match result {
         Ok(set) => {
             for identity in &set.identities {
-                let state = if identity.expired { " (EXPIRED: deny-all)" } else { "" };
+                let state = if identity.expired {
+                    " (EXPIRED: deny-all)"
+                } else {
+                    ""
+                };
                 println!(
                     "ok: identity \"{}\" mode {} {} egress rule(s), {} cgroup(s){state}",
                     identity.name,

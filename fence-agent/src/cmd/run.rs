@@ -65,7 +65,8 @@ async fn serve(
     }
     let directory = Arc::new(RwLock::new(Directory::default()));
     let ring = enforcer.take_events()?;
-    let mut reader = EventReader::new(ring, directory.clone(), sinks).context("watching the event ring buffer")?;
+    let mut reader = EventReader::new(ring, directory.clone(), sinks)
+        .context("watching the event ring buffer")?;
     let mut manager = PolicyManager::new(enforcer, directory);
     match manager.apply(set) {
         Ok(applied) => log_applied(applied),
@@ -111,8 +112,14 @@ fn reload(manager: &mut PolicyManager, args: &RunArgs, cgroups: &Cgroups) {
             }
         }
         Err(e) => {
-            let live = manager.current().map(|a| a.report.sequence).unwrap_or_default();
-            tracing::error!(live_sequence = live, "reload refused; the previous policy stays in force: {e}");
+            let live = manager
+                .current()
+                .map(|a| a.report.sequence)
+                .unwrap_or_default();
+            tracing::error!(
+                live_sequence = live,
+                "reload refused; the previous policy stays in force: {e}"
+            );
         }
     }
 }

@@ -14,7 +14,11 @@ pub enum DecodeError {
     #[error("record of {0} bytes is shorter than an event header")]
     Short(usize),
     #[error("record of kind {kind} has {len} bytes, expected {expected}")]
-    Truncated { kind: u8, len: usize, expected: usize },
+    Truncated {
+        kind: u8,
+        len: usize,
+        expected: usize,
+    },
     #[error("unknown record kind {0}")]
     UnknownKind(u8),
 }
@@ -41,11 +45,13 @@ fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
 pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     let header: EventHeader = read(bytes).ok_or(DecodeError::Short(bytes.len()))?;
     match header.kind {
-        EVENT_NET => read::<NetEvent>(bytes).map(KernelEvent::Net).ok_or(DecodeError::Truncated {
-            kind: header.kind,
-            len: bytes.len(),
-            expected: size_of::<NetEvent>(),
-        }),
+        EVENT_NET => read::<NetEvent>(bytes)
+            .map(KernelEvent::Net)
+            .ok_or(DecodeError::Truncated {
+                kind: header.kind,
+                len: bytes.len(),
+                expected: size_of::<NetEvent>(),
+            }),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -73,7 +79,10 @@ mod tests {
         let mut e = NetEvent::default();
         e.header.kind = EVENT_NET;
         let b = bytes_of(&e);
-        assert!(matches!(decode(&b[..70]), Err(DecodeError::Truncated { .. })));
+        assert!(matches!(
+            decode(&b[..70]),
+            Err(DecodeError::Truncated { .. })
+        ));
         e.header.kind = 200;
         assert_eq!(decode(&bytes_of(&e)), Err(DecodeError::UnknownKind(200)));
     }

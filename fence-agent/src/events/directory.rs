@@ -6,7 +6,10 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use crate::{compile::CompiledPolicy, policy::{Mode, PolicyVersion}};
+use crate::{
+    compile::CompiledPolicy,
+    policy::{Mode, PolicyVersion},
+};
 
 #[derive(Debug, Clone)]
 pub struct DirectoryEntry {

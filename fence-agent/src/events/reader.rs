@@ -25,14 +25,20 @@ impl LiveHost {
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "unknown".to_owned());
-        let mut h = LiveHost { hostname, offset_ns: 0 };
+        let mut h = LiveHost {
+            hostname,
+            offset_ns: 0,
+        };
         h.refresh_clock();
         h
     }
 
     fn refresh_clock(&mut self) {
         use nix::time::{ClockId, clock_gettime};
-        let ns = |c| clock_gettime(c).map(|t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()));
+        let ns = |c| {
+            clock_gettime(c)
+                .map(|t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
+        };
         if let (Ok(real), Ok(boot)) = (ns(ClockId::CLOCK_REALTIME), ns(ClockId::CLOCK_BOOTTIME)) {
             self.offset_ns = real - boot;
         }
@@ -50,10 +56,13 @@ impl HostView for LiveHost {
         &self.hostname
     }
     fn wall_time(&self, boot_ns: u64) -> Timestamp {
-        Timestamp::from_nanosecond(self.offset_ns + i128::from(boot_ns)).unwrap_or(Timestamp::UNIX_EPOCH)
+        Timestamp::from_nanosecond(self.offset_ns + i128::from(boot_ns))
+            .unwrap_or(Timestamp::UNIX_EPOCH)
     }
     fn executable(&self, tgid: u32) -> Option<String> {
-        fs::read_link(format!("/proc/{tgid}/exe")).ok().map(|p| p.display().to_string())
+        fs::read_link(format!("/proc/{tgid}/exe"))
+            .ok()
+            .map(|p| p.display().to_string())
     }
     fn cgroup_path(&self, tgid: u32) -> Option<String> {
         crate::cgroup::Cgroups::path_of_process(&tgid.to_string())
@@ -71,12 +80,23 @@ pub struct EventReader {
 }
 
 impl EventReader {
-    pub fn new(ring: RingBuf<MapData>, directory: SharedDirectory, sinks: Sinks) -> std::io::Result<EventReader> {
+    pub fn new(
+        ring: RingBuf<MapData>,
+        directory: SharedDirectory,
+        sinks: Sinks,
+    ) -> std::io::Result<EventReader> {
         tracing::debug!(fd = ring.as_raw_fd(), "event ring buffer");
         // SAFETY: the ring buffer owns its map fd for its whole life and always reports that fd.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(std::io::Error::from)?;
-        Ok(EventReader { ring, directory, sinks, host: LiveHost::new(), undecodable: 0, written: 0 })
+        Ok(EventReader {
+            ring,
+            directory,
+            sinks,
+            host: LiveHost::new(),
+            undecodable: 0,
+            written: 0,
+        })
     }
 
     /// Reads events until the task is cancelled.

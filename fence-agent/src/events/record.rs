@@ -155,16 +155,26 @@ fn common(h: &EventHeader, dir: &Directory, host: &dyn HostView) -> (String, Pro
         thread: Thread { id: h.pid },
         name: comm(&h.comm),
         executable: host.executable(h.tgid),
-        user: Id { id: h.uid.to_string() },
-        group: Id { id: h.gid.to_string() },
+        user: Id {
+            id: h.uid.to_string(),
+        },
+        group: Id {
+            id: h.gid.to_string(),
+        },
     };
-    let cgroup_path =
-        dir.cgroup_path(h.cgroup_id).map(str::to_owned).or_else(|| host.cgroup_path(h.tgid));
+    let cgroup_path = dir
+        .cgroup_path(h.cgroup_id)
+        .map(str::to_owned)
+        .or_else(|| host.cgroup_path(h.tgid));
     let fence = Fence {
         schema_version: EVENT_SCHEMA_VERSION,
         identity: entry.map_or_else(|| format!("#{}", h.identity), |e| e.name.clone()),
         identity_id: h.identity,
-        mode: if h.verdict == VERDICT_WOULD_DENY { "audit" } else { "enforce" },
+        mode: if h.verdict == VERDICT_WOULD_DENY {
+            "audit"
+        } else {
+            "enforce"
+        },
         verdict,
         operation: operation_name(h.operation),
         mechanism: mechanism_name(h.mechanism),
@@ -175,7 +185,10 @@ fn common(h: &EventHeader, dir: &Directory, host: &dyn HostView) -> (String, Pro
             _ => "default-deny",
         },
         reason: reason_name(h.reason),
-        cgroup: Cgroup { id: h.cgroup_id, path: cgroup_path },
+        cgroup: Cgroup {
+            id: h.cgroup_id,
+            path: cgroup_path,
+        },
     };
     (timestamp, process, fence)
 }
@@ -196,18 +209,31 @@ fn net_record(e: &NetEvent, dir: &Directory, host: &dyn HostView) -> Record {
         255 => "raw".to_owned(),
         n => n.to_string(),
     };
-    let network = Network { family, transport: transport.clone(), iana_number: e.protocol.to_string() };
+    let network = Network {
+        family,
+        transport: transport.clone(),
+        iana_number: e.protocol.to_string(),
+    };
     let destination = (h.operation != op::SOCKET).then(|| {
         let ip = match e.family {
             2 => Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]).to_string(),
             _ => Ipv6Addr::from(e.addr).to_string(),
         };
-        Destination { address: ip.clone(), ip, port: e.port }
+        Destination {
+            address: ip.clone(),
+            ip,
+            port: e.port,
+        }
     });
     let action = operation_name(h.operation);
     let why = match (&destination, h.reason) {
-        (_, reason::IDENTITY_DENY_ALL) => "the identity has expired and is denied everything".to_owned(),
-        (Some(d), _) => format!("no egress rule allows {transport} to {}", join_host_port(&d.ip, d.port)),
+        (_, reason::IDENTITY_DENY_ALL) => {
+            "the identity has expired and is denied everything".to_owned()
+        }
+        (Some(d), _) => format!(
+            "no egress rule allows {transport} to {}",
+            join_host_port(&d.ip, d.port)
+        ),
         (None, _) => format!(
             "fenced identities may only create TCP and UDP sockets (family {family}, type {}, protocol {})",
             e.sock_type, e.protocol
@@ -216,18 +242,29 @@ fn net_record(e: &NetEvent, dir: &Directory, host: &dyn HostView) -> Record {
     let denied = h.verdict == VERDICT_DENIED;
     Record {
         timestamp,
-        ecs: Ecs { version: ECS_VERSION },
+        ecs: Ecs {
+            version: ECS_VERSION,
+        },
         event: EventFields {
             kind: "alert",
             category: vec!["network"],
-            event_type: vec![if h.operation == op::SOCKET { "start" } else { "connection" }, if denied { "denied" } else { "allowed" }],
+            event_type: vec![
+                if h.operation == op::SOCKET {
+                    "start"
+                } else {
+                    "connection"
+                },
+                if denied { "denied" } else { "allowed" },
+            ],
             action,
             outcome: if denied { "failure" } else { "success" },
             module: "fence",
             dataset: "fence.enforcement",
             reason: why,
         },
-        host: Host { hostname: host.hostname().to_owned() },
+        host: Host {
+            hostname: host.hostname().to_owned(),
+        },
         process,
         destination,
         network: Some(network),
@@ -236,7 +273,11 @@ fn net_record(e: &NetEvent, dir: &Directory, host: &dyn HostView) -> Record {
 }
 
 fn join_host_port(ip: &str, port: u16) -> String {
-    if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") }
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
 }
 
 fn comm(raw: &[u8; 16]) -> String {
@@ -307,7 +348,10 @@ mod tests {
                 name: "ci-bot".into(),
                 mode: Mode::Enforce,
                 expired: false,
-                info: IdentityInfo { mode: MODE_ENFORCE, ..Default::default() },
+                info: IdentityInfo {
+                    mode: MODE_ENFORCE,
+                    ..Default::default()
+                },
                 version,
                 rule_names: vec![],
                 cgroups: vec![("/fence/ci".into(), 99)],
@@ -320,8 +364,7 @@ mod tests {
     #[test]
     fn a_denied_connect_has_every_field() {
         let version = PolicyVersion([0xab; 32]);
-        let mut e = NetEvent::default();
-        e.header = EventHeader {
+        let header = EventHeader {
             kind: EVENT_NET,
             verdict: VERDICT_DENIED,
             operation: op::CONNECT,
@@ -338,11 +381,16 @@ mod tests {
             _pad: [0; 3],
             comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
         };
-        e.family = 2;
-        e.port = 22;
-        e.protocol = 6;
-        e.sock_type = 1;
-        e.addr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        let e = NetEvent {
+            header,
+            family: 2,
+            port: 22,
+            protocol: 6,
+            sock_type: 1,
+            addr,
+        };
         let r = build(&KernelEvent::Net(e), &directory(version), &FakeHost);
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["@timestamp"], "2027-01-15T08:00:00.000000005Z");
@@ -361,7 +409,10 @@ mod tests {
         assert_eq!(v["network"]["transport"], "tcp");
         assert_eq!(v["network"]["type"], "ipv4");
         assert_eq!(v["event"]["outcome"], "failure");
-        assert_eq!(v["event"]["reason"], "no egress rule allows tcp to 10.0.0.1:22");
+        assert_eq!(
+            v["event"]["reason"],
+            "no egress rule allows tcp to 10.0.0.1:22"
+        );
     }
 
     #[test]
@@ -377,12 +428,16 @@ mod tests {
         e.protocol = 17;
         e.port = 53;
         e.addr = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1];
-        let v = serde_json::to_value(build(&KernelEvent::Net(e), &directory(version), &FakeHost)).unwrap();
+        let v = serde_json::to_value(build(&KernelEvent::Net(e), &directory(version), &FakeHost))
+            .unwrap();
         assert_eq!(v["fence"]["verdict"], "would-deny");
         assert_eq!(v["fence"]["mode"], "audit");
         assert_eq!(v["event"]["outcome"], "success");
         assert_eq!(v["destination"]["ip"], "::ffff:127.0.0.1");
-        assert_eq!(v["event"]["reason"], "no egress rule allows udp to [::ffff:127.0.0.1]:53");
+        assert_eq!(
+            v["event"]["reason"],
+            "no egress rule allows udp to [::ffff:127.0.0.1]:53"
+        );
         // Older policy version than the directory knows: the kernel's short id is reported.
         assert_eq!(v["fence"]["policy_version"], "sha256:deadbeef…");
     }

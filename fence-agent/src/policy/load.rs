@@ -29,7 +29,10 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<SourceDocument>, PolicyErrors
             Ok(files) => {
                 for file in files {
                     match read_one(&file) {
-                        Ok(document) => docs.push(SourceDocument { path: file, document }),
+                        Ok(document) => docs.push(SourceDocument {
+                            path: file,
+                            document,
+                        }),
                         Err(e) => errors.push(e),
                     }
                 }
@@ -37,11 +40,20 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<SourceDocument>, PolicyErrors
             Err(e) => errors.push(e),
         }
     }
-    if errors.is_empty() { Ok(docs) } else { Err(PolicyErrors(errors)) }
+    if errors.is_empty() {
+        Ok(docs)
+    } else {
+        Err(PolicyErrors(errors))
+    }
 }
 
 fn file_error(path: &Path, kind: PolicyErrorKind) -> PolicyError {
-    PolicyError { file: path.to_owned(), identity: None, field: String::new(), kind }
+    PolicyError {
+        file: path.to_owned(),
+        identity: None,
+        field: String::new(),
+        kind,
+    }
 }
 
 fn is_policy_file(path: &Path) -> bool {
@@ -114,7 +126,10 @@ pub fn parse_document(text: &str, format: Format) -> Result<PolicyDocument, Poli
     if text.trim().is_empty() {
         return Err(PolicyErrorKind::Empty);
     }
-    let syntax = |message: String| PolicyErrorKind::Syntax { format: format.name(), message };
+    let syntax = |message: String| PolicyErrorKind::Syntax {
+        format: format.name(),
+        message,
+    };
     let tree: serde_json::Value = match format {
         Format::Json => serde_json::from_str(text).map_err(|e| syntax(e.to_string()))?,
         Format::Yaml => serde_saphyr::from_str(text).map_err(|e| syntax(e.to_string()))?,
@@ -131,12 +146,19 @@ pub fn parse_document(text: &str, format: Format) -> Result<PolicyDocument, Poli
     if let Some(found) = tree.get("schema").and_then(|s| s.as_u64())
         && found != u64::from(super::SCHEMA_VERSION)
     {
-        return Err(PolicyErrorKind::UnsupportedSchema { found, supported: super::SCHEMA_VERSION });
+        return Err(PolicyErrorKind::UnsupportedSchema {
+            found,
+            supported: super::SCHEMA_VERSION,
+        });
     }
     serde_path_to_error::deserialize(tree).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
-        PolicyErrorKind::Schema(if path == "." { inner } else { format!("{path}: {inner}") })
+        PolicyErrorKind::Schema(if path == "." {
+            inner
+        } else {
+            format!("{path}: {inner}")
+        })
     })
 }
 
@@ -150,6 +172,8 @@ fn toml_to_json(v: toml::Value) -> serde_json::Value {
         toml::Value::Boolean(b) => J::Bool(b),
         toml::Value::Datetime(d) => J::String(d.to_string()),
         toml::Value::Array(a) => J::Array(a.into_iter().map(toml_to_json).collect()),
-        toml::Value::Table(t) => J::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect()),
+        toml::Value::Table(t) => {
+            J::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
+        }
     }
 }

@@ -17,29 +17,44 @@ pub enum IpNet {
 impl IpNet {
     /// Parses `a.b.c.d/len`, `x::y/len` or a single address (a /32 or /128).
     pub fn parse(text: &str) -> Result<IpNet, PolicyErrorKind> {
-        let invalid = |why: String| PolicyErrorKind::InvalidCidr { value: text.to_owned(), why };
+        let invalid = |why: String| PolicyErrorKind::InvalidCidr {
+            value: text.to_owned(),
+            why,
+        };
         let (addr_text, len_text) = match text.split_once('/') {
             Some((a, l)) => (a, Some(l)),
             None => (text, None),
         };
         let addr: IpAddr = addr_text.trim().parse().map_err(|_| {
-            invalid(format!("{addr_text:?} is not an IP address (host names are not accepted)"))
+            invalid(format!(
+                "{addr_text:?} is not an IP address (host names are not accepted)"
+            ))
         })?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let len = match len_text {
             None => max,
             Some(l) => {
-                let n: u32 =
-                    l.trim().parse().map_err(|_| invalid(format!("prefix length {l:?} is not a number")))?;
+                let n: u32 = l
+                    .trim()
+                    .parse()
+                    .map_err(|_| invalid(format!("prefix length {l:?} is not a number")))?;
                 if n > max {
-                    return Err(invalid(format!("prefix length {n} is out of range (0-{max})")));
+                    return Err(invalid(format!(
+                        "prefix length {n} is out of range (0-{max})"
+                    )));
                 }
                 n
             }
         };
         let net = match addr {
-            IpAddr::V4(a) => IpNet::V4 { addr: a.octets(), len: len as u8 },
-            IpAddr::V6(a) => IpNet::V6 { addr: a.octets(), len: len as u8 },
+            IpAddr::V4(a) => IpNet::V4 {
+                addr: a.octets(),
+                len: len as u8,
+            },
+            IpAddr::V6(a) => IpNet::V6 {
+                addr: a.octets(),
+                len: len as u8,
+            },
         };
         let masked = net.masked();
         if masked != net {
@@ -51,7 +66,7 @@ impl IpNet {
         Ok(net)
     }
 
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         match *self {
             IpNet::V4 { len, .. } | IpNet::V6 { len, .. } => len,
         }
@@ -60,8 +75,14 @@ impl IpNet {
     /// The network with host bits cleared.
     pub fn masked(&self) -> IpNet {
         match *self {
-            IpNet::V4 { addr, len } => IpNet::V4 { addr: mask(addr, len), len },
-            IpNet::V6 { addr, len } => IpNet::V6 { addr: mask(addr, len), len },
+            IpNet::V4 { addr, len } => IpNet::V4 {
+                addr: mask(addr, len),
+                len,
+            },
+            IpNet::V6 { addr, len } => IpNet::V6 {
+                addr: mask(addr, len),
+                len,
+            },
         }
     }
 
@@ -117,8 +138,10 @@ impl PortRange {
                 if text.eq_ignore_ascii_case("any") {
                     return Ok(PortRange::ANY);
                 }
-                let invalid =
-                    |why: &str| PolicyErrorKind::InvalidPort { value: t.clone(), why: why.to_owned() };
+                let invalid = |why: &str| PolicyErrorKind::InvalidPort {
+                    value: t.clone(),
+                    why: why.to_owned(),
+                };
                 let (lo, hi) = match text.split_once('-') {
                     Some((lo, hi)) => (lo.trim(), hi.trim()),
                     None => (text, text),
@@ -140,7 +163,9 @@ impl PortRange {
 fn single(n: i64, text: &str) -> Result<u16, PolicyErrorKind> {
     match u16::try_from(n) {
         Ok(p) if p >= 1 => Ok(p),
-        _ => Err(PolicyErrorKind::PortOutOfRange { value: text.to_owned() }),
+        _ => Err(PolicyErrorKind::PortOutOfRange {
+            value: text.to_owned(),
+        }),
     }
 }
 
@@ -150,25 +175,43 @@ mod tests {
 
     #[test]
     fn parses_cidrs_and_single_addresses() {
-        assert_eq!(IpNet::parse("10.0.0.0/8").unwrap(), IpNet::V4 { addr: [10, 0, 0, 0], len: 8 });
-        assert_eq!(IpNet::parse("127.0.0.1").unwrap().len(), 32);
-        assert_eq!(IpNet::parse("::1").unwrap().len(), 128);
-        assert_eq!(IpNet::parse("0.0.0.0/0").unwrap().len(), 0);
+        assert_eq!(
+            IpNet::parse("10.0.0.0/8").unwrap(),
+            IpNet::V4 {
+                addr: [10, 0, 0, 0],
+                len: 8
+            }
+        );
+        assert_eq!(IpNet::parse("127.0.0.1").unwrap().prefix_len(), 32);
+        assert_eq!(IpNet::parse("::1").unwrap().prefix_len(), 128);
+        assert_eq!(IpNet::parse("0.0.0.0/0").unwrap().prefix_len(), 0);
         assert_eq!(IpNet::parse("fd00::/8").unwrap().to_string(), "fd00::/8");
     }
 
     #[test]
     fn rejects_host_bits_with_a_suggestion() {
         match IpNet::parse("10.1.2.3/8") {
-            Err(PolicyErrorKind::HostBitsSet { suggestion, .. }) => assert_eq!(suggestion, "10.0.0.0/8"),
+            Err(PolicyErrorKind::HostBitsSet { suggestion, .. }) => {
+                assert_eq!(suggestion, "10.0.0.0/8")
+            }
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
     fn rejects_bad_prefixes_and_names() {
-        for bad in ["10.0.0.0/33", "::/129", "10.0.0.0/x", "example.com", "10.0.0/8", ""] {
-            assert!(matches!(IpNet::parse(bad), Err(PolicyErrorKind::InvalidCidr { .. })), "{bad}");
+        for bad in [
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/x",
+            "example.com",
+            "10.0.0/8",
+            "",
+        ] {
+            assert!(
+                matches!(IpNet::parse(bad), Err(PolicyErrorKind::InvalidCidr { .. })),
+                "{bad}"
+            );
         }
     }
 
@@ -180,22 +223,35 @@ mod tests {
         assert!(!n16.contains(&n8));
         assert!(n8.contains(&n8));
         assert!(!n8.contains(&IpNet::parse("::/0").unwrap()));
-        assert!(IpNet::parse("::/0").unwrap().contains(&IpNet::parse("::1").unwrap()));
+        assert!(
+            IpNet::parse("::/0")
+                .unwrap()
+                .contains(&IpNet::parse("::1").unwrap())
+        );
     }
 
     #[test]
     fn ports() {
-        assert_eq!(PortRange::parse(&PortDoc::Number(443)).unwrap(), PortRange { lo: 443, hi: 443 });
+        assert_eq!(
+            PortRange::parse(&PortDoc::Number(443)).unwrap(),
+            PortRange { lo: 443, hi: 443 }
+        );
         assert_eq!(
             PortRange::parse(&PortDoc::Text("8000-8080".into())).unwrap(),
             PortRange { lo: 8000, hi: 8080 }
         );
-        assert_eq!(PortRange::parse(&PortDoc::Text("any".into())).unwrap(), PortRange::ANY);
+        assert_eq!(
+            PortRange::parse(&PortDoc::Text("any".into())).unwrap(),
+            PortRange::ANY
+        );
         assert!(matches!(
             PortRange::parse(&PortDoc::Number(70000)),
             Err(PolicyErrorKind::PortOutOfRange { .. })
         ));
-        assert!(matches!(PortRange::parse(&PortDoc::Number(0)), Err(PolicyErrorKind::PortOutOfRange { .. })));
+        assert!(matches!(
+            PortRange::parse(&PortDoc::Number(0)),
+            Err(PolicyErrorKind::PortOutOfRange { .. })
+        ));
         assert!(matches!(
             PortRange::parse(&PortDoc::Text("90-80".into())),
             Err(PolicyErrorKind::InvalidPort { .. })

@@ -126,15 +126,25 @@ pub fn validate(
             kind,
         };
         match doc.document.schema {
-            None => errors.push(file_err("schema", PolicyErrorKind::Required(" (schema: 1)"))),
+            None => errors.push(file_err(
+                "schema",
+                PolicyErrorKind::Required(" (schema: 1)"),
+            )),
             Some(s) if s != u64::from(SCHEMA_VERSION) => errors.push(file_err(
                 "schema",
-                PolicyErrorKind::UnsupportedSchema { found: s, supported: SCHEMA_VERSION },
+                PolicyErrorKind::UnsupportedSchema {
+                    found: s,
+                    supported: SCHEMA_VERSION,
+                },
             )),
             Some(_) => {}
         }
         for (index, idoc) in doc.document.identities.iter().enumerate() {
-            let mut ctx = Ctx { file: &doc.path, identity: None, errors: &mut errors };
+            let mut ctx = Ctx {
+                file: &doc.path,
+                identity: None,
+                errors: &mut errors,
+            };
             if let Err(kind) = check_name(&idoc.name) {
                 ctx.push(&format!("identities[{index}].name"), kind);
                 continue;
@@ -156,7 +166,11 @@ pub fn validate(
         }
     }
     check_cgroup_conflicts(&identities, &mut errors);
-    if errors.is_empty() { Ok(PolicySet { identities }) } else { Err(PolicyErrors(errors)) }
+    if errors.is_empty() {
+        Ok(PolicySet { identities })
+    } else {
+        Err(PolicyErrors(errors))
+    }
 }
 
 struct Ctx<'a> {
@@ -177,7 +191,12 @@ impl Ctx<'_> {
 }
 
 fn check_name(name: &str) -> Result<(), PolicyErrorKind> {
-    let invalid = |why| Err(PolicyErrorKind::InvalidName { value: name.to_owned(), why });
+    let invalid = |why| {
+        Err(PolicyErrorKind::InvalidName {
+            value: name.to_owned(),
+            why,
+        })
+    };
     if name.is_empty() {
         return invalid("must not be empty");
     }
@@ -187,7 +206,10 @@ fn check_name(name: &str) -> Result<(), PolicyErrorKind> {
     if !name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit()) {
         return invalid("must start with a lowercase letter or a digit");
     }
-    if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c)) {
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+    {
         return invalid("only lowercase letters, digits, '.', '_' and '-' are allowed");
     }
     Ok(())
@@ -200,10 +222,26 @@ fn identity(
     now: Timestamp,
 ) -> Option<Identity> {
     let before = ctx.errors.len();
-    let owner = required_text(ctx, "owner", doc.owner.as_deref(), " (who answers for this identity)");
-    let purpose = required_text(ctx, "purpose", doc.purpose.as_deref(), " (why this identity exists)");
-    let created = doc.created.as_deref().and_then(|t| timestamp(ctx, "created", t));
-    let expires = doc.expires.as_deref().and_then(|t| timestamp(ctx, "expires", t));
+    let owner = required_text(
+        ctx,
+        "owner",
+        doc.owner.as_deref(),
+        " (who answers for this identity)",
+    );
+    let purpose = required_text(
+        ctx,
+        "purpose",
+        doc.purpose.as_deref(),
+        " (why this identity exists)",
+    );
+    let created = doc
+        .created
+        .as_deref()
+        .and_then(|t| timestamp(ctx, "created", t));
+    let expires = doc
+        .expires
+        .as_deref()
+        .and_then(|t| timestamp(ctx, "expires", t));
     if let (Some(c), Some(e)) = (created, expires)
         && e <= c
     {
@@ -224,8 +262,12 @@ fn identity(
         .enumerate()
         .filter_map(|(i, s)| cgroup(ctx, &format!("selectors[{i}].cgroup"), &s.cgroup, resolver))
         .collect();
-    let egress: Vec<EgressRule> =
-        doc.egress.iter().enumerate().filter_map(|(i, r)| egress_rule(ctx, i, r)).collect();
+    let egress: Vec<EgressRule> = doc
+        .egress
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| egress_rule(ctx, i, r))
+        .collect();
     if ctx.errors.len() != before {
         return None;
     }
@@ -289,7 +331,10 @@ fn cgroup(
     raw: &str,
     resolver: Option<&dyn CgroupResolver>,
 ) -> Option<BoundCgroup> {
-    let unusable = |why: &str| PolicyErrorKind::CgroupUnusable { path: raw.to_owned(), why: why.to_owned() };
+    let unusable = |why: &str| PolicyErrorKind::CgroupUnusable {
+        path: raw.to_owned(),
+        why: why.to_owned(),
+    };
     let parts: Vec<&str> = raw.split('/').filter(|p| !p.is_empty()).collect();
     if parts.is_empty() {
         let why = "the root cgroup holds every process on the host, the agent included";
@@ -297,11 +342,17 @@ fn cgroup(
         return None;
     }
     if parts.iter().any(|p| *p == "." || *p == "..") {
-        ctx.push(field, unusable("'.' and '..' are not allowed in cgroup paths"));
+        ctx.push(
+            field,
+            unusable("'.' and '..' are not allowed in cgroup paths"),
+        );
         return None;
     }
     if parts.len() > MAX_CGROUP_DEPTH as usize {
-        ctx.push(field, unusable(&format!("deeper than {MAX_CGROUP_DEPTH} levels")));
+        ctx.push(
+            field,
+            unusable(&format!("deeper than {MAX_CGROUP_DEPTH} levels")),
+        );
         return None;
     }
     let path = format!("/{}", parts.join("/"));
@@ -328,7 +379,11 @@ fn cgroup(
     }
 }
 
-fn egress_rule(ctx: &mut Ctx<'_>, index: usize, doc: &super::model::EgressDoc) -> Option<EgressRule> {
+fn egress_rule(
+    ctx: &mut Ctx<'_>,
+    index: usize,
+    doc: &super::model::EgressDoc,
+) -> Option<EgressRule> {
     let before = ctx.errors.len();
     let base = format!("egress[{index}]");
     if doc.to.is_empty() {
@@ -369,7 +424,12 @@ fn egress_rule(ctx: &mut Ctx<'_>, index: usize, doc: &super::model::EgressDoc) -
         Protocol::Udp => PROTO_UDP,
         Protocol::Any => PROTO_TCP | PROTO_UDP,
     };
-    Some(EgressRule { name, nets, ports, protocols })
+    Some(EgressRule {
+        name,
+        nets,
+        ports,
+        protocols,
+    })
 }
 
 /// One cgroup, one identity: two identities on one cgroup would make its mode and rules

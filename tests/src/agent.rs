@@ -1,0 +1,207 @@
+//! Running the real `fence-agent` binary for a test: its policy and config in the test's
+//! temporary directory, readiness through the systemd notify protocol, events read back from
+//! its event file and its stdout.
+
+use std::{
+    fs,
+    io::Read as _,
+    os::unix::net::UnixDatagram,
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    time::Duration,
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use serde_json::Value;
+
+use crate::env::{TempDir, slow_factor, wait_for};
+
+/// Path of the agent binary: `$FENCE_AGENT`, else `fence-agent` next to this binary.
+pub fn agent_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("FENCE_AGENT") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.with_file_name("fence-agent")
+}
+
+pub struct Agent {
+    child: Option<Child>,
+    notify: Option<UnixDatagram>,
+    /// Holds the policy, config and logs; removed with the agent.
+    _dir: TempDir,
+    pub policy: PathBuf,
+    pub events: PathBuf,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent on `policy` (YAML) and waits until it reports READY=1.
+    pub fn start(test: &str, policy: &str) -> Agent {
+        let agent = Agent::spawn(test, policy);
+        agent.wait_ready()
+    }
+
+    /// Starts the agent without waiting (for tests of start-up failures).
+    pub fn spawn(test: &str, policy: &str) -> Agent {
+        let dir = TempDir::new(test);
+        let policy_path = dir.path("policy.yaml");
+        fs::write(&policy_path, policy).expect("writing the policy");
+        let events = dir.path("events.jsonl");
+        let config = dir.path("agent.toml");
+        fs::write(
+            &config,
+            format!(
+                "[events]\nstdout = true\nfile = {:?}\n",
+                events.display().to_string()
+            ),
+        )
+        .expect("writing the config");
+        let notify = dir.path("notify.sock");
+        // Bound before the agent starts, so that no READY can be missed.
+        let socket = UnixDatagram::bind(&notify).expect("binding the notify socket");
+        let stdout = dir.path("agent.stdout");
+        let stderr = dir.path("agent.stderr");
+        let child = Command::new(agent_binary())
+            .args(["run", "--policy"])
+            .arg(&policy_path)
+            .arg("--config")
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &notify)
+            .env("FENCE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout).expect("stdout file"))
+            .stderr(fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", agent_binary().display()));
+        Agent {
+            child: Some(child),
+            notify: Some(socket),
+            _dir: dir,
+            policy: policy_path,
+            events,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn wait_ready(mut self) -> Agent {
+        let socket = self.notify.take().expect("notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let ready = wait_for(Duration::from_secs(60 * u64::from(slow_factor())), || {
+            let mut buf = [0u8; 512];
+            if let Ok(n) = socket.recv(&mut buf)
+                && String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .any(|l| l == "READY=1")
+            {
+                return Some(true);
+            }
+            if let Some(status) = self.try_exit_status() {
+                panic!(
+                    "the agent exited before it was ready ({status}):\n{}",
+                    self.stderr_text()
+                );
+            }
+            None
+        });
+        if ready.is_none() {
+            panic!(
+                "the agent did not report READY=1 in time:\n{}",
+                self.stderr_text()
+            );
+        }
+        self
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("agent running").id() as i32)
+    }
+
+    pub fn try_exit_status(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits for the agent to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        wait_for(timeout, || self.try_exit_status())
+            .unwrap_or_else(|| panic!("the agent did not exit:\n{}", self.stderr_text()))
+    }
+
+    pub fn stderr_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = fs::File::open(&self.stderr) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Sends SIGHUP and waits until the agent has logged the outcome of the reload.
+    pub fn reload(&self) -> String {
+        let before = self.stderr_text().matches("SIGHUP").count();
+        kill(self.pid(), Signal::SIGHUP).expect("SIGHUP");
+        wait_for(Duration::from_secs(30 * u64::from(slow_factor())), || {
+            let text = self.stderr_text();
+            let done =
+                text.matches("policy applied").count() + text.matches("reload refused").count();
+            (text.matches("SIGHUP").count() > before && done > before).then_some(text)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the agent did not finish the reload:\n{}",
+                self.stderr_text()
+            )
+        })
+    }
+
+    /// Event lines in the event file, parsed.
+    pub fn events(&self) -> Vec<Value> {
+        read_jsonl(&self.events)
+    }
+
+    /// Waits until an event matches `pred` and returns it.
+    pub fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_for(Duration::from_secs(10 * u64::from(slow_factor())), || {
+            self.events().into_iter().find(|e| pred(e))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no event {what} arrived; events: {:#?}\nagent log:\n{}",
+                self.events(),
+                self.stderr_text()
+            )
+        })
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Our own child, by pid: SIGTERM, then SIGKILL.
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            if wait_for(Duration::from_secs(10), || child.try_wait().ok().flatten()).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+pub fn read_jsonl(path: &std::path::Path) -> Vec<Value> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("event line is not JSON ({e}): {l}"))
+        })
+        .collect()
+}

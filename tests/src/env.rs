@@ -1,0 +1,147 @@
+//! What tests set up on the host: their own cgroups and temporary directories, removed when
+//! the test ends, and a few host readings.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use fence_agent::cgroup::cgroup2_mount_in;
+
+/// The cgroup2 mount point of this host (found, never assumed).
+pub fn cgroup_root() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let text =
+            fs::read_to_string("/proc/self/mountinfo").expect("reading /proc/self/mountinfo");
+        cgroup2_mount_in(&text).expect("no cgroup2 mount on this host")
+    })
+}
+
+/// A cgroup the test creates under `<cgroup2>/fence-test/` and removes when dropped.
+pub struct TestCgroup {
+    /// Path relative to the cgroup2 mount, as policies name it.
+    pub rel: String,
+    pub dir: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new(name: &str) -> TestCgroup {
+        let rel = format!("/fence-test/{name}.{}", std::process::id());
+        let dir = cgroup_root().join(rel.trim_start_matches('/'));
+        fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
+        TestCgroup { rel, dir }
+    }
+
+    /// A child cgroup (created now, removed with the parent).
+    pub fn child(&self, name: &str) -> TestCgroup {
+        let rel = format!("{}/{name}", self.rel);
+        let dir = self.dir.join(name);
+        fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
+        TestCgroup { rel, dir }
+    }
+
+    /// The cgroup id the kernel reports (the directory's inode number).
+    pub fn id(&self) -> u64 {
+        fence_agent::cgroup::id_of(&self.dir).expect("cgroup id")
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        remove_cgroup_tree(&self.dir);
+    }
+}
+
+/// Removes a cgroup and its descendants, deepest first. Processes that tests started have
+/// exited by now (helpers are waited for); retry briefly while the kernel finishes reaping.
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fs::remove_dir(dir).is_err() && dir.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The shared parent goes when the last test's cgroup is gone.
+    if let Some(parent) = dir.parent()
+        && parent.file_name().is_some_and(|n| n == "fence-test")
+    {
+        let _ = fs::remove_dir(parent);
+    }
+}
+
+/// A temporary directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("fence-test-{name}.{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        TempDir(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The last `lines` lines of the kernel log (syslog(2) READ_ALL), for failure reports.
+pub fn kernel_log_tail(lines: usize) -> String {
+    const SYSLOG_ACTION_READ_ALL: libc::c_int = 3;
+    let mut buf = vec![0u8; 1 << 20];
+    // SAFETY: the buffer is valid for its length.
+    let n = unsafe {
+        libc::klogctl(
+            SYSLOG_ACTION_READ_ALL,
+            buf.as_mut_ptr().cast(),
+            buf.len() as libc::c_int,
+        )
+    };
+    if n < 0 {
+        return format!(
+            "(kernel log unavailable: {})",
+            std::io::Error::last_os_error()
+        );
+    }
+    let text = String::from_utf8_lossy(&buf[..n as usize]).into_owned();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Time limits scale with the machine: the vm tier runs under TCG emulation.
+pub fn slow_factor() -> u32 {
+    std::env::var("FENCE_TEST_SLOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}

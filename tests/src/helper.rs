@@ -1,0 +1,297 @@
+//! Workloads: `fence-tests helper [--cgroup DIR] ACTION ARGS...` moves itself into the cgroup
+//! (as `fence-agent exec` would), performs one action and prints one JSON line:
+//! `{"pid":N,"ok":true}` or `{"pid":N,"ok":false,"errno":1,"error":"..."}`.
+
+use std::{
+    fs, io,
+    net::{SocketAddr, TcpStream, UdpSocket},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    process::{Command, ExitCode},
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+
+use crate::env::TestCgroup;
+
+/// What a helper reported.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub pid: u32,
+    pub errno: Option<i32>,
+    pub raw: Value,
+}
+
+impl Outcome {
+    pub fn ok(&self) -> bool {
+        self.errno.is_none()
+    }
+
+    #[track_caller]
+    pub fn assert_ok(&self, what: &str) {
+        assert!(self.ok(), "{what}: expected success, got {}", self.raw);
+    }
+
+    #[track_caller]
+    pub fn assert_eperm(&self, what: &str) {
+        assert_eq!(
+            self.errno,
+            Some(libc::EPERM),
+            "{what}: expected EPERM, got {}",
+            self.raw
+        );
+    }
+}
+
+/// Runs one helper action, in `cgroup` if given.
+pub fn run(cgroup: Option<&TestCgroup>, action: &[&str]) -> Outcome {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = Command::new(exe);
+    cmd.arg("helper");
+    if let Some(cg) = cgroup {
+        cmd.arg("--cgroup").arg(&cg.dir);
+    }
+    let out = cmd.args(action).output().expect("running the helper");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_else(|| {
+        panic!(
+            "helper {action:?} printed nothing; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let raw: Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("helper output {line:?}: {e}"));
+    Outcome {
+        pid: raw["pid"].as_u64().expect("pid") as u32,
+        errno: raw["errno"].as_i64().map(|e| e as i32),
+        raw,
+    }
+}
+
+/// Entry point of the helper process.
+pub fn main(args: &[String]) -> ExitCode {
+    let mut args = args.iter().map(String::as_str);
+    let mut action = args.next();
+    if action == Some("--cgroup") {
+        let dir = args.next().expect("--cgroup DIR");
+        let procs = std::path::Path::new(dir).join("cgroup.procs");
+        if let Err(e) = fs::write(&procs, std::process::id().to_string()) {
+            eprintln!("joining {}: {e}", procs.display());
+            return ExitCode::from(3);
+        }
+        action = args.next();
+    }
+    let rest: Vec<&str> = args.collect();
+    let result = match action {
+        Some(a) => perform(a, &rest),
+        None => Err(io::Error::other("no action")),
+    };
+    let pid = std::process::id();
+    let line = match result {
+        Ok(mut extra) => {
+            extra["pid"] = json!(pid);
+            extra["ok"] = json!(true);
+            extra
+        }
+        Err(e) => {
+            json!({"pid": pid, "ok": false, "errno": e.raw_os_error(), "error": e.to_string()})
+        }
+    };
+    println!("{line}");
+    ExitCode::SUCCESS
+}
+
+fn addr(a: Option<&&str>) -> io::Result<SocketAddr> {
+    a.ok_or_else(|| io::Error::other("missing address"))?
+        .parse()
+        .map_err(|e| io::Error::other(format!("bad address: {e}")))
+}
+
+/// Performs `action`; returns extra fields for the report (an empty object for most).
+fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
+    let done = |r: io::Result<()>| r.map(|()| json!({}));
+    match action {
+        "tcp-connect" => {
+            done(TcpStream::connect_timeout(&addr(args.first())?, Duration::from_secs(5)).map(drop))
+        }
+        "udp-connect" => {
+            let to = addr(args.first())?;
+            let s = UdpSocket::bind(local_any(&to))?;
+            s.connect(to)?;
+            done(s.send(b"fence").map(drop))
+        }
+        "udp-sendto" => {
+            let to = addr(args.first())?;
+            done(
+                UdpSocket::bind(local_any(&to))?
+                    .send_to(b"fence", to)
+                    .map(drop),
+            )
+        }
+        "udp-sendmsg" => {
+            let to = addr(args.first())?;
+            let s = UdpSocket::bind(local_any(&to))?;
+            let dest = nix::sys::socket::SockaddrStorage::from(to);
+            let iov = [io::IoSlice::new(b"fence")];
+            done(
+                nix::sys::socket::sendmsg(
+                    s.as_raw_fd(),
+                    &iov,
+                    &[],
+                    nix::sys::socket::MsgFlags::empty(),
+                    Some(&dest),
+                )
+                .map(drop)
+                .map_err(io::Error::from),
+            )
+        }
+        "udp-sendmmsg" => {
+            let to = addr(args.first())?;
+            let s = UdpSocket::bind(local_any(&to))?;
+            done(sendmmsg_two(&s, to))
+        }
+        "tcp-fastopen" => {
+            let to = addr(args.first())?;
+            done(tcp_fastopen(to))
+        }
+        "socket" => {
+            let family = match args.first().copied() {
+                Some("inet") => libc::AF_INET,
+                Some("inet6") => libc::AF_INET6,
+                other => return Err(io::Error::other(format!("family {other:?}"))),
+            };
+            let (ty, proto) = match args.get(1).copied() {
+                Some("raw") => (libc::SOCK_RAW, libc::IPPROTO_ICMP),
+                Some("icmp") => (
+                    libc::SOCK_DGRAM,
+                    if family == libc::AF_INET {
+                        libc::IPPROTO_ICMP
+                    } else {
+                        libc::IPPROTO_ICMPV6
+                    },
+                ),
+                Some("sctp") => (libc::SOCK_STREAM, libc::IPPROTO_SCTP),
+                Some("mptcp") => (libc::SOCK_STREAM, libc::IPPROTO_MPTCP),
+                Some("udplite") => (libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE),
+                Some("tcp") => (libc::SOCK_STREAM, 0),
+                Some("udp") => (libc::SOCK_DGRAM, 0),
+                other => return Err(io::Error::other(format!("socket kind {other:?}"))),
+            };
+            // SAFETY: plain syscall; the fd is owned and closed at once.
+            let fd = unsafe { libc::socket(family, ty, proto) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: fd was just returned by socket(2).
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            Ok(json!({}))
+        }
+        "bench-tcp" | "bench-udp" => {
+            let to = addr(args.first())?;
+            let n: u64 = args
+                .get(1)
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| io::Error::other("count"))?;
+            let started = std::time::Instant::now();
+            if action == "bench-tcp" {
+                bench_tcp(to, n)?
+            } else {
+                bench_udp(to, n)?
+            }
+            Ok(json!({"ns": started.elapsed().as_nanos() as u64, "count": n}))
+        }
+        other => Err(io::Error::other(format!("unknown action {other}"))),
+    }
+}
+
+/// `n` TCP connects, each closed with RST (SO_LINGER 0) so that no TIME_WAIT state eats the
+/// ephemeral ports.
+fn bench_tcp(to: SocketAddr, n: u64) -> io::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    for _ in 0..n {
+        let s = TcpStream::connect(to)?;
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Linger, &linger)
+            .map_err(io::Error::from)?;
+    }
+    Ok(())
+}
+
+/// `n` unconnected UDP sends from one socket.
+fn bench_udp(to: SocketAddr, n: u64) -> io::Result<()> {
+    let s = UdpSocket::bind(local_any(&to))?;
+    for _ in 0..n {
+        s.send_to(b"fence-bench", to)?;
+    }
+    Ok(())
+}
+
+fn local_any(to: &SocketAddr) -> SocketAddr {
+    if to.is_ipv4() {
+        "0.0.0.0:0".parse().expect("addr")
+    } else {
+        "[::]:0".parse().expect("addr")
+    }
+}
+
+/// sendmmsg(2) of two datagrams: the first one's result decides.
+fn sendmmsg_two(s: &UdpSocket, to: SocketAddr) -> io::Result<()> {
+    let dest = nix::sys::socket::SockaddrStorage::from(to);
+    let payload = [io::IoSlice::new(b"one")];
+    let payload2 = [io::IoSlice::new(b"two")];
+    let mut data =
+        nix::sys::socket::MultiHeaders::<nix::sys::socket::SockaddrStorage>::preallocate(2, None);
+    let iovs = [payload, payload2];
+    let addrs = [Some(dest), Some(dest)];
+    let sent = nix::sys::socket::sendmmsg(
+        s.as_raw_fd(),
+        &mut data,
+        &iovs,
+        addrs,
+        [],
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .map_err(io::Error::from)?;
+    let n = sent.count();
+    if n == 2 {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("sendmmsg sent {n} of 2")))
+    }
+}
+
+/// A TCP Fast Open connect: sendto(MSG_FASTOPEN) on an unconnected socket.
+fn tcp_fastopen(to: SocketAddr) -> io::Result<()> {
+    let family = if to.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain syscall.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by socket(2).
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let dest = nix::sys::socket::SockaddrStorage::from(to);
+    use nix::sys::socket::SockaddrLike as _;
+    // SAFETY: dest is a valid sockaddr of the given length; the buffer is valid.
+    let r = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            b"fence".as_ptr().cast(),
+            5,
+            libc::MSG_FASTOPEN,
+            dest.as_ptr(),
+            dest.len(),
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,65 @@
+//! fence's integration tests. Run by `cargo xtask test` (host and vm tiers); by hand:
+//!
+//! ```text
+//! fence-tests list                 # test names
+//! fence-tests run NAME             # one test, in this process
+//! fence-tests run-all [FILTER]     # every test, each in its own process, one at a time
+//! ```
+//!
+//! Needs root, a cgroup2 mount and `fence-agent` next to this binary (or `$FENCE_AGENT`).
+
+use std::{process::ExitCode, time::Duration};
+
+mod agent;
+mod env;
+mod harness;
+mod helper;
+mod net;
+
+/// Every integration test, in the order they run.
+fn all_tests() -> impl Iterator<Item = &'static harness::Test> {
+    net::TESTS.iter()
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let tests: Vec<harness::Test> = all_tests()
+        .map(|t| harness::Test {
+            name: t.name,
+            run: t.run,
+        })
+        .collect();
+    match args.first().map(String::as_str) {
+        Some("list") => {
+            for t in &tests {
+                println!("{}", t.name);
+            }
+            ExitCode::SUCCESS
+        }
+        Some("run") => match args.get(1) {
+            Some(name) => harness::run_one(&tests, name),
+            None => usage(),
+        },
+        Some("run-all") => {
+            let mut filter = None;
+            let mut kernel_log = false;
+            for a in &args[1..] {
+                match a.as_str() {
+                    "--kernel-log-on-failure" => kernel_log = true,
+                    f => filter = Some(f.to_owned()),
+                }
+            }
+            let limit = Duration::from_secs(120 * u64::from(env::slow_factor()));
+            harness::run_all(&tests, filter.as_deref(), limit, kernel_log)
+        }
+        Some("helper") => helper::main(&args[1..]),
+        _ => usage(),
+    }
+}
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: fence-tests list | run NAME | run-all [--kernel-log-on-failure] [FILTER] | helper ..."
+    );
+    ExitCode::from(2)
+}

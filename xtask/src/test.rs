@@ -1,0 +1,228 @@
+//! `cargo xtask test [--tier T]...`: runs the test tiers and ends with one summary line per
+//! tier (`TIER: N passed, N failed, N skipped`) and a total line.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, ExitCode, Stdio},
+};
+
+use anyhow::{Context as _, Result};
+use clap::ValueEnum;
+
+use crate::{
+    artifacts::{Artifacts, build_static},
+    util::{step, workspace_root},
+    vm,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Tier {
+    /// Pure code, no root (cargo test).
+    Unit,
+    /// Integration tests on this machine's kernel, as root.
+    Host,
+    /// The integration tests inside Debian's kernel (BPF LSM) under qemu.
+    Vm,
+}
+
+impl Tier {
+    fn name(self) -> &'static str {
+        match self {
+            Tier::Unit => "unit",
+            Tier::Host => "host",
+            Tier::Vm => "vm",
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    pub passed: u64,
+    pub failed: u64,
+    pub skipped: u64,
+}
+
+impl Tally {
+    fn add(&mut self, o: Tally) {
+        self.passed += o.passed;
+        self.failed += o.failed;
+        self.skipped += o.skipped;
+    }
+}
+
+pub fn test(tiers: &[Tier], filter: Option<&str>) -> Result<ExitCode> {
+    let tiers: Vec<Tier> = if tiers.is_empty() {
+        vec![Tier::Unit, Tier::Host, Tier::Vm]
+    } else {
+        tiers.to_vec()
+    };
+    let mut results: Vec<(Tier, Tally)> = Vec::new();
+    let mut artifacts: Option<Artifacts> = None;
+    for tier in tiers {
+        step(format!("tier {}", tier.name()));
+        let tally = match run_tier(tier, filter, &mut artifacts) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("tier {} could not run: {e:#}", tier.name());
+                Tally {
+                    failed: 1,
+                    ..Tally::default()
+                }
+            }
+        };
+        results.push((tier, tally));
+    }
+    let mut total = Tally::default();
+    println!();
+    for (tier, t) in &results {
+        println!(
+            "{}: {} passed, {} failed, {} skipped",
+            tier.name(),
+            t.passed,
+            t.failed,
+            t.skipped
+        );
+        total.add(*t);
+    }
+    if total.skipped > 0 {
+        println!(
+            "{} passed, {} failed, {} skipped",
+            total.passed, total.failed, total.skipped
+        );
+    } else {
+        println!("{} passed, {} failed", total.passed, total.failed);
+    }
+    Ok(if total.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn run_tier(tier: Tier, filter: Option<&str>, artifacts: &mut Option<Artifacts>) -> Result<Tally> {
+    match tier {
+        Tier::Unit => unit(filter),
+        Tier::Host => {
+            crate::util::require_root("the host tier")?;
+            let art = built(artifacts)?;
+            host(art, filter)
+        }
+        Tier::Vm => {
+            let art = built(artifacts)?;
+            let work = target_dir()?.join("fence-vm");
+            std::fs::create_dir_all(&work)?;
+            let lines = vm::run_tests(art, &work, filter)?;
+            Ok(tally_results(lines.iter().map(String::as_str)))
+        }
+    }
+}
+
+fn built(artifacts: &mut Option<Artifacts>) -> Result<&Artifacts> {
+    if artifacts.is_none() {
+        *artifacts = Some(build_static()?);
+    }
+    artifacts.as_ref().context("artifacts")
+}
+
+/// The workspace's target directory, as cargo reports it.
+pub fn target_dir() -> Result<std::path::PathBuf> {
+    let out = crate::util::output(
+        Command::new("cargo")
+            .args(["metadata", "--format-version", "1", "--no-deps"])
+            .current_dir(workspace_root()),
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(v["target_directory"]
+        .as_str()
+        .context("target_directory")?
+        .into())
+}
+
+/// `cargo test` over the workspace (the eBPF crate has no host tests). Counts libtest's
+/// `test result:` lines; a build failure counts as a failure.
+fn unit(filter: Option<&str>) -> Result<Tally> {
+    let mut cmd = Command::new("cargo");
+    cmd.args(["test", "--locked", "--workspace", "--exclude", "fence-ebpf"])
+        .current_dir(workspace_root());
+    if let Some(f) = filter {
+        cmd.args(["--", f]);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut tally = Tally::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |key: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .trim_start_matches("ok. ")
+                            .trim_start_matches("FAILED. ")
+                            .strip_suffix(key)
+                    })
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            tally.add(Tally {
+                passed: num(" passed"),
+                failed: num(" failed"),
+                skipped: num(" ignored"),
+            });
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && tally.failed == 0 {
+        eprintln!("cargo test failed ({status}) without a failing test: a build error");
+        tally.failed += 1;
+    }
+    Ok(tally)
+}
+
+/// The integration tests on this machine's kernel, one at a time.
+fn host(art: &Artifacts, filter: Option<&str>) -> Result<Tally> {
+    let mut cmd = Command::new(&art.tests);
+    cmd.arg("run-all").env("FENCE_AGENT", &art.agent);
+    if let Some(f) = filter {
+        cmd.arg(f);
+    }
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running fence-tests")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(tally_results(text.lines()))
+}
+
+/// Counts `FENCE-RESULT` lines; prints them. No result lines at all is a failure.
+fn tally_results<'a>(lines: impl Iterator<Item = &'a str>) -> Tally {
+    let mut t = Tally::default();
+    let mut seen = false;
+    for line in lines {
+        // A serial console may put control sequences before the tag.
+        let Some(at) = line.find("FENCE-RESULT\t") else {
+            continue;
+        };
+        let line = &line[at..];
+        let fields: Vec<&str> = line.split('\t').collect();
+        if fields.len() < 3 {
+            continue;
+        }
+        seen = true;
+        println!("{line}");
+        match fields[2] {
+            "PASS" => t.passed += 1,
+            "SKIP" => t.skipped += 1,
+            _ => t.failed += 1,
+        }
+    }
+    if !seen {
+        eprintln!("no test results were reported");
+        t.failed += 1;
+    }
+    t
+}
