@@ -29,11 +29,7 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: build scripts are single-threaded here.
     unsafe { env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "fence-ebpf",
-            root_dir: "../fence-ebpf",
-            ..Default::default()
-        }],
+        [aya_build::Package { name: "fence-ebpf", root_dir: "../fence-ebpf", ..Default::default() }],
         aya_build::Toolchain::Custom(EBPF_TOOLCHAIN),
     )
     .context(
@@ -41,9 +37,8 @@ fn main() -> anyhow::Result<()> {
          nightly toolchain and bpf-linker",
     )?;
     if !skip {
-        let len = fs::metadata(&object)
-            .with_context(|| format!("eBPF object {} was not produced", object.display()))?
-            .len();
+        let len =
+            fs::metadata(&object).with_context(|| format!("eBPF object {} was not produced", object.display()))?.len();
         if len == 0 {
             return Err(anyhow!("eBPF object {} is empty", object.display()));
         }

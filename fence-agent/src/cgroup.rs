@@ -43,12 +43,7 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -62,10 +57,7 @@ fn unescape_octal(s: &str) -> String {
 
 /// The cgroup v2 path of a process from /proc/PID/cgroup text (the `0::` line).
 pub fn v2_path_in(proc_cgroup: &str) -> Option<String> {
-    proc_cgroup
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .map(|p| p.trim_end_matches(" (deleted)").to_owned())
+    proc_cgroup.lines().find_map(|l| l.strip_prefix("0::")).map(|p| p.trim_end_matches(" (deleted)").to_owned())
 }
 
 /// The cgroup id of a cgroup directory: on 64-bit kernels (>= 5.5) the kernfs node id, which
@@ -84,10 +76,7 @@ impl Cgroups {
     /// Finds the cgroup2 mount of this host.
     pub fn discover() -> Result<Cgroups, CgroupError> {
         let path = Path::new("/proc/self/mountinfo");
-        let text = fs::read_to_string(path).map_err(|source| CgroupError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = fs::read_to_string(path).map_err(|source| CgroupError::Read { path: path.to_owned(), source })?;
         let root = cgroup2_mount_in(&text).ok_or(CgroupError::NoCgroup2)?;
         Ok(Cgroups { root })
     }
@@ -103,10 +92,7 @@ impl Cgroups {
 
     /// The cgroup v2 path of process `pid` ("self" for this process).
     pub fn path_of_process(pid: &str) -> Option<String> {
-        fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .ok()
-            .as_deref()
-            .and_then(v2_path_in)
+        fs::read_to_string(format!("/proc/{pid}/cgroup")).ok().as_deref().and_then(v2_path_in)
     }
 }
 
@@ -119,10 +105,7 @@ impl CgroupResolver for Cgroups {
         let dir = self.dir(path);
         match fs::metadata(&dir) {
             Ok(m) if m.is_dir() && dir.join("cgroup.procs").exists() => Ok(m.ino()),
-            Ok(_) => Err(ResolveError::Other(format!(
-                "{} is not a cgroup directory",
-                dir.display()
-            ))),
+            Ok(_) => Err(ResolveError::Other(format!("{} is not a cgroup directory", dir.display()))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(ResolveError::NotFound),
             Err(e) => Err(ResolveError::Other(format!("{}: {e}", dir.display()))),
         }
@@ -146,10 +129,7 @@ mod tests {
 
     #[test]
     fn finds_cgroup2_on_a_hybrid_host() {
-        assert_eq!(
-            cgroup2_mount_in(HYBRID),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
+        assert_eq!(cgroup2_mount_in(HYBRID), Some(PathBuf::from("/sys/fs/cgroup/unified")));
     }
 
     #[test]

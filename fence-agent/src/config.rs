@@ -5,6 +5,15 @@
 //! [events]
 //! stdout = true                              # one JSON line per event on stdout
 //! file = "/var/log/fence/events.jsonl"       # append-only event file
+//!
+//! [protect]                                  # credential files fenced identities cannot open
+//! defaults = true                            # the built-in set (protect::DEFAULT_PROTECTED)
+//! paths = ["/srv/app/secrets/**"]            # more paths or globs
+//! env_roots = ["/srv", "/opt"]               # .env* files anywhere below these
+//!
+//! [unix]                                     # sockets fenced identities cannot reach
+//! defaults = true                            # container runtimes, system D-Bus, systemd
+//! deny = ["/run/admin.sock", "@abstract"]    # more
 //! ```
 
 use std::{
@@ -15,6 +24,11 @@ use std::{
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::{
+    policy::glob::PathGlob,
+    protect::{DEFAULT_PROTECTED, DEFAULT_UNIX_DENY, HostProtection},
+};
+
 pub const DEFAULT_PATH: &str = "/etc/fence/agent.toml";
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -22,6 +36,42 @@ pub const DEFAULT_PATH: &str = "/etc/fence/agent.toml";
 pub struct Config {
     #[serde(default)]
     pub events: EventsConfig,
+    #[serde(default)]
+    pub protect: ProtectConfig,
+    #[serde(default)]
+    pub unix: UnixConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProtectConfig {
+    #[serde(default = "yes")]
+    pub defaults: bool,
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub env_roots: Vec<PathBuf>,
+}
+
+impl Default for ProtectConfig {
+    fn default() -> Self {
+        ProtectConfig { defaults: true, paths: Vec::new(), env_roots: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UnixConfig {
+    #[serde(default = "yes")]
+    pub defaults: bool,
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+impl Default for UnixConfig {
+    fn default() -> Self {
+        UnixConfig { defaults: true, deny: Vec::new() }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -39,10 +89,7 @@ fn yes() -> bool {
 
 impl Default for EventsConfig {
     fn default() -> Self {
-        EventsConfig {
-            stdout: true,
-            file: None,
-        }
+        EventsConfig { stdout: true, file: None }
     }
 }
 
@@ -62,19 +109,57 @@ impl Config {
             None if Path::new(DEFAULT_PATH).exists() => PathBuf::from(DEFAULT_PATH),
             None => return Ok(Config::default()),
         };
-        let text = fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let text = fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
         Config::parse(&text).map_err(|message| ConfigError::Invalid { path, message })
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {
         let de = toml::Deserializer::parse(text).map_err(|e| e.to_string())?;
-        serde_path_to_error::deserialize(de).map_err(|e| {
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             format!("{path}: {}", e.into_inner().message().trim())
-        })
+        })?;
+        config.host_protection()?;
+        Ok(config)
+    }
+
+    /// The host's protected set: defaults (unless turned off) plus the configured paths.
+    pub fn host_protection(&self) -> Result<HostProtection, String> {
+        let glob = |field: String, text: &str| PathGlob::parse(text).map_err(|e| format!("{field}: {e}"));
+        let mut files = Vec::new();
+        if self.protect.defaults {
+            for d in DEFAULT_PROTECTED {
+                files.push(glob("protect (built-in)".into(), d)?);
+            }
+        }
+        for (i, p) in self.protect.paths.iter().enumerate() {
+            files.push(glob(format!("protect.paths[{i}]"), p)?);
+        }
+        for (i, r) in self.protect.env_roots.iter().enumerate() {
+            if !r.is_absolute() {
+                return Err(format!(
+                    "protect.env_roots[{i}]: {:?} must be an absolute directory",
+                    r.display().to_string()
+                ));
+            }
+        }
+        let mut unix_deny = Vec::new();
+        let mut unix_deny_abstract = Vec::new();
+        if self.unix.defaults {
+            for d in DEFAULT_UNIX_DENY {
+                unix_deny.push(glob("unix (built-in)".into(), d)?);
+            }
+        }
+        for (i, entry) in self.unix.deny.iter().enumerate() {
+            match entry.strip_prefix('@') {
+                Some(name) if !name.is_empty() && name.len() <= fence_common::ABSTRACT_NAME_LEN => {
+                    unix_deny_abstract.push(name.as_bytes().to_vec());
+                }
+                Some(_) => return Err(format!("unix.deny[{i}]: {entry:?} is not a valid abstract socket name")),
+                None => unix_deny.push(glob(format!("unix.deny[{i}]"), entry)?),
+            }
+        }
+        Ok(HostProtection { files, env_roots: self.protect.env_roots.clone(), unix_deny, unix_deny_abstract })
     }
 }
 
@@ -96,5 +181,29 @@ mod tests {
         assert!(e.contains("events") && e.contains("stdot"), "{e}");
         let e = Config::parse("[events]\nstdout = \"yes\"\n").unwrap_err();
         assert!(e.starts_with("events.stdout"), "{e}");
+    }
+
+    #[test]
+    fn protected_set_defaults_extend_and_replace() {
+        let c = Config::parse("").unwrap();
+        let h = c.host_protection().unwrap();
+        assert!(h.files.iter().any(|g| g.as_str() == "/etc/shadow"));
+        assert!(h.unix_deny.iter().any(|g| g.as_str() == "/run/docker.sock"));
+        let c = Config::parse("[protect]\ndefaults = false\npaths = [\"/srv/keys/**\"]\nenv_roots = [\"/srv\"]\n[unix]\ndefaults = false\ndeny = [\"@admin\"]\n").unwrap();
+        let h = c.host_protection().unwrap();
+        assert_eq!(h.files.len(), 1);
+        assert!(h.files[0].is_tree());
+        assert_eq!(h.unix_deny_abstract, vec![b"admin".to_vec()]);
+        assert!(h.unix_deny.is_empty());
+    }
+
+    #[test]
+    fn bad_protected_paths_name_the_field() {
+        let e = Config::parse("[protect]\npaths = [\"relative/x\"]\n").unwrap_err();
+        assert!(e.starts_with("protect.paths[0]") && e.contains("must be absolute"), "{e}");
+        let e = Config::parse("[protect]\nenv_roots = [\"srv\"]\n").unwrap_err();
+        assert!(e.starts_with("protect.env_roots[0]"), "{e}");
+        let e = Config::parse("[unix]\ndeny = [\"@\"]\n").unwrap_err();
+        assert!(e.starts_with("unix.deny[0]"), "{e}");
     }
 }

@@ -1,21 +1,28 @@
-//! The single owner of the loaded eBPF object: loads and attaches the programs, and applies
-//! compiled policy atomically (write the inactive generation, flip, clear the old one).
-//! Nothing else in the agent touches the kernel maps that decide.
+//! The single owner of the loaded eBPF object: loads the programs, picks the best mechanism
+//! each fence can have on this kernel (see [`crate::mechanisms`]), and applies compiled
+//! policy atomically (write the inactive generation, flip, clear the old one). Nothing else in
+//! the agent touches the kernel maps that decide.
 
 use std::{fs::File, io, path::PathBuf, thread, time::Duration};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, ProgramError},
 };
 use fence_common::{
-    ABI_VERSION, ActiveState, CgroupKey, IdentityKey, NET_KEY_PREFIX_BITS, Net4Key, Net6Key,
-    NetRules, counter, maps, programs,
+    ABI_VERSION, AbstractKey, ActiveState, CgroupKey, IdentityInfo, IdentityKey, InodeKey, KernelOffsets,
+    NET_KEY_PREFIX_BITS, Net4Key, Net6Key, NetRules, counter, globals, maps, programs,
 };
 use thiserror::Error;
 
-use crate::{cgroup::Cgroups, compile::CompiledPolicy, ebpf_object};
+use crate::{
+    cgroup::Cgroups,
+    compile::CompiledPolicy,
+    ebpf_object,
+    mechanisms::{Availability, KernelPlan},
+    resolve::ObjectId,
+};
 
 #[derive(Debug, Error)]
 pub enum EnforcerError {
@@ -27,10 +34,7 @@ pub enum EnforcerError {
     #[error("loading the eBPF object failed: {0}")]
     Load(#[source] aya::EbpfError),
     #[error("the eBPF object has no {kind} named {name}")]
-    Missing {
-        kind: &'static str,
-        name: &'static str,
-    },
+    Missing { kind: &'static str, name: &'static str },
     #[error("the kernel refused program {name}: {source}")]
     Program {
         name: &'static str,
@@ -51,12 +55,12 @@ pub enum EnforcerError {
     },
 }
 
-/// A network hook and where it is attached.
+/// A program and where it is attached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attachment {
     pub program: &'static str,
     pub hook: &'static str,
-    pub cgroup: PathBuf,
+    pub target: String,
 }
 
 /// What one apply wrote.
@@ -79,6 +83,7 @@ pub struct Enforcer {
     generation: u32,
     sequence: u64,
     attachments: Vec<Attachment>,
+    plan: KernelPlan,
 }
 
 /// aya attaches with BPF_LINK_CREATE (kernel >= 5.7), which takes no flags for cgroups and
@@ -94,91 +99,44 @@ const SOCK_ADDR_PROGRAMS: [(&str, &str); 4] = [
 ];
 
 impl Enforcer {
-    /// Loads the programs and attaches them at the root of the cgroup2 hierarchy (so that every
+    /// Loads the programs: the network programs at the root of the cgroup2 hierarchy (every
     /// cgroup, including ones created later, is covered; unfenced tasks are let through at the
-    /// first lookup). Attachments are multi-program links: other tools' programs keep running.
-    pub fn load(cgroups: &Cgroups) -> Result<Enforcer, EnforcerError> {
+    /// first lookup), then for exec, files and unix sockets the best mechanism this kernel
+    /// accepts. `offsets` (from BTF) are needed for all but the network programs.
+    pub fn load(cgroups: &Cgroups, offsets: Option<KernelOffsets>) -> Result<Enforcer, EnforcerError> {
         let object = ebpf_object::bytes();
         if object.is_empty() {
             return Err(EnforcerError::NoObject);
         }
         raise_memlock_limit();
+        let global = offsets.unwrap_or_default();
         let mut bpf = EbpfLoader::new()
+            .override_global(globals::OFFSETS, &global, true)
             .load(object)
             .map_err(EnforcerError::Load)?;
-        let root = cgroups.root().to_owned();
-        let root_fd = File::open(&root).map_err(|source| EnforcerError::CgroupRoot {
-            path: root.clone(),
-            source,
-        })?;
         let mut attachments = Vec::new();
-        for (name, hook) in SOCK_ADDR_PROGRAMS {
-            let program: &mut CgroupSockAddr = bpf
-                .program_mut(name)
-                .ok_or(EnforcerError::Missing {
-                    kind: "program",
-                    name,
-                })?
-                .try_into()
-                .map_err(|source| EnforcerError::Program { name, source })?;
-            program
-                .load()
-                .map_err(|source| EnforcerError::Program { name, source })?;
-            program
-                .attach(&root_fd, LINK_MODE)
-                .map_err(|source| EnforcerError::Program { name, source })?;
-            attachments.push(Attachment {
-                program: name,
-                hook,
-                cgroup: root.clone(),
-            });
-        }
-        let name = programs::SOCK_CREATE;
-        let program: &mut CgroupSock = bpf
-            .program_mut(name)
-            .ok_or(EnforcerError::Missing {
-                kind: "program",
-                name,
-            })?
-            .try_into()
-            .map_err(|source| EnforcerError::Program { name, source })?;
-        program
-            .load()
-            .map_err(|source| EnforcerError::Program { name, source })?;
-        program
-            .attach(&root_fd, LINK_MODE)
-            .map_err(|source| EnforcerError::Program { name, source })?;
-        attachments.push(Attachment {
-            program: name,
-            hook: "cgroup/sock_create",
-            cgroup: root,
-        });
+        attach_network(&mut bpf, cgroups, &mut attachments)?;
+        let plan = match offsets {
+            Some(_) => attach_kernel_fences(&mut bpf, &mut attachments),
+            None => KernelPlan::without_btf(),
+        };
         let active = read_active(&bpf)?;
-        Ok(Enforcer {
-            bpf,
-            generation: active.generation & 1,
-            sequence: active.sequence,
-            attachments,
-        })
+        Ok(Enforcer { bpf, generation: active.generation & 1, sequence: active.sequence, attachments, plan })
     }
 
     pub fn attachments(&self) -> &[Attachment] {
         &self.attachments
     }
 
+    /// What the kernel programs cover on this host.
+    pub fn plan(&self) -> &KernelPlan {
+        &self.plan
+    }
+
     /// Hands the event ring buffer to the event reader.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, EnforcerError> {
-        let map = self
-            .bpf
-            .take_map(maps::EVENTS)
-            .ok_or(EnforcerError::Missing {
-                kind: "map",
-                name: maps::EVENTS,
-            })?;
-        RingBuf::try_from(map).map_err(|source| EnforcerError::Map {
-            map: maps::EVENTS,
-            source,
-        })
+        let map = self.bpf.take_map(maps::EVENTS).ok_or(EnforcerError::Missing { kind: "map", name: maps::EVENTS })?;
+        RingBuf::try_from(map).map_err(|source| EnforcerError::Map { map: maps::EVENTS, source })
     }
 
     /// Makes `policy` the live policy. On error the previous policy stays live and untouched.
@@ -196,17 +154,9 @@ impl Enforcer {
             }
         };
         let sequence = self.sequence + 1;
-        let state = ActiveState {
-            generation: next,
-            abi: ABI_VERSION,
-            sequence,
-        };
-        self.map_array::<ActiveState>(maps::ACTIVE)?
-            .set(0, &state, 0)
-            .map_err(|source| EnforcerError::Map {
-                map: maps::ACTIVE,
-                source,
-            })?;
+        let state = ActiveState { generation: next, abi: ABI_VERSION, sequence };
+        let mut active: Array<&mut MapData, ActiveState> = self.map(maps::ACTIVE)?;
+        active.set(0, &state, 0).map_err(|source| EnforcerError::Map { map: maps::ACTIVE, source })?;
         let old = self.generation;
         self.generation = next;
         self.sequence = sequence;
@@ -216,205 +166,270 @@ impl Enforcer {
         if let Err(e) = self.clear_generation(old) {
             tracing::warn!(error = %e, generation = old, "clearing the previous policy generation failed; it is no longer live");
         }
-        Ok(ApplyReport {
-            generation: next,
-            sequence,
-            entries,
-        })
+        Ok(ApplyReport { generation: next, sequence, entries })
     }
 
     /// Kernel counters summed over CPUs.
     pub fn counters(&self) -> Result<Counters, EnforcerError> {
-        let map = self.bpf.map(maps::COUNTERS).ok_or(EnforcerError::Missing {
-            kind: "map",
-            name: maps::COUNTERS,
-        })?;
+        let map = self.bpf.map(maps::COUNTERS).ok_or(EnforcerError::Missing { kind: "map", name: maps::COUNTERS })?;
         let array: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(map).map_err(|source| EnforcerError::Map {
-                map: maps::COUNTERS,
-                source,
-            })?;
+            PerCpuArray::try_from(map).map_err(|source| EnforcerError::Map { map: maps::COUNTERS, source })?;
         let sum = |index: u32| -> Result<u64, EnforcerError> {
-            let values = array.get(&index, 0).map_err(|source| EnforcerError::Map {
-                map: maps::COUNTERS,
-                source,
-            })?;
+            let values = array.get(&index, 0).map_err(|source| EnforcerError::Map { map: maps::COUNTERS, source })?;
             Ok(values.iter().copied().fold(0u64, u64::wrapping_add))
         };
-        Ok(Counters {
-            events_sent: sum(counter::EVENTS_SENT)?,
-            ringbuf_full: sum(counter::RINGBUF_FULL)?,
-        })
+        Ok(Counters { events_sent: sum(counter::EVENTS_SENT)?, ringbuf_full: sum(counter::RINGBUF_FULL)? })
     }
 
     fn write_generation(&mut self, g: u32, p: &CompiledPolicy) -> Result<usize, EnforcerError> {
+        let inode =
+            |identity: u32, id: &ObjectId| InodeKey { generation: g, identity, ino: id.ino, dev: id.dev, _pad: 0 };
         let mut n = 0;
-        {
-            let mut identities =
-                self.map_hash::<IdentityKey, fence_common::IdentityInfo>(maps::IDENTITIES)?;
-            for identity in &p.identities {
-                let key = IdentityKey {
-                    generation: g,
-                    identity: identity.id,
-                };
-                identities
-                    .insert(&key, &identity.info, 0)
-                    .map_err(|source| EnforcerError::Map {
-                        map: maps::IDENTITIES,
-                        source,
-                    })?;
-                n += 1;
-            }
-        }
-        {
-            let mut net4 = self.map_lpm::<Net4Key>(maps::NET4)?;
-            for e in &p.net4 {
-                let key = Key::new(
-                    NET_KEY_PREFIX_BITS + u32::from(e.prefix_len),
-                    Net4Key {
-                        generation: g,
-                        identity: e.identity,
-                        addr: e.addr,
-                    },
-                );
-                net4.insert(&key, &e.rules, 0)
-                    .map_err(|source| EnforcerError::Map {
-                        map: maps::NET4,
-                        source,
-                    })?;
-                n += 1;
-            }
-        }
-        {
-            let mut net6 = self.map_lpm::<Net6Key>(maps::NET6)?;
-            for e in &p.net6 {
-                let key = Key::new(
-                    NET_KEY_PREFIX_BITS + u32::from(e.prefix_len),
-                    Net6Key {
-                        generation: g,
-                        identity: e.identity,
-                        addr: e.addr,
-                    },
-                );
-                net6.insert(&key, &e.rules, 0)
-                    .map_err(|source| EnforcerError::Map {
-                        map: maps::NET6,
-                        source,
-                    })?;
-                n += 1;
-            }
-        }
+        n += self.insert_all(
+            maps::IDENTITIES,
+            p.identities.iter().map(|i| (IdentityKey { generation: g, identity: i.id }, i.info)),
+        )?;
+        n += self.insert_lpm(
+            maps::NET4,
+            p.net4.iter().map(|e| {
+                let key = Net4Key { generation: g, identity: e.identity, addr: e.addr };
+                (Key::new(NET_KEY_PREFIX_BITS + u32::from(e.prefix_len), key), e.rules)
+            }),
+        )?;
+        n += self.insert_lpm(
+            maps::NET6,
+            p.net6.iter().map(|e| {
+                let key = Net6Key { generation: g, identity: e.identity, addr: e.addr };
+                (Key::new(NET_KEY_PREFIX_BITS + u32::from(e.prefix_len), key), e.rules)
+            }),
+        )?;
+        n += self.insert_all(maps::EXEC, p.exec.iter().map(|(i, id, rule)| (inode(*i, id), *rule)))?;
+        n += self.insert_all(maps::PROTECTED, p.protected.iter().map(|(id, flags)| (inode(0, id), *flags)))?;
+        n += self.insert_all(maps::FILE_EXCEPT, p.file_exceptions.iter().map(|(i, id, f)| (inode(*i, id), *f)))?;
+        n += self.insert_all(maps::UNIX, p.unix.iter().map(|(i, id)| (inode(*i, id), 1u32)))?;
+        n += self.insert_all(
+            maps::UNIX_ABSTRACT,
+            p.unix_abstract.iter().map(|(i, name)| {
+                let mut key =
+                    AbstractKey { generation: g, identity: *i, len: name.len() as u32, ..AbstractKey::default() };
+                key.name[..name.len()].copy_from_slice(name);
+                (key, 1u32)
+            }),
+        )?;
         // Cgroup bindings last: an identity is only reachable once its rules are in place.
-        let mut cgroups = self.map_hash::<CgroupKey, u32>(maps::CGROUPS)?;
-        for &(cgroup_id, identity) in &p.cgroups {
-            let key = CgroupKey {
-                cgroup_id,
-                generation: g,
-                _pad: 0,
-            };
-            cgroups
-                .insert(&key, &identity, 0)
-                .map_err(|source| EnforcerError::Map {
-                    map: maps::CGROUPS,
-                    source,
-                })?;
+        n += self.insert_all(
+            maps::CGROUPS,
+            p.cgroups.iter().map(|&(cgroup_id, identity)| (CgroupKey { cgroup_id, generation: g, _pad: 0 }, identity)),
+        )?;
+        Ok(n)
+    }
+
+    fn insert_all<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        entries: impl Iterator<Item = (K, V)>,
+    ) -> Result<usize, EnforcerError> {
+        let mut map: HashMap<&mut MapData, K, V> = self.map(name)?;
+        let mut n = 0;
+        for (k, v) in entries {
+            map.insert(&k, &v, 0).map_err(|source| EnforcerError::Map { map: name, source })?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn insert_lpm<K: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        entries: impl Iterator<Item = (Key<K>, NetRules)>,
+    ) -> Result<usize, EnforcerError> {
+        let mut map: LpmTrie<&mut MapData, K, NetRules> = self.map(name)?;
+        let mut n = 0;
+        for (k, v) in entries {
+            map.insert(&k, &v, 0).map_err(|source| EnforcerError::Map { map: name, source })?;
             n += 1;
         }
         Ok(n)
     }
 
     fn clear_generation(&mut self, g: u32) -> Result<(), EnforcerError> {
-        let err = |map| move |source| EnforcerError::Map { map, source };
-        {
-            let mut m = self.map_hash::<CgroupKey, u32>(maps::CGROUPS)?;
-            let keys: Vec<CgroupKey> = m
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| k.generation == g)
-                .collect();
-            for k in keys {
-                remove_ok_if_gone(m.remove(&k)).map_err(err(maps::CGROUPS))?;
-            }
-        }
-        {
-            let mut m =
-                self.map_hash::<IdentityKey, fence_common::IdentityInfo>(maps::IDENTITIES)?;
-            let keys: Vec<IdentityKey> = m
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| k.generation == g)
-                .collect();
-            for k in keys {
-                remove_ok_if_gone(m.remove(&k)).map_err(err(maps::IDENTITIES))?;
-            }
-        }
-        {
-            let mut m = self.map_lpm::<Net4Key>(maps::NET4)?;
-            let keys: Vec<Key<Net4Key>> = m
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| k.data().generation == g)
-                .collect();
-            for k in keys {
-                remove_ok_if_gone(m.remove(&k)).map_err(err(maps::NET4))?;
-            }
-        }
-        let mut m = self.map_lpm::<Net6Key>(maps::NET6)?;
-        let keys: Vec<Key<Net6Key>> = m
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.data().generation == g)
-            .collect();
+        self.clear_hash::<CgroupKey, u32>(maps::CGROUPS, g)?;
+        self.clear_hash::<IdentityKey, IdentityInfo>(maps::IDENTITIES, g)?;
+        self.clear_hash::<InodeKey, u32>(maps::EXEC, g)?;
+        self.clear_hash::<InodeKey, u32>(maps::PROTECTED, g)?;
+        self.clear_hash::<InodeKey, u32>(maps::FILE_EXCEPT, g)?;
+        self.clear_hash::<InodeKey, u32>(maps::UNIX, g)?;
+        self.clear_hash::<AbstractKey, u32>(maps::UNIX_ABSTRACT, g)?;
+        self.clear_lpm::<Net4Key>(maps::NET4, g)?;
+        self.clear_lpm::<Net6Key>(maps::NET6, g)
+    }
+
+    fn clear_hash<K: aya::Pod + Generational, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        g: u32,
+    ) -> Result<(), EnforcerError> {
+        let mut map: HashMap<&mut MapData, K, V> = self.map(name)?;
+        let keys: Vec<K> = map.keys().filter_map(Result::ok).filter(|k| k.generation() == g).collect();
         for k in keys {
-            remove_ok_if_gone(m.remove(&k)).map_err(err(maps::NET6))?;
+            remove_ok_if_gone(map.remove(&k)).map_err(|source| EnforcerError::Map { map: name, source })?;
         }
         Ok(())
     }
 
-    fn map_hash<K: aya::Pod, V: aya::Pod>(
-        &mut self,
-        name: &'static str,
-    ) -> Result<HashMap<&mut MapData, K, V>, EnforcerError> {
-        let map = self
-            .bpf
-            .map_mut(name)
-            .ok_or(EnforcerError::Missing { kind: "map", name })?;
-        HashMap::try_from(map).map_err(|source| EnforcerError::Map { map: name, source })
+    fn clear_lpm<K: aya::Pod + Generational>(&mut self, name: &'static str, g: u32) -> Result<(), EnforcerError> {
+        let mut map: LpmTrie<&mut MapData, K, NetRules> = self.map(name)?;
+        let keys: Vec<Key<K>> = map.keys().filter_map(Result::ok).filter(|k| k.data().generation() == g).collect();
+        for k in keys {
+            remove_ok_if_gone(map.remove(&k)).map_err(|source| EnforcerError::Map { map: name, source })?;
+        }
+        Ok(())
     }
 
-    fn map_lpm<K: aya::Pod>(
-        &mut self,
-        name: &'static str,
-    ) -> Result<LpmTrie<&mut MapData, K, NetRules>, EnforcerError> {
-        let map = self
-            .bpf
-            .map_mut(name)
-            .ok_or(EnforcerError::Missing { kind: "map", name })?;
-        LpmTrie::try_from(map).map_err(|source| EnforcerError::Map { map: name, source })
+    fn map<'a, M>(&'a mut self, name: &'static str) -> Result<M, EnforcerError>
+    where
+        M: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
+    {
+        let map = self.bpf.map_mut(name).ok_or(EnforcerError::Missing { kind: "map", name })?;
+        M::try_from(map).map_err(|source| EnforcerError::Map { map: name, source })
     }
+}
 
-    fn map_array<V: aya::Pod>(
-        &mut self,
-        name: &'static str,
-    ) -> Result<Array<&mut MapData, V>, EnforcerError> {
-        let map = self
-            .bpf
-            .map_mut(name)
-            .ok_or(EnforcerError::Missing { kind: "map", name })?;
-        Array::try_from(map).map_err(|source| EnforcerError::Map { map: name, source })
+/// Keys that carry a policy generation.
+trait Generational {
+    fn generation(&self) -> u32;
+}
+
+macro_rules! generational {
+    ($($t:ty),*) => {$(
+        impl Generational for $t {
+            fn generation(&self) -> u32 {
+                self.generation
+            }
+        }
+    )*};
+}
+generational!(CgroupKey, IdentityKey, InodeKey, AbstractKey, Net4Key, Net6Key);
+
+fn attach_network(bpf: &mut Ebpf, cgroups: &Cgroups, attachments: &mut Vec<Attachment>) -> Result<(), EnforcerError> {
+    let root = cgroups.root().to_owned();
+    let root_fd = File::open(&root).map_err(|source| EnforcerError::CgroupRoot { path: root.clone(), source })?;
+    let target = root.display().to_string();
+    for (name, hook) in SOCK_ADDR_PROGRAMS {
+        let program: &mut CgroupSockAddr = program(bpf, name)?;
+        program.load().map_err(|source| EnforcerError::Program { name, source })?;
+        program.attach(&root_fd, LINK_MODE).map_err(|source| EnforcerError::Program { name, source })?;
+        attachments.push(Attachment { program: name, hook, target: target.clone() });
     }
+    let name = programs::SOCK_CREATE;
+    let program: &mut CgroupSock = program(bpf, name)?;
+    program.load().map_err(|source| EnforcerError::Program { name, source })?;
+    program.attach(&root_fd, LINK_MODE).map_err(|source| EnforcerError::Program { name, source })?;
+    attachments.push(Attachment { program: name, hook: "cgroup/sock_create", target });
+    Ok(())
+}
+
+fn program<'a, P>(bpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, EnforcerError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    bpf.program_mut(name)
+        .ok_or(EnforcerError::Missing { kind: "program", name })?
+        .try_into()
+        .map_err(|source| EnforcerError::Program { name, source })
+}
+
+/// Loads and attaches an LSM program; the error text says why the kernel refused.
+fn lsm(bpf: &mut Ebpf, btf: &aya::Btf, name: &'static str, hook: &'static str) -> Result<Attachment, String> {
+    let p: &mut Lsm = program(bpf, name).map_err(|e| e.to_string())?;
+    p.load(hook, btf).map_err(|e| refusal(&e))?;
+    p.attach().map_err(|e| refusal(&e))?;
+    Ok(Attachment { program: name, hook, target: "lsm".into() })
+}
+
+/// The kernel's answer, in one line: the verifier's complaint (the lines before its closing
+/// statistics), not the whole log, which goes to the debug log.
+fn refusal(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            tracing::debug!(verifier_log = %log, "BPF_PROG_LOAD refused");
+            let lines: Vec<&str> = log
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("processed ") && !l.starts_with("verification time"))
+                .collect();
+            match lines.len() {
+                0 => format!("BPF_PROG_LOAD: {io_error} (empty verifier log)"),
+                n => format!("BPF_PROG_LOAD: {io_error}; verifier: {}", lines[n.saturating_sub(2)..].join(" | ")),
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Tries BPF LSM for exec, files and unix sockets; falls back to the tracepoint kill for exec.
+fn attach_kernel_fences(bpf: &mut Ebpf, attachments: &mut Vec<Attachment>) -> KernelPlan {
+    let btf = match aya::Btf::from_sys_fs() {
+        Ok(b) => b,
+        Err(e) => return KernelPlan::no_kernel_btf(&e.to_string()),
+    };
+    let mut plan = KernelPlan::default();
+    match lsm(bpf, &btf, programs::LSM_EXEC, "bprm_check_security") {
+        Ok(a) => {
+            attachments.push(a);
+            plan.exec = Availability::Lsm;
+        }
+        Err(lsm_error) => {
+            plan.lsm_refusal = Some(lsm_error.clone());
+            let tp = (|| -> Result<Attachment, String> {
+                let p: &mut BtfTracePoint = program(bpf, programs::TP_EXEC).map_err(|e| e.to_string())?;
+                p.load("sched_process_exec", &btf).map_err(|e| refusal(&e))?;
+                p.attach().map_err(|e| refusal(&e))?;
+                Ok(Attachment {
+                    program: programs::TP_EXEC,
+                    hook: "tp_btf/sched_process_exec",
+                    target: "tracepoint".into(),
+                })
+            })();
+            plan.exec = match tp {
+                Ok(a) => {
+                    attachments.push(a);
+                    Availability::TracepointKill
+                }
+                Err(tp_error) => {
+                    Availability::Unavailable(format!("BPF LSM refused ({lsm_error}); tp_btf refused ({tp_error})"))
+                }
+            };
+        }
+    }
+    plan.files = match lsm(bpf, &btf, programs::LSM_FILE_OPEN, "file_open") {
+        Ok(a) => {
+            attachments.push(a);
+            Availability::Lsm
+        }
+        Err(e) => Availability::Unavailable(format!("BPF LSM refused ({e})")),
+    };
+    plan.unix = match lsm(bpf, &btf, programs::LSM_UNIX_STREAM, "unix_stream_connect")
+        .and_then(|a| lsm(bpf, &btf, programs::LSM_UNIX_DGRAM, "unix_may_send").map(|b| (a, b)))
+    {
+        Ok((a, b)) => {
+            attachments.push(a);
+            attachments.push(b);
+            Availability::Lsm
+        }
+        Err(e) => Availability::Unavailable(format!("BPF LSM refused ({e})")),
+    };
+    plan.self_protection = Availability::Unavailable("not implemented yet".into());
+    plan
 }
 
 fn read_active(bpf: &Ebpf) -> Result<ActiveState, EnforcerError> {
     let name = maps::ACTIVE;
-    let map = bpf
-        .map(name)
-        .ok_or(EnforcerError::Missing { kind: "map", name })?;
+    let map = bpf.map(name).ok_or(EnforcerError::Missing { kind: "map", name })?;
     let array: Array<&MapData, ActiveState> =
         Array::try_from(map).map_err(|source| EnforcerError::Map { map: name, source })?;
-    array
-        .get(&0, 0)
-        .map_err(|source| EnforcerError::Map { map: name, source })
+    array.get(&0, 0).map_err(|source| EnforcerError::Map { map: name, source })
 }
 
 /// A key that is already gone is fine when clearing.
@@ -438,10 +453,7 @@ fn rcu_grace_period() {
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones to the memory cgroup.
 fn raise_memlock_limit() {
-    let limit = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
+    let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: plain syscall on a local struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK (fine on kernels >= 5.11)");

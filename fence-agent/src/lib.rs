@@ -9,6 +9,7 @@
     reason = "policy errors carry file, identity and field for the operator; they are rare and cold"
 )]
 
+pub mod btf;
 pub mod cgroup;
 pub mod cmd;
 pub mod compile;
@@ -16,5 +17,13 @@ pub mod config;
 pub mod ebpf_object;
 pub mod enforcer;
 pub mod events;
+pub mod fanotify;
+pub mod hold;
+pub mod host;
 pub mod manager;
+pub mod mechanisms;
+pub mod offsets;
 pub mod policy;
+pub mod protect;
+pub mod resolve;
+pub mod watch;

@@ -7,11 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use fence_agent::cmd;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "fence-agent",
-    version,
-    about = "Ring-fences non-human identities with eBPF"
-)]
+#[command(name = "fence-agent", version, about = "Ring-fences non-human identities with eBPF")]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -33,6 +29,8 @@ enum Command {
     /// Work with policy files.
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCommand),
+    /// Report what this host can enforce, by which mechanism, and how to close the gaps.
+    Doctor(cmd::doctor::DoctorArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +39,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => cmd::run::main(args),
         Command::Policy(cmd) => cmd::policy::main(cmd),
+        Command::Doctor(args) => cmd::doctor::main(args),
     };
     match result {
         Ok(code) => code,

@@ -33,9 +33,28 @@ pub mod maps {
     pub const EVENTS: &str = "FENCE_EVENTS";
     /// `PerCpuArray<u64>` of counters indexed by [`super::counter`].
     pub const COUNTERS: &str = "FENCE_COUNTERS";
+    /// `HashMap<InodeKey, u32>`: programs an identity may execute (value: rule index).
+    pub const EXEC: &str = "FENCE_EXEC";
+    /// `HashMap<InodeKey, u32>`: the host's protected files and directories (identity 0;
+    /// value: `PROTECT_*` flags).
+    pub const PROTECTED: &str = "FENCE_PROTECTED";
+    /// `HashMap<InodeKey, u32>`: per-identity readable exceptions (value: `PROTECT_*` flags).
+    pub const FILE_EXCEPT: &str = "FENCE_FILE_EXCEPT";
+    /// `HashMap<InodeKey, u32>`: unix socket inodes an identity may connect to; identity 0
+    /// holds the host's default-deny sockets.
+    pub const UNIX: &str = "FENCE_UNIX";
+    /// `HashMap<AbstractKey, u32>`: abstract unix socket names, as `UNIX`.
+    pub const UNIX_ABSTRACT: &str = "FENCE_UNIX_ABSTRACT";
 
     /// Every map the object must define.
-    pub const ALL: &[&str] = &[ACTIVE, CGROUPS, IDENTITIES, NET4, NET6, EVENTS, COUNTERS];
+    pub const ALL: &[&str] =
+        &[ACTIVE, CGROUPS, IDENTITIES, NET4, NET6, EVENTS, COUNTERS, EXEC, PROTECTED, FILE_EXCEPT, UNIX, UNIX_ABSTRACT];
+}
+
+/// Names of read-only globals the agent sets before loading.
+pub mod globals {
+    /// [`super::KernelOffsets`] of the running kernel.
+    pub const OFFSETS: &str = "FENCE_OFFSETS";
 }
 
 /// Names of the eBPF programs (the function names in `fence-ebpf`).
@@ -45,9 +64,30 @@ pub mod programs {
     pub const SENDMSG4: &str = "fence_sendmsg4";
     pub const SENDMSG6: &str = "fence_sendmsg6";
     pub const SOCK_CREATE: &str = "fence_sock_create";
+    /// lsm/bprm_check_security: exec fence (EPERM).
+    pub const LSM_EXEC: &str = "fence_lsm_bprm_check";
+    /// tp_btf/sched_process_exec: exec fence fallback (SIGKILL).
+    pub const TP_EXEC: &str = "fence_tp_exec";
+    /// lsm/file_open: credential-file fence (EPERM).
+    pub const LSM_FILE_OPEN: &str = "fence_lsm_file_open";
+    /// lsm/unix_stream_connect: unix-socket fence for stream sockets.
+    pub const LSM_UNIX_STREAM: &str = "fence_lsm_unix_stream_connect";
+    /// lsm/unix_may_send: unix-socket fence for datagram sockets.
+    pub const LSM_UNIX_DGRAM: &str = "fence_lsm_unix_may_send";
 
     /// Every program the object must define.
-    pub const ALL: &[&str] = &[CONNECT4, CONNECT6, SENDMSG4, SENDMSG6, SOCK_CREATE];
+    pub const ALL: &[&str] = &[
+        CONNECT4,
+        CONNECT6,
+        SENDMSG4,
+        SENDMSG6,
+        SOCK_CREATE,
+        LSM_EXEC,
+        TP_EXEC,
+        LSM_FILE_OPEN,
+        LSM_UNIX_STREAM,
+        LSM_UNIX_DGRAM,
+    ];
 }
 
 /// Capacities of the maps (entries across both generations).
@@ -60,6 +100,16 @@ pub mod capacity {
     pub const NET4: u32 = 65_536;
     /// IPv6 prefixes (identity x CIDR).
     pub const NET6: u32 = 65_536;
+    /// Executable inodes (identity x program).
+    pub const EXEC: u32 = 65_536;
+    /// Protected files and directories.
+    pub const PROTECTED: u32 = 65_536;
+    /// Readable exceptions (identity x file or directory).
+    pub const FILE_EXCEPT: u32 = 16_384;
+    /// Unix socket inodes (identity x socket, and the host's default-deny set).
+    pub const UNIX: u32 = 16_384;
+    /// Abstract unix socket names.
+    pub const UNIX_ABSTRACT: u32 = 4_096;
     /// Ring buffer size in bytes (a power-of-two multiple of the page size).
     pub const EVENTS_BYTES: u32 = 1 << 22;
 }
@@ -115,6 +165,13 @@ pub const MODE_AUDIT: u8 = 2;
 
 /// `IdentityInfo::flags`: deny everything (the identity has expired: fail closed).
 pub const IDENTITY_DENY_ALL: u8 = 1;
+/// `IdentityInfo::flags`: the identity has an exec allow-list; other programs are denied.
+pub const IDENTITY_EXEC_ALLOWLIST: u8 = 2;
+/// `IdentityInfo::flags`: executing unlinked files (memfd, deleted files) is allowed.
+pub const IDENTITY_FILELESS_OK: u8 = 4;
+/// `IdentityInfo::flags`: the identity has a unix-socket allow-list; other sockets are denied.
+/// Without it only the host's default-deny sockets are denied.
+pub const IDENTITY_UNIX_ALLOWLIST: u8 = 8;
 
 /// Value of [`maps::IDENTITIES`].
 #[repr(C)]
@@ -173,6 +230,73 @@ pub struct PortRule {
     pub rule: u16,
 }
 
+/// Key of the inode maps (`EXEC`, `PROTECTED`, `FILE_EXCEPT`, `UNIX`). `identity` is 0 for
+/// host-wide entries. `dev` is the kernel's `super_block.s_dev` encoding (major << 20 | minor).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InodeKey {
+    pub generation: u32,
+    pub identity: u32,
+    pub ino: u64,
+    pub dev: u32,
+    pub _pad: u32,
+}
+
+/// `PROTECTED`/`FILE_EXCEPT` values: the inode itself.
+pub const PROTECT_FILE: u32 = 1;
+/// `PROTECTED`/`FILE_EXCEPT` values: a directory and everything below it.
+pub const PROTECT_TREE: u32 = 2;
+/// `PROTECTED` values: `.env*` files anywhere below this directory.
+pub const PROTECT_ENV_ROOT: u32 = 4;
+
+/// Longest abstract socket name kept (sun_path is 108 bytes, the first is the NUL).
+pub const ABSTRACT_NAME_LEN: usize = 107;
+
+/// Key of [`maps::UNIX_ABSTRACT`]: an abstract name without its leading NUL, zero padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AbstractKey {
+    pub generation: u32,
+    pub identity: u32,
+    pub len: u32,
+    pub name: [u8; ABSTRACT_NAME_LEN],
+    pub _pad: u8,
+}
+
+impl Default for AbstractKey {
+    fn default() -> Self {
+        AbstractKey { generation: 0, identity: 0, len: 0, name: [0; ABSTRACT_NAME_LEN], _pad: 0 }
+    }
+}
+
+/// Offsets of kernel struct fields on the running kernel, read from its BTF by the agent and
+/// set as the [`globals::OFFSETS`] global before loading. `valid` is 1 once set; programs that
+/// read kernel structures do nothing without it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub valid: u32,
+    pub file_f_inode: u32,
+    pub file_f_path_dentry: u32,
+    pub inode_i_ino: u32,
+    pub inode_i_sb: u32,
+    pub inode_i_nlink: u32,
+    pub sb_s_dev: u32,
+    pub dentry_d_parent: u32,
+    pub dentry_d_inode: u32,
+    pub dentry_d_name_name: u32,
+    pub dentry_d_name_len: u32,
+    pub binprm_file: u32,
+    pub binprm_filename: u32,
+    pub task_mm: u32,
+    pub mm_exe_file: u32,
+    pub socket_sk: u32,
+    pub unix_sock_addr: u32,
+    pub unix_sock_path_dentry: u32,
+    pub unix_address_len: u32,
+    pub unix_address_name: u32,
+}
+
 /// Value of the LPM maps: every port rule that applies to destinations in the prefix.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -214,17 +338,29 @@ pub mod counter {
 
 /// `EventHeader::kind`: the record is a [`NetEvent`].
 pub const EVENT_NET: u8 = 1;
+/// `EventHeader::kind`: the record is an [`ObjectEvent`] about an exec.
+pub const EVENT_EXEC: u8 = 2;
+/// `EventHeader::kind`: the record is an [`ObjectEvent`] about a file open.
+pub const EVENT_FILE: u8 = 3;
+/// `EventHeader::kind`: the record is an [`ObjectEvent`] about a unix socket.
+pub const EVENT_UNIX: u8 = 4;
 
 /// `EventHeader::verdict`: the operation was refused.
 pub const VERDICT_DENIED: u8 = 1;
 /// `EventHeader::verdict`: audit mode; enforce mode would have refused it.
 pub const VERDICT_WOULD_DENY: u8 = 2;
+/// `EventHeader::verdict`: the task was killed (exec fallback without BPF LSM).
+pub const VERDICT_KILLED: u8 = 3;
 
 /// `EventHeader::operation` values.
 pub mod op {
     pub const CONNECT: u8 = 1;
     pub const SENDMSG: u8 = 2;
     pub const SOCKET: u8 = 3;
+    pub const EXEC: u8 = 4;
+    pub const OPEN: u8 = 5;
+    pub const UNIX_CONNECT: u8 = 6;
+    pub const UNIX_SEND: u8 = 7;
 }
 
 /// `EventHeader::mechanism` values: which hook decided.
@@ -234,6 +370,13 @@ pub mod mechanism {
     pub const CGROUP_SENDMSG4: u8 = 3;
     pub const CGROUP_SENDMSG6: u8 = 4;
     pub const CGROUP_SOCK_CREATE: u8 = 5;
+    pub const LSM_BPRM_CHECK: u8 = 6;
+    pub const TP_SCHED_PROCESS_EXEC: u8 = 7;
+    pub const LSM_FILE_OPEN: u8 = 8;
+    /// Decided by the agent answering a fanotify permission event.
+    pub const FANOTIFY: u8 = 9;
+    pub const LSM_UNIX_STREAM_CONNECT: u8 = 10;
+    pub const LSM_UNIX_MAY_SEND: u8 = 11;
 }
 
 /// Why the kernel decided as it did (`EventHeader::reason`).
@@ -244,6 +387,16 @@ pub mod reason {
     pub const IDENTITY_DENY_ALL: u8 = 2;
     /// The socket is neither TCP nor UDP over IPv4/IPv6 (raw, ICMP, SCTP, ...).
     pub const SOCKET_KIND_NOT_ALLOWED: u8 = 3;
+    /// The program is not in the identity's exec allow-list.
+    pub const EXEC_NOT_ALLOWED: u8 = 4;
+    /// The program is an unlinked file (memfd, deleted) and the identity does not allow that.
+    pub const EXEC_FILELESS: u8 = 5;
+    /// The file is in the host's protected set and the identity has no exception for it.
+    pub const FILE_PROTECTED: u8 = 6;
+    /// The socket is not in the identity's unix allow-list.
+    pub const UNIX_NOT_ALLOWED: u8 = 7;
+    /// The socket is in the host's default-deny set.
+    pub const UNIX_HOST_DENIED: u8 = 8;
 }
 
 /// Common head of every event record.
@@ -296,6 +449,54 @@ pub struct NetEvent {
     pub addr: [u8; 16],
 }
 
+/// Path components kept in an event, from the object upwards.
+pub const PATH_COMPONENTS: usize = 8;
+/// Bytes kept of each path component (NUL padded; longer names are cut).
+pub const COMPONENT_LEN: usize = 40;
+/// Bytes kept of an exec's file name or a unix socket's name as given.
+pub const NAME_LEN: usize = 256;
+
+/// Path components read from dentries, innermost first (`components[0]` is the object's own
+/// name). The path is relative to the root of the object's file system.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DentryPath {
+    /// Number of components filled.
+    pub depth: u32,
+    /// 1 when the walk reached the file system root within `PATH_COMPONENTS`.
+    pub complete: u32,
+    pub components: [[u8; COMPONENT_LEN]; PATH_COMPONENTS],
+}
+
+impl Default for DentryPath {
+    fn default() -> Self {
+        DentryPath { depth: 0, complete: 0, components: [[0; COMPONENT_LEN]; PATH_COMPONENTS] }
+    }
+}
+
+/// A decision about a file system object: an exec, a file open or a unix socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectEvent {
+    pub header: EventHeader,
+    /// The object's inode (`s_dev` encoding), 0 for abstract sockets.
+    pub dev: u32,
+    /// `dev` of the rule's inode that decided (a protected directory, ...), else 0.
+    pub rule_dev: u32,
+    pub ino: u64,
+    pub rule_ino: u64,
+    /// Link count of the object (0: unlinked, e.g. memfd).
+    pub nlink: u32,
+    /// Length of `name` used.
+    pub name_len: u32,
+    /// exec: the file name given to execve; unix: the abstract name (no leading NUL).
+    pub name: [u8; NAME_LEN],
+    /// The object's path from its dentries.
+    pub path: DentryPath,
+    /// The acting task's executable, from its dentries.
+    pub actor_exe: DentryPath,
+}
+
 // Layout pins: a change on one side that is not mirrored fails to compile.
 const _: () = {
     assert!(core::mem::size_of::<ActiveState>() == 16);
@@ -309,6 +510,11 @@ const _: () = {
     assert!(core::mem::size_of::<EventHeader>() == 64);
     assert!(core::mem::size_of::<NetEvent>() == 88);
     assert!(core::mem::offset_of!(NetEvent, addr) == 72);
+    assert!(core::mem::size_of::<InodeKey>() == 24);
+    assert!(core::mem::size_of::<AbstractKey>() == 120);
+    assert!(core::mem::size_of::<KernelOffsets>() == 80);
+    assert!(core::mem::size_of::<DentryPath>() == 8 + COMPONENT_LEN * PATH_COMPONENTS);
+    assert!(core::mem::size_of::<ObjectEvent>() == 64 + 32 + NAME_LEN + 2 * (8 + COMPONENT_LEN * PATH_COMPONENTS));
 };
 
 #[cfg(feature = "user")]
@@ -323,6 +529,9 @@ mod pod {
     unsafe impl aya::Pod for Net4Key {}
     unsafe impl aya::Pod for Net6Key {}
     unsafe impl aya::Pod for NetRules {}
+    unsafe impl aya::Pod for InodeKey {}
+    unsafe impl aya::Pod for AbstractKey {}
+    unsafe impl aya::Pod for KernelOffsets {}
 }
 
 #[cfg(test)]
@@ -332,13 +541,7 @@ mod tests {
     fn rules(list: &[(u16, u16, u8)]) -> NetRules {
         let mut r = NetRules::default();
         for (i, &(lo, hi, protocols)) in list.iter().enumerate() {
-            r.rules[i] = PortRule {
-                lo,
-                hi,
-                protocols,
-                _pad: 0,
-                rule: i as u16,
-            };
+            r.rules[i] = PortRule { lo, hi, protocols, _pad: 0, rule: i as u16 };
         }
         r.count = list.len() as u32;
         r
@@ -358,13 +561,7 @@ mod tests {
     #[test]
     fn allows_ignores_entries_past_count() {
         let mut r = rules(&[(53, 53, PROTO_UDP)]);
-        r.rules[1] = PortRule {
-            lo: 0,
-            hi: 65535,
-            protocols: PROTO_TCP | PROTO_UDP,
-            _pad: 0,
-            rule: 1,
-        };
+        r.rules[1] = PortRule { lo: 0, hi: 65535, protocols: PROTO_TCP | PROTO_UDP, _pad: 0, rule: 1 };
         assert!(!r.allows(PROTO_TCP, 22));
         assert!(r.allows(PROTO_UDP, 53));
         assert!(!NetRules::default().allows(PROTO_TCP, 1));

@@ -33,27 +33,13 @@ pub fn current() -> Option<Fenced> {
         None => nearest_bound_ancestor(generation)?,
     };
     // SAFETY: the value is copied out at once.
-    let info = *unsafe {
-        FENCE_IDENTITIES.get(&IdentityKey {
-            generation,
-            identity,
-        })
-    }?;
-    Some(Fenced {
-        generation,
-        identity,
-        cgroup_id,
-        info,
-    })
+    let info = *unsafe { FENCE_IDENTITIES.get(&IdentityKey { generation, identity }) }?;
+    Some(Fenced { generation, identity, cgroup_id, info })
 }
 
 #[inline(always)]
 fn bound(cgroup_id: u64, generation: u32) -> Option<u32> {
-    let key = CgroupKey {
-        cgroup_id,
-        generation,
-        _pad: 0,
-    };
+    let key = CgroupKey { cgroup_id, generation, _pad: 0 };
     // SAFETY: the value is copied out at once.
     unsafe { FENCE_CGROUPS.get(&key) }.copied()
 }

@@ -7,9 +7,13 @@
 #![no_main]
 
 mod events;
+mod exec;
+mod file;
 mod identity;
+mod kernel;
 mod maps;
 mod net;
+mod unix;
 
 /// The kernel refuses GPL-only helpers (and LSM programs) without a GPL-compatible license.
 #[unsafe(link_section = "license")]

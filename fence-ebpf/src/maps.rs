@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use fence_common::{
-    ActiveState, CgroupKey, IdentityInfo, IdentityKey, Net4Key, Net6Key, NetRules, capacity,
+    AbstractKey, ActiveState, CgroupKey, IdentityInfo, IdentityKey, InodeKey, Net4Key, Net6Key, NetRules, capacity,
     counter,
 };
 
@@ -22,8 +22,7 @@ pub static FENCE_CGROUPS: HashMap<CgroupKey, u32> = HashMap::with_max_entries(ca
 
 /// identity id (+ generation) -> mode, flags and policy version.
 #[map]
-pub static FENCE_IDENTITIES: HashMap<IdentityKey, IdentityInfo> =
-    HashMap::with_max_entries(capacity::IDENTITIES, 0);
+pub static FENCE_IDENTITIES: HashMap<IdentityKey, IdentityInfo> = HashMap::with_max_entries(capacity::IDENTITIES, 0);
 
 /// IPv4 egress allow-list: (generation, identity, prefix) -> port rules. The compiler merges
 /// the rules of less specific prefixes into each prefix, so the longest match says it all.
@@ -34,6 +33,28 @@ pub static FENCE_NET4: LpmTrie<Net4Key, NetRules> = LpmTrie::with_max_entries(ca
 #[map]
 pub static FENCE_NET6: LpmTrie<Net6Key, NetRules> = LpmTrie::with_max_entries(capacity::NET6, 0);
 
+/// (generation, identity, inode) of programs the identity may execute -> rule index.
+/// Consulted only for identities with `IDENTITY_EXEC_ALLOWLIST`.
+#[map]
+pub static FENCE_EXEC: HashMap<InodeKey, u32> = HashMap::with_max_entries(capacity::EXEC, 0);
+
+/// (generation, 0, inode) of the host's protected files and directories -> `PROTECT_*` flags.
+#[map]
+pub static FENCE_PROTECTED: HashMap<InodeKey, u32> = HashMap::with_max_entries(capacity::PROTECTED, 0);
+
+/// (generation, identity, inode) of an identity's readable exceptions -> `PROTECT_*` flags.
+#[map]
+pub static FENCE_FILE_EXCEPT: HashMap<InodeKey, u32> = HashMap::with_max_entries(capacity::FILE_EXCEPT, 0);
+
+/// (generation, identity, inode) of unix sockets: an identity's allow-list, or with identity 0
+/// the host's default-deny set.
+#[map]
+pub static FENCE_UNIX: HashMap<InodeKey, u32> = HashMap::with_max_entries(capacity::UNIX, 0);
+
+/// Abstract unix socket names, as `FENCE_UNIX`.
+#[map]
+pub static FENCE_UNIX_ABSTRACT: HashMap<AbstractKey, u32> = HashMap::with_max_entries(capacity::UNIX_ABSTRACT, 0);
+
 /// Deny and would-deny events for the agent (records start with `EventHeader`).
 #[map]
 pub static FENCE_EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
@@ -41,6 +62,13 @@ pub static FENCE_EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTE
 /// Per-CPU counters, indexed by `fence_common::counter`.
 #[map]
 pub static FENCE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Looks `key` up; the value is copied out.
+#[inline(always)]
+pub fn lookup<K, V: Copy>(map: &HashMap<K, V>, key: &K) -> Option<V> {
+    // SAFETY: the value is copied out at once.
+    unsafe { map.get(key) }.copied()
+}
 
 /// Adds one to a counter.
 #[inline(always)]

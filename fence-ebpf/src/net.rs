@@ -10,8 +10,8 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext},
 };
 use fence_common::{
-    EVENT_NET, IDENTITY_DENY_ALL, NET_KEY_PREFIX_BITS, Net4Key, Net6Key, NetEvent, PROTO_TCP,
-    PROTO_UDP, mechanism, op, reason,
+    EVENT_NET, IDENTITY_DENY_ALL, NET_KEY_PREFIX_BITS, Net4Key, Net6Key, NetEvent, PROTO_TCP, PROTO_UDP, mechanism, op,
+    reason,
 };
 
 use crate::{
@@ -60,8 +60,7 @@ pub fn fence_sock_create(ctx: SockContext) -> i32 {
         return ALLOW;
     };
     // SAFETY: the context pointer is valid for the program's run; plain field reads.
-    let (family, sock_type, protocol) =
-        unsafe { ((*ctx.sock).family, (*ctx.sock).type_, (*ctx.sock).protocol) };
+    let (family, sock_type, protocol) = unsafe { ((*ctx.sock).family, (*ctx.sock).type_, (*ctx.sock).protocol) };
     if protocol_bit(sock_type, protocol) != 0 {
         return ALLOW;
     }
@@ -108,11 +107,7 @@ fn dest(ctx: &SockAddrContext) -> Dest {
         (sa.type_, sa.protocol, sa.user_port)
     };
     // user_port holds the port in network byte order in its low 16 bits.
-    Dest {
-        sock_type,
-        protocol,
-        port: u16::from_be(user_port as u16),
-    }
+    Dest { sock_type, protocol, port: u16::from_be(user_port as u16) }
 }
 
 #[inline(always)]
@@ -130,10 +125,7 @@ fn judge_v4(ctx: &SockAddrContext, operation: u8, mech: u8) -> i32 {
     };
     let mut full = [0u8; 16];
     full[..4].copy_from_slice(&addr);
-    decide(
-        &who,
-        net_event(&who, operation, mech, why, AF_INET, &d, full),
-    )
+    decide(&who, net_event(&who, operation, mech, why, AF_INET, &d, full))
 }
 
 #[inline(always)]
@@ -158,10 +150,7 @@ fn judge_v6(ctx: &SockAddrContext, operation: u8, mech: u8) -> i32 {
     let Some(why) = why else {
         return ALLOW;
     };
-    decide(
-        &who,
-        net_event(&who, operation, mech, why, AF_INET6, &d, addr),
-    )
+    decide(&who, net_event(&who, operation, mech, why, AF_INET6, &d, addr))
 }
 
 /// ::ffff:0:0/96
@@ -190,11 +179,7 @@ fn allowed_v4(who: &Fenced, addr: [u8; 4], d: &Dest) -> Option<u8> {
     let proto = protocol_bit(d.sock_type, d.protocol);
     let key = aya_ebpf::maps::lpm_trie::Key::new(
         NET_KEY_PREFIX_BITS + 32,
-        Net4Key {
-            generation: who.generation,
-            identity: who.identity,
-            addr,
-        },
+        Net4Key { generation: who.generation, identity: who.identity, addr },
     );
     match FENCE_NET4.get(&key) {
         Some(rules) if rules.allows(proto, d.port) => None,
@@ -210,11 +195,7 @@ fn allowed_v6(who: &Fenced, addr: [u8; 16], d: &Dest) -> Option<u8> {
     let proto = protocol_bit(d.sock_type, d.protocol);
     let key = aya_ebpf::maps::lpm_trie::Key::new(
         NET_KEY_PREFIX_BITS + 128,
-        Net6Key {
-            generation: who.generation,
-            identity: who.identity,
-            addr,
-        },
+        Net6Key { generation: who.generation, identity: who.identity, addr },
     );
     match FENCE_NET6.get(&key) {
         Some(rules) if rules.allows(proto, d.port) => None,
@@ -223,15 +204,7 @@ fn allowed_v6(who: &Fenced, addr: [u8; 16], d: &Dest) -> Option<u8> {
 }
 
 #[inline(always)]
-fn net_event(
-    who: &Fenced,
-    operation: u8,
-    mech: u8,
-    why: u8,
-    family: u32,
-    d: &Dest,
-    addr: [u8; 16],
-) -> NetEvent {
+fn net_event(who: &Fenced, operation: u8, mech: u8, why: u8, family: u32, d: &Dest, addr: [u8; 16]) -> NetEvent {
     NetEvent {
         header: events::header(who, EVENT_NET, operation, mech, why),
         family: family as u16,

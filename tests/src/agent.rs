@@ -42,23 +42,30 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent on `policy` (YAML) and waits until it reports READY=1.
     pub fn start(test: &str, policy: &str) -> Agent {
-        let agent = Agent::spawn(test, policy);
-        agent.wait_ready()
+        Agent::spawn_with(test, policy, "").wait_ready()
+    }
+
+    /// Starts the agent with more agent.toml (tables after `[events]`).
+    pub fn start_with(test: &str, policy: &str, config: &str) -> Agent {
+        Agent::spawn_with(test, policy, config).wait_ready()
     }
 
     /// Starts the agent without waiting (for tests of start-up failures).
     pub fn spawn(test: &str, policy: &str) -> Agent {
-        let dir = TempDir::new(test);
+        Agent::spawn_with(test, policy, "")
+    }
+
+    fn spawn_with(test: &str, policy: &str, extra_config: &str) -> Agent {
+        let dir = TempDir::new(&format!("{test}-agent"));
         let policy_path = dir.path("policy.yaml");
         fs::write(&policy_path, policy).expect("writing the policy");
         let events = dir.path("events.jsonl");
         let config = dir.path("agent.toml");
+        // The tests' own protected sets replace the host's defaults unless they say otherwise.
+        let protect = if extra_config.contains("[protect]") { "" } else { "[protect]\ndefaults = false\n" };
         fs::write(
             &config,
-            format!(
-                "[events]\nstdout = true\nfile = {:?}\n",
-                events.display().to_string()
-            ),
+            format!("[events]\nstdout = true\nfile = {:?}\n{protect}{extra_config}", events.display().to_string()),
         )
         .expect("writing the config");
         let notify = dir.path("notify.sock");
@@ -78,44 +85,26 @@ impl Agent {
             .stderr(fs::File::create(&stderr).expect("stderr file"))
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", agent_binary().display()));
-        Agent {
-            child: Some(child),
-            notify: Some(socket),
-            _dir: dir,
-            policy: policy_path,
-            events,
-            stdout,
-            stderr,
-        }
+        Agent { child: Some(child), notify: Some(socket), _dir: dir, policy: policy_path, events, stdout, stderr }
     }
 
     fn wait_ready(mut self) -> Agent {
         let socket = self.notify.take().expect("notify socket");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .expect("timeout");
+        socket.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
         let ready = wait_for(Duration::from_secs(60 * u64::from(slow_factor())), || {
             let mut buf = [0u8; 512];
             if let Ok(n) = socket.recv(&mut buf)
-                && String::from_utf8_lossy(&buf[..n])
-                    .lines()
-                    .any(|l| l == "READY=1")
+                && String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1")
             {
                 return Some(true);
             }
             if let Some(status) = self.try_exit_status() {
-                panic!(
-                    "the agent exited before it was ready ({status}):\n{}",
-                    self.stderr_text()
-                );
+                panic!("the agent exited before it was ready ({status}):\n{}", self.stderr_text());
             }
             None
         });
         if ready.is_none() {
-            panic!(
-                "the agent did not report READY=1 in time:\n{}",
-                self.stderr_text()
-            );
+            panic!("the agent did not report READY=1 in time:\n{}", self.stderr_text());
         }
         self
     }
@@ -125,9 +114,7 @@ impl Agent {
     }
 
     pub fn try_exit_status(&mut self) -> Option<ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Waits for the agent to exit on its own.
@@ -150,16 +137,10 @@ impl Agent {
         kill(self.pid(), Signal::SIGHUP).expect("SIGHUP");
         wait_for(Duration::from_secs(30 * u64::from(slow_factor())), || {
             let text = self.stderr_text();
-            let done =
-                text.matches("policy applied").count() + text.matches("reload refused").count();
+            let done = text.matches("policy applied").count() + text.matches("reload refused").count();
             (text.matches("SIGHUP").count() > before && done > before).then_some(text)
         })
-        .unwrap_or_else(|| {
-            panic!(
-                "the agent did not finish the reload:\n{}",
-                self.stderr_text()
-            )
-        })
+        .unwrap_or_else(|| panic!("the agent did not finish the reload:\n{}", self.stderr_text()))
     }
 
     /// Event lines in the event file, parsed.
@@ -169,16 +150,10 @@ impl Agent {
 
     /// Waits until an event matches `pred` and returns it.
     pub fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        wait_for(Duration::from_secs(10 * u64::from(slow_factor())), || {
-            self.events().into_iter().find(|e| pred(e))
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "no event {what} arrived; events: {:#?}\nagent log:\n{}",
-                self.events(),
-                self.stderr_text()
-            )
-        })
+        wait_for(Duration::from_secs(10 * u64::from(slow_factor())), || self.events().into_iter().find(|e| pred(e)))
+            .unwrap_or_else(|| {
+                panic!("no event {what} arrived; events: {:#?}\nagent log:\n{}", self.events(), self.stderr_text())
+            })
     }
 }
 
@@ -200,8 +175,6 @@ pub fn read_jsonl(path: &std::path::Path) -> Vec<Value> {
         .unwrap_or_default()
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str(l).unwrap_or_else(|e| panic!("event line is not JSON ({e}): {l}"))
-        })
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("event line is not JSON ({e}): {l}")))
         .collect()
 }

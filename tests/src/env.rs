@@ -14,8 +14,7 @@ use fence_agent::cgroup::cgroup2_mount_in;
 pub fn cgroup_root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
-        let text =
-            fs::read_to_string("/proc/self/mountinfo").expect("reading /proc/self/mountinfo");
+        let text = fs::read_to_string("/proc/self/mountinfo").expect("reading /proc/self/mountinfo");
         cgroup2_mount_in(&text).expect("no cgroup2 mount on this host")
     })
 }
@@ -31,8 +30,7 @@ impl TestCgroup {
     pub fn new(name: &str) -> TestCgroup {
         let rel = format!("/fence-test/{name}.{}", std::process::id());
         let dir = cgroup_root().join(rel.trim_start_matches('/'));
-        fs::create_dir_all(&dir)
-            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
         TestCgroup { rel, dir }
     }
 
@@ -40,8 +38,7 @@ impl TestCgroup {
     pub fn child(&self, name: &str) -> TestCgroup {
         let rel = format!("{}/{name}", self.rel);
         let dir = self.dir.join(name);
-        fs::create_dir_all(&dir)
-            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
         TestCgroup { rel, dir }
     }
 
@@ -106,18 +103,9 @@ pub fn kernel_log_tail(lines: usize) -> String {
     const SYSLOG_ACTION_READ_ALL: libc::c_int = 3;
     let mut buf = vec![0u8; 1 << 20];
     // SAFETY: the buffer is valid for its length.
-    let n = unsafe {
-        libc::klogctl(
-            SYSLOG_ACTION_READ_ALL,
-            buf.as_mut_ptr().cast(),
-            buf.len() as libc::c_int,
-        )
-    };
+    let n = unsafe { libc::klogctl(SYSLOG_ACTION_READ_ALL, buf.as_mut_ptr().cast(), buf.len() as libc::c_int) };
     if n < 0 {
-        return format!(
-            "(kernel log unavailable: {})",
-            std::io::Error::last_os_error()
-        );
+        return format!("(kernel log unavailable: {})", std::io::Error::last_os_error());
     }
     let text = String::from_utf8_lossy(&buf[..n as usize]).into_owned();
     let all: Vec<&str> = text.lines().collect();
@@ -140,8 +128,27 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
 
 /// Time limits scale with the machine: the vm tier runs under TCG emulation.
 pub fn slow_factor() -> u32 {
-    std::env::var("FENCE_TEST_SLOW")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1)
+    std::env::var("FENCE_TEST_SLOW").ok().and_then(|v| v.parse().ok()).unwrap_or(1)
+}
+
+/// `fence-agent doctor --json` on this host (run once per test process).
+pub fn doctor() -> &'static serde_json::Value {
+    static DOCTOR: OnceLock<serde_json::Value> = OnceLock::new();
+    DOCTOR.get_or_init(|| {
+        let out = std::process::Command::new(crate::agent::agent_binary())
+            .args(["doctor", "--json"])
+            .output()
+            .expect("running fence-agent doctor");
+        assert!(out.status.success(), "doctor failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("doctor --json prints JSON")
+    })
+}
+
+/// How this host enforces `fence` (a row of `doctor`): `None` when it does not.
+pub fn mechanism(fence: &str) -> Option<String> {
+    let row = doctor()["fences"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["fence"] == fence))
+        .unwrap_or_else(|| panic!("doctor has no row for {fence}"));
+    (row["enforced"] == true).then(|| row["mechanism"].as_str().unwrap_or_default().to_owned())
 }

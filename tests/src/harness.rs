@@ -56,10 +56,7 @@ pub fn run_one(tests: &[Test], name: &str) -> ExitCode {
         if info.payload().downcast_ref::<Skip>().is_some() {
             return;
         }
-        let location = info
-            .location()
-            .map(|l| format!(" at {}:{}", l.file(), l.line()))
-            .unwrap_or_default();
+        let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
         let msg = format!("{}{location}", message_of(info.payload()));
         eprintln!("panic: {msg}");
         *PANIC_MESSAGE.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg);
@@ -80,10 +77,7 @@ pub fn run_one(tests: &[Test], name: &str) -> ExitCode {
                 .unwrap_or_else(|p| p.into_inner())
                 .take()
                 .unwrap_or_else(|| message_of(payload.as_ref()));
-            println!(
-                "{RESULT_TAG}\t{name}\tFAIL\t{}",
-                msg.replace(['\n', '\t'], " ")
-            );
+            println!("{RESULT_TAG}\t{name}\tFAIL\t{}", msg.replace(['\n', '\t'], " "));
             ExitCode::FAILURE
         }
     }
@@ -91,18 +85,10 @@ pub fn run_one(tests: &[Test], name: &str) -> ExitCode {
 
 /// Runs every test (or those whose name contains `filter`), each in a child process with a
 /// time limit, and prints one result line per test and a summary line.
-pub fn run_all(
-    tests: &[Test],
-    filter: Option<&str>,
-    per_test: Duration,
-    kernel_log_on_failure: bool,
-) -> ExitCode {
+pub fn run_all(tests: &[Test], filter: Option<&str>, per_test: Duration, kernel_log_on_failure: bool) -> ExitCode {
     let exe = std::env::current_exe().expect("current_exe");
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
-    for test in tests
-        .iter()
-        .filter(|t| filter.is_none_or(|f| t.name.contains(f)))
-    {
+    for test in tests.iter().filter(|t| filter.is_none_or(|f| t.name.contains(f))) {
         let started = Instant::now();
         eprintln!("--- {} ...", test.name);
         let mut child = Command::new(&exe)
@@ -139,20 +125,11 @@ pub fn run_all(
         };
         let stdout = out_reader.join().unwrap_or_default();
         let stderr = err_reader.join().unwrap_or_default();
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with(RESULT_TAG))
-            .map(str::to_owned);
+        let line = stdout.lines().find(|l| l.starts_with(RESULT_TAG)).map(str::to_owned);
         let line = match (timed_out, line) {
-            (true, _) => format!(
-                "{RESULT_TAG}\t{}\tFAIL\ttimed out after {per_test:?}",
-                test.name
-            ),
+            (true, _) => format!("{RESULT_TAG}\t{}\tFAIL\ttimed out after {per_test:?}", test.name),
             (false, Some(l)) => l,
-            (false, None) => format!(
-                "{RESULT_TAG}\t{}\tFAIL\tthe test process died without a result",
-                test.name
-            ),
+            (false, None) => format!("{RESULT_TAG}\t{}\tFAIL\tthe test process died without a result", test.name),
         };
         let verdict = line.split('\t').nth(2).unwrap_or("FAIL");
         match verdict {
@@ -176,9 +153,5 @@ pub fn run_all(
         eprintln!("    {} in {:.1}s", verdict, started.elapsed().as_secs_f64());
     }
     println!("{SUMMARY_TAG}\tpassed={passed}\tfailed={failed}\tskipped={skipped}");
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

@@ -19,6 +19,8 @@ use crate::env::TestCgroup;
 pub struct Outcome {
     pub pid: u32,
     pub errno: Option<i32>,
+    /// The signal that killed the helper (it then reports nothing).
+    pub signal: Option<i32>,
     pub raw: Value,
 }
 
@@ -34,12 +36,12 @@ impl Outcome {
 
     #[track_caller]
     pub fn assert_eperm(&self, what: &str) {
-        assert_eq!(
-            self.errno,
-            Some(libc::EPERM),
-            "{what}: expected EPERM, got {}",
-            self.raw
-        );
+        assert_eq!(self.errno, Some(libc::EPERM), "{what}: expected EPERM, got {}", self.raw);
+    }
+
+    #[track_caller]
+    pub fn assert_killed(&self, what: &str) {
+        assert_eq!(self.signal, Some(libc::SIGKILL), "{what}: expected death by SIGKILL, got {}", self.raw);
     }
 }
 
@@ -51,19 +53,27 @@ pub fn run(cgroup: Option<&TestCgroup>, action: &[&str]) -> Outcome {
     if let Some(cg) = cgroup {
         cmd.arg("--cgroup").arg(&cg.dir);
     }
-    let out = cmd.args(action).output().expect("running the helper");
+    let child = cmd
+        .args(action)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running the helper");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("waiting for the helper");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().unwrap_or_else(|| {
-        panic!(
-            "helper {action:?} printed nothing; stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    let raw: Value =
-        serde_json::from_str(line).unwrap_or_else(|e| panic!("helper output {line:?}: {e}"));
+    let signal = std::os::unix::process::ExitStatusExt::signal(&out.status);
+    let Some(line) = stdout.lines().last() else {
+        if signal.is_some() {
+            return Outcome { pid, errno: None, signal, raw: json!({"pid": pid, "signal": signal}) };
+        }
+        panic!("helper {action:?} printed nothing ({}); stderr: {}", out.status, String::from_utf8_lossy(&out.stderr))
+    };
+    let raw: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("helper output {line:?}: {e}"));
     Outcome {
-        pid: raw["pid"].as_u64().expect("pid") as u32,
+        pid: raw["pid"].as_u64().map_or(pid, |p| p as u32),
         errno: raw["errno"].as_i64().map(|e| e as i32),
+        signal,
         raw,
     }
 }
@@ -111,9 +121,7 @@ fn addr(a: Option<&&str>) -> io::Result<SocketAddr> {
 fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
     let done = |r: io::Result<()>| r.map(|()| json!({}));
     match action {
-        "tcp-connect" => {
-            done(TcpStream::connect_timeout(&addr(args.first())?, Duration::from_secs(5)).map(drop))
-        }
+        "tcp-connect" => done(TcpStream::connect_timeout(&addr(args.first())?, Duration::from_secs(5)).map(drop)),
         "udp-connect" => {
             let to = addr(args.first())?;
             let s = UdpSocket::bind(local_any(&to))?;
@@ -122,11 +130,7 @@ fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
         }
         "udp-sendto" => {
             let to = addr(args.first())?;
-            done(
-                UdpSocket::bind(local_any(&to))?
-                    .send_to(b"fence", to)
-                    .map(drop),
-            )
+            done(UdpSocket::bind(local_any(&to))?.send_to(b"fence", to).map(drop))
         }
         "udp-sendmsg" => {
             let to = addr(args.first())?;
@@ -134,15 +138,9 @@ fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
             let dest = nix::sys::socket::SockaddrStorage::from(to);
             let iov = [io::IoSlice::new(b"fence")];
             done(
-                nix::sys::socket::sendmsg(
-                    s.as_raw_fd(),
-                    &iov,
-                    &[],
-                    nix::sys::socket::MsgFlags::empty(),
-                    Some(&dest),
-                )
-                .map(drop)
-                .map_err(io::Error::from),
+                nix::sys::socket::sendmsg(s.as_raw_fd(), &iov, &[], nix::sys::socket::MsgFlags::empty(), Some(&dest))
+                    .map(drop)
+                    .map_err(io::Error::from),
             )
         }
         "udp-sendmmsg" => {
@@ -162,14 +160,9 @@ fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
             };
             let (ty, proto) = match args.get(1).copied() {
                 Some("raw") => (libc::SOCK_RAW, libc::IPPROTO_ICMP),
-                Some("icmp") => (
-                    libc::SOCK_DGRAM,
-                    if family == libc::AF_INET {
-                        libc::IPPROTO_ICMP
-                    } else {
-                        libc::IPPROTO_ICMPV6
-                    },
-                ),
+                Some("icmp") => {
+                    (libc::SOCK_DGRAM, if family == libc::AF_INET { libc::IPPROTO_ICMP } else { libc::IPPROTO_ICMPV6 })
+                }
                 Some("sctp") => (libc::SOCK_STREAM, libc::IPPROTO_SCTP),
                 Some("mptcp") => (libc::SOCK_STREAM, libc::IPPROTO_MPTCP),
                 Some("udplite") => (libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE),
@@ -188,10 +181,7 @@ fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
         }
         "bench-tcp" | "bench-udp" => {
             let to = addr(args.first())?;
-            let n: u64 = args
-                .get(1)
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(|| io::Error::other("count"))?;
+            let n: u64 = args.get(1).and_then(|n| n.parse().ok()).ok_or_else(|| io::Error::other("count"))?;
             let started = std::time::Instant::now();
             if action == "bench-tcp" {
                 bench_tcp(to, n)?
@@ -200,6 +190,30 @@ fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
             }
             Ok(json!({"ns": started.elapsed().as_nanos() as u64, "count": n}))
         }
+        "noop" => Ok(json!({})),
+        "exec" => {
+            // Replaces this process; only a failure comes back here.
+            let path = args.first().ok_or_else(|| io::Error::other("exec PATH ARGS..."))?;
+            let err = std::os::unix::process::CommandExt::exec(std::process::Command::new(path).args(&args[1..]));
+            Err(err)
+        }
+        "memfd-exec" => {
+            let src = args.first().ok_or_else(|| io::Error::other("memfd-exec SRC ARGS..."))?;
+            memfd_exec(src, &args[1..])
+        }
+        "open" => {
+            let path = args.first().ok_or_else(|| io::Error::other("open PATH"))?;
+            let mut f = fs::File::open(path)?;
+            let mut b = [0u8; 1];
+            io::Read::read(&mut f, &mut b).map(|_| json!({}))
+        }
+        "open-bind" => {
+            let (src, target) = (args.first(), args.get(1));
+            let (Some(src), Some(target)) = (src, target) else { return Err(io::Error::other("open-bind SRC TARGET")) };
+            open_through_bind_mount(src, target)
+        }
+        "unix-connect" => unix_connect(args.first().copied().unwrap_or_default()).map(|()| json!({})),
+        "unix-send" => unix_send(args.first().copied().unwrap_or_default()).map(|()| json!({})),
         other => Err(io::Error::other(format!("unknown action {other}"))),
     }
 }
@@ -207,14 +221,10 @@ fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
 /// `n` TCP connects, each closed with RST (SO_LINGER 0) so that no TIME_WAIT state eats the
 /// ephemeral ports.
 fn bench_tcp(to: SocketAddr, n: u64) -> io::Result<()> {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
     for _ in 0..n {
         let s = TcpStream::connect(to)?;
-        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Linger, &linger)
-            .map_err(io::Error::from)?;
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Linger, &linger).map_err(io::Error::from)?;
     }
     Ok(())
 }
@@ -228,12 +238,54 @@ fn bench_udp(to: SocketAddr, n: u64) -> io::Result<()> {
     Ok(())
 }
 
-fn local_any(to: &SocketAddr) -> SocketAddr {
-    if to.is_ipv4() {
-        "0.0.0.0:0".parse().expect("addr")
-    } else {
-        "[::]:0".parse().expect("addr")
+/// Copies `src` into a memfd and executes it from there (fileless execution).
+fn memfd_exec(src: &str, args: &[&str]) -> io::Result<Value> {
+    use std::ffi::CString;
+    let fd =
+        nix::sys::memfd::memfd_create(c"fence-test", nix::sys::memfd::MFdFlags::empty()).map_err(io::Error::from)?;
+    let mut file = fs::File::from(fd);
+    io::copy(&mut fs::File::open(src)?, &mut file)?;
+    let argv: Vec<CString> = std::iter::once("memfd-program")
+        .chain(args.iter().copied())
+        .map(|a| CString::new(a).expect("argument"))
+        .collect();
+    let env: Vec<CString> = Vec::new();
+    let err = nix::unistd::fexecve(&file, &argv, &env).map_err(io::Error::from).unwrap_err();
+    Err(err)
+}
+
+/// In a private mount namespace (gone when this process exits), bind-mounts `src` onto
+/// `target` and opens `target`.
+fn open_through_bind_mount(src: &str, target: &str) -> io::Result<Value> {
+    use nix::mount::{MsFlags, mount};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(io::Error::from)?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(io::Error::from)?;
+    mount(Some(src), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(io::Error::from)?;
+    let mut f = fs::File::open(target)?;
+    let mut b = [0u8; 1];
+    io::Read::read(&mut f, &mut b).map(|_| json!({}))
+}
+
+fn unix_addr(name: &str) -> io::Result<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt as _;
+    match name.strip_prefix('@') {
+        Some(abs) => std::os::unix::net::SocketAddr::from_abstract_name(abs.as_bytes()),
+        None => std::os::unix::net::SocketAddr::from_pathname(name),
     }
+}
+
+fn unix_connect(name: &str) -> io::Result<()> {
+    std::os::unix::net::UnixStream::connect_addr(&unix_addr(name)?).map(drop)
+}
+
+fn unix_send(name: &str) -> io::Result<()> {
+    let s = std::os::unix::net::UnixDatagram::unbound()?;
+    s.send_to_addr(b"fence", &unix_addr(name)?).map(drop)
+}
+
+fn local_any(to: &SocketAddr) -> SocketAddr {
+    if to.is_ipv4() { "0.0.0.0:0".parse().expect("addr") } else { "[::]:0".parse().expect("addr") }
 }
 
 /// sendmmsg(2) of two datagrams: the first one's result decides.
@@ -241,34 +293,19 @@ fn sendmmsg_two(s: &UdpSocket, to: SocketAddr) -> io::Result<()> {
     let dest = nix::sys::socket::SockaddrStorage::from(to);
     let payload = [io::IoSlice::new(b"one")];
     let payload2 = [io::IoSlice::new(b"two")];
-    let mut data =
-        nix::sys::socket::MultiHeaders::<nix::sys::socket::SockaddrStorage>::preallocate(2, None);
+    let mut data = nix::sys::socket::MultiHeaders::<nix::sys::socket::SockaddrStorage>::preallocate(2, None);
     let iovs = [payload, payload2];
     let addrs = [Some(dest), Some(dest)];
-    let sent = nix::sys::socket::sendmmsg(
-        s.as_raw_fd(),
-        &mut data,
-        &iovs,
-        addrs,
-        [],
-        nix::sys::socket::MsgFlags::empty(),
-    )
-    .map_err(io::Error::from)?;
+    let sent =
+        nix::sys::socket::sendmmsg(s.as_raw_fd(), &mut data, &iovs, addrs, [], nix::sys::socket::MsgFlags::empty())
+            .map_err(io::Error::from)?;
     let n = sent.count();
-    if n == 2 {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!("sendmmsg sent {n} of 2")))
-    }
+    if n == 2 { Ok(()) } else { Err(io::Error::other(format!("sendmmsg sent {n} of 2"))) }
 }
 
 /// A TCP Fast Open connect: sendto(MSG_FASTOPEN) on an unconnected socket.
 fn tcp_fastopen(to: SocketAddr) -> io::Result<()> {
-    let family = if to.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
+    let family = if to.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: plain syscall.
     let fd = unsafe { libc::socket(family, libc::SOCK_STREAM, 0) };
     if fd < 0 {
@@ -280,18 +317,7 @@ fn tcp_fastopen(to: SocketAddr) -> io::Result<()> {
     use nix::sys::socket::SockaddrLike as _;
     // SAFETY: dest is a valid sockaddr of the given length; the buffer is valid.
     let r = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            b"fence".as_ptr().cast(),
-            5,
-            libc::MSG_FASTOPEN,
-            dest.as_ptr(),
-            dest.len(),
-        )
+        libc::sendto(fd.as_raw_fd(), b"fence".as_ptr().cast(), 5, libc::MSG_FASTOPEN, dest.as_ptr(), dest.len())
     };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }

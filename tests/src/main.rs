@@ -14,21 +14,17 @@ mod agent;
 mod env;
 mod harness;
 mod helper;
+mod kernel_fences;
 mod net;
 
 /// Every integration test, in the order they run.
 fn all_tests() -> impl Iterator<Item = &'static harness::Test> {
-    net::TESTS.iter()
+    net::TESTS.iter().chain(kernel_fences::TESTS)
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let tests: Vec<harness::Test> = all_tests()
-        .map(|t| harness::Test {
-            name: t.name,
-            run: t.run,
-        })
-        .collect();
+    let tests: Vec<harness::Test> = all_tests().map(|t| harness::Test { name: t.name, run: t.run }).collect();
     match args.first().map(String::as_str) {
         Some("list") => {
             for t in &tests {
@@ -58,8 +54,6 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> ExitCode {
-    eprintln!(
-        "usage: fence-tests list | run NAME | run-all [--kernel-log-on-failure] [FILTER] | helper ..."
-    );
+    eprintln!("usage: fence-tests list | run NAME | run-all [--kernel-log-on-failure] [FILTER] | helper ...");
     ExitCode::from(2)
 }

@@ -17,62 +17,20 @@ use crate::{
 };
 
 pub const TESTS: &[Test] = &[
-    Test {
-        name: "net_tcp_allowed_connect_works",
-        run: tcp_allowed_connect_works,
-    },
-    Test {
-        name: "net_tcp_denied_port_eperm_one_event",
-        run: tcp_denied_port_eperm_one_event,
-    },
-    Test {
-        name: "net_ipv6_loopback",
-        run: ipv6_loopback,
-    },
-    Test {
-        name: "net_ipv4_mapped_ipv6_judged_by_v4_rules",
-        run: ipv4_mapped_judged_by_v4_rules,
-    },
-    Test {
-        name: "net_udp_sendto_sendmsg_sendmmsg_connect",
-        run: udp_unconnected_and_connected,
-    },
-    Test {
-        name: "net_dns_port_53_is_not_special",
-        run: dns_is_not_special,
-    },
-    Test {
-        name: "net_child_cgroup_is_fenced",
-        run: child_cgroup_is_fenced,
-    },
-    Test {
-        name: "net_unfenced_processes_unaffected",
-        run: unfenced_processes_unaffected,
-    },
-    Test {
-        name: "net_audit_mode_allows_and_logs",
-        run: audit_mode_allows_and_logs,
-    },
-    Test {
-        name: "net_sighup_bad_reload_keeps_old_policy",
-        run: sighup_bad_reload_keeps_old_policy,
-    },
-    Test {
-        name: "net_other_socket_kinds_denied",
-        run: other_socket_kinds_denied,
-    },
-    Test {
-        name: "net_tcp_fast_open_is_judged",
-        run: tcp_fast_open_is_judged,
-    },
-    Test {
-        name: "net_expired_identity_is_deny_all",
-        run: expired_identity_is_deny_all,
-    },
-    Test {
-        name: "agent_refuses_bad_policy_at_start",
-        run: agent_refuses_bad_policy_at_start,
-    },
+    Test { name: "net_tcp_allowed_connect_works", run: tcp_allowed_connect_works },
+    Test { name: "net_tcp_denied_port_eperm_one_event", run: tcp_denied_port_eperm_one_event },
+    Test { name: "net_ipv6_loopback", run: ipv6_loopback },
+    Test { name: "net_ipv4_mapped_ipv6_judged_by_v4_rules", run: ipv4_mapped_judged_by_v4_rules },
+    Test { name: "net_udp_sendto_sendmsg_sendmmsg_connect", run: udp_unconnected_and_connected },
+    Test { name: "net_dns_port_53_is_not_special", run: dns_is_not_special },
+    Test { name: "net_child_cgroup_is_fenced", run: child_cgroup_is_fenced },
+    Test { name: "net_unfenced_processes_unaffected", run: unfenced_processes_unaffected },
+    Test { name: "net_audit_mode_allows_and_logs", run: audit_mode_allows_and_logs },
+    Test { name: "net_sighup_bad_reload_keeps_old_policy", run: sighup_bad_reload_keeps_old_policy },
+    Test { name: "net_other_socket_kinds_denied", run: other_socket_kinds_denied },
+    Test { name: "net_tcp_fast_open_is_judged", run: tcp_fast_open_is_judged },
+    Test { name: "net_expired_identity_is_deny_all", run: expired_identity_is_deny_all },
+    Test { name: "agent_refuses_bad_policy_at_start", run: agent_refuses_bad_policy_at_start },
 ];
 
 /// A one-identity policy for `cgroup`.
@@ -81,11 +39,7 @@ fn policy(cgroup: &TestCgroup, mode: &str, extra: &str, egress: &str) -> String 
         "schema: 1\nidentities:\n  - name: test-bot\n    owner: fence-tests\n    purpose: integration test\n    \
          mode: {mode}\n{extra}    selectors: [{{cgroup: \"{}\"}}]\n    egress:{}",
         cgroup.rel,
-        if egress.is_empty() {
-            " []\n".to_owned()
-        } else {
-            format!("\n{egress}")
-        }
+        if egress.is_empty() { " []\n".to_owned() } else { format!("\n{egress}") }
     )
 }
 
@@ -129,46 +83,22 @@ struct Expect<'a> {
 /// Fields every network event must carry, checked against what the test knows.
 #[track_caller]
 fn assert_net_event(e: &Value, cg: &TestCgroup, o: &Outcome, x: Expect<'_>) {
-    let Expect {
-        verdict,
-        op,
-        family,
-        transport,
-        ip,
-        port,
-    } = x;
+    let Expect { verdict, op, family, transport, ip, port } = x;
     let ctx = || format!("event: {e:#}");
-    assert!(
-        e["@timestamp"]
-            .as_str()
-            .is_some_and(|t| t.ends_with('Z') && t.len() == 30),
-        "{}",
-        ctx()
-    );
+    assert!(e["@timestamp"].as_str().is_some_and(|t| t.ends_with('Z') && t.len() == 30), "{}", ctx());
     assert_eq!(e["fence"]["identity"], "test-bot", "{}", ctx());
     assert_eq!(e["fence"]["verdict"], verdict, "{}", ctx());
     assert_eq!(e["fence"]["operation"], op, "{}", ctx());
     assert_eq!(e["process"]["pid"], o.pid, "{}", ctx());
     assert_eq!(e["process"]["thread"]["id"], o.pid, "{}", ctx());
-    assert_eq!(
-        e["process"]["user"]["id"],
-        nix::unistd::getuid().as_raw().to_string(),
-        "{}",
-        ctx()
-    );
+    assert_eq!(e["process"]["user"]["id"], nix::unistd::getuid().as_raw().to_string(), "{}", ctx());
     assert_eq!(e["process"]["name"], "fence-tests", "{}", ctx());
     assert_eq!(e["fence"]["cgroup"]["id"], cg.id(), "{}", ctx());
     assert_eq!(e["network"]["type"], family, "{}", ctx());
     assert_eq!(e["network"]["transport"], transport, "{}", ctx());
     assert_eq!(e["destination"]["ip"], ip, "{}", ctx());
     assert_eq!(e["destination"]["port"], port, "{}", ctx());
-    assert!(
-        e["fence"]["policy_version"]
-            .as_str()
-            .is_some_and(|v| v.starts_with("sha256:")),
-        "{}",
-        ctx()
-    );
+    assert!(e["fence"]["policy_version"].as_str().is_some_and(|v| v.starts_with("sha256:")), "{}", ctx());
 }
 
 fn to_port(e: &Value, port: u16) -> bool {
@@ -179,21 +109,11 @@ fn tcp_allowed_connect_works() {
     let cg = TestCgroup::new("tcp-allowed");
     let allowed = tcp4();
     let p = port(&allowed);
-    let agent = Agent::start(
-        "tcp-allowed",
-        &policy(
-            &cg,
-            "enforce",
-            "",
-            &rule("127.0.0.1/32", &p.to_string(), "tcp"),
-        ),
-    );
-    tcp_connect(Some(&cg), &format!("127.0.0.1:{p}"))
-        .assert_ok("fenced connect to an allowed port");
+    let agent = Agent::start("tcp-allowed", &policy(&cg, "enforce", "", &rule("127.0.0.1/32", &p.to_string(), "tcp")));
+    tcp_connect(Some(&cg), &format!("127.0.0.1:{p}")).assert_ok("fenced connect to an allowed port");
     // A denied connect as a barrier: once its event is in, no event about the allowed one can follow.
     let denied = tcp4();
-    tcp_connect(Some(&cg), &s(denied.local_addr().unwrap()))
-        .assert_eperm("fenced connect to another port");
+    tcp_connect(Some(&cg), &s(denied.local_addr().unwrap())).assert_eperm("fenced connect to another port");
     agent.wait_event("for the barrier connect", |e| to_port(e, port(&denied)));
     assert!(
         agent.events().iter().all(|e| !to_port(e, p)),
@@ -205,15 +125,8 @@ fn tcp_allowed_connect_works() {
 fn tcp_denied_port_eperm_one_event() {
     let cg = TestCgroup::new("tcp-denied");
     let (allowed, denied, barrier) = (tcp4(), tcp4(), tcp4());
-    let agent = Agent::start(
-        "tcp-denied",
-        &policy(
-            &cg,
-            "enforce",
-            "",
-            &rule("127.0.0.1", &port(&allowed).to_string(), "tcp"),
-        ),
-    );
+    let agent =
+        Agent::start("tcp-denied", &policy(&cg, "enforce", "", &rule("127.0.0.1", &port(&allowed).to_string(), "tcp")));
     let o = tcp_connect(Some(&cg), &s(denied.local_addr().unwrap()));
     o.assert_eperm("connect to a port the policy does not allow");
     let e = agent.wait_event("for the denied connect", |e| to_port(e, port(&denied)));
@@ -235,52 +148,24 @@ fn tcp_denied_port_eperm_one_event() {
     // Exactly one line per denial, in the file and on stdout alike.
     tcp_connect(Some(&cg), &s(barrier.local_addr().unwrap())).assert_eperm("barrier connect");
     agent.wait_event("for the barrier connect", |e| to_port(e, port(&barrier)));
-    let in_file = agent
-        .events()
-        .iter()
-        .filter(|e| to_port(e, port(&denied)))
-        .count();
-    assert_eq!(
-        in_file,
-        1,
-        "events for one denial in the event file: {:#?}",
-        agent.events()
-    );
+    let in_file = agent.events().iter().filter(|e| to_port(e, port(&denied))).count();
+    assert_eq!(in_file, 1, "events for one denial in the event file: {:#?}", agent.events());
     let on_stdout = wait_for(Duration::from_secs(5), || {
         let lines = read_jsonl(&agent.stdout);
-        lines
-            .iter()
-            .any(|e| to_port(e, port(&barrier)))
-            .then_some(lines)
+        lines.iter().any(|e| to_port(e, port(&barrier))).then_some(lines)
     })
     .expect("events on stdout");
-    assert_eq!(
-        on_stdout
-            .iter()
-            .filter(|e| to_port(e, port(&denied)))
-            .count(),
-        1,
-        "events on stdout"
-    );
+    assert_eq!(on_stdout.iter().filter(|e| to_port(e, port(&denied))).count(), 1, "events on stdout");
     // The allowed port still works.
-    tcp_connect(Some(&cg), &s(allowed.local_addr().unwrap()))
-        .assert_ok("connect to the allowed port");
+    tcp_connect(Some(&cg), &s(allowed.local_addr().unwrap())).assert_ok("connect to the allowed port");
 }
 
 fn ipv6_loopback() {
     let cg = TestCgroup::new("ipv6");
     let (allowed, denied) = (tcp6(), tcp6());
-    let agent = Agent::start(
-        "ipv6",
-        &policy(
-            &cg,
-            "enforce",
-            "",
-            &rule("\"::1/128\"", &port(&allowed).to_string(), "tcp"),
-        ),
-    );
-    tcp_connect(Some(&cg), &s(allowed.local_addr().unwrap()))
-        .assert_ok("IPv6 connect to the allowed port");
+    let agent =
+        Agent::start("ipv6", &policy(&cg, "enforce", "", &rule("\"::1/128\"", &port(&allowed).to_string(), "tcp")));
+    tcp_connect(Some(&cg), &s(allowed.local_addr().unwrap())).assert_ok("IPv6 connect to the allowed port");
     let o = tcp_connect(Some(&cg), &s(denied.local_addr().unwrap()));
     o.assert_eperm("IPv6 connect to another port");
     let e = agent.wait_event("for the IPv6 denial", |e| to_port(e, port(&denied)));
@@ -288,14 +173,7 @@ fn ipv6_loopback() {
         &e,
         &cg,
         &o,
-        Expect {
-            verdict: "denied",
-            op: "connect",
-            family: "ipv6",
-            transport: "tcp",
-            ip: "::1",
-            port: port(&denied),
-        },
+        Expect { verdict: "denied", op: "connect", family: "ipv6", transport: "tcp", ip: "::1", port: port(&denied) },
     );
     assert_eq!(e["fence"]["mechanism"], "cgroup/connect6");
 }
@@ -308,15 +186,8 @@ fn ipv4_mapped_judged_by_v4_rules() {
     };
     let other = TcpListener::bind("[::]:0").expect("dual-stack listener");
     // Only an IPv4 rule: ::ffff:127.0.0.1 must be allowed by it, and nothing IPv6 is allowed.
-    let agent = Agent::start(
-        "v4mapped",
-        &policy(
-            &cg,
-            "enforce",
-            "",
-            &rule("127.0.0.1/32", &port(&dual).to_string(), "tcp"),
-        ),
-    );
+    let agent =
+        Agent::start("v4mapped", &policy(&cg, "enforce", "", &rule("127.0.0.1/32", &port(&dual).to_string(), "tcp")));
     tcp_connect(Some(&cg), &format!("[::ffff:127.0.0.1]:{}", port(&dual)))
         .assert_ok("v4-mapped connect allowed by the IPv4 rule");
     tcp_connect(Some(&cg), &format!("127.0.0.1:{}", port(&dual))).assert_ok("plain IPv4 connect");
@@ -345,47 +216,22 @@ fn udp_unconnected_and_connected() {
     let denied = UdpSocket::bind("127.0.0.1:0").expect("udp");
     let ap = allowed.local_addr().unwrap().port();
     let dp = denied.local_addr().unwrap().port();
-    let agent = Agent::start(
-        "udp",
-        &policy(
-            &cg,
-            "enforce",
-            "",
-            &rule("127.0.0.1", &ap.to_string(), "udp"),
-        ),
-    );
-    allowed
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    let agent = Agent::start("udp", &policy(&cg, "enforce", "", &rule("127.0.0.1", &ap.to_string(), "udp")));
+    allowed.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     for action in ["udp-sendto", "udp-sendmsg", "udp-sendmmsg", "udp-connect"] {
         helper::run(Some(&cg), &[action, &format!("127.0.0.1:{ap}")])
             .assert_ok(&format!("{action} to the allowed port"));
         let mut buf = [0u8; 16];
-        allowed
-            .recv(&mut buf)
-            .unwrap_or_else(|e| panic!("{action}: the allowed datagram did not arrive: {e}"));
+        allowed.recv(&mut buf).unwrap_or_else(|e| panic!("{action}: the allowed datagram did not arrive: {e}"));
         let o = helper::run(Some(&cg), &[action, &format!("127.0.0.1:{dp}")]);
         o.assert_eperm(&format!("{action} to a port the policy does not allow"));
-        let op = if action == "udp-connect" {
-            "connect"
-        } else {
-            "sendmsg"
-        };
-        let e = agent.wait_event(&format!("for {action}"), |e| {
-            to_port(e, dp) && e["process"]["pid"] == o.pid
-        });
+        let op = if action == "udp-connect" { "connect" } else { "sendmsg" };
+        let e = agent.wait_event(&format!("for {action}"), |e| to_port(e, dp) && e["process"]["pid"] == o.pid);
         assert_net_event(
             &e,
             &cg,
             &o,
-            Expect {
-                verdict: "denied",
-                op: op,
-                family: "ipv4",
-                transport: "udp",
-                ip: "127.0.0.1",
-                port: dp,
-            },
+            Expect { verdict: "denied", op, family: "ipv4", transport: "udp", ip: "127.0.0.1", port: dp },
         );
     }
     // TCP to the UDP-only port is not allowed either.
@@ -393,56 +239,34 @@ fn udp_unconnected_and_connected() {
     if tcp.is_some() {
         tcp_connect(Some(&cg), &format!("127.0.0.1:{ap}")).assert_eperm("TCP to a UDP-only rule");
     }
-    denied
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    assert!(
-        denied.recv(&mut [0u8; 16]).is_err(),
-        "a denied datagram arrived"
-    );
+    denied.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    assert!(denied.recv(&mut [0u8; 16]).is_err(), "a denied datagram arrived");
 }
 
 fn dns_is_not_special() {
     let cg = TestCgroup::new("dns");
-    let agent = Agent::start(
-        "dns",
-        &policy(&cg, "enforce", "", &rule("127.0.0.2", "53", "udp")),
-    );
+    let agent = Agent::start("dns", &policy(&cg, "enforce", "", &rule("127.0.0.2", "53", "udp")));
     // Port 53 on a host the policy does not name is denied like any other port.
     let o = helper::run(Some(&cg), &["udp-sendto", "127.0.0.1:53"]);
     o.assert_eperm("DNS to a resolver the policy does not allow");
-    agent.wait_event("for the DNS denial", |e| {
-        to_port(e, 53) && e["destination"]["ip"] == "127.0.0.1"
-    });
-    helper::run(Some(&cg), &["udp-sendto", "127.0.0.2:53"])
-        .assert_ok("DNS to the allowed resolver");
-    helper::run(Some(&cg), &["tcp-connect", "127.0.0.2:53"])
-        .assert_eperm("TCP DNS when only UDP is allowed");
+    agent.wait_event("for the DNS denial", |e| to_port(e, 53) && e["destination"]["ip"] == "127.0.0.1");
+    helper::run(Some(&cg), &["udp-sendto", "127.0.0.2:53"]).assert_ok("DNS to the allowed resolver");
+    helper::run(Some(&cg), &["tcp-connect", "127.0.0.2:53"]).assert_eperm("TCP DNS when only UDP is allowed");
 }
 
 fn child_cgroup_is_fenced() {
     let cg = TestCgroup::new("child");
     let (allowed, denied) = (tcp4(), tcp4());
-    let agent = Agent::start(
-        "child",
-        &policy(
-            &cg,
-            "enforce",
-            "",
-            &rule("127.0.0.1", &port(&allowed).to_string(), "tcp"),
-        ),
-    );
+    let agent =
+        Agent::start("child", &policy(&cg, "enforce", "", &rule("127.0.0.1", &port(&allowed).to_string(), "tcp")));
     // Created after the agent applied the policy: inherited in the kernel, no reload.
     let child = cg.child("worker");
     let grandchild = child.child("task");
     for c in [&child, &grandchild] {
-        tcp_connect(Some(c), &s(allowed.local_addr().unwrap()))
-            .assert_ok("allowed connect from a descendant cgroup");
+        tcp_connect(Some(c), &s(allowed.local_addr().unwrap())).assert_ok("allowed connect from a descendant cgroup");
         let o = tcp_connect(Some(c), &s(denied.local_addr().unwrap()));
         o.assert_eperm("denied connect from a descendant cgroup");
-        let e = agent.wait_event("for the descendant's denial", |e| {
-            e["process"]["pid"] == o.pid
-        });
+        let e = agent.wait_event("for the descendant's denial", |e| e["process"]["pid"] == o.pid);
         assert_eq!(e["fence"]["cgroup"]["id"], c.id());
         assert_eq!(e["fence"]["identity"], "test-bot");
     }
@@ -458,52 +282,25 @@ fn unfenced_processes_unaffected() {
     let to = s(denied.local_addr().unwrap());
     let uto = s(udp.local_addr().unwrap());
     tcp_connect(Some(&cg), &to).assert_eperm("the fenced process is denied");
-    for (where_, c) in [
-        ("a sibling cgroup", Some(&sibling)),
-        ("the test's own cgroup", None),
-    ] {
+    for (where_, c) in [("a sibling cgroup", Some(&sibling)), ("the test's own cgroup", None)] {
         tcp_connect(c, &to).assert_ok(&format!("TCP from {where_}"));
         helper::run(c, &["udp-sendto", &uto]).assert_ok(&format!("UDP from {where_}"));
         let icmp = helper::run(c, &["socket", "inet", "raw"]);
-        assert_ne!(
-            icmp.errno,
-            Some(libc::EPERM),
-            "raw socket from {where_}: {}",
-            icmp.raw
-        );
+        assert_ne!(icmp.errno, Some(libc::EPERM), "raw socket from {where_}: {}", icmp.raw);
         let v6 = tcp_connect(c, "[::1]:9");
-        assert_ne!(
-            v6.errno,
-            Some(libc::EPERM),
-            "IPv6 connect from {where_}: {}",
-            v6.raw
-        );
+        assert_ne!(v6.errno, Some(libc::EPERM), "IPv6 connect from {where_}: {}", v6.raw);
     }
     // Only the fenced process produced events.
     let barrier = tcp_connect(Some(&cg), &to);
     agent.wait_event("for the barrier", |e| e["process"]["pid"] == barrier.pid);
-    assert!(
-        agent
-            .events()
-            .iter()
-            .all(|e| e["fence"]["cgroup"]["id"] == cg.id()),
-        "{:#?}",
-        agent.events()
-    );
+    assert!(agent.events().iter().all(|e| e["fence"]["cgroup"]["id"] == cg.id()), "{:#?}", agent.events());
 }
 
 fn audit_mode_allows_and_logs() {
     let cg = TestCgroup::new("audit");
     let (allowed, other) = (tcp4(), tcp4());
-    let agent = Agent::start(
-        "audit",
-        &policy(
-            &cg,
-            "audit",
-            "",
-            &rule("127.0.0.1", &port(&allowed).to_string(), "tcp"),
-        ),
-    );
+    let agent =
+        Agent::start("audit", &policy(&cg, "audit", "", &rule("127.0.0.1", &port(&allowed).to_string(), "tcp")));
     let o = tcp_connect(Some(&cg), &s(other.local_addr().unwrap()));
     o.assert_ok("audit mode allows what enforce mode would deny");
     let e = agent.wait_event("for the would-deny", |e| to_port(e, port(&other)));
@@ -533,24 +330,14 @@ fn audit_mode_allows_and_logs() {
 fn sighup_bad_reload_keeps_old_policy() {
     let cg = TestCgroup::new("reload");
     let (a, b) = (tcp4(), tcp4());
-    let good = policy(
-        &cg,
-        "enforce",
-        "",
-        &rule("127.0.0.1", &port(&a).to_string(), "tcp"),
-    );
+    let good = policy(&cg, "enforce", "", &rule("127.0.0.1", &port(&a).to_string(), "tcp"));
     let mut agent = Agent::start("reload", &good);
     let to_a = s(a.local_addr().unwrap());
     let to_b = s(b.local_addr().unwrap());
     tcp_connect(Some(&cg), &to_a).assert_ok("A allowed before the reload");
     tcp_connect(Some(&cg), &to_b).assert_eperm("B denied before the reload");
     // A broken file (one bad port among good changes): nothing of it may apply.
-    let bad = policy(
-        &cg,
-        "audit",
-        "",
-        &rule("127.0.0.1", &format!("{}, 70000", port(&b)), "tcp"),
-    );
+    let bad = policy(&cg, "audit", "", &rule("127.0.0.1", &format!("{}, 70000", port(&b)), "tcp"));
     std::fs::write(&agent.policy, bad).unwrap();
     let log = agent.reload();
     assert!(
@@ -558,23 +345,11 @@ fn sighup_bad_reload_keeps_old_policy() {
         "the agent log must say why:\n{log}"
     );
     tcp_connect(Some(&cg), &to_a).assert_ok("A still allowed after the refused reload");
-    tcp_connect(Some(&cg), &to_b)
-        .assert_eperm("B still denied after the refused reload (enforce mode kept)");
-    assert!(
-        agent.try_exit_status().is_none(),
-        "the agent must survive a bad reload"
-    );
+    tcp_connect(Some(&cg), &to_b).assert_eperm("B still denied after the refused reload (enforce mode kept)");
+    assert!(agent.try_exit_status().is_none(), "the agent must survive a bad reload");
     // A good reload takes effect.
-    std::fs::write(
-        &agent.policy,
-        policy(
-            &cg,
-            "enforce",
-            "",
-            &rule("127.0.0.1", &port(&b).to_string(), "tcp"),
-        ),
-    )
-    .unwrap();
+    std::fs::write(&agent.policy, policy(&cg, "enforce", "", &rule("127.0.0.1", &port(&b).to_string(), "tcp")))
+        .unwrap();
     let log = agent.reload();
     assert_eq!(log.matches("reload refused").count(), 1, "{log}");
     tcp_connect(Some(&cg), &to_b).assert_ok("B allowed after the good reload");
@@ -583,10 +358,7 @@ fn sighup_bad_reload_keeps_old_policy() {
 
 fn other_socket_kinds_denied() {
     let cg = TestCgroup::new("sockets");
-    let agent = Agent::start(
-        "sockets",
-        &policy(&cg, "enforce", "", &rule("0.0.0.0/0", "any", "any")),
-    );
+    let agent = Agent::start("sockets", &policy(&cg, "enforce", "", &rule("0.0.0.0/0", "any", "any")));
     for family in ["inet", "inet6"] {
         helper::run(Some(&cg), &["socket", family, "tcp"]).assert_ok("TCP sockets are allowed");
         helper::run(Some(&cg), &["socket", family, "udp"]).assert_ok("UDP sockets are allowed");
@@ -614,31 +386,13 @@ fn other_socket_kinds_denied() {
 fn tcp_fast_open_is_judged() {
     let cg = TestCgroup::new("tfo");
     let (allowed, denied) = (tcp4(), tcp4());
-    let agent = Agent::start(
-        "tfo",
-        &policy(
-            &cg,
-            "enforce",
-            "",
-            &rule("127.0.0.1", &port(&allowed).to_string(), "tcp"),
-        ),
-    );
-    let o = helper::run(
-        Some(&cg),
-        &["tcp-fastopen", &s(denied.local_addr().unwrap())],
-    );
+    let agent =
+        Agent::start("tfo", &policy(&cg, "enforce", "", &rule("127.0.0.1", &port(&allowed).to_string(), "tcp")));
+    let o = helper::run(Some(&cg), &["tcp-fastopen", &s(denied.local_addr().unwrap())]);
     o.assert_eperm("sendto(MSG_FASTOPEN) connects without connect(2)");
     agent.wait_event("for the fast-open denial", |e| e["process"]["pid"] == o.pid);
-    let ok = helper::run(
-        Some(&cg),
-        &["tcp-fastopen", &s(allowed.local_addr().unwrap())],
-    );
-    assert_ne!(
-        ok.errno,
-        Some(libc::EPERM),
-        "fast open to the allowed port: {}",
-        ok.raw
-    );
+    let ok = helper::run(Some(&cg), &["tcp-fastopen", &s(allowed.local_addr().unwrap())]);
+    assert_ne!(ok.errno, Some(libc::EPERM), "fast open to the allowed port: {}", ok.raw);
 }
 
 fn expired_identity_is_deny_all() {
@@ -646,45 +400,27 @@ fn expired_identity_is_deny_all() {
     let allowed = tcp4();
     let agent = Agent::start(
         "expired",
-        &policy(
-            &cg,
-            "enforce",
-            "    expires: 2020-01-01\n",
-            &rule("127.0.0.1", &port(&allowed).to_string(), "tcp"),
-        ),
+        &policy(&cg, "enforce", "    expires: 2020-01-01\n", &rule("127.0.0.1", &port(&allowed).to_string(), "tcp")),
     );
-    assert!(
-        agent.stderr_text().contains("EXPIRED"),
-        "the agent must flag it loudly:\n{}",
-        agent.stderr_text()
-    );
+    assert!(agent.stderr_text().contains("EXPIRED"), "the agent must flag it loudly:\n{}", agent.stderr_text());
     let o = tcp_connect(Some(&cg), &s(allowed.local_addr().unwrap()));
     o.assert_eperm("an expired identity is denied even what its rules allow");
-    let e = agent.wait_event("for the expired identity's denial", |e| {
-        e["process"]["pid"] == o.pid
-    });
+    let e = agent.wait_event("for the expired identity's denial", |e| e["process"]["pid"] == o.pid);
     assert_eq!(e["fence"]["rule"], "identity-expired");
 }
 
 fn agent_refuses_bad_policy_at_start() {
     let cg = TestCgroup::new("badstart");
-    let bad = policy(&cg, "enforce", "", &rule("10.0.0.0/33", "22", "tcp"))
-        .replace("    owner: fence-tests\n", "");
+    let bad = policy(&cg, "enforce", "", &rule("10.0.0.0/33", "22", "tcp")).replace("    owner: fence-tests\n", "");
     let mut agent = Agent::spawn("badstart", &bad);
     let status = agent.wait_exit(Duration::from_secs(30 * u64::from(slow_factor())));
     assert_eq!(status.code(), Some(2), "exit status for a bad policy");
     let err = agent.stderr_text();
-    for needle in [
-        "policy.yaml",
-        "identity \"test-bot\"",
-        "owner: is required",
-        "egress[0].to[0]",
-        "prefix length 33",
-    ] {
+    for needle in ["policy.yaml", "identity \"test-bot\"", "owner: is required", "egress[0].to[0]", "prefix length 33"]
+    {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
     // Nothing was attached: a process in the cgroup is not fenced.
     let l = tcp4();
-    tcp_connect(Some(&cg), &s(l.local_addr().unwrap()))
-        .assert_ok("no enforcement from a refused start");
+    tcp_connect(Some(&cg), &s(l.local_addr().unwrap())).assert_ok("no enforcement from a refused start");
 }

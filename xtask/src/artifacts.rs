@@ -23,23 +23,10 @@ pub struct Artifacts {
 pub fn build_static() -> Result<Artifacts> {
     step("building fence-agent and fence-tests (release, static)");
     let mut child = Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--target",
-            TARGET,
-            "-p",
-            "fence-agent",
-            "-p",
-            "fence-tests",
-        ])
+        .args(["build", "--release", "--locked", "--target", TARGET, "-p", "fence-agent", "-p", "fence-tests"])
         .args(["--message-format", "json-render-diagnostics"])
         // Target-specific flags: they do not reach build scripts or the nested eBPF build.
-        .env(
-            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
-            "-C target-feature=+crt-static",
-        )
+        .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "-C target-feature=+crt-static")
         .current_dir(workspace_root())
         .stdout(Stdio::piped())
         .spawn()

@@ -68,10 +68,7 @@ pub fn bench(rounds: u32) -> Result<ExitCode> {
     let work = target_dir()?.join("fence-bench");
     let mut lines = Vec::new();
     for w in &workloads {
-        step(format!(
-            "{} ({} operations per run, {rounds} rounds)",
-            w.name, w.count
-        ));
+        step(format!("{} ({} operations per run, {rounds} rounds)", w.name, w.count));
         // Warm up caches and the listener.
         run_once(&art, &cgroup, w)?;
         let mut ratios = Vec::new();
@@ -112,11 +109,7 @@ pub fn bench(rounds: u32) -> Result<ExitCode> {
 
 /// One run of the workload in the bench cgroup; returns elapsed ns.
 fn run_once(art: &Artifacts, cgroup: &Cgroup, w: &Workload) -> Result<f64> {
-    let v = helper(
-        &art.tests,
-        Some(cgroup),
-        &[w.action, &w.target, &w.count.to_string()],
-    )?;
+    let v = helper(&art.tests, Some(cgroup), &[w.action, &w.target, &w.count.to_string()])?;
     if v["ok"] != true {
         bail!("{} failed: {v}", w.name);
     }
@@ -124,12 +117,7 @@ fn run_once(art: &Artifacts, cgroup: &Cgroup, w: &Workload) -> Result<f64> {
 }
 
 /// The same run with the agent enforcing a policy that allows the destination.
-fn fenced_run(
-    art: &Artifacts,
-    cgroup: &Cgroup,
-    w: &Workload,
-    work: &std::path::Path,
-) -> Result<f64> {
+fn fenced_run(art: &Artifacts, cgroup: &Cgroup, w: &Workload, work: &std::path::Path) -> Result<f64> {
     let policy = format!(
         "schema: 1\nidentities:\n  - name: bench\n    owner: xtask\n    purpose: benchmark\n    selectors: [{{cgroup: \"{}\"}}]\n    \
          egress:\n      - to: [127.0.0.1]\n        ports: [{}]\n        protocol: {}\n",

@@ -32,10 +32,7 @@ pub fn demo() -> Result<ExitCode> {
     }
     let work = target_dir()?.join("fence-demo");
     let agent = Agent::start(&art.agent, &work, &policy, false)?;
-    for l in fs::read_to_string(&agent.stderr)
-        .unwrap_or_default()
-        .lines()
-    {
+    for l in fs::read_to_string(&agent.stderr).unwrap_or_default().lines() {
         eprintln!("    agent| {l}");
     }
     let report = |what: &str, v: &serde_json::Value| {
@@ -49,31 +46,16 @@ pub fn demo() -> Result<ExitCode> {
     step("the fenced assistant (cgroup /fence-demo/assistant) tries:");
     report(
         &format!("internal API  127.0.0.1:{api_port}"),
-        &helper(
-            &art.tests,
-            Some(&cgroup),
-            &["tcp-connect", &format!("127.0.0.1:{api_port}")],
-        )?,
+        &helper(&art.tests, Some(&cgroup), &["tcp-connect", &format!("127.0.0.1:{api_port}")])?,
     );
-    let denied = helper(
-        &art.tests,
-        Some(&cgroup),
-        &["tcp-connect", &format!("127.0.0.1:{ssh_port}")],
-    )?;
+    let denied = helper(&art.tests, Some(&cgroup), &["tcp-connect", &format!("127.0.0.1:{ssh_port}")])?;
     report(&format!("SSH-like port 127.0.0.1:{ssh_port}"), &denied);
     step("an unfenced process tries the same port:");
     report(
         &format!("SSH-like port 127.0.0.1:{ssh_port}"),
-        &helper(
-            &art.tests,
-            None,
-            &["tcp-connect", &format!("127.0.0.1:{ssh_port}")],
-        )?,
+        &helper(&art.tests, None, &["tcp-connect", &format!("127.0.0.1:{ssh_port}")])?,
     );
-    step(format!(
-        "the denial as fence logged it ({}):",
-        agent.events.display()
-    ));
+    step(format!("the denial as fence logged it ({}):", agent.events.display()));
     let event = crate::util::poll(Duration::from_secs(10), || {
         fs::read_to_string(&agent.events)
             .ok()?
@@ -85,13 +67,7 @@ pub fn demo() -> Result<ExitCode> {
     let pretty = serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(&event)?)?;
     println!("{pretty}");
     drop(agent);
-    step(
-        "agent stopped; the fence is lifted with it (pinned enforcement comes with the systemd install)",
-    );
+    step("agent stopped; the fence is lifted with it (pinned enforcement comes with the systemd install)");
     drop(cgroup);
-    Ok(if denied["errno"] == libc::EPERM {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if denied["errno"] == libc::EPERM { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -36,10 +36,7 @@ impl Cgroup {
     pub fn create(rel: &str) -> Result<Cgroup> {
         let dir = cgroup2_root()?.join(rel.trim_start_matches('/'));
         fs::create_dir_all(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
-        Ok(Cgroup {
-            rel: rel.to_owned(),
-            dir,
-        })
+        Ok(Cgroup { rel: rel.to_owned(), dir })
     }
 }
 
@@ -68,13 +65,7 @@ impl Agent {
         let events = dir.join("events.jsonl");
         let _ = fs::remove_file(&events);
         let config = dir.join("agent.toml");
-        fs::write(
-            &config,
-            format!(
-                "[events]\nstdout = {stdout_events}\nfile = {:?}\n",
-                events.display().to_string()
-            ),
-        )?;
+        fs::write(&config, format!("[events]\nstdout = {stdout_events}\nfile = {:?}\n", events.display().to_string()))?;
         let notify_path = dir.join("notify.sock");
         let _ = fs::remove_file(&notify_path);
         let notify = UnixDatagram::bind(&notify_path)?;
@@ -96,28 +87,16 @@ impl Agent {
         loop {
             let mut buf = [0u8; 256];
             if let Ok(n) = notify.recv(&mut buf)
-                && String::from_utf8_lossy(&buf[..n])
-                    .lines()
-                    .any(|l| l == "READY=1")
+                && String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1")
             {
-                return Ok(Agent {
-                    child,
-                    events,
-                    stderr,
-                });
+                return Ok(Agent { child, events, stderr });
             }
             if let Some(status) = child.try_wait()? {
-                bail!(
-                    "the agent exited ({status}):\n{}",
-                    fs::read_to_string(&stderr).unwrap_or_default()
-                );
+                bail!("the agent exited ({status}):\n{}", fs::read_to_string(&stderr).unwrap_or_default());
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                bail!(
-                    "the agent did not become ready:\n{}",
-                    fs::read_to_string(&stderr).unwrap_or_default()
-                );
+                bail!("the agent did not become ready:\n{}", fs::read_to_string(&stderr).unwrap_or_default());
             }
         }
     }
@@ -141,9 +120,6 @@ pub fn helper(tests: &Path, cgroup: Option<&Cgroup>, action: &[&str]) -> Result<
     }
     let out = cmd.args(action).output()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .last()
-        .with_context(|| format!("helper {action:?} printed nothing"))?;
+    let line = text.lines().last().with_context(|| format!("helper {action:?} printed nothing"))?;
     Ok(serde_json::from_str(line)?)
 }

@@ -53,9 +53,7 @@ fn main() -> ExitCode {
             println!("{}\n{}", a.agent.display(), a.tests.display());
             ExitCode::SUCCESS
         }),
-        Task::Test { tier, filter } => {
-            setup::setup().and_then(|()| test::test(&tier, filter.as_deref()))
-        }
+        Task::Test { tier, filter } => setup::setup().and_then(|()| test::test(&tier, filter.as_deref())),
         Task::Demo => setup::setup().and_then(|()| demo::demo()),
         Task::Bench { rounds } => setup::setup().and_then(|()| bench::bench(rounds)),
     };

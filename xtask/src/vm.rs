@@ -21,7 +21,7 @@ const VM_TIMEOUT: Duration = Duration::from_secs(25 * 60);
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
-mkdir -p /proc /sys /dev /tmp /run
+mkdir -p /proc /sys /dev /tmp /run /etc
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
@@ -35,7 +35,7 @@ ip link set lo up
 hostname fence-vm
 echo "FENCE-VM-BOOTED kernel=$(uname -r) lsm=$(cat /sys/kernel/security/lsm)"
 FILTER=$(sed -n 's/.*fence.filter=\([^ ]*\).*/\1/p' /proc/cmdline)
-FENCE_TEST_SLOW=6 /bin/fence-tests run-all --kernel-log-on-failure $FILTER
+FENCE_TEST_TIER=vm FENCE_TEST_SLOW=6 /bin/fence-tests run-all --kernel-log-on-failure $FILTER
 echo "FENCE-VM-DONE rc=$?"
 poweroff -f
 "#;
@@ -44,42 +44,18 @@ poweroff -f
 pub fn run_tests(art: &Artifacts, work: &Path, filter: Option<&str>) -> Result<Vec<String>> {
     let kernel = kernel_path();
     if !kernel.exists() {
-        bail!(
-            "Debian's kernel is missing at {}; run `cargo xtask setup`",
-            kernel.display()
-        );
+        bail!("Debian's kernel is missing at {}; run `cargo xtask setup`", kernel.display());
     }
     let initrd = initramfs(art, work)?;
     let version = fs::read_to_string(kernel.with_file_name("version")).unwrap_or_default();
-    step(format!(
-        "booting Debian kernel {} under qemu (TCG)",
-        version.trim()
-    ));
+    step(format!("booting Debian kernel {} under qemu (TCG)", version.trim()));
     let mut append = String::from("console=ttyS0 quiet panic=-1 loglevel=4");
     if let Some(f) = filter {
         append.push_str(&format!(" fence.filter={f}"));
     }
     let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg,thread=multi",
-            "-cpu",
-            "max",
-            "-smp",
-            "2",
-            "-m",
-            "1024",
-        ])
-        .args([
-            "-nographic",
-            "-no-reboot",
-            "-serial",
-            "stdio",
-            "-monitor",
-            "none",
-            "-display",
-            "none",
-        ])
+        .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "1024"])
+        .args(["-nographic", "-no-reboot", "-serial", "stdio", "-monitor", "none", "-display", "none"])
         .arg("-kernel")
         .arg(&kernel)
         .arg("-initrd")
@@ -132,9 +108,7 @@ pub fn run_tests(art: &Artifacts, work: &Path, filter: Option<&str>) -> Result<V
         bail!("the guest never reached its init (see the console output above)");
     }
     if !done {
-        lines.push(format!(
-            "FENCE-RESULT\tvm-run\tFAIL\tthe guest did not finish within {VM_TIMEOUT:?}"
-        ));
+        lines.push(format!("FENCE-RESULT\tvm-run\tFAIL\tthe guest did not finish within {VM_TIMEOUT:?}"));
     }
     Ok(lines)
 }

@@ -1,4 +1,5 @@
 //! One file per subcommand.
 
+pub mod doctor;
 pub mod policy;
 pub mod run;

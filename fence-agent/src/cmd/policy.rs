@@ -9,6 +9,7 @@ use crate::{
     cgroup::Cgroups,
     compile::{IdAllocator, compile},
     policy::{CgroupResolver, PolicyErrors, load_paths, validate},
+    resolve::Resolved,
 };
 
 #[derive(Debug, Subcommand)]
@@ -34,25 +35,17 @@ pub fn main(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let cgroups = if args.offline {
-        None
-    } else {
-        Some(Cgroups::discover()?)
-    };
+    let cgroups = if args.offline { None } else { Some(Cgroups::discover()?) };
     let result = load_paths(&args.paths).and_then(|docs| {
         let resolver = cgroups.as_ref().map(|c| c as &dyn CgroupResolver);
         let set = validate(&docs, resolver, Timestamp::now())?;
-        compile(&set, &mut IdAllocator::default())?;
+        compile(&set, &Resolved::default(), &mut IdAllocator::default())?;
         Ok::<_, PolicyErrors>(set)
     });
     match result {
         Ok(set) => {
             for identity in &set.identities {
-                let state = if identity.expired {
-                    " (EXPIRED: deny-all)"
-                } else {
-                    ""
-                };
+                let state = if identity.expired { " (EXPIRED: deny-all)" } else { "" };
                 println!(
                     "ok: identity \"{}\" mode {} {} egress rule(s), {} cgroup(s){state}",
                     identity.name,

@@ -1,12 +1,18 @@
 //! Decoding kernel event records. Records are checked for length and kind; a short or unknown
 //! record is reported as such, never a panic.
 
-use fence_common::{EVENT_NET, EventHeader, NetEvent};
+use std::path::Path;
 
-/// A decoded kernel record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use fence_common::{
+    COMPONENT_LEN, DentryPath, EVENT_EXEC, EVENT_FILE, EVENT_NET, EVENT_UNIX, EventHeader, NetEvent, ObjectEvent,
+    PATH_COMPONENTS,
+};
+
+/// A decoded record: from the kernel's ring buffer, or built by the agent (fanotify).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelEvent {
     Net(NetEvent),
+    Object(Box<ObjectEvent>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -14,11 +20,7 @@ pub enum DecodeError {
     #[error("record of {0} bytes is shorter than an event header")]
     Short(usize),
     #[error("record of kind {kind} has {len} bytes, expected {expected}")]
-    Truncated {
-        kind: u8,
-        len: usize,
-        expected: usize,
-    },
+    Truncated { kind: u8, len: usize, expected: usize },
     #[error("unknown record kind {0}")]
     UnknownKind(u8),
 }
@@ -27,6 +29,7 @@ impl KernelEvent {
     pub fn header(&self) -> &EventHeader {
         match self {
             KernelEvent::Net(e) => &e.header,
+            KernelEvent::Object(e) => &e.header,
         }
     }
 }
@@ -45,14 +48,50 @@ fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
 pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     let header: EventHeader = read(bytes).ok_or(DecodeError::Short(bytes.len()))?;
     match header.kind {
-        EVENT_NET => read::<NetEvent>(bytes)
-            .map(KernelEvent::Net)
-            .ok_or(DecodeError::Truncated {
-                kind: header.kind,
-                len: bytes.len(),
-                expected: size_of::<NetEvent>(),
-            }),
+        EVENT_NET => read::<NetEvent>(bytes).map(KernelEvent::Net).ok_or(DecodeError::Truncated {
+            kind: header.kind,
+            len: bytes.len(),
+            expected: size_of::<NetEvent>(),
+        }),
+        EVENT_EXEC | EVENT_FILE | EVENT_UNIX => read::<ObjectEvent>(bytes)
+            .map(|e| KernelEvent::Object(Box::new(e)))
+            .ok_or(DecodeError::Truncated { kind: header.kind, len: bytes.len(), expected: size_of::<ObjectEvent>() }),
         other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+/// The components of a dentry path, outermost first; `complete` tells whether the walk
+/// reached its file system's root.
+pub fn components(p: &DentryPath) -> (Vec<String>, bool) {
+    let depth = (p.depth as usize).min(PATH_COMPONENTS);
+    let names = p.components[..depth]
+        .iter()
+        .rev()
+        .map(|c| {
+            let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+            String::from_utf8_lossy(&c[..end]).into_owned()
+        })
+        .collect();
+    (names, p.complete == 1)
+}
+
+/// Fills a [`DentryPath`] from a path (for records the agent builds itself).
+pub fn path_into_components(path: &Path, out: &mut DentryPath) {
+    let names: Vec<_> = path
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect();
+    out.depth = 0;
+    out.complete = u32::from(names.len() <= PATH_COMPONENTS);
+    for (slot, name) in out.components.iter_mut().zip(names.iter().rev()) {
+        *slot = [0; COMPONENT_LEN];
+        for (d, s) in slot.iter_mut().zip(name.bytes().take(COMPONENT_LEN - 1)) {
+            *d = s;
+        }
+        out.depth += 1;
     }
 }
 
@@ -74,15 +113,25 @@ mod tests {
     }
 
     #[test]
+    fn paths_round_trip_through_components() {
+        let mut d = DentryPath::default();
+        path_into_components(Path::new("/root/.aws/credentials"), &mut d);
+        assert_eq!(components(&d), (vec!["root".into(), ".aws".into(), "credentials".into()], true));
+        let deep = Path::new("/a/b/c/d/e/f/g/h/i/j");
+        path_into_components(deep, &mut d);
+        let (names, complete) = components(&d);
+        assert_eq!(names.len(), PATH_COMPONENTS);
+        assert!(!complete);
+        assert_eq!(names.last().map(String::as_str), Some("j"));
+    }
+
+    #[test]
     fn rejects_short_truncated_and_unknown_records() {
         assert_eq!(decode(&[1, 2, 3]), Err(DecodeError::Short(3)));
         let mut e = NetEvent::default();
         e.header.kind = EVENT_NET;
         let b = bytes_of(&e);
-        assert!(matches!(
-            decode(&b[..70]),
-            Err(DecodeError::Truncated { .. })
-        ));
+        assert!(matches!(decode(&b[..70]), Err(DecodeError::Truncated { .. })));
         e.header.kind = 200;
         assert_eq!(decode(&bytes_of(&e)), Err(DecodeError::UnknownKind(200)));
     }

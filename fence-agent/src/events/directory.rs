@@ -3,12 +3,14 @@
 
 use std::{
     collections::HashMap,
+    path::PathBuf,
     sync::{Arc, RwLock},
 };
 
 use crate::{
     compile::CompiledPolicy,
     policy::{Mode, PolicyVersion},
+    resolve::ObjectId,
 };
 
 #[derive(Debug, Clone)]
@@ -23,6 +25,8 @@ pub struct DirectoryEntry {
 pub struct Directory {
     by_id: HashMap<u32, DirectoryEntry>,
     cgroup_paths: HashMap<u64, String>,
+    /// Paths of the inodes the agent resolved (protected files, programs, sockets).
+    objects: HashMap<ObjectId, PathBuf>,
 }
 
 pub type SharedDirectory = Arc<RwLock<Directory>>;
@@ -45,6 +49,15 @@ impl Directory {
                 self.cgroup_paths.insert(*id, path.clone());
             }
         }
+    }
+
+    /// Records the paths of resolved inodes (replacing the previous set).
+    pub fn set_objects(&mut self, objects: HashMap<ObjectId, PathBuf>) {
+        self.objects = objects;
+    }
+
+    pub fn object_path(&self, id: ObjectId) -> Option<&PathBuf> {
+        self.objects.get(&id)
     }
 
     pub fn identity(&self, id: u32) -> Option<&DirectoryEntry> {

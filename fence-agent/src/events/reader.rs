@@ -6,9 +6,11 @@ use aya::maps::{MapData, RingBuf};
 use jiff::Timestamp;
 use tokio::io::{Interest, unix::AsyncFd};
 
+use tokio::sync::mpsc::UnboundedReceiver;
+
 use super::{
     SharedDirectory, Sinks,
-    decode::decode,
+    decode::{KernelEvent, decode},
     record::{HostView, build},
 };
 
@@ -21,24 +23,16 @@ pub struct LiveHost {
 
 impl LiveHost {
     pub fn new() -> LiveHost {
-        let hostname = nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_else(|| "unknown".to_owned());
-        let mut h = LiveHost {
-            hostname,
-            offset_ns: 0,
-        };
+        let hostname =
+            nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".to_owned());
+        let mut h = LiveHost { hostname, offset_ns: 0 };
         h.refresh_clock();
         h
     }
 
     fn refresh_clock(&mut self) {
         use nix::time::{ClockId, clock_gettime};
-        let ns = |c| {
-            clock_gettime(c)
-                .map(|t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
-        };
+        let ns = |c| clock_gettime(c).map(|t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()));
         if let (Ok(real), Ok(boot)) = (ns(ClockId::CLOCK_REALTIME), ns(ClockId::CLOCK_BOOTTIME)) {
             self.offset_ns = real - boot;
         }
@@ -56,13 +50,10 @@ impl HostView for LiveHost {
         &self.hostname
     }
     fn wall_time(&self, boot_ns: u64) -> Timestamp {
-        Timestamp::from_nanosecond(self.offset_ns + i128::from(boot_ns))
-            .unwrap_or(Timestamp::UNIX_EPOCH)
+        Timestamp::from_nanosecond(self.offset_ns + i128::from(boot_ns)).unwrap_or(Timestamp::UNIX_EPOCH)
     }
     fn executable(&self, tgid: u32) -> Option<String> {
-        fs::read_link(format!("/proc/{tgid}/exe"))
-            .ok()
-            .map(|p| p.display().to_string())
+        fs::read_link(format!("/proc/{tgid}/exe")).ok().map(|p| p.display().to_string())
     }
     fn cgroup_path(&self, tgid: u32) -> Option<String> {
         crate::cgroup::Cgroups::path_of_process(&tgid.to_string())
@@ -71,6 +62,8 @@ impl HostView for LiveHost {
 
 pub struct EventReader {
     ring: AsyncFd<RingBuf<MapData>>,
+    /// Records built in user space (the fanotify file fence).
+    agent_events: UnboundedReceiver<KernelEvent>,
     directory: SharedDirectory,
     sinks: Sinks,
     host: LiveHost,
@@ -82,65 +75,73 @@ pub struct EventReader {
 impl EventReader {
     pub fn new(
         ring: RingBuf<MapData>,
+        agent_events: UnboundedReceiver<KernelEvent>,
         directory: SharedDirectory,
         sinks: Sinks,
     ) -> std::io::Result<EventReader> {
         tracing::debug!(fd = ring.as_raw_fd(), "event ring buffer");
         // SAFETY: the ring buffer owns its map fd for its whole life and always reports that fd.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(std::io::Error::from)?;
-        Ok(EventReader {
-            ring,
-            directory,
-            sinks,
-            host: LiveHost::new(),
-            undecodable: 0,
-            written: 0,
-        })
+        let ring =
+            unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(std::io::Error::from)?;
+        Ok(EventReader { ring, agent_events, directory, sinks, host: LiveHost::new(), undecodable: 0, written: 0 })
     }
 
     /// Reads events until the task is cancelled.
     pub async fn run(&mut self) {
         loop {
-            match self.ring.readable_mut().await {
-                Ok(mut guard) => {
-                    guard.clear_ready();
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "waiting on the event ring buffer failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::select! {
+                ready = self.ring.readable_mut() => match ready {
+                    Ok(mut guard) => guard.clear_ready(),
+                    Err(e) => {
+                        tracing::error!(error = %e, "waiting on the event ring buffer failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(event) = self.agent_events.recv() => {
+                    self.host.refresh_clock();
+                    self.write(&event);
                 }
             }
             self.drain();
         }
     }
 
-    /// Writes every record currently in the ring buffer.
+    /// Writes every record currently in the ring buffer and the agent's queue.
     pub fn drain(&mut self) {
         self.host.refresh_clock();
-        let directory = self.directory.read().unwrap_or_else(|p| p.into_inner());
-        let ring = self.ring.get_mut();
-        while let Some(item) = ring.next() {
-            match decode(&item) {
-                Ok(event) => {
-                    let record = build(&event, &directory, &self.host);
-                    match serde_json::to_string(&record) {
-                        Ok(line) => {
-                            if let Err(errors) = self.sinks.write_line(&line) {
-                                for e in errors {
-                                    tracing::error!(error = %e, "event sink");
-                                }
-                            }
-                            self.written += 1;
-                        }
-                        Err(e) => tracing::error!(error = %e, "serialising an event failed"),
-                    }
-                }
+        while let Ok(event) = self.agent_events.try_recv() {
+            self.write(&event);
+        }
+        loop {
+            let decoded = match self.ring.get_mut().next() {
+                Some(item) => decode(&item),
+                None => break,
+            };
+            match decoded {
+                Ok(event) => self.write(&event),
                 Err(e) => {
                     self.undecodable += 1;
                     tracing::error!(error = %e, "undecodable event record");
                 }
             }
+        }
+    }
+
+    fn write(&mut self, event: &KernelEvent) {
+        let record = {
+            let directory = self.directory.read().unwrap_or_else(|p| p.into_inner());
+            build(event, &directory, &self.host)
+        };
+        match serde_json::to_string(&record) {
+            Ok(line) => {
+                if let Err(errors) = self.sinks.write_line(&line) {
+                    for e in errors {
+                        tracing::error!(error = %e, "event sink");
+                    }
+                }
+                self.written += 1;
+            }
+            Err(e) => tracing::error!(error = %e, "serialising an event failed"),
         }
     }
 }

@@ -5,12 +5,17 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use fence_common::{
-    EventHeader, NetEvent, VERDICT_DENIED, VERDICT_WOULD_DENY, mechanism, op, reason,
+    EVENT_EXEC, EVENT_FILE, EventHeader, NAME_LEN, NetEvent, ObjectEvent, VERDICT_DENIED, VERDICT_KILLED,
+    VERDICT_WOULD_DENY, mechanism, op, reason,
 };
 use jiff::Timestamp;
 use serde::Serialize;
 
-use super::{decode::KernelEvent, directory::Directory};
+use super::{
+    decode::{KernelEvent, components},
+    directory::Directory,
+};
+use crate::resolve::ObjectId;
 
 /// Version of the `fence.*` part of the record.
 pub const EVENT_SCHEMA_VERSION: u32 = 1;
@@ -28,7 +33,21 @@ pub struct Record {
     pub destination: Option<Destination>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<Network>,
+    /// The program, file or socket acted on (ECS `file.*`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileFields>,
     pub fence: Fence,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FileFields {
+    pub path: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inode: Option<String>,
+    /// Device as major:minor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -105,10 +124,30 @@ pub struct Fence {
     pub operation: &'static str,
     pub mechanism: &'static str,
     pub policy_version: String,
-    /// The rule that decided (denials are decided by the default deny).
-    pub rule: &'static str,
+    /// The rule that decided: `default-deny` (nothing allowed it), `identity-expired`,
+    /// `socket-kinds`, `protect:<path>`, `host-denied-sockets`.
+    pub rule: String,
     pub reason: &'static str,
     pub cgroup: Cgroup,
+    /// What the decision was about, for exec, file and unix events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Target {
+    /// program, file or socket.
+    pub kind: &'static str,
+    pub path: String,
+    /// The file name given to execve (exec).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invoked_as: Option<String>,
+    /// The object is unlinked (memfd, deleted file).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fileless: bool,
+    /// `path` was rebuilt from kernel dentries and is relative to its file system's root.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fs_relative: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -131,14 +170,12 @@ pub trait HostView {
 pub fn build(event: &KernelEvent, dir: &Directory, host: &dyn HostView) -> Record {
     match event {
         KernelEvent::Net(e) => net_record(e, dir, host),
+        KernelEvent::Object(e) => object_record(e, dir, host),
     }
 }
 
 fn common(h: &EventHeader, dir: &Directory, host: &dyn HostView) -> (String, Process, Fence) {
-    let timestamp = host
-        .wall_time(h.boot_ns)
-        .strftime("%Y-%m-%dT%H:%M:%S.%NZ")
-        .to_string();
+    let timestamp = host.wall_time(h.boot_ns).strftime("%Y-%m-%dT%H:%M:%S.%NZ").to_string();
     let entry = dir.identity(h.identity);
     let policy_version = match entry {
         Some(e) if e.version.short_id() == h.policy_version => e.version.to_string(),
@@ -148,6 +185,7 @@ fn common(h: &EventHeader, dir: &Directory, host: &dyn HostView) -> (String, Pro
     let verdict = match h.verdict {
         VERDICT_WOULD_DENY => "would-deny",
         VERDICT_DENIED => "denied",
+        VERDICT_KILLED => "killed",
         _ => "unknown",
     };
     let process = Process {
@@ -155,26 +193,15 @@ fn common(h: &EventHeader, dir: &Directory, host: &dyn HostView) -> (String, Pro
         thread: Thread { id: h.pid },
         name: comm(&h.comm),
         executable: host.executable(h.tgid),
-        user: Id {
-            id: h.uid.to_string(),
-        },
-        group: Id {
-            id: h.gid.to_string(),
-        },
+        user: Id { id: h.uid.to_string() },
+        group: Id { id: h.gid.to_string() },
     };
-    let cgroup_path = dir
-        .cgroup_path(h.cgroup_id)
-        .map(str::to_owned)
-        .or_else(|| host.cgroup_path(h.tgid));
+    let cgroup_path = dir.cgroup_path(h.cgroup_id).map(str::to_owned).or_else(|| host.cgroup_path(h.tgid));
     let fence = Fence {
         schema_version: EVENT_SCHEMA_VERSION,
         identity: entry.map_or_else(|| format!("#{}", h.identity), |e| e.name.clone()),
         identity_id: h.identity,
-        mode: if h.verdict == VERDICT_WOULD_DENY {
-            "audit"
-        } else {
-            "enforce"
-        },
+        mode: if h.verdict == VERDICT_WOULD_DENY { "audit" } else { "enforce" },
         verdict,
         operation: operation_name(h.operation),
         mechanism: mechanism_name(h.mechanism),
@@ -182,13 +209,14 @@ fn common(h: &EventHeader, dir: &Directory, host: &dyn HostView) -> (String, Pro
         rule: match h.reason {
             reason::IDENTITY_DENY_ALL => "identity-expired",
             reason::SOCKET_KIND_NOT_ALLOWED => "socket-kinds",
+            reason::FILE_PROTECTED => "protect",
+            reason::UNIX_HOST_DENIED => "host-denied-sockets",
             _ => "default-deny",
-        },
+        }
+        .to_owned(),
         reason: reason_name(h.reason),
-        cgroup: Cgroup {
-            id: h.cgroup_id,
-            path: cgroup_path,
-        },
+        cgroup: Cgroup { id: h.cgroup_id, path: cgroup_path },
+        target: None,
     };
     (timestamp, process, fence)
 }
@@ -209,31 +237,18 @@ fn net_record(e: &NetEvent, dir: &Directory, host: &dyn HostView) -> Record {
         255 => "raw".to_owned(),
         n => n.to_string(),
     };
-    let network = Network {
-        family,
-        transport: transport.clone(),
-        iana_number: e.protocol.to_string(),
-    };
+    let network = Network { family, transport: transport.clone(), iana_number: e.protocol.to_string() };
     let destination = (h.operation != op::SOCKET).then(|| {
         let ip = match e.family {
             2 => Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]).to_string(),
             _ => Ipv6Addr::from(e.addr).to_string(),
         };
-        Destination {
-            address: ip.clone(),
-            ip,
-            port: e.port,
-        }
+        Destination { address: ip.clone(), ip, port: e.port }
     });
     let action = operation_name(h.operation);
     let why = match (&destination, h.reason) {
-        (_, reason::IDENTITY_DENY_ALL) => {
-            "the identity has expired and is denied everything".to_owned()
-        }
-        (Some(d), _) => format!(
-            "no egress rule allows {transport} to {}",
-            join_host_port(&d.ip, d.port)
-        ),
+        (_, reason::IDENTITY_DENY_ALL) => "the identity has expired and is denied everything".to_owned(),
+        (Some(d), _) => format!("no egress rule allows {transport} to {}", join_host_port(&d.ip, d.port)),
         (None, _) => format!(
             "fenced identities may only create TCP and UDP sockets (family {family}, type {}, protocol {})",
             e.sock_type, e.protocol
@@ -242,18 +257,12 @@ fn net_record(e: &NetEvent, dir: &Directory, host: &dyn HostView) -> Record {
     let denied = h.verdict == VERDICT_DENIED;
     Record {
         timestamp,
-        ecs: Ecs {
-            version: ECS_VERSION,
-        },
+        ecs: Ecs { version: ECS_VERSION },
         event: EventFields {
             kind: "alert",
             category: vec!["network"],
             event_type: vec![
-                if h.operation == op::SOCKET {
-                    "start"
-                } else {
-                    "connection"
-                },
+                if h.operation == op::SOCKET { "start" } else { "connection" },
                 if denied { "denied" } else { "allowed" },
             ],
             action,
@@ -262,22 +271,102 @@ fn net_record(e: &NetEvent, dir: &Directory, host: &dyn HostView) -> Record {
             dataset: "fence.enforcement",
             reason: why,
         },
-        host: Host {
-            hostname: host.hostname().to_owned(),
-        },
+        host: Host { hostname: host.hostname().to_owned() },
         process,
         destination,
         network: Some(network),
+        file: None,
+        fence,
+    }
+}
+
+/// Best path for an inode: the path the agent resolved it under, else the kernel's dentries.
+fn object_path(dir: &Directory, id: ObjectId, dentries: &fence_common::DentryPath) -> (String, bool) {
+    if let Some(p) = dir.object_path(id) {
+        return (p.display().to_string(), false);
+    }
+    let (names, complete) = components(dentries);
+    let joined = names.join("/");
+    (if complete { format!("/{joined}") } else { format!(".../{joined}") }, true)
+}
+
+fn object_record(e: &ObjectEvent, dir: &Directory, host: &dyn HostView) -> Record {
+    let h = &e.header;
+    let (timestamp, mut process, mut fence) = common(h, dir, host);
+    if process.executable.is_none() && e.actor_exe.depth > 0 {
+        let (names, complete) = components(&e.actor_exe);
+        process.executable = Some(format!("{}{}", if complete { "/" } else { ".../" }, names.join("/")));
+    }
+    let name_len = (e.name_len as usize).min(NAME_LEN);
+    let name = String::from_utf8_lossy(&e.name[..name_len]).into_owned();
+    let abstract_socket = h.kind == fence_common::EVENT_UNIX && e.ino == 0;
+    let (path, fs_relative) = if abstract_socket {
+        (format!("@{name}"), false)
+    } else {
+        object_path(dir, ObjectId { dev: e.dev, ino: e.ino }, &e.path)
+    };
+    let rule_path = (e.rule_ino != 0)
+        .then(|| dir.object_path(ObjectId { dev: e.rule_dev, ino: e.rule_ino }))
+        .flatten()
+        .map(|p| p.display().to_string());
+    if h.reason == reason::FILE_PROTECTED {
+        fence.rule = format!("protect:{}", rule_path.as_deref().unwrap_or(&path));
+    }
+    let (kind, category, event_type) = match h.kind {
+        EVENT_EXEC => ("program", "process", "start"),
+        EVENT_FILE => ("file", "file", "access"),
+        _ => ("socket", "network", "connection"),
+    };
+    let denied = h.verdict == VERDICT_DENIED || h.verdict == VERDICT_KILLED;
+    let verb = match h.verdict {
+        VERDICT_KILLED => "killed on exec of",
+        VERDICT_WOULD_DENY => "would deny",
+        _ => "denied",
+    };
+    let why = match h.reason {
+        reason::EXEC_NOT_ALLOWED => format!("{verb} {path}: not in the identity's exec allow-list"),
+        reason::EXEC_FILELESS => format!("{verb} {path}: executing an unlinked file (memfd, deleted) is not allowed"),
+        reason::FILE_PROTECTED => match &rule_path {
+            Some(r) if *r != path => format!("{verb} {path}: protected credential file (under {r})"),
+            _ => format!("{verb} {path}: protected credential file"),
+        },
+        reason::UNIX_NOT_ALLOWED => format!("{verb} {path}: not in the identity's unix-socket allow-list"),
+        reason::UNIX_HOST_DENIED => {
+            format!("{verb} {path}: a socket through which a daemon runs code for its clients (host default-deny)")
+        }
+        reason::IDENTITY_DENY_ALL => "the identity has expired and is denied everything".to_owned(),
+        _ => format!("{verb} {path}"),
+    };
+    let file_name = path.rsplit('/').next().unwrap_or_default().to_owned();
+    let inode = (e.ino != 0).then(|| e.ino.to_string());
+    let device = (e.dev != 0).then(|| format!("{}:{}", e.dev >> 20, e.dev & 0xfffff));
+    let invoked_as = (h.kind == EVENT_EXEC && !name.is_empty()).then_some(name);
+    fence.target =
+        Some(Target { kind, path: path.clone(), invoked_as, fileless: e.nlink == 0 && e.ino != 0, fs_relative });
+    Record {
+        timestamp,
+        ecs: Ecs { version: ECS_VERSION },
+        event: EventFields {
+            kind: "alert",
+            category: vec![category],
+            event_type: vec![event_type, if denied { "denied" } else { "allowed" }],
+            action: operation_name(h.operation),
+            outcome: if denied { "failure" } else { "success" },
+            module: "fence",
+            dataset: "fence.enforcement",
+            reason: why,
+        },
+        host: Host { hostname: host.hostname().to_owned() },
+        process,
+        destination: None,
+        network: None,
+        file: Some(FileFields { path, name: file_name, inode, device }),
         fence,
     }
 }
 
 fn join_host_port(ip: &str, port: u16) -> String {
-    if ip.contains(':') {
-        format!("[{ip}]:{port}")
-    } else {
-        format!("{ip}:{port}")
-    }
+    if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") }
 }
 
 fn comm(raw: &[u8; 16]) -> String {
@@ -290,6 +379,10 @@ pub fn operation_name(o: u8) -> &'static str {
         op::CONNECT => "connect",
         op::SENDMSG => "sendmsg",
         op::SOCKET => "socket",
+        op::EXEC => "exec",
+        op::OPEN => "open",
+        op::UNIX_CONNECT => "unix-connect",
+        op::UNIX_SEND => "unix-send",
         _ => "unknown",
     }
 }
@@ -301,6 +394,12 @@ pub fn mechanism_name(m: u8) -> &'static str {
         mechanism::CGROUP_SENDMSG4 => "cgroup/sendmsg4",
         mechanism::CGROUP_SENDMSG6 => "cgroup/sendmsg6",
         mechanism::CGROUP_SOCK_CREATE => "cgroup/sock_create",
+        mechanism::LSM_BPRM_CHECK => "lsm/bprm_check_security",
+        mechanism::TP_SCHED_PROCESS_EXEC => "tp_btf/sched_process_exec+sigkill",
+        mechanism::LSM_FILE_OPEN => "lsm/file_open",
+        mechanism::FANOTIFY => "fanotify/open_perm",
+        mechanism::LSM_UNIX_STREAM_CONNECT => "lsm/unix_stream_connect",
+        mechanism::LSM_UNIX_MAY_SEND => "lsm/unix_may_send",
         _ => "unknown",
     }
 }
@@ -310,6 +409,11 @@ fn reason_name(r: u8) -> &'static str {
         reason::NO_MATCHING_RULE => "no-matching-rule",
         reason::IDENTITY_DENY_ALL => "identity-deny-all",
         reason::SOCKET_KIND_NOT_ALLOWED => "socket-kind-not-allowed",
+        reason::EXEC_NOT_ALLOWED => "exec-not-allowed",
+        reason::EXEC_FILELESS => "exec-fileless",
+        reason::FILE_PROTECTED => "file-protected",
+        reason::UNIX_NOT_ALLOWED => "unix-not-allowed",
+        reason::UNIX_HOST_DENIED => "unix-host-denied",
         _ => "unknown",
     }
 }
@@ -348,10 +452,7 @@ mod tests {
                 name: "ci-bot".into(),
                 mode: Mode::Enforce,
                 expired: false,
-                info: IdentityInfo {
-                    mode: MODE_ENFORCE,
-                    ..Default::default()
-                },
+                info: IdentityInfo { mode: MODE_ENFORCE, ..Default::default() },
                 version,
                 rule_names: vec![],
                 cgroups: vec![("/fence/ci".into(), 99)],
@@ -383,14 +484,7 @@ mod tests {
         };
         let mut addr = [0; 16];
         addr[..4].copy_from_slice(&[10, 0, 0, 1]);
-        let e = NetEvent {
-            header,
-            family: 2,
-            port: 22,
-            protocol: 6,
-            sock_type: 1,
-            addr,
-        };
+        let e = NetEvent { header, family: 2, port: 22, protocol: 6, sock_type: 1, addr };
         let r = build(&KernelEvent::Net(e), &directory(version), &FakeHost);
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["@timestamp"], "2027-01-15T08:00:00.000000005Z");
@@ -409,10 +503,7 @@ mod tests {
         assert_eq!(v["network"]["transport"], "tcp");
         assert_eq!(v["network"]["type"], "ipv4");
         assert_eq!(v["event"]["outcome"], "failure");
-        assert_eq!(
-            v["event"]["reason"],
-            "no egress rule allows tcp to 10.0.0.1:22"
-        );
+        assert_eq!(v["event"]["reason"], "no egress rule allows tcp to 10.0.0.1:22");
     }
 
     #[test]
@@ -428,16 +519,12 @@ mod tests {
         e.protocol = 17;
         e.port = 53;
         e.addr = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1];
-        let v = serde_json::to_value(build(&KernelEvent::Net(e), &directory(version), &FakeHost))
-            .unwrap();
+        let v = serde_json::to_value(build(&KernelEvent::Net(e), &directory(version), &FakeHost)).unwrap();
         assert_eq!(v["fence"]["verdict"], "would-deny");
         assert_eq!(v["fence"]["mode"], "audit");
         assert_eq!(v["event"]["outcome"], "success");
         assert_eq!(v["destination"]["ip"], "::ffff:127.0.0.1");
-        assert_eq!(
-            v["event"]["reason"],
-            "no egress rule allows udp to [::ffff:127.0.0.1]:53"
-        );
+        assert_eq!(v["event"]["reason"], "no egress rule allows udp to [::ffff:127.0.0.1]:53");
         // Older policy version than the directory knows: the kernel's short id is reported.
         assert_eq!(v["fence"]["policy_version"], "sha256:deadbeef…");
     }

@@ -30,23 +30,11 @@ impl Sinks {
         let file = match file {
             None => None,
             Some(path) => {
-                let open_err = |source| SinkError::Open {
-                    path: path.to_owned(),
-                    source,
-                };
+                let open_err = |source| SinkError::Open { path: path.to_owned(), source };
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    fs::DirBuilder::new()
-                        .recursive(true)
-                        .mode(0o750)
-                        .create(dir)
-                        .map_err(open_err)?;
+                    fs::DirBuilder::new().recursive(true).mode(0o750).create(dir).map_err(open_err)?;
                 }
-                let f = OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .mode(0o640)
-                    .open(path)
-                    .map_err(open_err)?;
+                let f = OpenOptions::new().append(true).create(true).mode(0o640).open(path).map_err(open_err)?;
                 Some((path.to_owned(), f))
             }
         };
@@ -62,25 +50,15 @@ impl Sinks {
         if self.stdout {
             let mut out = io::stdout().lock();
             if let Err(source) = out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
-                errors.push(SinkError::Write {
-                    sink: "stdout".into(),
-                    source,
-                });
+                errors.push(SinkError::Write { sink: "stdout".into(), source });
             }
         }
         if let Some((path, f)) = &mut self.file
             && let Err(source) = f.write_all(line.as_bytes())
         {
-            errors.push(SinkError::Write {
-                sink: path.display().to_string(),
-                source,
-            });
+            errors.push(SinkError::Write { sink: path.display().to_string(), source });
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
 }
 

@@ -40,10 +40,7 @@ pub enum PolicyErrorKind {
     #[error("no policy files (.yaml, .yml, .toml, .json) in this directory")]
     EmptyDirectory,
     #[error("not valid {format}: {message}")]
-    Syntax {
-        format: &'static str,
-        message: String,
-    },
+    Syntax { format: &'static str, message: String },
     #[error("{0}")]
     Schema(String),
     #[error("schema {found} is not supported (this agent reads schema {supported})")]
@@ -65,11 +62,7 @@ pub enum PolicyErrorKind {
     #[error("{value:?} is not a port or port range (write 443, \"8000-8080\" or \"any\"): {why}")]
     InvalidPort { value: String, why: String },
     #[error("{value:?} is not a valid {what}: {why}")]
-    InvalidValue {
-        what: &'static str,
-        value: String,
-        why: String,
-    },
+    InvalidValue { what: &'static str, value: String, why: String },
     #[error("{expires} is before created {created}")]
     ExpiresBeforeCreated { created: String, expires: String },
     #[error("cgroup {path:?} does not exist under {root}")]
@@ -80,26 +73,14 @@ pub enum PolicyErrorKind {
         "cgroup {path:?} is also bound to identity \"{other}\" (mode {other_mode}); one cgroup \
          has one identity and one mode"
     )]
-    CgroupConflict {
-        path: String,
-        other: String,
-        other_mode: &'static str,
-    },
+    CgroupConflict { path: String, other: String, other_mode: &'static str },
     #[error(
         "destinations in {prefix} carry {count} distinct port rules after merging overlapping \
          rules; the limit is {max} per prefix (merge ports into ranges)"
     )]
-    TooManyPortRules {
-        prefix: String,
-        count: usize,
-        max: usize,
-    },
+    TooManyPortRules { prefix: String, count: usize, max: usize },
     #[error("the policy needs {needed} {what} entries; this agent holds at most {max}")]
-    TooLarge {
-        what: &'static str,
-        needed: usize,
-        max: usize,
-    },
+    TooLarge { what: &'static str, needed: usize, max: usize },
 }
 
 /// All problems found in a policy set; `Display` prints one per line.
@@ -109,11 +90,7 @@ pub struct PolicyErrors(pub Vec<PolicyError>);
 impl fmt::Display for PolicyErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        write!(
-            f,
-            "policy rejected ({n} error{})",
-            if n == 1 { "" } else { "s" }
-        )?;
+        write!(f, "policy rejected ({n} error{})", if n == 1 { "" } else { "s" })?;
         for e in &self.0 {
             write!(f, "\n  - {e}")?;
         }

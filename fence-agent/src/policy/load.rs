@@ -29,10 +29,7 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<SourceDocument>, PolicyErrors
             Ok(files) => {
                 for file in files {
                     match read_one(&file) {
-                        Ok(document) => docs.push(SourceDocument {
-                            path: file,
-                            document,
-                        }),
+                        Ok(document) => docs.push(SourceDocument { path: file, document }),
                         Err(e) => errors.push(e),
                     }
                 }
@@ -40,41 +37,25 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<SourceDocument>, PolicyErrors
             Err(e) => errors.push(e),
         }
     }
-    if errors.is_empty() {
-        Ok(docs)
-    } else {
-        Err(PolicyErrors(errors))
-    }
+    if errors.is_empty() { Ok(docs) } else { Err(PolicyErrors(errors)) }
 }
 
 fn file_error(path: &Path, kind: PolicyErrorKind) -> PolicyError {
-    PolicyError {
-        file: path.to_owned(),
-        identity: None,
-        field: String::new(),
-        kind,
-    }
+    PolicyError { file: path.to_owned(), identity: None, field: String::new(), kind }
 }
 
 fn is_policy_file(path: &Path) -> bool {
-    matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml" | "toml" | "json")
-    )
+    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "toml" | "json"))
 }
 
 fn expand(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
-    let meta = fs::metadata(path)
-        .map_err(|e| file_error(path, PolicyErrorKind::Unreadable(e.to_string())))?;
+    let meta = fs::metadata(path).map_err(|e| file_error(path, PolicyErrorKind::Unreadable(e.to_string())))?;
     if !meta.is_dir() {
         return Ok(vec![path.to_owned()]);
     }
-    let entries = fs::read_dir(path)
-        .map_err(|e| file_error(path, PolicyErrorKind::Unreadable(e.to_string())))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && is_policy_file(p))
-        .collect();
+    let entries = fs::read_dir(path).map_err(|e| file_error(path, PolicyErrorKind::Unreadable(e.to_string())))?;
+    let mut files: Vec<PathBuf> =
+        entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && is_policy_file(p)).collect();
     files.sort();
     if files.is_empty() {
         return Err(file_error(path, PolicyErrorKind::EmptyDirectory));
@@ -92,8 +73,7 @@ fn read_one(path: &Path) -> Result<PolicyDocument, PolicyError> {
         ))));
     }
     let bytes = fs::read(path).map_err(|e| err(PolicyErrorKind::Unreadable(e.to_string())))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| err(PolicyErrorKind::Unreadable("not UTF-8 text".to_owned())))?;
+    let text = String::from_utf8(bytes).map_err(|_| err(PolicyErrorKind::Unreadable("not UTF-8 text".to_owned())))?;
     let format = match path.extension().and_then(|e| e.to_str()) {
         Some("yaml" | "yml") => Format::Yaml,
         Some("toml") => Format::Toml,
@@ -126,10 +106,7 @@ pub fn parse_document(text: &str, format: Format) -> Result<PolicyDocument, Poli
     if text.trim().is_empty() {
         return Err(PolicyErrorKind::Empty);
     }
-    let syntax = |message: String| PolicyErrorKind::Syntax {
-        format: format.name(),
-        message,
-    };
+    let syntax = |message: String| PolicyErrorKind::Syntax { format: format.name(), message };
     let tree: serde_json::Value = match format {
         Format::Json => serde_json::from_str(text).map_err(|e| syntax(e.to_string()))?,
         Format::Yaml => serde_saphyr::from_str(text).map_err(|e| syntax(e.to_string()))?,
@@ -146,19 +123,12 @@ pub fn parse_document(text: &str, format: Format) -> Result<PolicyDocument, Poli
     if let Some(found) = tree.get("schema").and_then(|s| s.as_u64())
         && found != u64::from(super::SCHEMA_VERSION)
     {
-        return Err(PolicyErrorKind::UnsupportedSchema {
-            found,
-            supported: super::SCHEMA_VERSION,
-        });
+        return Err(PolicyErrorKind::UnsupportedSchema { found, supported: super::SCHEMA_VERSION });
     }
     serde_path_to_error::deserialize(tree).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
-        PolicyErrorKind::Schema(if path == "." {
-            inner
-        } else {
-            format!("{path}: {inner}")
-        })
+        PolicyErrorKind::Schema(if path == "." { inner } else { format!("{path}: {inner}") })
     })
 }
 
@@ -172,8 +142,6 @@ fn toml_to_json(v: toml::Value) -> serde_json::Value {
         toml::Value::Boolean(b) => J::Bool(b),
         toml::Value::Datetime(d) => J::String(d.to_string()),
         toml::Value::Array(a) => J::Array(a.into_iter().map(toml_to_json).collect()),
-        toml::Value::Table(t) => {
-            J::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
-        }
+        toml::Value::Table(t) => J::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect()),
     }
 }

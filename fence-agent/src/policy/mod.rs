@@ -4,6 +4,7 @@
 //! through the [`CgroupResolver`] the caller passes in.
 
 pub mod error;
+pub mod glob;
 pub mod load;
 pub mod model;
 pub mod net;
@@ -16,8 +17,8 @@ pub use error::{PolicyError, PolicyErrorKind, PolicyErrors};
 pub use load::{Format, SourceDocument, load_paths, parse_document};
 pub use model::Mode;
 pub use validate::{
-    BoundCgroup, CgroupResolver, EgressRule, Identity, PolicySet, PolicyVersion, ResolveError,
-    validate,
+    BoundCgroup, CgroupResolver, EgressRule, ExecPolicy, ExecRule, Identity, PolicySet, PolicyVersion, ResolveError,
+    UnixPolicy, is_dynamic_loader, validate,
 };
 
 /// The policy document schema this agent understands (`schema:` in every document).

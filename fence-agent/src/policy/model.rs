@@ -15,6 +15,15 @@
 //!         to: [10.0.0.0/8, "fd00::/8"]
 //!         ports: [443, "8000-8080"]
 //!         protocol: tcp        # tcp, udp or any
+//!     exec:                    # absent: exec is not restricted
+//!       allow:
+//!         - /usr/bin/git
+//!         - {path: /usr/bin/python3, sha256: "<64 hex digits>"}
+//!       fileless: false        # memfd / deleted-file exec
+//!     files:
+//!       allow: [/home/ci/.aws/credentials]   # exceptions to the host's protected set
+//!     unix:                    # absent: only the host's default-deny sockets are denied
+//!       allow: [/run/app.sock, "@abstract-name"]
 //! ```
 //!
 //! These types only check shape (unknown fields, types); meaning is checked by `validate`.
@@ -53,6 +62,73 @@ pub struct IdentityDoc {
     pub selectors: Vec<SelectorDoc>,
     #[serde(default)]
     pub egress: Vec<EgressDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix: Option<UnixDoc>,
+}
+
+/// The exec allow-list. Present: only the listed programs may be executed.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExecDoc {
+    pub allow: Vec<ExecEntryDoc>,
+    /// Allow executing unlinked files (memfd_create, deleted files). Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fileless: bool,
+}
+
+/// A program: a path or glob, optionally pinned to a SHA-256.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum ExecEntryDoc {
+    Path(String),
+    Pinned(ExecPinnedDoc),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExecPinnedDoc {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for ExecEntryDoc {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = ExecEntryDoc;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a program path, or {path: ..., sha256: ...}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ExecEntryDoc, E> {
+                Ok(ExecEntryDoc::Path(v.to_owned()))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<ExecEntryDoc, A::Error> {
+                ExecPinnedDoc::deserialize(de::value::MapAccessDeserializer::new(map)).map(ExecEntryDoc::Pinned)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Readable exceptions to the host's protected-file set: paths or globs (`dir/**`: the
+/// directory and everything below it).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FilesDoc {
+    pub allow: Vec<String>,
+}
+
+/// The unix-socket allow-list: socket paths (or globs) and `@abstract` names. Present: only
+/// these may be reached.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UnixDoc {
+    pub allow: Vec<String>,
 }
 
 /// `enforce` denies what the policy does not allow; `audit` allows it and logs a would-deny.

@@ -17,51 +17,33 @@ pub enum IpNet {
 impl IpNet {
     /// Parses `a.b.c.d/len`, `x::y/len` or a single address (a /32 or /128).
     pub fn parse(text: &str) -> Result<IpNet, PolicyErrorKind> {
-        let invalid = |why: String| PolicyErrorKind::InvalidCidr {
-            value: text.to_owned(),
-            why,
-        };
+        let invalid = |why: String| PolicyErrorKind::InvalidCidr { value: text.to_owned(), why };
         let (addr_text, len_text) = match text.split_once('/') {
             Some((a, l)) => (a, Some(l)),
             None => (text, None),
         };
-        let addr: IpAddr = addr_text.trim().parse().map_err(|_| {
-            invalid(format!(
-                "{addr_text:?} is not an IP address (host names are not accepted)"
-            ))
-        })?;
+        let addr: IpAddr = addr_text
+            .trim()
+            .parse()
+            .map_err(|_| invalid(format!("{addr_text:?} is not an IP address (host names are not accepted)")))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let len = match len_text {
             None => max,
             Some(l) => {
-                let n: u32 = l
-                    .trim()
-                    .parse()
-                    .map_err(|_| invalid(format!("prefix length {l:?} is not a number")))?;
+                let n: u32 = l.trim().parse().map_err(|_| invalid(format!("prefix length {l:?} is not a number")))?;
                 if n > max {
-                    return Err(invalid(format!(
-                        "prefix length {n} is out of range (0-{max})"
-                    )));
+                    return Err(invalid(format!("prefix length {n} is out of range (0-{max})")));
                 }
                 n
             }
         };
         let net = match addr {
-            IpAddr::V4(a) => IpNet::V4 {
-                addr: a.octets(),
-                len: len as u8,
-            },
-            IpAddr::V6(a) => IpNet::V6 {
-                addr: a.octets(),
-                len: len as u8,
-            },
+            IpAddr::V4(a) => IpNet::V4 { addr: a.octets(), len: len as u8 },
+            IpAddr::V6(a) => IpNet::V6 { addr: a.octets(), len: len as u8 },
         };
         let masked = net.masked();
         if masked != net {
-            return Err(PolicyErrorKind::HostBitsSet {
-                value: text.to_owned(),
-                suggestion: masked.to_string(),
-            });
+            return Err(PolicyErrorKind::HostBitsSet { value: text.to_owned(), suggestion: masked.to_string() });
         }
         Ok(net)
     }
@@ -75,26 +57,16 @@ impl IpNet {
     /// The network with host bits cleared.
     pub fn masked(&self) -> IpNet {
         match *self {
-            IpNet::V4 { addr, len } => IpNet::V4 {
-                addr: mask(addr, len),
-                len,
-            },
-            IpNet::V6 { addr, len } => IpNet::V6 {
-                addr: mask(addr, len),
-                len,
-            },
+            IpNet::V4 { addr, len } => IpNet::V4 { addr: mask(addr, len), len },
+            IpNet::V6 { addr, len } => IpNet::V6 { addr: mask(addr, len), len },
         }
     }
 
     /// Whether `other` lies inside `self` (same family, at least as specific).
     pub fn contains(&self, other: &IpNet) -> bool {
         match (*self, *other) {
-            (IpNet::V4 { addr, len }, IpNet::V4 { addr: o, len: ol }) => {
-                ol >= len && mask(o, len) == addr
-            }
-            (IpNet::V6 { addr, len }, IpNet::V6 { addr: o, len: ol }) => {
-                ol >= len && mask(o, len) == addr
-            }
+            (IpNet::V4 { addr, len }, IpNet::V4 { addr: o, len: ol }) => ol >= len && mask(o, len) == addr,
+            (IpNet::V6 { addr, len }, IpNet::V6 { addr: o, len: ol }) => ol >= len && mask(o, len) == addr,
             _ => false,
         }
     }
@@ -138,10 +110,7 @@ impl PortRange {
                 if text.eq_ignore_ascii_case("any") {
                     return Ok(PortRange::ANY);
                 }
-                let invalid = |why: &str| PolicyErrorKind::InvalidPort {
-                    value: t.clone(),
-                    why: why.to_owned(),
-                };
+                let invalid = |why: &str| PolicyErrorKind::InvalidPort { value: t.clone(), why: why.to_owned() };
                 let (lo, hi) = match text.split_once('-') {
                     Some((lo, hi)) => (lo.trim(), hi.trim()),
                     None => (text, text),
@@ -163,9 +132,7 @@ impl PortRange {
 fn single(n: i64, text: &str) -> Result<u16, PolicyErrorKind> {
     match u16::try_from(n) {
         Ok(p) if p >= 1 => Ok(p),
-        _ => Err(PolicyErrorKind::PortOutOfRange {
-            value: text.to_owned(),
-        }),
+        _ => Err(PolicyErrorKind::PortOutOfRange { value: text.to_owned() }),
     }
 }
 
@@ -175,13 +142,7 @@ mod tests {
 
     #[test]
     fn parses_cidrs_and_single_addresses() {
-        assert_eq!(
-            IpNet::parse("10.0.0.0/8").unwrap(),
-            IpNet::V4 {
-                addr: [10, 0, 0, 0],
-                len: 8
-            }
-        );
+        assert_eq!(IpNet::parse("10.0.0.0/8").unwrap(), IpNet::V4 { addr: [10, 0, 0, 0], len: 8 });
         assert_eq!(IpNet::parse("127.0.0.1").unwrap().prefix_len(), 32);
         assert_eq!(IpNet::parse("::1").unwrap().prefix_len(), 128);
         assert_eq!(IpNet::parse("0.0.0.0/0").unwrap().prefix_len(), 0);
@@ -200,18 +161,8 @@ mod tests {
 
     #[test]
     fn rejects_bad_prefixes_and_names() {
-        for bad in [
-            "10.0.0.0/33",
-            "::/129",
-            "10.0.0.0/x",
-            "example.com",
-            "10.0.0/8",
-            "",
-        ] {
-            assert!(
-                matches!(IpNet::parse(bad), Err(PolicyErrorKind::InvalidCidr { .. })),
-                "{bad}"
-            );
+        for bad in ["10.0.0.0/33", "::/129", "10.0.0.0/x", "example.com", "10.0.0/8", ""] {
+            assert!(matches!(IpNet::parse(bad), Err(PolicyErrorKind::InvalidCidr { .. })), "{bad}");
         }
     }
 
@@ -223,42 +174,17 @@ mod tests {
         assert!(!n16.contains(&n8));
         assert!(n8.contains(&n8));
         assert!(!n8.contains(&IpNet::parse("::/0").unwrap()));
-        assert!(
-            IpNet::parse("::/0")
-                .unwrap()
-                .contains(&IpNet::parse("::1").unwrap())
-        );
+        assert!(IpNet::parse("::/0").unwrap().contains(&IpNet::parse("::1").unwrap()));
     }
 
     #[test]
     fn ports() {
-        assert_eq!(
-            PortRange::parse(&PortDoc::Number(443)).unwrap(),
-            PortRange { lo: 443, hi: 443 }
-        );
-        assert_eq!(
-            PortRange::parse(&PortDoc::Text("8000-8080".into())).unwrap(),
-            PortRange { lo: 8000, hi: 8080 }
-        );
-        assert_eq!(
-            PortRange::parse(&PortDoc::Text("any".into())).unwrap(),
-            PortRange::ANY
-        );
-        assert!(matches!(
-            PortRange::parse(&PortDoc::Number(70000)),
-            Err(PolicyErrorKind::PortOutOfRange { .. })
-        ));
-        assert!(matches!(
-            PortRange::parse(&PortDoc::Number(0)),
-            Err(PolicyErrorKind::PortOutOfRange { .. })
-        ));
-        assert!(matches!(
-            PortRange::parse(&PortDoc::Text("90-80".into())),
-            Err(PolicyErrorKind::InvalidPort { .. })
-        ));
-        assert!(matches!(
-            PortRange::parse(&PortDoc::Text("http".into())),
-            Err(PolicyErrorKind::InvalidPort { .. })
-        ));
+        assert_eq!(PortRange::parse(&PortDoc::Number(443)).unwrap(), PortRange { lo: 443, hi: 443 });
+        assert_eq!(PortRange::parse(&PortDoc::Text("8000-8080".into())).unwrap(), PortRange { lo: 8000, hi: 8080 });
+        assert_eq!(PortRange::parse(&PortDoc::Text("any".into())).unwrap(), PortRange::ANY);
+        assert!(matches!(PortRange::parse(&PortDoc::Number(70000)), Err(PolicyErrorKind::PortOutOfRange { .. })));
+        assert!(matches!(PortRange::parse(&PortDoc::Number(0)), Err(PolicyErrorKind::PortOutOfRange { .. })));
+        assert!(matches!(PortRange::parse(&PortDoc::Text("90-80".into())), Err(PolicyErrorKind::InvalidPort { .. })));
+        assert!(matches!(PortRange::parse(&PortDoc::Text("http".into())), Err(PolicyErrorKind::InvalidPort { .. })));
     }
 }

@@ -47,19 +47,9 @@ fn now() -> Timestamp {
 }
 
 fn parse(text: &str, format: Format) -> Result<SourceDocument, PolicyErrors> {
-    parse_document(text, format)
-        .map(|document| SourceDocument {
-            path: "p.yaml".into(),
-            document,
-        })
-        .map_err(|kind| {
-            PolicyErrors(vec![PolicyError {
-                file: "p.yaml".into(),
-                identity: None,
-                field: String::new(),
-                kind,
-            }])
-        })
+    parse_document(text, format).map(|document| SourceDocument { path: "p.yaml".into(), document }).map_err(|kind| {
+        PolicyErrors(vec![PolicyError { file: "p.yaml".into(), identity: None, field: String::new(), kind }])
+    })
 }
 
 fn check(text: &str) -> Result<PolicySet, PolicyErrors> {
@@ -104,13 +94,7 @@ fn a_good_policy_validates() {
     let id = &set.identities[0];
     assert_eq!(id.name, "ci-bot");
     assert_eq!(id.mode, Mode::Enforce);
-    assert_eq!(
-        id.cgroups,
-        vec![BoundCgroup {
-            path: "/fence/a".into(),
-            id: Some(10)
-        }]
-    );
+    assert_eq!(id.cgroups, vec![BoundCgroup { path: "/fence/a".into(), id: Some(10) }]);
     assert_eq!(id.egress[0].name, "https");
     assert_eq!(id.egress[0].nets.len(), 2);
     assert!(!id.expired);
@@ -140,50 +124,32 @@ protocol = "tcp"
         let doc = parse(text, format).unwrap();
         let set = validate(&[doc], Some(&table()), now()).unwrap();
         assert_eq!(set.identities[0].egress, yaml_set.identities[0].egress);
-        assert_eq!(
-            set.identities[0].version, yaml_set.identities[0].version,
-            "same document, same version"
-        );
+        assert_eq!(set.identities[0].version, yaml_set.identities[0].version, "same document, same version");
     }
 }
 
 #[test]
 fn bad_unknown_field() {
-    let e = error_of(&with(
-        "    mode: enforce\n",
-        "    mode: enforce\n    moda: audit\n",
-    ));
-    assert!(
-        e.contains("identities[0]") && e.contains("unknown field `moda`"),
-        "{e}"
-    );
+    let e = error_of(&with("    mode: enforce\n", "    mode: enforce\n    moda: audit\n"));
+    assert!(e.contains("identities[0]") && e.contains("unknown field `moda`"), "{e}");
 }
 
 #[test]
 fn bad_malformed_cidr() {
     let e = error_of(&with("10.0.0.0/8,", "10.0.0/8,"));
-    assert!(
-        e.contains("identity \"ci-bot\": egress[0].to[0]: \"10.0.0/8\" is not a valid CIDR"),
-        "{e}"
-    );
+    assert!(e.contains("identity \"ci-bot\": egress[0].to[0]: \"10.0.0/8\" is not a valid CIDR"), "{e}");
 }
 
 #[test]
 fn bad_out_of_range_prefix() {
     let e = error_of(&with("10.0.0.0/8,", "10.0.0.0/33,"));
-    assert!(
-        e.contains("egress[0].to[0]") && e.contains("prefix length 33 is out of range (0-32)"),
-        "{e}"
-    );
+    assert!(e.contains("egress[0].to[0]") && e.contains("prefix length 33 is out of range (0-32)"), "{e}");
 }
 
 #[test]
 fn bad_host_bits() {
     let e = error_of(&with("10.0.0.0/8,", "10.1.2.3/8,"));
-    assert!(
-        e.contains("has host bits set; did you mean 10.0.0.0/8?"),
-        "{e}"
-    );
+    assert!(e.contains("has host bits set; did you mean 10.0.0.0/8?"), "{e}");
 }
 
 #[test]
@@ -195,10 +161,7 @@ fn bad_host_name_in_cidr() {
 #[test]
 fn bad_port_out_of_range() {
     let e = error_of(&with("[443, ", "[70000, "));
-    assert!(
-        e.contains("egress[0].ports[0]: 70000 is out of range (ports are 1-65535)"),
-        "{e}"
-    );
+    assert!(e.contains("egress[0].ports[0]: 70000 is out of range (ports are 1-65535)"), "{e}");
     let e = error_of(&with("[443, ", "[0, "));
     assert!(e.contains("egress[0].ports[0]: 0 is out of range"), "{e}");
 }
@@ -206,19 +169,13 @@ fn bad_port_out_of_range() {
 #[test]
 fn bad_port_range() {
     let e = error_of(&with("\"8000-8080\"", "\"8080-8000\""));
-    assert!(
-        e.contains("egress[0].ports[1]") && e.contains("first port is greater"),
-        "{e}"
-    );
+    assert!(e.contains("egress[0].ports[1]") && e.contains("first port is greater"), "{e}");
 }
 
 #[test]
 fn bad_empty_identity_name() {
     let e = error_of(&with("name: ci-bot", "name: \"\""));
-    assert!(
-        e.contains("identities[0].name") && e.contains("must not be empty"),
-        "{e}"
-    );
+    assert!(e.contains("identities[0].name") && e.contains("must not be empty"), "{e}");
 }
 
 #[test]
@@ -229,14 +186,10 @@ fn bad_identity_name_characters() {
 
 #[test]
 fn bad_duplicate_identity() {
-    let doubled = format!(
-        "{GOOD}  - name: ci-bot\n    owner: o\n    purpose: p\n    selectors: [{{cgroup: /fence/b}}]\n"
-    );
+    let doubled =
+        format!("{GOOD}  - name: ci-bot\n    owner: o\n    purpose: p\n    selectors: [{{cgroup: /fence/b}}]\n");
     let e = error_of(&doubled);
-    assert!(
-        e.contains("identity \"ci-bot\": name: identity is also defined in this file"),
-        "{e}"
-    );
+    assert!(e.contains("identity \"ci-bot\": name: identity is also defined in this file"), "{e}");
 }
 
 #[test]
@@ -244,24 +197,14 @@ fn bad_duplicate_identity_across_files() {
     let a = parse(GOOD, Format::Yaml).unwrap();
     let mut b = parse(&GOOD.replace("/fence/a", "/fence/b"), Format::Yaml).unwrap();
     b.path = "other.yaml".into();
-    let e = validate(&[a, b], Some(&table()), now())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("other.yaml: identity \"ci-bot\": name: identity is also defined in p.yaml"),
-        "{e}"
-    );
+    let e = validate(&[a, b], Some(&table()), now()).unwrap_err().to_string();
+    assert!(e.contains("other.yaml: identity \"ci-bot\": name: identity is also defined in p.yaml"), "{e}");
 }
 
 #[test]
 fn bad_missing_cgroup() {
     let e = error_of(&with("/fence/a}", "/fence/missing}"));
-    assert!(
-        e.contains(
-            "selectors[0].cgroup: cgroup \"/fence/missing\" does not exist under /sys/fs/cgroup"
-        ),
-        "{e}"
-    );
+    assert!(e.contains("selectors[0].cgroup: cgroup \"/fence/missing\" does not exist under /sys/fs/cgroup"), "{e}");
 }
 
 #[test]
@@ -293,17 +236,13 @@ fn bad_conflicting_modes_on_one_cgroup() {
 
 #[test]
 fn bad_unreadable_and_empty_files() {
-    let e = load_paths(&["/nonexistent/policy.yaml".into()])
-        .unwrap_err()
-        .to_string();
+    let e = load_paths(&["/nonexistent/policy.yaml".into()]).unwrap_err().to_string();
     assert!(e.contains("/nonexistent/policy.yaml: cannot read"), "{e}");
     let dir = std::env::temp_dir().join(format!("fence-policy-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let empty = dir.join("empty.yaml");
     std::fs::write(&empty, "  \n").unwrap();
-    let e = load_paths(std::slice::from_ref(&empty))
-        .unwrap_err()
-        .to_string();
+    let e = load_paths(std::slice::from_ref(&empty)).unwrap_err().to_string();
     assert!(e.contains("empty.yaml: file is empty"), "{e}");
     let odd = dir.join("policy.ini");
     std::fs::write(&odd, "x").unwrap();
@@ -317,10 +256,7 @@ fn bad_wrong_types() {
     let e = error_of(&with("mode: enforce", "mode: 5"));
     assert!(e.contains("identities[0].mode"), "{e}");
     let e = error_of(&with("protocol: tcp", "protocol: icmp"));
-    assert!(
-        e.contains("identities[0].egress[0].protocol") && e.contains("unknown variant `icmp`"),
-        "{e}"
-    );
+    assert!(e.contains("identities[0].egress[0].protocol") && e.contains("unknown variant `icmp`"), "{e}");
     let e = error_of(&with("ports: [443, \"8000-8080\"]", "ports: 443"));
     assert!(e.contains("identities[0].egress[0].ports"), "{e}");
     let e = error_of(&with("ports: [443, ", "ports: [http, "));
@@ -338,10 +274,7 @@ fn bad_missing_owner_or_purpose() {
     let e = error_of(&with("    owner: platform@example.com\n", ""));
     assert!(e.contains("identity \"ci-bot\": owner: is required"), "{e}");
     let e = error_of(&with("purpose: runs CI", "purpose: \"  \""));
-    assert!(
-        e.contains("identity \"ci-bot\": purpose: is required"),
-        "{e}"
-    );
+    assert!(e.contains("identity \"ci-bot\": purpose: is required"), "{e}");
 }
 
 #[test]
@@ -354,22 +287,11 @@ fn bad_schema() {
 
 #[test]
 fn bad_dates() {
-    let e = error_of(&with(
-        "    mode: enforce\n",
-        "    mode: enforce\n    expires: next tuesday\n",
-    ));
-    assert!(
-        e.contains("expires: \"next tuesday\" is not a valid date"),
-        "{e}"
-    );
-    let e = error_of(&with(
-        "    mode: enforce\n",
-        "    mode: enforce\n    created: 2027-01-01\n    expires: 2026-01-01\n",
-    ));
-    assert!(
-        e.contains("expires: 2026-01-01 is before created 2027-01-01"),
-        "{e}"
-    );
+    let e = error_of(&with("    mode: enforce\n", "    mode: enforce\n    expires: next tuesday\n"));
+    assert!(e.contains("expires: \"next tuesday\" is not a valid date"), "{e}");
+    let e =
+        error_of(&with("    mode: enforce\n", "    mode: enforce\n    created: 2027-01-01\n    expires: 2026-01-01\n"));
+    assert!(e.contains("expires: 2026-01-01 is before created 2027-01-01"), "{e}");
 }
 
 #[test]
@@ -392,17 +314,9 @@ fn every_problem_is_reported_at_once() {
 
 #[test]
 fn expired_identities_are_flagged_not_refused() {
-    let set = check(&with(
-        "    mode: enforce\n",
-        "    mode: enforce\n    expires: 2026-01-01\n",
-    ))
-    .unwrap();
+    let set = check(&with("    mode: enforce\n", "    mode: enforce\n    expires: 2026-01-01\n")).unwrap();
     assert!(set.identities[0].expired);
-    let set = check(&with(
-        "    mode: enforce\n",
-        "    mode: enforce\n    expires: 2027-01-01T00:00:00Z\n",
-    ))
-    .unwrap();
+    let set = check(&with("    mode: enforce\n", "    mode: enforce\n    expires: 2027-01-01T00:00:00Z\n")).unwrap();
     assert!(!set.identities[0].expired);
 }
 
@@ -410,13 +324,7 @@ fn expired_identities_are_flagged_not_refused() {
 fn offline_validation_skips_host_checks() {
     let doc = parse(&with("/fence/a}", "/not/on/this/host}"), Format::Yaml).unwrap();
     let set = validate(&[doc], None, now()).unwrap();
-    assert_eq!(
-        set.identities[0].cgroups[0],
-        BoundCgroup {
-            path: "/not/on/this/host".into(),
-            id: None
-        }
-    );
+    assert_eq!(set.identities[0].cgroups[0], BoundCgroup { path: "/not/on/this/host".into(), id: None });
 }
 
 #[test]

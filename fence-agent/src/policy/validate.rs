@@ -14,7 +14,8 @@ use sha2::{Digest as _, Sha256};
 
 use super::{
     PolicyError, PolicyErrorKind, PolicyErrors, SCHEMA_VERSION, SourceDocument,
-    model::{IdentityDoc, Mode, Protocol},
+    glob::PathGlob,
+    model::{ExecEntryDoc, IdentityDoc, Mode, Protocol},
     net::{IpNet, PortRange},
 };
 
@@ -53,8 +54,33 @@ pub struct Identity {
     pub mode: Mode,
     pub cgroups: Vec<BoundCgroup>,
     pub egress: Vec<EgressRule>,
+    /// `None`: exec is not restricted.
+    pub exec: Option<ExecPolicy>,
+    /// Readable exceptions to the host's protected set.
+    pub file_exceptions: Vec<PathGlob>,
+    /// `None`: only the host's default-deny sockets are denied.
+    pub unix: Option<UnixPolicy>,
     pub version: PolicyVersion,
     pub source: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecPolicy {
+    pub allow: Vec<ExecRule>,
+    pub fileless: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRule {
+    pub glob: PathGlob,
+    pub sha256: Option<[u8; 32]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixPolicy {
+    pub paths: Vec<PathGlob>,
+    /// Abstract names without the leading NUL.
+    pub abstract_names: Vec<Vec<u8>>,
 }
 
 /// A cgroup an identity is bound to.
@@ -119,43 +145,23 @@ pub fn validate(
     let mut identities = Vec::new();
     let mut names: HashMap<String, PathBuf> = HashMap::new();
     for doc in docs {
-        let file_err = |field: &str, kind| PolicyError {
-            file: doc.path.clone(),
-            identity: None,
-            field: field.to_owned(),
-            kind,
-        };
+        let file_err =
+            |field: &str, kind| PolicyError { file: doc.path.clone(), identity: None, field: field.to_owned(), kind };
         match doc.document.schema {
-            None => errors.push(file_err(
-                "schema",
-                PolicyErrorKind::Required(" (schema: 1)"),
-            )),
-            Some(s) if s != u64::from(SCHEMA_VERSION) => errors.push(file_err(
-                "schema",
-                PolicyErrorKind::UnsupportedSchema {
-                    found: s,
-                    supported: SCHEMA_VERSION,
-                },
-            )),
+            None => errors.push(file_err("schema", PolicyErrorKind::Required(" (schema: 1)"))),
+            Some(s) if s != u64::from(SCHEMA_VERSION) => errors
+                .push(file_err("schema", PolicyErrorKind::UnsupportedSchema { found: s, supported: SCHEMA_VERSION })),
             Some(_) => {}
         }
         for (index, idoc) in doc.document.identities.iter().enumerate() {
-            let mut ctx = Ctx {
-                file: &doc.path,
-                identity: None,
-                errors: &mut errors,
-            };
+            let mut ctx = Ctx { file: &doc.path, identity: None, errors: &mut errors };
             if let Err(kind) = check_name(&idoc.name) {
                 ctx.push(&format!("identities[{index}].name"), kind);
                 continue;
             }
             ctx.identity = Some(&idoc.name);
             if let Some(other) = names.get(&idoc.name) {
-                let other = if other == &doc.path {
-                    "this file".to_owned()
-                } else {
-                    other.display().to_string()
-                };
+                let other = if other == &doc.path { "this file".to_owned() } else { other.display().to_string() };
                 ctx.push("name", PolicyErrorKind::DuplicateIdentity { other });
                 continue;
             }
@@ -166,11 +172,7 @@ pub fn validate(
         }
     }
     check_cgroup_conflicts(&identities, &mut errors);
-    if errors.is_empty() {
-        Ok(PolicySet { identities })
-    } else {
-        Err(PolicyErrors(errors))
-    }
+    if errors.is_empty() { Ok(PolicySet { identities }) } else { Err(PolicyErrors(errors)) }
 }
 
 struct Ctx<'a> {
@@ -191,12 +193,7 @@ impl Ctx<'_> {
 }
 
 fn check_name(name: &str) -> Result<(), PolicyErrorKind> {
-    let invalid = |why| {
-        Err(PolicyErrorKind::InvalidName {
-            value: name.to_owned(),
-            why,
-        })
-    };
+    let invalid = |why| Err(PolicyErrorKind::InvalidName { value: name.to_owned(), why });
     if name.is_empty() {
         return invalid("must not be empty");
     }
@@ -206,10 +203,7 @@ fn check_name(name: &str) -> Result<(), PolicyErrorKind> {
     if !name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit()) {
         return invalid("must start with a lowercase letter or a digit");
     }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
-    {
+    if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c)) {
         return invalid("only lowercase letters, digits, '.', '_' and '-' are allowed");
     }
     Ok(())
@@ -222,26 +216,10 @@ fn identity(
     now: Timestamp,
 ) -> Option<Identity> {
     let before = ctx.errors.len();
-    let owner = required_text(
-        ctx,
-        "owner",
-        doc.owner.as_deref(),
-        " (who answers for this identity)",
-    );
-    let purpose = required_text(
-        ctx,
-        "purpose",
-        doc.purpose.as_deref(),
-        " (why this identity exists)",
-    );
-    let created = doc
-        .created
-        .as_deref()
-        .and_then(|t| timestamp(ctx, "created", t));
-    let expires = doc
-        .expires
-        .as_deref()
-        .and_then(|t| timestamp(ctx, "expires", t));
+    let owner = required_text(ctx, "owner", doc.owner.as_deref(), " (who answers for this identity)");
+    let purpose = required_text(ctx, "purpose", doc.purpose.as_deref(), " (why this identity exists)");
+    let created = doc.created.as_deref().and_then(|t| timestamp(ctx, "created", t));
+    let expires = doc.expires.as_deref().and_then(|t| timestamp(ctx, "expires", t));
     if let (Some(c), Some(e)) = (created, expires)
         && e <= c
     {
@@ -262,12 +240,10 @@ fn identity(
         .enumerate()
         .filter_map(|(i, s)| cgroup(ctx, &format!("selectors[{i}].cgroup"), &s.cgroup, resolver))
         .collect();
-    let egress: Vec<EgressRule> = doc
-        .egress
-        .iter()
-        .enumerate()
-        .filter_map(|(i, r)| egress_rule(ctx, i, r))
-        .collect();
+    let egress: Vec<EgressRule> = doc.egress.iter().enumerate().filter_map(|(i, r)| egress_rule(ctx, i, r)).collect();
+    let exec = doc.exec.as_ref().map(|e| exec_policy(ctx, e));
+    let file_exceptions = doc.files.as_ref().map(|f| globs(ctx, "files.allow", &f.allow, true)).unwrap_or_default();
+    let unix = doc.unix.as_ref().map(|u| unix_policy(ctx, &u.allow));
     if ctx.errors.len() != before {
         return None;
     }
@@ -281,17 +257,15 @@ fn identity(
         mode: doc.mode,
         cgroups,
         egress,
+        exec,
+        file_exceptions,
+        unix,
         version: PolicyVersion::of(doc),
         source: ctx.file.to_owned(),
     })
 }
 
-fn required_text(
-    ctx: &mut Ctx<'_>,
-    field: &str,
-    value: Option<&str>,
-    hint: &'static str,
-) -> Option<String> {
+fn required_text(ctx: &mut Ctx<'_>, field: &str, value: Option<&str>, hint: &'static str) -> Option<String> {
     match value.map(str::trim) {
         Some(v) if !v.is_empty() => Some(v.to_owned()),
         _ => {
@@ -325,16 +299,8 @@ fn timestamp(ctx: &mut Ctx<'_>, field: &str, text: &str) -> Option<Timestamp> {
     }
 }
 
-fn cgroup(
-    ctx: &mut Ctx<'_>,
-    field: &str,
-    raw: &str,
-    resolver: Option<&dyn CgroupResolver>,
-) -> Option<BoundCgroup> {
-    let unusable = |why: &str| PolicyErrorKind::CgroupUnusable {
-        path: raw.to_owned(),
-        why: why.to_owned(),
-    };
+fn cgroup(ctx: &mut Ctx<'_>, field: &str, raw: &str, resolver: Option<&dyn CgroupResolver>) -> Option<BoundCgroup> {
+    let unusable = |why: &str| PolicyErrorKind::CgroupUnusable { path: raw.to_owned(), why: why.to_owned() };
     let parts: Vec<&str> = raw.split('/').filter(|p| !p.is_empty()).collect();
     if parts.is_empty() {
         let why = "the root cgroup holds every process on the host, the agent included";
@@ -342,17 +308,11 @@ fn cgroup(
         return None;
     }
     if parts.iter().any(|p| *p == "." || *p == "..") {
-        ctx.push(
-            field,
-            unusable("'.' and '..' are not allowed in cgroup paths"),
-        );
+        ctx.push(field, unusable("'.' and '..' are not allowed in cgroup paths"));
         return None;
     }
     if parts.len() > MAX_CGROUP_DEPTH as usize {
-        ctx.push(
-            field,
-            unusable(&format!("deeper than {MAX_CGROUP_DEPTH} levels")),
-        );
+        ctx.push(field, unusable(&format!("deeper than {MAX_CGROUP_DEPTH} levels")));
         return None;
     }
     let path = format!("/{}", parts.join("/"));
@@ -379,11 +339,7 @@ fn cgroup(
     }
 }
 
-fn egress_rule(
-    ctx: &mut Ctx<'_>,
-    index: usize,
-    doc: &super::model::EgressDoc,
-) -> Option<EgressRule> {
+fn egress_rule(ctx: &mut Ctx<'_>, index: usize, doc: &super::model::EgressDoc) -> Option<EgressRule> {
     let before = ctx.errors.len();
     let base = format!("egress[{index}]");
     if doc.to.is_empty() {
@@ -424,12 +380,119 @@ fn egress_rule(
         Protocol::Udp => PROTO_UDP,
         Protocol::Any => PROTO_TCP | PROTO_UDP,
     };
-    Some(EgressRule {
-        name,
-        nets,
-        ports,
-        protocols,
-    })
+    Some(EgressRule { name, nets, ports, protocols })
+}
+
+fn path_glob(ctx: &mut Ctx<'_>, field: &str, text: &str, trees: bool) -> Option<PathGlob> {
+    match PathGlob::parse(text) {
+        Ok(g) if g.is_tree() && !trees => {
+            ctx.push(
+                field,
+                PolicyErrorKind::InvalidValue {
+                    what: "path",
+                    value: text.to_owned(),
+                    why: "'/**' is not allowed here; list the files (a '*' matches the files of a directory)"
+                        .to_owned(),
+                },
+            );
+            None
+        }
+        Ok(g) => Some(g),
+        Err(kind) => {
+            ctx.push(field, kind);
+            None
+        }
+    }
+}
+
+fn globs(ctx: &mut Ctx<'_>, field: &str, list: &[String], trees: bool) -> Vec<PathGlob> {
+    list.iter().enumerate().filter_map(|(i, t)| path_glob(ctx, &format!("{field}[{i}]"), t, trees)).collect()
+}
+
+/// File names of dynamic loaders: allowing one lets any file run through it (`ld.so ./prog`).
+pub fn is_dynamic_loader(name: &str) -> bool {
+    name.starts_with("ld-linux") || name.starts_with("ld.so") || (name.starts_with("ld-") && name.contains(".so"))
+}
+
+fn exec_policy(ctx: &mut Ctx<'_>, doc: &super::model::ExecDoc) -> ExecPolicy {
+    let mut allow = Vec::new();
+    for (i, entry) in doc.allow.iter().enumerate() {
+        let field = format!("exec.allow[{i}]");
+        let (path, sha) = match entry {
+            ExecEntryDoc::Path(p) => (p.as_str(), None),
+            ExecEntryDoc::Pinned(p) => (p.path.as_str(), p.sha256.as_deref()),
+        };
+        let Some(glob) = path_glob(ctx, &field, path, false) else { continue };
+        if glob.components().last().is_some_and(|n| is_dynamic_loader(n)) {
+            ctx.push(
+                &field,
+                PolicyErrorKind::InvalidValue {
+                    what: "program",
+                    value: path.to_owned(),
+                    why: "the dynamic loader runs any file given to it (`ld.so ./program`), which would \
+                          defeat the allow-list; dynamically linked programs do not need it listed"
+                        .to_owned(),
+                },
+            );
+            continue;
+        }
+        let sha256 = match sha {
+            None => None,
+            Some(hex) => match parse_sha256(hex) {
+                Some(h) => Some(h),
+                None => {
+                    ctx.push(
+                        &format!("{field}.sha256"),
+                        PolicyErrorKind::InvalidValue {
+                            what: "sha256",
+                            value: hex.to_owned(),
+                            why: "expected 64 hexadecimal digits".to_owned(),
+                        },
+                    );
+                    continue;
+                }
+            },
+        };
+        allow.push(ExecRule { glob, sha256 });
+    }
+    ExecPolicy { allow, fileless: doc.fileless }
+}
+
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn unix_policy(ctx: &mut Ctx<'_>, list: &[String]) -> UnixPolicy {
+    let mut paths = Vec::new();
+    let mut abstract_names = Vec::new();
+    for (i, entry) in list.iter().enumerate() {
+        let field = format!("unix.allow[{i}]");
+        if let Some(name) = entry.strip_prefix('@') {
+            if name.is_empty() || name.len() > fence_common::ABSTRACT_NAME_LEN {
+                ctx.push(
+                    &field,
+                    PolicyErrorKind::InvalidValue {
+                        what: "abstract socket name",
+                        value: entry.clone(),
+                        why: format!("must be 1 to {} bytes after '@'", fence_common::ABSTRACT_NAME_LEN),
+                    },
+                );
+                continue;
+            }
+            abstract_names.push(name.as_bytes().to_vec());
+        } else if let Some(g) = path_glob(ctx, &field, entry, false) {
+            paths.push(g);
+        }
+    }
+    UnixPolicy { paths, abstract_names }
 }
 
 /// One cgroup, one identity: two identities on one cgroup would make its mode and rules

@@ -1,0 +1,554 @@
+//! The credential-file fence where BPF LSM cannot load: fanotify permission events
+//! (FAN_OPEN_PERM) on the protected inodes, answered by the agent.
+//!
+//! - Marks are on inodes (files) and on protected directories (with FAN_EVENT_ON_CHILD, every
+//!   directory of the tree), so other names for the same file (links, bind mounts, renames)
+//!   raise the same event.
+//! - Only opens of protected files reach the agent; the answer is computed from an in-memory
+//!   snapshot of the policy and /proc/<tid>/cgroup, and a fenced opener gets FAN_DENY (EPERM).
+//! - A stuck decision is answered FAN_ALLOW by a watchdog after [`DECISION_TIMEOUT`] (logged
+//!   and counted): an unfenced process never waits on the agent for longer than that. If the
+//!   agent dies, the kernel allows every pending open and drops the marks.
+//! - A policy change builds a new group, starts answering it, then closes the old one: during
+//!   the overlap both must allow, so there is no unprotected window.
+
+use std::{
+    collections::HashMap,
+    fs,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use fence_common::{
+    EVENT_FILE, EventHeader, IDENTITY_DENY_ALL, MODE_AUDIT, ObjectEvent, PROTECT_ENV_ROOT, PROTECT_FILE, PROTECT_TREE,
+    VERDICT_DENIED, VERDICT_WOULD_DENY, mechanism, op, reason,
+};
+use nix::{
+    poll::{PollFd, PollFlags, PollTimeout, poll},
+    sys::fanotify::{EventFFlags, Fanotify, FanotifyResponse, InitFlags, MarkFlags, MaskFlags, Response},
+};
+use thiserror::Error;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::{
+    cgroup::Cgroups,
+    compile::CompiledPolicy,
+    events::decode::KernelEvent,
+    hold::Holder,
+    resolve::{Mounts, ObjectId, Resolved, object_id, object_id_of_fd},
+};
+
+/// Longest an open of a protected file waits for the agent's answer.
+pub const DECISION_TIMEOUT: Duration = Duration::from_secs(1);
+/// Directories marked below one protected directory or env root at most.
+const MAX_TREE_DIRS: usize = 10_000;
+/// Levels searched above a file for a protected or excepted directory (as the kernel side).
+const MAX_WALK: usize = 16;
+
+#[derive(Debug, Error)]
+pub enum FanotifyError {
+    #[error("fanotify_init failed: {0} (needs CAP_SYS_ADMIN and CONFIG_FANOTIFY_ACCESS_PERMISSIONS)")]
+    Init(nix::Error),
+}
+
+/// What the decision needs about one identity.
+#[derive(Debug, Clone, Default)]
+struct Ident {
+    audit: bool,
+    deny_all: bool,
+    policy_version: u32,
+    /// Readable exceptions: inode -> PROTECT_FILE / PROTECT_TREE.
+    exceptions: HashMap<ObjectId, u32>,
+}
+
+/// An immutable snapshot of the file policy, shared with the answering thread.
+#[derive(Debug, Default)]
+pub struct FilePolicy {
+    /// Bound cgroup path (relative to the cgroup2 mount) -> identity id.
+    cgroups: HashMap<String, u32>,
+    identities: HashMap<u32, Ident>,
+    /// Protected inode -> PROTECT_* flags.
+    protected: HashMap<ObjectId, u32>,
+}
+
+impl FilePolicy {
+    pub fn new(compiled: &CompiledPolicy) -> FilePolicy {
+        let mut p = FilePolicy { protected: compiled.protected.iter().copied().collect(), ..FilePolicy::default() };
+        for identity in &compiled.identities {
+            for (path, _) in &identity.cgroups {
+                p.cgroups.insert(path.clone(), identity.id);
+            }
+            p.identities.insert(
+                identity.id,
+                Ident {
+                    audit: identity.info.mode == MODE_AUDIT,
+                    deny_all: identity.info.flags & IDENTITY_DENY_ALL != 0,
+                    policy_version: identity.info.policy_version,
+                    exceptions: HashMap::new(),
+                },
+            );
+        }
+        for &(id, obj, flags) in &compiled.file_exceptions {
+            if let Some(i) = p.identities.get_mut(&id) {
+                *i.exceptions.entry(obj).or_default() |= flags;
+            }
+        }
+        p
+    }
+
+    /// The identity of a process in cgroup `path`: the deepest bound ancestor, as the kernel.
+    pub fn identity_of_cgroup(&self, path: &str) -> Option<u32> {
+        let mut p = path.trim_end_matches('/');
+        loop {
+            if let Some(&id) = self.cgroups.get(p) {
+                return Some(id);
+            }
+            match p.rfind('/') {
+                Some(0) | None => return None,
+                Some(i) => p = &p[..i],
+            }
+        }
+    }
+}
+
+/// The outcome for one open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// Report; `deny` false in audit mode.
+    Report {
+        identity: u32,
+        reason: u8,
+        rule: Option<ObjectId>,
+        deny: bool,
+    },
+}
+
+/// Decides an open of a marked (hence protected) `file` by identity `who`; `dirs` are the
+/// file's directories, innermost first, when its path could be followed in this mount
+/// namespace (used for exceptions on directories and to name the protecting rule). Pure: the
+/// caller gathers the facts.
+pub fn decide(policy: &FilePolicy, who: Option<u32>, file: ObjectId, dirs: &[ObjectId]) -> Decision {
+    let Some(id) = who else { return Decision::Allow };
+    let Some(ident) = policy.identities.get(&id) else { return Decision::Allow };
+    let report = |reason, rule| Decision::Report { identity: id, reason, rule, deny: !ident.audit };
+    if ident.deny_all {
+        return report(reason::IDENTITY_DENY_ALL, None);
+    }
+    let dirs = &dirs[..dirs.len().min(MAX_WALK)];
+    if ident.exceptions.contains_key(&file)
+        || dirs.iter().any(|d| ident.exceptions.get(d).is_some_and(|f| f & PROTECT_TREE != 0))
+    {
+        return Decision::Allow;
+    }
+    let rule = if policy.protected.get(&file).is_some_and(|f| f & (PROTECT_FILE | PROTECT_TREE) != 0) {
+        Some(file)
+    } else {
+        dirs.iter()
+            .copied()
+            .find(|d| policy.protected.get(d).is_some_and(|f| f & (PROTECT_TREE | PROTECT_ENV_ROOT) != 0))
+    };
+    // Only protected objects are marked, so an event is about a protected file even when its
+    // directories cannot be followed (a path in another mount namespace).
+    report(reason::FILE_PROTECTED, rule)
+}
+
+/// One fanotify group with its answering and watchdog threads.
+struct Group {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+    marks: usize,
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        // The Fanotify fd closes with the last thread's Arc: pending events are allowed.
+    }
+}
+
+/// The fanotify file fence. `update` swaps in a new group for a new policy.
+pub struct FileFence {
+    group: Option<Group>,
+    events: UnboundedSender<KernelEvent>,
+    cgroups: Cgroups,
+    pub timeouts: Arc<AtomicU64>,
+}
+
+impl FileFence {
+    /// Checks that permission events are available (creates and drops a group).
+    pub fn probe() -> Result<(), FanotifyError> {
+        init().map(drop)
+    }
+
+    pub fn new(events: UnboundedSender<KernelEvent>, cgroups: Cgroups) -> FileFence {
+        FileFence { group: None, events, cgroups, timeouts: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// Marks the protected inodes of `resolved` under `compiled`'s rules in a new group and
+    /// retires the old group. Returns directories the caller should watch for new files.
+    pub fn update(
+        &mut self,
+        compiled: &CompiledPolicy,
+        resolved: &Resolved,
+        held: &Holder,
+    ) -> Result<Vec<PathBuf>, FanotifyError> {
+        let fan = Arc::new(init()?);
+        let policy = Arc::new(FilePolicy::new(compiled));
+        let stop = Arc::new(AtomicBool::new(false));
+        let in_flight: Arc<Mutex<Option<(i32, Instant)>>> = Arc::new(Mutex::new(None));
+        let answer = {
+            let (fan, stop, in_flight) = (fan.clone(), stop.clone(), in_flight.clone());
+            let events = self.events.clone();
+            let cgroups = self.cgroups.clone();
+            thread::Builder::new()
+                .name("fence-fanotify".into())
+                .spawn(move || answer_loop(&fan, &policy, &stop, &in_flight, &events, &cgroups))
+                .expect("spawning the fanotify thread")
+        };
+        let watchdog = {
+            let (fan, stop, in_flight, timeouts) =
+                (fan.clone(), stop.clone(), in_flight.clone(), self.timeouts.clone());
+            thread::Builder::new()
+                .name("fence-fanotify-watchdog".into())
+                .spawn(move || watchdog_loop(&fan, &stop, &in_flight, &timeouts))
+                .expect("spawning the fanotify watchdog")
+        };
+        let (marks, watch) = add_marks(&fan, resolved, held);
+        drop(fan);
+        let old = self.group.replace(Group { stop, threads: vec![answer, watchdog], marks });
+        drop(old);
+        Ok(watch)
+    }
+
+    pub fn marks(&self) -> usize {
+        self.group.as_ref().map_or(0, |g| g.marks)
+    }
+}
+
+fn init() -> Result<Fanotify, FanotifyError> {
+    Fanotify::init(
+        InitFlags::FAN_CLASS_CONTENT
+            | InitFlags::FAN_CLOEXEC
+            | InitFlags::FAN_NONBLOCK
+            | InitFlags::FAN_UNLIMITED_QUEUE
+            | InitFlags::FAN_UNLIMITED_MARKS
+            | InitFlags::FAN_REPORT_TID,
+        EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
+    )
+    .map_err(FanotifyError::Init)
+}
+
+/// Marks every protected file, every directory of protected trees, and the `.env*` files
+/// below env roots. Returns (marks, directories to watch for new files).
+fn add_marks(fan: &Fanotify, resolved: &Resolved, held: &Holder) -> (usize, Vec<PathBuf>) {
+    let mark_path = |path: &Path, mask: MaskFlags| match fan.mark(
+        MarkFlags::FAN_MARK_ADD,
+        mask,
+        nix::fcntl::AT_FDCWD,
+        Some(path),
+    ) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "fanotify mark failed; this path is not protected");
+            false
+        }
+    };
+    let mut marks = 0;
+    let mut watch = Vec::new();
+    for e in &resolved.protected {
+        if e.value & PROTECT_TREE != 0 {
+            for dir in walk_dirs(&e.path) {
+                marks += usize::from(mark_path(
+                    &dir,
+                    MaskFlags::FAN_OPEN_PERM | MaskFlags::FAN_EVENT_ON_CHILD | MaskFlags::FAN_ONDIR,
+                ));
+                watch.push(dir);
+            }
+        } else if e.value & PROTECT_ENV_ROOT != 0 {
+            for dir in walk_dirs(&e.path) {
+                if let Ok(entries) = fs::read_dir(&dir) {
+                    for f in entries.flatten() {
+                        if f.file_name().to_string_lossy().starts_with(".env") && f.path().is_file() {
+                            marks += usize::from(mark_path(&f.path(), MaskFlags::FAN_OPEN_PERM));
+                        }
+                    }
+                }
+                watch.push(dir);
+            }
+        } else if e.value & PROTECT_FILE != 0 {
+            // Through the held descriptor's magic link: the inode, wherever its path now is.
+            // (fanotify_mark ignores O_PATH descriptors given as dirfd.)
+            let path = match held.fd(e.id) {
+                Some(fd) => PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+                None => e.path.clone(),
+            };
+            marks += usize::from(mark_path(&path, MaskFlags::FAN_OPEN_PERM));
+        }
+    }
+    (marks, watch)
+}
+
+/// `root` and the directories below it (not following symlinks), at most `MAX_TREE_DIRS`.
+fn walk_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut out = vec![root.to_owned()];
+    let mut i = 0;
+    while i < out.len() && out.len() < MAX_TREE_DIRS {
+        if let Ok(entries) = fs::read_dir(&out[i]) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.push(e.path());
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+fn answer_loop(
+    fan: &Fanotify,
+    policy: &FilePolicy,
+    stop: &AtomicBool,
+    in_flight: &Mutex<Option<(i32, Instant)>>,
+    events: &UnboundedSender<KernelEvent>,
+    cgroups: &Cgroups,
+) {
+    let mut mounts = Mounts::read();
+    let mut mounts_read = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        let mut fds = [PollFd::new(fan.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(200u16)) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "polling fanotify failed");
+                thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        }
+        let batch = match fan.read_events() {
+            Ok(b) => b,
+            Err(nix::errno::Errno::EAGAIN) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "reading fanotify events failed");
+                continue;
+            }
+        };
+        if mounts_read.elapsed() > Duration::from_secs(5) {
+            mounts = Mounts::read();
+            mounts_read = Instant::now();
+        }
+        for event in batch {
+            let Some(fd) = event.fd() else { continue };
+            if !event.mask().contains(MaskFlags::FAN_OPEN_PERM) {
+                continue;
+            }
+            let raw = fd.as_raw_fd();
+            *in_flight.lock().unwrap_or_else(|p| p.into_inner()) = Some((raw, Instant::now()));
+            let tid = event.pid();
+            let (decision, facts) = judge(policy, tid, fd, &mounts);
+            let response = match decision {
+                Decision::Report { deny: true, .. } => Response::FAN_DENY,
+                _ => Response::FAN_ALLOW,
+            };
+            // The opener waits for our answer, so its /proc entries are still there: read
+            // them for the event before answering.
+            let record = match decision {
+                Decision::Report { identity, reason, rule, deny } => {
+                    Some(event_record(policy, identity, reason, rule, deny, tid, facts, cgroups))
+                }
+                Decision::Allow => None,
+            };
+            {
+                let mut slot = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                // The watchdog may have answered already (it clears the slot when it does).
+                if slot.is_some_and(|(f, _)| f == raw) {
+                    if let Err(e) = fan.write_response(FanotifyResponse::new(fd, response)) {
+                        tracing::error!(error = %e, "answering a fanotify event failed");
+                    }
+                    *slot = None;
+                }
+            }
+            if let Some(record) = record {
+                let _ = events.send(KernelEvent::Object(Box::new(record)));
+            }
+            // `event` drops here and closes its fd, after the slot was cleared.
+        }
+    }
+}
+
+fn watchdog_loop(fan: &Fanotify, stop: &AtomicBool, in_flight: &Mutex<Option<(i32, Instant)>>, timeouts: &AtomicU64) {
+    while !stop.load(Ordering::SeqCst) {
+        thread::sleep(Duration::from_millis(100));
+        let mut slot = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((fd, since)) = *slot
+            && since.elapsed() > DECISION_TIMEOUT
+        {
+            // SAFETY: the answering thread closes this fd only after clearing the slot, which
+            // it cannot do while we hold the lock.
+            let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+            let _ = fan.write_response(FanotifyResponse::new(borrowed, Response::FAN_ALLOW));
+            *slot = None;
+            timeouts.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("a fanotify decision took longer than {DECISION_TIMEOUT:?}; the open was allowed");
+        }
+    }
+}
+
+/// What was learned about the opener and the file, for the event.
+struct Facts {
+    file: ObjectId,
+    path: PathBuf,
+    cgroup: Option<String>,
+}
+
+fn judge(policy: &FilePolicy, tid: i32, fd: BorrowedFd<'_>, mounts: &Mounts) -> (Decision, Facts) {
+    let cgroup = Cgroups::path_of_process(&tid.to_string());
+    let who = cgroup.as_deref().and_then(|c| policy.identity_of_cgroup(c));
+    let file = object_id_of_fd(fd, mounts).map(|(id, _)| id).unwrap_or(ObjectId { dev: 0, ino: 0 });
+    let path = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default();
+    // The path names this file here only if it leads to the same inode (an open through a
+    // mount in another namespace reads as a path that means something else here).
+    let path_is_ours = object_id(&path, mounts).is_ok_and(|(id, _)| id == file);
+    let facts = Facts { file, path: path.clone(), cgroup };
+    if who.is_none() {
+        return (Decision::Allow, facts);
+    }
+    let dirs: Vec<ObjectId> = if path_is_ours {
+        path.ancestors().skip(1).take(MAX_WALK).filter_map(|a| object_id(a, mounts).ok().map(|(id, _)| id)).collect()
+    } else {
+        Vec::new()
+    };
+    (decide(policy, who, file, &dirs), facts)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn event_record(
+    policy: &FilePolicy,
+    identity: u32,
+    why: u8,
+    rule: Option<ObjectId>,
+    deny: bool,
+    tid: i32,
+    facts: Facts,
+    cgroups: &Cgroups,
+) -> ObjectEvent {
+    let status = fs::read_to_string(format!("/proc/{tid}/status")).unwrap_or_default();
+    let field = |name: &str| -> u32 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut comm = [0u8; 16];
+    let c = fs::read_to_string(format!("/proc/{tid}/comm")).unwrap_or_default();
+    for (d, s) in comm.iter_mut().zip(c.trim_end().bytes().take(15)) {
+        *d = s;
+    }
+    let cgroup_id = facts.cgroup.as_deref().and_then(|c| crate::cgroup::id_of(&cgroups.dir(c)).ok()).unwrap_or(0);
+    let boot_ns = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0);
+    let header = EventHeader {
+        kind: EVENT_FILE,
+        verdict: if deny { VERDICT_DENIED } else { VERDICT_WOULD_DENY },
+        operation: op::OPEN,
+        mechanism: mechanism::FANOTIFY,
+        identity,
+        boot_ns,
+        cgroup_id,
+        pid: tid as u32,
+        tgid: field("Tgid:"),
+        uid: field("Uid:"),
+        gid: field("Gid:"),
+        policy_version: policy.identities.get(&identity).map_or(0, |i| i.policy_version),
+        reason: why,
+        _pad: [0; 3],
+        comm,
+    };
+    let mut e = ObjectEvent {
+        header,
+        dev: facts.file.dev,
+        rule_dev: rule.map_or(0, |r| r.dev),
+        ino: facts.file.ino,
+        rule_ino: rule.map_or(0, |r| r.ino),
+        nlink: 1,
+        name_len: 0,
+        name: [0; fence_common::NAME_LEN],
+        path: Default::default(),
+        actor_exe: Default::default(),
+    };
+    crate::events::decode::path_into_components(&facts.path, &mut e.path);
+    if let Ok(exe) = fs::read_link(format!("/proc/{tid}/exe")) {
+        crate::events::decode::path_into_components(&exe, &mut e.actor_exe);
+    }
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(ino: u64) -> ObjectId {
+        ObjectId { dev: 1, ino }
+    }
+
+    fn policy() -> FilePolicy {
+        let mut p = FilePolicy::default();
+        p.cgroups.insert("/fence/bot".into(), 7);
+        p.identities.insert(7, Ident { audit: false, deny_all: false, policy_version: 1, exceptions: HashMap::new() });
+        p.protected.insert(id(10), PROTECT_FILE);
+        p.protected.insert(id(20), PROTECT_TREE | PROTECT_FILE);
+        p.protected.insert(id(30), PROTECT_ENV_ROOT);
+        p
+    }
+
+    #[test]
+    fn identity_is_the_deepest_bound_ancestor() {
+        let p = policy();
+        assert_eq!(p.identity_of_cgroup("/fence/bot"), Some(7));
+        assert_eq!(p.identity_of_cgroup("/fence/bot/worker/x"), Some(7));
+        assert_eq!(p.identity_of_cgroup("/fence/botnet"), None);
+        assert_eq!(p.identity_of_cgroup("/"), None);
+        assert_eq!(p.identity_of_cgroup("/user.slice"), None);
+    }
+
+    #[test]
+    fn marked_files_are_protected_and_the_rule_is_named() {
+        let p = policy();
+        let denied = |r, rule| r == Decision::Report { identity: 7, reason: reason::FILE_PROTECTED, rule, deny: true };
+        assert!(denied(decide(&p, Some(7), id(10), &[id(1)]), Some(id(10))), "a protected file");
+        assert!(denied(decide(&p, Some(7), id(11), &[id(20), id(1)]), Some(id(20))), "inside a protected tree");
+        assert!(denied(decide(&p, Some(7), id(12), &[id(5), id(20), id(1)]), Some(id(20))), "deep inside a tree");
+        assert!(denied(decide(&p, Some(7), id(13), &[id(5), id(30)]), Some(id(30))), ".env below an env root");
+        assert!(denied(decide(&p, Some(7), id(14), &[]), None), "a path that cannot be followed here");
+        assert_eq!(decide(&p, None, id(10), &[id(1)]), Decision::Allow, "an unfenced process");
+        assert_eq!(decide(&p, Some(99), id(10), &[]), Decision::Allow, "an identity the policy no longer has");
+    }
+
+    #[test]
+    fn exceptions_and_modes() {
+        let mut p = policy();
+        p.identities.get_mut(&7).unwrap().exceptions.insert(id(10), PROTECT_FILE);
+        p.identities.get_mut(&7).unwrap().exceptions.insert(id(5), PROTECT_TREE);
+        assert_eq!(decide(&p, Some(7), id(10), &[]), Decision::Allow, "a file exception");
+        assert_eq!(decide(&p, Some(7), id(12), &[id(5), id(20)]), Decision::Allow, "a tree exception");
+        p.identities.get_mut(&7).unwrap().audit = true;
+        assert!(matches!(decide(&p, Some(7), id(11), &[id(20)]), Decision::Report { deny: false, .. }));
+        p.identities.get_mut(&7).unwrap().deny_all = true;
+        assert!(matches!(decide(&p, Some(7), id(99), &[]), Decision::Report { reason: reason::IDENTITY_DENY_ALL, .. }));
+    }
+}

@@ -1,0 +1,112 @@
+//! Protection follows the inode. The agent holds an O_PATH descriptor on every protected
+//! file and directory; when one is no longer found at its path (renamed, moved, its path
+//! replaced) but still exists, it stays protected, under the path it was last seen at. It
+//! leaves the protected set only when it is deleted (no links left).
+//!
+//! Without this, a process allowed to rename files could move a credential file away and
+//! read it once the agent re-resolved the protected paths.
+
+use std::{
+    collections::{HashMap, HashSet},
+    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
+    path::PathBuf,
+};
+
+use nix::{
+    fcntl::{OFlag, open},
+    sys::stat::{Mode, fstat},
+};
+
+use crate::resolve::{Entry, ObjectId, Resolved};
+
+struct Held {
+    fd: OwnedFd,
+    path: PathBuf,
+    flags: u32,
+}
+
+#[derive(Default)]
+pub struct Holder {
+    held: HashMap<ObjectId, Held>,
+}
+
+impl Holder {
+    /// Holds every protected inode of `resolved` and adds back the held ones that moved away
+    /// but still exist.
+    pub fn update(&mut self, resolved: &mut Resolved) {
+        let found: HashSet<ObjectId> = resolved.protected.iter().map(|e| e.id).collect();
+        for e in &resolved.protected {
+            if let Some(h) = self.held.get_mut(&e.id) {
+                h.path = e.path.clone();
+                h.flags |= e.value;
+                continue;
+            }
+            if let Ok(fd) = open(&e.path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty()) {
+                // The path may have been replaced since it was resolved: hold only the same inode.
+                if fstat(&fd).is_ok_and(|st| st.st_ino == e.id.ino) {
+                    self.held.insert(e.id, Held { fd, path: e.path.clone(), flags: e.value });
+                }
+            }
+        }
+        let mut moved = Vec::new();
+        self.held.retain(|id, h| {
+            if found.contains(id) {
+                return true;
+            }
+            let alive = fstat(&h.fd).is_ok_and(|st| st.st_nlink > 0);
+            if alive {
+                moved.push(Entry { id: *id, path: h.path.clone(), value: h.flags });
+            }
+            alive
+        });
+        moved.sort_by_key(|e| e.id);
+        resolved.protected.extend(moved);
+    }
+
+    /// A descriptor on a protected inode, to mark it without going through its (old) path.
+    pub fn fd(&self, id: ObjectId) -> Option<BorrowedFd<'_>> {
+        self.held.get(&id).map(|h| h.fd.as_fd())
+    }
+
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+    use crate::resolve::{Mounts, object_id};
+
+    #[test]
+    fn a_renamed_protected_file_stays_protected_until_deleted() {
+        let d = std::env::temp_dir().join(format!("fence-hold-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        let f = d.join("secret");
+        fs::write(&f, "s").unwrap();
+        let (id, _) = object_id(&f, &Mounts::read()).unwrap();
+        let entry = Entry { id, path: f.clone(), value: fence_common::PROTECT_FILE };
+        let mut holder = Holder::default();
+        let mut r = Resolved { protected: vec![entry.clone()], ..Resolved::default() };
+        holder.update(&mut r);
+        assert_eq!(holder.len(), 1);
+        fs::rename(&f, d.join("renamed")).unwrap();
+        // The pattern no longer finds it, but it is still protected.
+        let mut r = Resolved::default();
+        holder.update(&mut r);
+        assert_eq!(r.protected, vec![entry]);
+        fs::remove_file(d.join("renamed")).unwrap();
+        let mut r = Resolved::default();
+        holder.update(&mut r);
+        assert!(r.protected.is_empty(), "a deleted file leaves the set");
+        assert!(holder.is_empty());
+        fs::remove_dir_all(&d).unwrap();
+    }
+}

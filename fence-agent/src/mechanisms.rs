@@ -1,0 +1,214 @@
+//! Which mechanism enforces each fence on this host, and what an operator can do about a gap.
+//! The agent never reports a fence as enforced when it is not: every row says how, or why not.
+
+use serde::Serialize;
+
+/// How a fence is enforced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "reason", rename_all = "kebab-case")]
+pub enum Availability {
+    /// A BPF LSM hook refuses the operation (EPERM).
+    Lsm,
+    /// A tp_btf program kills the task at exec, before its first instruction.
+    TracepointKill,
+    /// The agent answers fanotify permission events (EPERM).
+    Fanotify,
+    /// cgroup socket hooks refuse the operation (EPERM).
+    CgroupHooks,
+    /// Not enforced on this host, and why.
+    Unavailable(String),
+}
+
+impl Default for Availability {
+    fn default() -> Self {
+        Availability::Unavailable("not probed".into())
+    }
+}
+
+impl Availability {
+    pub fn enforced(&self) -> bool {
+        !matches!(self, Availability::Unavailable(_))
+    }
+}
+
+/// What the kernel programs of this agent cover, as found when loading them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelPlan {
+    pub exec: Availability,
+    pub files: Availability,
+    pub unix: Availability,
+    pub self_protection: Availability,
+    /// The kernel's answer when it refused BPF LSM programs.
+    pub lsm_refusal: Option<String>,
+}
+
+impl KernelPlan {
+    /// Without BTF the programs that read kernel structures cannot be loaded.
+    pub fn without_btf() -> KernelPlan {
+        KernelPlan::no_kernel_btf("/sys/kernel/btf/vmlinux is missing or unreadable")
+    }
+
+    pub fn no_kernel_btf(why: &str) -> KernelPlan {
+        let u = || {
+            Availability::Unavailable(format!(
+                "needs the kernel's BTF ({why}); build the kernel with CONFIG_DEBUG_INFO_BTF=y"
+            ))
+        };
+        KernelPlan { exec: u(), files: u(), unix: u(), self_protection: u(), lsm_refusal: None }
+    }
+}
+
+/// One row of the report (`doctor`, the startup log).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FenceReport {
+    pub fence: &'static str,
+    pub enforced: bool,
+    pub mechanism: String,
+    pub notes: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remedy: Option<String>,
+}
+
+/// The per-fence report. `files` is the file fence's final mechanism (LSM, or fanotify when
+/// the agent runs it, or unavailable).
+pub fn report(plan: &KernelPlan, files: &Availability, lsm_list: Option<&str>) -> Vec<FenceReport> {
+    let lsm_remedy = || {
+        let refused = plan.lsm_refusal.as_deref().map(|r| format!(" The kernel answered: {r}.")).unwrap_or_default();
+        let listed = lsm_list.is_some_and(|l| l.split(',').any(|m| m.trim() == "bpf"));
+        Some(if listed {
+            format!(
+                "This kernel lists `bpf` as an active LSM but refuses BPF LSM programs (a platform restriction: a \
+                 lockdown policy or a vendor patch).{refused} Run a kernel that accepts them, e.g. a distribution kernel \
+                 built with CONFIG_BPF_LSM=y such as Debian 12's."
+            )
+        } else {
+            let current = lsm_list.map(|l| format!(" (/sys/kernel/security/lsm reads \"{l}\")")).unwrap_or_default();
+            format!(
+                "Enable BPF LSM: a kernel with CONFIG_BPF_LSM=y and `bpf` in the lsm= boot parameter{current}, e.g. \
+                 lsm=lockdown,capability,landlock,yama,apparmor,bpf.{refused}"
+            )
+        })
+    };
+    let unavailable = |a: &Availability| match a {
+        Availability::Unavailable(r) => r.clone(),
+        _ => String::new(),
+    };
+    let mut rows = vec![FenceReport {
+        fence: "egress",
+        enforced: true,
+        mechanism: "cgroup/connect4+connect6+sendmsg4+sendmsg6+sock_create".into(),
+        notes: "TCP/UDP allow-lists per identity; other socket kinds refused".into(),
+        remedy: None,
+    }];
+    rows.push(match &plan.exec {
+        Availability::Lsm => {
+            row("exec", "lsm/bprm_check_security", "refused with EPERM; scripts and their interpreters both checked")
+        }
+        Availability::TracepointKill => FenceReport {
+            fence: "exec",
+            enforced: true,
+            mechanism: "tp_btf/sched_process_exec + SIGKILL".into(),
+            notes:
+                "fallback: a denied program is killed before its first instruction (verdict \"killed\", not EPERM); \
+                    a #! script is judged by its interpreter only"
+                    .into(),
+            remedy: lsm_remedy(),
+        },
+        other => FenceReport {
+            fence: "exec",
+            enforced: false,
+            mechanism: "unavailable".into(),
+            notes: unavailable(other),
+            remedy: lsm_remedy(),
+        },
+    });
+    rows.push(match files {
+        Availability::Lsm => row("credential-files", "lsm/file_open", "refused with EPERM"),
+        Availability::Fanotify => FenceReport {
+            fence: "credential-files",
+            enforced: true,
+            mechanism: "fanotify FAN_OPEN_PERM answered by the agent".into(),
+            notes: "fallback: refused with EPERM while the agent runs (not while it is down); files created later are \
+                    protected once the agent sees them (milliseconds)"
+                .into(),
+            remedy: lsm_remedy(),
+        },
+        other => FenceReport {
+            fence: "credential-files",
+            enforced: false,
+            mechanism: "unavailable".into(),
+            notes: unavailable(other),
+            remedy: lsm_remedy(),
+        },
+    });
+    rows.push(match &plan.unix {
+        Availability::Lsm => row("unix-sockets", "lsm/unix_stream_connect+unix_may_send", "refused with EPERM"),
+        other => FenceReport {
+            fence: "unix-sockets",
+            enforced: false,
+            mechanism: "unavailable".into(),
+            notes: format!(
+                "{}; the cgroup connect_unix/sendmsg_unix hooks (kernel >= 6.7) cannot be attached by this agent \
+                 (aya 0.16 does not know them)",
+                unavailable(other)
+            ),
+            remedy: lsm_remedy(),
+        },
+    });
+    rows.push(FenceReport {
+        fence: "no-way-out",
+        enforced: false,
+        mechanism: "unavailable".into(),
+        notes: "a fenced process with CAP_SYS_ADMIN can leave its cgroup or detach fence's programs; run fenced \
+                workloads without CAP_SYS_ADMIN/CAP_BPF"
+            .into(),
+        remedy: None,
+    });
+    rows
+}
+
+fn row(fence: &'static str, mechanism: &str, notes: &str) -> FenceReport {
+    FenceReport { fence, enforced: true, mechanism: mechanism.into(), notes: notes.into(), remedy: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_without_bpf_lsm_says_so_per_fence() {
+        let plan = KernelPlan {
+            exec: Availability::TracepointKill,
+            files: Availability::Unavailable("BPF LSM refused (EPERM)".into()),
+            unix: Availability::Unavailable("BPF LSM refused (EPERM)".into()),
+            self_protection: Availability::Unavailable("x".into()),
+            lsm_refusal: Some("BPF_PROG_LOAD: Operation not permitted".into()),
+        };
+        let rows = report(&plan, &Availability::Fanotify, Some("lockdown,capability,landlock,bpf"));
+        let get = |f: &str| rows.iter().find(|r| r.fence == f).unwrap();
+        assert!(get("egress").enforced);
+        assert!(get("exec").enforced && get("exec").mechanism.contains("SIGKILL"));
+        assert!(get("credential-files").enforced && get("credential-files").mechanism.contains("fanotify"));
+        assert!(!get("unix-sockets").enforced);
+        assert!(get("unix-sockets").remedy.as_deref().unwrap().contains("refuses BPF LSM programs"));
+        let rows = report(&plan, &Availability::Fanotify, Some("lockdown,capability,landlock"));
+        assert!(rows.iter().find(|r| r.fence == "unix-sockets").unwrap().remedy.as_deref().unwrap().contains("lsm="));
+        assert!(get("exec").remedy.as_deref().unwrap().contains("Operation not permitted"));
+    }
+
+    #[test]
+    fn a_bpf_lsm_host_needs_no_remedy() {
+        let plan = KernelPlan {
+            exec: Availability::Lsm,
+            files: Availability::Lsm,
+            unix: Availability::Lsm,
+            self_protection: Availability::Unavailable("x".into()),
+            lsm_refusal: None,
+        };
+        let rows = report(&plan, &Availability::Lsm, None);
+        for f in ["exec", "credential-files", "unix-sockets"] {
+            let r = rows.iter().find(|r| r.fence == f).unwrap();
+            assert!(r.enforced && r.remedy.is_none(), "{r:?}");
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The exec fence. With BPF LSM: `bprm_check_security` refuses the exec (EPERM) before the
+//! new program is loaded; it runs for the script and again for its interpreter, so both must
+//! be allowed. Without BPF LSM: `sched_process_exec` (after the point of no return, before the
+//! first user instruction) sends SIGKILL, reported as "killed".
+//!
+//! Programs are matched by inode (device + inode number), not by name: a symlink, a hard link
+//! or a rename of a denied program is still denied, and a copy is a new, unlisted inode.
+
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_send_signal},
+    macros::{btf_tracepoint, lsm},
+    programs::{BtfTracePointContext, LsmContext},
+};
+use fence_common::{
+    EVENT_EXEC, IDENTITY_DENY_ALL, IDENTITY_EXEC_ALLOWLIST, IDENTITY_FILELESS_OK, InodeKey, KernelOffsets, NAME_LEN,
+    VERDICT_KILLED, mechanism, op, reason,
+};
+
+use crate::{
+    events,
+    identity::{self, Fenced},
+    kernel::{self, Inode, read},
+    maps::{FENCE_EXEC, lookup},
+};
+
+/// LSM verdicts.
+const ALLOW: i32 = 0;
+const EPERM: i32 = -1;
+const SIGKILL: u32 = 9;
+
+#[lsm(hook = "bprm_check_security")]
+pub fn fence_lsm_bprm_check(ctx: LsmContext) -> i32 {
+    // A previous LSM program's refusal stands.
+    let previous: i32 = ctx.arg(1);
+    if previous != ALLOW {
+        return previous;
+    }
+    let bprm: u64 = ctx.arg(0);
+    let Some(d) = judge(bprm) else { return ALLOW };
+    report(&d, bprm, mechanism::LSM_BPRM_CHECK, None);
+    if d.who.audit() { ALLOW } else { EPERM }
+}
+
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn fence_tp_exec(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+    let bprm: u64 = ctx.arg(2);
+    let Some(d) = judge(bprm) else { return 0 };
+    if d.who.audit() {
+        report(&d, bprm, mechanism::TP_SCHED_PROCESS_EXEC, None);
+    } else {
+        // The exec'ing task is current: it dies before its first instruction.
+        // SAFETY: helper taking a signal number.
+        unsafe { bpf_send_signal(SIGKILL) };
+        report(&d, bprm, mechanism::TP_SCHED_PROCESS_EXEC, Some(VERDICT_KILLED));
+    }
+    0
+}
+
+struct Denial {
+    who: Fenced,
+    offsets: KernelOffsets,
+    file: u64,
+    inode: Inode,
+    reason: u8,
+}
+
+/// `Some` when the current task's exec of `bprm->file` is not allowed.
+#[inline(always)]
+fn judge(bprm: u64) -> Option<Denial> {
+    let who = identity::current()?;
+    let flags = who.info.flags;
+    if flags & (IDENTITY_EXEC_ALLOWLIST | IDENTITY_DENY_ALL) == 0 {
+        return None;
+    }
+    let offsets = kernel::offsets()?;
+    let file = read::<u64>(bprm, offsets.binprm_file)?;
+    let inode = kernel::file_inode(&offsets, file)?;
+    let reason = if flags & IDENTITY_DENY_ALL != 0 {
+        reason::IDENTITY_DENY_ALL
+    } else if inode.nlink == 0 {
+        // memfd, O_TMPFILE, deleted: nothing on disk to allow-list.
+        if flags & IDENTITY_FILELESS_OK != 0 {
+            return None;
+        }
+        reason::EXEC_FILELESS
+    } else {
+        let key =
+            InodeKey { generation: who.generation, identity: who.identity, ino: inode.ino, dev: inode.dev, _pad: 0 };
+        if lookup(&FENCE_EXEC, &key).is_some() {
+            return None;
+        }
+        reason::EXEC_NOT_ALLOWED
+    };
+    Some(Denial { who, offsets, file, inode, reason })
+}
+
+#[inline(always)]
+fn report(d: &Denial, bprm: u64, mech: u8, verdict: Option<u8>) {
+    let mut head = events::header(&d.who, EVENT_EXEC, op::EXEC, mech, d.reason);
+    if let Some(v) = verdict {
+        head.verdict = v;
+    }
+    let o = &d.offsets;
+    events::send_object(head, o, |e| {
+        e.dev = d.inode.dev;
+        e.ino = d.inode.ino;
+        e.nlink = d.inode.nlink;
+        if let Some(name) = read::<u64>(bprm, o.binprm_filename) {
+            // SAFETY: bounded by the destination.
+            if let Ok(s) = unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut e.name) } {
+                e.name_len = s.len().min(NAME_LEN) as u32;
+            }
+        }
+        if let Some(dentry) = kernel::file_dentry(o, d.file) {
+            kernel::fill_path(o, dentry, &mut e.path);
+        }
+    });
+}
