@@ -26,7 +26,7 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn ok(&self) -> bool {
-        self.errno.is_none()
+        self.errno.is_none() && self.signal.is_none()
     }
 
     #[track_caller]
@@ -179,14 +179,15 @@ fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
             drop(unsafe { OwnedFd::from_raw_fd(fd) });
             Ok(json!({}))
         }
-        "bench-tcp" | "bench-udp" => {
-            let to = addr(args.first())?;
+        "bench-tcp" | "bench-udp" | "bench-open" | "bench-exec" => {
+            let target = args.first().copied().ok_or_else(|| io::Error::other("target"))?;
             let n: u64 = args.get(1).and_then(|n| n.parse().ok()).ok_or_else(|| io::Error::other("count"))?;
             let started = std::time::Instant::now();
-            if action == "bench-tcp" {
-                bench_tcp(to, n)?
-            } else {
-                bench_udp(to, n)?
+            match action {
+                "bench-tcp" => bench_tcp(addr(Some(&target))?, n)?,
+                "bench-udp" => bench_udp(addr(Some(&target))?, n)?,
+                "bench-open" => bench_open(target, n)?,
+                _ => bench_exec(target, n)?,
             }
             Ok(json!({"ns": started.elapsed().as_nanos() as u64, "count": n}))
         }
@@ -225,6 +226,25 @@ fn bench_tcp(to: SocketAddr, n: u64) -> io::Result<()> {
     for _ in 0..n {
         let s = TcpStream::connect(to)?;
         nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Linger, &linger).map_err(io::Error::from)?;
+    }
+    Ok(())
+}
+
+/// `n` opens and closes of one file.
+fn bench_open(path: &str, n: u64) -> io::Result<()> {
+    for _ in 0..n {
+        drop(fs::File::open(path)?);
+    }
+    Ok(())
+}
+
+/// `n` fork+exec+wait of one program (no arguments).
+fn bench_exec(program: &str, n: u64) -> io::Result<()> {
+    for _ in 0..n {
+        let status = std::process::Command::new(program).status()?;
+        if !status.success() {
+            return Err(io::Error::other(format!("{program} exited with {status}")));
+        }
     }
     Ok(())
 }

@@ -27,6 +27,7 @@ pub const TESTS: &[Test] = &[
     Test { name: "exec_memfd_denied", run: exec_memfd_denied },
     Test { name: "exec_script_needs_its_interpreter_allowed", run: exec_script_needs_its_interpreter_allowed },
     Test { name: "exec_audit_mode_and_unrestricted_identities", run: exec_audit_mode_and_unrestricted_identities },
+    Test { name: "exec_sha256_pins_and_upgrades", run: exec_sha256_pins_and_upgrades },
     Test { name: "files_protected_under_every_name", run: files_protected_under_every_name },
     Test { name: "files_created_later_are_protected", run: files_created_later_are_protected },
     Test { name: "files_exceptions_and_default_set", run: files_exceptions_and_default_set },
@@ -256,6 +257,46 @@ fn exec_audit_mode_and_unrestricted_identities() {
     let barrier = helper::run(Some(&cg), &["tcp-connect", "127.0.0.1:9"]);
     agent.wait_event("for the barrier", |e| e["process"]["pid"] == barrier.pid);
     assert!(agent.events().iter().all(|e| e["fence"]["operation"] != "exec"), "{:#?}", agent.events());
+}
+
+fn sha256_hex(path: &Path) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(fs::read(path).unwrap());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn exec_sha256_pins_and_upgrades() {
+    let mech = exec_mechanism();
+    let cg = TestCgroup::new("exec-pins");
+    let p = Programs::new("exec-pins");
+    let upgraded = p.path("bin/upgraded");
+    copy_exec(&p.allowed, &upgraded);
+    let wrong = "0".repeat(64);
+    let sections = format!(
+        "    exec:\n      allow:\n        - {{path: {:?}, sha256: {:?}}}\n        - {{path: {:?}, sha256: {wrong:?}}}\n        - {:?}\n",
+        s(&p.allowed),
+        sha256_hex(&p.allowed),
+        s(&p.denied),
+        s(&upgraded)
+    );
+    let agent = Agent::start("exec-pins", &policy(&cg, "enforce", &sections));
+    assert!(agent.stderr_text().contains("sha256 does not match"), "the agent must say why: {}", agent.stderr_text());
+    exec(&cg, &p.allowed).assert_ok("a program whose pinned sha256 matches");
+    let o = exec(&cg, &p.denied);
+    assert_exec_denied(&o, &mech, "a program whose pinned sha256 does not match");
+    exec(&cg, &upgraded).assert_ok("an allowed program before its upgrade");
+    // An upgrade replaces the file (new inode): the agent follows the path.
+    let started = Instant::now();
+    let staged = p.path("bin/.upgraded.new");
+    copy_exec(&p.allowed, &staged);
+    fs::rename(&staged, &upgraded).unwrap();
+    wait_for(Duration::from_secs(5 * u64::from(slow_factor())), || exec(&cg, &upgraded).ok().then_some(()))
+        .expect("an upgraded program must be allowed again once the agent re-resolves it");
+    eprintln!("note: the upgraded program was allowed {} ms after the rename", started.elapsed().as_millis());
+    // Writing into a pinned program changes its hash: it is no longer allowed.
+    std::io::Write::write_all(&mut fs::OpenOptions::new().append(true).open(&p.allowed).unwrap(), b"tampered").unwrap();
+    wait_for(Duration::from_secs(5 * u64::from(slow_factor())), || (!exec(&cg, &p.allowed).ok()).then_some(()))
+        .expect("a pinned program modified in place must stop being allowed");
 }
 
 // ---------------------------------------------------------------------------------------
