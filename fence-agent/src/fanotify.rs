@@ -46,8 +46,6 @@ use crate::{
 
 /// Longest an open of a protected file waits for the agent's answer.
 pub const DECISION_TIMEOUT: Duration = Duration::from_secs(1);
-/// Directories marked below one protected directory or env root at most.
-const MAX_TREE_DIRS: usize = 10_000;
 /// Levels searched above a file for a protected or excepted directory (as the kernel side).
 const MAX_WALK: usize = 16;
 
@@ -195,13 +193,13 @@ impl FileFence {
     }
 
     /// Marks the protected inodes of `resolved` under `compiled`'s rules in a new group and
-    /// retires the old group. Returns directories the caller should watch for new files.
+    /// retires the old group.
     pub fn update(
         &mut self,
         compiled: &CompiledPolicy,
         resolved: &Resolved,
         held: &Holder,
-    ) -> Result<Vec<PathBuf>, FanotifyError> {
+    ) -> Result<(), FanotifyError> {
         let fan = Arc::new(init()?);
         let policy = Arc::new(FilePolicy::new(compiled));
         let stop = Arc::new(AtomicBool::new(false));
@@ -223,11 +221,11 @@ impl FileFence {
                 .spawn(move || watchdog_loop(&fan, &stop, &in_flight, &timeouts))
                 .expect("spawning the fanotify watchdog")
         };
-        let (marks, watch) = add_marks(&fan, resolved, held);
+        let marks = add_marks(&fan, resolved, held);
         drop(fan);
         let old = self.group.replace(Group { stop, threads: vec![answer, watchdog], marks });
         drop(old);
-        Ok(watch)
+        Ok(())
     }
 
     pub fn marks(&self) -> usize {
@@ -248,71 +246,36 @@ fn init() -> Result<Fanotify, FanotifyError> {
     .map_err(FanotifyError::Init)
 }
 
-/// Marks every protected file, every directory of protected trees, and the `.env*` files
-/// below env roots. Returns (marks, directories to watch for new files).
-fn add_marks(fan: &Fanotify, resolved: &Resolved, held: &Holder) -> (usize, Vec<PathBuf>) {
-    let mark_path = |path: &Path, mask: MaskFlags| match fan.mark(
+/// Marks every protected file and every directory of protected trees (whose marks cover
+/// their direct children); returns the number of marks. `.env*` files below env roots are
+/// listed by the resolver as files.
+fn add_marks(fan: &Fanotify, resolved: &Resolved, held: &Holder) -> usize {
+    let mark = |path: &Path, mask: MaskFlags| match fan.mark(
         MarkFlags::FAN_MARK_ADD,
         mask,
         nix::fcntl::AT_FDCWD,
         Some(path),
     ) {
-        Ok(()) => true,
+        Ok(()) => 1,
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "fanotify mark failed; this path is not protected");
-            false
+            0
         }
     };
     let mut marks = 0;
-    let mut watch = Vec::new();
-    for e in &resolved.protected {
-        if e.value & PROTECT_TREE != 0 {
-            for dir in walk_dirs(&e.path) {
-                marks += usize::from(mark_path(
-                    &dir,
-                    MaskFlags::FAN_OPEN_PERM | MaskFlags::FAN_EVENT_ON_CHILD | MaskFlags::FAN_ONDIR,
-                ));
-                watch.push(dir);
-            }
-        } else if e.value & PROTECT_ENV_ROOT != 0 {
-            for dir in walk_dirs(&e.path) {
-                if let Ok(entries) = fs::read_dir(&dir) {
-                    for f in entries.flatten() {
-                        if f.file_name().to_string_lossy().starts_with(".env") && f.path().is_file() {
-                            marks += usize::from(mark_path(&f.path(), MaskFlags::FAN_OPEN_PERM));
-                        }
-                    }
-                }
-                watch.push(dir);
-            }
-        } else if e.value & PROTECT_FILE != 0 {
-            // Through the held descriptor's magic link: the inode, wherever its path now is.
-            // (fanotify_mark ignores O_PATH descriptors given as dirfd.)
-            let path = match held.fd(e.id) {
-                Some(fd) => PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
-                None => e.path.clone(),
-            };
-            marks += usize::from(mark_path(&path, MaskFlags::FAN_OPEN_PERM));
-        }
+    for dir in &resolved.tree_dirs {
+        marks += mark(dir, MaskFlags::FAN_OPEN_PERM | MaskFlags::FAN_EVENT_ON_CHILD | MaskFlags::FAN_ONDIR);
     }
-    (marks, watch)
-}
-
-/// `root` and the directories below it (not following symlinks), at most `MAX_TREE_DIRS`.
-fn walk_dirs(root: &Path) -> Vec<PathBuf> {
-    let mut out = vec![root.to_owned()];
-    let mut i = 0;
-    while i < out.len() && out.len() < MAX_TREE_DIRS {
-        if let Ok(entries) = fs::read_dir(&out[i]) {
-            for e in entries.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    out.push(e.path());
-                }
-            }
-        }
-        i += 1;
+    for e in resolved.protected.iter().filter(|e| e.value & PROTECT_TREE == 0 && e.value & PROTECT_FILE != 0) {
+        // Through the held descriptor's magic link: the inode, wherever its path now is.
+        // (fanotify_mark ignores O_PATH descriptors given as dirfd.)
+        let path = match held.fd(e.id) {
+            Some(fd) => PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+            None => e.path.clone(),
+        };
+        marks += mark(&path, MaskFlags::FAN_OPEN_PERM);
     }
-    out
+    marks
 }
 
 fn answer_loop(

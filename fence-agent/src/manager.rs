@@ -46,8 +46,6 @@ pub struct PolicyManager {
     directory: SharedDirectory,
     host: HostProtection,
     files: Option<FileFence>,
-    /// Directories the fanotify fence wants watched (subdirectories of protected trees).
-    files_watch: Vec<PathBuf>,
     /// Keeps protection on protected inodes that move away from their paths.
     held: Holder,
     current: Option<Applied>,
@@ -66,7 +64,6 @@ impl PolicyManager {
             directory,
             host,
             files,
-            files_watch: Vec::new(),
             held: Holder::default(),
             current: None,
         }
@@ -110,11 +107,8 @@ impl PolicyManager {
         }
         let report = self.enforcer.apply(&compiled)?;
         if let Some(files) = &mut self.files {
-            match files.update(&compiled, &resolved, &self.held) {
-                Ok(watch) => self.files_watch = watch,
-                Err(e) => {
-                    tracing::error!(error = %e, "updating the fanotify file fence failed; it keeps the previous marks")
-                }
+            if let Err(e) = files.update(&compiled, &resolved, &self.held) {
+                tracing::error!(error = %e, "updating the fanotify file fence failed; it keeps the previous marks");
             }
         }
         for w in &resolved.warnings {
@@ -125,8 +119,6 @@ impl PolicyManager {
 
     /// Directories whose changes can change what the live policy resolves to.
     pub fn watch_dirs(&self) -> BTreeSet<PathBuf> {
-        let mut dirs: BTreeSet<PathBuf> = self.current.as_ref().map(|a| a.resolved.watch.clone()).unwrap_or_default();
-        dirs.extend(self.files_watch.iter().cloned());
-        dirs
+        self.current.as_ref().map(|a| a.resolved.watch.clone()).unwrap_or_default()
     }
 }

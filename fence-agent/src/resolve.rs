@@ -178,6 +178,8 @@ pub struct Resolved {
     pub watch: BTreeSet<PathBuf>,
     /// Problems worth an operator's attention (nothing matched, hash mismatch...).
     pub warnings: Vec<String>,
+    /// Every directory inside protected trees (the trees' roots included).
+    pub tree_dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -215,7 +217,22 @@ pub fn resolve(set: &PolicySet, host: &HostProtection) -> Resolved {
         r.watch.insert(root.parent().unwrap_or(root).to_owned());
         match object_id(root, &mounts) {
             Ok((id, Kind::Dir)) => {
-                r.protected.push(Entry { id, path: root.clone(), value: fence_common::PROTECT_ENV_ROOT })
+                r.protected.push(Entry { id, path: root.clone(), value: fence_common::PROTECT_ENV_ROOT });
+                // The .env files themselves, by inode (what a fanotify mark needs), and every
+                // directory below, watched, so that a new one is seen.
+                for dir in walk_dirs(root) {
+                    if let Ok(entries) = fs::read_dir(&dir) {
+                        for f in entries.flatten() {
+                            let path = f.path();
+                            if f.file_name().to_string_lossy().starts_with(".env")
+                                && let Ok((id, Kind::File)) = object_id(&path, &mounts)
+                            {
+                                r.protected.push(Entry { id, path, value: fence_common::PROTECT_FILE });
+                            }
+                        }
+                    }
+                    r.watch.insert(dir);
+                }
             }
             Ok(_) => r.warnings.push(format!("protect.env_roots: {} is not a directory", root.display())),
             Err(_) => {}
@@ -321,6 +338,14 @@ fn protected_entries(glob: &PathGlob, mounts: &Mounts, r: &mut Resolved) {
     let ex = expand(glob);
     r.watch.extend(ex.watch);
     for path in ex.found {
+        if glob.is_tree() && path.is_dir() {
+            // Every directory of the tree: watched (a new one is seen) and listed (a fanotify
+            // fence marks each, as its marks cover direct children only).
+            for dir in walk_dirs(&path) {
+                r.watch.insert(dir.clone());
+                r.tree_dirs.push(dir);
+            }
+        }
         if is_public_key(&path) && glob.components().last().is_some_and(|c| c.starts_with("id_")) {
             continue;
         }
@@ -332,6 +357,26 @@ fn protected_entries(glob: &PathGlob, mounts: &Mounts, r: &mut Resolved) {
         };
         r.protected.push(Entry { id, path, value });
     }
+}
+
+/// Most directories looked at below one protected directory or env root.
+const MAX_TREE_DIRS: usize = 10_000;
+
+/// `root` and the directories below it (not following symlinks), at most `MAX_TREE_DIRS`.
+pub fn walk_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut out = vec![root.to_owned()];
+    let mut i = 0;
+    while i < out.len() && out.len() < MAX_TREE_DIRS {
+        if let Ok(entries) = fs::read_dir(&out[i]) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.push(e.path());
+                }
+            }
+        }
+        i += 1;
+    }
+    out
 }
 
 fn sha256_of(path: &Path) -> io::Result<[u8; 32]> {

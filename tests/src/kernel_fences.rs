@@ -31,6 +31,7 @@ pub const TESTS: &[Test] = &[
     Test { name: "files_protected_under_every_name", run: files_protected_under_every_name },
     Test { name: "files_created_later_are_protected", run: files_created_later_are_protected },
     Test { name: "files_exceptions_and_default_set", run: files_exceptions_and_default_set },
+    Test { name: "files_env_files_below_env_roots", run: files_env_files_below_env_roots },
     Test { name: "files_agent_gone_never_hangs_unfenced", run: files_agent_gone_never_hangs_unfenced },
     Test { name: "unix_allow_list_by_inode_and_name", run: unix_allow_list_by_inode_and_name },
     Test { name: "unix_host_default_deny", run: unix_host_default_deny },
@@ -424,7 +425,43 @@ fn files_created_later_are_protected() {
         (open(Some(&cg), &sec.p("secrets/token")).errno == Some(libc::EPERM)).then_some(())
     })
     .expect("a protected file replaced by rename must stay protected");
+    // A directory created later inside a protected directory, and a file in it.
+    fs::create_dir_all(sec.p("vault/later/deeper")).unwrap();
+    fs::write(sec.p("vault/later/deeper/x.json"), "{}").unwrap();
+    wait_for(Duration::from_secs(5 * u64::from(slow_factor())), || {
+        (open(Some(&cg), &sec.p("vault/later/deeper/x.json")).errno == Some(libc::EPERM)).then_some(())
+    })
+    .expect("a file in a directory created later inside a protected directory must be protected");
     open(None, &sec.p("keys/late.key")).assert_ok("unfenced");
+    open(None, &sec.p("vault/later/deeper/x.json")).assert_ok("unfenced");
+}
+
+fn files_env_files_below_env_roots() {
+    let mech = file_mechanism();
+    let cg = TestCgroup::new("files-env");
+    let dir = TempDir::new("files-env");
+    for d in ["app/sub", "elsewhere"] {
+        fs::create_dir_all(dir.path(d)).unwrap();
+    }
+    for f in ["app/.env", "app/sub/.env.local", "app/sub/config.yml", "elsewhere/.env"] {
+        fs::write(dir.path(f), "API_KEY=x").unwrap();
+    }
+    let config = format!("[protect]\ndefaults = false\nenv_roots = [{:?}]\n", s(&dir.path("app")));
+    let agent = Agent::start_with("files-env", &policy(&cg, "enforce", ""), &config);
+    for f in ["app/.env", "app/sub/.env.local"] {
+        let o = open(Some(&cg), &dir.path(f));
+        o.assert_eperm(&format!("{f} below an env root"));
+        assert_file_event(&agent, &o, &mech);
+    }
+    open(Some(&cg), &dir.path("app/sub/config.yml")).assert_ok("other files below an env root");
+    open(Some(&cg), &dir.path("elsewhere/.env")).assert_ok("a .env outside the env roots");
+    fs::create_dir_all(dir.path("app/new")).unwrap();
+    fs::write(dir.path("app/new/.env"), "TOKEN=y").unwrap();
+    wait_for(Duration::from_secs(5 * u64::from(slow_factor())), || {
+        (open(Some(&cg), &dir.path("app/new/.env")).errno == Some(libc::EPERM)).then_some(())
+    })
+    .expect("a .env created later below an env root must be protected");
+    open(None, &dir.path("app/.env")).assert_ok("unfenced");
 }
 
 fn files_exceptions_and_default_set() {
