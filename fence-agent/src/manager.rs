@@ -106,10 +106,10 @@ impl PolicyManager {
             dir.set_objects(resolved.names());
         }
         let report = self.enforcer.apply(&compiled)?;
-        if let Some(files) = &mut self.files {
-            if let Err(e) = files.update(&compiled, &resolved, &self.held) {
-                tracing::error!(error = %e, "updating the fanotify file fence failed; it keeps the previous marks");
-            }
+        if let Some(files) = &mut self.files
+            && let Err(e) = files.update(&compiled, &resolved, &self.held)
+        {
+            tracing::error!(error = %e, "updating the fanotify file fence failed; it keeps the previous marks");
         }
         for w in &resolved.warnings {
             tracing::warn!("{w}");
