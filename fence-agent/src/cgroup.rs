@@ -66,6 +66,21 @@ pub fn id_of(dir: &Path) -> io::Result<u64> {
     Ok(fs::metadata(dir)?.ino())
 }
 
+/// Processes in a cgroup and every cgroup below it.
+pub fn process_count(dir: &Path) -> usize {
+    let own = fs::read_to_string(dir.join("cgroup.procs")).map(|s| s.lines().count()).unwrap_or(0);
+    let below: usize = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| process_count(&e.path()))
+                .sum()
+        })
+        .unwrap_or(0);
+    own + below
+}
+
 /// The host's cgroup2 hierarchy.
 #[derive(Debug, Clone)]
 pub struct Cgroups {
@@ -113,6 +128,34 @@ impl CgroupResolver for Cgroups {
 
     fn own_cgroup(&self) -> Option<String> {
         Cgroups::path_of_process("self")
+    }
+
+    fn find_unit(&self, unit: &str) -> Vec<String> {
+        // Breadth first, a few levels deep: systemd puts units at depth 1 to 4.
+        let mut found = Vec::new();
+        let mut level = vec![self.root.clone()];
+        for _ in 0..6 {
+            let mut next = Vec::new();
+            for dir in &level {
+                let Ok(entries) = fs::read_dir(dir) else { continue };
+                for e in entries.flatten() {
+                    if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                        continue;
+                    }
+                    if e.file_name() == unit
+                        && let Ok(rel) = e.path().strip_prefix(&self.root)
+                    {
+                        found.push(format!("/{}", rel.display()));
+                    }
+                    next.push(e.path());
+                }
+            }
+            if next.len() > 50_000 {
+                break;
+            }
+            level = next;
+        }
+        found
     }
 }
 

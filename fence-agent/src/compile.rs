@@ -13,7 +13,9 @@ use fence_common::{
 };
 
 use crate::{
-    policy::{Identity, Mode, PolicyError, PolicyErrorKind, PolicyErrors, PolicySet, PolicyVersion, net::IpNet},
+    policy::{
+        Identity, Mode, PolicyError, PolicyErrorKind, PolicyErrors, PolicySet, PolicyVersion, SelectorKind, net::IpNet,
+    },
     resolve::{ObjectId, Resolved},
 };
 
@@ -54,6 +56,8 @@ pub struct CompiledPolicy {
     pub unix: Vec<(u32, ObjectId)>,
     /// (identity, abstract name); identity 0 is the host's default-deny set.
     pub unix_abstract: Vec<(u32, Vec<u8>)>,
+    /// (unit cgroup path, identity): followed across unit restarts by the kernel.
+    pub units: Vec<(String, u32)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -98,7 +102,14 @@ pub fn compile(set: &PolicySet, resolved: &Resolved, ids: &mut IdAllocator) -> R
         };
         let mut cgroups = Vec::new();
         for cg in &identity.cgroups {
-            if let Some(cid) = cg.id {
+            let cid = match cg.kind {
+                SelectorKind::Cgroup => cg.id,
+                SelectorKind::Unit(_) | SelectorKind::Managed => resolved.cgroup_ids.get(&cg.path).copied(),
+            };
+            if let SelectorKind::Unit(_) = cg.kind {
+                out.units.push((cg.path.clone(), id));
+            }
+            if let Some(cid) = cid {
                 out.cgroups.push((cid, id));
                 cgroups.push((cg.path.clone(), cid));
             }
@@ -144,6 +155,7 @@ pub fn compile(set: &PolicySet, resolved: &Resolved, ids: &mut IdAllocator) -> R
         ("file exception", out.file_exceptions.len(), half(capacity::FILE_EXCEPT)),
         ("unix socket", out.unix.len(), half(capacity::UNIX)),
         ("abstract socket", out.unix_abstract.len(), half(capacity::UNIX_ABSTRACT)),
+        ("followed unit", out.units.len(), half(capacity::UNITS)),
     ] {
         if needed > max {
             errors.push(PolicyError {
@@ -269,7 +281,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::policy::{BoundCgroup, EgressRule, net::PortRange};
+    use crate::policy::{BoundCgroup, EgressRule, SelectorKind, net::PortRange};
 
     fn net(s: &str) -> IpNet {
         IpNet::parse(s).unwrap()
@@ -293,7 +305,7 @@ mod tests {
             expires: None,
             expired: false,
             mode: Mode::Enforce,
-            cgroups: vec![BoundCgroup { path: format!("/{name}"), id: Some(100) }],
+            cgroups: vec![BoundCgroup { path: format!("/{name}"), id: Some(100), kind: SelectorKind::Cgroup }],
             egress,
             exec: None,
             file_exceptions: vec![],

@@ -14,6 +14,12 @@
 //! [unix]                                     # sockets fenced identities cannot reach
 //! defaults = true                            # container runtimes, system D-Bus, systemd
 //! deny = ["/run/admin.sock", "@abstract"]    # more
+//!
+//! [control]
+//! socket = "/run/fence/agent.sock"           # for `fence-agent exec` and `identities`
+//!
+//! [audit]
+//! file = "/var/log/fence/audit.jsonl"        # identity lifecycle events, append-only
 //! ```
 
 use std::{
@@ -40,6 +46,49 @@ pub struct Config {
     pub protect: ProtectConfig,
     #[serde(default)]
     pub unix: UnixConfig,
+    #[serde(default)]
+    pub control: ControlConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// The agent's local socket (`fence-agent exec`, `fence-agent identities`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+}
+
+pub const DEFAULT_SOCKET: &str = "/run/fence/agent.sock";
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET)
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig { socket: default_socket() }
+    }
+}
+
+/// The identity lifecycle audit log (creation, change, expiry, removal), kept apart from
+/// denial events.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    #[serde(default = "default_audit_file")]
+    pub file: PathBuf,
+}
+
+fn default_audit_file() -> PathBuf {
+    PathBuf::from("/var/log/fence/audit.jsonl")
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { file: default_audit_file() }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

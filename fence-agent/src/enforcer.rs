@@ -12,7 +12,7 @@ use aya::{
 };
 use fence_common::{
     ABI_VERSION, AbstractKey, ActiveState, CgroupKey, IdentityInfo, IdentityKey, InodeKey, KernelOffsets,
-    NET_KEY_PREFIX_BITS, Net4Key, Net6Key, NetRules, counter, globals, maps, programs,
+    NET_KEY_PREFIX_BITS, Net4Key, Net6Key, NetRules, UnitKey, counter, globals, maps, programs,
 };
 use thiserror::Error;
 
@@ -216,6 +216,15 @@ impl Enforcer {
                 (key, 1u32)
             }),
         )?;
+        n += self.insert_all(
+            maps::UNITS,
+            p.units.iter().map(|(path, identity)| {
+                let mut key = UnitKey { generation: g, ..UnitKey::default() };
+                let bytes = path.as_bytes();
+                key.path[..bytes.len()].copy_from_slice(bytes);
+                (key, *identity)
+            }),
+        )?;
         // Cgroup bindings last: an identity is only reachable once its rules are in place.
         n += self.insert_all(
             maps::CGROUPS,
@@ -260,6 +269,7 @@ impl Enforcer {
         self.clear_hash::<InodeKey, u32>(maps::FILE_EXCEPT, g)?;
         self.clear_hash::<InodeKey, u32>(maps::UNIX, g)?;
         self.clear_hash::<AbstractKey, u32>(maps::UNIX_ABSTRACT, g)?;
+        self.clear_hash::<UnitKey, u32>(maps::UNITS, g)?;
         self.clear_lpm::<Net4Key>(maps::NET4, g)?;
         self.clear_lpm::<Net6Key>(maps::NET6, g)
     }
@@ -309,7 +319,7 @@ macro_rules! generational {
         }
     )*};
 }
-generational!(CgroupKey, IdentityKey, InodeKey, AbstractKey, Net4Key, Net6Key);
+generational!(CgroupKey, IdentityKey, InodeKey, AbstractKey, UnitKey, Net4Key, Net6Key);
 
 fn attach_network(bpf: &mut Ebpf, cgroups: &Cgroups, attachments: &mut Vec<Attachment>) -> Result<(), EnforcerError> {
     let root = cgroups.root().to_owned();
@@ -420,7 +430,41 @@ fn attach_kernel_fences(bpf: &mut Ebpf, attachments: &mut Vec<Attachment>) -> Ke
         }
         Err(e) => Availability::Unavailable(format!("BPF LSM refused ({e})")),
     };
-    plan.self_protection = Availability::Unavailable("not implemented yet".into());
+    // No way out: cgroup.procs writes are checked by the file_open program; the rest here.
+    let escape = [
+        (programs::LSM_TASK_ALLOC, "task_alloc"),
+        (programs::LSM_PTRACE, "ptrace_access_check"),
+        (programs::LSM_TASK_KILL, "task_kill"),
+        (programs::LSM_BPF, "bpf"),
+    ];
+    plan.self_protection = if plan.files != Availability::Lsm {
+        Availability::Unavailable("needs BPF LSM (the file_open program checks cgroup.procs writes)".into())
+    } else {
+        let mut result = Availability::Lsm;
+        for (name, hook) in escape {
+            match lsm(bpf, &btf, name, hook) {
+                Ok(a) => attachments.push(a),
+                Err(e) => {
+                    result = Availability::Unavailable(format!("lsm/{hook} refused ({e})"));
+                    break;
+                }
+            }
+        }
+        result
+    };
+    let tp = (|| -> Result<Attachment, String> {
+        let p: &mut BtfTracePoint = program(bpf, programs::TP_CGROUP_MKDIR).map_err(|e| e.to_string())?;
+        p.load("cgroup_mkdir", &btf).map_err(|e| refusal(&e))?;
+        p.attach().map_err(|e| refusal(&e))?;
+        Ok(Attachment { program: programs::TP_CGROUP_MKDIR, hook: "tp_btf/cgroup_mkdir", target: "tracepoint".into() })
+    })();
+    plan.unit_follow = match tp {
+        Ok(a) => {
+            attachments.push(a);
+            Availability::Tracepoint
+        }
+        Err(e) => Availability::Unavailable(format!("tp_btf/cgroup_mkdir refused ({e})")),
+    };
     plan
 }
 

@@ -9,11 +9,13 @@
     reason = "policy errors carry file, identity and field for the operator; they are rare and cold"
 )]
 
+pub mod audit;
 pub mod btf;
 pub mod cgroup;
 pub mod cmd;
 pub mod compile;
 pub mod config;
+pub mod control;
 pub mod ebpf_object;
 pub mod enforcer;
 pub mod events;

@@ -31,6 +31,10 @@ enum Command {
     Policy(cmd::policy::PolicyCommand),
     /// Report what this host can enforce, by which mechanism, and how to close the gaps.
     Doctor(cmd::doctor::DoctorArgs),
+    /// Run a command as an identity: fenced from its first instruction (needs the agent).
+    Exec(cmd::exec::ExecArgs),
+    /// List the running agent's identities and their state.
+    Identities(cmd::identities::IdentitiesArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +44,8 @@ fn main() -> ExitCode {
         Command::Run(args) => cmd::run::main(args),
         Command::Policy(cmd) => cmd::policy::main(cmd),
         Command::Doctor(args) => cmd::doctor::main(args),
+        Command::Exec(args) => cmd::exec::main(args),
+        Command::Identities(args) => cmd::identities::main(args),
     };
     match result {
         Ok(code) => code,

@@ -11,6 +11,8 @@ pub enum Availability {
     Lsm,
     /// A tp_btf program kills the task at exec, before its first instruction.
     TracepointKill,
+    /// A tp_btf program acts as the kernel does it (binding a unit's new cgroup).
+    Tracepoint,
     /// The agent answers fanotify permission events (EPERM).
     Fanotify,
     /// cgroup socket hooks refuse the operation (EPERM).
@@ -38,6 +40,8 @@ pub struct KernelPlan {
     pub files: Availability,
     pub unix: Availability,
     pub self_protection: Availability,
+    /// Binding a restarted unit's new cgroup at its creation.
+    pub unit_follow: Availability,
     /// The kernel's answer when it refused BPF LSM programs.
     pub lsm_refusal: Option<String>,
 }
@@ -54,7 +58,7 @@ impl KernelPlan {
                 "needs the kernel's BTF ({why}); build the kernel with CONFIG_DEBUG_INFO_BTF=y"
             ))
         };
-        KernelPlan { exec: u(), files: u(), unix: u(), self_protection: u(), lsm_refusal: None }
+        KernelPlan { exec: u(), files: u(), unix: u(), self_protection: u(), unit_follow: u(), lsm_refusal: None }
     }
 }
 
@@ -155,14 +159,43 @@ pub fn report(plan: &KernelPlan, files: &Availability, lsm_list: Option<&str>) -
             remedy: lsm_remedy(),
         },
     });
-    rows.push(FenceReport {
-        fence: "no-way-out",
-        enforced: false,
-        mechanism: "unavailable".into(),
-        notes: "a fenced process with CAP_SYS_ADMIN can leave its cgroup or detach fence's programs; run fenced \
-                workloads without CAP_SYS_ADMIN/CAP_BPF"
-            .into(),
-        remedy: None,
+    rows.push(match &plan.self_protection {
+        Availability::Lsm => row(
+            "no-way-out",
+            "lsm/file_open+task_alloc+ptrace_access_check+task_kill+bpf",
+            "a fenced process, even root, cannot write to cgroup.procs/cgroup.threads outside its identity, \
+             clone3 into another cgroup, trace or signal processes outside its identity (the agent included), \
+             or use bpf(2)",
+        ),
+        other => FenceReport {
+            fence: "no-way-out",
+            enforced: false,
+            mechanism: "unavailable".into(),
+            notes: format!(
+                "{}: a fenced process with CAP_SYS_ADMIN can leave its cgroup, detach fence's programs or stop the \
+                 agent; run fenced workloads without CAP_SYS_ADMIN/CAP_BPF/CAP_KILL over the agent (e.g. non-root)",
+                unavailable(other)
+            ),
+            remedy: lsm_remedy(),
+        },
+    });
+    rows.push(match &plan.unit_follow {
+        Availability::Tracepoint => row(
+            "unit-restarts",
+            "tp_btf/cgroup_mkdir",
+            "a restarted unit's new cgroup is bound to its identity as the kernel creates it",
+        ),
+        other => FenceReport {
+            fence: "unit-restarts",
+            enforced: false,
+            mechanism: "inotify (user space)".into(),
+            notes: format!(
+                "{}: a restarted unit's new cgroup is bound when the agent sees it, milliseconds later; a process \
+                 the unit starts in that time runs unfenced",
+                unavailable(other)
+            ),
+            remedy: None,
+        },
     });
     rows
 }
@@ -182,6 +215,7 @@ mod tests {
             files: Availability::Unavailable("BPF LSM refused (EPERM)".into()),
             unix: Availability::Unavailable("BPF LSM refused (EPERM)".into()),
             self_protection: Availability::Unavailable("x".into()),
+            unit_follow: Availability::Tracepoint,
             lsm_refusal: Some("BPF_PROG_LOAD: Operation not permitted".into()),
         };
         let rows = report(&plan, &Availability::Fanotify, Some("lockdown,capability,landlock,bpf"));
@@ -202,11 +236,12 @@ mod tests {
             exec: Availability::Lsm,
             files: Availability::Lsm,
             unix: Availability::Lsm,
-            self_protection: Availability::Unavailable("x".into()),
+            self_protection: Availability::Lsm,
+            unit_follow: Availability::Tracepoint,
             lsm_refusal: None,
         };
         let rows = report(&plan, &Availability::Lsm, None);
-        for f in ["exec", "credential-files", "unix-sockets"] {
+        for f in ["exec", "credential-files", "unix-sockets", "no-way-out", "unit-restarts"] {
             let r = rows.iter().find(|r| r.fence == f).unwrap();
             assert!(r.enforced && r.remedy.is_none(), "{r:?}");
         }

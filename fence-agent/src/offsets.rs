@@ -27,6 +27,18 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         unix_sock_path_dentry: btf.offset_of("unix_sock", &["path", "dentry"])?,
         unix_address_len: btf.offset_of("unix_address", &["len"])?,
         unix_address_name: btf.offset_of("unix_address", &["name"])?,
+        sb_s_magic: btf.offset_of("super_block", &["s_magic"])?,
+        file_f_mode: btf.offset_of("file", &["f_mode"])?,
+        cgroup_kn: btf.offset_of("cgroup", &["kn"])?,
+        kernfs_node_id: btf.offset_of("kernfs_node", &["id"])?,
+        cgroup_root: btf.offset_of("cgroup", &["root"])?,
+        cgroup_root_hierarchy_id: btf.offset_of("cgroup_root", &["hierarchy_id"])?,
+        cgroup_self_parent: btf.offset_of("cgroup", &["self", "parent"])?,
+        cgroup_self: btf.offset_of("cgroup", &["self"])?,
+        task_cgroups: btf.offset_of("task_struct", &["cgroups"])?,
+        css_set_dfl_cgrp: btf.offset_of("css_set", &["dfl_cgrp"])?,
+        task_tgid: btf.offset_of("task_struct", &["tgid"])?,
+        _pad: 0,
     })
 }
 

@@ -19,7 +19,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::{
     policy::{
-        PolicySet,
+        PolicySet, SelectorKind,
         glob::{PathGlob, component_matches, has_wildcard},
         is_dynamic_loader,
     },
@@ -180,6 +180,9 @@ pub struct Resolved {
     pub warnings: Vec<String>,
     /// Every directory inside protected trees (the trees' roots included).
     pub tree_dirs: Vec<PathBuf>,
+    /// Current cgroup ids of unit and managed selectors, by cgroup path (absent: the unit is
+    /// not running).
+    pub cgroup_ids: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -206,10 +209,36 @@ impl Resolved {
     }
 }
 
-/// Resolves the host's protected set and every identity's exec, file and unix patterns.
-pub fn resolve(set: &PolicySet, host: &HostProtection) -> Resolved {
+/// Resolves the host's protected set, every identity's exec, file and unix patterns, and the
+/// current cgroups of unit and managed selectors (creating managed ones) under `cgroup_root`.
+pub fn resolve(set: &PolicySet, host: &HostProtection, cgroup_root: &Path) -> Resolved {
     let mounts = Mounts::read();
     let mut r = Resolved::default();
+    for identity in &set.identities {
+        for cg in &identity.cgroups {
+            let dir = cgroup_root.join(cg.path.trim_start_matches('/'));
+            match &cg.kind {
+                SelectorKind::Cgroup => continue,
+                SelectorKind::Managed => {
+                    if let Err(e) = fs::create_dir_all(&dir) {
+                        r.warnings.push(format!(
+                            "identity \"{}\": cannot create its cgroup {}: {e}",
+                            identity.name,
+                            dir.display()
+                        ));
+                    }
+                }
+                SelectorKind::Unit(_) => {}
+            }
+            // A unit that restarts gets a new cgroup at the same path: watch its parent.
+            if let Some(parent) = dir.parent() {
+                r.watch.insert(parent.to_owned());
+            }
+            if let Ok(id) = crate::cgroup::id_of(&dir) {
+                r.cgroup_ids.insert(cg.path.clone(), id);
+            }
+        }
+    }
     for glob in &host.files {
         protected_entries(glob, &mounts, &mut r);
     }

@@ -45,10 +45,26 @@ pub mod maps {
     pub const UNIX: &str = "FENCE_UNIX";
     /// `HashMap<AbstractKey, u32>`: abstract unix socket names, as `UNIX`.
     pub const UNIX_ABSTRACT: &str = "FENCE_UNIX_ABSTRACT";
+    /// `HashMap<UnitKey, u32>`: cgroup paths of units followed by identity selectors; a
+    /// cgroup created at such a path is bound to the identity by the kernel, at creation.
+    pub const UNITS: &str = "FENCE_UNITS";
 
     /// Every map the object must define.
-    pub const ALL: &[&str] =
-        &[ACTIVE, CGROUPS, IDENTITIES, NET4, NET6, EVENTS, COUNTERS, EXEC, PROTECTED, FILE_EXCEPT, UNIX, UNIX_ABSTRACT];
+    pub const ALL: &[&str] = &[
+        ACTIVE,
+        CGROUPS,
+        IDENTITIES,
+        NET4,
+        NET6,
+        EVENTS,
+        COUNTERS,
+        EXEC,
+        PROTECTED,
+        FILE_EXCEPT,
+        UNIX,
+        UNIX_ABSTRACT,
+        UNITS,
+    ];
 }
 
 /// Names of read-only globals the agent sets before loading.
@@ -74,6 +90,16 @@ pub mod programs {
     pub const LSM_UNIX_STREAM: &str = "fence_lsm_unix_stream_connect";
     /// lsm/unix_may_send: unix-socket fence for datagram sockets.
     pub const LSM_UNIX_DGRAM: &str = "fence_lsm_unix_may_send";
+    /// tp_btf/cgroup_mkdir: binds a unit's re-created cgroup to its identity at creation.
+    pub const TP_CGROUP_MKDIR: &str = "fence_tp_cgroup_mkdir";
+    /// lsm/task_alloc: no clone3(CLONE_INTO_CGROUP) out of a fence.
+    pub const LSM_TASK_ALLOC: &str = "fence_lsm_task_alloc";
+    /// lsm/ptrace_access_check: no tracing of processes outside the identity.
+    pub const LSM_PTRACE: &str = "fence_lsm_ptrace_access_check";
+    /// lsm/task_kill: no signals to processes outside the identity (the agent included).
+    pub const LSM_TASK_KILL: &str = "fence_lsm_task_kill";
+    /// lsm/bpf: no bpf(2) from fenced identities.
+    pub const LSM_BPF: &str = "fence_lsm_bpf";
 
     /// Every program the object must define.
     pub const ALL: &[&str] = &[
@@ -87,6 +113,11 @@ pub mod programs {
         LSM_FILE_OPEN,
         LSM_UNIX_STREAM,
         LSM_UNIX_DGRAM,
+        TP_CGROUP_MKDIR,
+        LSM_TASK_ALLOC,
+        LSM_PTRACE,
+        LSM_TASK_KILL,
+        LSM_BPF,
     ];
 }
 
@@ -110,6 +141,8 @@ pub mod capacity {
     pub const UNIX: u32 = 16_384;
     /// Abstract unix socket names.
     pub const UNIX_ABSTRACT: u32 = 4_096;
+    /// Followed unit cgroup paths.
+    pub const UNITS: u32 = 4_096;
     /// Ring buffer size in bytes (a power-of-two multiple of the page size).
     pub const EVENTS_BYTES: u32 = 1 << 22;
 }
@@ -269,6 +302,25 @@ impl Default for AbstractKey {
     }
 }
 
+/// Longest cgroup path (relative to the cgroup2 mount) a unit selector can follow.
+pub const UNIT_PATH_LEN: usize = 128;
+
+/// Key of [`maps::UNITS`]: a cgroup path as the `cgroup_mkdir` tracepoint gives it
+/// (`/system.slice/ci.service`), NUL padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UnitKey {
+    pub generation: u32,
+    pub _pad: u32,
+    pub path: [u8; UNIT_PATH_LEN],
+}
+
+impl Default for UnitKey {
+    fn default() -> Self {
+        UnitKey { generation: 0, _pad: 0, path: [0; UNIT_PATH_LEN] }
+    }
+}
+
 /// Offsets of kernel struct fields on the running kernel, read from its BTF by the agent and
 /// set as the [`globals::OFFSETS`] global before loading. `valid` is 1 once set; programs that
 /// read kernel structures do nothing without it.
@@ -295,6 +347,58 @@ pub struct KernelOffsets {
     pub unix_sock_path_dentry: u32,
     pub unix_address_len: u32,
     pub unix_address_name: u32,
+    pub sb_s_magic: u32,
+    pub file_f_mode: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+    pub cgroup_root: u32,
+    pub cgroup_root_hierarchy_id: u32,
+    /// Offset of `self.parent` (a `cgroup_subsys_state *`) in `struct cgroup`.
+    pub cgroup_self_parent: u32,
+    /// Offset of `self` in `struct cgroup` (to go from a parent css to its cgroup).
+    pub cgroup_self: u32,
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub task_tgid: u32,
+    pub _pad: u32,
+}
+
+impl KernelOffsets {
+    /// All zero, `valid` 0: what the programs see until the agent sets the real offsets.
+    pub const ZERO: KernelOffsets = KernelOffsets {
+        valid: 0,
+        file_f_inode: 0,
+        file_f_path_dentry: 0,
+        inode_i_ino: 0,
+        inode_i_sb: 0,
+        inode_i_nlink: 0,
+        sb_s_dev: 0,
+        dentry_d_parent: 0,
+        dentry_d_inode: 0,
+        dentry_d_name_name: 0,
+        dentry_d_name_len: 0,
+        binprm_file: 0,
+        binprm_filename: 0,
+        task_mm: 0,
+        mm_exe_file: 0,
+        socket_sk: 0,
+        unix_sock_addr: 0,
+        unix_sock_path_dentry: 0,
+        unix_address_len: 0,
+        unix_address_name: 0,
+        sb_s_magic: 0,
+        file_f_mode: 0,
+        cgroup_kn: 0,
+        kernfs_node_id: 0,
+        cgroup_root: 0,
+        cgroup_root_hierarchy_id: 0,
+        cgroup_self_parent: 0,
+        cgroup_self: 0,
+        task_cgroups: 0,
+        css_set_dfl_cgrp: 0,
+        task_tgid: 0,
+        _pad: 0,
+    };
 }
 
 /// Value of the LPM maps: every port rule that applies to destinations in the prefix.
@@ -344,6 +448,9 @@ pub const EVENT_EXEC: u8 = 2;
 pub const EVENT_FILE: u8 = 3;
 /// `EventHeader::kind`: the record is an [`ObjectEvent`] about a unix socket.
 pub const EVENT_UNIX: u8 = 4;
+/// `EventHeader::kind`: the record is an [`ObjectEvent`] about an attempt to leave the fence
+/// or to tamper with it (`ino`: the target cgroup id or pid; `dev`: the signal or ptrace mode).
+pub const EVENT_ESCAPE: u8 = 5;
 
 /// `EventHeader::verdict`: the operation was refused.
 pub const VERDICT_DENIED: u8 = 1;
@@ -361,6 +468,13 @@ pub mod op {
     pub const OPEN: u8 = 5;
     pub const UNIX_CONNECT: u8 = 6;
     pub const UNIX_SEND: u8 = 7;
+    /// A write to cgroup.procs or cgroup.threads (moving a task to another cgroup).
+    pub const CGROUP_MIGRATE: u8 = 8;
+    /// clone3(CLONE_INTO_CGROUP).
+    pub const CLONE_INTO_CGROUP: u8 = 9;
+    pub const PTRACE: u8 = 10;
+    pub const SIGNAL: u8 = 11;
+    pub const BPF: u8 = 12;
 }
 
 /// `EventHeader::mechanism` values: which hook decided.
@@ -377,6 +491,10 @@ pub mod mechanism {
     pub const FANOTIFY: u8 = 9;
     pub const LSM_UNIX_STREAM_CONNECT: u8 = 10;
     pub const LSM_UNIX_MAY_SEND: u8 = 11;
+    pub const LSM_TASK_ALLOC: u8 = 12;
+    pub const LSM_PTRACE: u8 = 13;
+    pub const LSM_TASK_KILL: u8 = 14;
+    pub const LSM_BPF: u8 = 15;
 }
 
 /// Why the kernel decided as it did (`EventHeader::reason`).
@@ -397,6 +515,12 @@ pub mod reason {
     pub const UNIX_NOT_ALLOWED: u8 = 7;
     /// The socket is in the host's default-deny set.
     pub const UNIX_HOST_DENIED: u8 = 8;
+    /// The operation would take a task out of the identity's cgroups (or into another's).
+    pub const LEAVE_FENCE: u8 = 9;
+    /// The target process is outside the identity (signals, ptrace).
+    pub const OUTSIDE_IDENTITY: u8 = 10;
+    /// Fenced identities may not use bpf(2).
+    pub const BPF_DENIED: u8 = 11;
 }
 
 /// Common head of every event record.
@@ -512,7 +636,8 @@ const _: () = {
     assert!(core::mem::offset_of!(NetEvent, addr) == 72);
     assert!(core::mem::size_of::<InodeKey>() == 24);
     assert!(core::mem::size_of::<AbstractKey>() == 120);
-    assert!(core::mem::size_of::<KernelOffsets>() == 80);
+    assert!(core::mem::size_of::<KernelOffsets>() == 128);
+    assert!(core::mem::size_of::<UnitKey>() == 8 + UNIT_PATH_LEN);
     assert!(core::mem::size_of::<DentryPath>() == 8 + COMPONENT_LEN * PATH_COMPONENTS);
     assert!(core::mem::size_of::<ObjectEvent>() == 64 + 32 + NAME_LEN + 2 * (8 + COMPONENT_LEN * PATH_COMPONENTS));
 };
@@ -532,6 +657,7 @@ mod pod {
     unsafe impl aya::Pod for InodeKey {}
     unsafe impl aya::Pod for AbstractKey {}
     unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for UnitKey {}
 }
 
 #[cfg(test)]

@@ -59,7 +59,7 @@ pub fn fence_tp_exec(ctx: BtfTracePointContext) -> i32 {
 
 struct Denial {
     who: Fenced,
-    offsets: KernelOffsets,
+    offsets: &'static KernelOffsets,
     file: u64,
     inode: Inode,
     reason: u8,
@@ -101,7 +101,7 @@ fn report(d: &Denial, bprm: u64, mech: u8, verdict: Option<u8>) {
     if let Some(v) = verdict {
         head.verdict = v;
     }
-    let o = &d.offsets;
+    let o = d.offsets;
     events::send_object(head, o, |e| {
         e.dev = d.inode.dev;
         e.ino = d.inode.ino;

@@ -14,7 +14,7 @@ use fence_common::{
 use crate::{
     events,
     identity::{self, Fenced},
-    kernel::{self, Inode},
+    kernel::{self, Inode, read},
     maps::{FENCE_FILE_EXCEPT, FENCE_PROTECTED, lookup},
 };
 
@@ -33,27 +33,32 @@ pub fn fence_lsm_file_open(ctx: LsmContext) -> i32 {
     let Some(who) = identity::current() else { return ALLOW };
     let file: u64 = ctx.arg(0);
     let Some(o) = kernel::offsets() else { return ALLOW };
-    let Some(inode) = kernel::file_inode(&o, file) else { return ALLOW };
-    let dentry = kernel::file_dentry(&o, file).unwrap_or(0);
+    let Some(inode) = kernel::file_inode(o, file) else { return ALLOW };
+    let dentry = kernel::file_dentry(o, file).unwrap_or(0);
+    if let Some(inode_ptr) = read::<u64>(file, o.file_f_inode)
+        && let Some(verdict) = crate::escape::cgroup_write(&who, o, file, inode_ptr, dentry)
+    {
+        return verdict;
+    }
     // The matching rule's inode; all zero when none. (No Option<Inode> here: the 6.1
     // verifier rejects spills of the uninitialised payload LLVM leaves in a `None`.)
     let mut rule = Inode { dev: 0, ino: 0, nlink: 0 };
     let why = if who.info.flags & IDENTITY_DENY_ALL != 0 {
         reason::IDENTITY_DENY_ALL
-    } else if protected_without_exception(&who, &o, &inode, dentry, &mut rule) {
+    } else if protected_without_exception(&who, o, &inode, dentry, &mut rule) {
         reason::FILE_PROTECTED
     } else {
         return ALLOW;
     };
     let head = events::header(&who, EVENT_FILE, op::OPEN, mechanism::LSM_FILE_OPEN, why);
-    events::send_object(head, &o, |e| {
+    events::send_object(head, o, |e| {
         e.dev = inode.dev;
         e.ino = inode.ino;
         e.nlink = inode.nlink;
         e.rule_dev = rule.dev;
         e.rule_ino = rule.ino;
         if dentry != 0 {
-            kernel::fill_path(&o, dentry, &mut e.path);
+            kernel::fill_path(o, dentry, &mut e.path);
         }
     });
     if who.audit() { ALLOW } else { EPERM }

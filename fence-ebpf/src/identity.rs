@@ -64,3 +64,45 @@ fn nearest_bound_ancestor(generation: u32) -> Option<u32> {
     }
     found
 }
+
+/// The identity of another task (the nearest bound cgroup above its own), in `generation`;
+/// `NO_IDENTITY` when it is not fenced or cannot be read.
+#[inline(always)]
+pub fn of_task(o: &fence_common::KernelOffsets, generation: u32, task: u64) -> u32 {
+    let Some(mut cg) = crate::kernel::task_cgroup(o, task) else { return fence_common::NO_IDENTITY };
+    let mut level = 0;
+    while level < MAX_CGROUP_DEPTH {
+        if let Some(id) = crate::kernel::cgroup_id(o, cg)
+            && let Some(identity) = bound(id, generation)
+        {
+            return identity;
+        }
+        match crate::kernel::cgroup_parent(o, cg) {
+            Some(p) => cg = p,
+            None => break,
+        }
+        level += 1;
+    }
+    fence_common::NO_IDENTITY
+}
+
+/// The identity bound to the cgroup directory `dentry` (on cgroupfs) or its nearest bound
+/// ancestor; `NO_IDENTITY` if none.
+#[inline(always)]
+pub fn of_cgroup_dentry(o: &fence_common::KernelOffsets, generation: u32, dentry: u64) -> u32 {
+    let mut d = dentry;
+    let mut level = 0;
+    while level < MAX_CGROUP_DEPTH {
+        if let Some(dir) = crate::kernel::dentry_inode(o, d)
+            && let Some(identity) = bound(dir.ino, generation)
+        {
+            return identity;
+        }
+        match crate::kernel::parent(o, d) {
+            Some(p) => d = p,
+            None => break,
+        }
+        level += 1;
+    }
+    fence_common::NO_IDENTITY
+}

@@ -5,38 +5,19 @@
 use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated::bpf_get_current_task};
 use fence_common::{DentryPath, KernelOffsets, PATH_COMPONENTS};
 
-/// Set by the agent (read-only global). All zero, with `valid` 0, until then.
+/// Set by the agent before loading. All zero, with `valid` 0, until then. Mutable as far as
+/// the compiler knows, so that it never folds the zero initialiser into the programs; read
+/// through [`offsets`] only.
 #[unsafe(no_mangle)]
-static FENCE_OFFSETS: KernelOffsets = KernelOffsets {
-    valid: 0,
-    file_f_inode: 0,
-    file_f_path_dentry: 0,
-    inode_i_ino: 0,
-    inode_i_sb: 0,
-    inode_i_nlink: 0,
-    sb_s_dev: 0,
-    dentry_d_parent: 0,
-    dentry_d_inode: 0,
-    dentry_d_name_name: 0,
-    dentry_d_name_len: 0,
-    binprm_file: 0,
-    binprm_filename: 0,
-    task_mm: 0,
-    mm_exe_file: 0,
-    socket_sk: 0,
-    unix_sock_addr: 0,
-    unix_sock_path_dentry: 0,
-    unix_address_len: 0,
-    unix_address_name: 0,
-};
+static mut FENCE_OFFSETS: KernelOffsets = KernelOffsets::ZERO;
 
 /// The offsets, or `None` if the agent did not set them.
 #[inline(always)]
-pub fn offsets() -> Option<KernelOffsets> {
-    // SAFETY: a plain read of a global; volatile so that the compiler does not fold the
-    // zero initialiser.
-    let o = unsafe { core::ptr::read_volatile(&FENCE_OFFSETS) };
-    if o.valid == 1 { Some(o) } else { None }
+pub fn offsets() -> Option<&'static KernelOffsets> {
+    // SAFETY: programs only read the global; the agent writes it once, before loading.
+    let o = unsafe { &*core::ptr::addr_of!(FENCE_OFFSETS) };
+    // SAFETY: a plain read of a field of the global.
+    if unsafe { core::ptr::read_volatile(&o.valid) } == 1 { Some(o) } else { None }
 }
 
 /// Reads a `T` at `base + off` in kernel memory.
@@ -125,6 +106,35 @@ pub fn fill_path(o: &KernelOffsets, dentry: u64, out: &mut DentryPath) {
         d = p;
         i += 1;
     }
+}
+
+/// `/sys/fs/cgroup`'s file system (CGROUP2_SUPER_MAGIC).
+const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
+
+/// Whether the inode lives on a cgroup2 file system.
+#[inline(always)]
+pub fn on_cgroup2(o: &KernelOffsets, inode: u64) -> bool {
+    let Some(sb) = read::<u64>(inode, o.inode_i_sb) else { return false };
+    read::<u64>(sb, o.sb_s_magic) == Some(CGROUP2_SUPER_MAGIC)
+}
+
+/// The cgroup id (kernfs node id) of a `struct cgroup`.
+#[inline(always)]
+pub fn cgroup_id(o: &KernelOffsets, cgroup: u64) -> Option<u64> {
+    read::<u64>(read::<u64>(cgroup, o.cgroup_kn)?, o.kernfs_node_id)
+}
+
+/// The parent of a `struct cgroup`, or `None` at the root.
+#[inline(always)]
+pub fn cgroup_parent(o: &KernelOffsets, cgroup: u64) -> Option<u64> {
+    let css = read::<u64>(cgroup, o.cgroup_self_parent)?;
+    if css == 0 { None } else { Some(css - u64::from(o.cgroup_self)) }
+}
+
+/// A task's cgroup on the default (v2) hierarchy.
+#[inline(always)]
+pub fn task_cgroup(o: &KernelOffsets, task: u64) -> Option<u64> {
+    read::<u64>(read::<u64>(task, o.task_cgroups)?, o.css_set_dfl_cgrp).filter(|&c| c != 0)
 }
 
 /// Fills `out` with the current task's executable.

@@ -6,6 +6,7 @@
 #![no_std]
 #![no_main]
 
+mod escape;
 mod events;
 mod exec;
 mod file;
@@ -13,6 +14,7 @@ mod identity;
 mod kernel;
 mod maps;
 mod net;
+mod units;
 mod unix;
 
 /// The kernel refuses GPL-only helpers (and LSM programs) without a GPL-compatible license.

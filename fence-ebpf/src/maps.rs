@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use fence_common::{
-    AbstractKey, ActiveState, CgroupKey, IdentityInfo, IdentityKey, InodeKey, Net4Key, Net6Key, NetRules, capacity,
-    counter,
+    AbstractKey, ActiveState, CgroupKey, IdentityInfo, IdentityKey, InodeKey, Net4Key, Net6Key, NetRules, UnitKey,
+    capacity, counter,
 };
 
 /// The live policy generation (index 0). Written by the agent after a complete policy has been
@@ -54,6 +54,11 @@ pub static FENCE_UNIX: HashMap<InodeKey, u32> = HashMap::with_max_entries(capaci
 /// Abstract unix socket names, as `FENCE_UNIX`.
 #[map]
 pub static FENCE_UNIX_ABSTRACT: HashMap<AbstractKey, u32> = HashMap::with_max_entries(capacity::UNIX_ABSTRACT, 0);
+
+/// (generation, unit cgroup path) -> identity: a cgroup created at this path is bound to the
+/// identity by `fence_tp_cgroup_mkdir` at creation.
+#[map]
+pub static FENCE_UNITS: HashMap<UnitKey, u32> = HashMap::with_max_entries(capacity::UNITS, 0);
 
 /// Deny and would-deny events for the agent (records start with `EventHeader`).
 #[map]

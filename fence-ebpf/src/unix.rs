@@ -57,7 +57,7 @@ fn judge(sk: u64, operation: u8, mech: u8) -> i32 {
     let mut inode = kernel::Inode { dev: 0, ino: 0, nlink: 0 };
     let mut name_key = AbstractKey::default();
     let (listed, host_denied) = if path_dentry != 0 {
-        match kernel::dentry_inode(&o, path_dentry) {
+        match kernel::dentry_inode(o, path_dentry) {
             Some(i) => inode = i,
             None => return ALLOW,
         }
@@ -68,7 +68,7 @@ fn judge(sk: u64, operation: u8, mech: u8) -> i32 {
             // Unnamed peer: nothing to name in a policy.
             return ALLOW;
         }
-        abstract_name(&o, addr, &mut name_key);
+        abstract_name(o, addr, &mut name_key);
         abstract_listed(&who, &mut name_key)
     };
     let flags = who.info.flags;
@@ -85,12 +85,12 @@ fn judge(sk: u64, operation: u8, mech: u8) -> i32 {
         return ALLOW;
     };
     let head = events::header(&who, EVENT_UNIX, operation, mech, why);
-    events::send_object(head, &o, |e| {
+    events::send_object(head, o, |e| {
         if path_dentry != 0 {
             e.dev = inode.dev;
             e.ino = inode.ino;
             e.nlink = inode.nlink;
-            kernel::fill_path(&o, path_dentry, &mut e.path);
+            kernel::fill_path(o, path_dentry, &mut e.path);
         } else {
             e.name[..ABSTRACT_NAME_LEN].copy_from_slice(&name_key.name);
             e.name_len = name_key.len;

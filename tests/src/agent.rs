@@ -35,6 +35,10 @@ pub struct Agent {
     _dir: TempDir,
     pub policy: PathBuf,
     pub events: PathBuf,
+    /// The identity lifecycle audit log.
+    pub audit: PathBuf,
+    /// The control socket (`fence-agent exec`, `identities`).
+    pub socket: PathBuf,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
 }
@@ -63,14 +67,21 @@ impl Agent {
         let config = dir.path("agent.toml");
         // The tests' own protected sets replace the host's defaults unless they say otherwise.
         let protect = if extra_config.contains("[protect]") { "" } else { "[protect]\ndefaults = false\n" };
+        let audit = dir.path("audit.jsonl");
+        let socket = dir.path("agent.sock");
         fs::write(
             &config,
-            format!("[events]\nstdout = true\nfile = {:?}\n{protect}{extra_config}", events.display().to_string()),
+            format!(
+                "[events]\nstdout = true\nfile = {:?}\n[control]\nsocket = {:?}\n[audit]\nfile = {:?}\n{protect}{extra_config}",
+                events.display().to_string(),
+                socket.display().to_string(),
+                audit.display().to_string()
+            ),
         )
         .expect("writing the config");
         let notify = dir.path("notify.sock");
         // Bound before the agent starts, so that no READY can be missed.
-        let socket = UnixDatagram::bind(&notify).expect("binding the notify socket");
+        let notify_socket = UnixDatagram::bind(&notify).expect("binding the notify socket");
         let stdout = dir.path("agent.stdout");
         let stderr = dir.path("agent.stderr");
         let child = Command::new(agent_binary())
@@ -85,7 +96,17 @@ impl Agent {
             .stderr(fs::File::create(&stderr).expect("stderr file"))
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", agent_binary().display()));
-        Agent { child: Some(child), notify: Some(socket), _dir: dir, policy: policy_path, events, stdout, stderr }
+        Agent {
+            child: Some(child),
+            notify: Some(notify_socket),
+            _dir: dir,
+            policy: policy_path,
+            events,
+            audit,
+            socket,
+            stdout,
+            stderr,
+        }
     }
 
     fn wait_ready(mut self) -> Agent {
@@ -133,12 +154,12 @@ impl Agent {
 
     /// Sends SIGHUP and waits until the agent has logged the outcome of the reload.
     pub fn reload(&self) -> String {
-        let before = self.stderr_text().matches("SIGHUP").count();
+        let outcomes = |t: &str| t.matches("policy applied").count() + t.matches("reload refused").count();
+        let before = outcomes(&self.stderr_text());
         kill(self.pid(), Signal::SIGHUP).expect("SIGHUP");
         wait_for(Duration::from_secs(30 * u64::from(slow_factor())), || {
             let text = self.stderr_text();
-            let done = text.matches("policy applied").count() + text.matches("reload refused").count();
-            (text.matches("SIGHUP").count() > before && done > before).then_some(text)
+            (outcomes(&text) > before).then_some(text)
         })
         .unwrap_or_else(|| panic!("the agent did not finish the reload:\n{}", self.stderr_text()))
     }

@@ -34,6 +34,14 @@ impl TestCgroup {
         TestCgroup { rel, dir }
     }
 
+    /// A cgroup at exactly `rel` (its name must say it is fence's test cgroup).
+    pub fn at(rel: &str) -> TestCgroup {
+        assert!(rel.contains("fence"), "test cgroups carry fence in their path: {rel}");
+        let dir = cgroup_root().join(rel.trim_start_matches('/'));
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
+        TestCgroup { rel: rel.to_owned(), dir }
+    }
+
     /// A child cgroup (created now, removed with the parent).
     pub fn child(&self, name: &str) -> TestCgroup {
         let rel = format!("{}/{name}", self.rel);
@@ -151,4 +159,9 @@ pub fn mechanism(fence: &str) -> Option<String> {
         .and_then(|rows| rows.iter().find(|r| r["fence"] == fence))
         .unwrap_or_else(|| panic!("doctor has no row for {fence}"));
     (row["enforced"] == true).then(|| row["mechanism"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Processes in a test cgroup.
+pub fn procs_in(cg: &TestCgroup) -> usize {
+    fs::read_to_string(cg.dir.join("cgroup.procs")).map(|s| s.lines().count()).unwrap_or(0)
 }

@@ -91,22 +91,35 @@ pub fn main(args: &[String]) -> ExitCode {
         }
         action = args.next();
     }
-    let rest: Vec<&str> = args.collect();
-    let result = match action {
-        Some(a) => perform(a, &rest),
-        None => Err(io::Error::other("no action")),
+    // Steps separated by `then` run in order; the first failure is reported with its index.
+    let Some(first) = action else {
+        println!("{}", json!({"ok": false, "error": "no action"}));
+        return ExitCode::SUCCESS;
     };
+    let mut words: Vec<&str> = vec![first];
+    words.extend(args);
     let pid = std::process::id();
-    let line = match result {
-        Ok(mut extra) => {
-            extra["pid"] = json!(pid);
-            extra["ok"] = json!(true);
-            extra
+    let mut line = json!({});
+    for (step, chunk) in words.split(|w| *w == "then").enumerate() {
+        let Some((action, rest)) = chunk.split_first() else { continue };
+        match perform(action, rest) {
+            Ok(extra) => {
+                if let Value::Object(m) = extra {
+                    for (k, v) in m {
+                        line[k] = v;
+                    }
+                }
+            }
+            Err(e) => {
+                line =
+                    json!({"pid": pid, "ok": false, "errno": e.raw_os_error(), "error": e.to_string(), "step": step});
+                println!("{line}");
+                return ExitCode::SUCCESS;
+            }
         }
-        Err(e) => {
-            json!({"pid": pid, "ok": false, "errno": e.raw_os_error(), "error": e.to_string()})
-        }
-    };
+    }
+    line["pid"] = json!(pid);
+    line["ok"] = json!(true);
     println!("{line}");
     ExitCode::SUCCESS
 }
@@ -192,6 +205,49 @@ fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
             Ok(json!({"ns": started.elapsed().as_nanos() as u64, "count": n}))
         }
         "noop" => Ok(json!({})),
+        "sleep" => {
+            let secs: u64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(1);
+            std::thread::sleep(Duration::from_secs(secs));
+            Ok(json!({}))
+        }
+        "move-to" => {
+            // Writes this process's pid into DIR/cgroup.procs (leaving its cgroup).
+            let dir = args.first().ok_or_else(|| io::Error::other("move-to DIR"))?;
+            fs::write(std::path::Path::new(dir).join("cgroup.procs"), std::process::id().to_string())
+                .map(|()| json!({}))
+        }
+        "mkdir" => {
+            let dir = args.first().ok_or_else(|| io::Error::other("mkdir DIR"))?;
+            fs::create_dir(dir).map(|()| json!({}))
+        }
+        "clone-into-cgroup" => {
+            let dir = args.first().ok_or_else(|| io::Error::other("clone-into-cgroup DIR"))?;
+            clone_into_cgroup(dir)
+        }
+        "kill" => {
+            let pid: i32 = args.first().and_then(|p| p.parse().ok()).ok_or_else(|| io::Error::other("kill PID SIG"))?;
+            let sig: i32 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            // SAFETY: plain syscall.
+            if unsafe { libc::kill(pid, sig) } == 0 { Ok(json!({})) } else { Err(io::Error::last_os_error()) }
+        }
+        "ptrace-attach" => {
+            let pid: i32 =
+                args.first().and_then(|p| p.parse().ok()).ok_or_else(|| io::Error::other("ptrace-attach PID"))?;
+            let pid = nix::unistd::Pid::from_raw(pid);
+            nix::sys::ptrace::attach(pid).map_err(io::Error::from)?;
+            let _ = nix::sys::wait::waitpid(pid, None);
+            nix::sys::ptrace::detach(pid, None).map(|()| json!({})).map_err(io::Error::from)
+        }
+        "bpf" => {
+            // BPF_PROG_GET_NEXT_ID with start_id 0: any program id (harmless, needs bpf(2)).
+            let mut attr = [0u32; 4];
+            // SAFETY: bpf(2) reads the attribute buffer of the given size.
+            let r = unsafe { libc::syscall(libc::SYS_bpf, 11, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
+            if r >= 0 { Ok(json!({})) } else { Err(io::Error::last_os_error()) }
+        }
+        "unshare-cgroupns" => {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map(|()| json!({})).map_err(io::Error::from)
+        }
         "exec" => {
             // Replaces this process; only a failure comes back here.
             let path = args.first().ok_or_else(|| io::Error::other("exec PATH ARGS..."))?;
@@ -256,6 +312,45 @@ fn bench_udp(to: SocketAddr, n: u64) -> io::Result<()> {
         s.send_to(b"fence-bench", to)?;
     }
     Ok(())
+}
+
+/// clone3(CLONE_INTO_CGROUP) a child straight into the cgroup `dir`; the child exits at once.
+fn clone_into_cgroup(dir: &str) -> io::Result<Value> {
+    use std::os::fd::AsRawFd as _;
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let cgroup = fs::File::open(dir)?;
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 with no stack runs the child on a copy of our stack, like fork; the child
+    // only calls _exit.
+    let pid = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => unsafe { libc::_exit(0) },
+        child => {
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child as i32), None);
+            Ok(json!({"child": child}))
+        }
+    }
 }
 
 /// Copies `src` into a memfd and executes it from there (fileless execution).

@@ -14,12 +14,13 @@ mod agent;
 mod env;
 mod harness;
 mod helper;
+mod identities;
 mod kernel_fences;
 mod net;
 
 /// Every integration test, in the order they run.
 fn all_tests() -> impl Iterator<Item = &'static harness::Test> {
-    net::TESTS.iter().chain(kernel_fences::TESTS)
+    net::TESTS.iter().chain(kernel_fences::TESTS).chain(identities::TESTS)
 }
 
 fn main() -> ExitCode {

@@ -65,7 +65,15 @@ impl Agent {
         let events = dir.join("events.jsonl");
         let _ = fs::remove_file(&events);
         let config = dir.join("agent.toml");
-        fs::write(&config, format!("[events]\nstdout = {stdout_events}\nfile = {:?}\n", events.display().to_string()))?;
+        fs::write(
+            &config,
+            format!(
+                "[events]\nstdout = {stdout_events}\nfile = {:?}\n[control]\nsocket = {:?}\n[audit]\nfile = {:?}\n",
+                events.display().to_string(),
+                dir.join("agent.sock").display().to_string(),
+                dir.join("audit.jsonl").display().to_string()
+            ),
+        )?;
         let notify_path = dir.join("notify.sock");
         let _ = fs::remove_file(&notify_path);
         let notify = UnixDatagram::bind(&notify_path)?;

@@ -5,7 +5,7 @@ use std::{fs, path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::util::{cache_dir, have, is_root, output, run, step};
+use crate::util::{cache_dir, have, is_root, output, quiet, run, step};
 
 /// The eBPF toolchain; keep in step with fence-ebpf/rust-toolchain.toml and fence-agent/build.rs.
 pub const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
@@ -80,7 +80,7 @@ fn toolchains() -> Result<()> {
     }
     // The user-space toolchain is rust-toolchain.toml's; `./x` installs it before building
     // xtask, this makes sure of its components.
-    run(Command::new("rustup").arg("toolchain").arg("install").current_dir(crate::util::workspace_root()))
+    quiet(Command::new("rustup").arg("toolchain").arg("install").current_dir(crate::util::workspace_root()))
 }
 
 fn rust_src_present() -> Result<bool> {

@@ -46,6 +46,17 @@ pub fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs a command with its output captured; shows it only if the command fails.
+pub fn quiet(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("starting {shown}"))?;
+    if !out.status.success() {
+        eprint!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        bail!("{shown} failed: {}", out.status);
+    }
+    Ok(())
+}
+
 /// Whether a command exists on PATH.
 pub fn have(program: impl AsRef<OsStr>) -> bool {
     Command::new("sh")

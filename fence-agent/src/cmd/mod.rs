@@ -1,5 +1,7 @@
 //! One file per subcommand.
 
 pub mod doctor;
+pub mod exec;
+pub mod identities;
 pub mod policy;
 pub mod run;

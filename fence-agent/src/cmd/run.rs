@@ -1,6 +1,7 @@
 //! `fence-agent run`: probe, load, attach, apply, report events; SIGHUP reloads the policy
-//! atomically, SIGTERM/SIGINT detach and exit; changes to files the policy names (programs
-//! replaced by upgrades, protected files created or renamed) are resolved again as they happen.
+//! atomically, SIGTERM/SIGINT detach and exit; changes to files the policy names are resolved
+//! again as they happen; identities expire on time; the control socket serves
+//! `fence-agent exec` and `fence-agent identities`; every identity lifecycle change is audited.
 
 use std::{
     path::PathBuf,
@@ -11,15 +12,23 @@ use std::{
 
 use anyhow::Context as _;
 use clap::Args;
+use jiff::Timestamp;
+use nix::sys::{
+    signal::{SigSet, Signal},
+    signalfd::{SfdFlags, SignalFd},
+};
 use tokio::{
+    io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
     sync::mpsc,
 };
 
 use crate::{
+    audit::{AuditLog, Trigger, changes},
     btf::Btf,
     cgroup::Cgroups,
     config::Config,
+    control::{self, Call, Request},
     enforcer::Enforcer,
     events::{Directory, EventReader, Sinks},
     fanotify::FileFence,
@@ -27,7 +36,7 @@ use crate::{
     manager::{Applied, ApplyError, PolicyManager, load_policy},
     mechanisms::{Availability, report},
     offsets::kernel_offsets,
-    policy::PolicySet,
+    policy::{PolicySet, glob::PathGlob},
     protect::HostProtection,
     watch::Watcher,
 };
@@ -44,7 +53,11 @@ pub struct RunArgs {
 
 pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.as_deref())?;
-    let host = config.host_protection().map_err(anyhow::Error::msg).context("the agent configuration")?;
+    let mut host = config.host_protection().map_err(anyhow::Error::msg).context("the agent configuration")?;
+    // Fenced processes have no business with the agent: its socket is in the default-deny set.
+    if let Ok(g) = PathGlob::parse(&config.control.socket.display().to_string()) {
+        host.unix_deny.push(g);
+    }
     let cgroups = Cgroups::discover()?;
     let set = match load_policy(&args.policy, &cgroups) {
         Ok(set) => set,
@@ -54,26 +67,41 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let sinks = Sinks::open(config.events.stdout, config.events.file.as_deref())?;
+    let audit = AuditLog::open(&config.audit.file)?;
+    // SIGHUP is read from a signalfd, which says who sent it (for the audit log). Blocked here,
+    // before the runtime's threads exist, so that every thread inherits the block.
+    let mut hup_mask = SigSet::empty();
+    hup_mask.add(Signal::SIGHUP);
+    hup_mask.thread_block().context("blocking SIGHUP")?;
+    let hup = SignalFd::with_flags(&hup_mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).context("signalfd")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(args, cgroups, host, set, sinks))
+    runtime.block_on(serve(Setup { args, config, cgroups, host, set, sinks, audit, hup }))
 }
 
-async fn serve(
+struct Setup {
     args: RunArgs,
+    config: Config,
     cgroups: Cgroups,
     host: HostProtection,
     set: PolicySet,
     sinks: Sinks,
-) -> anyhow::Result<ExitCode> {
+    audit: AuditLog,
+    hup: SignalFd,
+}
+
+async fn serve(s: Setup) -> anyhow::Result<ExitCode> {
+    let Setup { args, config, cgroups, host, set, sinks, mut audit, hup } = s;
     // Signal handlers first: a SIGTERM during start-up must still detach cleanly.
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // SAFETY: the signalfd lives as long as the AsyncFd and always reports its own fd.
+    let hup = unsafe { AsyncFd::register_with_interest(hup, Interest::READABLE) }.map_err(std::io::Error::from)?;
 
+    let listener = control::listen(&config.control.socket).await?;
     let offsets = match Btf::from_sys_fs().and_then(|b| kernel_offsets(&b)) {
         Ok(o) => Some(o),
         Err(e) => {
@@ -100,9 +128,10 @@ async fn serve(
     let ring = enforcer.take_events()?;
     let mut reader =
         EventReader::new(ring, agent_events, directory.clone(), sinks).context("watching the event ring buffer")?;
-    let mut manager = PolicyManager::new(enforcer, directory, host, file_fence);
-    match manager.apply(set) {
-        Ok(applied) => log_applied(applied),
+    let mut manager = PolicyManager::new(enforcer, directory, host, &cgroups, file_fence);
+    let hostname = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+    match apply(&mut manager, &mut audit, &hostname, set, Trigger::new("startup")) {
+        Ok(()) => {}
         Err(ApplyError::Policy(errors)) => {
             eprintln!("fence-agent: {errors}");
             return Ok(ExitCode::from(2));
@@ -123,14 +152,31 @@ async fn serve(
     let events = tokio::spawn(async move {
         reader.run().await;
     });
+    let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
+    let server = tokio::spawn(control::serve(listener, calls_tx));
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %e, "sd_notify READY failed");
     }
-    tracing::info!(cgroup2 = %cgroups.root().display(), "fence is enforcing");
+    tracing::info!(cgroup2 = %cgroups.root().display(), control = %config.control.socket.display(), "fence is enforcing");
 
     loop {
+        let expiry = manager.next_expiry();
+        let until_expiry = expiry.map_or(Duration::from_secs(3600), |e| {
+            let left = e.duration_since(Timestamp::now());
+            Duration::try_from(left).unwrap_or(Duration::ZERO)
+        });
         tokio::select! {
-            _ = hup.recv() => reload(&mut manager, &args, &cgroups),
+            ready = hup.readable() => {
+                let mut guard = ready.context("waiting for SIGHUP")?;
+                let sender = match hup.get_ref().read_signal() {
+                    Ok(Some(info)) => Some((info.ssi_pid, info.ssi_uid)),
+                    _ => None,
+                };
+                guard.clear_ready();
+                if let Some((pid, uid)) = sender {
+                    reload(&mut manager, &mut audit, &hostname, &args, &cgroups, Trigger::by("reload", pid, uid));
+                }
+            }
             Some(()) = changed.recv() => {
                 // Let a burst of changes (an upgrade, a rename) settle, then resolve once.
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -144,6 +190,19 @@ async fn serve(
                     }
                 }
             }
+            Some(call) = calls.recv() => answer(&manager, call),
+            _ = tokio::time::sleep(until_expiry), if expiry.is_some() => {
+                let old = manager.current().map(|a| a.set.clone());
+                match tokio::task::block_in_place(|| manager.expire_due(Timestamp::now())) {
+                    Some(Ok(applied)) => {
+                        let records = changes(old.as_ref(), &applied.set, &Trigger::new("expiry"), &hostname, Timestamp::now());
+                        log_applied(applied);
+                        write_audit(&mut audit, &records);
+                    }
+                    Some(Err(e)) => tracing::error!("applying an expiry failed; the previous policy stays in force: {e}"),
+                    None => {}
+                }
+            }
             _ = term.recv() => { tracing::info!("SIGTERM: detaching and exiting"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: detaching and exiting"); break; }
         }
@@ -152,6 +211,8 @@ async fn serve(
         }
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    server.abort();
+    let _ = std::fs::remove_file(&config.control.socket);
     // Let the reader write what the kernel already reported, then detach.
     tokio::time::sleep(Duration::from_millis(50)).await;
     events.abort();
@@ -160,22 +221,64 @@ async fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
-fn reload(manager: &mut PolicyManager, args: &RunArgs, cgroups: &Cgroups) {
-    tracing::info!("SIGHUP: reloading policy");
+/// Applies `set`, logs it and writes the lifecycle changes to the audit log.
+fn apply(
+    manager: &mut PolicyManager,
+    audit: &mut AuditLog,
+    hostname: &str,
+    set: PolicySet,
+    trigger: Trigger,
+) -> Result<(), ApplyError> {
+    let old = manager.current().map(|a| a.set.clone());
+    let applied = tokio::task::block_in_place(|| manager.apply(set))?;
+    let records = changes(old.as_ref(), &applied.set, &trigger, hostname, Timestamp::now());
+    log_applied(applied);
+    write_audit(audit, &records);
+    Ok(())
+}
+
+fn write_audit(audit: &mut AuditLog, records: &[crate::audit::AuditRecord]) {
+    if let Err(e) = audit.write(records) {
+        tracing::error!(error = %e, "writing the identity audit log failed");
+    }
+}
+
+fn reload(
+    manager: &mut PolicyManager,
+    audit: &mut AuditLog,
+    hostname: &str,
+    args: &RunArgs,
+    cgroups: &Cgroups,
+    trigger: Trigger,
+) {
+    tracing::info!(by = ?trigger.by, "SIGHUP: reloading policy");
     let result = load_policy(&args.policy, cgroups)
         .map_err(ApplyError::from)
-        .and_then(|set| tokio::task::block_in_place(|| manager.apply(set).map(|_| ())));
-    match result {
-        Ok(()) => {
-            if let Some(applied) = manager.current() {
-                log_applied(applied);
-            }
-        }
-        Err(e) => {
-            let live = manager.current().map(|a| a.report.sequence).unwrap_or_default();
-            tracing::error!(live_sequence = live, "reload refused; the previous policy stays in force: {e}");
-        }
+        .and_then(|set| apply(manager, audit, hostname, set, trigger));
+    if let Err(e) = result {
+        let live = manager.current().map(|a| a.report.sequence).unwrap_or_default();
+        tracing::error!(live_sequence = live, "reload refused; the previous policy stays in force: {e}");
     }
+}
+
+/// Answers a control socket request.
+fn answer(manager: &PolicyManager, call: Call) {
+    let Call { request, peer, reply } = call;
+    let response = match request {
+        Request::Enter { identity } => match manager.enter(&identity, peer.pid) {
+            Ok(cgroup) => {
+                tracing::info!(identity = %identity, pid = peer.pid, uid = peer.uid, cgroup = %cgroup, "process entered identity");
+                serde_json::json!({"ok": true, "cgroup": cgroup})
+            }
+            Err(e) => {
+                tracing::warn!(identity = %identity, pid = peer.pid, uid = peer.uid, "exec refused: {e}");
+                control::error(&e.to_string())
+            }
+        },
+        Request::Identities if peer.uid != 0 => control::error("only root may list identities"),
+        Request::Identities => serde_json::json!({"ok": true, "identities": manager.identities()}),
+    };
+    let _ = reply.send(response);
 }
 
 fn log_applied(applied: &Applied) {

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use fence_common::{
-    COMPONENT_LEN, DentryPath, EVENT_EXEC, EVENT_FILE, EVENT_NET, EVENT_UNIX, EventHeader, NetEvent, ObjectEvent,
-    PATH_COMPONENTS,
+    COMPONENT_LEN, DentryPath, EVENT_ESCAPE, EVENT_EXEC, EVENT_FILE, EVENT_NET, EVENT_UNIX, EventHeader, NetEvent,
+    ObjectEvent, PATH_COMPONENTS,
 };
 
 /// A decoded record: from the kernel's ring buffer, or built by the agent (fanotify).
@@ -53,7 +53,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             len: bytes.len(),
             expected: size_of::<NetEvent>(),
         }),
-        EVENT_EXEC | EVENT_FILE | EVENT_UNIX => read::<ObjectEvent>(bytes)
+        EVENT_EXEC | EVENT_FILE | EVENT_UNIX | EVENT_ESCAPE => read::<ObjectEvent>(bytes)
             .map(|e| KernelEvent::Object(Box::new(e)))
             .ok_or(DecodeError::Truncated { kind: header.kind, len: bytes.len(), expected: size_of::<ObjectEvent>() }),
         other => Err(DecodeError::UnknownKind(other)),
@@ -110,6 +110,26 @@ mod tests {
         e.header.kind = EVENT_NET;
         e.port = 22;
         assert_eq!(decode(&bytes_of(&e)), Ok(KernelEvent::Net(e)));
+    }
+
+    #[test]
+    fn every_object_kind_decodes() {
+        for kind in [EVENT_EXEC, EVENT_FILE, EVENT_UNIX, EVENT_ESCAPE] {
+            let mut e = ObjectEvent {
+                header: EventHeader { kind, ..EventHeader::default() },
+                dev: 0,
+                rule_dev: 0,
+                ino: 7,
+                rule_ino: 0,
+                nlink: 1,
+                name_len: 0,
+                name: [0; fence_common::NAME_LEN],
+                path: DentryPath::default(),
+                actor_exe: DentryPath::default(),
+            };
+            e.path.depth = 0;
+            assert!(matches!(decode(&bytes_of(&e)), Ok(KernelEvent::Object(o)) if o.ino == 7), "kind {kind}");
+        }
     }
 
     #[test]

@@ -134,11 +134,21 @@ pub struct Fence {
     pub target: Option<Target>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Target {
-    /// program, file or socket.
+    /// program, file, socket, cgroup, process or bpf.
     pub kind: &'static str,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub path: String,
+    /// The target process of a signal or ptrace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The signal number, ptrace mode or bpf command.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<u32>,
+    /// The cgroup id of a cgroup target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
     /// The file name given to execve (exec).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub invoked_as: Option<String>,
@@ -297,6 +307,9 @@ fn object_record(e: &ObjectEvent, dir: &Directory, host: &dyn HostView) -> Recor
         let (names, complete) = components(&e.actor_exe);
         process.executable = Some(format!("{}{}", if complete { "/" } else { ".../" }, names.join("/")));
     }
+    if h.kind == fence_common::EVENT_ESCAPE {
+        return escape_record(e, timestamp, process, fence, host);
+    }
     let name_len = (e.name_len as usize).min(NAME_LEN);
     let name = String::from_utf8_lossy(&e.name[..name_len]).into_owned();
     let abstract_socket = h.kind == fence_common::EVENT_UNIX && e.ino == 0;
@@ -341,8 +354,14 @@ fn object_record(e: &ObjectEvent, dir: &Directory, host: &dyn HostView) -> Recor
     let inode = (e.ino != 0).then(|| e.ino.to_string());
     let device = (e.dev != 0).then(|| format!("{}:{}", e.dev >> 20, e.dev & 0xfffff));
     let invoked_as = (h.kind == EVENT_EXEC && !name.is_empty()).then_some(name);
-    fence.target =
-        Some(Target { kind, path: path.clone(), invoked_as, fileless: e.nlink == 0 && e.ino != 0, fs_relative });
+    fence.target = Some(Target {
+        kind,
+        path: path.clone(),
+        invoked_as,
+        fileless: e.nlink == 0 && e.ino != 0,
+        fs_relative,
+        ..Target::default()
+    });
     Record {
         timestamp,
         ecs: Ecs { version: ECS_VERSION },
@@ -365,6 +384,67 @@ fn object_record(e: &ObjectEvent, dir: &Directory, host: &dyn HostView) -> Recor
     }
 }
 
+/// An attempt to leave the fence or tamper with it.
+fn escape_record(
+    e: &ObjectEvent,
+    timestamp: String,
+    process: Process,
+    mut fence: Fence,
+    host: &dyn HostView,
+) -> Record {
+    let h = &e.header;
+    let (names, _) = components(&e.path);
+    let cgroup_path = format!("/{}", names.join("/"));
+    let (kind, target, why) = match h.operation {
+        op::CGROUP_MIGRATE => (
+            "cgroup",
+            Target { kind: "cgroup", path: cgroup_path.clone(), cgroup_id: Some(e.ino), ..Target::default() },
+            format!("moving a task into cgroup {cgroup_path}, outside the identity's cgroups"),
+        ),
+        op::CLONE_INTO_CGROUP => (
+            "cgroup",
+            Target { kind: "cgroup", ..Target::default() },
+            "clone3(CLONE_INTO_CGROUP): starting a child in another cgroup".to_owned(),
+        ),
+        op::PTRACE | op::SIGNAL => {
+            let what = if h.operation == op::PTRACE { "tracing" } else { "signalling" };
+            (
+                "process",
+                Target { kind: "process", pid: Some(e.ino as u32), detail: Some(e.dev), ..Target::default() },
+                format!("{what} process {} outside the identity", e.ino),
+            )
+        }
+        _ => (
+            "bpf",
+            Target { kind: "bpf", detail: Some(e.dev), ..Target::default() },
+            "bpf(2) from a fenced identity".to_owned(),
+        ),
+    };
+    let denied = h.verdict == VERDICT_DENIED;
+    fence.rule = "no-way-out".to_owned();
+    fence.target = Some(target);
+    Record {
+        timestamp,
+        ecs: Ecs { version: ECS_VERSION },
+        event: EventFields {
+            kind: "alert",
+            category: vec![if kind == "process" { "process" } else { "configuration" }],
+            event_type: vec!["change", if denied { "denied" } else { "allowed" }],
+            action: operation_name(h.operation),
+            outcome: if denied { "failure" } else { "success" },
+            module: "fence",
+            dataset: "fence.enforcement",
+            reason: format!("{} {why}", if denied { "denied" } else { "would deny" }),
+        },
+        host: Host { hostname: host.hostname().to_owned() },
+        process,
+        destination: None,
+        network: None,
+        file: None,
+        fence,
+    }
+}
+
 fn join_host_port(ip: &str, port: u16) -> String {
     if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") }
 }
@@ -383,6 +463,11 @@ pub fn operation_name(o: u8) -> &'static str {
         op::OPEN => "open",
         op::UNIX_CONNECT => "unix-connect",
         op::UNIX_SEND => "unix-send",
+        op::CGROUP_MIGRATE => "cgroup-migrate",
+        op::CLONE_INTO_CGROUP => "clone-into-cgroup",
+        op::PTRACE => "ptrace",
+        op::SIGNAL => "signal",
+        op::BPF => "bpf",
         _ => "unknown",
     }
 }
@@ -400,6 +485,10 @@ pub fn mechanism_name(m: u8) -> &'static str {
         mechanism::FANOTIFY => "fanotify/open_perm",
         mechanism::LSM_UNIX_STREAM_CONNECT => "lsm/unix_stream_connect",
         mechanism::LSM_UNIX_MAY_SEND => "lsm/unix_may_send",
+        mechanism::LSM_TASK_ALLOC => "lsm/task_alloc",
+        mechanism::LSM_PTRACE => "lsm/ptrace_access_check",
+        mechanism::LSM_TASK_KILL => "lsm/task_kill",
+        mechanism::LSM_BPF => "lsm/bpf",
         _ => "unknown",
     }
 }
@@ -414,6 +503,9 @@ fn reason_name(r: u8) -> &'static str {
         reason::FILE_PROTECTED => "file-protected",
         reason::UNIX_NOT_ALLOWED => "unix-not-allowed",
         reason::UNIX_HOST_DENIED => "unix-host-denied",
+        reason::LEAVE_FENCE => "leave-fence",
+        reason::OUTSIDE_IDENTITY => "outside-identity",
+        reason::BPF_DENIED => "bpf-denied",
         _ => "unknown",
     }
 }

@@ -17,8 +17,8 @@ pub use error::{PolicyError, PolicyErrorKind, PolicyErrors};
 pub use load::{Format, SourceDocument, load_paths, parse_document};
 pub use model::Mode;
 pub use validate::{
-    BoundCgroup, CgroupResolver, EgressRule, ExecPolicy, ExecRule, Identity, PolicySet, PolicyVersion, ResolveError,
-    UnixPolicy, is_dynamic_loader, validate,
+    BoundCgroup, CgroupResolver, EgressRule, ExecPolicy, ExecRule, Identity, MANAGED_DIR, PolicySet, PolicyVersion,
+    ResolveError, SelectorKind, UnixPolicy, is_dynamic_loader, validate,
 };
 
 /// The policy document schema this agent understands (`schema:` in every document).

@@ -155,13 +155,26 @@ impl fmt::Display for Mode {
     }
 }
 
-/// How processes are bound to the identity.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+/// How processes are bound to the identity: exactly one of `cgroup`, `unit` or `managed`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SelectorDoc {
     /// A cgroup v2 path relative to the cgroup2 mount, e.g. `/system.slice/ci.service`.
     /// Processes in it and in every cgroup below it carry the identity.
-    pub cgroup: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// A systemd unit (`ci-runner.service`, `batch.slice`): its cgroup, followed across
+    /// restarts (the kernel binds each new cgroup of the unit as it is created).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// The slice a `unit` runs in, when it is not `system.slice` and the unit is not running
+    /// when the policy is applied (a running unit is found wherever it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice: Option<String>,
+    /// `true`: processes started with `fence-agent exec --identity NAME` (in a cgroup the
+    /// agent creates under its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

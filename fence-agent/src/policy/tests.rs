@@ -27,6 +27,9 @@ impl CgroupResolver for Table {
     fn own_cgroup(&self) -> Option<String> {
         self.own.clone()
     }
+    fn find_unit(&self, unit: &str) -> Vec<String> {
+        self.ids.keys().filter(|p| p.rsplit('/').next() == Some(unit)).map(|p| p.to_string()).collect()
+    }
 }
 
 fn table() -> Table {
@@ -94,7 +97,7 @@ fn a_good_policy_validates() {
     let id = &set.identities[0];
     assert_eq!(id.name, "ci-bot");
     assert_eq!(id.mode, Mode::Enforce);
-    assert_eq!(id.cgroups, vec![BoundCgroup { path: "/fence/a".into(), id: Some(10) }]);
+    assert_eq!(id.cgroups, vec![BoundCgroup { path: "/fence/a".into(), id: Some(10), kind: SelectorKind::Cgroup }]);
     assert_eq!(id.egress[0].name, "https");
     assert_eq!(id.egress[0].nets.len(), 2);
     assert!(!id.expired);
@@ -228,7 +231,7 @@ fn bad_conflicting_modes_on_one_cgroup() {
     );
     let e = error_of(&two);
     assert!(
-        e.contains("identity \"other\": selectors[0].cgroup")
+        e.contains("identity \"other\": selectors[0]")
             && e.contains("also bound to identity \"ci-bot\" (mode enforce)"),
         "{e}"
     );
@@ -324,7 +327,10 @@ fn expired_identities_are_flagged_not_refused() {
 fn offline_validation_skips_host_checks() {
     let doc = parse(&with("/fence/a}", "/not/on/this/host}"), Format::Yaml).unwrap();
     let set = validate(&[doc], None, now()).unwrap();
-    assert_eq!(set.identities[0].cgroups[0], BoundCgroup { path: "/not/on/this/host".into(), id: None });
+    assert_eq!(
+        set.identities[0].cgroups[0],
+        BoundCgroup { path: "/not/on/this/host".into(), id: None, kind: SelectorKind::Cgroup }
+    );
 }
 
 #[test]

@@ -28,7 +28,12 @@ pub trait CgroupResolver {
     fn resolve(&self, path: &str) -> Result<u64, ResolveError>;
     /// The agent's own cgroup, which no identity may contain.
     fn own_cgroup(&self) -> Option<String>;
+    /// The cgroup paths of a systemd unit currently on the host (normally one).
+    fn find_unit(&self, unit: &str) -> Vec<String>;
 }
+
+/// Where managed identities' cgroups live, below the agent's own cgroup.
+pub const MANAGED_DIR: &str = "fence-managed";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResolveError {
@@ -88,8 +93,19 @@ pub struct UnixPolicy {
 pub struct BoundCgroup {
     /// Normalised path relative to the cgroup2 mount, starting with `/`.
     pub path: String,
-    /// cgroup id; `None` when validated without a resolver (`policy check --offline`).
+    /// cgroup id of a `cgroup` selector; `None` for units and managed cgroups (resolved when
+    /// applied, and again when they are re-created) and offline validation.
     pub id: Option<u64>,
+    pub kind: SelectorKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SelectorKind {
+    Cgroup,
+    /// A systemd unit: the path is followed, whatever cgroup id it has now or later.
+    Unit(String),
+    /// `fence-agent exec --identity`: created by the agent.
+    Managed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,12 +250,8 @@ fn identity(
     if doc.selectors.is_empty() {
         ctx.push("selectors", PolicyErrorKind::EmptyList);
     }
-    let cgroups: Vec<BoundCgroup> = doc
-        .selectors
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| cgroup(ctx, &format!("selectors[{i}].cgroup"), &s.cgroup, resolver))
-        .collect();
+    let cgroups: Vec<BoundCgroup> =
+        doc.selectors.iter().enumerate().filter_map(|(i, s)| selector(ctx, i, s, &doc.name, resolver)).collect();
     let egress: Vec<EgressRule> = doc.egress.iter().enumerate().filter_map(|(i, r)| egress_rule(ctx, i, r)).collect();
     let exec = doc.exec.as_ref().map(|e| exec_policy(ctx, e));
     let file_exceptions = doc.files.as_ref().map(|f| globs(ctx, "files.allow", &f.allow, true)).unwrap_or_default();
@@ -299,6 +311,136 @@ fn timestamp(ctx: &mut Ctx<'_>, field: &str, text: &str) -> Option<Timestamp> {
     }
 }
 
+fn selector(
+    ctx: &mut Ctx<'_>,
+    index: usize,
+    s: &super::model::SelectorDoc,
+    identity: &str,
+    resolver: Option<&dyn CgroupResolver>,
+) -> Option<BoundCgroup> {
+    let base = format!("selectors[{index}]");
+    let set = [s.cgroup.is_some(), s.unit.is_some(), s.managed.is_some()].iter().filter(|b| **b).count();
+    if set != 1 {
+        ctx.push(
+            &base,
+            PolicyErrorKind::InvalidValue {
+                what: "selector",
+                value: format!("{s:?}"),
+                why: "give exactly one of `cgroup`, `unit` or `managed`".to_owned(),
+            },
+        );
+        return None;
+    }
+    if s.slice.is_some() && s.unit.is_none() {
+        ctx.push(
+            &format!("{base}.slice"),
+            PolicyErrorKind::InvalidValue {
+                what: "selector",
+                value: s.slice.clone().unwrap_or_default(),
+                why: "`slice` only goes with `unit`".to_owned(),
+            },
+        );
+        return None;
+    }
+    if let Some(raw) = &s.cgroup {
+        return cgroup(ctx, &format!("{base}.cgroup"), raw, resolver);
+    }
+    if let Some(unit) = &s.unit {
+        return unit_selector(ctx, &format!("{base}.unit"), unit, s.slice.as_deref(), resolver);
+    }
+    if s.managed != Some(true) {
+        ctx.push(
+            &format!("{base}.managed"),
+            PolicyErrorKind::InvalidValue {
+                what: "selector",
+                value: "false".into(),
+                why: "write `managed: true`, or leave the selector out".to_owned(),
+            },
+        );
+        return None;
+    }
+    let path = match resolver.and_then(|r| r.own_cgroup()) {
+        Some(own) => format!("{}/{MANAGED_DIR}/{identity}", own.trim_end_matches('/')),
+        None => format!("/<agent>/{MANAGED_DIR}/{identity}"),
+    };
+    Some(BoundCgroup { path, id: None, kind: SelectorKind::Managed })
+}
+
+const UNIT_SUFFIXES: &[&str] = &[".service", ".scope", ".slice", ".socket", ".mount", ".swap", ".timer", ".target"];
+
+fn unit_name_ok(name: &str) -> bool {
+    UNIT_SUFFIXES.iter().any(|s| name.ends_with(s) && name.len() > s.len())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || ":_.@-\\".contains(c))
+}
+
+/// systemd's cgroup path of a slice: `a-b.slice` lives at `/a.slice/a-b.slice`.
+fn slice_path(slice: &str) -> String {
+    let stem = slice.trim_end_matches(".slice");
+    if stem == "-" || stem.is_empty() {
+        return String::new();
+    }
+    let mut path = String::new();
+    let mut prefix = String::new();
+    for part in stem.split('-') {
+        if !prefix.is_empty() {
+            prefix.push('-');
+        }
+        prefix.push_str(part);
+        path.push_str(&format!("/{prefix}.slice"));
+    }
+    path
+}
+
+fn unit_selector(
+    ctx: &mut Ctx<'_>,
+    field: &str,
+    unit: &str,
+    slice: Option<&str>,
+    resolver: Option<&dyn CgroupResolver>,
+) -> Option<BoundCgroup> {
+    let invalid = |why: String| PolicyErrorKind::InvalidValue { what: "unit", value: unit.to_owned(), why };
+    if !unit_name_ok(unit) {
+        ctx.push(field, invalid(format!("not a systemd unit name (one of {})", UNIT_SUFFIXES.join(", "))));
+        return None;
+    }
+    if let Some(sl) = slice
+        && !(unit_name_ok(sl) && sl.ends_with(".slice"))
+    {
+        ctx.push(field, invalid(format!("slice {sl:?} is not a slice name")));
+        return None;
+    }
+    let found = resolver.map(|r| r.find_unit(unit)).unwrap_or_default();
+    let path = match found.as_slice() {
+        [one] => one.clone(),
+        [] => match (unit.ends_with(".slice"), slice) {
+            (true, _) => slice_path(unit),
+            (false, Some(sl)) => format!("{}/{unit}", slice_path(sl)),
+            (false, None) => format!("/system.slice/{unit}"),
+        },
+        many => {
+            ctx.push(
+                field,
+                invalid(format!("found in several cgroups ({}); name the cgroup instead", many.join(", "))),
+            );
+            return None;
+        }
+    };
+    if path.len() >= fence_common::UNIT_PATH_LEN {
+        ctx.push(
+            field,
+            invalid(format!("its cgroup path {path} is longer than {} bytes", fence_common::UNIT_PATH_LEN - 1)),
+        );
+        return None;
+    }
+    if let Some(own) = resolver.and_then(|r| r.own_cgroup())
+        && (own == path || own.starts_with(&format!("{path}/")))
+    {
+        ctx.push(field, invalid("its cgroup contains the fence agent itself".into()));
+        return None;
+    }
+    Some(BoundCgroup { path, id: None, kind: SelectorKind::Unit(unit.to_owned()) })
+}
+
 fn cgroup(ctx: &mut Ctx<'_>, field: &str, raw: &str, resolver: Option<&dyn CgroupResolver>) -> Option<BoundCgroup> {
     let unusable = |why: &str| PolicyErrorKind::CgroupUnusable { path: raw.to_owned(), why: why.to_owned() };
     let parts: Vec<&str> = raw.split('/').filter(|p| !p.is_empty()).collect();
@@ -317,7 +459,7 @@ fn cgroup(ctx: &mut Ctx<'_>, field: &str, raw: &str, resolver: Option<&dyn Cgrou
     }
     let path = format!("/{}", parts.join("/"));
     let Some(resolver) = resolver else {
-        return Some(BoundCgroup { path, id: None });
+        return Some(BoundCgroup { path, id: None, kind: SelectorKind::Cgroup });
     };
     if let Some(own) = resolver.own_cgroup()
         && (own == path || own.starts_with(&format!("{path}/")))
@@ -326,7 +468,7 @@ fn cgroup(ctx: &mut Ctx<'_>, field: &str, raw: &str, resolver: Option<&dyn Cgrou
         return None;
     }
     match resolver.resolve(&path) {
-        Ok(id) => Some(BoundCgroup { path, id: Some(id) }),
+        Ok(id) => Some(BoundCgroup { path, id: Some(id), kind: SelectorKind::Cgroup }),
         Err(ResolveError::NotFound) => {
             let root = resolver.root().display().to_string();
             ctx.push(field, PolicyErrorKind::CgroupNotFound { path, root });
@@ -512,7 +654,7 @@ fn check_cgroup_conflicts(identities: &[Identity], errors: &mut Vec<PolicyError>
                 errors.push(PolicyError {
                     file: identity.source.clone(),
                     identity: Some(identity.name.clone()),
-                    field: format!("selectors[{i}].cgroup"),
+                    field: format!("selectors[{i}]"),
                     kind: PolicyErrorKind::CgroupConflict {
                         path: cg.path.clone(),
                         other: other.name.clone(),

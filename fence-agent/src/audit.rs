@@ -1,0 +1,305 @@
+//! The identity lifecycle audit log (ISO 27001 5.15/5.16, SOC 2 CC6.1): every identity
+//! creation, change, expiry and removal as one JSON line, with what triggered it and the old
+//! and new policy versions. Kept apart from denial events, in its own append-only file.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write as _},
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use jiff::Timestamp;
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::policy::{Identity, PolicySet};
+
+#[derive(Debug, Error)]
+pub enum AuditError {
+    #[error("cannot open the audit log {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("writing the audit log {path} failed: {source}")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+/// What made the agent apply a policy.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Trigger {
+    /// `startup`, `reload` (SIGHUP), `file-change`, `expiry`.
+    pub kind: &'static str,
+    /// Who asked, when known (the sender of SIGHUP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<Actor>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Actor {
+    pub pid: u32,
+    pub uid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl Trigger {
+    pub fn new(kind: &'static str) -> Trigger {
+        Trigger { kind, by: None }
+    }
+
+    pub fn by(kind: &'static str, pid: u32, uid: u32) -> Trigger {
+        let name = fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_owned());
+        Trigger { kind, by: Some(Actor { pid, uid, name }) }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AuditRecord {
+    #[serde(rename = "@timestamp")]
+    pub timestamp: String,
+    pub event: AuditEvent,
+    pub host: Host,
+    pub fence: AuditFence,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AuditEvent {
+    pub kind: &'static str,
+    pub category: [&'static str; 1],
+    #[serde(rename = "type")]
+    pub event_type: [&'static str; 1],
+    pub action: &'static str,
+    pub module: &'static str,
+    pub dataset: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Host {
+    pub hostname: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AuditFence {
+    pub schema_version: u32,
+    pub identity: String,
+    pub owner: String,
+    pub purpose: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_policy_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_policy_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    pub mode: &'static str,
+    /// The policy file the identity came from, its owner and modification time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+    pub trigger: Trigger,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Source {
+    pub file: String,
+    pub owner_uid: u32,
+    pub modified: String,
+}
+
+/// The lifecycle changes from `old` to `new` (pure: the caller writes them).
+pub fn changes(
+    old: Option<&PolicySet>,
+    new: &PolicySet,
+    trigger: &Trigger,
+    host: &str,
+    now: Timestamp,
+) -> Vec<AuditRecord> {
+    let mut out = Vec::new();
+    let find = |set: Option<&PolicySet>, name: &str| -> Option<Identity> {
+        set.and_then(|s| s.identities.iter().find(|i| i.name == name).cloned())
+    };
+    for identity in &new.identities {
+        match find(old, &identity.name) {
+            None => {
+                out.push(record("identity-created", "creation", None, Some(identity), identity, trigger, host, now));
+                if identity.expired {
+                    out.push(record("identity-expired", "change", None, Some(identity), identity, trigger, host, now));
+                }
+            }
+            Some(before) => {
+                if before.version != identity.version {
+                    out.push(record(
+                        "identity-changed",
+                        "change",
+                        Some(&before),
+                        Some(identity),
+                        identity,
+                        trigger,
+                        host,
+                        now,
+                    ));
+                }
+                if identity.expired && !before.expired {
+                    out.push(record(
+                        "identity-expired",
+                        "change",
+                        Some(&before),
+                        Some(identity),
+                        identity,
+                        trigger,
+                        host,
+                        now,
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(old) = old {
+        for before in &old.identities {
+            if !new.identities.iter().any(|i| i.name == before.name) {
+                out.push(record("identity-removed", "deletion", Some(before), None, before, trigger, host, now));
+            }
+        }
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    action: &'static str,
+    event_type: &'static str,
+    before: Option<&Identity>,
+    after: Option<&Identity>,
+    identity: &Identity,
+    trigger: &Trigger,
+    host: &str,
+    now: Timestamp,
+) -> AuditRecord {
+    let source = fs::metadata(&identity.source).ok().map(|m| Source {
+        file: identity.source.display().to_string(),
+        owner_uid: m.uid(),
+        modified: Timestamp::from_second(m.mtime()).map(|t| t.to_string()).unwrap_or_default(),
+    });
+    AuditRecord {
+        timestamp: now.strftime("%Y-%m-%dT%H:%M:%S.%NZ").to_string(),
+        event: AuditEvent {
+            kind: "event",
+            category: ["iam"],
+            event_type: [event_type],
+            action,
+            module: "fence",
+            dataset: "fence.audit",
+        },
+        host: Host { hostname: host.to_owned() },
+        fence: AuditFence {
+            schema_version: crate::events::record::EVENT_SCHEMA_VERSION,
+            identity: identity.name.clone(),
+            owner: identity.owner.clone(),
+            purpose: identity.purpose.clone(),
+            old_policy_version: before.map(|i| i.version.to_string()),
+            new_policy_version: after.map(|i| i.version.to_string()),
+            expires: identity.expires.map(|e| e.to_string()),
+            mode: identity.mode.as_str(),
+            source,
+            trigger: trigger.clone(),
+        },
+    }
+}
+
+/// The append-only audit file.
+pub struct AuditLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl AuditLog {
+    /// Opens (creating, 0640, its directory 0750) the log for appending, and asks the file
+    /// system to make it append-only (chattr +a) where it can.
+    pub fn open(path: &Path) -> Result<AuditLog, AuditError> {
+        let err = |source| AuditError::Open { path: path.to_owned(), source };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::DirBuilder::new().recursive(true).mode(0o750).create(dir).map_err(err)?;
+        }
+        let file = OpenOptions::new().append(true).create(true).mode(0o640).open(path).map_err(err)?;
+        set_append_only(&file);
+        Ok(AuditLog { path: path.to_owned(), file })
+    }
+
+    pub fn write(&mut self, records: &[AuditRecord]) -> Result<(), AuditError> {
+        for r in records {
+            let mut line = serde_json::to_string(r).unwrap_or_default();
+            line.push('\n');
+            self.file
+                .write_all(line.as_bytes())
+                .map_err(|source| AuditError::Write { path: self.path.clone(), source })?;
+            tracing::info!(identity = %r.fence.identity, action = r.event.action, "identity lifecycle");
+        }
+        Ok(())
+    }
+}
+
+/// FS_IOC_SETFLAGS with FS_APPEND_FL; file systems without it (tmpfs) are fine as they are.
+fn set_append_only(file: &File) {
+    use std::os::fd::AsRawFd as _;
+    const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
+    const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
+    const FS_APPEND_FL: libc::c_long = 0x20;
+    let mut flags: libc::c_long = 0;
+    // SAFETY: ioctls on our own fd with a pointer to a local.
+    unsafe {
+        if libc::ioctl(file.as_raw_fd(), FS_IOC_GETFLAGS, &mut flags) == 0 && flags & FS_APPEND_FL == 0 {
+            flags |= FS_APPEND_FL;
+            let _ = libc::ioctl(file.as_raw_fd(), FS_IOC_SETFLAGS, &flags);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Mode, PolicyVersion};
+
+    fn identity(name: &str, v: u8, expired: bool) -> Identity {
+        Identity {
+            name: name.into(),
+            owner: "o".into(),
+            purpose: "p".into(),
+            created: None,
+            expires: None,
+            expired,
+            mode: Mode::Enforce,
+            cgroups: vec![],
+            egress: vec![],
+            exec: None,
+            file_exceptions: vec![],
+            unix: None,
+            version: PolicyVersion([v; 32]),
+            source: "/nonexistent/policy.yaml".into(),
+        }
+    }
+
+    fn actions(records: &[AuditRecord]) -> Vec<(&'static str, String)> {
+        records.iter().map(|r| (r.event.action, r.fence.identity.clone())).collect()
+    }
+
+    #[test]
+    fn creation_change_expiry_and_removal() {
+        let now = Timestamp::UNIX_EPOCH;
+        let t = Trigger::new("startup");
+        let first = PolicySet { identities: vec![identity("a", 1, false), identity("b", 1, false)] };
+        let r = changes(None, &first, &t, "h", now);
+        assert_eq!(actions(&r), vec![("identity-created", "a".into()), ("identity-created", "b".into())]);
+        assert_eq!(r[0].fence.new_policy_version, Some(PolicyVersion([1; 32]).to_string()));
+        assert_eq!(r[0].fence.old_policy_version, None);
+        let second = PolicySet { identities: vec![identity("a", 2, false), identity("c", 1, false)] };
+        let r = changes(Some(&first), &second, &Trigger::by("reload", 1, 0), "h", now);
+        assert_eq!(
+            actions(&r),
+            vec![("identity-changed", "a".into()), ("identity-created", "c".into()), ("identity-removed", "b".into())]
+        );
+        assert_eq!(r[0].fence.old_policy_version, Some(PolicyVersion([1; 32]).to_string()));
+        assert_eq!(r[0].fence.new_policy_version, Some(PolicyVersion([2; 32]).to_string()));
+        assert_eq!(r[2].event.event_type, ["deletion"]);
+        let third = PolicySet { identities: vec![identity("a", 2, true), identity("c", 1, false)] };
+        let r = changes(Some(&second), &third, &Trigger::new("expiry"), "h", now);
+        assert_eq!(actions(&r), vec![("identity-expired", "a".into())]);
+        assert!(changes(Some(&third), &third, &t, "h", now).is_empty(), "no change, no record");
+    }
+}
