@@ -19,15 +19,35 @@ use crate::{
     resolve::{ObjectId, Resolved},
 };
 
-/// Identity ids stay the same for a name across reloads of one agent run, so that events
-/// still in flight during a reload keep their meaning. Ids are never reused.
-#[derive(Debug, Default)]
+/// Identity ids stay the same for a name across reloads, and across agent restarts when the
+/// allocator is kept in the state directory, so that events recorded by the kernel under an
+/// earlier policy (or while no agent ran) keep their meaning. Ids are never reused.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct IdAllocator {
     ids: HashMap<String, u32>,
     last: u32,
 }
 
 impl IdAllocator {
+    /// The allocator saved at `path`, or a new one.
+    pub fn load(path: &std::path::Path) -> IdAllocator {
+        std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+
+    /// Saves the allocator at `path` (0600, written to a temporary file and renamed).
+    pub fn save(&self, path: &std::path::Path) -> std::io::Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(&serde_json::to_vec(self).unwrap_or_default())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    }
+
     pub fn id(&mut self, name: &str) -> u32 {
         if let Some(&id) = self.ids.get(name) {
             return id;

@@ -20,6 +20,11 @@
 //!
 //! [audit]
 //! file = "/var/log/fence/audit.jsonl"        # identity lifecycle events, append-only
+//!
+//! [persist]
+//! enabled = true                             # keep enforcing when the agent exits
+//! pin_dir = "/sys/fs/bpf/fence"
+//! state_dir = "/var/lib/fence"
 //! ```
 
 use std::{
@@ -50,6 +55,38 @@ pub struct Config {
     pub control: ControlConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    #[serde(default)]
+    pub persist: PersistConfig,
+}
+
+/// Enforcement that outlives the agent: programs, links and the event buffer pinned in bpffs;
+/// identity ids kept in the state directory.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PersistConfig {
+    /// Keep enforcing after the agent exits (stop, upgrade, crash, SIGKILL). Off by default
+    /// for `fence-agent run` by hand; the packaged service turns it on. `fence-agent uninstall`
+    /// removes what it leaves.
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+}
+
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/fence")
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/fence")
+}
+
+impl Default for PersistConfig {
+    fn default() -> Self {
+        PersistConfig { enabled: false, pin_dir: default_pin_dir(), state_dir: default_state_dir() }
+    }
 }
 
 /// The agent's local socket (`fence-agent exec`, `fence-agent identities`).

@@ -24,6 +24,14 @@ use crate::{
     resolve::ObjectId,
 };
 
+/// A program whose link could not be pinned.
+#[derive(Debug, Error)]
+#[error("pinning the link of {program} failed: {why}")]
+pub struct PinFailure {
+    pub program: &'static str,
+    pub why: String,
+}
+
 #[derive(Debug, Error)]
 pub enum EnforcerError {
     #[error(
@@ -82,7 +90,9 @@ pub struct Enforcer {
     bpf: Ebpf,
     generation: u32,
     sequence: u64,
+    loaded: Vec<Loaded>,
     attachments: Vec<Attachment>,
+    links: Vec<(&'static str, LinkHandle)>,
     plan: KernelPlan,
 }
 
@@ -99,11 +109,12 @@ const SOCK_ADDR_PROGRAMS: [(&str, &str); 4] = [
 ];
 
 impl Enforcer {
-    /// Loads the programs: the network programs at the root of the cgroup2 hierarchy (every
-    /// cgroup, including ones created later, is covered; unfenced tasks are let through at the
-    /// first lookup), then for exec, files and unix sockets the best mechanism this kernel
-    /// accepts. `offsets` (from BTF) are needed for all but the network programs.
-    pub fn load(cgroups: &Cgroups, offsets: Option<KernelOffsets>) -> Result<Enforcer, EnforcerError> {
+    /// Loads the programs (nothing is attached yet): the network programs, then for exec,
+    /// files, unix sockets and the rest the best mechanism this kernel accepts. `offsets` (from
+    /// BTF) are needed for all but the network programs. Apply a policy, then [`attach`].
+    ///
+    /// [`attach`]: Enforcer::attach
+    pub fn load(offsets: Option<KernelOffsets>) -> Result<Enforcer, EnforcerError> {
         let object = ebpf_object::bytes();
         if object.is_empty() {
             return Err(EnforcerError::NoObject);
@@ -114,14 +125,91 @@ impl Enforcer {
             .override_global(globals::OFFSETS, &global, true)
             .load(object)
             .map_err(EnforcerError::Load)?;
-        let mut attachments = Vec::new();
-        attach_network(&mut bpf, cgroups, &mut attachments)?;
+        let mut loaded = Vec::new();
+        load_network(&mut bpf, &mut loaded)?;
         let plan = match offsets {
-            Some(_) => attach_kernel_fences(&mut bpf, &mut attachments),
+            Some(_) => load_kernel_fences(&mut bpf, &mut loaded),
             None => KernelPlan::without_btf(),
         };
         let active = read_active(&bpf)?;
-        Ok(Enforcer { bpf, generation: active.generation & 1, sequence: active.sequence, attachments, plan })
+        Ok(Enforcer {
+            bpf,
+            generation: active.generation & 1,
+            sequence: active.sequence,
+            loaded,
+            attachments: Vec::new(),
+            links: Vec::new(),
+            plan,
+        })
+    }
+
+    /// Attaches the loaded programs: the network programs at the root of the cgroup2
+    /// hierarchy (every cgroup, including ones created later, is covered; unfenced tasks are
+    /// let through at the first lookup), the LSM and tracepoint programs globally.
+    pub fn attach(&mut self, cgroups: &Cgroups) -> Result<(), EnforcerError> {
+        let root = cgroups.root().to_owned();
+        let root_fd = File::open(&root).map_err(|source| EnforcerError::CgroupRoot { path: root.clone(), source })?;
+        for l in self.loaded.clone() {
+            let name = l.program;
+            let err = |source| EnforcerError::Program { name, source };
+            let (handle, target) = match l.kind {
+                HookKind::SockAddr => {
+                    let p: &mut CgroupSockAddr = program(&mut self.bpf, name)?;
+                    (LinkHandle::SockAddr(p.attach(&root_fd, LINK_MODE).map_err(err)?), root.display().to_string())
+                }
+                HookKind::Sock => {
+                    let p: &mut CgroupSock = program(&mut self.bpf, name)?;
+                    (LinkHandle::Sock(p.attach(&root_fd, LINK_MODE).map_err(err)?), root.display().to_string())
+                }
+                HookKind::Lsm => {
+                    let p: &mut Lsm = program(&mut self.bpf, name)?;
+                    (LinkHandle::Lsm(p.attach().map_err(err)?), "lsm".to_owned())
+                }
+                HookKind::Tracepoint => {
+                    let p: &mut BtfTracePoint = program(&mut self.bpf, name)?;
+                    (LinkHandle::Tracepoint(p.attach().map_err(err)?), "tracepoint".to_owned())
+                }
+            };
+            self.links.push((name, handle));
+            self.attachments.push(Attachment { program: name, hook: l.hook, target });
+        }
+        Ok(())
+    }
+
+    /// Pins every attached program's link under `dir`: the kernel keeps enforcing with them
+    /// when this process exits, whatever the reason.
+    pub fn pin_links(&mut self, dir: &std::path::Path) -> Result<(), PinFailure> {
+        use aya::programs::links::FdLink;
+        for (name, handle) in self.links.drain(..) {
+            let failure = |why: String| PinFailure { program: name, why };
+            let fd_link: FdLink = match handle {
+                LinkHandle::SockAddr(id) => {
+                    let p: &mut CgroupSockAddr = program(&mut self.bpf, name).map_err(|e| failure(e.to_string()))?;
+                    p.take_link(id)
+                        .map_err(|e| failure(e.to_string()))?
+                        .try_into()
+                        .map_err(|e: aya::programs::links::LinkError| failure(e.to_string()))?
+                }
+                LinkHandle::Sock(id) => {
+                    let p: &mut CgroupSock = program(&mut self.bpf, name).map_err(|e| failure(e.to_string()))?;
+                    p.take_link(id)
+                        .map_err(|e| failure(e.to_string()))?
+                        .try_into()
+                        .map_err(|e: aya::programs::links::LinkError| failure(e.to_string()))?
+                }
+                LinkHandle::Lsm(id) => {
+                    let p: &mut Lsm = program(&mut self.bpf, name).map_err(|e| failure(e.to_string()))?;
+                    p.take_link(id).map_err(|e| failure(e.to_string()))?.into()
+                }
+                LinkHandle::Tracepoint(id) => {
+                    let p: &mut BtfTracePoint = program(&mut self.bpf, name).map_err(|e| failure(e.to_string()))?;
+                    p.take_link(id).map_err(|e| failure(e.to_string()))?.into()
+                }
+            };
+            // The pinned link holds the attachment; our FdLink may drop.
+            fd_link.pin(dir.join(name)).map_err(|e| failure(e.to_string()))?;
+        }
+        Ok(())
     }
 
     pub fn attachments(&self) -> &[Attachment] {
@@ -134,8 +222,15 @@ impl Enforcer {
     }
 
     /// Hands the event ring buffer to the event reader.
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, EnforcerError> {
+    /// Hands the event ring buffer to the event reader, pinning it at `pin` first (so that a
+    /// later agent can read what the programs record after this one exits).
+    pub fn take_events(&mut self, pin: Option<&std::path::Path>) -> Result<RingBuf<MapData>, EnforcerError> {
         let map = self.bpf.take_map(maps::EVENTS).ok_or(EnforcerError::Missing { kind: "map", name: maps::EVENTS })?;
+        if let Some(path) = pin
+            && let Err(e) = map.pin(path)
+        {
+            tracing::warn!(error = %e, path = %path.display(), "pinning the event buffer failed; events while no agent runs are lost");
+        }
         RingBuf::try_from(map).map_err(|source| EnforcerError::Map { map: maps::EVENTS, source })
     }
 
@@ -321,21 +416,40 @@ macro_rules! generational {
 }
 generational!(CgroupKey, IdentityKey, InodeKey, AbstractKey, UnitKey, Net4Key, Net6Key);
 
-fn attach_network(bpf: &mut Ebpf, cgroups: &Cgroups, attachments: &mut Vec<Attachment>) -> Result<(), EnforcerError> {
-    let root = cgroups.root().to_owned();
-    let root_fd = File::open(&root).map_err(|source| EnforcerError::CgroupRoot { path: root.clone(), source })?;
-    let target = root.display().to_string();
+/// A kernel program that loaded, waiting to be attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Loaded {
+    program: &'static str,
+    hook: &'static str,
+    kind: HookKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HookKind {
+    SockAddr,
+    Sock,
+    Lsm,
+    Tracepoint,
+}
+
+/// An attached program's link, kept to be pinned.
+enum LinkHandle {
+    SockAddr(aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId),
+    Sock(aya::programs::cgroup_sock::CgroupSockLinkId),
+    Lsm(aya::programs::lsm::LsmLinkId),
+    Tracepoint(aya::programs::tp_btf::BtfTracePointLinkId),
+}
+
+fn load_network(bpf: &mut Ebpf, loaded: &mut Vec<Loaded>) -> Result<(), EnforcerError> {
     for (name, hook) in SOCK_ADDR_PROGRAMS {
         let program: &mut CgroupSockAddr = program(bpf, name)?;
         program.load().map_err(|source| EnforcerError::Program { name, source })?;
-        program.attach(&root_fd, LINK_MODE).map_err(|source| EnforcerError::Program { name, source })?;
-        attachments.push(Attachment { program: name, hook, target: target.clone() });
+        loaded.push(Loaded { program: name, hook, kind: HookKind::SockAddr });
     }
     let name = programs::SOCK_CREATE;
     let program: &mut CgroupSock = program(bpf, name)?;
     program.load().map_err(|source| EnforcerError::Program { name, source })?;
-    program.attach(&root_fd, LINK_MODE).map_err(|source| EnforcerError::Program { name, source })?;
-    attachments.push(Attachment { program: name, hook: "cgroup/sock_create", target });
+    loaded.push(Loaded { program: name, hook: "cgroup/sock_create", kind: HookKind::Sock });
     Ok(())
 }
 
@@ -349,12 +463,22 @@ where
         .map_err(|source| EnforcerError::Program { name, source })
 }
 
-/// Loads and attaches an LSM program; the error text says why the kernel refused.
-fn lsm(bpf: &mut Ebpf, btf: &aya::Btf, name: &'static str, hook: &'static str) -> Result<Attachment, String> {
+/// Loads an LSM program (the kernel's verdict on BPF LSM); the error says why it refused.
+fn load_lsm(bpf: &mut Ebpf, btf: &aya::Btf, name: &'static str, hook: &'static str) -> Result<Loaded, String> {
     let p: &mut Lsm = program(bpf, name).map_err(|e| e.to_string())?;
     p.load(hook, btf).map_err(|e| refusal(&e))?;
-    p.attach().map_err(|e| refusal(&e))?;
-    Ok(Attachment { program: name, hook, target: "lsm".into() })
+    Ok(Loaded { program: name, hook, kind: HookKind::Lsm })
+}
+
+fn load_tracepoint(
+    bpf: &mut Ebpf,
+    btf: &aya::Btf,
+    name: &'static str,
+    tracepoint: &'static str,
+) -> Result<Loaded, String> {
+    let p: &mut BtfTracePoint = program(bpf, name).map_err(|e| e.to_string())?;
+    p.load(tracepoint, btf).map_err(|e| refusal(&e))?;
+    Ok(Loaded { program: name, hook: tracepoint, kind: HookKind::Tracepoint })
 }
 
 /// The kernel's answer, in one line: the verifier's complaint (the lines before its closing
@@ -378,91 +502,55 @@ fn refusal(e: &ProgramError) -> String {
     }
 }
 
-/// Tries BPF LSM for exec, files and unix sockets; falls back to the tracepoint kill for exec.
-fn attach_kernel_fences(bpf: &mut Ebpf, attachments: &mut Vec<Attachment>) -> KernelPlan {
+/// Loads the exec, file, unix, no-way-out and unit programs this kernel accepts: BPF LSM
+/// where it loads, the tracepoint kill for exec where it does not.
+fn load_kernel_fences(bpf: &mut Ebpf, loaded: &mut Vec<Loaded>) -> KernelPlan {
     let btf = match aya::Btf::from_sys_fs() {
         Ok(b) => b,
         Err(e) => return KernelPlan::no_kernel_btf(&e.to_string()),
     };
     let mut plan = KernelPlan::default();
-    match lsm(bpf, &btf, programs::LSM_EXEC, "bprm_check_security") {
-        Ok(a) => {
-            attachments.push(a);
-            plan.exec = Availability::Lsm;
-        }
+    let mut take = |r: Result<Loaded, String>| r.map(|l| loaded.push(l));
+    match take(load_lsm(bpf, &btf, programs::LSM_EXEC, "bprm_check_security")) {
+        Ok(()) => plan.exec = Availability::Lsm,
         Err(lsm_error) => {
             plan.lsm_refusal = Some(lsm_error.clone());
-            let tp = (|| -> Result<Attachment, String> {
-                let p: &mut BtfTracePoint = program(bpf, programs::TP_EXEC).map_err(|e| e.to_string())?;
-                p.load("sched_process_exec", &btf).map_err(|e| refusal(&e))?;
-                p.attach().map_err(|e| refusal(&e))?;
-                Ok(Attachment {
-                    program: programs::TP_EXEC,
-                    hook: "tp_btf/sched_process_exec",
-                    target: "tracepoint".into(),
-                })
-            })();
-            plan.exec = match tp {
-                Ok(a) => {
-                    attachments.push(a);
-                    Availability::TracepointKill
-                }
+            plan.exec = match take(load_tracepoint(bpf, &btf, programs::TP_EXEC, "sched_process_exec")) {
+                Ok(()) => Availability::TracepointKill,
                 Err(tp_error) => {
                     Availability::Unavailable(format!("BPF LSM refused ({lsm_error}); tp_btf refused ({tp_error})"))
                 }
             };
         }
     }
-    plan.files = match lsm(bpf, &btf, programs::LSM_FILE_OPEN, "file_open") {
-        Ok(a) => {
-            attachments.push(a);
-            Availability::Lsm
-        }
+    plan.files = match take(load_lsm(bpf, &btf, programs::LSM_FILE_OPEN, "file_open")) {
+        Ok(()) => Availability::Lsm,
         Err(e) => Availability::Unavailable(format!("BPF LSM refused ({e})")),
     };
-    plan.unix = match lsm(bpf, &btf, programs::LSM_UNIX_STREAM, "unix_stream_connect")
-        .and_then(|a| lsm(bpf, &btf, programs::LSM_UNIX_DGRAM, "unix_may_send").map(|b| (a, b)))
+    plan.unix = match take(load_lsm(bpf, &btf, programs::LSM_UNIX_STREAM, "unix_stream_connect"))
+        .and_then(|()| take(load_lsm(bpf, &btf, programs::LSM_UNIX_DGRAM, "unix_may_send")))
     {
-        Ok((a, b)) => {
-            attachments.push(a);
-            attachments.push(b);
-            Availability::Lsm
-        }
+        Ok(()) => Availability::Lsm,
         Err(e) => Availability::Unavailable(format!("BPF LSM refused ({e})")),
     };
     // No way out: cgroup.procs writes are checked by the file_open program; the rest here.
-    let escape = [
-        (programs::LSM_TASK_ALLOC, "task_alloc"),
-        (programs::LSM_PTRACE, "ptrace_access_check"),
-        (programs::LSM_TASK_KILL, "task_kill"),
-        (programs::LSM_BPF, "bpf"),
-    ];
     plan.self_protection = if plan.files != Availability::Lsm {
         Availability::Unavailable("needs BPF LSM (the file_open program checks cgroup.procs writes)".into())
     } else {
-        let mut result = Availability::Lsm;
-        for (name, hook) in escape {
-            match lsm(bpf, &btf, name, hook) {
-                Ok(a) => attachments.push(a),
-                Err(e) => {
-                    result = Availability::Unavailable(format!("lsm/{hook} refused ({e})"));
-                    break;
-                }
-            }
-        }
-        result
+        [
+            (programs::LSM_TASK_ALLOC, "task_alloc"),
+            (programs::LSM_PTRACE, "ptrace_access_check"),
+            (programs::LSM_TASK_KILL, "task_kill"),
+            (programs::LSM_BPF, "bpf"),
+        ]
+        .into_iter()
+        .try_for_each(|(name, hook)| {
+            take(load_lsm(bpf, &btf, name, hook)).map_err(|e| format!("lsm/{hook} refused ({e})"))
+        })
+        .map_or_else(Availability::Unavailable, |()| Availability::Lsm)
     };
-    let tp = (|| -> Result<Attachment, String> {
-        let p: &mut BtfTracePoint = program(bpf, programs::TP_CGROUP_MKDIR).map_err(|e| e.to_string())?;
-        p.load("cgroup_mkdir", &btf).map_err(|e| refusal(&e))?;
-        p.attach().map_err(|e| refusal(&e))?;
-        Ok(Attachment { program: programs::TP_CGROUP_MKDIR, hook: "tp_btf/cgroup_mkdir", target: "tracepoint".into() })
-    })();
-    plan.unit_follow = match tp {
-        Ok(a) => {
-            attachments.push(a);
-            Availability::Tracepoint
-        }
+    plan.unit_follow = match take(load_tracepoint(bpf, &btf, programs::TP_CGROUP_MKDIR, "cgroup_mkdir")) {
+        Ok(()) => Availability::Tracepoint,
         Err(e) => Availability::Unavailable(format!("tp_btf/cgroup_mkdir refused ({e})")),
     };
     plan

@@ -83,24 +83,26 @@ pub fn diagnose() -> Diagnosis {
     let cgroups = Cgroups::discover();
     let mut program_types = Vec::new();
     let plan = match (&cgroups, &btf) {
-        (Ok(cg), offsets) => match Enforcer::load(cg, offsets.as_ref().ok().copied()) {
-            Ok(e) => {
-                program_types.push(ProgramProbe {
-                    program_type: "cgroup_sock_addr, cgroup_sock",
-                    loads: true,
-                    detail: "network fence".into(),
-                });
-                e.plan().clone()
+        (Ok(cg), offsets) => {
+            match Enforcer::load(offsets.as_ref().ok().copied()).and_then(|mut e| e.attach(cg).map(|()| e)) {
+                Ok(e) => {
+                    program_types.push(ProgramProbe {
+                        program_type: "cgroup_sock_addr, cgroup_sock",
+                        loads: true,
+                        detail: "network fence".into(),
+                    });
+                    e.plan().clone()
+                }
+                Err(err) => {
+                    program_types.push(ProgramProbe {
+                        program_type: "cgroup_sock_addr, cgroup_sock",
+                        loads: false,
+                        detail: err.to_string(),
+                    });
+                    KernelPlan::default()
+                }
             }
-            Err(err) => {
-                program_types.push(ProgramProbe {
-                    program_type: "cgroup_sock_addr, cgroup_sock",
-                    loads: false,
-                    detail: err.to_string(),
-                });
-                KernelPlan::default()
-            }
-        },
+        }
         (Err(e), _) => KernelPlan::no_kernel_btf(&format!("no cgroup2: {e}")),
     };
     let lsm_probe = match (&plan.exec, &plan.lsm_refusal) {

@@ -25,6 +25,7 @@ pub mod host;
 pub mod manager;
 pub mod mechanisms;
 pub mod offsets;
+pub mod persist;
 pub mod policy;
 pub mod protect;
 pub mod resolve;

@@ -35,6 +35,8 @@ enum Command {
     Exec(cmd::exec::ExecArgs),
     /// List the running agent's identities and their state.
     Identities(cmd::identities::IdentitiesArgs),
+    /// Remove pinned enforcement, managed cgroups, state and the socket (agent stopped).
+    Uninstall(cmd::uninstall::UninstallArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => cmd::doctor::main(args),
         Command::Exec(args) => cmd::exec::main(args),
         Command::Identities(args) => cmd::identities::main(args),
+        Command::Uninstall(args) => cmd::uninstall::main(args),
     };
     match result {
         Ok(code) => code,

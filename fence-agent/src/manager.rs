@@ -50,6 +50,8 @@ pub struct PolicyManager {
     files: Option<FileFence>,
     /// Keeps protection on protected inodes that move away from their paths.
     held: Holder,
+    /// Where the identity ids are kept across restarts.
+    ids_path: Option<PathBuf>,
     current: Option<Applied>,
 }
 
@@ -60,10 +62,12 @@ impl PolicyManager {
         host: HostProtection,
         cgroups: &Cgroups,
         files: Option<FileFence>,
+        ids_path: Option<PathBuf>,
     ) -> PolicyManager {
         PolicyManager {
             enforcer,
-            ids: IdAllocator::default(),
+            ids: ids_path.as_deref().map(IdAllocator::load).unwrap_or_default(),
+            ids_path,
             directory,
             host,
             cgroup_root: cgroups.root().to_owned(),
@@ -75,6 +79,10 @@ impl PolicyManager {
 
     pub fn enforcer(&self) -> &Enforcer {
         &self.enforcer
+    }
+
+    pub fn enforcer_mut(&mut self) -> &mut Enforcer {
+        &mut self.enforcer
     }
 
     pub fn current(&self) -> Option<&Applied> {
@@ -103,6 +111,11 @@ impl PolicyManager {
 
     fn apply_resolved(&mut self, set: PolicySet, resolved: Resolved) -> Result<&Applied, ApplyError> {
         let compiled = compile(&set, &resolved, &mut self.ids)?;
+        if let Some(path) = &self.ids_path
+            && let Err(e) = self.ids.save(path)
+        {
+            tracing::warn!(error = %e, path = %path.display(), "saving identity ids failed; events recorded before a restart may name the wrong identity");
+        }
         {
             // The directory learns new identities and paths before the kernel can report on them.
             let mut dir = self.directory.write().unwrap_or_else(|p| p.into_inner());

@@ -39,6 +39,8 @@ pub struct Agent {
     pub audit: PathBuf,
     /// The control socket (`fence-agent exec`, `identities`).
     pub socket: PathBuf,
+    /// The agent.toml it runs with.
+    pub config: PathBuf,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
 }
@@ -104,6 +106,7 @@ impl Agent {
             events,
             audit,
             socket,
+            config,
             stdout,
             stderr,
         }

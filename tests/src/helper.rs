@@ -205,6 +205,23 @@ fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
             Ok(json!({"ns": started.elapsed().as_nanos() as u64, "count": n}))
         }
         "noop" => Ok(json!({})),
+        "probe-connect" => {
+            // Connects again and again for SECONDS; counts what happened.
+            let to = addr(args.first())?;
+            let secs: f64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1.0);
+            let until = std::time::Instant::now() + Duration::from_secs_f64(secs);
+            let (mut attempts, mut denied, mut succeeded, mut other) = (0u64, 0u64, 0u64, 0u64);
+            while std::time::Instant::now() < until {
+                attempts += 1;
+                match TcpStream::connect_timeout(&to, Duration::from_secs(1)) {
+                    Ok(_) => succeeded += 1,
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => denied += 1,
+                    Err(_) => other += 1,
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(json!({"attempts": attempts, "denied": denied, "succeeded": succeeded, "other": other}))
+        }
         "sleep" => {
             let secs: u64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(1);
             std::thread::sleep(Duration::from_secs(secs));

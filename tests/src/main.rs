@@ -17,10 +17,11 @@ mod helper;
 mod identities;
 mod kernel_fences;
 mod net;
+mod persist;
 
 /// Every integration test, in the order they run.
 fn all_tests() -> impl Iterator<Item = &'static harness::Test> {
-    net::TESTS.iter().chain(kernel_fences::TESTS).chain(identities::TESTS)
+    net::TESTS.iter().chain(kernel_fences::TESTS).chain(identities::TESTS).chain(persist::TESTS)
 }
 
 fn main() -> ExitCode {

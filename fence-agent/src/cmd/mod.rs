@@ -5,3 +5,4 @@ pub mod exec;
 pub mod identities;
 pub mod policy;
 pub mod run;
+pub mod uninstall;

@@ -36,6 +36,7 @@ use crate::{
     manager::{Applied, ApplyError, PolicyManager, load_policy},
     mechanisms::{Availability, report},
     offsets::kernel_offsets,
+    persist,
     policy::{PolicySet, glob::PathGlob},
     protect::HostProtection,
     watch::Watcher,
@@ -109,10 +110,11 @@ async fn serve(s: Setup) -> anyhow::Result<ExitCode> {
             None
         }
     };
-    let mut enforcer = Enforcer::load(&cgroups, offsets).context("loading the eBPF programs")?;
-    for a in enforcer.attachments() {
-        tracing::info!(program = a.program, hook = a.hook, target = %a.target, "attached");
-    }
+    let run = match config.persist.enabled {
+        true => Some(persist::prepare(&config.persist.pin_dir)?),
+        false => None,
+    };
+    let mut enforcer = Enforcer::load(offsets).context("loading the eBPF programs")?;
     let (agent_events_tx, agent_events) = mpsc::unbounded_channel();
     let files = file_mechanism(enforcer.plan());
     let file_fence =
@@ -125,10 +127,11 @@ async fn serve(s: Setup) -> anyhow::Result<ExitCode> {
         }
     }
     let directory = Arc::new(RwLock::new(Directory::default()));
-    let ring = enforcer.take_events()?;
+    let ring = enforcer.take_events(run.as_ref().map(persist::Run::events).as_deref())?;
     let mut reader =
         EventReader::new(ring, agent_events, directory.clone(), sinks).context("watching the event ring buffer")?;
-    let mut manager = PolicyManager::new(enforcer, directory, host, &cgroups, file_fence);
+    let ids_path = config.persist.enabled.then(|| config.persist.state_dir.join("identity-ids.json"));
+    let mut manager = PolicyManager::new(enforcer, directory, host, &cgroups, file_fence, ids_path);
     let hostname = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
     match apply(&mut manager, &mut audit, &hostname, set, Trigger::new("startup")) {
         Ok(()) => {}
@@ -137,6 +140,21 @@ async fn serve(s: Setup) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
         Err(e) => return Err(e.into()),
+    }
+    // The maps hold the policy: attach (with pins, a previous run's programs still enforce
+    // until ours are attached and pinned).
+    manager.enforcer_mut().attach(&cgroups).context("attaching the eBPF programs")?;
+    for a in manager.enforcer().attachments() {
+        tracing::info!(program = a.program, hook = a.hook, target = %a.target, "attached");
+    }
+    if let Some(run) = &run {
+        manager.enforcer_mut().pin_links(&run.links()).context("pinning the program links")?;
+        for old in persist::runs(&config.persist.pin_dir, Some(&run.dir)) {
+            let events = persist::events_of(&old).map_or(0, |ring| reader.drain_ring(ring));
+            let links = persist::remove_run(&old)?;
+            tracing::info!(run = %old.display(), links, events, "took over from an earlier run (its events written out, its links removed)");
+        }
+        tracing::info!(pins = %run.dir.display(), "enforcement is pinned: it stays when the agent exits");
     }
     let (changed_tx, mut changed) = mpsc::unbounded_channel();
     let mut watcher = match Watcher::start(changed_tx) {
@@ -159,6 +177,9 @@ async fn serve(s: Setup) -> anyhow::Result<ExitCode> {
     }
     tracing::info!(cgroup2 = %cgroups.root().display(), control = %config.control.socket.display(), "fence is enforcing");
 
+    // systemd's watchdog: pinged from this loop, so a wedged agent is restarted.
+    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     loop {
         let expiry = manager.next_expiry();
         let until_expiry = expiry.map_or(Duration::from_secs(3600), |e| {
@@ -203,21 +224,29 @@ async fn serve(s: Setup) -> anyhow::Result<ExitCode> {
                     None => {}
                 }
             }
-            _ = term.recv() => { tracing::info!("SIGTERM: detaching and exiting"); break; }
-            _ = int.recv() => { tracing::info!("SIGINT: detaching and exiting"); break; }
+            _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            _ = term.recv() => { tracing::info!("SIGTERM: exiting"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: exiting"); break; }
         }
         if let Some(w) = &mut watcher {
             w.set(&manager.watch_dirs());
         }
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    if run.is_some() {
+        tracing::info!("exiting; the pinned programs keep enforcing the last applied policy");
+    }
     server.abort();
     let _ = std::fs::remove_file(&config.control.socket);
     // Let the reader write what the kernel already reported, then detach.
     tokio::time::sleep(Duration::from_millis(50)).await;
     events.abort();
     drop(manager);
-    tracing::info!("detached");
+    if run.is_none() {
+        tracing::info!("detached");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -127,6 +127,26 @@ impl EventReader {
         }
     }
 
+    /// Writes every record of another ring buffer (an earlier run's); returns how many.
+    pub fn drain_ring(&mut self, mut ring: RingBuf<MapData>) -> usize {
+        self.host.refresh_clock();
+        let mut n = 0;
+        loop {
+            let decoded = match ring.next() {
+                Some(item) => decode(&item),
+                None => break,
+            };
+            match decoded {
+                Ok(event) => {
+                    self.write(&event);
+                    n += 1;
+                }
+                Err(e) => tracing::error!(error = %e, "undecodable event record from an earlier run"),
+            }
+        }
+        n
+    }
+
     fn write(&mut self, event: &KernelEvent) {
         let record = {
             let directory = self.directory.read().unwrap_or_else(|p| p.into_inner());
