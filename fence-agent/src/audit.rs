@@ -235,8 +235,14 @@ impl AuditLog {
     }
 }
 
-/// FS_IOC_SETFLAGS with FS_APPEND_FL; file systems without it (tmpfs) are fine as they are.
 fn set_append_only(file: &File) {
+    append_only_flag(file, true);
+}
+
+/// Sets or clears the file's append-only attribute (chattr +a / -a: FS_IOC_SETFLAGS with
+/// FS_APPEND_FL, which needs CAP_LINUX_IMMUTABLE); file systems without it (tmpfs) are left
+/// as they are. Clearing is for removing a log on purpose (uninstall, tests).
+pub fn append_only_flag(file: &File, on: bool) {
     use std::os::fd::AsRawFd as _;
     const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
     const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
@@ -244,8 +250,8 @@ fn set_append_only(file: &File) {
     let mut flags: libc::c_long = 0;
     // SAFETY: ioctls on our own fd with a pointer to a local.
     unsafe {
-        if libc::ioctl(file.as_raw_fd(), FS_IOC_GETFLAGS, &mut flags) == 0 && flags & FS_APPEND_FL == 0 {
-            flags |= FS_APPEND_FL;
+        if libc::ioctl(file.as_raw_fd(), FS_IOC_GETFLAGS, &mut flags) == 0 && (flags & FS_APPEND_FL != 0) != on {
+            flags ^= FS_APPEND_FL;
             let _ = libc::ioctl(file.as_raw_fd(), FS_IOC_SETFLAGS, &flags);
         }
     }

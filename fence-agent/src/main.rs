@@ -22,22 +22,121 @@ enum LogFormat {
     Json,
 }
 
+// `-h` gives the one-line summaries; `--help` gives each subcommand's manual page: what it
+// does, its files, its exit status and examples.
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the agent in the foreground: load, attach, enforce the policy, report events.
+    ///
+    /// Probes the kernel, loads the eBPF programs, fills their maps with the policy, attaches
+    /// them and only then reports ready (sd_notify READY=1 under systemd; watchdog pings when
+    /// WatchdogSec= is set). Denials are written as one JSON line each to stdout and the event
+    /// file. SIGHUP reloads the policy atomically (a policy with errors is refused and the
+    /// previous one stays). SIGTERM and SIGINT stop the agent: with [persist] enabled the
+    /// pinned programs keep enforcing the last policy until the next start adopts them or
+    /// `fence-agent uninstall` removes them; without it, enforcement ends with the agent.
+    #[command(after_long_help = RUN_HELP)]
     Run(cmd::run::RunArgs),
     /// Work with policy files.
-    #[command(subcommand)]
+    #[command(subcommand, after_long_help = POLICY_HELP)]
     Policy(cmd::policy::PolicyCommand),
     /// Report what this host can enforce, by which mechanism, and how to close the gaps.
+    ///
+    /// Needs no running agent. Lists the kernel, the BPF program types that load, the
+    /// cgroup2 and bpffs mounts, and for each fence (network, exec, credential files, unix
+    /// sockets, no way out) the mechanism this host allows (BPF LSM, cgroup hook, tp_btf kill,
+    /// fanotify) or why it is unavailable and what the operator can do about it.
+    #[command(after_long_help = DOCTOR_HELP)]
     Doctor(cmd::doctor::DoctorArgs),
     /// Run a command as an identity: fenced from its first instruction (needs the agent).
+    ///
+    /// Asks the running agent for the identity's cgroup (created under the agent's own), moves
+    /// itself into it, then executes CMD: the command's first instruction already runs fenced.
+    /// The identity needs a `managed: true` selector. If the agent does not answer, the
+    /// identity is unknown or the move fails, CMD is not run.
+    #[command(after_long_help = EXEC_HELP)]
     Exec(cmd::exec::ExecArgs),
     /// List the running agent's identities and their state.
+    ///
+    /// For each identity: mode, policy version, owner, expiry, selectors, the cgroups they
+    /// resolve to now, and the number of live processes in them.
+    #[command(after_long_help = IDENTITIES_HELP)]
     Identities(cmd::identities::IdentitiesArgs),
     /// Remove pinned enforcement, managed cgroups, state and the socket (agent stopped).
+    ///
+    /// What a stopped agent leaves behind with [persist] enabled keeps enforcing; this lifts
+    /// it: the pinned programs and links under pin_dir, the cgroups the agent created for
+    /// `fence-agent exec` (when empty), state_dir and the control socket. Configuration and
+    /// logs stay. Refuses to run while the agent answers on its socket. The package's removal
+    /// runs it.
+    #[command(after_long_help = UNINSTALL_HELP)]
     Uninstall(cmd::uninstall::UninstallArgs),
 }
+
+const RUN_HELP: &str = "\
+Files:
+  /etc/fence/agent.toml          configuration (--config)
+  /etc/fence/policy.d/           policy documents (--policy; YAML, TOML or JSON)
+  /var/log/fence/events.jsonl    denial events, one JSON line each
+  /var/log/fence/audit.jsonl     identity lifecycle audit, append-only
+  /run/fence/agent.sock          control socket (exec, identities)
+  /sys/fs/bpf/fence/             pinned programs (with [persist] enabled)
+  /var/lib/fence/                state
+
+Exit status:
+  0  stopped by SIGTERM or SIGINT
+  1  could not start (the error says why)
+  2  the policy or configuration has errors (all are listed)
+
+Examples:
+  fence-agent run --config /etc/fence/agent.toml --policy /etc/fence/policy.d
+  systemctl reload fence-agent      # SIGHUP: reload the policy";
+
+const POLICY_HELP: &str = "\
+Exit status:
+  0  every document is valid
+  2  errors were found (each names its file, field and reason)
+
+Examples:
+  fence-agent policy check /etc/fence/policy.d
+  fence-agent policy check --offline ci-runner.yaml";
+
+const DOCTOR_HELP: &str = "\
+Exit status:
+  0  the report was printed (gaps are reported, not errors)
+  1  the host could not be probed
+
+Examples:
+  fence-agent doctor
+  fence-agent doctor --json | jq '.fences[] | select(.enforced | not)'";
+
+const EXEC_HELP: &str = "\
+Exit status:
+  125  fencing failed (agent not running, unknown identity, move refused): CMD was not run
+  126  CMD could not be executed (for example denied by the identity's exec policy)
+  127  CMD was not found
+  otherwise the exit status of CMD
+
+Examples:
+  fence-agent exec --identity ci-runner -- make test
+  fence-agent exec -i model-runner -- python3 serve.py --port 8000";
+
+const IDENTITIES_HELP: &str = "\
+Exit status:
+  0  listed
+  1  the agent does not answer on its socket
+
+Examples:
+  fence-agent identities
+  fence-agent identities --json";
+
+const UNINSTALL_HELP: &str = "\
+Exit status:
+  0  nothing of fence's is left (configuration and logs aside)
+  1  something was left in place (each item is listed), or the agent is running
+
+Examples:
+  systemctl stop fence-agent && fence-agent uninstall";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

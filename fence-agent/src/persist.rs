@@ -51,6 +51,15 @@ pub fn prepare(pin_dir: &Path) -> Result<Run, PersistError> {
         nix::mount::mount(Some("bpf"), mount_point, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
             .map_err(|source| PersistError::Mount { path: mount_point.to_owned(), source })?;
         tracing::info!(path = %mount_point.display(), "mounted bpffs");
+        // A bpffs mounted in a private mount namespace (a sandboxed service) dies with it, and
+        // the pins with it: enforcement would not outlive the agent.
+        if fs::read_link("/proc/self/ns/mnt").ok() != fs::read_link("/proc/1/ns/mnt").ok() {
+            tracing::warn!(
+                path = %mount_point.display(),
+                "bpffs was mounted inside the agent's own mount namespace: pinned enforcement will \
+                 not survive the agent; mount bpffs on the host (systemd does at boot) at this path"
+            );
+        }
     }
     let now = jiff::Timestamp::now().as_nanosecond();
     let dir = pin_dir.join(format!("run-{now}"));
@@ -61,7 +70,7 @@ pub fn prepare(pin_dir: &Path) -> Result<Run, PersistError> {
 /// Whether `path` is on a bpf file system (BPF_FS_MAGIC).
 fn on_bpffs(path: &Path) -> bool {
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
 }
 
 /// Earlier runs' directories under `pin_dir` (all of them, or all but `keep`).

@@ -61,7 +61,22 @@ impl Agent {
         Agent::spawn_with(test, policy, "")
     }
 
+    /// Starts the agent with only the capabilities `keep` (numbers, as in linux/capability.h)
+    /// left in its bounding set, as systemd's CapabilityBoundingSet= does; `None` if it does
+    /// not become ready.
+    pub fn start_with_caps(test: &str, policy: &str, config: &str, keep: &[u32]) -> Option<Agent> {
+        let last: u32 =
+            fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40);
+        let drop: Vec<u32> = (0..=last).filter(|c| !keep.contains(c)).collect();
+        let mut agent = Agent::spawn_inner(test, policy, config, Some(drop));
+        agent.ready().then_some(agent)
+    }
+
     fn spawn_with(test: &str, policy: &str, extra_config: &str) -> Agent {
+        Agent::spawn_inner(test, policy, extra_config, None)
+    }
+
+    fn spawn_inner(test: &str, policy: &str, extra_config: &str, drop_caps: Option<Vec<u32>>) -> Agent {
         let dir = TempDir::new(&format!("{test}-agent"));
         let policy_path = dir.path("policy.yaml");
         fs::write(&policy_path, policy).expect("writing the policy");
@@ -86,7 +101,25 @@ impl Agent {
         let notify_socket = UnixDatagram::bind(&notify).expect("binding the notify socket");
         let stdout = dir.path("agent.stdout");
         let stderr = dir.path("agent.stderr");
-        let child = Command::new(agent_binary())
+        let mut cmd = Command::new(agent_binary());
+        if let Some(caps) = drop_caps {
+            // SAFETY: only async-signal-safe prctl calls between fork and exec. As root, the
+            // capabilities after exec are the bounding set (no inheritable or ambient ones).
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    if libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    for &c in &caps {
+                        if libc::prctl(libc::PR_CAPBSET_DROP, c as libc::c_ulong, 0, 0, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .args(["run", "--policy"])
             .arg(&policy_path)
             .arg("--config")
@@ -113,24 +146,29 @@ impl Agent {
     }
 
     fn wait_ready(mut self) -> Agent {
+        if !self.ready() {
+            match self.try_exit_status() {
+                Some(status) => panic!("the agent exited before it was ready ({status}):\n{}", self.stderr_text()),
+                None => panic!("the agent did not report READY=1 in time:\n{}", self.stderr_text()),
+            }
+        }
+        self
+    }
+
+    /// Waits for READY=1; false if the agent exits first or takes too long.
+    fn ready(&mut self) -> bool {
         let socket = self.notify.take().expect("notify socket");
         socket.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
-        let ready = wait_for(Duration::from_secs(60 * u64::from(slow_factor())), || {
+        wait_for(Duration::from_secs(60 * u64::from(slow_factor())), || {
             let mut buf = [0u8; 512];
             if let Ok(n) = socket.recv(&mut buf)
                 && String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1")
             {
                 return Some(true);
             }
-            if let Some(status) = self.try_exit_status() {
-                panic!("the agent exited before it was ready ({status}):\n{}", self.stderr_text());
-            }
-            None
-        });
-        if ready.is_none() {
-            panic!("the agent did not report READY=1 in time:\n{}", self.stderr_text());
-        }
-        self
+            self.try_exit_status().map(|_| false)
+        })
+        .unwrap_or(false)
     }
 
     pub fn pid(&self) -> Pid {

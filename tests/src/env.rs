@@ -90,7 +90,7 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     pub fn new(name: &str) -> TempDir {
         let dir = std::env::temp_dir().join(format!("fence-test-{name}.{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        remove_tree(&dir);
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         TempDir(dir)
     }
@@ -102,8 +102,27 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+        remove_tree(&self.0);
     }
+}
+
+/// Removes a directory tree, audit logs included (the agent makes them append-only, which
+/// even root cannot unlink until the flag is cleared).
+fn remove_tree(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => remove_tree(&e.path()),
+                Ok(t) if t.is_file() => {
+                    if let Ok(f) = fs::File::open(e.path()) {
+                        fence_agent::audit::append_only_flag(&f, false);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let _ = fs::remove_dir_all(dir);
 }
 
 /// The last `lines` lines of the kernel log (syslog(2) READ_ALL), for failure reports.
@@ -164,4 +183,9 @@ pub fn mechanism(fence: &str) -> Option<String> {
 /// Processes in a test cgroup.
 pub fn procs_in(cg: &TestCgroup) -> usize {
     fs::read_to_string(cg.dir.join("cgroup.procs")).map(|s| s.lines().count()).unwrap_or(0)
+}
+
+/// The tier these tests run in (`host`, `vm`), from FENCE_TEST_TIER.
+pub fn test_tier() -> String {
+    std::env::var("FENCE_TEST_TIER").unwrap_or_default()
 }

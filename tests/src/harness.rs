@@ -34,6 +34,16 @@ pub const SUMMARY_TAG: &str = "FENCE-SUMMARY";
 const EXIT_SKIP: u8 = 77;
 
 static PANIC_MESSAGE: Mutex<Option<String>> = Mutex::new(None);
+static NOTE: Mutex<String> = Mutex::new(String::new());
+
+/// A finding to report on the test's result line when it passes (a measurement, say).
+pub fn note(text: impl AsRef<str>) {
+    let mut n = NOTE.lock().unwrap_or_else(|p| p.into_inner());
+    if !n.is_empty() {
+        n.push_str("; ");
+    }
+    n.push_str(&text.as_ref().replace(['\t', '\n'], " "));
+}
 
 fn message_of(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
@@ -64,7 +74,7 @@ pub fn run_one(tests: &[Test], name: &str) -> ExitCode {
     let outcome = panic::catch_unwind(AssertUnwindSafe(test.run));
     match outcome {
         Ok(()) => {
-            println!("{RESULT_TAG}\t{name}\tPASS\t");
+            println!("{RESULT_TAG}\t{name}\tPASS\t{}", NOTE.lock().unwrap_or_else(|p| p.into_inner()));
             ExitCode::SUCCESS
         }
         Err(payload) => {

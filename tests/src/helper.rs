@@ -206,12 +206,14 @@ fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
         }
         "noop" => Ok(json!({})),
         "probe-connect" => {
-            // Connects again and again for SECONDS; counts what happened.
+            // Connects again and again for SECONDS, or until STOPFILE exists; counts what
+            // happened.
             let to = addr(args.first())?;
             let secs: f64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1.0);
+            let stop = args.get(2).map(std::path::Path::new);
             let until = std::time::Instant::now() + Duration::from_secs_f64(secs);
             let (mut attempts, mut denied, mut succeeded, mut other) = (0u64, 0u64, 0u64, 0u64);
-            while std::time::Instant::now() < until {
+            while std::time::Instant::now() < until && !stop.is_some_and(|p| p.exists()) {
                 attempts += 1;
                 match TcpStream::connect_timeout(&to, Duration::from_secs(1)) {
                     Ok(_) => succeeded += 1,

@@ -18,10 +18,11 @@ mod identities;
 mod kernel_fences;
 mod net;
 mod persist;
+mod service;
 
 /// Every integration test, in the order they run.
 fn all_tests() -> impl Iterator<Item = &'static harness::Test> {
-    net::TESTS.iter().chain(kernel_fences::TESTS).chain(identities::TESTS).chain(persist::TESTS)
+    net::TESTS.iter().chain(kernel_fences::TESTS).chain(identities::TESTS).chain(persist::TESTS).chain(service::TESTS)
 }
 
 fn main() -> ExitCode {

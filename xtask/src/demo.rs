@@ -3,7 +3,13 @@
 //! SSH-like port (denied, logged) and to run a shell (denied); the same attempts from an
 //! unfenced process go through.
 
-use std::{fs, net::TcpListener, path::Path, process::{Command, ExitCode}, time::Duration};
+use std::{
+    fs,
+    net::TcpListener,
+    path::Path,
+    process::{Command, ExitCode},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 
@@ -31,7 +37,8 @@ pub fn demo() -> Result<ExitCode> {
     // The workload: a copy of the test helper, named for what it stands for.
     let assistant = work.join("ai-assistant");
     fs::copy(&art.tests, &assistant)?;
-    let policy = POLICY.replace("{API_PORT}", &api_port.to_string()).replace("{ASSISTANT}", &assistant.display().to_string());
+    let policy =
+        POLICY.replace("{API_PORT}", &api_port.to_string()).replace("{ASSISTANT}", &assistant.display().to_string());
     step("starting fence-agent with the demo policy:");
     for l in policy.lines().filter(|l| !l.trim_start().starts_with('#')) {
         eprintln!("    {l}");
@@ -51,7 +58,10 @@ pub fn demo() -> Result<ExitCode> {
     let socket = work.join("agent").join("agent.sock");
     let fenced = |action: &[&str]| fence_exec(&art.agent, &socket, &assistant, action);
     step("the assistant, started with `fence-agent exec --identity demo-assistant`, tries:");
-    report(&format!("internal API  127.0.0.1:{api_port}"), &fenced(&["tcp-connect", &format!("127.0.0.1:{api_port}")])?);
+    report(
+        &format!("internal API  127.0.0.1:{api_port}"),
+        &fenced(&["tcp-connect", &format!("127.0.0.1:{api_port}")])?,
+    );
     let denied = fenced(&["tcp-connect", &format!("127.0.0.1:{ssh_port}")])?;
     report(&format!("SSH-like port 127.0.0.1:{ssh_port}"), &denied);
     let shell = fenced(&["exec", "/bin/sh", "-c", "echo '{\"ok\":true}'"])?;
@@ -92,6 +102,8 @@ fn fence_exec(agent: &Path, socket: &Path, assistant: &Path, action: &[&str]) ->
     let text = String::from_utf8_lossy(&out.stdout);
     match text.lines().last() {
         Some(line) => Ok(serde_json::from_str(line)?),
-        None => Ok(serde_json::json!({"ok": false, "error": format!("{} {}", out.status, String::from_utf8_lossy(&out.stderr).trim())})),
+        None => Ok(
+            serde_json::json!({"ok": false, "error": format!("{} {}", out.status, String::from_utf8_lossy(&out.stderr).trim())}),
+        ),
     }
 }

@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand};
 mod artifacts;
 mod bench;
 mod demo;
+mod dist;
 mod host;
+mod install;
 mod setup;
 mod test;
 mod util;
@@ -35,6 +37,8 @@ enum Task {
         /// Run only tests whose name contains this.
         filter: Option<String>,
     },
+    /// Set up, build, then package: the .deb and a tarball with install.sh, in target/dist.
+    Dist,
     /// Set up, build, then show fence denying a fenced workload's connection.
     Demo,
     /// Set up, build, then measure the cost of fencing against the same workload unfenced.
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
         }),
         Task::Test { tier, filter } => setup::setup().and_then(|()| test::test(&tier, filter.as_deref())),
         Task::Demo => setup::setup().and_then(|()| demo::demo()),
+        Task::Dist => setup::setup().and_then(|()| dist::dist()).map(|_| ExitCode::SUCCESS),
         Task::Bench { rounds } => setup::setup().and_then(|()| bench::bench(rounds)),
     };
     match result {

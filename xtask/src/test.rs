@@ -23,6 +23,8 @@ pub enum Tier {
     Host,
     /// The integration tests inside Debian's kernel (BPF LSM) under qemu.
     Vm,
+    /// The .deb installed and checked in a Debian guest booted with systemd.
+    Install,
 }
 
 impl Tier {
@@ -31,6 +33,7 @@ impl Tier {
             Tier::Unit => "unit",
             Tier::Host => "host",
             Tier::Vm => "vm",
+            Tier::Install => "install",
         }
     }
 }
@@ -51,7 +54,8 @@ impl Tally {
 }
 
 pub fn test(tiers: &[Tier], filter: Option<&str>) -> Result<ExitCode> {
-    let tiers: Vec<Tier> = if tiers.is_empty() { vec![Tier::Unit, Tier::Host, Tier::Vm] } else { tiers.to_vec() };
+    let tiers: Vec<Tier> =
+        if tiers.is_empty() { vec![Tier::Unit, Tier::Host, Tier::Vm, Tier::Install] } else { tiers.to_vec() };
     let mut results: Vec<(Tier, Tally)> = Vec::new();
     let mut artifacts: Option<Artifacts> = None;
     for tier in tiers {
@@ -92,6 +96,13 @@ fn run_tier(tier: Tier, filter: Option<&str>, artifacts: &mut Option<Artifacts>)
             let work = target_dir()?.join("fence-vm");
             std::fs::create_dir_all(&work)?;
             let lines = vm::run_tests(art, &work, filter)?;
+            Ok(tally_results(lines.iter().map(String::as_str)))
+        }
+        Tier::Install => {
+            let dist = crate::dist::dist()?;
+            let work = target_dir()?.join("fence-install");
+            std::fs::create_dir_all(&work)?;
+            let lines = crate::install::run_tests(&dist, &work)?;
             Ok(tally_results(lines.iter().map(String::as_str)))
         }
     }

@@ -42,26 +42,65 @@ poweroff -f
 
 /// Builds the initramfs with the static binaries and boots it; returns the console lines.
 pub fn run_tests(art: &Artifacts, work: &Path, filter: Option<&str>) -> Result<Vec<String>> {
-    let kernel = kernel_path();
-    if !kernel.exists() {
-        bail!("Debian's kernel is missing at {}; run `cargo xtask setup`", kernel.display());
-    }
     let initrd = initramfs(art, work)?;
-    let version = fs::read_to_string(kernel.with_file_name("version")).unwrap_or_default();
-    step(format!("booting Debian kernel {} under qemu (TCG)", version.trim()));
     let mut append = String::from("console=ttyS0 quiet panic=-1 loglevel=4");
     if let Some(f) = filter {
         append.push_str(&format!(" fence.filter={f}"));
     }
+    let guest =
+        Guest { initrds: &[&initrd], append: &append, memory_mib: 1024, done: "FENCE-VM-DONE", timeout: VM_TIMEOUT };
+    let (mut lines, done) = boot(&guest)?;
+    if !lines.iter().any(|l| l.contains("FENCE-VM-BOOTED")) {
+        bail!("the guest never reached its init (see the console output above)");
+    }
+    if !done {
+        lines.push(format!("FENCE-RESULT\tvm-run\tFAIL\tthe guest did not finish within {VM_TIMEOUT:?}"));
+    }
+    Ok(lines)
+}
+
+/// What to boot under qemu with Debian's kernel.
+pub struct Guest<'a> {
+    /// Initramfs archives, concatenated in this order (later files win).
+    pub initrds: &'a [&'a Path],
+    pub append: &'a str,
+    pub memory_mib: u32,
+    /// The console line that says the guest has finished.
+    pub done: &'a str,
+    pub timeout: Duration,
+}
+
+/// Boots the guest and shows its console as it comes; returns the console lines and whether
+/// the `done` line was seen before the guest stopped or the time ran out.
+pub fn boot(guest: &Guest<'_>) -> Result<(Vec<String>, bool)> {
+    let kernel = kernel_path();
+    if !kernel.exists() {
+        bail!("Debian's kernel is missing at {}; run `cargo xtask setup`", kernel.display());
+    }
+    let initrd = match guest.initrds {
+        [one] => one.to_path_buf(),
+        many => {
+            let joined = many.first().context("an initramfs")?.with_extension("joined");
+            let mut bytes = Vec::new();
+            for part in many {
+                bytes.extend(fs::read(part).with_context(|| format!("reading {}", part.display()))?);
+            }
+            fs::write(&joined, bytes)?;
+            joined
+        }
+    };
+    let version = fs::read_to_string(kernel.with_file_name("version")).unwrap_or_default();
+    step(format!("booting Debian kernel {} under qemu (TCG)", version.trim()));
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "1024"])
+        .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2"])
+        .args(["-m", &guest.memory_mib.to_string()])
         .args(["-nographic", "-no-reboot", "-serial", "stdio", "-monitor", "none", "-display", "none"])
         .arg("-kernel")
         .arg(&kernel)
         .arg("-initrd")
         .arg(&initrd)
         .arg("-append")
-        .arg(&append)
+        .arg(guest.append)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -80,7 +119,7 @@ pub fn run_tests(art: &Artifacts, work: &Path, filter: Option<&str>) -> Result<V
     let started = Instant::now();
     let mut lines = Vec::new();
     let mut done = false;
-    while started.elapsed() < VM_TIMEOUT {
+    while started.elapsed() < guest.timeout {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(line) => {
                 let line = line.trim_end_matches('\r').to_owned();
@@ -88,7 +127,7 @@ pub fn run_tests(art: &Artifacts, work: &Path, filter: Option<&str>) -> Result<V
                 // arrive here; show them as they come.
                 eprintln!("  vm| {line}");
                 // The console may prefix a line with terminal control sequences.
-                done |= line.contains("FENCE-VM-DONE");
+                done |= line.contains(guest.done);
                 lines.push(line);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -104,13 +143,7 @@ pub fn run_tests(art: &Artifacts, work: &Path, filter: Option<&str>) -> Result<V
         let _ = child.kill();
     }
     let _ = child.wait();
-    if !lines.iter().any(|l| l.contains("FENCE-VM-BOOTED")) {
-        bail!("the guest never reached its init (see the console output above)");
-    }
-    if !done {
-        lines.push(format!("FENCE-RESULT\tvm-run\tFAIL\tthe guest did not finish within {VM_TIMEOUT:?}"));
-    }
-    Ok(lines)
+    Ok((lines, done))
 }
 
 /// A gzip'd newc cpio with busybox, the init script and the two static binaries.
@@ -129,13 +162,18 @@ fn initramfs(art: &Artifacts, work: &Path) -> Result<PathBuf> {
     fs::write(root.join("init"), INIT)?;
     fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755))?;
     let out = work.join("initramfs.cpio.gz");
+    cpio_gz(&root, &out)?;
+    Ok(out)
+}
+
+/// Packs a directory as a gzip'd newc cpio (an initramfs).
+pub fn cpio_gz(dir: &Path, out: &Path) -> Result<()> {
     let script = format!(
         "cd '{}' && find . -print0 | cpio --null -o -H newc --quiet | gzip -1 > '{}'",
-        root.display(),
+        dir.display(),
         out.display()
     );
-    crate::util::run(Command::new("sh").args(["-c", &script]))?;
-    Ok(out)
+    crate::util::run(Command::new("sh").args(["-c", &script]))
 }
 
 fn copy_exec(from: &Path, to: &Path) -> Result<()> {

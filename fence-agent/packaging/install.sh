@@ -1,0 +1,52 @@
+#!/bin/sh
+# fence-agent installer for hosts without dpkg (any systemd distribution, x86_64).
+#
+#   sudo ./install.sh              install or upgrade (a running agent is restarted;
+#                                  its pinned programs enforce until the new one takes over)
+#   sudo ./install.sh --uninstall  stop, lift enforcement, remove binary and unit
+#   sudo ./install.sh --purge      as --uninstall, and remove /etc/fence and the logs
+#
+# The agent is not started on a fresh install: `systemctl enable --now fence-agent`.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+bin=/usr/local/bin/fence-agent
+unit=/etc/systemd/system/fence-agent.service
+
+die() { echo "install.sh: $*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || die "run as root"
+[ -d /run/systemd/system ] || die "systemd is not running on this host; run $here/fence-agent run by other means"
+
+case "${1:-}" in
+"")
+    install -D -m 0755 "$here/fence-agent" "$bin"
+    sed "s#/usr/bin/fence-agent#$bin#g" "$here/fence-agent.service" > "$unit.tmp"
+    mv "$unit.tmp" "$unit"
+    install -d -m 0755 /etc/fence /etc/fence/policy.d
+    # Configuration is never overwritten.
+    [ -e /etc/fence/agent.toml ] || install -m 0644 "$here/etc/agent.toml" /etc/fence/agent.toml
+    [ -e /etc/fence/policy.d/00-default.yaml ] || install -m 0644 "$here/etc/policy.d/00-default.yaml" /etc/fence/policy.d/
+    install -d -m 0700 /var/lib/fence
+    install -d -m 0750 /var/log/fence
+    systemctl daemon-reload
+    systemctl try-restart fence-agent.service
+    echo "installed $bin and $unit; start it with: systemctl enable --now fence-agent"
+    ;;
+--uninstall|--purge)
+    systemctl disable --now fence-agent.service 2>/dev/null || true
+    if [ -x "$bin" ]; then
+        "$bin" uninstall --config /etc/fence/agent.toml || echo "install.sh: uninstall left the items above in place" >&2
+    fi
+    rm -f "$bin" "$unit"
+    systemctl daemon-reload
+    if [ "$1" = --purge ]; then
+        if command -v chattr >/dev/null 2>&1 && [ -d /var/log/fence ]; then
+            find /var/log/fence -type f -exec chattr -a {} + 2>/dev/null || true
+        fi
+        rm -rf /etc/fence /var/log/fence /var/lib/fence
+    fi
+    echo "fence-agent removed"
+    ;;
+*)
+    die "unknown option $1 (use no option, --uninstall or --purge)"
+    ;;
+esac

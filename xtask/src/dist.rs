@@ -1,0 +1,142 @@
+//! `cargo xtask dist`: the .deb (dpkg-deb, from the files in fence-agent/packaging) and a
+//! tarball with an install script for hosts without dpkg. Both carry the static agent.
+//!
+//! dpkg-deb rather than cargo-deb: it is on every Debian machine, and the package is a handful
+//! of files whose layout is clearer written out here than spread over Cargo.toml metadata.
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    artifacts::build_static,
+    test::target_dir,
+    util::{output, run, step, workspace_root},
+};
+
+pub struct Dist {
+    pub deb: PathBuf,
+    pub tarball: PathBuf,
+    /// The static fence-tests binary built alongside (the install tier runs it in the guest).
+    pub tests: PathBuf,
+}
+
+/// Files of the package: (source under fence-agent/packaging or the workspace, destination, mode).
+const DEB_FILES: &[(&str, &str, u32)] = &[
+    ("fence-agent/packaging/fence-agent.service", "lib/systemd/system/fence-agent.service", 0o644),
+    ("fence-agent/packaging/agent.toml", "etc/fence/agent.toml", 0o640),
+    ("fence-agent/packaging/policy.d/00-default.yaml", "etc/fence/policy.d/00-default.yaml", 0o644),
+    ("README.md", "usr/share/doc/fence-agent/README.md", 0o644),
+    ("examples/policy.yaml", "usr/share/doc/fence-agent/examples/policy.yaml", 0o644),
+    ("fence-agent/packaging/debian/postinst", "DEBIAN/postinst", 0o755),
+    ("fence-agent/packaging/debian/prerm", "DEBIAN/prerm", 0o755),
+    ("fence-agent/packaging/debian/postrm", "DEBIAN/postrm", 0o755),
+];
+
+const CONFFILES: &str = "/etc/fence/agent.toml\n/etc/fence/policy.d/00-default.yaml\n";
+
+pub fn dist() -> Result<Dist> {
+    let art = build_static()?;
+    let root = workspace_root();
+    let version = version()?;
+    let out = target_dir()?.join("dist");
+    fs::create_dir_all(&out)?;
+
+    step(format!("packaging fence-agent {version} (.deb)"));
+    let stage = out.join("deb-root");
+    let _ = fs::remove_dir_all(&stage);
+    install(&art.agent, &stage.join("usr/bin/fence-agent"), 0o755)?;
+    for (from, to, mode) in DEB_FILES {
+        install(&root.join(from), &stage.join(to), *mode)?;
+    }
+    fs::write(stage.join("DEBIAN/conffiles"), CONFFILES)?;
+    fs::write(stage.join("DEBIAN/control"), control(&version, installed_size_kib(&stage)?))?;
+    let deb = out.join(format!("fence-agent_{version}_amd64.deb"));
+    run(Command::new("dpkg-deb").args(["--root-owner-group", "-Zgzip", "--build"]).arg(&stage).arg(&deb))?;
+
+    step(format!("packaging fence-agent {version} (tarball with install.sh)"));
+    let name = format!("fence-agent-{version}-x86_64-linux");
+    let tar_stage = out.join("tar-root");
+    let _ = fs::remove_dir_all(&tar_stage);
+    let top = tar_stage.join(&name);
+    install(&art.agent, &top.join("fence-agent"), 0o755)?;
+    install(&root.join("fence-agent/packaging/install.sh"), &top.join("install.sh"), 0o755)?;
+    install(&root.join("fence-agent/packaging/fence-agent.service"), &top.join("fence-agent.service"), 0o644)?;
+    install(&root.join("fence-agent/packaging/agent.toml"), &top.join("etc/agent.toml"), 0o640)?;
+    install(
+        &root.join("fence-agent/packaging/policy.d/00-default.yaml"),
+        &top.join("etc/policy.d/00-default.yaml"),
+        0o644,
+    )?;
+    install(&root.join("README.md"), &top.join("README.md"), 0o644)?;
+    let tarball = out.join(format!("{name}.tar.gz"));
+    run(Command::new("tar")
+        .args(["--owner=0", "--group=0", "--numeric-owner", "--sort=name", "-czf"])
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&tar_stage)
+        .arg(&name))?;
+    println!("{}\n{}", deb.display(), tarball.display());
+    Ok(Dist { deb, tarball, tests: art.tests })
+}
+
+fn version() -> Result<String> {
+    let out = output(
+        Command::new("cargo").args(["metadata", "--format-version", "1", "--no-deps"]).current_dir(workspace_root()),
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    v["packages"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "fence-agent"))
+        .and_then(|p| p["version"].as_str())
+        .map(str::to_owned)
+        .context("cargo metadata has no fence-agent version")
+}
+
+fn control(version: &str, size_kib: u64) -> String {
+    format!(
+        "Package: fence-agent\n\
+         Version: {version}\n\
+         Architecture: amd64\n\
+         Maintainer: fence maintainers <fence@example.invalid>\n\
+         Section: admin\n\
+         Priority: optional\n\
+         Installed-Size: {size_kib}\n\
+         Recommends: systemd\n\
+         Homepage: https://example.invalid/fence\n\
+         Description: eBPF ring-fence for non-human identities\n \
+         fence binds AI agents, model runners and CI bots to cgroups and denies, in the\n \
+         kernel, the connections, programs, credential files and local sockets their\n \
+         policy does not allow. Statically linked; runs as the fence-agent systemd unit.\n"
+    )
+}
+
+fn install(from: &Path, to: &Path, mode: u32) -> Result<()> {
+    fs::create_dir_all(to.parent().context("destination has a parent")?)?;
+    fs::copy(from, to).with_context(|| format!("copying {}", from.display()))?;
+    fs::set_permissions(to, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+fn installed_size_kib(dir: &Path) -> Result<u64> {
+    fn walk(dir: &Path, total: &mut u64) -> Result<()> {
+        for e in fs::read_dir(dir)? {
+            let e = e?;
+            let meta = e.metadata()?;
+            if meta.is_dir() {
+                walk(&e.path(), total)?;
+            } else {
+                *total += meta.len().div_ceil(1024);
+            }
+        }
+        Ok(())
+    }
+    let mut total = 0;
+    walk(dir, &mut total)?;
+    Ok(total)
+}
