@@ -5,6 +5,8 @@
 //! [events]
 //! stdout = true                              # one JSON line per event on stdout
 //! file = "/var/log/fence/events.jsonl"       # append-only event file
+//! max_bytes = 67108864                       # rotate past 64 MiB (0: never)
+//! keep = 5                                   # rotated files kept: events.jsonl.1 … .5
 //!
 //! [protect]                                  # credential files fenced identities cannot open
 //! defaults = true                            # the built-in set (protect::DEFAULT_PROTECTED)
@@ -25,6 +27,9 @@
 //! enabled = true                             # keep enforcing when the agent exits
 //! pin_dir = "/sys/fs/bpf/fence"
 //! state_dir = "/var/lib/fence"
+//!
+//! [metrics]                                  # Prometheus metrics; off when absent
+//! listen = "127.0.0.1:9477"                  # loopback only (127.0.0.0/8 or [::1])
 //! ```
 
 use std::{
@@ -57,6 +62,8 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub persist: PersistConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 /// Enforcement that outlives the agent: programs, links and the event buffer pinned in bpffs;
@@ -87,6 +94,33 @@ impl Default for PersistConfig {
     fn default() -> Self {
         PersistConfig { enabled: false, pin_dir: default_pin_dir(), state_dir: default_state_dir() }
     }
+}
+
+/// Prometheus metrics over HTTP (see `metrics`): off unless `listen` is set, and only ever on a
+/// loopback address.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `"127.0.0.1:9477"` or `"[::1]:9477"`: an address of 127.0.0.0/8 or ::1 and a port.
+    #[serde(default, deserialize_with = "loopback_listen")]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+fn loopback_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    use serde::de::Error as _;
+    let text = String::deserialize(d)?;
+    let addr: std::net::SocketAddr = text.parse().map_err(|_| {
+        D::Error::custom(format!("{text:?} is not an IP address and port (e.g. \"127.0.0.1:9477\" or \"[::1]:9477\")"))
+    })?;
+    if !addr.ip().is_loopback() {
+        return Err(D::Error::custom(format!(
+            "{addr} is not a loopback address (metrics are served only on loopback)"
+        )));
+    }
+    if addr.port() == 0 {
+        return Err(D::Error::custom(format!("{addr} has no port (port 0 would be a random one no scraper knows)")));
+    }
+    Ok(Some(addr))
 }
 
 /// The agent's local socket (`fence-agent exec`, `fence-agent identities`).
@@ -160,22 +194,100 @@ impl Default for UnixConfig {
     }
 }
 
+/// Where denial events go (see `events::sink`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EventsConfig {
+    /// One JSON line per event on stdout (to the journal with fields when stdout is the journal).
     #[serde(default = "yes")]
     pub stdout: bool,
+    /// The event file: append-only, never truncated, rotated by size.
     #[serde(default)]
     pub file: Option<PathBuf>,
+    /// Rotate the event file before a line would take it past this size; 0: never rotate.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    /// Rotated files kept (`events.jsonl.1` newest … `events.jsonl.<keep>` oldest).
+    #[serde(default = "default_keep", deserialize_with = "rotated_files_kept")]
+    pub keep: u32,
+    /// Flood control: events written per second per (identity, operation, verdict), enforced
+    /// in the kernel; the rest are counted and reported as one summary per interval. 0: no
+    /// limit.
+    #[serde(default = "default_rate_limit")]
+    pub rate_limit: u32,
+    /// Events of one (identity, operation, verdict) that may come at once before the limit.
+    #[serde(default = "default_rate_burst")]
+    pub rate_burst: u32,
+    /// Seconds between summaries of suppressed and dropped events (1 to 3600).
+    #[serde(default = "default_summary_interval", deserialize_with = "summary_interval")]
+    pub summary_interval: u32,
+}
+
+pub const DEFAULT_RATE_LIMIT: u32 = 50;
+pub const DEFAULT_RATE_BURST: u32 = 200;
+pub const DEFAULT_SUMMARY_INTERVAL: u32 = 10;
+
+fn default_rate_limit() -> u32 {
+    DEFAULT_RATE_LIMIT
+}
+
+fn default_rate_burst() -> u32 {
+    DEFAULT_RATE_BURST
+}
+
+fn default_summary_interval() -> u32 {
+    DEFAULT_SUMMARY_INTERVAL
+}
+
+fn summary_interval<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    use serde::de::Error as _;
+    let secs = u32::deserialize(d)?;
+    if !(1..=3600).contains(&secs) {
+        return Err(D::Error::custom(format!("must be between 1 and 3600 seconds (got {secs})")));
+    }
+    Ok(secs)
 }
 
 fn yes() -> bool {
     true
 }
 
+pub const DEFAULT_EVENTS_MAX_BYTES: u64 = 64 << 20;
+pub const DEFAULT_EVENTS_KEEP: u32 = 5;
+/// More rotated files than this is a mistake (each rotation renames every one of them).
+pub const MAX_EVENTS_KEEP: u32 = 1000;
+
+fn default_max_bytes() -> u64 {
+    DEFAULT_EVENTS_MAX_BYTES
+}
+
+fn default_keep() -> u32 {
+    DEFAULT_EVENTS_KEEP
+}
+
+fn rotated_files_kept<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    use serde::de::Error as _;
+    let keep = u32::deserialize(d)?;
+    if keep < 1 {
+        return Err(D::Error::custom("must be at least 1 (the live file is rotated to <file>.1)"));
+    }
+    if keep > MAX_EVENTS_KEEP {
+        return Err(D::Error::custom(format!("must be at most {MAX_EVENTS_KEEP} (got {keep})")));
+    }
+    Ok(keep)
+}
+
 impl Default for EventsConfig {
     fn default() -> Self {
-        EventsConfig { stdout: true, file: None }
+        EventsConfig {
+            stdout: true,
+            file: None,
+            max_bytes: DEFAULT_EVENTS_MAX_BYTES,
+            keep: DEFAULT_EVENTS_KEEP,
+            rate_limit: DEFAULT_RATE_LIMIT,
+            rate_burst: DEFAULT_RATE_BURST,
+            summary_interval: DEFAULT_SUMMARY_INTERVAL,
+        }
     }
 }
 
@@ -262,6 +374,24 @@ mod tests {
     }
 
     #[test]
+    fn event_file_rotation_defaults_and_limits() {
+        let c = Config::parse("").unwrap();
+        assert_eq!((c.events.max_bytes, c.events.keep), (64 * 1024 * 1024, 5));
+        let c = Config::parse("[events]\nmax_bytes = 0\nkeep = 1\n").unwrap();
+        assert_eq!((c.events.max_bytes, c.events.keep), (0, 1));
+        let e = Config::parse("[events]\nkeep = 0\n").unwrap_err();
+        assert!(e.starts_with("events.keep: must be at least 1"), "{e}");
+        let e = Config::parse("[events]\nkeep = 1001\n").unwrap_err();
+        assert!(e.starts_with("events.keep: must be at most 1000"), "{e}");
+        let e = Config::parse("[events]\nkeep = -1\n").unwrap_err();
+        assert!(e.starts_with("events.keep: "), "{e}");
+        let e = Config::parse("[events]\nmax_bytes = -5\n").unwrap_err();
+        assert!(e.starts_with("events.max_bytes: "), "{e}");
+        let e = Config::parse("[events]\nmax_bytes = \"64M\"\n").unwrap_err();
+        assert!(e.starts_with("events.max_bytes: "), "{e}");
+    }
+
+    #[test]
     fn unknown_and_mistyped_fields_name_the_field() {
         let e = Config::parse("[events]\nstdot = true\n").unwrap_err();
         assert!(e.contains("events") && e.contains("stdot"), "{e}");
@@ -291,5 +421,31 @@ mod tests {
         assert!(e.starts_with("protect.env_roots[0]"), "{e}");
         let e = Config::parse("[unix]\ndeny = [\"@\"]\n").unwrap_err();
         assert!(e.starts_with("unix.deny[0]"), "{e}");
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_served_only_on_loopback() {
+        assert_eq!(Config::parse("").unwrap().metrics.listen, None);
+        assert_eq!(Config::parse("[metrics]\n").unwrap().metrics.listen, None);
+        for ok in ["127.0.0.1:9477", "127.1.2.3:9477", "[::1]:9477"] {
+            let c = Config::parse(&format!("[metrics]\nlisten = \"{ok}\"\n")).unwrap();
+            assert_eq!(c.metrics.listen, Some(ok.parse().unwrap()));
+        }
+        let e = Config::parse("[metrics]\nlisten = \"10.0.0.5:9477\"\n").unwrap_err();
+        assert_eq!(e, "metrics.listen: 10.0.0.5:9477 is not a loopback address (metrics are served only on loopback)");
+        for bad in ["0.0.0.0:9477", "[::]:9477", "[::ffff:127.0.0.1]:9477", "192.168.1.1:80"] {
+            let e = Config::parse(&format!("[metrics]\nlisten = \"{bad}\"\n")).unwrap_err();
+            assert!(e.starts_with("metrics.listen: ") && e.contains("is not a loopback address"), "{e}");
+        }
+        let e = Config::parse("[metrics]\nlisten = \"localhost:9477\"\n").unwrap_err();
+        assert!(e.starts_with("metrics.listen: \"localhost:9477\" is not an IP address and port"), "{e}");
+        let e = Config::parse("[metrics]\nlisten = \"127.0.0.1\"\n").unwrap_err();
+        assert!(e.contains("is not an IP address and port"), "{e}");
+        let e = Config::parse("[metrics]\nlisten = \"127.0.0.1:0\"\n").unwrap_err();
+        assert!(e.starts_with("metrics.listen: 127.0.0.1:0 has no port"), "{e}");
+        let e = Config::parse("[metrics]\nlisten = 9477\n").unwrap_err();
+        assert!(e.starts_with("metrics.listen: "), "{e}");
+        let e = Config::parse("[metrics]\nlisen = \"127.0.0.1:9477\"\n").unwrap_err();
+        assert!(e.contains("metrics") && e.contains("lisen"), "{e}");
     }
 }

@@ -11,8 +11,8 @@ use aya::{
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, ProgramError},
 };
 use fence_common::{
-    ABI_VERSION, AbstractKey, ActiveState, CgroupKey, IdentityInfo, IdentityKey, InodeKey, KernelOffsets,
-    NET_KEY_PREFIX_BITS, Net4Key, Net6Key, NetRules, UnitKey, counter, globals, maps, programs,
+    ABI_VERSION, AbstractKey, ActiveState, CgroupKey, EventLimit, IdentityInfo, IdentityKey, InodeKey, KernelOffsets,
+    NET_KEY_PREFIX_BITS, Net4Key, Net6Key, NetRules, UnitKey, globals, maps, programs,
 };
 use thiserror::Error;
 
@@ -20,6 +20,7 @@ use crate::{
     cgroup::Cgroups,
     compile::CompiledPolicy,
     ebpf_object,
+    events::summary::KernelStats,
     mechanisms::{Availability, KernelPlan},
     resolve::ObjectId,
 };
@@ -77,13 +78,6 @@ pub struct ApplyReport {
     pub generation: u32,
     pub sequence: u64,
     pub entries: usize,
-}
-
-/// Kernel-side counters, summed over CPUs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub events_sent: u64,
-    pub ringbuf_full: u64,
 }
 
 pub struct Enforcer {
@@ -264,16 +258,31 @@ impl Enforcer {
         Ok(ApplyReport { generation: next, sequence, entries })
     }
 
-    /// Kernel counters summed over CPUs.
-    pub fn counters(&self) -> Result<Counters, EnforcerError> {
-        let map = self.bpf.map(maps::COUNTERS).ok_or(EnforcerError::Missing { kind: "map", name: maps::COUNTERS })?;
-        let array: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(map).map_err(|source| EnforcerError::Map { map: maps::COUNTERS, source })?;
-        let sum = |index: u32| -> Result<u64, EnforcerError> {
-            let values = array.get(&index, 0).map_err(|source| EnforcerError::Map { map: maps::COUNTERS, source })?;
-            Ok(values.iter().copied().fold(0u64, u64::wrapping_add))
-        };
-        Ok(Counters { events_sent: sum(counter::EVENTS_SENT)?, ringbuf_full: sum(counter::RINGBUF_FULL)? })
+    /// Sets the kernel's event rate limit (see `events::summary`).
+    pub fn set_event_limit(&mut self, limit: EventLimit) -> Result<(), EnforcerError> {
+        let map = self
+            .bpf
+            .map_mut(maps::EVENT_LIMIT)
+            .ok_or(EnforcerError::Missing { kind: "map", name: maps::EVENT_LIMIT })?;
+        let mut array: Array<&mut MapData, EventLimit> =
+            Array::try_from(map).map_err(|source| EnforcerError::Map { map: maps::EVENT_LIMIT, source })?;
+        array.set(0, &limit, 0).map_err(|source| EnforcerError::Map { map: maps::EVENT_LIMIT, source })
+    }
+
+    /// Hands the rate limiter's state and the counters to the event reader (for summaries).
+    pub fn take_event_stats(&mut self) -> Result<KernelStats, EnforcerError> {
+        let rate = self
+            .bpf
+            .take_map(maps::EVENT_RATE)
+            .ok_or(EnforcerError::Missing { kind: "map", name: maps::EVENT_RATE })?;
+        let counters =
+            self.bpf.take_map(maps::COUNTERS).ok_or(EnforcerError::Missing { kind: "map", name: maps::COUNTERS })?;
+        Ok(KernelStats {
+            rate: aya::maps::HashMap::try_from(rate)
+                .map_err(|source| EnforcerError::Map { map: maps::EVENT_RATE, source })?,
+            counters: PerCpuArray::try_from(counters)
+                .map_err(|source| EnforcerError::Map { map: maps::COUNTERS, source })?,
+        })
     }
 
     fn write_generation(&mut self, g: u32, p: &CompiledPolicy) -> Result<usize, EnforcerError> {

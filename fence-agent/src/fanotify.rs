@@ -34,12 +34,11 @@ use nix::{
     sys::fanotify::{EventFFlags, Fanotify, FanotifyResponse, InitFlags, MarkFlags, MaskFlags, Response},
 };
 use thiserror::Error;
-use tokio::sync::mpsc::UnboundedSender;
 
 use crate::{
     cgroup::Cgroups,
     compile::CompiledPolicy,
-    events::decode::KernelEvent,
+    events::{decode::KernelEvent, summary::AgentEvents},
     hold::Holder,
     resolve::{Mounts, ObjectId, Resolved, object_id, object_id_of_fd},
 };
@@ -177,7 +176,7 @@ impl Drop for Group {
 /// The fanotify file fence. `update` swaps in a new group for a new policy.
 pub struct FileFence {
     group: Option<Group>,
-    events: UnboundedSender<KernelEvent>,
+    events: AgentEvents,
     cgroups: Cgroups,
     pub timeouts: Arc<AtomicU64>,
 }
@@ -188,7 +187,7 @@ impl FileFence {
         init().map(drop)
     }
 
-    pub fn new(events: UnboundedSender<KernelEvent>, cgroups: Cgroups) -> FileFence {
+    pub fn new(events: AgentEvents, cgroups: Cgroups) -> FileFence {
         FileFence { group: None, events, cgroups, timeouts: Arc::new(AtomicU64::new(0)) }
     }
 
@@ -283,7 +282,7 @@ fn answer_loop(
     policy: &FilePolicy,
     stop: &AtomicBool,
     in_flight: &Mutex<Option<(i32, Instant)>>,
-    events: &UnboundedSender<KernelEvent>,
+    events: &AgentEvents,
     cgroups: &Cgroups,
 ) {
     let mut mounts = Mounts::read();
@@ -344,7 +343,7 @@ fn answer_loop(
                 }
             }
             if let Some(record) = record {
-                let _ = events.send(KernelEvent::Object(Box::new(record)));
+                events.send(KernelEvent::Object(Box::new(record)));
             }
             // `event` drops here and closes its fd, after the slot was cleared.
         }
@@ -441,6 +440,8 @@ fn event_record(
         reason: why,
         _pad: [0; 3],
         comm,
+        ppid: field("PPid:"),
+        _pad2: 0,
     };
     let mut e = ObjectEvent {
         header,

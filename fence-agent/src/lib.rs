@@ -24,6 +24,7 @@ pub mod hold;
 pub mod host;
 pub mod manager;
 pub mod mechanisms;
+pub mod metrics;
 pub mod offsets;
 pub mod persist;
 pub mod policy;

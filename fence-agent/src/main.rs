@@ -62,6 +62,18 @@ enum Command {
     /// resolve to now, and the number of live processes in them.
     #[command(after_long_help = IDENTITIES_HELP)]
     Identities(cmd::identities::IdentitiesArgs),
+    /// Show denial events: the event file and its rotated files, filtered, readable or JSON.
+    ///
+    /// Reads the event file named by [events] file of the configuration (or --file) and its
+    /// rotated files (<file>.N, N=1 the newest), oldest first, so the output is in time order.
+    /// Filters combine (all must match; a repeated one matches any of its values). The default
+    /// output is one line per event (coloured on a terminal unless NO_COLOR is set); --json
+    /// prints the lines as they are. -f follows the live file as it grows and rotates, every
+    /// line once, until SIGINT or SIGTERM. Summary records (events suppressed by the rate
+    /// limit, events dropped) are shown too and selected by --verdict suppressed|dropped.
+    /// Lines that are not JSON are skipped and counted on stderr.
+    #[command(after_long_help = LOGS_HELP)]
+    Logs(cmd::logs::LogsArgs),
     /// Remove pinned enforcement, managed cgroups, state and the socket (agent stopped).
     ///
     /// What a stopped agent leaves behind with [persist] enabled keeps enforcing; this lifts
@@ -130,6 +142,23 @@ Examples:
   fence-agent identities
   fence-agent identities --json";
 
+const LOGS_HELP: &str = "\
+Files:
+  /etc/fence/agent.toml            configuration: [events] file (--config)
+  /var/log/fence/events.jsonl      the live event file (--file)
+  /var/log/fence/events.jsonl.N    rotated files, N=1 the newest ([events] keep of them)
+
+Exit status:
+  0  printed (or followed until SIGINT/SIGTERM, or until the reader of the output went away)
+  1  the event file or the configuration could not be read
+  2  bad arguments (an unknown verdict or operation lists the valid ones)
+
+Examples:
+  fence-agent logs -f
+  fence-agent logs --identity ci-runner --verdict denied --since 1h
+  fence-agent logs --operation connect --since 2026-11-25T17:00:00Z --json | jq .destination
+  fence-agent logs -n 20 --verdict suppressed --verdict dropped";
+
 const UNINSTALL_HELP: &str = "\
 Exit status:
   0  nothing of fence's is left (configuration and logs aside)
@@ -147,6 +176,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => cmd::doctor::main(args),
         Command::Exec(args) => cmd::exec::main(args),
         Command::Identities(args) => cmd::identities::main(args),
+        Command::Logs(args) => cmd::logs::main(args),
         Command::Uninstall(args) => cmd::uninstall::main(args),
     };
     match result {

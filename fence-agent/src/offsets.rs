@@ -38,7 +38,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         task_cgroups: btf.offset_of("task_struct", &["cgroups"])?,
         css_set_dfl_cgrp: btf.offset_of("css_set", &["dfl_cgrp"])?,
         task_tgid: btf.offset_of("task_struct", &["tgid"])?,
-        _pad: 0,
+        task_real_parent: btf.offset_of("task_struct", &["real_parent"])?,
     })
 }
 

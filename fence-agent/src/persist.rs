@@ -62,7 +62,9 @@ pub fn prepare(pin_dir: &Path) -> Result<Run, PersistError> {
         }
     }
     let now = jiff::Timestamp::now().as_nanosecond();
-    let dir = pin_dir.join(format!("run-{now}"));
+    // The event layout's version is in the name: a later agent reads the buffer only if it
+    // knows the layout (bpffs holds pins and directories, no plain files).
+    let dir = pin_dir.join(format!("run-abi{}-{now}", fence_common::ABI_VERSION));
     fs::create_dir_all(dir.join("links")).map_err(io(&dir))?;
     Ok(Run { dir })
 }
@@ -91,6 +93,11 @@ pub fn runs(pin_dir: &Path, keep: Option<&Path>) -> Vec<PathBuf> {
 
 /// The event ring buffer an earlier run pinned, if any.
 pub fn events_of(run: &Path) -> Option<RingBuf<MapData>> {
+    let prefix = format!("run-abi{}-", fence_common::ABI_VERSION);
+    if !run.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix)) {
+        tracing::info!(run = %run.display(), "an earlier run used another event layout: its unread events are not read");
+        return None;
+    }
     let data = MapData::from_pin(run.join("events")).ok()?;
     let map = Map::from_map_data(data).ok()?;
     RingBuf::try_from(map).ok()

@@ -14,7 +14,7 @@
 #![no_std]
 
 /// Version of the layouts in this crate. The agent refuses pinned state of another version.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Names of the eBPF maps. The statics in `fence-ebpf` carry exactly these names; the agent's
 /// unit tests parse the built object and check both directions.
@@ -48,6 +48,11 @@ pub mod maps {
     /// `HashMap<UnitKey, u32>`: cgroup paths of units followed by identity selectors; a
     /// cgroup created at such a path is bound to the identity by the kernel, at creation.
     pub const UNITS: &str = "FENCE_UNITS";
+    /// `Array<EventLimit>`, one entry: the event rate limit, set by the agent.
+    pub const EVENT_LIMIT: &str = "FENCE_EVENT_LIMIT";
+    /// `HashMap<RateKey, RateState>`: the rate limiter's state per (identity, operation,
+    /// verdict), and the events it suppressed.
+    pub const EVENT_RATE: &str = "FENCE_EVENT_RATE";
 
     /// Every map the object must define.
     pub const ALL: &[&str] = &[
@@ -64,6 +69,8 @@ pub mod maps {
         UNIX,
         UNIX_ABSTRACT,
         UNITS,
+        EVENT_LIMIT,
+        EVENT_RATE,
     ];
 }
 
@@ -143,6 +150,9 @@ pub mod capacity {
     pub const UNIX_ABSTRACT: u32 = 4_096;
     /// Followed unit cgroup paths.
     pub const UNITS: u32 = 4_096;
+    /// Rate limiter entries (identity x operation x verdict). When full, events of new keys
+    /// are sent unlimited and counted (`counter::RATE_TABLE_FULL`).
+    pub const EVENT_RATE: u32 = 16_384;
     /// Ring buffer size in bytes (a power-of-two multiple of the page size).
     pub const EVENTS_BYTES: u32 = 1 << 22;
 }
@@ -360,7 +370,7 @@ pub struct KernelOffsets {
     pub task_cgroups: u32,
     pub css_set_dfl_cgrp: u32,
     pub task_tgid: u32,
-    pub _pad: u32,
+    pub task_real_parent: u32,
 }
 
 impl KernelOffsets {
@@ -397,7 +407,7 @@ impl KernelOffsets {
         task_cgroups: 0,
         css_set_dfl_cgrp: 0,
         task_tgid: 0,
-        _pad: 0,
+        task_real_parent: 0,
     };
 }
 
@@ -436,8 +446,13 @@ pub mod counter {
     pub const RINGBUF_FULL: u32 = 0;
     /// Events written to the ring buffer.
     pub const EVENTS_SENT: u32 = 1;
+    /// Events not sent because their (identity, operation, verdict) was over the rate limit
+    /// (the decision itself is made all the same; the agent reports them as summaries).
+    pub const SUPPRESSED: u32 = 2;
+    /// Events sent without a rate limit because the rate table was full.
+    pub const RATE_TABLE_FULL: u32 = 3;
     /// Number of counters.
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 4;
 }
 
 /// `EventHeader::kind`: the record is a [`NetEvent`].
@@ -554,6 +569,42 @@ pub struct EventHeader {
     pub _pad: [u8; 3],
     /// Task command name, NUL padded.
     pub comm: [u8; 16],
+    /// Process id (tgid) of the acting task's parent; 0 if it could not be read.
+    pub ppid: u32,
+    pub _pad2: u32,
+}
+
+/// The event rate limit, per (identity, operation, verdict), as a generic cell rate
+/// algorithm: one event per `interval_ns` on average, bursts of up to `burst` events.
+/// `interval_ns` 0: no limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventLimit {
+    pub interval_ns: u64,
+    /// `(burst - 1) * interval_ns`: how far ahead of now the theoretical arrival time may run.
+    pub tolerance_ns: u64,
+}
+
+/// Key of [`maps::EVENT_RATE`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RateKey {
+    pub identity: u32,
+    /// `op::*`.
+    pub operation: u8,
+    /// `VERDICT_*`.
+    pub verdict: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of [`maps::EVENT_RATE`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateState {
+    /// Theoretical arrival time of the next event (boot clock, ns).
+    pub tat: u64,
+    /// Events suppressed so far (only grows; the agent reports the difference).
+    pub suppressed: u64,
 }
 
 /// A network decision.
@@ -631,15 +682,18 @@ const _: () = {
     assert!(core::mem::size_of::<Net6Key>() == 24);
     assert!(core::mem::size_of::<PortRule>() == 8);
     assert!(core::mem::size_of::<NetRules>() == 8 + 8 * MAX_PORT_RULES);
-    assert!(core::mem::size_of::<EventHeader>() == 64);
-    assert!(core::mem::size_of::<NetEvent>() == 88);
-    assert!(core::mem::offset_of!(NetEvent, addr) == 72);
+    assert!(core::mem::size_of::<EventHeader>() == 72);
+    assert!(core::mem::size_of::<NetEvent>() == 96);
+    assert!(core::mem::offset_of!(NetEvent, addr) == 80);
+    assert!(core::mem::size_of::<EventLimit>() == 16);
+    assert!(core::mem::size_of::<RateKey>() == 8);
+    assert!(core::mem::size_of::<RateState>() == 16);
     assert!(core::mem::size_of::<InodeKey>() == 24);
     assert!(core::mem::size_of::<AbstractKey>() == 120);
     assert!(core::mem::size_of::<KernelOffsets>() == 128);
     assert!(core::mem::size_of::<UnitKey>() == 8 + UNIT_PATH_LEN);
     assert!(core::mem::size_of::<DentryPath>() == 8 + COMPONENT_LEN * PATH_COMPONENTS);
-    assert!(core::mem::size_of::<ObjectEvent>() == 64 + 32 + NAME_LEN + 2 * (8 + COMPONENT_LEN * PATH_COMPONENTS));
+    assert!(core::mem::size_of::<ObjectEvent>() == 72 + 32 + NAME_LEN + 2 * (8 + COMPONENT_LEN * PATH_COMPONENTS));
 };
 
 #[cfg(feature = "user")]
@@ -658,6 +712,9 @@ mod pod {
     unsafe impl aya::Pod for AbstractKey {}
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for UnitKey {}
+    unsafe impl aya::Pod for EventLimit {}
+    unsafe impl aya::Pod for RateKey {}
+    unsafe impl aya::Pod for RateState {}
 }
 
 #[cfg(test)]

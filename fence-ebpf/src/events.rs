@@ -3,9 +3,15 @@
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated::bpf_ktime_get_boot_ns,
 };
-use fence_common::{EventHeader, KernelOffsets, ObjectEvent, VERDICT_DENIED, VERDICT_WOULD_DENY, counter};
+use fence_common::{
+    EventHeader, KernelOffsets, ObjectEvent, RateKey, RateState, VERDICT_DENIED, VERDICT_WOULD_DENY, counter,
+};
 
-use crate::{identity::Fenced, kernel, maps::count};
+use crate::{
+    identity::Fenced,
+    kernel,
+    maps::{FENCE_EVENT_LIMIT, FENCE_EVENT_RATE, count},
+};
 
 /// The common head of an event about a decision on `who`.
 #[inline(always)]
@@ -29,12 +35,63 @@ pub fn header(who: &Fenced, kind: u8, operation: u8, mechanism: u8, reason: u8) 
         reason,
         _pad: [0; 3],
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        ppid: kernel::current_ppid(),
+        _pad2: 0,
     }
 }
 
-/// Sends `record` to the agent; a full ring buffer is counted, never silent.
+/// Whether an event with this head may be sent now: the agent's rate limit per (identity,
+/// operation, verdict), a generic cell rate algorithm. An event over the limit is counted in
+/// the key's `suppressed` (the agent reports those as summaries), never silently lost. Races
+/// between CPUs may let a few more through than the limit; they never lose a count.
 #[inline(always)]
-pub fn send<T: 'static>(record: T) {
+fn within_rate(head: &EventHeader) -> bool {
+    let Some(limit) = FENCE_EVENT_LIMIT.get(0) else { return true };
+    if limit.interval_ns == 0 {
+        return true;
+    }
+    let key = RateKey { identity: head.identity, operation: head.operation, verdict: head.verdict, _pad: [0; 2] };
+    let now = head.boot_ns;
+    match FENCE_EVENT_RATE.get_ptr_mut(&key) {
+        Some(state) => {
+            // SAFETY: a live map value; the counter is updated atomically, `tat` racily (see above).
+            let tat = unsafe { (*state).tat }.max(now);
+            if tat - now > limit.tolerance_ns {
+                // SAFETY: the value is 8-byte aligned and lives as long as the map entry. The
+                // BPF target has no atomic types; this is the BPF atomic add (__sync_fetch_and_add).
+                unsafe {
+                    core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                        core::ptr::addr_of_mut!((*state).suppressed),
+                        1,
+                    )
+                };
+                count(counter::SUPPRESSED);
+                false
+            } else {
+                // SAFETY: as above.
+                unsafe { (*state).tat = tat + limit.interval_ns };
+                true
+            }
+        }
+        None => {
+            let fresh = RateState { tat: now + limit.interval_ns, suppressed: 0 };
+            // BPF_NOEXIST: another CPU may have created it meanwhile (then this one event goes
+            // through unlimited); a full table is counted.
+            if FENCE_EVENT_RATE.insert(&key, &fresh, 1).is_err() && FENCE_EVENT_RATE.get_ptr_mut(&key).is_none() {
+                count(counter::RATE_TABLE_FULL);
+            }
+            true
+        }
+    }
+}
+
+/// Sends `record` (whose head is `head`) to the agent, within the rate limit; a full ring
+/// buffer is counted, never silent.
+#[inline(always)]
+pub fn send<T: 'static>(head: &EventHeader, record: T) {
+    if !within_rate(head) {
+        return;
+    }
     match crate::maps::FENCE_EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             entry.write(record);
@@ -50,6 +107,9 @@ pub fn send<T: 'static>(record: T) {
 /// here.
 #[inline(always)]
 pub fn send_object(head: EventHeader, offsets: &KernelOffsets, fill: impl FnOnce(&mut ObjectEvent)) {
+    if !within_rate(&head) {
+        return;
+    }
     let Some(mut entry) = crate::maps::FENCE_EVENTS.reserve::<ObjectEvent>(0) else {
         count(counter::RINGBUF_FULL);
         return;

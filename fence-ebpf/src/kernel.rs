@@ -150,3 +150,12 @@ pub fn fill_current_exe(o: &KernelOffsets, out: &mut DentryPath) {
         fill_path(o, d, out);
     }
 }
+
+/// The process id (tgid) of the current task's parent; 0 without offsets or on a failed read.
+#[inline(always)]
+pub fn current_ppid() -> u32 {
+    let Some(o) = offsets() else { return 0 };
+    // SAFETY: helper without arguments.
+    let task = unsafe { bpf_get_current_task() };
+    read::<u64>(task, o.task_real_parent).and_then(|parent| read::<i32>(parent, o.task_tgid)).map_or(0, |p| p as u32)
+}

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use fence_common::{
-    AbstractKey, ActiveState, CgroupKey, IdentityInfo, IdentityKey, InodeKey, Net4Key, Net6Key, NetRules, UnitKey,
-    capacity, counter,
+    AbstractKey, ActiveState, CgroupKey, EventLimit, IdentityInfo, IdentityKey, InodeKey, Net4Key, Net6Key, NetRules,
+    RateKey, RateState, UnitKey, capacity, counter,
 };
 
 /// The live policy generation (index 0). Written by the agent after a complete policy has been
@@ -59,6 +59,14 @@ pub static FENCE_UNIX_ABSTRACT: HashMap<AbstractKey, u32> = HashMap::with_max_en
 /// identity by `fence_tp_cgroup_mkdir` at creation.
 #[map]
 pub static FENCE_UNITS: HashMap<UnitKey, u32> = HashMap::with_max_entries(capacity::UNITS, 0);
+
+/// The event rate limit (index 0), set by the agent; all zero: no limit.
+#[map]
+pub static FENCE_EVENT_LIMIT: Array<EventLimit> = Array::with_max_entries(1, 0);
+
+/// The rate limiter's state per (identity, operation, verdict).
+#[map]
+pub static FENCE_EVENT_RATE: HashMap<RateKey, RateState> = HashMap::with_max_entries(capacity::EVENT_RATE, 0);
 
 /// Deny and would-deny events for the agent (records start with `EventHeader`).
 #[map]

@@ -218,6 +218,6 @@ fn net_event(who: &Fenced, operation: u8, mech: u8, why: u8, family: u32, d: &De
 /// Reports the refusal and returns the verdict: audit mode allows.
 #[inline(always)]
 fn decide(who: &Fenced, event: NetEvent) -> i32 {
-    events::send(event);
+    events::send(&event.header, event);
     if who.audit() { ALLOW } else { DENY }
 }

@@ -51,7 +51,9 @@ impl Agent {
         Agent::spawn_with(test, policy, "").wait_ready()
     }
 
-    /// Starts the agent with more agent.toml (tables after `[events]`).
+    /// Starts the agent with more agent.toml: keys before the first table header go into
+    /// `[events]`, then tables. Unless set there, tests run without the event rate limit (a
+    /// test that waits for a particular event must not have it suppressed).
     pub fn start_with(test: &str, policy: &str, config: &str) -> Agent {
         Agent::spawn_with(test, policy, config).wait_ready()
     }
@@ -84,12 +86,22 @@ impl Agent {
         let config = dir.path("agent.toml");
         // The tests' own protected sets replace the host's defaults unless they say otherwise.
         let protect = if extra_config.contains("[protect]") { "" } else { "[protect]\ndefaults = false\n" };
+        let split = extra_config.find("\n[").map(|i| i + 1).unwrap_or(if extra_config.starts_with('[') {
+            0
+        } else {
+            extra_config.len()
+        });
+        let (events_keys, extra_config) = extra_config.split_at(split);
+        let mut events_keys = events_keys.to_owned();
+        if !events_keys.contains("rate_limit") {
+            events_keys.push_str("rate_limit = 0\n");
+        }
         let audit = dir.path("audit.jsonl");
         let socket = dir.path("agent.sock");
         fs::write(
             &config,
             format!(
-                "[events]\nstdout = true\nfile = {:?}\n[control]\nsocket = {:?}\n[audit]\nfile = {:?}\n{protect}{extra_config}",
+                "[events]\nstdout = true\nfile = {:?}\n{events_keys}[control]\nsocket = {:?}\n[audit]\nfile = {:?}\n{protect}{extra_config}",
                 events.display().to_string(),
                 socket.display().to_string(),
                 audit.display().to_string()

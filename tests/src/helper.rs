@@ -205,6 +205,47 @@ fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
             Ok(json!({"ns": started.elapsed().as_nanos() as u64, "count": n}))
         }
         "noop" => Ok(json!({})),
+        "connect-paced" => {
+            // Denied connects at RATE per second for SECS seconds (a storm of known rate):
+            // paced per millisecond; reports what it achieved.
+            let to = addr(args.first())?;
+            let rate: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1000);
+            let secs: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1.0);
+            let started = std::time::Instant::now();
+            let total = (rate as f64 * secs) as u64;
+            let (mut attempts, mut denied) = (0u64, 0u64);
+            while attempts < total {
+                let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+                if attempts >= due {
+                    std::thread::sleep(Duration::from_micros(200));
+                    continue;
+                }
+                for _ in 0..(due - attempts).min(total - attempts) {
+                    attempts += 1;
+                    if let Err(e) = TcpStream::connect(to)
+                        && e.raw_os_error() == Some(libc::EPERM)
+                    {
+                        denied += 1;
+                    }
+                }
+            }
+            let elapsed = started.elapsed().as_secs_f64();
+            Ok(json!({"attempts": attempts, "denied": denied, "seconds": elapsed, "rate": attempts as f64 / elapsed}))
+        }
+        "connect-loop" => {
+            // N connects as fast as they go (a denial storm); counts the outcomes.
+            let to = addr(args.first())?;
+            let n: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1);
+            let (mut denied, mut other, mut succeeded) = (0u64, 0u64, 0u64);
+            for _ in 0..n {
+                match TcpStream::connect(to) {
+                    Ok(_) => succeeded += 1,
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => denied += 1,
+                    Err(_) => other += 1,
+                }
+            }
+            Ok(json!({"attempts": n, "denied": denied, "succeeded": succeeded, "other": other}))
+        }
         "probe-connect" => {
             // Connects again and again for SECONDS, or until STOPFILE exists; counts what
             // happened.

@@ -12,17 +12,26 @@ use std::{process::ExitCode, time::Duration};
 
 mod agent;
 mod env;
+mod flood;
 mod harness;
 mod helper;
 mod identities;
 mod kernel_fences;
+mod logs;
 mod net;
 mod persist;
 mod service;
 
 /// Every integration test, in the order they run.
 fn all_tests() -> impl Iterator<Item = &'static harness::Test> {
-    net::TESTS.iter().chain(kernel_fences::TESTS).chain(identities::TESTS).chain(persist::TESTS).chain(service::TESTS)
+    net::TESTS
+        .iter()
+        .chain(kernel_fences::TESTS)
+        .chain(identities::TESTS)
+        .chain(persist::TESTS)
+        .chain(service::TESTS)
+        .chain(flood::TESTS)
+        .chain(logs::TESTS)
 }
 
 fn main() -> ExitCode {

@@ -29,7 +29,7 @@ struct Workload {
     allow: String,
 }
 
-pub fn bench(rounds: u32) -> Result<ExitCode> {
+pub fn bench(rounds: u32, filter: Option<&str>) -> Result<ExitCode> {
     require_root("the benchmarks")?;
     if rounds == 0 {
         bail!("--rounds must be at least 1");
@@ -90,7 +90,7 @@ pub fn bench(rounds: u32) -> Result<ExitCode> {
         },
     ];
     let mut lines = Vec::new();
-    for w in &workloads {
+    for w in workloads.iter().filter(|w| filter.is_none_or(|f| w.name.contains(f))) {
         step(format!("{} ({} operations per run, {rounds} rounds)", w.name, w.count));
         // Warm up caches and the listener.
         run_once(&art, &fenced, w)?;
@@ -119,6 +119,9 @@ pub fn bench(rounds: u32) -> Result<ExitCode> {
         lines.push(format!("{}: unfenced-with-agent/no-agent {}", w.name, summary(&mut unfenced_ratios)));
     }
     drop(udp);
+    if filter.is_none_or(|f| "denial storm".contains(f)) {
+        lines.extend(storm(&art, &work)?);
+    }
     println!();
     for l in &lines {
         println!("{l}");
@@ -152,10 +155,115 @@ fn with_agent(art: &Artifacts, fenced: &Cgroup, unfenced: &Cgroup, w: &Workload,
         "schema: 1\nidentities:\n  - name: bench\n    owner: xtask\n    purpose: benchmark\n    selectors: [{{cgroup: \"{}\"}}]\n{}",
         fenced.rel, w.allow
     );
-    let _agent = Agent::start(&art.agent, &agent_dir(work), &policy, false)?;
+    let _agent = Agent::start(&art.agent, &agent_dir(work), &policy, false, "")?;
     Ok((run_once(art, unfenced, w)?, run_once(art, fenced, w)?))
 }
 
 fn agent_dir(work: &Path) -> PathBuf {
     work.join("agent")
+}
+
+/// Denial storm: the highest rate of denials whose events all reach the event file (no rate
+/// limit, nothing dropped), found by doubling, and the share lost at twice that rate.
+fn storm(art: &Artifacts, work: &Path) -> Result<Vec<String>> {
+    const SECONDS: f64 = 2.0;
+    step("denial storm: events per second written to the file with zero drops (rate limit off)");
+    let cg = Cgroup::create("/fence-bench/storm")?;
+    let denied = TcpListener::bind("127.0.0.1:0")?;
+    let to = denied.local_addr()?.to_string();
+    let policy = format!(
+        "schema: 1\nidentities:\n  - name: storm\n    owner: xtask\n    purpose: benchmark\n    selectors: [{{cgroup: \"{}\"}}]\n    egress: []\n",
+        cg.rel
+    );
+    let dir = work.join("storm-agent");
+    let agent =
+        Agent::start(&art.agent, &dir, &policy, false, "rate_limit = 0\nmax_bytes = 0\nsummary_interval = 1\n")?;
+    // One step: `rate` denials per second for SECONDS; returns (achieved rate, attempts, lines,
+    // events counted as dropped).
+    let step_at = |rate: u64| -> Result<(f64, u64, u64, u64)> {
+        std::fs::write(&agent.events, "")?;
+        // One generator process tops out near 100k connects/s here; above 50k/s, two share it.
+        let generators: u64 = if rate > 50_000 { 2 } else { 1 };
+        let reports: Vec<Result<serde_json::Value>> = thread::scope(|s| {
+            let handles: Vec<_> = (0..generators)
+                .map(|_| {
+                    s.spawn(|| {
+                        let per = (rate / generators).to_string();
+                        helper(&art.tests, Some(&cg), &["connect-paced", &to, &per, &SECONDS.to_string()])
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| bail!("generator panicked"))).collect()
+        });
+        let (mut attempts, mut achieved) = (0, 0.0);
+        for r in reports {
+            let v = r?;
+            attempts += v["denied"].as_u64().context("denied")?;
+            achieved += v["rate"].as_f64().unwrap_or(0.0);
+        }
+        // Let the writer finish (it stops growing), then count.
+        let mut last = (u64::MAX, 0);
+        loop {
+            thread::sleep(std::time::Duration::from_millis(1500));
+            let n = connect_lines(&agent.events)?;
+            if n == last {
+                break;
+            }
+            last = n;
+        }
+        Ok((achieved, attempts, last.0, last.1))
+    };
+    let mut rate = 5_000u64;
+    let mut best: Option<f64> = None;
+    let mut limited_by_generator = false;
+    for _ in 0..8 {
+        let (achieved, attempts, written, _) = step_at(rate)?;
+        eprintln!("    {rate}/s asked, {achieved:.0}/s achieved: {attempts} denied, {written} written");
+        if written < attempts {
+            break;
+        }
+        best = Some(achieved);
+        if achieved < rate as f64 * 0.9 {
+            limited_by_generator = true;
+            break;
+        }
+        rate *= 2;
+    }
+    let Some(best) = best else {
+        return Ok(vec![format!("denial storm: events were dropped even at {rate}/s")]);
+    };
+    let mut out = vec![format!(
+        "denial storm: {best:.0} events/s written to the file with zero drops{}",
+        if limited_by_generator { " (the load generator's limit on this machine, not the agent's)" } else { "" }
+    )];
+    if !limited_by_generator {
+        let twice = (best * 2.0) as u64;
+        let (achieved, attempts, written, counted) = step_at(twice)?;
+        let lost = attempts.saturating_sub(written);
+        out.push(format!(
+            "denial storm: at {achieved:.0}/s (twice that), {:.1}% of events dropped ({lost} of {attempts}; \
+             the events-dropped summaries count {counted})",
+            100.0 * lost as f64 / attempts.max(1) as f64
+        ));
+    }
+    drop(denied);
+    Ok(out)
+}
+
+/// Enforcement lines in the event file, and the events its `events-dropped` summaries count.
+fn connect_lines(path: &Path) -> Result<(u64, u64)> {
+    use std::io::BufRead as _;
+    let f = std::fs::File::open(path)?;
+    let (mut n, mut dropped) = (0, 0);
+    for line in std::io::BufReader::new(f).lines() {
+        let line = line?;
+        if line.contains("\"action\":\"connect\"") {
+            n += 1;
+        } else if line.contains("\"action\":\"events-dropped\"")
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+        {
+            dropped += v["fence"]["dropped"]["count"].as_u64().unwrap_or(0);
+        }
+    }
+    Ok((n, dropped))
 }

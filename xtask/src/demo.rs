@@ -43,7 +43,7 @@ pub fn demo() -> Result<ExitCode> {
     for l in policy.lines().filter(|l| !l.trim_start().starts_with('#')) {
         eprintln!("    {l}");
     }
-    let agent = Agent::start(&art.agent, &work.join("agent"), &policy, false)?;
+    let agent = Agent::start(&art.agent, &work.join("agent"), &policy, false, "")?;
     for l in fs::read_to_string(&agent.stderr).unwrap_or_default().lines() {
         eprintln!("    agent| {l}");
     }

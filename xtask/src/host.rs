@@ -58,7 +58,8 @@ pub struct Agent {
 
 impl Agent {
     /// Starts the agent with `policy` in `dir` and waits for its READY notification.
-    pub fn start(agent: &Path, dir: &Path, policy: &str, stdout_events: bool) -> Result<Agent> {
+    /// `events_keys`: more keys of the `[events]` table.
+    pub fn start(agent: &Path, dir: &Path, policy: &str, stdout_events: bool, events_keys: &str) -> Result<Agent> {
         fs::create_dir_all(dir)?;
         let policy_path = dir.join("policy.yaml");
         fs::write(&policy_path, policy)?;
@@ -68,7 +69,7 @@ impl Agent {
         fs::write(
             &config,
             format!(
-                "[events]\nstdout = {stdout_events}\nfile = {:?}\n[control]\nsocket = {:?}\n[audit]\nfile = {:?}\n",
+                "[events]\nstdout = {stdout_events}\nfile = {:?}\n{events_keys}[control]\nsocket = {:?}\n[audit]\nfile = {:?}\n",
                 events.display().to_string(),
                 dir.join("agent.sock").display().to_string(),
                 dir.join("audit.jsonl").display().to_string()

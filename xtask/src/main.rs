@@ -46,6 +46,8 @@ enum Task {
         /// Rounds per workload (each round runs with and without the agent).
         #[arg(long, default_value_t = 7)]
         rounds: u32,
+        /// Run only the workloads whose name contains this (`storm` for the denial storm).
+        filter: Option<String>,
     },
 }
 
@@ -60,7 +62,7 @@ fn main() -> ExitCode {
         Task::Test { tier, filter } => setup::setup().and_then(|()| test::test(&tier, filter.as_deref())),
         Task::Demo => setup::setup().and_then(|()| demo::demo()),
         Task::Dist => setup::setup().and_then(|()| dist::dist()).map(|_| ExitCode::SUCCESS),
-        Task::Bench { rounds } => setup::setup().and_then(|()| bench::bench(rounds)),
+        Task::Bench { rounds, filter } => setup::setup().and_then(|()| bench::bench(rounds, filter.as_deref())),
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,7 @@
 pub mod doctor;
 pub mod exec;
 pub mod identities;
+pub mod logs;
 pub mod policy;
 pub mod run;
 pub mod uninstall;

@@ -30,11 +30,16 @@ use crate::{
     config::Config,
     control::{self, Call, Request},
     enforcer::Enforcer,
-    events::{Directory, EventReader, Sinks},
+    events::{
+        Directory, EventReader, Sinks,
+        reader::FloodControl,
+        summary::{AgentEvents, RateLimit},
+    },
     fanotify::FileFence,
     host::{file_mechanism, lsm_list},
     manager::{Applied, ApplyError, PolicyManager, load_policy},
     mechanisms::{Availability, report},
+    metrics::{self, Metrics},
     offsets::kernel_offsets,
     persist,
     policy::{PolicySet, glob::PathGlob},
@@ -67,7 +72,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let sinks = Sinks::open(config.events.stdout, config.events.file.as_deref())?;
+    let sinks = Sinks::from_config(&config.events)?;
     let audit = AuditLog::open(&config.audit.file)?;
     // SIGHUP is read from a signalfd, which says who sent it (for the audit log). Blocked here,
     // before the runtime's threads exist, so that every thread inherits the block.
@@ -115,11 +120,18 @@ async fn serve(s: Setup) -> anyhow::Result<ExitCode> {
         false => None,
     };
     let mut enforcer = Enforcer::load(offsets).context("loading the eBPF programs")?;
-    let (agent_events_tx, agent_events) = mpsc::unbounded_channel();
+    let (agent_events_tx, agent_events) = AgentEvents::new();
     let files = file_mechanism(enforcer.plan());
     let file_fence =
         (files == Availability::Fanotify).then(|| FileFence::new(agent_events_tx.clone(), cgroups.clone()));
-    for row in report(enforcer.plan(), &files, lsm_list().as_deref()) {
+    let metrics = Metrics::new();
+    if let Some(addr) = config.metrics.listen {
+        metrics::start(addr, metrics.clone()).await.with_context(|| format!("metrics.listen = {addr}"))?;
+        tracing::info!(%addr, "metrics served (Prometheus text format) at /metrics");
+    }
+    let rows = report(enforcer.plan(), &files, lsm_list().as_deref());
+    metrics.mechanisms(&rows);
+    for row in rows {
         if row.enforced {
             tracing::info!(fence = row.fence, mechanism = %row.mechanism, notes = %row.notes, "fence enforced");
         } else {
@@ -128,12 +140,22 @@ async fn serve(s: Setup) -> anyhow::Result<ExitCode> {
     }
     let directory = Arc::new(RwLock::new(Directory::default()));
     let ring = enforcer.take_events(run.as_ref().map(persist::Run::events).as_deref())?;
-    let mut reader =
-        EventReader::new(ring, agent_events, directory.clone(), sinks).context("watching the event ring buffer")?;
+    let limit = RateLimit { per_second: config.events.rate_limit, burst: config.events.rate_burst };
+    enforcer.set_event_limit(limit.kernel()).context("setting the event rate limit")?;
+    let stats = match enforcer.take_event_stats() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "the kernel's suppressed and dropped counts cannot be read; no summaries for them");
+            None
+        }
+    };
+    let flood = FloodControl { stats, limit, interval: Duration::from_secs(config.events.summary_interval.into()) };
+    let mut reader = EventReader::new(ring, agent_events, directory.clone(), sinks, flood, Some(metrics.clone()))
+        .context("watching the event ring buffer")?;
     let ids_path = config.persist.enabled.then(|| config.persist.state_dir.join("identity-ids.json"));
     let mut manager = PolicyManager::new(enforcer, directory, host, &cgroups, file_fence, ids_path);
     let hostname = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
-    match apply(&mut manager, &mut audit, &hostname, set, Trigger::new("startup")) {
+    match apply(&mut manager, &mut audit, &hostname, &metrics, set, Trigger::new("startup")) {
         Ok(()) => {}
         Err(ApplyError::Policy(errors)) => {
             eprintln!("fence-agent: {errors}");
@@ -195,7 +217,7 @@ async fn serve(s: Setup) -> anyhow::Result<ExitCode> {
                 };
                 guard.clear_ready();
                 if let Some((pid, uid)) = sender {
-                    reload(&mut manager, &mut audit, &hostname, &args, &cgroups, Trigger::by("reload", pid, uid));
+                    reload(&mut manager, &mut audit, &hostname, &metrics, &args, &cgroups, Trigger::by("reload", pid, uid));
                 }
             }
             Some(()) = changed.recv() => {
@@ -217,7 +239,7 @@ async fn serve(s: Setup) -> anyhow::Result<ExitCode> {
                 match tokio::task::block_in_place(|| manager.expire_due(Timestamp::now())) {
                     Some(Ok(applied)) => {
                         let records = changes(old.as_ref(), &applied.set, &Trigger::new("expiry"), &hostname, Timestamp::now());
-                        log_applied(applied);
+                        log_applied(applied, &metrics);
                         write_audit(&mut audit, &records);
                     }
                     Some(Err(e)) => tracing::error!("applying an expiry failed; the previous policy stays in force: {e}"),
@@ -255,13 +277,14 @@ fn apply(
     manager: &mut PolicyManager,
     audit: &mut AuditLog,
     hostname: &str,
+    metrics: &Metrics,
     set: PolicySet,
     trigger: Trigger,
 ) -> Result<(), ApplyError> {
     let old = manager.current().map(|a| a.set.clone());
     let applied = tokio::task::block_in_place(|| manager.apply(set))?;
     let records = changes(old.as_ref(), &applied.set, &trigger, hostname, Timestamp::now());
-    log_applied(applied);
+    log_applied(applied, metrics);
     write_audit(audit, &records);
     Ok(())
 }
@@ -276,6 +299,7 @@ fn reload(
     manager: &mut PolicyManager,
     audit: &mut AuditLog,
     hostname: &str,
+    metrics: &Metrics,
     args: &RunArgs,
     cgroups: &Cgroups,
     trigger: Trigger,
@@ -283,8 +307,9 @@ fn reload(
     tracing::info!(by = ?trigger.by, "SIGHUP: reloading policy");
     let result = load_policy(&args.policy, cgroups)
         .map_err(ApplyError::from)
-        .and_then(|set| apply(manager, audit, hostname, set, trigger));
+        .and_then(|set| apply(manager, audit, hostname, metrics, set, trigger));
     if let Err(e) = result {
+        metrics.policy_rejected();
         let live = manager.current().map(|a| a.report.sequence).unwrap_or_default();
         tracing::error!(live_sequence = live, "reload refused; the previous policy stays in force: {e}");
     }
@@ -310,8 +335,26 @@ fn answer(manager: &PolicyManager, call: Call) {
     let _ = reply.send(response);
 }
 
-fn log_applied(applied: &Applied) {
+fn log_applied(applied: &Applied, metrics: &Metrics) {
     let c = &applied.compiled;
+    let identities: Vec<(String, String, String)> =
+        c.identities.iter().map(|i| (i.name.clone(), i.version.to_string(), i.mode.to_string())).collect();
+    metrics.policy_applied_now(&identities);
+    for (map, entries, capacity) in [
+        (fence_common::maps::IDENTITIES, c.identities.len(), fence_common::capacity::IDENTITIES),
+        (fence_common::maps::CGROUPS, c.cgroups.len(), fence_common::capacity::CGROUPS),
+        (fence_common::maps::NET4, c.net4.len(), fence_common::capacity::NET4),
+        (fence_common::maps::NET6, c.net6.len(), fence_common::capacity::NET6),
+        (fence_common::maps::EXEC, c.exec.len(), fence_common::capacity::EXEC),
+        (fence_common::maps::PROTECTED, c.protected.len(), fence_common::capacity::PROTECTED),
+        (fence_common::maps::FILE_EXCEPT, c.file_exceptions.len(), fence_common::capacity::FILE_EXCEPT),
+        (fence_common::maps::UNIX, c.unix.len(), fence_common::capacity::UNIX),
+        (fence_common::maps::UNIX_ABSTRACT, c.unix_abstract.len(), fence_common::capacity::UNIX_ABSTRACT),
+        (fence_common::maps::UNITS, c.units.len(), fence_common::capacity::UNITS),
+    ] {
+        // One generation is live; an apply briefly holds two (each map has room for both).
+        metrics.map_occupancy(map, entries as u64, u64::from(capacity));
+    }
     tracing::info!(
         sequence = applied.report.sequence,
         generation = applied.report.generation,

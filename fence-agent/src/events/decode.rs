@@ -151,7 +151,7 @@ mod tests {
         let mut e = NetEvent::default();
         e.header.kind = EVENT_NET;
         let b = bytes_of(&e);
-        assert!(matches!(decode(&b[..70]), Err(DecodeError::Truncated { .. })));
+        assert!(matches!(decode(&b[..size_of::<EventHeader>() + 6]), Err(DecodeError::Truncated { .. })));
         e.header.kind = 200;
         assert_eq!(decode(&bytes_of(&e)), Err(DecodeError::UnknownKind(200)));
     }

@@ -7,6 +7,7 @@ pub mod directory;
 pub mod reader;
 pub mod record;
 pub mod sink;
+pub mod summary;
 
 pub use directory::{Directory, SharedDirectory};
 pub use reader::EventReader;

@@ -19,7 +19,7 @@ use crate::resolve::ObjectId;
 
 /// Version of the `fence.*` part of the record.
 pub const EVENT_SCHEMA_VERSION: u32 = 1;
-const ECS_VERSION: &str = "8.11.0";
+pub const ECS_VERSION: &str = "8.11.0";
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Record {
@@ -82,8 +82,16 @@ pub struct Process {
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub executable: Option<String>,
+    /// The parent process (ECS `process.parent.pid`), when the kernel could read it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Parent>,
     pub user: Id,
     pub group: Id,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Parent {
+    pub pid: u32,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -192,17 +200,13 @@ fn common(h: &EventHeader, dir: &Directory, host: &dyn HostView) -> (String, Pro
         // The event predates the identity's current version: give what the kernel knew.
         _ => format!("sha256:{:08x}…", h.policy_version),
     };
-    let verdict = match h.verdict {
-        VERDICT_WOULD_DENY => "would-deny",
-        VERDICT_DENIED => "denied",
-        VERDICT_KILLED => "killed",
-        _ => "unknown",
-    };
+    let verdict = verdict_name(h.verdict);
     let process = Process {
         pid: h.tgid,
         thread: Thread { id: h.pid },
         name: comm(&h.comm),
         executable: host.executable(h.tgid),
+        parent: (h.ppid != 0).then_some(Parent { pid: h.ppid }),
         user: Id { id: h.uid.to_string() },
         group: Id { id: h.gid.to_string() },
     };
@@ -454,6 +458,15 @@ fn comm(raw: &[u8; 16]) -> String {
     String::from_utf8_lossy(&raw[..end]).into_owned()
 }
 
+pub fn verdict_name(v: u8) -> &'static str {
+    match v {
+        VERDICT_WOULD_DENY => "would-deny",
+        VERDICT_DENIED => "denied",
+        VERDICT_KILLED => "killed",
+        _ => "unknown",
+    }
+}
+
 pub fn operation_name(o: u8) -> &'static str {
     match o {
         op::CONNECT => "connect",
@@ -573,6 +586,8 @@ mod tests {
             reason: reason::NO_MATCHING_RULE,
             _pad: [0; 3],
             comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+            ppid: 9,
+            _pad2: 0,
         };
         let mut addr = [0; 16];
         addr[..4].copy_from_slice(&[10, 0, 0, 1]);
@@ -619,5 +634,97 @@ mod tests {
         assert_eq!(v["event"]["reason"], "no egress rule allows udp to [::ffff:127.0.0.1]:53");
         // Older policy version than the directory knows: the kernel's short id is reported.
         assert_eq!(v["fence"]["policy_version"], "sha256:deadbeef…");
+    }
+
+    /// The records the agent writes validate against the published JSON Schema, and the
+    /// schema refuses records that break it.
+    #[test]
+    fn records_validate_against_the_json_schema() {
+        use crate::events::summary::{cause, dropped_record, suppressed_record};
+        let schema: serde_json::Value = serde_json::from_str(include_str!("../../schema/event.schema.json")).unwrap();
+        let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
+        let version = PolicyVersion([0xab; 32]);
+        let dir = directory(version);
+        let net = NetEvent {
+            header: EventHeader {
+                kind: EVENT_NET,
+                verdict: VERDICT_DENIED,
+                operation: op::CONNECT,
+                identity: 7,
+                ppid: 3,
+                ..Default::default()
+            },
+            family: 2,
+            protocol: 6,
+            ..Default::default()
+        };
+        let mut audit = net;
+        audit.header.verdict = VERDICT_WOULD_DENY;
+        let mut exec = ObjectEvent {
+            header: EventHeader {
+                kind: EVENT_EXEC,
+                verdict: VERDICT_KILLED,
+                operation: op::EXEC,
+                identity: 7,
+                ..Default::default()
+            },
+            dev: 8 << 20 | 1,
+            rule_dev: 0,
+            ino: 42,
+            rule_ino: 0,
+            nlink: 1,
+            name_len: 0,
+            name: [0; fence_common::NAME_LEN],
+            path: Default::default(),
+            actor_exe: Default::default(),
+        };
+        crate::events::decode::path_into_components(std::path::Path::new("/usr/bin/id"), &mut exec.path);
+        let mut file = exec;
+        file.header.kind = EVENT_FILE;
+        file.header.operation = op::OPEN;
+        file.header.verdict = VERDICT_DENIED;
+        file.header.reason = reason::FILE_PROTECTED;
+        let at: Timestamp = "2026-11-25T10:00:00.123456789Z".parse().unwrap();
+        let key = fence_common::RateKey { identity: 7, operation: op::CONNECT, verdict: VERDICT_DENIED, _pad: [0; 2] };
+        let records = [
+            serde_json::to_value(build(&KernelEvent::Net(net), &dir, &FakeHost)).unwrap(),
+            serde_json::to_value(build(&KernelEvent::Net(audit), &dir, &FakeHost)).unwrap(),
+            serde_json::to_value(build(&KernelEvent::Object(Box::new(exec)), &dir, &FakeHost)).unwrap(),
+            serde_json::to_value(build(&KernelEvent::Object(Box::new(file)), &dir, &FakeHost)).unwrap(),
+            serde_json::to_value(suppressed_record(
+                at,
+                "h",
+                key,
+                Some("ci-bot"),
+                12,
+                std::time::Duration::from_secs(10),
+            ))
+            .unwrap(),
+            serde_json::to_value(dropped_record(
+                at,
+                "h",
+                cause::RING_BUFFER_FULL,
+                3,
+                std::time::Duration::from_secs(10),
+            ))
+            .unwrap(),
+        ];
+        for r in &records {
+            let errors: Vec<String> =
+                validator.iter_errors(r).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+            assert!(errors.is_empty(), "{r:#}\n{errors:#?}");
+        }
+        // What the schema refuses.
+        let mut no_identity = records[0].clone();
+        no_identity["fence"].as_object_mut().unwrap().remove("identity");
+        let mut bad_verdict = records[0].clone();
+        bad_verdict["fence"]["verdict"] = "maybe".into();
+        let mut unknown_field = records[0].clone();
+        unknown_field["fence"]["extra"] = 1.into();
+        let mut summary_without_count = records[4].clone();
+        summary_without_count["fence"].as_object_mut().unwrap().remove("suppressed");
+        for bad in [no_identity, bad_verdict, unknown_field, summary_without_count] {
+            assert!(!validator.is_valid(&bad), "the schema should refuse {bad:#}");
+        }
     }
 }

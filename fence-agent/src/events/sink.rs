@@ -1,14 +1,27 @@
-//! Where event lines go: stdout and/or an append-only file. Each line is written with a
-//! single write(2), so concurrent writers and readers never see half a line.
+//! Where event lines go: stdout (or, when stdout is the systemd journal, the journal's native
+//! socket with fields to filter on) and/or an append-only file rotated by size. Each line is
+//! written with a single write(2), so concurrent writers and readers never see half a line.
+//!
+//! Rotation (`[events] max_bytes`, `keep`): before a line would take the live file past
+//! `max_bytes` (and it is not empty), `<file>.<keep>` is removed, `<file>.N` renamed to
+//! `<file>.N+1`, the live file renamed to `<file>.1` and a new live file opened. Nothing is
+//! ever truncated; a failed rotation is logged and the line goes to the current file.
 
 use std::{
+    env,
     fs::{self, File, OpenOptions},
     io::{self, Write as _},
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    os::unix::{
+        fs::{DirBuilderExt as _, OpenOptionsExt as _},
+        net::UnixDatagram,
+    },
     path::{Path, PathBuf},
 };
 
 use thiserror::Error;
+
+use super::record::Record;
+use crate::config::EventsConfig;
 
 #[derive(Debug, Error)]
 pub enum SinkError {
@@ -18,68 +31,444 @@ pub enum SinkError {
     Write { sink: String, source: io::Error },
 }
 
+/// What the journal gets besides the line itself (journald indexes these fields:
+/// `journalctl FENCE_IDENTITY=ci-runner FENCE_VERDICT=denied`). Empty values are left out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LineFields<'a> {
+    /// `fence.identity`
+    pub identity: &'a str,
+    /// `fence.verdict`: denied, killed, would-deny (for summaries, the verdict they count).
+    pub verdict: &'a str,
+    /// `fence.operation`
+    pub operation: &'a str,
+    /// `event.action`: the operation, or `events-suppressed` / `events-dropped`.
+    pub action: &'a str,
+}
+
+impl<'a> LineFields<'a> {
+    /// The fields of an enforcement record.
+    pub fn of(record: &'a Record) -> LineFields<'a> {
+        LineFields {
+            identity: &record.fence.identity,
+            verdict: record.fence.verdict,
+            operation: record.fence.operation,
+            action: record.event.action,
+        }
+    }
+
+    /// syslog priority: 4 (warning) for what was denied or killed, 5 (notice) for would-deny
+    /// and for summaries.
+    pub fn priority(&self) -> u8 {
+        let summary = self.action.starts_with("events-");
+        if !summary && matches!(self.verdict, "denied" | "killed") { 4 } else { 5 }
+    }
+}
+
+/// Size-based rotation of the event file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    /// Rotate before a line would take the file past this size; 0: never.
+    pub max_bytes: u64,
+    /// Rotated files kept (at least 1).
+    pub keep: u32,
+}
+
+impl Rotation {
+    pub const NEVER: Rotation = Rotation { max_bytes: 0, keep: 1 };
+}
+
+/// `<path>.<n>`: the n-th newest rotated file.
+pub fn rotated_path(path: &Path, n: u32) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(format!(".{n}"));
+    PathBuf::from(p)
+}
+
 pub struct Sinks {
-    stdout: bool,
-    file: Option<(PathBuf, File)>,
+    console: Option<Console>,
+    file: Option<EventFile>,
 }
 
 impl Sinks {
     /// Opens the configured sinks. The file is opened O_APPEND and created 0640 (its directory
-    /// 0750) if missing; it is never truncated.
+    /// 0750) if missing; it is never truncated, and never rotated (see [`Sinks::open_rotating`]).
     pub fn open(stdout: bool, file: Option<&Path>) -> Result<Sinks, SinkError> {
-        let file = match file {
-            None => None,
-            Some(path) => {
-                let open_err = |source| SinkError::Open { path: path.to_owned(), source };
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    fs::DirBuilder::new().recursive(true).mode(0o750).create(dir).map_err(open_err)?;
-                }
-                let f = OpenOptions::new().append(true).create(true).mode(0o640).open(path).map_err(open_err)?;
-                Some((path.to_owned(), f))
-            }
-        };
-        Ok(Sinks { stdout, file })
+        Sinks::open_rotating(stdout, file, Rotation::NEVER)
     }
 
-    /// Writes one JSON line to every sink. A failing sink does not stop the others.
-    pub fn write_line(&mut self, json: &str) -> Result<(), Vec<SinkError>> {
+    /// The sinks of `[events]`: stdout (the journal when stdout is the journal) and the file,
+    /// rotated as configured.
+    pub fn from_config(events: &EventsConfig) -> Result<Sinks, SinkError> {
+        let rotation = Rotation { max_bytes: events.max_bytes, keep: events.keep };
+        Sinks::open_rotating(events.stdout, events.file.as_deref(), rotation)
+    }
+
+    /// Opens the sinks with `rotation` for the file. With `stdout`, events go to the journal's
+    /// socket instead when stdout is connected to the journal.
+    pub fn open_rotating(stdout: bool, file: Option<&Path>, rotation: Rotation) -> Result<Sinks, SinkError> {
+        let file = file.map(|path| EventFile::open(path, rotation)).transpose()?;
+        let console = stdout.then(|| match Journal::detect() {
+            Some(j) => {
+                tracing::info!(socket = %j.path.display(), "stdout is the journal: events go to it with FENCE_* fields");
+                Console::Journal(j)
+            }
+            None => Console::Stdout,
+        });
+        Ok(Sinks { console, file })
+    }
+
+    /// Writes one event (`json`, one line without its newline) to every sink. A failing sink
+    /// does not stop the others.
+    pub fn write_event(&mut self, json: &str, fields: &LineFields<'_>) -> Result<(), Vec<SinkError>> {
         let mut line = String::with_capacity(json.len() + 1);
         line.push_str(json);
         line.push('\n');
         let mut errors = Vec::new();
-        if self.stdout {
-            let mut out = io::stdout().lock();
-            if let Err(source) = out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
-                errors.push(SinkError::Write { sink: "stdout".into(), source });
-            }
-        }
-        if let Some((path, f)) = &mut self.file
-            && let Err(source) = f.write_all(line.as_bytes())
+        if let Some(console) = &mut self.console
+            && let Err(source) = console.write(&line, fields, &mut io::stdout().lock())
         {
-            errors.push(SinkError::Write { sink: path.display().to_string(), source });
+            errors.push(SinkError::Write { sink: "stdout".into(), source });
+        }
+        if let Some(f) = &mut self.file
+            && let Err(source) = f.write(line.as_bytes())
+        {
+            errors.push(SinkError::Write { sink: f.path.display().to_string(), source });
         }
         if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
+}
+
+/// The live event file and its rotation.
+struct EventFile {
+    path: PathBuf,
+    file: File,
+    /// Bytes in the live file (what was there at open counts).
+    size: u64,
+    rotation: Rotation,
+    /// The last rotation failed: retried once the file has grown by another `max_bytes`.
+    failing: bool,
+    retry_at: u64,
+}
+
+impl EventFile {
+    fn open(path: &Path, rotation: Rotation) -> Result<EventFile, SinkError> {
+        let open_err = |source| SinkError::Open { path: path.to_owned(), source };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::DirBuilder::new().recursive(true).mode(0o750).create(dir).map_err(open_err)?;
+        }
+        let file = open_append(path).map_err(open_err)?;
+        let size = file.metadata().map_err(open_err)?.len();
+        Ok(EventFile { path: path.to_owned(), file, size, rotation, failing: false, retry_at: 0 })
+    }
+
+    fn write(&mut self, line: &[u8]) -> io::Result<()> {
+        let len = line.len() as u64;
+        let max = self.rotation.max_bytes;
+        if max > 0 && self.size > 0 && self.size + len > max && (!self.failing || self.size >= self.retry_at) {
+            match self.rotate() {
+                Ok(()) if self.failing => {
+                    self.failing = false;
+                    tracing::info!(file = %self.path.display(), "event file rotation works again");
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    if !self.failing {
+                        tracing::error!(file = %self.path.display(), error = %e, "rotating the event file failed; writing on to the current file (retried after another max_bytes)");
+                    }
+                    self.failing = true;
+                    self.retry_at = self.size.saturating_add(max);
+                }
+            }
+        }
+        // One write(2): O_APPEND puts the whole line at the end.
+        self.file.write_all(line)?;
+        self.size += len;
+        Ok(())
+    }
+
+    /// Shifts the rotated files up by one, the live file to `.1`, and opens a new live file.
+    /// If the new file cannot be opened, the current descriptor (now `.1`) stays in use.
+    fn rotate(&mut self) -> io::Result<()> {
+        let keep = self.rotation.keep.max(1);
+        let gone_ok = |r: io::Result<()>| match r {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+        gone_ok(fs::remove_file(rotated_path(&self.path, keep)))?;
+        for n in (1..keep).rev() {
+            gone_ok(fs::rename(rotated_path(&self.path, n), rotated_path(&self.path, n + 1)))?;
+        }
+        // Missing: an earlier rotation moved it but could not open a new one.
+        gone_ok(fs::rename(&self.path, rotated_path(&self.path, 1)))?;
+        let file = open_append(&self.path)?;
+        self.size = file.metadata()?.len();
+        self.file = file;
+        Ok(())
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().append(true).create(true).mode(0o640).open(path)
+}
+
+/// Standard output: plain lines, or the journal's native protocol.
+enum Console {
+    Stdout,
+    Journal(Journal),
+}
+
+impl Console {
+    /// Writes `line` (with its newline): to the journal if that is where stdout goes, else (and
+    /// whenever the journal refuses it) to `out`.
+    fn write(&mut self, line: &str, fields: &LineFields<'_>, out: &mut dyn io::Write) -> io::Result<()> {
+        if let Console::Journal(j) = self {
+            match j.send(line.trim_end_matches('\n'), fields) {
+                Ok(()) => {
+                    j.failing = false;
+                    return Ok(());
+                }
+                Err(e) => {
+                    if !j.failing {
+                        tracing::warn!(socket = %j.path.display(), error = %e, "the journal refused an event; writing it to stdout instead");
+                    }
+                    j.failing = true;
+                }
+            }
+        }
+        out.write_all(line.as_bytes())?;
+        out.flush()
+    }
+}
+
+pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// journald's native protocol (systemd's `sd_journal_send`): one datagram per entry.
+struct Journal {
+    socket: UnixDatagram,
+    path: PathBuf,
+    /// The last send failed (logged once until one succeeds).
+    failing: bool,
+}
+
+impl Journal {
+    /// The journal, when stdout is its stream: `JOURNAL_STREAM=<dev>:<ino>` names stdout's
+    /// device and inode (systemd.exec(5)); otherwise stdout was redirected and stays plain.
+    fn detect() -> Option<Journal> {
+        let stream = env::var("JOURNAL_STREAM").ok()?;
+        let st = nix::sys::stat::fstat(io::stdout()).ok()?;
+        if !stream_is(&stream, st.st_dev, st.st_ino) {
+            return None;
+        }
+        match Journal::new(Path::new(JOURNAL_SOCKET)) {
+            Ok(j) => Some(j),
+            Err(e) => {
+                tracing::warn!(error = %e, "stdout is the journal but no datagram socket could be made; events stay plain lines");
+                None
+            }
+        }
+    }
+
+    fn new(path: &Path) -> io::Result<Journal> {
+        Ok(Journal { socket: UnixDatagram::unbound()?, path: path.to_owned(), failing: false })
+    }
+
+    fn send(&self, json: &str, fields: &LineFields<'_>) -> io::Result<()> {
+        self.socket.send_to(&journal_entry(json, fields), &self.path).map(drop)
+    }
+}
+
+/// Whether `JOURNAL_STREAM`'s value names the file `dev`, `ino`.
+fn stream_is(value: &str, dev: u64, ino: u64) -> bool {
+    let parsed = value.trim().split_once(':').and_then(|(d, i)| Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?)));
+    parsed == Some((dev, ino))
+}
+
+/// One journal entry: `KEY=value\n` per field; a value with a newline in it as
+/// `KEY\n<u64 little-endian length><value>\n`.
+fn journal_entry(json: &str, f: &LineFields<'_>) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(json.len() + 160);
+    let priority = f.priority().to_string();
+    let fields = [
+        ("MESSAGE", json),
+        ("PRIORITY", priority.as_str()),
+        ("SYSLOG_IDENTIFIER", "fence-agent"),
+        ("FENCE_IDENTITY", f.identity),
+        ("FENCE_VERDICT", f.verdict),
+        ("FENCE_OPERATION", f.operation),
+        ("FENCE_EVENT_ACTION", f.action),
+    ];
+    for (key, value) in fields {
+        if value.is_empty() && key != "MESSAGE" {
+            continue;
+        }
+        buf.extend_from_slice(key.as_bytes());
+        if value.contains('\n') {
+            buf.push(b'\n');
+            buf.extend_from_slice(&(value.len() as u64).to_le_bytes());
+        } else {
+            buf.push(b'=');
+        }
+        buf.extend_from_slice(value.as_bytes());
+        buf.push(b'\n');
+    }
+    buf
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = env::temp_dir().join(format!("fence-sink-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    const FIELDS: LineFields<'static> =
+        LineFields { identity: "ci-runner", verdict: "denied", operation: "connect", action: "connect" };
+
     #[test]
     fn appends_and_never_truncates() {
-        let dir = std::env::temp_dir().join(format!("fence-sink-{}", std::process::id()));
+        let dir = temp_dir("append");
         let path = dir.join("sub/events.jsonl");
-        let _ = fs::remove_dir_all(&dir);
         {
             let mut s = Sinks::open(false, Some(&path)).unwrap();
-            s.write_line("{\"a\":1}").unwrap();
+            s.write_event("{\"a\":1}", &FIELDS).unwrap();
         }
         {
             let mut s = Sinks::open(false, Some(&path)).unwrap();
-            s.write_line("{\"a\":2}").unwrap();
+            s.write_event("{\"a\":2}", &FIELDS).unwrap();
         }
         assert_eq!(fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"a\":2}\n");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rotates_by_size_and_keeps_the_newest_files() {
+        let dir = temp_dir("rotate");
+        let path = dir.join("events.jsonl");
+        // An existing live file counts towards the limit.
+        fs::write(&path, "{\"n\":-1}\n").unwrap();
+        let mut s = Sinks::open_rotating(false, Some(&path), Rotation { max_bytes: 30, keep: 3 }).unwrap();
+        // Each line is 9 bytes with its newline: 3 per file.
+        for n in 0..14 {
+            s.write_event(&format!("{{\"n\":{n:02}}}"), &FIELDS).unwrap();
+        }
+        let read = |p: &Path| fs::read_to_string(p).unwrap();
+        assert_eq!(read(&path), "{\"n\":11}\n{\"n\":12}\n{\"n\":13}\n");
+        assert_eq!(read(&rotated_path(&path, 1)), "{\"n\":08}\n{\"n\":09}\n{\"n\":10}\n");
+        assert_eq!(read(&rotated_path(&path, 2)), "{\"n\":05}\n{\"n\":06}\n{\"n\":07}\n");
+        assert_eq!(read(&rotated_path(&path, 3)), "{\"n\":02}\n{\"n\":03}\n{\"n\":04}\n");
+        assert!(!rotated_path(&path, 4).exists(), "only `keep` rotated files are kept");
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
+        // A line larger than max_bytes goes to a file of its own, whole.
+        let big = format!("{{\"big\":\"{}\"}}", "x".repeat(100));
+        s.write_event(&big, &FIELDS).unwrap();
+        assert_eq!(read(&path), format!("{big}\n"));
+        s.write_event("{\"n\":14}", &FIELDS).unwrap();
+        assert_eq!(read(&path), "{\"n\":14}\n");
+        assert_eq!(read(&rotated_path(&path, 1)), format!("{big}\n"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn zero_max_bytes_never_rotates() {
+        let dir = temp_dir("never");
+        let path = dir.join("events.jsonl");
+        let mut s = Sinks::open_rotating(false, Some(&path), Rotation { max_bytes: 0, keep: 2 }).unwrap();
+        for n in 0..100 {
+            s.write_event(&format!("{{\"n\":{n}}}"), &FIELDS).unwrap();
+        }
+        assert_eq!(fs::read_to_string(&path).unwrap().lines().count(), 100);
+        assert!(!rotated_path(&path, 1).exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_rotation_loses_no_line() {
+        let dir = temp_dir("fail");
+        let path = dir.join("events.jsonl");
+        let mut s = Sinks::open_rotating(false, Some(&path), Rotation { max_bytes: 20, keep: 2 }).unwrap();
+        // `.2` is a non-empty directory: it cannot be removed, so rotation fails.
+        fs::create_dir_all(rotated_path(&path, 2).join("x")).unwrap();
+        for n in 0..6 {
+            s.write_event(&format!("{{\"n\":{n}}}"), &FIELDS).unwrap();
+        }
+        let live = fs::read_to_string(&path).unwrap();
+        assert_eq!(live.lines().count(), 6, "every line is in the live file: {live}");
+        // Once the obstacle is gone, the next due rotation succeeds.
+        fs::remove_dir_all(rotated_path(&path, 2)).unwrap();
+        for n in 6..12 {
+            s.write_event(&format!("{{\"n\":{n}}}"), &FIELDS).unwrap();
+        }
+        let all: usize = [path.clone(), rotated_path(&path, 1), rotated_path(&path, 2)]
+            .iter()
+            .map(|p| fs::read_to_string(p).map(|t| t.lines().count()).unwrap_or(0))
+            .sum();
+        assert!(rotated_path(&path, 1).exists(), "rotation resumed");
+        assert_eq!(all, 12);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn journal_entries_carry_fields_and_priority() {
+        let entry = String::from_utf8(journal_entry("{\"x\":1}", &FIELDS)).unwrap();
+        assert_eq!(
+            entry,
+            "MESSAGE={\"x\":1}\nPRIORITY=4\nSYSLOG_IDENTIFIER=fence-agent\nFENCE_IDENTITY=ci-runner\n\
+             FENCE_VERDICT=denied\nFENCE_OPERATION=connect\nFENCE_EVENT_ACTION=connect\n"
+        );
+        let would = LineFields { verdict: "would-deny", ..FIELDS };
+        assert_eq!(would.priority(), 5);
+        assert_eq!(LineFields { verdict: "killed", ..FIELDS }.priority(), 4);
+        let summary = LineFields { action: "events-suppressed", ..FIELDS };
+        assert_eq!(summary.priority(), 5);
+        let dropped = LineFields { action: "events-dropped", ..LineFields::default() };
+        let entry = String::from_utf8(journal_entry("{}", &dropped)).unwrap();
+        assert_eq!(entry, "MESSAGE={}\nPRIORITY=5\nSYSLOG_IDENTIFIER=fence-agent\nFENCE_EVENT_ACTION=events-dropped\n");
+        // A value with a newline: binary form.
+        let entry = journal_entry("a\nb", &LineFields::default());
+        let mut want = b"MESSAGE\n".to_vec();
+        want.extend_from_slice(&3u64.to_le_bytes());
+        want.extend_from_slice(b"a\nb\n");
+        assert!(entry.starts_with(&want), "{entry:?}");
+    }
+
+    #[test]
+    fn journal_stream_must_name_stdout() {
+        assert!(stream_is("8:12345", 8, 12345));
+        assert!(stream_is("8:12345\n", 8, 12345));
+        assert!(!stream_is("8:12346", 8, 12345));
+        assert!(!stream_is("8", 8, 12345));
+        assert!(!stream_is("x:y", 8, 12345));
+    }
+
+    #[test]
+    fn journal_gets_datagrams_and_stdout_gets_what_it_refuses() {
+        let dir = temp_dir("journal");
+        let socket_path = dir.join("journal.sock");
+        let receiver = UnixDatagram::bind(&socket_path).unwrap();
+        let mut console = Console::Journal(Journal::new(&socket_path).unwrap());
+        let mut out = Vec::new();
+        console.write("{\"x\":1}\n", &FIELDS, &mut out).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = receiver.recv(&mut buf).unwrap();
+        let got = String::from_utf8_lossy(&buf[..n]);
+        assert!(got.starts_with("MESSAGE={\"x\":1}\nPRIORITY=4\n"), "{got}");
+        assert!(got.contains("\nFENCE_IDENTITY=ci-runner\n"), "{got}");
+        assert!(out.is_empty(), "sent to the journal, not stdout");
+        // Too large for one datagram (EMSGSIZE): the line goes to stdout, whole.
+        let big = format!("{{\"big\":\"{}\"}}\n", "x".repeat(1 << 20));
+        console.write(&big, &FIELDS, &mut out).unwrap();
+        assert_eq!(out, big.as_bytes());
+        // No journal listening: stdout.
+        drop(receiver);
+        fs::remove_file(&socket_path).unwrap();
+        out.clear();
+        console.write("{\"x\":2}\n", &FIELDS, &mut out).unwrap();
+        assert_eq!(out, b"{\"x\":2}\n");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,0 +1,377 @@
+//! Flood control, the user-space half: the kernel's rate limiter (per identity, operation and
+//! verdict; see `fence-ebpf/src/events.rs`) counts the events it suppresses; every interval
+//! the agent turns the counts that grew into one `events-suppressed` record per key, and the
+//! kernel's and its own drop counters into `events-dropped` records. Records the agent builds
+//! itself (the fanotify fence) go through the same limit here, in [`Limiter`].
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
+use fence_common::{EventLimit, RateKey, RateState, counter};
+use jiff::Timestamp;
+use serde::Serialize;
+
+use super::record::{ECS_VERSION, EVENT_SCHEMA_VERSION, Host, operation_name, verdict_name};
+
+/// The configured event rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Events per second per (identity, operation, verdict); 0: unlimited.
+    pub per_second: u32,
+    /// Events that may come at once before the limit applies.
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// The kernel's form of the limit.
+    pub fn kernel(&self) -> EventLimit {
+        if self.per_second == 0 {
+            return EventLimit::default();
+        }
+        let interval_ns = 1_000_000_000 / u64::from(self.per_second);
+        EventLimit { interval_ns, tolerance_ns: u64::from(self.burst.max(1) - 1) * interval_ns }
+    }
+}
+
+/// The same generic cell rate algorithm as the kernel's, for records built in user space.
+#[derive(Debug, Default)]
+pub struct Limiter {
+    limit: EventLimit,
+    state: HashMap<RateKey, RateState>,
+}
+
+impl Limiter {
+    pub fn new(limit: RateLimit) -> Limiter {
+        Limiter { limit: limit.kernel(), state: HashMap::new() }
+    }
+
+    /// Suppressed totals per key.
+    pub fn suppressed(&self) -> impl Iterator<Item = (RateKey, u64)> + '_ {
+        self.state.iter().map(|(k, s)| (*k, s.suppressed))
+    }
+
+    /// Whether an event for `key` at `now_ns` may be written; counts it as suppressed if not.
+    pub fn admit(&mut self, key: RateKey, now_ns: u64) -> bool {
+        if self.limit.interval_ns == 0 {
+            return true;
+        }
+        let s = self.state.entry(key).or_default();
+        let tat = s.tat.max(now_ns);
+        if tat - now_ns > self.limit.tolerance_ns {
+            s.suppressed += 1;
+            false
+        } else {
+            s.tat = tat + self.limit.interval_ns;
+            true
+        }
+    }
+}
+
+/// The queue of records built in user space (the fanotify fence) to the event writer:
+/// bounded, so that a flood cannot grow the agent's memory; a full queue is counted.
+#[derive(Clone)]
+pub struct AgentEvents {
+    tx: tokio::sync::mpsc::Sender<super::decode::KernelEvent>,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Records the queue holds before new ones are dropped (and counted).
+pub const AGENT_QUEUE: usize = 4096;
+
+impl AgentEvents {
+    pub fn new() -> (AgentEvents, AgentEventsRx) {
+        let (tx, rx) = tokio::sync::mpsc::channel(AGENT_QUEUE);
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        (AgentEvents { tx, dropped: dropped.clone() }, AgentEventsRx { rx, dropped })
+    }
+
+    /// Queues a record; counts it if the queue is full or the writer is gone.
+    pub fn send(&self, event: super::decode::KernelEvent) {
+        if self.tx.try_send(event).is_err() {
+            self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+pub struct AgentEventsRx {
+    pub rx: tokio::sync::mpsc::Receiver<super::decode::KernelEvent>,
+    pub dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Why events were dropped (each cause counted separately).
+pub mod cause {
+    pub const RING_BUFFER_FULL: &str = "ring-buffer-full";
+    pub const QUEUE_FULL: &str = "queue-full";
+    pub const RATE_TABLE_FULL: &str = "rate-table-full";
+}
+
+/// A summary line: `events-suppressed` or `events-dropped`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SummaryRecord {
+    #[serde(rename = "@timestamp")]
+    pub timestamp: String,
+    pub ecs: super::record::Ecs,
+    pub event: SummaryEvent,
+    pub host: Host,
+    pub fence: SummaryFence,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SummaryEvent {
+    pub kind: &'static str,
+    pub category: Vec<&'static str>,
+    #[serde(rename = "type")]
+    pub event_type: Vec<&'static str>,
+    pub action: &'static str,
+    pub outcome: &'static str,
+    pub module: &'static str,
+    pub dataset: &'static str,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SummaryFence {
+    pub schema_version: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity_id: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<&'static str>,
+    /// `events-suppressed`: how many events of this identity, operation and verdict were not
+    /// written in the interval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suppressed: Option<u64>,
+    /// `events-dropped`: how many events were lost, and where.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<Dropped>,
+    pub interval_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Dropped {
+    pub count: u64,
+    pub cause: &'static str,
+}
+
+fn category_of(operation: &str) -> &'static str {
+    match operation {
+        "connect" | "sendmsg" | "socket" | "unix-connect" | "unix-send" => "network",
+        "open" => "file",
+        _ => "process",
+    }
+}
+
+/// The record for `n` suppressed events of `key`.
+pub fn suppressed_record(
+    at: Timestamp,
+    hostname: &str,
+    key: RateKey,
+    identity: Option<&str>,
+    n: u64,
+    interval: Duration,
+) -> SummaryRecord {
+    let operation = operation_name(key.operation);
+    let verdict = verdict_name(key.verdict);
+    let identity = identity.map_or_else(|| format!("#{}", key.identity), str::to_owned);
+    SummaryRecord {
+        timestamp: at.to_string(),
+        ecs: super::record::Ecs { version: ECS_VERSION },
+        event: SummaryEvent {
+            kind: "metric",
+            category: vec![category_of(operation)],
+            event_type: vec!["info"],
+            action: "events-suppressed",
+            outcome: "unknown",
+            module: "fence",
+            dataset: "fence.enforcement",
+            reason: format!("{n} similar events suppressed ({identity}, {operation}, {verdict}) by the rate limit"),
+        },
+        host: Host { hostname: hostname.to_owned() },
+        fence: SummaryFence {
+            schema_version: EVENT_SCHEMA_VERSION,
+            identity: Some(identity),
+            identity_id: Some(key.identity),
+            operation: Some(operation),
+            verdict: Some(verdict),
+            suppressed: Some(n),
+            dropped: None,
+            interval_seconds: interval.as_secs_f64(),
+        },
+    }
+}
+
+/// The record for `n` events lost to `cause`.
+pub fn dropped_record(at: Timestamp, hostname: &str, cause: &'static str, n: u64, interval: Duration) -> SummaryRecord {
+    SummaryRecord {
+        timestamp: at.to_string(),
+        ecs: super::record::Ecs { version: ECS_VERSION },
+        event: SummaryEvent {
+            kind: "metric",
+            category: vec!["host"],
+            event_type: vec!["info"],
+            action: "events-dropped",
+            outcome: "failure",
+            module: "fence",
+            dataset: "fence.enforcement",
+            reason: format!("{n} events lost: {cause}"),
+        },
+        host: Host { hostname: hostname.to_owned() },
+        fence: SummaryFence {
+            schema_version: EVENT_SCHEMA_VERSION,
+            identity: None,
+            identity_id: None,
+            operation: None,
+            verdict: None,
+            suppressed: None,
+            dropped: Some(Dropped { count: n, cause }),
+            interval_seconds: interval.as_secs_f64(),
+        },
+    }
+}
+
+/// The kernel maps the summaries are read from.
+pub struct KernelStats {
+    pub rate: BpfHashMap<MapData, RateKey, RateState>,
+    pub counters: PerCpuArray<MapData, u64>,
+}
+
+/// What grew since the last look: suppressed counts per key, and drops per cause.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Growth {
+    pub suppressed: BTreeMap<RateKey, u64>,
+    pub dropped: BTreeMap<&'static str, u64>,
+}
+
+/// Remembers the counts already reported.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    suppressed: HashMap<RateKey, u64>,
+    dropped: HashMap<&'static str, u64>,
+}
+
+impl Tracker {
+    /// Records the current totals; returns what grew since the last call.
+    pub fn update(
+        &mut self,
+        suppressed: impl IntoIterator<Item = (RateKey, u64)>,
+        dropped: impl IntoIterator<Item = (&'static str, u64)>,
+    ) -> Growth {
+        let mut g = Growth::default();
+        for (key, total) in suppressed {
+            let seen = self.suppressed.entry(key).or_insert(0);
+            if total > *seen {
+                *g.suppressed.entry(key).or_insert(0) += total - *seen;
+            }
+            *seen = total;
+        }
+        for (cause, total) in dropped {
+            let seen = self.dropped.entry(cause).or_insert(0);
+            if total > *seen {
+                *g.dropped.entry(cause).or_insert(0) += total - *seen;
+            }
+            *seen = total;
+        }
+        g
+    }
+
+    /// Forgets a key (its map entry was removed).
+    pub fn forget(&mut self, key: &RateKey) {
+        self.suppressed.remove(key);
+    }
+}
+
+impl KernelStats {
+    /// A kernel counter summed over CPUs (0 if unreadable).
+    pub fn counters_sum(&self, index: u32) -> u64 {
+        self.counters.get(&index, 0).map(|v| v.iter().copied().fold(0u64, u64::wrapping_add)).unwrap_or(0)
+    }
+
+    /// The suppressed totals per key, and the keys idle for longer than `idle_ns` at
+    /// `now_ns` (candidates for removal once their count is reported).
+    pub fn suppressed(&self, now_ns: u64, idle_ns: u64) -> (Vec<(RateKey, u64)>, Vec<RateKey>) {
+        let mut totals = Vec::new();
+        let mut idle = Vec::new();
+        for (key, state) in self.rate.iter().flatten() {
+            totals.push((key, state.suppressed));
+            if state.tat.saturating_add(idle_ns) < now_ns {
+                idle.push(key);
+            }
+        }
+        (totals, idle)
+    }
+
+    /// Kernel drop counters by cause.
+    pub fn dropped(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            (cause::RING_BUFFER_FULL, self.counters_sum(counter::RINGBUF_FULL)),
+            (cause::RATE_TABLE_FULL, self.counters_sum(counter::RATE_TABLE_FULL)),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(identity: u32) -> RateKey {
+        RateKey { identity, operation: fence_common::op::CONNECT, verdict: fence_common::VERDICT_DENIED, _pad: [0; 2] }
+    }
+
+    #[test]
+    fn limiter_allows_the_burst_then_the_rate() {
+        let mut l = Limiter::new(RateLimit { per_second: 10, burst: 5 });
+        let t0 = 1_000_000_000_000;
+        let admitted = (0..100).filter(|_| l.admit(key(1), t0)).count();
+        assert_eq!(admitted, 5, "the burst");
+        assert_eq!(l.state[&key(1)].suppressed, 95);
+        // 1 s later the bucket has refilled: the burst again, then one per 100 ms.
+        let admitted = (0..100).filter(|i| l.admit(key(1), t0 + 1_000_000_000 + i * 10_000_000)).count();
+        assert_eq!(admitted, 5 + 9, "the burst, then the rate over the rest of the second");
+        // Another key has its own budget.
+        assert!(l.admit(key(2), t0));
+    }
+
+    #[test]
+    fn unlimited_admits_everything() {
+        let mut l = Limiter::new(RateLimit { per_second: 0, burst: 0 });
+        assert!((0..10_000).all(|_| l.admit(key(1), 5)));
+        assert_eq!(RateLimit { per_second: 0, burst: 9 }.kernel(), EventLimit::default());
+    }
+
+    #[test]
+    fn tracker_reports_growth_once() {
+        let mut t = Tracker::default();
+        let g = t.update([(key(1), 10), (key(2), 0)], [(cause::RING_BUFFER_FULL, 0)]);
+        assert_eq!(g.suppressed.get(&key(1)), Some(&10));
+        assert!(!g.suppressed.contains_key(&key(2)));
+        assert!(g.dropped.is_empty());
+        let g = t.update([(key(1), 10), (key(2), 3)], [(cause::RING_BUFFER_FULL, 7)]);
+        assert_eq!(g.suppressed.len(), 1);
+        assert_eq!(g.suppressed.get(&key(2)), Some(&3));
+        assert_eq!(g.dropped.get(cause::RING_BUFFER_FULL), Some(&7));
+        assert_eq!(t.update([(key(1), 10)], []), Growth::default());
+    }
+
+    #[test]
+    fn summary_records_name_what_was_suppressed_or_dropped() {
+        let at: Timestamp = "2026-11-25T10:00:00Z".parse().unwrap();
+        let r = suppressed_record(at, "h", key(3), Some("ci"), 1234, Duration::from_secs(10));
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["event"]["action"], "events-suppressed");
+        assert_eq!(v["fence"]["suppressed"], 1234);
+        assert_eq!(v["fence"]["identity"], "ci");
+        assert_eq!(v["fence"]["operation"], "connect");
+        assert_eq!(v["fence"]["verdict"], "denied");
+        assert!(v["event"]["reason"].as_str().unwrap().starts_with("1234 similar events suppressed"));
+        let d = serde_json::to_value(dropped_record(at, "h", cause::QUEUE_FULL, 5, Duration::from_secs(10))).unwrap();
+        assert_eq!(d["fence"]["dropped"]["count"], 5);
+        assert_eq!(d["fence"]["dropped"]["cause"], "queue-full");
+        assert!(d["fence"].get("identity").is_none());
+    }
+}

@@ -1,0 +1,284 @@
+//! The event file as ops teams read it: rotated by size while `fence-agent logs -f` follows it
+//! (every line once, in order), and `fence-agent logs` filters on a real agent's file.
+
+use std::{
+    fs,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use serde_json::Value;
+
+use crate::{
+    agent::{Agent, agent_binary},
+    env::{TempDir, TestCgroup, slow_factor, wait_for},
+    harness::{Test, note},
+    helper,
+};
+
+pub const TESTS: &[Test] = &[
+    Test { name: "logs_follow_through_rotation", run: follow_through_rotation },
+    Test { name: "logs_filters_on_a_real_file", run: filters_on_a_real_file },
+];
+
+fn identity(name: &str, mode: &str, cg: &TestCgroup) -> String {
+    format!(
+        "  - name: {name}\n    owner: fence-tests\n    purpose: logs test\n    mode: {mode}\n    \
+         selectors: [{{cgroup: \"{}\"}}]\n    egress: []\n",
+        cg.rel
+    )
+}
+
+/// `<file>.N` … `<file>.1`, then `<file>`: the order the sink wrote them in.
+fn chain(file: &Path) -> Vec<PathBuf> {
+    let mut numbers: Vec<u32> = (1..=10_000).take_while(|n| rotated(file, *n).exists()).collect();
+    numbers.reverse();
+    let mut files: Vec<PathBuf> = numbers.into_iter().map(|n| rotated(file, n)).collect();
+    files.push(file.to_owned());
+    files
+}
+
+fn rotated(file: &Path, n: u32) -> PathBuf {
+    PathBuf::from(format!("{}.{n}", file.display()))
+}
+
+fn chain_lines(file: &Path) -> Vec<String> {
+    chain(file)
+        .iter()
+        .flat_map(|f| fs::read_to_string(f).unwrap_or_default().lines().map(str::to_owned).collect::<Vec<_>>())
+        .collect()
+}
+
+fn logs(args: &[&str]) -> Output {
+    Command::new(agent_binary()).arg("logs").args(args).output().expect("running fence-agent logs")
+}
+
+/// The stdout lines of a `logs` run that must succeed.
+#[track_caller]
+fn logs_ok(args: &[&str]) -> Vec<String> {
+    let out = logs(args);
+    assert!(out.status.success(), "logs {args:?}: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+fn parse(lines: &[String]) -> Vec<Value> {
+    lines.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
+}
+
+struct Follower(Option<Child>);
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            // Our own child, by pid.
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+}
+
+fn follow_through_rotation() {
+    let denied = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = denied.local_addr().unwrap().to_string();
+    let cg = TestCgroup::new("logs-follow");
+    let policy = format!("schema: 1\nidentities:\n{}", identity("logs-follow", "enforce", &cg));
+    // About 1 KiB per event: a rotation every 8 or so, and room for ~400 in 50 files.
+    let agent = Agent::start_with("logs-follow", &policy, "max_bytes = 8192\nkeep = 50\nrate_limit = 0\n");
+    let dir = TempDir::new("logs-follow-out");
+    let out_path = dir.path("follower.out");
+    let err_path = dir.path("follower.err");
+    // The whole history (-n large), so that nothing depends on when the follower started.
+    let mut follower = Follower(Some(
+        Command::new(agent_binary())
+            .args(["logs", "-f", "-n", "1000000", "--json", "--file"])
+            .arg(&agent.events)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&out_path).unwrap())
+            .stderr(fs::File::create(&err_path).unwrap())
+            .spawn()
+            .expect("starting fence-agent logs -f"),
+    ));
+
+    let probe = helper::run(Some(&cg), &["probe-connect", &to, "1.2"]);
+    let n = probe.raw["denied"].as_u64().unwrap();
+    assert!(n >= 100 / u64::from(slow_factor()), "too few denied connects to rotate through: {}", probe.raw);
+    assert_eq!(probe.raw["succeeded"], 0, "{}", probe.raw);
+    let pid = u64::from(probe.pid);
+    let slow = u64::from(slow_factor());
+    let of_probe = |lines: &[String]| parse(lines).iter().filter(|e| e["process"]["pid"] == pid).count() as u64;
+    let all = wait_for(Duration::from_secs(20 * slow), || {
+        let lines = chain_lines(&agent.events);
+        (of_probe(&lines) >= n).then_some(lines)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the files do not hold all {n} denials: {} found\n{}",
+            of_probe(&chain_lines(&agent.events)),
+            agent.stderr_text()
+        )
+    });
+    assert_eq!(of_probe(&all), n, "one event per denied connect (rate_limit = 0)");
+    let rotations = chain(&agent.events).len() - 1;
+    assert!(rotations >= 3, "only {rotations} rotations");
+    assert!(rotations < 50, "{rotations} rotations: the oldest may have been removed; lower the load");
+    for f in chain(&agent.events) {
+        assert!(fs::metadata(&f).unwrap().len() <= 8192, "{} is larger than max_bytes", f.display());
+    }
+    let read_out = || fs::read_to_string(&out_path).unwrap_or_default();
+    wait_for(Duration::from_secs(10 * slow), || (read_out().lines().count() >= all.len()).then_some(()));
+    let child = follower.0.as_mut().unwrap();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = wait_for(Duration::from_secs(5 * slow), || child.try_wait().ok().flatten())
+        .expect("logs -f did not end on SIGTERM");
+    follower.0 = None;
+    assert!(status.success(), "logs -f ended with {status}: {}", fs::read_to_string(&err_path).unwrap_or_default());
+    let got: Vec<String> = read_out().lines().map(str::to_owned).collect();
+    if got != all {
+        let first = got.iter().zip(&all).position(|(a, b)| a != b).unwrap_or(got.len().min(all.len()));
+        panic!(
+            "logs -f printed {} lines, the files hold {}; first difference at line {first}:\n got: {:?}\nwant: {:?}\nstderr: {}",
+            got.len(),
+            all.len(),
+            got.get(first),
+            all.get(first),
+            fs::read_to_string(&err_path).unwrap_or_default()
+        );
+    }
+    // Without -f: the same, oldest first; -n: the last ones.
+    let file = agent.events.display().to_string();
+    assert_eq!(logs_ok(&["--json", "--file", &file]), all);
+    assert_eq!(logs_ok(&["--json", "-n", "5", "--file", &file]), all[all.len() - 5..]);
+    note(format!("{n} denials through {rotations} rotations, every line once and in order"));
+}
+
+fn filters_on_a_real_file() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = listener.local_addr().unwrap().to_string();
+    let (a, b) = (TestCgroup::new("logs-a"), TestCgroup::new("logs-b"));
+    let policy = format!(
+        "schema: 1\nidentities:\n{}{}",
+        identity("logs-enforced", "enforce", &a),
+        identity("logs-audited", "audit", &b)
+    );
+    let agent = Agent::start_with("logs-filters", &policy, "rate_limit = 0\n");
+    helper::run(Some(&a), &["tcp-connect", &to]).assert_eperm("enforced connect");
+    helper::run(Some(&a), &["socket", "inet", "raw"]).assert_eperm("enforced raw socket");
+    helper::run(Some(&b), &["tcp-connect", &to]).assert_ok("audited connect");
+    agent.wait_event("the audited connect", |e| e["fence"]["identity"] == "logs-audited");
+    agent.wait_event("the raw socket", |e| e["fence"]["operation"] == "socket");
+    let events = agent.events();
+    assert_eq!(events.len(), 3, "{events:#?}");
+
+    // A copy with what the pipeline also writes: summaries, and a line that is not JSON.
+    let dir = TempDir::new("logs-filters-out");
+    let copy = dir.path("events.jsonl");
+    let mut text = fs::read_to_string(&agent.events).unwrap();
+    text.push_str(concat!(
+        r#"{"@timestamp":"2030-01-01T00:00:00Z","event":{"action":"events-suppressed"},"#,
+        r#""fence":{"identity":"logs-enforced","operation":"connect","verdict":"denied","suppressed":1234}}"#,
+        "\n",
+        "this line is not JSON\n",
+        r#"{"@timestamp":"2030-01-01T00:00:01Z","event":{"action":"events-dropped"},"#,
+        r#""fence":{"dropped":{"count":5,"cause":"ring-buffer-full"}}}"#,
+        "\n"
+    ));
+    fs::write(&copy, text).unwrap();
+    let file = copy.display().to_string();
+    let count = |args: &[&str]| {
+        let mut all = vec!["--json", "--file", &file];
+        all.extend_from_slice(args);
+        parse(&logs_ok(&all))
+    };
+    let names = |events: &[Value]| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}/{}/{}",
+                    e["fence"]["identity"].as_str().unwrap_or("-"),
+                    e["fence"]["verdict"].as_str().or(e["event"]["action"].as_str()).unwrap_or("-"),
+                    e["fence"]["operation"].as_str().unwrap_or("-")
+                )
+            })
+            .collect()
+    };
+    assert_eq!(count(&[]).len(), 5);
+    assert_eq!(
+        names(&count(&["--identity", "logs-enforced"])),
+        ["logs-enforced/denied/connect", "logs-enforced/denied/socket", "logs-enforced/denied/connect"]
+    );
+    assert_eq!(count(&["--identity", "logs-enforced", "--identity", "logs-audited"]).len(), 4);
+    assert_eq!(names(&count(&["--operation", "socket"])), ["logs-enforced/denied/socket"]);
+    assert_eq!(names(&count(&["--verdict", "would-deny"])), ["logs-audited/would-deny/connect"]);
+    assert_eq!(count(&["--verdict", "denied"]).len(), 3, "the two denials and their suppression summary");
+    assert_eq!(count(&["--verdict", "suppressed"])[0]["fence"]["suppressed"], 1234);
+    assert_eq!(count(&["--verdict", "dropped"])[0]["fence"]["dropped"]["count"], 5);
+    assert_eq!(
+        names(&count(&["--identity", "logs-enforced", "--operation", "connect", "--verdict", "denied"])),
+        ["logs-enforced/denied/connect", "logs-enforced/denied/connect"]
+    );
+    // --since: a time after this test's events selects only the summaries (dated 2030); on the
+    // agent's own file, a time to come selects nothing and an hour back everything.
+    assert_eq!(count(&["--since", "2029-12-31T23:59:59Z"]).len(), 2);
+    assert_eq!(count(&["--since", "2031-01-01T00:00:00Z"]).len(), 0);
+    let live = agent.events.display().to_string();
+    assert!(logs_ok(&["--json", "--file", &live, "--since", "2099-01-01T00:00:00Z"]).is_empty());
+    assert_eq!(logs_ok(&["--json", "--file", &live, "--since", "1h"]).len(), 3);
+    assert_eq!(logs_ok(&["--json", "--file", &live, "--since", "10m", "--identity", "logs-audited"]).len(), 1);
+
+    // The skipped line is counted once, on stderr.
+    let out = logs(&["--file", &file]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("1 line(s) were not JSON"), "{stderr}");
+    // Readable lines.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    assert!(
+        lines[0].contains(" denied ")
+            && lines[0].contains("logs-enforced")
+            && lines[0].contains(&format!("-> {to}/tcp")),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].contains("rule=default-deny (cgroup/connect"), "{}", lines[0]);
+    assert!(lines[1].contains("socket") && lines[1].contains("-> ipv4 icmp socket"), "{}", lines[1]);
+    assert!(lines[2].contains("would-deny") && lines[2].contains("logs-audited"), "{}", lines[2]);
+    assert!(lines[3].ends_with("logs-enforced: 1234 similar denied events suppressed"), "{}", lines[3]);
+    assert!(lines[4].ends_with("dropped    5 events dropped (ring-buffer-full)"), "{}", lines[4]);
+    assert!(!text.contains('\x1b'), "no colours when stdout is not a terminal");
+
+    // Bad values are refused, listing the valid ones.
+    for (args, valid) in [
+        (["--verdict", "deny"], "would-deny"),
+        (["--operation", "connect4"], "unix-connect"),
+        (["--since", "yesterday"], "RFC 3339"),
+    ] {
+        let out = logs(&[args[0], args[1], "--file", &file]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(args[1]) && stderr.contains(valid), "{args:?}: {stderr}");
+    }
+    // A missing file names it.
+    let missing = dir.path("nothing.jsonl").display().to_string();
+    let out = logs(&["--file", &missing]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&missing), "{}", String::from_utf8_lossy(&out.stderr));
+    // `| head`: the reader going away ends it quietly.
+    let mut head = Command::new(agent_binary())
+        .args(["logs", "--file", &file])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(head.stdout.take());
+    let out = head.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+}
