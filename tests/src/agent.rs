@@ -86,11 +86,11 @@ impl Agent {
         let config = dir.path("agent.toml");
         // The tests' own protected sets replace the host's defaults unless they say otherwise.
         let protect = if extra_config.contains("[protect]") { "" } else { "[protect]\ndefaults = false\n" };
-        let split = extra_config.find("\n[").map(|i| i + 1).unwrap_or(if extra_config.starts_with('[') {
+        let split = if extra_config.starts_with('[') {
             0
         } else {
-            extra_config.len()
-        });
+            extra_config.find("\n[").map_or(extra_config.len(), |i| i + 1)
+        };
         let (events_keys, extra_config) = extra_config.split_at(split);
         let mut events_keys = events_keys.to_owned();
         if !events_keys.contains("rate_limit") {
@@ -233,14 +233,7 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // Our own child, by pid: SIGTERM, then SIGKILL.
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            if wait_for(Duration::from_secs(10), || child.try_wait().ok().flatten()).is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
+        crate::env::stop_child(self.child.take());
     }
 }
 

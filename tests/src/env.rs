@@ -153,6 +153,18 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
+/// Ends a child this test started, by its pid: SIGTERM, then SIGKILL after 10 s.
+pub fn stop_child(child: Option<std::process::Child>) {
+    if let Some(mut child) = child {
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        if wait_for(Duration::from_secs(10), || child.try_wait().ok().flatten()).is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Time limits scale with the machine: the vm tier runs under TCG emulation.
 pub fn slow_factor() -> u32 {
     std::env::var("FENCE_TEST_SLOW").ok().and_then(|v| v.parse().ok()).unwrap_or(1)

@@ -114,22 +114,9 @@ pub struct SummaryRecord {
     #[serde(rename = "@timestamp")]
     pub timestamp: String,
     pub ecs: super::record::Ecs,
-    pub event: SummaryEvent,
+    pub event: super::record::EventFields,
     pub host: Host,
     pub fence: SummaryFence,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct SummaryEvent {
-    pub kind: &'static str,
-    pub category: Vec<&'static str>,
-    #[serde(rename = "type")]
-    pub event_type: Vec<&'static str>,
-    pub action: &'static str,
-    pub outcome: &'static str,
-    pub module: &'static str,
-    pub dataset: &'static str,
-    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -167,6 +154,33 @@ fn category_of(operation: &str) -> &'static str {
     }
 }
 
+/// A summary record: the parts all summaries share, around `event` and `fence`.
+fn summary(
+    at: Timestamp,
+    hostname: &str,
+    category: &'static str,
+    (action, outcome): (&'static str, &'static str),
+    reason: String,
+    fence: SummaryFence,
+) -> SummaryRecord {
+    SummaryRecord {
+        timestamp: at.to_string(),
+        ecs: super::record::Ecs { version: ECS_VERSION },
+        event: super::record::EventFields {
+            kind: "metric",
+            category: vec![category],
+            event_type: vec!["info"],
+            action,
+            outcome,
+            module: "fence",
+            dataset: "fence.enforcement",
+            reason,
+        },
+        host: Host { hostname: hostname.to_owned() },
+        fence,
+    }
+}
+
 /// The record for `n` suppressed events of `key`.
 pub fn suppressed_record(
     at: Timestamp,
@@ -179,21 +193,14 @@ pub fn suppressed_record(
     let operation = operation_name(key.operation);
     let verdict = verdict_name(key.verdict);
     let identity = identity.map_or_else(|| format!("#{}", key.identity), str::to_owned);
-    SummaryRecord {
-        timestamp: at.to_string(),
-        ecs: super::record::Ecs { version: ECS_VERSION },
-        event: SummaryEvent {
-            kind: "metric",
-            category: vec![category_of(operation)],
-            event_type: vec!["info"],
-            action: "events-suppressed",
-            outcome: "unknown",
-            module: "fence",
-            dataset: "fence.enforcement",
-            reason: format!("{n} similar events suppressed ({identity}, {operation}, {verdict}) by the rate limit"),
-        },
-        host: Host { hostname: hostname.to_owned() },
-        fence: SummaryFence {
+    let reason = format!("{n} similar events suppressed ({identity}, {operation}, {verdict}) by the rate limit");
+    summary(
+        at,
+        hostname,
+        category_of(operation),
+        ("events-suppressed", "unknown"),
+        reason,
+        SummaryFence {
             schema_version: EVENT_SCHEMA_VERSION,
             identity: Some(identity),
             identity_id: Some(key.identity),
@@ -203,26 +210,18 @@ pub fn suppressed_record(
             dropped: None,
             interval_seconds: interval.as_secs_f64(),
         },
-    }
+    )
 }
 
 /// The record for `n` events lost to `cause`.
 pub fn dropped_record(at: Timestamp, hostname: &str, cause: &'static str, n: u64, interval: Duration) -> SummaryRecord {
-    SummaryRecord {
-        timestamp: at.to_string(),
-        ecs: super::record::Ecs { version: ECS_VERSION },
-        event: SummaryEvent {
-            kind: "metric",
-            category: vec!["host"],
-            event_type: vec!["info"],
-            action: "events-dropped",
-            outcome: "failure",
-            module: "fence",
-            dataset: "fence.enforcement",
-            reason: format!("{n} events lost: {cause}"),
-        },
-        host: Host { hostname: hostname.to_owned() },
-        fence: SummaryFence {
+    summary(
+        at,
+        hostname,
+        "host",
+        ("events-dropped", "failure"),
+        format!("{n} events lost: {cause}"),
+        SummaryFence {
             schema_version: EVENT_SCHEMA_VERSION,
             identity: None,
             identity_id: None,
@@ -232,7 +231,7 @@ pub fn dropped_record(at: Timestamp, hostname: &str, cause: &'static str, n: u64
             dropped: Some(Dropped { count: n, cause }),
             interval_seconds: interval.as_secs_f64(),
         },
-    }
+    )
 }
 
 /// The kernel maps the summaries are read from.
