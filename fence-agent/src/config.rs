@@ -30,9 +30,16 @@
 //!
 //! [metrics]                                  # Prometheus metrics; off when absent
 //! listen = "127.0.0.1:9477"                  # loopback only (127.0.0.0/8 or [::1])
+//!
+//! [vault]                                    # central policy (OpenBao/Vault KV v2); off when absent
+//! address = "https://vault.example.com:8200"
+//! ca_file = "/etc/fence/vault-ca.pem"        # the only trust anchor when set
+//! role_id_file = "/etc/fence/vault-role-id"  # AppRole (or token_file)
+//! secret_id_file = "/etc/fence/vault-secret-id"
 //! ```
 
 use std::{
+    collections::BTreeMap,
     fs, io,
     path::{Path, PathBuf},
 };
@@ -64,6 +71,9 @@ pub struct Config {
     pub persist: PersistConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The central vault policies come from; `None` (no `[vault]` table): no vault.
+    #[serde(default)]
+    pub vault: Option<VaultConfig>,
 }
 
 /// Enforcement that outlives the agent: programs, links and the event buffer pinned in bpffs;
@@ -291,6 +301,248 @@ impl Default for EventsConfig {
     }
 }
 
+/// The central vault (OpenBao or HashiCorp Vault, KV v2) that holds fence's policies; see
+/// `vault::client`. Credential files are checked (mode, owner) when the client reads them, not
+/// here: a config may be checked on another machine.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// `https://host:port` (a path prefix is allowed); `http://` only with `insecure`.
+    pub address: String,
+    /// Allow plain HTTP (development only; the client warns at every start).
+    #[serde(default)]
+    pub insecure: bool,
+    /// PEM bundle that is then the only trust anchor (pinning); else the system bundle.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Sent as `X-Vault-Namespace`.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The KV v2 mount.
+    #[serde(default = "default_vault_mount")]
+    pub mount: String,
+    /// Where fence's documents are in the mount (may be empty: the mount's root).
+    #[serde(default = "default_vault_prefix")]
+    pub prefix: String,
+    /// AppRole: the role_id, with `secret_id_file`.
+    #[serde(default)]
+    pub role_id_file: Option<PathBuf>,
+    /// AppRole: the secret_id (0600 or stricter, owned by root or the agent's uid).
+    #[serde(default)]
+    pub secret_id_file: Option<PathBuf>,
+    /// `secret_id_file` holds a response-wrapping token, unwrapped once at the first login.
+    #[serde(default)]
+    pub secret_id_wrapped: bool,
+    /// A token instead of AppRole (console use); same permission rule.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Where AppRole is mounted.
+    #[serde(default = "default_vault_auth_mount")]
+    pub auth_mount: String,
+    /// Seconds between polls of the change index (1 to 3600).
+    #[serde(default = "default_vault_poll_interval", deserialize_with = "vault_poll_interval")]
+    pub poll_interval: u64,
+    /// Seconds between full re-reads of every document (10 to 86400).
+    #[serde(default = "default_vault_full_resync", deserialize_with = "vault_full_resync")]
+    pub full_resync: u64,
+    /// Public keys documents must be signed with: `ed25519:<base64 of 32 bytes>`.
+    #[serde(default, deserialize_with = "vault_signing_keys")]
+    pub signing_keys: Vec<String>,
+    /// This host's labels, matched by assignments.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The host name assignments match (default: the kernel's host name).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Seconds one request may take (1 to 300).
+    #[serde(default = "default_vault_timeout", deserialize_with = "vault_timeout")]
+    pub timeout: u64,
+    /// Refuse an index the console issued longer ago than this (seconds, 60 to 31536000):
+    /// a vault writer cannot then hold hosts on an old, validly signed policy for longer.
+    /// The console must push (`policy push` re-signs the index) more often than this. Off by
+    /// default.
+    #[serde(default, deserialize_with = "vault_max_index_age")]
+    pub max_index_age: Option<u64>,
+}
+
+pub const DEFAULT_VAULT_MOUNT: &str = "secret";
+pub const DEFAULT_VAULT_PREFIX: &str = "fence";
+pub const DEFAULT_VAULT_AUTH_MOUNT: &str = "approle";
+pub const DEFAULT_VAULT_POLL_INTERVAL: u64 = 5;
+pub const DEFAULT_VAULT_FULL_RESYNC: u64 = 600;
+pub const DEFAULT_VAULT_TIMEOUT: u64 = 10;
+
+fn default_vault_mount() -> String {
+    DEFAULT_VAULT_MOUNT.to_owned()
+}
+
+fn default_vault_prefix() -> String {
+    DEFAULT_VAULT_PREFIX.to_owned()
+}
+
+fn default_vault_auth_mount() -> String {
+    DEFAULT_VAULT_AUTH_MOUNT.to_owned()
+}
+
+fn default_vault_poll_interval() -> u64 {
+    DEFAULT_VAULT_POLL_INTERVAL
+}
+
+fn default_vault_full_resync() -> u64 {
+    DEFAULT_VAULT_FULL_RESYNC
+}
+
+fn default_vault_timeout() -> u64 {
+    DEFAULT_VAULT_TIMEOUT
+}
+
+fn seconds_in<'de, D: serde::Deserializer<'de>>(d: D, min: u64, max: u64) -> Result<u64, D::Error> {
+    use serde::de::Error as _;
+    let secs = u64::deserialize(d)?;
+    if !(min..=max).contains(&secs) {
+        return Err(D::Error::custom(format!("must be between {min} and {max} seconds (got {secs})")));
+    }
+    Ok(secs)
+}
+
+fn vault_poll_interval<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    seconds_in(d, 1, 3600)
+}
+
+fn vault_full_resync<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    seconds_in(d, 10, 86400)
+}
+
+fn vault_timeout<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    seconds_in(d, 1, 300)
+}
+
+fn vault_max_index_age<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    seconds_in(d, 60, 31_536_000).map(Some)
+}
+
+fn vault_signing_keys<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    use serde::de::Error as _;
+    let keys = Vec::<String>::deserialize(d)?;
+    for (i, key) in keys.iter().enumerate() {
+        signing_key_bytes(key).map_err(|why| D::Error::custom(format!("[{i}]: {key:?} {why}")))?;
+    }
+    Ok(keys)
+}
+
+/// The 32 bytes of an `ed25519:<base64>` public key (the format only: the point itself is
+/// checked by `vault::sign`).
+pub fn signing_key_bytes(text: &str) -> Result<[u8; 32], String> {
+    use base64::{Engine as _, engine::general_purpose::STANDARD};
+    let b64 = text.strip_prefix("ed25519:").ok_or("is not an Ed25519 public key (\"ed25519:<base64>\")")?;
+    let bytes = STANDARD.decode(b64).map_err(|e| format!("is not valid base64 after \"ed25519:\" ({e})"))?;
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| format!("is {} bytes, not the 32 of an Ed25519 public key", bytes.len()))
+}
+
+/// A mount or prefix: `/`-separated names, none empty, `.` or `..`, no control characters.
+fn vault_path_field(field: &str, text: &str, may_be_empty: bool) -> Result<(), String> {
+    if text.is_empty() {
+        return if may_be_empty { Ok(()) } else { Err(format!("vault.{field}: must not be empty")) };
+    }
+    for segment in text.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." || segment.chars().any(char::is_control) {
+            return Err(format!(
+                "vault.{field}: {text:?} is not a path of names separated by \"/\" (no empty, \".\" or \"..\" parts, no leading or trailing \"/\")"
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl VaultConfig {
+    /// What deserialization cannot check alone: the address, the choice of authentication and
+    /// names used in paths and headers. Errors name the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let address = &self.address;
+        let url = url::Url::parse(address).map_err(|e| format!("vault.address: {address:?} is not a URL ({e})"))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if self.insecure => {}
+            "http" => {
+                return Err(format!(
+                    "vault.address: {address} is plain HTTP; set vault.insecure = true to allow it (development only)"
+                ));
+            }
+            other => return Err(format!("vault.address: {address} has scheme {other:?}; use https://")),
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("vault.address: {address} has no host"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("vault.address: must not carry a user name or password".to_owned());
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!("vault.address: {address} must have no query or fragment"));
+        }
+        let absolute = |field: &str, path: &Option<PathBuf>| match path {
+            Some(p) if !p.is_absolute() => {
+                Err(format!("vault.{field}: {:?} must be an absolute path", p.display().to_string()))
+            }
+            _ => Ok(()),
+        };
+        absolute("ca_file", &self.ca_file)?;
+        absolute("role_id_file", &self.role_id_file)?;
+        absolute("secret_id_file", &self.secret_id_file)?;
+        absolute("token_file", &self.token_file)?;
+        if let Some(ns) = &self.namespace
+            && (ns.is_empty() || !ns.chars().all(|c| c.is_ascii_graphic()))
+        {
+            return Err(format!("vault.namespace: {ns:?} must be a non-empty name of printable ASCII characters"));
+        }
+        vault_path_field("mount", &self.mount, false)?;
+        vault_path_field("prefix", &self.prefix, true)?;
+        vault_path_field("auth_mount", &self.auth_mount, false)?;
+        let approle = self.role_id_file.is_some() || self.secret_id_file.is_some();
+        match (approle, self.token_file.is_some()) {
+            (true, true) => {
+                return Err(
+                    "vault: give either role_id_file and secret_id_file (AppRole) or token_file, not both".to_owned()
+                );
+            }
+            (false, false) => {
+                return Err("vault: give role_id_file and secret_id_file (AppRole) or token_file".to_owned());
+            }
+            _ => {}
+        }
+        if approle && self.role_id_file.is_none() {
+            return Err("vault.role_id_file: is required with vault.secret_id_file (AppRole)".to_owned());
+        }
+        if approle && self.secret_id_file.is_none() {
+            return Err("vault.secret_id_file: is required with vault.role_id_file (AppRole)".to_owned());
+        }
+        if self.secret_id_wrapped && !approle {
+            return Err("vault.secret_id_wrapped: applies only to AppRole (secret_id_file)".to_owned());
+        }
+        for (key, value) in &self.labels {
+            if key.is_empty()
+                || key.len() > 63
+                || !key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+            {
+                return Err(format!("vault.labels: {key:?} is not a label name (1 to 63 of A-Z a-z 0-9 . _ - /)"));
+            }
+            if value.len() > 256 || value.chars().any(char::is_control) {
+                return Err(format!(
+                    "vault.labels.{key}: the value must be at most 256 bytes without control characters"
+                ));
+            }
+        }
+        if let Some(host) = &self.hostname
+            && (host.is_empty()
+                || host.len() > 253
+                || !host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(format!("vault.hostname: {host:?} is not a host name (1 to 253 of A-Z a-z 0-9 . _ -)"));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("config {path}: cannot read: {source}")]
@@ -317,6 +569,9 @@ impl Config {
             let path = e.path().to_string();
             format!("{path}: {}", e.into_inner().message().trim())
         })?;
+        if let Some(vault) = &config.vault {
+            vault.validate()?;
+        }
         config.host_protection()?;
         Ok(config)
     }
@@ -332,6 +587,23 @@ impl Config {
         }
         for (i, p) in self.protect.paths.iter().enumerate() {
             files.push(glob(format!("protect.paths[{i}]"), p)?);
+        }
+        // The agent's vault credentials, the CA it trusts and its state (the policy cache and
+        // its rollback floor): no fenced identity may read or change them, wherever they are,
+        // with or without the built-in defaults.
+        if let Some(v) = &self.vault {
+            for (field, f) in [
+                ("vault.role_id_file", &v.role_id_file),
+                ("vault.secret_id_file", &v.secret_id_file),
+                ("vault.token_file", &v.token_file),
+                ("vault.ca_file", &v.ca_file),
+            ] {
+                if let Some(f) = f {
+                    files.push(glob(field.into(), &f.display().to_string())?);
+                }
+            }
+            let state = self.persist.state_dir.display().to_string();
+            files.push(glob("persist.state_dir".into(), &format!("{}/**", state.trim_end_matches('/')))?);
         }
         for (i, r) in self.protect.env_roots.iter().enumerate() {
             if !r.is_absolute() {
@@ -414,6 +686,18 @@ mod tests {
     }
 
     #[test]
+    fn vault_credentials_ca_and_state_are_always_protected() {
+        let c = Config::parse(
+            "[protect]\ndefaults = false\n[persist]\nstate_dir = \"/srv/fence-state/\"\n[vault]\naddress = \"https://v\"\n\
+             role_id_file = \"/k/role\"\nsecret_id_file = \"/k/secret\"\nca_file = \"/k/ca.pem\"\n",
+        )
+        .unwrap();
+        let h = c.host_protection().unwrap();
+        let globs: Vec<&str> = h.files.iter().map(|g| g.as_str()).collect();
+        assert_eq!(globs, ["/k/role", "/k/secret", "/k/ca.pem", "/srv/fence-state/**"]);
+    }
+
+    #[test]
     fn bad_protected_paths_name_the_field() {
         let e = Config::parse("[protect]\npaths = [\"relative/x\"]\n").unwrap_err();
         assert!(e.starts_with("protect.paths[0]") && e.contains("must be absolute"), "{e}");
@@ -447,5 +731,117 @@ mod tests {
         assert!(e.starts_with("metrics.listen: "), "{e}");
         let e = Config::parse("[metrics]\nlisen = \"127.0.0.1:9477\"\n").unwrap_err();
         assert!(e.contains("metrics") && e.contains("lisen"), "{e}");
+    }
+
+    const VAULT_MIN: &str =
+        "[vault]\naddress = \"https://vault.example.com:8200\"\ntoken_file = \"/root/.vault-token\"\n";
+
+    fn vault_err(extra: &str) -> String {
+        Config::parse(&format!("{VAULT_MIN}{extra}")).unwrap_err()
+    }
+
+    #[test]
+    fn vault_is_off_by_default_and_has_defaults() {
+        assert_eq!(Config::parse("").unwrap().vault, None);
+        let v = Config::parse(VAULT_MIN).unwrap().vault.unwrap();
+        assert_eq!((v.mount.as_str(), v.prefix.as_str(), v.auth_mount.as_str()), ("secret", "fence", "approle"));
+        assert_eq!((v.poll_interval, v.full_resync, v.timeout), (5, 600, 10));
+        assert!(!v.insecure && !v.secret_id_wrapped && v.signing_keys.is_empty() && v.labels.is_empty());
+        assert_eq!(v.token_file.as_deref(), Some(Path::new("/root/.vault-token")));
+    }
+
+    #[test]
+    fn vault_full_table() {
+        let key = format!("ed25519:{}", "A".repeat(43) + "=");
+        let text = format!(
+            "[vault]\naddress = \"https://vault:8200/\"\ninsecure = false\nca_file = \"/etc/fence/vault-ca.pem\"\n\
+             namespace = \"team-a/sub\"\nmount = \"kv/fleet\"\nprefix = \"\"\nrole_id_file = \"/etc/fence/r\"\n\
+             secret_id_file = \"/etc/fence/s\"\nsecret_id_wrapped = true\nauth_mount = \"approle-fence\"\n\
+             poll_interval = 3600\nfull_resync = 10\nsigning_keys = [\"{key}\"]\nlabels = {{ env = \"prod\", \"team/x\" = \"a b\" }}\n\
+             hostname = \"web-1.example\"\ntimeout = 300\n"
+        );
+        let v = Config::parse(&text).unwrap().vault.unwrap();
+        assert_eq!(v.namespace.as_deref(), Some("team-a/sub"));
+        assert_eq!((v.mount.as_str(), v.prefix.as_str()), ("kv/fleet", ""));
+        assert!(v.secret_id_wrapped);
+        assert_eq!(signing_key_bytes(&v.signing_keys[0]).unwrap(), [0u8; 32]);
+        assert_eq!(v.labels["env"], "prod");
+        assert_eq!(v.labels["team/x"], "a b");
+        assert_eq!(v.hostname.as_deref(), Some("web-1.example"));
+        assert_eq!((v.poll_interval, v.full_resync, v.timeout), (3600, 10, 300));
+    }
+
+    #[test]
+    fn vault_address_must_be_https_unless_insecure() {
+        let plain = "[vault]\naddress = \"http://x\"\ntoken_file = \"/t\"\n";
+        assert_eq!(
+            Config::parse(plain).unwrap_err(),
+            "vault.address: http://x is plain HTTP; set vault.insecure = true to allow it (development only)"
+        );
+        assert!(Config::parse(&format!("{plain}insecure = true\n")).unwrap().vault.unwrap().insecure);
+        for (address, why) in [
+            ("vault:8200", "scheme"),
+            ("ftp://vault", "scheme \"ftp\""),
+            ("not a url", "is not a URL"),
+            ("https://user:pw@vault", "user name or password"),
+            ("https://vault/?x=1", "no query or fragment"),
+        ] {
+            let e = Config::parse(&format!("[vault]\naddress = \"{address}\"\ntoken_file = \"/t\"\n")).unwrap_err();
+            assert!(e.starts_with("vault.address: ") && e.contains(why), "{address}: {e}");
+            assert!(!e.contains("pw"), "{e}");
+        }
+        let e = Config::parse("[vault]\ntoken_file = \"/t\"\n").unwrap_err();
+        assert!(e.contains("vault") && e.contains("address"), "{e}");
+    }
+
+    #[test]
+    fn vault_auth_is_approle_or_token_file() {
+        let base = "[vault]\naddress = \"https://v\"\n";
+        let e = Config::parse(base).unwrap_err();
+        assert_eq!(e, "vault: give role_id_file and secret_id_file (AppRole) or token_file");
+        let e = Config::parse(&format!("{base}role_id_file = \"/r\"\nsecret_id_file = \"/s\"\ntoken_file = \"/t\"\n"))
+            .unwrap_err();
+        assert_eq!(e, "vault: give either role_id_file and secret_id_file (AppRole) or token_file, not both");
+        let e = Config::parse(&format!("{base}role_id_file = \"/r\"\n")).unwrap_err();
+        assert!(e.starts_with("vault.secret_id_file: is required"), "{e}");
+        let e = Config::parse(&format!("{base}secret_id_file = \"/s\"\n")).unwrap_err();
+        assert!(e.starts_with("vault.role_id_file: is required"), "{e}");
+        let e = vault_err("secret_id_wrapped = true\n");
+        assert!(e.starts_with("vault.secret_id_wrapped: "), "{e}");
+        let e = Config::parse(&format!("{base}role_id_file = \"r\"\nsecret_id_file = \"/s\"\n")).unwrap_err();
+        assert!(e.starts_with("vault.role_id_file: \"r\" must be an absolute path"), "{e}");
+        assert!(vault_err("ca_file = \"ca.pem\"\n").starts_with("vault.ca_file: "));
+        let ok = Config::parse(&format!("{base}role_id_file = \"/r\"\nsecret_id_file = \"/s\"\n")).unwrap();
+        assert_eq!(ok.vault.unwrap().secret_id_file.as_deref(), Some(Path::new("/s")));
+    }
+
+    #[test]
+    fn vault_numbers_names_and_keys_name_the_field() {
+        for (extra, field) in [
+            ("poll_interval = 0\n", "vault.poll_interval: must be between 1 and 3600 seconds (got 0)"),
+            ("poll_interval = 3601\n", "vault.poll_interval: must be between 1 and 3600"),
+            ("full_resync = 9\n", "vault.full_resync: must be between 10 and 86400"),
+            ("full_resync = 86401\n", "vault.full_resync: must be between 10 and 86400"),
+            ("timeout = 0\n", "vault.timeout: must be between 1 and 300"),
+            ("max_index_age = 59\n", "vault.max_index_age: must be between 60 and 31536000"),
+            ("timeout = \"10s\"\n", "vault.timeout: "),
+            ("mount = \"\"\n", "vault.mount: must not be empty"),
+            ("mount = \"/secret\"\n", "vault.mount: "),
+            ("prefix = \"a//b\"\n", "vault.prefix: "),
+            ("prefix = \"../x\"\n", "vault.prefix: "),
+            ("auth_mount = \"approle/\"\n", "vault.auth_mount: "),
+            ("namespace = \"\"\n", "vault.namespace: "),
+            ("namespace = \"a b\"\n", "vault.namespace: "),
+            ("hostname = \"web/1\"\n", "vault.hostname: "),
+            ("labels = { \"\" = \"x\" }\n", "vault.labels: "),
+            ("labels = { env = \"a\\nb\" }\n", "vault.labels.env: "),
+            ("signing_keys = [\"AAAA\"]\n", "vault.signing_keys: [0]: \"AAAA\" is not an Ed25519 public key"),
+            ("signing_keys = [\"ed25519:!!\"]\n", "vault.signing_keys: [0]: \"ed25519:!!\" is not valid base64"),
+            ("signing_keys = [\"ed25519:AAAA\"]\n", "vault.signing_keys: [0]: \"ed25519:AAAA\" is 3 bytes"),
+            ("adress = \"x\"\n", "vault.adress: unknown field `adress`"),
+        ] {
+            let e = vault_err(extra);
+            assert!(e.starts_with(field), "{extra}: {e}");
+        }
     }
 }

@@ -4,6 +4,7 @@
 //!   identity's managed cgroup. Anyone may ask (entering a fence only takes abilities away),
 //!   but a process that is already fenced cannot change identity.
 //! - `{"op":"identities"}`: the identities and their state (root only: it reveals policy).
+//! - `{"op":"status"}`: where the policy came from, its versions, the vault sync state (root).
 //!
 //! The server only parses and answers; the policy manager decides (see `cmd::run`).
 
@@ -24,6 +25,7 @@ const MAX_REQUEST: u64 = 4096;
 pub enum Request {
     Enter { identity: String },
     Identities,
+    Status,
 }
 
 /// The wire form, checked strictly by [`Request::parse`].
@@ -44,7 +46,9 @@ impl Request {
             ("enter", _) => Err("op \"enter\" needs a non-empty \"identity\"".into()),
             ("identities", None) => Ok(Request::Identities),
             ("identities", Some(_)) => Err("op \"identities\" takes no \"identity\"".into()),
-            (other, _) => Err(format!("unknown op {other:?} (expected \"enter\" or \"identities\")")),
+            ("status", None) => Ok(Request::Status),
+            ("status", Some(_)) => Err("op \"status\" takes no \"identity\"".into()),
+            (other, _) => Err(format!("unknown op {other:?} (expected \"enter\", \"identities\" or \"status\")")),
         }
     }
 
@@ -52,6 +56,7 @@ impl Request {
         let w = match self {
             Request::Enter { identity } => Wire { op: "enter".into(), identity: Some(identity.clone()) },
             Request::Identities => Wire { op: "identities".into(), identity: None },
+            Request::Status => Wire { op: "status".into(), identity: None },
         };
         let mut line = serde_json::to_vec(&w).unwrap_or_default();
         line.push(b'\n');

@@ -30,4 +30,5 @@ pub mod persist;
 pub mod policy;
 pub mod protect;
 pub mod resolve;
+pub mod vault;
 pub mod watch;

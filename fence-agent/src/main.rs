@@ -83,7 +83,26 @@ enum Command {
     /// runs it.
     #[command(after_long_help = UNINSTALL_HELP)]
     Uninstall(cmd::uninstall::UninstallArgs),
+    /// Where this host's policy came from, its versions, and the vault sync state.
+    ///
+    /// Asks the running agent: the source of the policy in force (the vault, the last-known-
+    /// good cache applied at start, or the local files), each identity's policy version, and
+    /// for the vault its address, whether signatures are verified, the documents and versions
+    /// applied, the last poll, success and apply, and the last error. With --hosts, reads
+    /// every host's status from the vault instead (agents write it to status/<host>).
+    #[command(after_long_help = STATUS_HELP)]
+    Status(cmd::status::StatusArgs),
 }
+
+const STATUS_HELP: &str = "\
+Exit status:
+  0  shown
+  1  the agent does not answer, or the vault cannot be read (--hosts)
+
+Examples:
+  fence-agent status
+  fence-agent status --json | jq .vault.last_error
+  fence-agent status --hosts -c console.toml";
 
 const RUN_HELP: &str = "\
 Files:
@@ -178,6 +197,7 @@ fn main() -> ExitCode {
         Command::Identities(args) => cmd::identities::main(args),
         Command::Logs(args) => cmd::logs::main(args),
         Command::Uninstall(args) => cmd::uninstall::main(args),
+        Command::Status(args) => cmd::status::main(args),
     };
     match result {
         Ok(code) => code,

@@ -15,7 +15,7 @@ use crate::{
     events::SharedDirectory,
     fanotify::FileFence,
     hold::Holder,
-    policy::{PolicyErrors, PolicySet, SelectorKind, load_paths, validate},
+    policy::{PolicyErrors, PolicySet, SelectorKind, glob::PathGlob, load_paths, validate},
     protect::HostProtection,
     resolve::{Resolved, resolve},
 };
@@ -34,6 +34,10 @@ pub fn load_policy(paths: &[PathBuf], cgroups: &Cgroups) -> Result<PolicySet, Po
     validate(&docs, Some(cgroups), Timestamp::now())
 }
 
+/// Protected files and `.env` roots added to the configured ones (by the vault's host
+/// assignment).
+pub type ExtraProtection = (Vec<PathGlob>, Vec<PathBuf>);
+
 pub struct Applied {
     pub set: PolicySet,
     pub resolved: Resolved,
@@ -45,7 +49,10 @@ pub struct PolicyManager {
     enforcer: Enforcer,
     ids: IdAllocator,
     directory: SharedDirectory,
+    /// The configured protected set, and what is in force: it plus the vault's additions.
+    base_host: HostProtection,
     host: HostProtection,
+    extra: ExtraProtection,
     cgroup_root: PathBuf,
     files: Option<FileFence>,
     /// Keeps protection on protected inodes that move away from their paths.
@@ -69,7 +76,9 @@ impl PolicyManager {
             ids: ids_path.as_deref().map(IdAllocator::load).unwrap_or_default(),
             ids_path,
             directory,
+            base_host: host.clone(),
             host,
+            extra: (Vec::new(), Vec::new()),
             cgroup_root: cgroups.root().to_owned(),
             files,
             held: Holder::default(),
@@ -87,6 +96,22 @@ impl PolicyManager {
 
     pub fn current(&self) -> Option<&Applied> {
         self.current.as_ref()
+    }
+
+    /// Applies `set` with `extra` protected files and `.env` roots (from the vault's host
+    /// assignment) added to the configured ones; on failure the previous additions stay.
+    pub fn apply_with_extra(&mut self, set: PolicySet, extra: (Vec<PathGlob>, Vec<PathBuf>)) -> Result<(), ApplyError> {
+        let previous = (self.host.clone(), self.extra.clone());
+        let mut host = self.base_host.clone();
+        host.files.extend(extra.0.iter().cloned());
+        host.env_roots.extend(extra.1.iter().cloned());
+        self.host = host;
+        self.extra = extra;
+        if let Err(e) = self.apply(set) {
+            (self.host, self.extra) = previous;
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Resolves, compiles and applies `set`; on success it is the live policy.

@@ -11,6 +11,7 @@
 use std::{process::ExitCode, time::Duration};
 
 mod agent;
+mod bao;
 mod env;
 mod flood;
 mod harness;
@@ -21,9 +22,15 @@ mod logs;
 mod net;
 mod persist;
 mod service;
+mod vault_client;
+mod vault_sync;
 
-/// Every integration test, in the order they run.
+/// Every integration test, in the order they run. The vault tests run in the host tier only:
+/// they test user space against a real OpenBao server (which the VM's initramfs does not hold);
+/// what they end in, a policy applied to the kernel, is what every other test checks in both.
 fn all_tests() -> impl Iterator<Item = &'static harness::Test> {
+    let in_vm = std::env::var("FENCE_TEST_TIER").is_ok_and(|t| t == "vm");
+    let vault: &[&'static [harness::Test]] = if in_vm { &[] } else { &[vault_client::TESTS, vault_sync::TESTS] };
     net::TESTS
         .iter()
         .chain(kernel_fences::TESTS)
@@ -32,6 +39,7 @@ fn all_tests() -> impl Iterator<Item = &'static harness::Test> {
         .chain(service::TESTS)
         .chain(flood::TESTS)
         .chain(logs::TESTS)
+        .chain(vault.iter().flat_map(|t| t.iter()))
 }
 
 fn main() -> ExitCode {

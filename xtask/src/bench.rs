@@ -122,6 +122,11 @@ pub fn bench(rounds: u32, filter: Option<&str>) -> Result<ExitCode> {
     if filter.is_none_or(|f| "denial storm".contains(f)) {
         lines.extend(storm(&art, &work)?);
     }
+    if filter.is_none_or(|f| "vault propagation".contains(f)) {
+        for n in [1, 1000] {
+            lines.push(crate::bench_vault::propagation(&art, &work, n)?);
+        }
+    }
     println!();
     for l in &lines {
         println!("{l}");

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod artifacts;
 mod bench;
+mod bench_vault;
 mod demo;
 mod dist;
 mod host;

@@ -1,9 +1,11 @@
 //! One file per subcommand.
 
+pub mod console;
 pub mod doctor;
 pub mod exec;
 pub mod identities;
 pub mod logs;
 pub mod policy;
 pub mod run;
+pub mod status;
 pub mod uninstall;

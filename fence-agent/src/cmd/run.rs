@@ -37,13 +37,18 @@ use crate::{
     },
     fanotify::FileFence,
     host::{file_mechanism, lsm_list},
-    manager::{Applied, ApplyError, PolicyManager, load_policy},
+    manager::{Applied, ApplyError, ExtraProtection, PolicyManager, load_policy},
     mechanisms::{Availability, report},
     metrics::{self, Metrics},
     offsets::kernel_offsets,
     persist,
     policy::{PolicySet, glob::PathGlob},
     protect::HostProtection,
+    vault::{
+        agent::{SharedStatus, Source, SyncRequest, VaultAgent},
+        layout::HostFacts,
+        sync::VaultSet,
+    },
     watch::Watcher,
 };
 
@@ -65,13 +70,13 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         host.unix_deny.push(g);
     }
     let cgroups = Cgroups::discover()?;
-    let set = match load_policy(&args.policy, &cgroups) {
-        Ok(set) => set,
-        Err(errors) => {
-            eprintln!("fence-agent: {errors}");
-            return Ok(ExitCode::from(2));
-        }
-    };
+    // Invalid local policy files stop the agent, unless a vault is configured: then its
+    // last-known-good cache may be the policy at start (checked once the kernel side is up).
+    let local = load_policy(&args.policy, &cgroups);
+    if let (Err(errors), None) = (&local, &config.vault) {
+        eprintln!("fence-agent: {errors}");
+        return Ok(ExitCode::from(2));
+    }
     let sinks = Sinks::from_config(&config.events)?;
     let audit = AuditLog::open(&config.audit.file)?;
     // SIGHUP is read from a signalfd, which says who sent it (for the audit log). Blocked here,
@@ -85,7 +90,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(Setup { args, config, cgroups, host, set, sinks, audit, hup }))
+    runtime.block_on(serve(Setup { args, config, cgroups, host, local, sinks, audit, hup }))
 }
 
 struct Setup {
@@ -93,14 +98,14 @@ struct Setup {
     config: Config,
     cgroups: Cgroups,
     host: HostProtection,
-    set: PolicySet,
+    local: Result<PolicySet, crate::policy::PolicyErrors>,
     sinks: Sinks,
     audit: AuditLog,
     hup: SignalFd,
 }
 
 async fn serve(s: Setup) -> anyhow::Result<ExitCode> {
-    let Setup { args, config, cgroups, host, set, sinks, mut audit, hup } = s;
+    let Setup { args, config, cgroups, host, local, sinks, mut audit, hup } = s;
     // Signal handlers first: a SIGTERM during start-up must still detach cleanly.
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -155,13 +160,40 @@ async fn serve(s: Setup) -> anyhow::Result<ExitCode> {
     let ids_path = config.persist.enabled.then(|| config.persist.state_dir.join("identity-ids.json"));
     let mut manager = PolicyManager::new(enforcer, directory, host, &cgroups, file_fence, ids_path);
     let hostname = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
-    match apply(&mut manager, &mut audit, &hostname, &metrics, set, Trigger::new("startup")) {
-        Ok(()) => {}
-        Err(ApplyError::Policy(errors)) => {
-            eprintln!("fence-agent: {errors}");
-            return Ok(ExitCode::from(2));
+    // With a vault: the last-known-good cache, if it verifies and validates, is the policy at
+    // start; else the local policy files. The vault's set replaces it once fetched.
+    let mut vault = config.vault.as_ref().map(|v| VaultAgent::new(v, &config.persist.state_dir, &hostname));
+    // The last vault set in force (re-applied on SIGHUP instead of the local files).
+    let mut vault_set: Option<VaultSet> = None;
+    if let Some(va) = &mut vault
+        && let Some(cache) = va.cached()
+    {
+        let applied = vault_policy(&cache.set, &va.host, &cgroups).and_then(|(set, extra, rules)| {
+            apply_startup(&mut manager, &mut audit, &hostname, &metrics, set, extra)
+                .map(|()| rules)
+                .map_err(|e| e.to_string())
+        });
+        match applied {
+            Ok(rules) => {
+                tracing::info!(documents = cache.set.versions().len(), saved = %cache.saved_at, "enforcing the last-known-good policy from the vault cache until the vault answers");
+                va.adopt(&cache, rules);
+                vault_set = Some(cache.set);
+            }
+            Err(e) => tracing::error!("the cached vault policy cannot be applied; enforcing the local policy: {e}"),
         }
-        Err(e) => return Err(e.into()),
+    }
+    if vault_set.is_none() {
+        let applied = local
+            .map_err(ApplyError::from)
+            .and_then(|set| apply_startup(&mut manager, &mut audit, &hostname, &metrics, set, Default::default()));
+        match applied {
+            Ok(()) => {}
+            Err(ApplyError::Policy(errors)) => {
+                eprintln!("fence-agent: {errors}");
+                return Ok(ExitCode::from(2));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     // The maps hold the policy: attach (with pins, a previous run's programs still enforce
     // until ours are attached and pinned).
@@ -192,6 +224,10 @@ async fn serve(s: Setup) -> anyhow::Result<ExitCode> {
     let events = tokio::spawn(async move {
         reader.run().await;
     });
+    let (sync_tx, mut sync_rx) = mpsc::channel::<SyncRequest>(1);
+    let mut sync_task = vault.as_mut().and_then(|va| va.spawn(sync_tx, metrics.clone()));
+    let vault_status = vault.as_ref().map(|va| va.status.clone());
+    let vault_host = vault.as_ref().map(|va| va.host.clone());
     let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
     let server = tokio::spawn(control::serve(listener, calls_tx));
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
@@ -217,7 +253,16 @@ async fn serve(s: Setup) -> anyhow::Result<ExitCode> {
                 };
                 guard.clear_ready();
                 if let Some((pid, uid)) = sender {
-                    reload(&mut manager, &mut audit, &hostname, &metrics, &args, &cgroups, Trigger::by("reload", pid, uid));
+                    let trigger = Trigger::by("reload", pid, uid);
+                    match (&vault_set, &vault_host) {
+                        // The vault's policy is in force: SIGHUP resolves it again; the local
+                        // files do not replace it.
+                        (Some(set), Some(host)) => {
+                            tracing::info!(by = ?trigger.by, "SIGHUP: applying the vault's policy again (the local policy files are not used while it is in force)");
+                            let _ = apply_vault(&mut manager, &mut audit, &hostname, &metrics, &cgroups, (host, set), trigger);
+                        }
+                        _ => reload(&mut manager, &mut audit, &hostname, &metrics, &args, &cgroups, trigger),
+                    }
                 }
             }
             Some(()) = changed.recv() => {
@@ -233,7 +278,33 @@ async fn serve(s: Setup) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            Some(call) = calls.recv() => answer(&manager, call),
+            Some(call) = calls.recv() => answer(&manager, vault_status.as_ref(), call),
+            Some(req) = sync_rx.recv() => {
+                let result = match &vault_host {
+                    Some(host) => apply_vault(&mut manager, &mut audit, &hostname, &metrics, &cgroups, (host, &req.set), Trigger::new("vault")),
+                    None => Err("no vault configured".to_owned()),
+                };
+                if result.is_ok() {
+                    vault_set = Some(req.set);
+                }
+                let _ = req.reply.send(result);
+            }
+            ended = async { sync_task.as_mut().expect("guarded").await }, if sync_task.is_some() => {
+                // A bug, not an outage (the loop never returns): keep enforcing what is in
+                // force, and say so where operators look.
+                sync_task = None;
+                let why = match ended {
+                    Err(e) if e.is_panic() => "the vault sync task panicked (a bug; see the log)".to_owned(),
+                    _ => "the vault sync task ended".to_owned(),
+                };
+                tracing::error!("{why}; the policy in force stays, but no vault changes are picked up until the agent restarts");
+                if let Some(st) = &vault_status {
+                    let mut st = st.lock().unwrap_or_else(|p| p.into_inner());
+                    st.last_error = Some(format!("{why}; restart the agent"));
+                    st.refusing = false;
+                }
+                metrics.set_gauge(crate::vault::agent::SYNC_RUNNING, crate::vault::agent::SYNC_RUNNING_HELP, &[], 0.0);
+            }
             _ = tokio::time::sleep(until_expiry), if expiry.is_some() => {
                 let old = manager.current().map(|a| a.set.clone());
                 match tokio::task::block_in_place(|| manager.expire_due(Timestamp::now())) {
@@ -261,6 +332,9 @@ async fn serve(s: Setup) -> anyhow::Result<ExitCode> {
         tracing::info!("exiting; the pinned programs keep enforcing the last applied policy");
     }
     server.abort();
+    if let Some(t) = sync_task {
+        t.abort();
+    }
     let _ = std::fs::remove_file(&config.control.socket);
     // Let the reader write what the kernel already reported, then detach.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -270,6 +344,79 @@ async fn serve(s: Setup) -> anyhow::Result<ExitCode> {
         tracing::info!("detached");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The startup apply, with the vault cache's extra protection if it is the source.
+fn apply_startup(
+    manager: &mut PolicyManager,
+    audit: &mut AuditLog,
+    hostname: &str,
+    metrics: &Metrics,
+    set: PolicySet,
+    extra: ExtraProtection,
+) -> Result<(), ApplyError> {
+    let old = manager.current().map(|a| a.set.clone());
+    tokio::task::block_in_place(|| manager.apply_with_extra(set, extra))?;
+    if let Some(applied) = manager.current() {
+        let records = changes(old.as_ref(), &applied.set, &Trigger::new("startup"), hostname, Timestamp::now());
+        log_applied(applied, metrics);
+        write_audit(audit, &records);
+    }
+    Ok(())
+}
+
+/// A vault set as a policy: its documents validated together for this host, and the host's
+/// assignment (extra protected files, matched rules).
+fn vault_policy(
+    set: &VaultSet,
+    host: &HostFacts,
+    cgroups: &Cgroups,
+) -> Result<(PolicySet, ExtraProtection, Vec<String>), String> {
+    let prepared = set.prepare(host).map_err(|e| e.to_string())?;
+    let policy = crate::policy::validate(&prepared.docs, Some(cgroups), Timestamp::now()).map_err(|e| e.to_string())?;
+    let mut globs = Vec::new();
+    for p in &prepared.assignment.protect_paths {
+        globs.push(PathGlob::parse(p).map_err(|e| format!("assignments: protect path {p:?}: {e}"))?);
+    }
+    Ok((policy, (globs, prepared.assignment.env_roots.clone()), prepared.assignment.rules))
+}
+
+/// Applies a set from the vault: validated whole, applied whole, or refused with the
+/// previous policy left in force.
+fn apply_vault(
+    manager: &mut PolicyManager,
+    audit: &mut AuditLog,
+    hostname: &str,
+    metrics: &Metrics,
+    cgroups: &Cgroups,
+    (host, set): (&HostFacts, &VaultSet),
+    trigger: Trigger,
+) -> Result<(), String> {
+    let (policy, extra, _rules) = match vault_policy(set, host, cgroups) {
+        Ok(p) => p,
+        Err(e) => {
+            metrics.policy_rejected();
+            tracing::error!("the vault's policy is refused; the previous one stays in force: {e}");
+            return Err(e);
+        }
+    };
+    let old = manager.current().map(|a| a.set.clone());
+    match tokio::task::block_in_place(|| manager.apply_with_extra(policy, extra)) {
+        Ok(()) => {
+            if let Some(applied) = manager.current() {
+                let records = changes(old.as_ref(), &applied.set, &trigger, hostname, Timestamp::now());
+                log_applied(applied, metrics);
+                write_audit(audit, &records);
+            }
+            tracing::info!(documents = set.versions().len(), "applied the policy from the vault");
+            Ok(())
+        }
+        Err(e) => {
+            metrics.policy_rejected();
+            tracing::error!("applying the vault's policy failed; the previous one stays in force: {e}");
+            Err(e.to_string())
+        }
+    }
 }
 
 /// Applies `set`, logs it and writes the lifecycle changes to the audit log.
@@ -316,7 +463,7 @@ fn reload(
 }
 
 /// Answers a control socket request.
-fn answer(manager: &PolicyManager, call: Call) {
+fn answer(manager: &PolicyManager, vault: Option<&SharedStatus>, call: Call) {
     let Call { request, peer, reply } = call;
     let response = match request {
         Request::Enter { identity } => match manager.enter(&identity, peer.pid) {
@@ -331,6 +478,31 @@ fn answer(manager: &PolicyManager, call: Call) {
         },
         Request::Identities if peer.uid != 0 => control::error("only root may list identities"),
         Request::Identities => serde_json::json!({"ok": true, "identities": manager.identities()}),
+        Request::Status if peer.uid != 0 => control::error("only root may read the status"),
+        Request::Status => {
+            let live = manager.current();
+            let policy: Vec<serde_json::Value> = live
+                .map(|a| {
+                    a.compiled
+                        .identities
+                        .iter()
+                        .map(|i| serde_json::json!({"identity": i.name, "version": i.version.to_string(), "mode": i.mode.to_string(), "expired": i.expired}))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let sync = vault.map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone());
+            serde_json::json!({
+                "ok": true,
+                "source": sync.as_ref().map_or("local", |s| match s.source {
+                    Source::Local => "local",
+                    Source::Cache => "cache",
+                    Source::Vault => "vault",
+                }),
+                "sequence": live.map(|a| a.report.sequence),
+                "policy": policy,
+                "vault": sync,
+            })
+        }
     };
     let _ = reply.send(response);
 }
