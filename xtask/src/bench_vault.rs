@@ -79,7 +79,7 @@ pub fn propagation(art: &Artifacts, work: &Path, n: usize) -> Result<String> {
     ));
     let dir = work.join(format!("vault-{n}"));
     // The agent makes its audit log append-only (chattr +a): clear that to remove a last run.
-    let _ = Command::new("chattr").arg("-R").arg("-a").arg(&dir).stderr(Stdio::null()).status();
+    crate::util::release_append_only(&dir);
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(dir.join("policies"))?;
     let mut token_bytes = [0u8; 16];

@@ -54,6 +54,12 @@ enum Task {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Where the demo and the benchmarks run agents whose audit logs end up append-only.
+    let work = match &cli.task {
+        Task::Demo => Some("fence-demo"),
+        Task::Bench { .. } => Some("fence-bench"),
+        _ => None,
+    };
     let result = match cli.task {
         Task::Setup => setup::setup().map(|()| ExitCode::SUCCESS),
         Task::Build => artifacts::build_static().map(|a| {
@@ -65,6 +71,11 @@ fn main() -> ExitCode {
         Task::Dist => setup::setup().and_then(|()| dist::dist()).map(|_| ExitCode::SUCCESS),
         Task::Bench { rounds, filter } => setup::setup().and_then(|()| bench::bench(rounds, filter.as_deref())),
     };
+    if let Some(dir) = work
+        && let Ok(target) = test::target_dir()
+    {
+        util::release_append_only(&target.join(dir));
+    }
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -97,3 +97,13 @@ pub fn poll<T>(timeout: std::time::Duration, mut f: impl FnMut() -> Option<T>) -
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Clears the append-only attribute (`chattr -a`) that the agent puts on its audit log, below
+/// `dir`: without this, `cargo clean` or `rm -rf target` fails with EPERM after a demo or
+/// bench. Best effort; nothing to do if `dir` does not exist.
+pub fn release_append_only(dir: &Path) {
+    if dir.exists() {
+        let _ =
+            Command::new("chattr").arg("-R").arg("-a").arg(dir).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
