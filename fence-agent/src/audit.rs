@@ -116,39 +116,17 @@ pub fn changes(
         set.and_then(|s| s.identities.iter().find(|i| i.name == name).cloned())
     };
     for identity in &new.identities {
-        match find(old, &identity.name) {
-            None => {
-                out.push(record("identity-created", "creation", None, Some(identity), identity, trigger, host, now));
-                if identity.expired {
-                    out.push(record("identity-expired", "change", None, Some(identity), identity, trigger, host, now));
-                }
-            }
-            Some(before) => {
-                if before.version != identity.version {
-                    out.push(record(
-                        "identity-changed",
-                        "change",
-                        Some(&before),
-                        Some(identity),
-                        identity,
-                        trigger,
-                        host,
-                        now,
-                    ));
-                }
-                if identity.expired && !before.expired {
-                    out.push(record(
-                        "identity-expired",
-                        "change",
-                        Some(&before),
-                        Some(identity),
-                        identity,
-                        trigger,
-                        host,
-                        now,
-                    ));
-                }
-            }
+        let before = find(old, &identity.name);
+        let push = |out: &mut Vec<AuditRecord>, action, category| {
+            out.push(record(action, category, before.as_ref(), Some(identity), identity, trigger, host, now));
+        };
+        match &before {
+            None => push(&mut out, "identity-created", "creation"),
+            Some(b) if b.version != identity.version => push(&mut out, "identity-changed", "change"),
+            Some(_) => {}
+        }
+        if identity.expired && !before.as_ref().is_some_and(|b| b.expired) {
+            push(&mut out, "identity-expired", "change");
         }
     }
     if let Some(old) = old {

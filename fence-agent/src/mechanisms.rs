@@ -97,6 +97,14 @@ pub fn report(plan: &KernelPlan, files: &Availability, lsm_list: Option<&str>) -
         Availability::Unavailable(r) => r.clone(),
         _ => String::new(),
     };
+    // A fence with no mechanism on this kernel: BPF LSM is the remedy.
+    let missing = |fence: &'static str, notes: String| FenceReport {
+        fence,
+        enforced: false,
+        mechanism: "unavailable".into(),
+        notes,
+        remedy: lsm_remedy(),
+    };
     let mut rows = vec![FenceReport {
         fence: "egress",
         enforced: true,
@@ -118,13 +126,7 @@ pub fn report(plan: &KernelPlan, files: &Availability, lsm_list: Option<&str>) -
                     .into(),
             remedy: lsm_remedy(),
         },
-        other => FenceReport {
-            fence: "exec",
-            enforced: false,
-            mechanism: "unavailable".into(),
-            notes: unavailable(other),
-            remedy: lsm_remedy(),
-        },
+        other => missing("exec", unavailable(other)),
     });
     rows.push(match files {
         Availability::Lsm => row("credential-files", "lsm/file_open", "refused with EPERM"),
@@ -137,27 +139,18 @@ pub fn report(plan: &KernelPlan, files: &Availability, lsm_list: Option<&str>) -
                 .into(),
             remedy: lsm_remedy(),
         },
-        other => FenceReport {
-            fence: "credential-files",
-            enforced: false,
-            mechanism: "unavailable".into(),
-            notes: unavailable(other),
-            remedy: lsm_remedy(),
-        },
+        other => missing("credential-files", unavailable(other)),
     });
     rows.push(match &plan.unix {
         Availability::Lsm => row("unix-sockets", "lsm/unix_stream_connect+unix_may_send", "refused with EPERM"),
-        other => FenceReport {
-            fence: "unix-sockets",
-            enforced: false,
-            mechanism: "unavailable".into(),
-            notes: format!(
+        other => missing(
+            "unix-sockets",
+            format!(
                 "{}; the cgroup connect_unix/sendmsg_unix hooks (kernel >= 6.7) cannot be attached by this agent \
                  (aya 0.16 does not know them)",
                 unavailable(other)
             ),
-            remedy: lsm_remedy(),
-        },
+        ),
     });
     rows.push(match &plan.self_protection {
         Availability::Lsm => row(
@@ -167,17 +160,14 @@ pub fn report(plan: &KernelPlan, files: &Availability, lsm_list: Option<&str>) -
              clone3 into another cgroup, trace or signal processes outside its identity (the agent included), \
              or use bpf(2)",
         ),
-        other => FenceReport {
-            fence: "no-way-out",
-            enforced: false,
-            mechanism: "unavailable".into(),
-            notes: format!(
+        other => missing(
+            "no-way-out",
+            format!(
                 "{}: a fenced process with CAP_SYS_ADMIN can leave its cgroup, detach fence's programs or stop the \
                  agent; run fenced workloads without CAP_SYS_ADMIN/CAP_BPF/CAP_KILL over the agent (e.g. non-root)",
                 unavailable(other)
             ),
-            remedy: lsm_remedy(),
-        },
+        ),
     });
     rows.push(match &plan.unit_follow {
         Availability::Tracepoint => row(
