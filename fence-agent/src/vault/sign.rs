@@ -39,7 +39,7 @@ const MAX_KEY_FILE_BYTES: u64 = 4096;
 #[derive(Debug, Error)]
 pub enum SignError {
     #[error("reading random bytes from the kernel failed: {0}")]
-    Random(io::Error),
+    Random(getrandom::Error),
     #[error("{}: {why}", path.display())]
     KeyFile { path: PathBuf, why: String },
     #[error(
@@ -90,10 +90,11 @@ impl fmt::Debug for SigningKey {
 }
 
 impl SigningKey {
-    /// A new key from 32 bytes of the kernel's random number generator (`getrandom(2)`).
+    /// A new key from 32 bytes of the kernel's random number generator (`getrandom(2)`, which
+    /// blocks only until the kernel's pool is initialised).
     pub fn generate() -> Result<SigningKey, SignError> {
         let mut seed = Zeroizing::new([0u8; 32]);
-        fill_random(&mut seed[..]).map_err(SignError::Random)?;
+        getrandom::getrandom(&mut seed[..]).map_err(SignError::Random)?;
         Ok(SigningKey(ed25519_dalek::SigningKey::from_bytes(&seed)))
     }
 
@@ -159,25 +160,6 @@ impl SigningKey {
             signature: BASE64.encode(signature.to_bytes()),
         }
     }
-}
-
-/// Fills `buf` from `getrandom(2)` (blocks only until the kernel's pool is initialised).
-fn fill_random(buf: &mut [u8]) -> io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let rest = &mut buf[filled..];
-        // SAFETY: the pointer and length describe `rest`, a live, writable slice.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        filled += n.unsigned_abs();
-    }
-    Ok(())
 }
 
 /// A public key, written `ed25519:<base64>`.
