@@ -16,8 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{
     artifacts::{Artifacts, build_static},
     host::{Agent, Cgroup, helper},
-    test::target_dir,
-    util::{require_root, step},
+    util::{require_root, step, target_dir},
 };
 
 struct Workload {

@@ -16,8 +16,7 @@ use anyhow::{Context as _, Result};
 use crate::{
     artifacts::build_static,
     host::{Agent, helper},
-    test::target_dir,
-    util::{require_root, step},
+    util::{require_root, step, target_dir},
 };
 
 const POLICY: &str = include_str!("../assets/demo-policy.yaml");

@@ -15,8 +15,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     artifacts::build_static,
-    test::target_dir,
-    util::{output, run, step, workspace_root},
+    util::{output, run, step, target_dir, workspace_root},
 };
 
 pub struct Dist {

@@ -72,7 +72,7 @@ fn main() -> ExitCode {
         Task::Bench { rounds, filter } => setup::setup().and_then(|()| bench::bench(rounds, filter.as_deref())),
     };
     if let Some(dir) = work
-        && let Ok(target) = test::target_dir()
+        && let Ok(target) = util::target_dir()
     {
         util::release_append_only(&target.join(dir));
     }

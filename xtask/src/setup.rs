@@ -1,11 +1,11 @@
 //! `cargo xtask setup`: installs what a fresh machine lacks. Idempotent: every step checks
 //! first and does nothing when the thing is already there.
 
-use std::{fs, path::PathBuf, process::Command};
+use std::{fs, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::util::{cache_dir, have, is_root, output, quiet, run, step};
+use crate::util::{cache_dir, have, is_root, kernel_path, output, quiet, run, step};
 
 /// The eBPF toolchain; keep in step with fence-ebpf/rust-toolchain.toml and fence-agent/build.rs.
 pub const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
@@ -117,11 +117,6 @@ fn bpf_linker() -> Result<()> {
         .env("PATH", path)
         .env(format!("LLVM_SYS_{LLVM}1_PREFIX"), &llvm)
         .current_dir(std::env::temp_dir()))
-}
-
-/// Debian bookworm's kernel (BPF LSM active without boot parameters), for the vm tier.
-pub fn kernel_path() -> PathBuf {
-    cache_dir().join("debian-kernel").join("vmlinuz")
 }
 
 fn debian_kernel() -> Result<()> {

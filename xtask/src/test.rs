@@ -11,7 +11,7 @@ use clap::ValueEnum;
 
 use crate::{
     artifacts::{Artifacts, build_static},
-    util::{step, workspace_root},
+    util::{step, target_dir, workspace_root},
     vm,
 };
 
@@ -113,15 +113,6 @@ fn built(artifacts: &mut Option<Artifacts>) -> Result<&Artifacts> {
         *artifacts = Some(build_static()?);
     }
     artifacts.as_ref().context("artifacts")
-}
-
-/// The workspace's target directory, as cargo reports it.
-pub fn target_dir() -> Result<std::path::PathBuf> {
-    let out = crate::util::output(
-        Command::new("cargo").args(["metadata", "--format-version", "1", "--no-deps"]).current_dir(workspace_root()),
-    )?;
-    let v: serde_json::Value = serde_json::from_str(&out)?;
-    Ok(v["target_directory"].as_str().context("target_directory")?.into())
 }
 
 /// `cargo test` over the workspace (the eBPF crate has no host tests). Counts libtest's

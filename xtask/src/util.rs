@@ -26,6 +26,21 @@ pub fn cache_dir() -> PathBuf {
     base.join("fence")
 }
 
+/// The workspace's target directory, as cargo reports it.
+pub fn target_dir() -> Result<PathBuf> {
+    let out = output(
+        Command::new("cargo").args(["metadata", "--format-version", "1", "--no-deps"]).current_dir(workspace_root()),
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(v["target_directory"].as_str().context("target_directory")?.into())
+}
+
+/// Debian bookworm's kernel (BPF LSM active without boot parameters), for the vm tier:
+/// downloaded by the set-up, booted by the vm and install tiers.
+pub fn kernel_path() -> PathBuf {
+    cache_dir().join("debian-kernel").join("vmlinuz")
+}
+
 /// Runs a command to completion; fails with the command line if it does not succeed.
 pub fn run(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");

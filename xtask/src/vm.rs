@@ -13,7 +13,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{artifacts::Artifacts, setup::kernel_path, util::step};
+use crate::{
+    artifacts::Artifacts,
+    util::{kernel_path, step},
+};
 
 /// Whole-run limit for the guest (TCG is slow, but a hang must end).
 const VM_TIMEOUT: Duration = Duration::from_secs(25 * 60);
