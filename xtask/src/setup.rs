@@ -24,6 +24,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("cpio", "packing the vm tier's initramfs"),
     ("iproute2", "network namespaces and `ip` in tests"),
     ("debootstrap", "the install tier's Debian root"),
+    ("prometheus", "promtool checks the /metrics output in the unit tier"),
 ];
 
 pub fn setup() -> Result<()> {

@@ -303,7 +303,7 @@ async fn serve(s: Setup) -> anyhow::Result<ExitCode> {
                     st.last_error = Some(format!("{why}; restart the agent"));
                     st.refusing = false;
                 }
-                metrics.set_gauge(crate::vault::agent::SYNC_RUNNING, crate::vault::agent::SYNC_RUNNING_HELP, &[], 0.0);
+                metrics.vault_sync_running(false);
             }
             _ = tokio::time::sleep(until_expiry), if expiry.is_some() => {
                 let old = manager.current().map(|a| a.set.clone());

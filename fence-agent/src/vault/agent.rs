@@ -203,7 +203,7 @@ impl VaultAgent {
         let status = self.status.clone();
         let cache_path = self.cache_path.clone();
         let interval = self.interval;
-        metrics.set_gauge(SYNC_RUNNING, SYNC_RUNNING_HELP, &[], 1.0);
+        metrics.vault_sync_running(true);
         Some(tokio::spawn(run(syncer, tx, status, cache_path, interval, metrics)))
     }
 }
@@ -264,6 +264,7 @@ async fn run(
                 }
                 Some(e) => {
                     failures += 1;
+                    metrics.vault_sync_failed();
                     if st.last_error.as_deref() != Some(e.as_str()) {
                         tracing::error!(error = %e, "vault sync failed; the policy in force stays");
                     }
@@ -324,36 +325,14 @@ fn record_metrics(m: &Metrics, st: &SyncStatus) {
         Source::Cache => "cache",
         Source::Vault => "vault",
     };
-    for s in ["local", "cache", "vault"] {
-        m.set_gauge(
-            "fence_policy_source",
-            "Where the policy in force came from (1 for the current source).",
-            &[("source", s)],
-            if s == source { 1.0 } else { 0.0 },
-        );
-    }
-    m.set_gauge(
-        "fence_vault_sync_failures",
-        "Consecutive failed vault polls (0: the last poll succeeded).",
-        &[],
-        f64::from(st.consecutive_failures),
-    );
-    m.set_gauge(
-        "fence_vault_policy_refused",
-        "1 while the vault holds a policy set this agent refuses (the previous one stays in force).",
-        &[],
-        if st.refusing { 1.0 } else { 0.0 },
-    );
+    m.policy_source(source);
+    m.vault_sync_failures(st.consecutive_failures);
+    m.vault_policy_refused(st.refusing);
     if let Some(ts) = st.last_success.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok()) {
-        m.set_gauge(
-            "fence_vault_last_success_timestamp_seconds",
-            "Time of the last successful vault poll.",
-            &[],
-            ts.as_second() as f64,
-        );
+        m.vault_last_success(ts.as_second() as f64);
     }
     if let Some(v) = st.index_version {
-        m.set_gauge("fence_vault_index_version", "Version of the vault's index document last seen.", &[], v as f64);
+        m.vault_index_version(v);
     }
 }
 
