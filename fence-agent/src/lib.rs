@@ -1,7 +1,7 @@
 //! fence-agent as a library: the pieces of the daemon and CLI, so that the binary stays thin
 //! and the integration tests can reuse the host helpers (cgroup discovery, event schema).
 //!
-//! Pure parts (no kernel): `policy`, `compile`, `events::record`, `config`.
+//! Pure parts (no kernel): `policy`, `compile`, `events::record`, `config`, `names`.
 //! Kernel parts: `enforcer` (the one owner of the eBPF object), `events::reader`, `cgroup`.
 
 #![allow(
@@ -25,6 +25,7 @@ pub mod host;
 pub mod manager;
 pub mod mechanisms;
 pub mod metrics;
+pub mod names;
 pub mod offsets;
 pub mod persist;
 pub mod policy;

@@ -64,7 +64,7 @@ pub struct RunArgs {
 
 pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.as_deref())?;
-    let mut host = config.host_protection().map_err(anyhow::Error::msg).context("the agent configuration")?;
+    let mut host = config.protection.clone();
     // Fenced processes have no business with the agent: its socket is in the default-deny set.
     if let Ok(g) = PathGlob::parse(&config.control.socket.display().to_string()) {
         host.unix_deny.push(g);
@@ -154,7 +154,7 @@ async fn serve(s: Setup) -> anyhow::Result<ExitCode> {
             None
         }
     };
-    let flood = FloodControl { stats, limit, interval: Duration::from_secs(config.events.summary_interval.into()) };
+    let flood = FloodControl { stats, limit, interval: config.events.summary_interval };
     let mut reader = EventReader::new(ring, agent_events, directory.clone(), sinks, flood, Some(metrics.clone()))
         .context("watching the event ring buffer")?;
     let ids_path = config.persist.enabled.then(|| config.persist.state_dir.join("identity-ids.json"));

@@ -1,6 +1,6 @@
 //! Policy: the documents operators write (`model`), reading them from files (`load`), checking
-//! them as a whole into a [`PolicySet`] (`validate`), and the errors that name file, identity,
-//! field and reason (`error`). Nothing here touches the kernel; cgroup paths are resolved
+//! them as a whole (`validate`) into a [`PolicySet`] (`set`), and the errors that name file,
+//! identity, field and reason (`error`). Nothing here touches the kernel; cgroup paths are resolved
 //! through the [`CgroupResolver`] the caller passes in.
 
 pub mod error;
@@ -8,6 +8,7 @@ pub mod glob;
 pub mod load;
 pub mod model;
 pub mod net;
+pub mod set;
 pub mod validate;
 
 #[cfg(test)]
@@ -16,10 +17,10 @@ mod tests;
 pub use error::{PolicyError, PolicyErrorKind, PolicyErrors};
 pub use load::{Format, SourceDocument, load_paths, parse_document};
 pub use model::Mode;
-pub use validate::{
-    BoundCgroup, CgroupResolver, EgressRule, ExecPolicy, ExecRule, Identity, MANAGED_DIR, PolicySet, PolicyVersion,
-    ResolveError, SelectorKind, UnixPolicy, is_dynamic_loader, validate,
+pub use set::{
+    BoundCgroup, EgressRule, ExecPolicy, ExecRule, Identity, PolicySet, PolicyVersion, SelectorKind, UnixPolicy,
 };
+pub use validate::{CgroupResolver, MANAGED_DIR, ResolveError, is_dynamic_loader, validate};
 
 /// The policy document schema this agent understands (`schema:` in every document).
 pub const SCHEMA_VERSION: u32 = 1;

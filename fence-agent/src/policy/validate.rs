@@ -4,20 +4,22 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    fmt,
     path::{Path, PathBuf},
 };
 
 use fence_common::{MAX_CGROUP_DEPTH, PROTO_TCP, PROTO_UDP};
 use jiff::{Timestamp, civil::Date, tz::TimeZone};
-use sha2::{Digest as _, Sha256};
 
 use super::{
     PolicyError, PolicyErrorKind, PolicyErrors, SCHEMA_VERSION, SourceDocument,
     glob::PathGlob,
-    model::{ExecEntryDoc, IdentityDoc, Mode, Protocol},
+    model::{ExecEntryDoc, IdentityDoc, Protocol},
     net::{IpNet, PortRange},
+    set::{
+        BoundCgroup, EgressRule, ExecPolicy, ExecRule, Identity, PolicySet, PolicyVersion, SelectorKind, UnixPolicy,
+    },
 };
+use crate::names;
 
 /// Looks cgroups up on the host. `fence-agent` uses the real cgroup2 mount; unit tests use a
 /// table.
@@ -39,116 +41,6 @@ pub const MANAGED_DIR: &str = "fence-managed";
 pub enum ResolveError {
     NotFound,
     Other(String),
-}
-
-/// A validated, resolved set of identities: what the compiler turns into map entries.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PolicySet {
-    pub identities: Vec<Identity>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Identity {
-    pub name: String,
-    pub owner: String,
-    pub purpose: String,
-    pub created: Option<Timestamp>,
-    pub expires: Option<Timestamp>,
-    /// `expires` has passed: enforced as deny-all.
-    pub expired: bool,
-    pub mode: Mode,
-    pub cgroups: Vec<BoundCgroup>,
-    pub egress: Vec<EgressRule>,
-    /// `None`: exec is not restricted.
-    pub exec: Option<ExecPolicy>,
-    /// Readable exceptions to the host's protected set.
-    pub file_exceptions: Vec<PathGlob>,
-    /// `None`: only the host's default-deny sockets are denied.
-    pub unix: Option<UnixPolicy>,
-    pub version: PolicyVersion,
-    pub source: PathBuf,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecPolicy {
-    pub allow: Vec<ExecRule>,
-    pub fileless: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecRule {
-    pub glob: PathGlob,
-    pub sha256: Option<[u8; 32]>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnixPolicy {
-    pub paths: Vec<PathGlob>,
-    /// Abstract names without the leading NUL.
-    pub abstract_names: Vec<Vec<u8>>,
-}
-
-/// A cgroup an identity is bound to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BoundCgroup {
-    /// Normalised path relative to the cgroup2 mount, starting with `/`.
-    pub path: String,
-    /// cgroup id of a `cgroup` selector; `None` for units and managed cgroups (resolved when
-    /// applied, and again when they are re-created) and offline validation.
-    pub id: Option<u64>,
-    pub kind: SelectorKind,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SelectorKind {
-    Cgroup,
-    /// A systemd unit: the path is followed, whatever cgroup id it has now or later.
-    Unit(String),
-    /// `fence-agent exec --identity`: created by the agent.
-    Managed,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EgressRule {
-    /// Name for events (`egress[N]` when the policy gives none).
-    pub name: String,
-    pub nets: Vec<IpNet>,
-    pub ports: Vec<PortRange>,
-    /// `PROTO_*` bits.
-    pub protocols: u8,
-}
-
-/// SHA-256 of an identity's canonical document: the identity's policy version.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PolicyVersion(pub [u8; 32]);
-
-impl PolicyVersion {
-    pub fn of(doc: &IdentityDoc) -> PolicyVersion {
-        // Serialising a struct of strings, numbers and lists cannot fail.
-        let canonical = serde_json::to_vec(doc).unwrap_or_default();
-        PolicyVersion(Sha256::digest(&canonical).into())
-    }
-
-    /// The first four bytes, as the kernel carries them in events.
-    pub fn short_id(&self) -> u32 {
-        u32::from_be_bytes([self.0[0], self.0[1], self.0[2], self.0[3]])
-    }
-}
-
-impl fmt::Display for PolicyVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("sha256:")?;
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for PolicyVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
 }
 
 /// Validates `docs` as one policy set. `resolver` is `None` only for offline checks.
@@ -208,21 +100,9 @@ impl Ctx<'_> {
     }
 }
 
+/// The identity-name rule ([`names::check_name`]), as a policy error.
 fn check_name(name: &str) -> Result<(), PolicyErrorKind> {
-    let invalid = |why| Err(PolicyErrorKind::InvalidName { value: name.to_owned(), why });
-    if name.is_empty() {
-        return invalid("must not be empty");
-    }
-    if name.len() > 63 {
-        return invalid("longer than 63 characters");
-    }
-    if !name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit()) {
-        return invalid("must start with a lowercase letter or a digit");
-    }
-    if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c)) {
-        return invalid("only lowercase letters, digits, '.', '_' and '-' are allowed");
-    }
-    Ok(())
+    names::check_name(name).map_err(|why| PolicyErrorKind::InvalidName { value: name.to_owned(), why })
 }
 
 fn identity(

@@ -104,14 +104,17 @@ impl VaultAgent {
             hostname: cfg.hostname.clone().unwrap_or_else(|| kernel_hostname.to_owned()),
             labels: cfg.labels.clone(),
         };
-        let mut keys = Vec::new();
-        let mut key_error = None;
-        for k in &cfg.signing_keys {
-            match PublicKey::parse(k) {
-                Ok(p) => keys.push(p),
-                Err(e) => key_error = Some(format!("vault.signing_keys: {e}")),
-            }
+        if cfg.hostname.is_none()
+            && let Err(why) = crate::names::check_host_name(kernel_hostname)
+        {
+            tracing::error!(
+                hostname = kernel_hostname,
+                "the kernel's host name is not one fence can use ({why}): this host's status is not written to the vault; set vault.hostname"
+            );
         }
+        // The configuration refuses a signing key that cannot be used.
+        let keys = cfg.signing_keys.clone();
+        let key_error: Option<String> = None;
         let verifier = Verifier::new(keys);
         let signatures = if verifier.is_enforcing() {
             format!("verified ({})", verifier.keys().iter().map(PublicKey::key_id).collect::<Vec<_>>().join(", "))
@@ -125,7 +128,7 @@ impl VaultAgent {
         }
         let mut status = SyncStatus {
             hostname: host.hostname.clone(),
-            vault: Some(cfg.address.clone()),
+            vault: Some(cfg.base_address().to_owned()),
             signatures,
             last_error: key_error.clone(),
             ..SyncStatus::default()
@@ -135,8 +138,8 @@ impl VaultAgent {
                 client,
                 verifier.clone(),
                 host.clone(),
-                Duration::from_secs(cfg.full_resync),
-                cfg.max_index_age,
+                cfg.full_resync,
+                cfg.max_index_age.map(|age| age.as_secs()),
             )),
             (Some(e), _) => {
                 tracing::error!("{e}; the vault is not used");
@@ -154,7 +157,7 @@ impl VaultAgent {
             verifier,
             host,
             cache_path: state_dir.join("policy-cache.json"),
-            interval: Duration::from_secs(cfg.poll_interval),
+            interval: cfg.poll_interval,
             syncer,
             keys_unusable: key_error.is_some(),
         }

@@ -174,9 +174,15 @@ impl PublicKey {
         let b64 = s.trim().strip_prefix(PUBLIC_PREFIX).ok_or_else(|| invalid("missing the `ed25519:` prefix"))?;
         let bytes = BASE64.decode(b64).map_err(|_| invalid("not base64"))?;
         let bytes: [u8; 32] = bytes.as_slice().try_into().map_err(|_| invalid("not 32 bytes"))?;
-        let key = VerifyingKey::from_bytes(&bytes).map_err(|_| invalid("not a valid Ed25519 point"))?;
+        PublicKey::from_bytes(&bytes).map_err(invalid)
+    }
+
+    /// The key of these 32 bytes (a compressed Edwards point); `Err(why)` for bytes that are
+    /// not a point, or a weak key (small-order point).
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<PublicKey, &'static str> {
+        let key = VerifyingKey::from_bytes(bytes).map_err(|_| "not a valid Ed25519 point")?;
         if key.is_weak() {
-            return Err(invalid("a weak key (small-order point)"));
+            return Err("a weak key (small-order point)");
         }
         Ok(PublicKey(key))
     }
@@ -383,6 +389,8 @@ mod tests {
         identity[0] = 1;
         let e = PublicKey::parse(&format!("ed25519:{}", BASE64.encode(identity))).unwrap_err().to_string();
         assert!(e.contains("weak"), "{e}");
+        assert_eq!(PublicKey::from_bytes(&identity), Err("a weak key (small-order point)"));
+        assert_eq!(PublicKey::from_bytes(key.public().0.as_bytes()), Ok(key.public()));
         // Known vector: RFC 8032 test 1 (secret key 9d61b1...).
         let seed: [u8; 32] = (0..32)
             .map(|i| {

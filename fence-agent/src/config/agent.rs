@@ -1,0 +1,102 @@
+//! The agent's own endpoints and files: `[control]` (its socket), `[audit]` (the identity
+//! lifecycle log), `[persist]` (enforcement that outlives it) and `[metrics]`.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_SOCKET: &str = "/run/fence/agent.sock";
+
+/// Enforcement that outlives the agent: programs, links and the event buffer pinned in bpffs;
+/// identity ids kept in the state directory.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PersistConfig {
+    /// Keep enforcing after the agent exits (stop, upgrade, crash, SIGKILL). Off by default
+    /// for `fence-agent run` by hand; the packaged service turns it on. `fence-agent uninstall`
+    /// removes what it leaves.
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+}
+
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/fence")
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/fence")
+}
+
+impl Default for PersistConfig {
+    fn default() -> Self {
+        PersistConfig { enabled: false, pin_dir: default_pin_dir(), state_dir: default_state_dir() }
+    }
+}
+
+/// Prometheus metrics over HTTP (see `metrics`): off unless `listen` is set, and only ever on a
+/// loopback address.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `"127.0.0.1:9477"` or `"[::1]:9477"`: an address of 127.0.0.0/8 or ::1 and a port (not 0).
+    #[serde(default, deserialize_with = "loopback_listen")]
+    pub listen: Option<SocketAddr>,
+}
+
+fn loopback_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    use serde::de::Error as _;
+    let text = String::deserialize(d)?;
+    let addr: SocketAddr = text.parse().map_err(|_| {
+        D::Error::custom(format!("{text:?} is not an IP address and port (e.g. \"127.0.0.1:9477\" or \"[::1]:9477\")"))
+    })?;
+    if !addr.ip().is_loopback() {
+        return Err(D::Error::custom(format!(
+            "{addr} is not a loopback address (metrics are served only on loopback)"
+        )));
+    }
+    if addr.port() == 0 {
+        return Err(D::Error::custom(format!("{addr} has no port (port 0 would be a random one no scraper knows)")));
+    }
+    Ok(Some(addr))
+}
+
+/// The agent's local socket (`fence-agent exec`, `fence-agent identities`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET)
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig { socket: default_socket() }
+    }
+}
+
+/// The identity lifecycle audit log (creation, change, expiry, removal), kept apart from
+/// denial events.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    #[serde(default = "default_audit_file")]
+    pub file: PathBuf,
+}
+
+fn default_audit_file() -> PathBuf {
+    PathBuf::from("/var/log/fence/audit.jsonl")
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { file: default_audit_file() }
+    }
+}

@@ -1,0 +1,181 @@
+//! The agent's configuration file (TOML, default /etc/fence/agent.toml). Every field is
+//! optional; unknown fields are errors.
+//!
+//! [`Config::load`] and [`Config::parse`] read the file once into typed values: durations,
+//! URLs, socket addresses, public keys, globs. Every rule is checked there, and every error
+//! names the field (`vault.timeout: must be between 1 and 300 seconds (got 0)`); what uses a
+//! [`Config`] takes its values as they are. The sections are in `events` (`[events]`), `agent`
+//! (`[control]`, `[audit]`, `[persist]`, `[metrics]`), `protect` (`[protect]` and `[unix]`,
+//! read into the host's [`HostProtection`]) and `vault` (`[vault]`).
+//!
+//! ```toml
+//! [events]
+//! stdout = true                              # one JSON line per event on stdout
+//! file = "/var/log/fence/events.jsonl"       # append-only event file
+//! max_bytes = 67108864                       # rotate past 64 MiB (0: never)
+//! keep = 5                                   # rotated files kept: events.jsonl.1 … .5
+//!
+//! [protect]                                  # credential files fenced identities cannot open
+//! defaults = true                            # the built-in set (protect::DEFAULT_PROTECTED)
+//! paths = ["/srv/app/secrets/**"]            # more paths or globs
+//! env_roots = ["/srv", "/opt"]               # .env* files anywhere below these
+//!
+//! [unix]                                     # sockets fenced identities cannot reach
+//! defaults = true                            # container runtimes, system D-Bus, systemd
+//! deny = ["/run/admin.sock", "@abstract"]    # more
+//!
+//! [control]
+//! socket = "/run/fence/agent.sock"           # for `fence-agent exec` and `identities`
+//!
+//! [audit]
+//! file = "/var/log/fence/audit.jsonl"        # identity lifecycle events, append-only
+//!
+//! [persist]
+//! enabled = true                             # keep enforcing when the agent exits
+//! pin_dir = "/sys/fs/bpf/fence"
+//! state_dir = "/var/lib/fence"
+//!
+//! [metrics]                                  # Prometheus metrics; off when absent
+//! listen = "127.0.0.1:9477"                  # loopback only (127.0.0.0/8 or [::1])
+//!
+//! [vault]                                    # central policy (OpenBao/Vault KV v2); off when absent
+//! address = "https://vault.example.com:8200"
+//! ca_file = "/etc/fence/vault-ca.pem"        # the only trust anchor when set
+//! role_id_file = "/etc/fence/vault-role-id"  # AppRole (or token_file)
+//! secret_id_file = "/etc/fence/vault-secret-id"
+//! ```
+
+mod agent;
+mod events;
+mod protect;
+#[cfg(test)]
+mod tests;
+mod vault;
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+pub use self::{
+    agent::{AuditConfig, ControlConfig, DEFAULT_SOCKET, MetricsConfig, PersistConfig},
+    events::{
+        DEFAULT_EVENTS_KEEP, DEFAULT_EVENTS_MAX_BYTES, DEFAULT_RATE_BURST, DEFAULT_RATE_LIMIT,
+        DEFAULT_SUMMARY_INTERVAL, EventsConfig, MAX_EVENTS_KEEP,
+    },
+    vault::{
+        DEFAULT_VAULT_AUTH_MOUNT, DEFAULT_VAULT_FULL_RESYNC, DEFAULT_VAULT_MOUNT, DEFAULT_VAULT_POLL_INTERVAL,
+        DEFAULT_VAULT_PREFIX, DEFAULT_VAULT_TIMEOUT, VaultAuth, VaultConfig, signing_key_bytes,
+    },
+};
+use crate::protect::HostProtection;
+
+pub const DEFAULT_PATH: &str = "/etc/fence/agent.toml";
+
+/// The agent's configuration, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub events: EventsConfig,
+    /// The host's protected set (`[protect]`, `[unix]`), parsed: the built-in defaults unless
+    /// turned off, the configured paths, globs and abstract socket names, and, with a vault,
+    /// the agent's vault credentials, CA file and state directory.
+    pub protection: HostProtection,
+    pub control: ControlConfig,
+    pub audit: AuditConfig,
+    pub persist: PersistConfig,
+    pub metrics: MetricsConfig,
+    /// The central vault policies come from; `None` (no `[vault]` table): no vault.
+    pub vault: Option<VaultConfig>,
+}
+
+/// The file as written; [`Config::parse`] checks it into a [`Config`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    events: EventsConfig,
+    #[serde(default)]
+    protect: protect::ProtectSection,
+    #[serde(default)]
+    unix: protect::UnixSection,
+    #[serde(default)]
+    control: ControlConfig,
+    #[serde(default)]
+    audit: AuditConfig,
+    #[serde(default)]
+    persist: PersistConfig,
+    #[serde(default)]
+    metrics: MetricsConfig,
+    #[serde(default)]
+    vault: Option<vault::VaultSection>,
+}
+
+impl TryFrom<ConfigFile> for Config {
+    type Error = String;
+
+    fn try_from(file: ConfigFile) -> Result<Config, String> {
+        let vault = file.vault.map(VaultConfig::try_from).transpose()?;
+        let protection = protect::host_protection(&file.protect, &file.unix, vault.as_ref(), &file.persist.state_dir)?;
+        Ok(Config {
+            events: file.events,
+            protection,
+            control: file.control,
+            audit: file.audit,
+            persist: file.persist,
+            metrics: file.metrics,
+            vault,
+        })
+    }
+}
+
+impl Default for Config {
+    /// What an empty file says.
+    fn default() -> Self {
+        Config::try_from(ConfigFile::default()).expect("the built-in defaults are valid")
+    }
+}
+
+/// A whole number of seconds from `min` to `max`.
+fn seconds_in<'de, D: serde::Deserializer<'de>>(d: D, min: u64, max: u64) -> Result<Duration, D::Error> {
+    use serde::de::Error as _;
+    let secs = u64::deserialize(d)?;
+    if !(min..=max).contains(&secs) {
+        return Err(D::Error::custom(format!("must be between {min} and {max} seconds (got {secs})")));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config {path}: cannot read: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Reads `path`, or the default path if it exists, or returns the defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = match path {
+            Some(p) => p.to_owned(),
+            None if Path::new(DEFAULT_PATH).exists() => PathBuf::from(DEFAULT_PATH),
+            None => return Ok(Config::default()),
+        };
+        let text = fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        Config::parse(&text).map_err(|message| ConfigError::Invalid { path, message })
+    }
+
+    /// Parses and checks a configuration file's text. The error names the field and says why.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let de = toml::Deserializer::parse(text).map_err(|e| e.to_string())?;
+        let file: ConfigFile = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            format!("{path}: {}", e.into_inner().message().trim())
+        })?;
+        Config::try_from(file)
+    }
+}
