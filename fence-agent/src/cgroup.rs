@@ -1,6 +1,7 @@
 //! The host's cgroup v2 hierarchy: where it is mounted, which cgroup a process is in, and
-//! cgroup ids. The mount point is read from /proc/self/mountinfo, never assumed: hybrid hosts
-//! mount cgroup2 at /sys/fs/cgroup/unified, pure v2 hosts at /sys/fs/cgroup.
+//! cgroup ids. The mount point is read from /proc/self/mountinfo ([`crate::mountinfo`]), never
+//! assumed: hybrid hosts mount cgroup2 at /sys/fs/cgroup/unified, pure v2 hosts at
+//! /sys/fs/cgroup.
 
 use std::{
     fs, io,
@@ -21,38 +22,6 @@ pub enum CgroupError {
          `mount -t cgroup2 none /sys/fs/cgroup/unified`"
     )]
     NoCgroup2,
-}
-
-/// Finds the first cgroup2 mount point in mountinfo text.
-pub fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        // Fields: id parent major:minor root mountpoint options [optional...] - fstype source
-        let (pre, post) = line.split_once(" - ")?;
-        let fstype = post.split_whitespace().next()?;
-        if fstype != "cgroup2" {
-            return None;
-        }
-        let mount_point = pre.split_whitespace().nth(4)?;
-        Some(PathBuf::from(unescape_octal(mount_point)))
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as \ooo.
-fn unescape_octal(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
-            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The cgroup v2 path of a process from /proc/PID/cgroup text (the `0::` line).
@@ -92,8 +61,13 @@ impl Cgroups {
     pub fn discover() -> Result<Cgroups, CgroupError> {
         let path = Path::new("/proc/self/mountinfo");
         let text = fs::read_to_string(path).map_err(|source| CgroupError::Read { path: path.to_owned(), source })?;
-        let root = cgroup2_mount_in(&text).ok_or(CgroupError::NoCgroup2)?;
+        let root = crate::mountinfo::MountInfo::parse(&text).mount_of("cgroup2").ok_or(CgroupError::NoCgroup2)?;
         Ok(Cgroups { root })
+    }
+
+    /// A hierarchy mounted at `root` (tests use a directory that looks like one).
+    pub fn at(root: PathBuf) -> Cgroups {
+        Cgroups { root }
     }
 
     pub fn root(&self) -> &Path {
@@ -162,30 +136,6 @@ impl CgroupResolver for Cgroups {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const HYBRID: &str = "\
-25 30 0:23 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
-33 25 0:28 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
-34 33 0:29 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate
-35 33 0:30 / /sys/fs/cgroup/systemd rw,nosuid,nodev,noexec,relatime shared:11 - cgroup cgroup rw,xattr,name=systemd
-";
-
-    #[test]
-    fn finds_cgroup2_on_a_hybrid_host() {
-        assert_eq!(cgroup2_mount_in(HYBRID), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-    }
-
-    #[test]
-    fn finds_cgroup2_with_optional_fields_and_escapes() {
-        let line = "40 1 0:35 / /mnt/cg\\040two rw shared:1 master:2 - cgroup2 none rw\n";
-        assert_eq!(cgroup2_mount_in(line), Some(PathBuf::from("/mnt/cg two")));
-    }
-
-    #[test]
-    fn no_cgroup2() {
-        let only_v1 = "35 33 0:30 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
-        assert_eq!(cgroup2_mount_in(only_v1), None);
-    }
 
     #[test]
     fn v2_path_from_proc_cgroup() {

@@ -25,6 +25,9 @@ struct Held {
     flags: u32,
 }
 
+/// See [`Holder::checkpoint`].
+pub struct Checkpoint(HashMap<ObjectId, (PathBuf, u32)>);
+
 #[derive(Default)]
 pub struct Holder {
     held: HashMap<ObjectId, Held>,
@@ -61,6 +64,23 @@ impl Holder {
         });
         moved.sort_by_key(|e| e.id);
         resolved.protected.extend(moved);
+    }
+
+    /// What is held now, to go back to if the policy being applied is refused.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint(self.held.iter().map(|(id, h)| (*id, (h.path.clone(), h.flags))).collect())
+    }
+
+    /// Back to `checkpoint`: inodes held since are let go (they were protected only by a
+    /// policy that was not applied). Inodes deleted since stay gone.
+    pub fn rollback(&mut self, checkpoint: Checkpoint) {
+        self.held.retain(|id, _| checkpoint.0.contains_key(id));
+        for (id, (path, flags)) in checkpoint.0 {
+            if let Some(h) = self.held.get_mut(&id) {
+                h.path = path;
+                h.flags = flags;
+            }
+        }
     }
 
     /// A descriptor on a protected inode, to mark it without going through its (old) path.
@@ -107,6 +127,30 @@ mod tests {
         holder.update(&mut r);
         assert!(r.protected.is_empty(), "a deleted file leaves the set");
         assert!(holder.is_empty());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_rollback_lets_go_of_what_a_refused_policy_held() {
+        let d = std::env::temp_dir().join(format!("fence-hold-rb-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        let (a, b) = (d.join("a"), d.join("b"));
+        fs::write(&a, "a").unwrap();
+        fs::write(&b, "b").unwrap();
+        let mounts = Mounts::read();
+        let entry = |p: &std::path::Path| Entry { id: object_id(p, &mounts).unwrap().0, path: p.to_owned(), value: 1 };
+        let mut holder = Holder::default();
+        holder.update(&mut Resolved { protected: vec![entry(&a)], ..Resolved::default() });
+        let checkpoint = holder.checkpoint();
+        holder.update(&mut Resolved { protected: vec![entry(&a), entry(&b)], ..Resolved::default() });
+        assert_eq!(holder.len(), 2);
+        holder.rollback(checkpoint);
+        assert_eq!(holder.len(), 1);
+        // `b` is not added back as "moved away" by the next resolution.
+        let mut r = Resolved { protected: vec![entry(&a)], ..Resolved::default() };
+        holder.update(&mut r);
+        assert_eq!(r.protected, vec![entry(&a)]);
         fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -1,8 +1,11 @@
 //! fence-agent as a library: the pieces of the daemon and CLI, so that the binary stays thin
 //! and the integration tests can reuse the host helpers (cgroup discovery, event schema).
 //!
-//! Pure parts (no kernel): `policy`, `compile`, `events::record`, `config`, `names`.
-//! Kernel parts: `enforcer` (the one owner of the eBPF object), `events::reader`, `cgroup`.
+//! Pure parts (no kernel): `policy`, `compile`, the fences' compile sections, `events::record`,
+//! `config`, `names`. The running agent: `service` (the one owner of the policy in force),
+//! `kernel` (the policy maps behind a trait, the program loader), `fences` (one unit per fence),
+//! `events` (the event writer), `vault` (fetch and verify), `control` (the local socket).
+//! See ARCHITECTURE.md for the map.
 
 #![allow(
     clippy::result_large_err,
@@ -17,19 +20,19 @@ pub mod compile;
 pub mod config;
 pub mod control;
 pub mod ebpf_object;
-pub mod enforcer;
 pub mod events;
-pub mod fanotify;
+pub mod fences;
 pub mod hold;
 pub mod host;
-pub mod manager;
-pub mod mechanisms;
+pub mod kernel;
 pub mod metrics;
+pub mod mountinfo;
 pub mod names;
 pub mod offsets;
 pub mod persist;
 pub mod policy;
 pub mod protect;
 pub mod resolve;
+pub mod service;
 pub mod vault;
 pub mod watch;

@@ -1,48 +1,48 @@
 //! Watches the directories a policy's paths live in (inotify), so that programs replaced by a
 //! package upgrade, protected files created or renamed into place, and sockets re-created by
-//! their daemons are resolved again without a reload.
+//! their daemons are resolved again without a reload. A burst of changes (an upgrade, a
+//! rename) is gathered for a moment and reported once, with the directories that changed, so
+//! that the policy service re-resolves only what depends on them.
 
 use std::{
     collections::{BTreeSet, HashMap},
+    os::fd::AsFd as _,
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, Mutex},
     thread,
+    time::{Duration, Instant},
 };
 
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
-use tokio::sync::mpsc::UnboundedSender;
+use nix::{
+    poll::{PollFd, PollFlags, PollTimeout, poll},
+    sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor},
+};
+
+use crate::service::{Change, ServiceHandle};
+
+/// How long a burst of changes is gathered before it is reported.
+const SETTLE: Duration = Duration::from_millis(100);
+
+type Watches = Arc<Mutex<HashMap<WatchDescriptor, PathBuf>>>;
 
 pub struct Watcher {
     inotify: Arc<Inotify>,
+    /// Watched directory -> descriptor (the reading thread has the reverse map).
     watches: HashMap<PathBuf, WatchDescriptor>,
+    by_wd: Watches,
 }
 
 impl Watcher {
-    /// Starts the reading thread; every change sends one `()` on `changed`.
-    pub fn start(changed: UnboundedSender<()>) -> nix::Result<Watcher> {
-        let inotify = Arc::new(Inotify::init(InitFlags::IN_CLOEXEC)?);
-        let reader = inotify.clone();
+    /// Starts the reading thread; changes go to the policy service as [`Change::Files`].
+    pub fn start(service: ServiceHandle) -> nix::Result<Watcher> {
+        let inotify = Arc::new(Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)?);
+        let by_wd: Watches = Arc::default();
+        let (reader, names) = (inotify.clone(), by_wd.clone());
         thread::Builder::new()
             .name("fence-watch".into())
-            .spawn(move || {
-                loop {
-                    match reader.read_events() {
-                        Ok(events) if !events.is_empty() => {
-                            if changed.send(()).is_err() {
-                                return;
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(nix::errno::Errno::EINTR) => {}
-                        Err(e) => {
-                            tracing::error!(error = %e, "reading inotify events failed; file changes are no longer followed");
-                            return;
-                        }
-                    }
-                }
-            })
+            .spawn(move || read_loop(&reader, &names, &service))
             .map_err(|_| nix::errno::Errno::EAGAIN)?;
-        Ok(Watcher { inotify, watches: HashMap::new() })
+        Ok(Watcher { inotify, watches: HashMap::new(), by_wd })
     }
 
     /// Watches exactly `dirs` (adds new ones, drops the rest).
@@ -56,10 +56,12 @@ impl Watcher {
             | AddWatchFlags::IN_DELETE_SELF
             | AddWatchFlags::IN_MOVE_SELF
             | AddWatchFlags::IN_ONLYDIR;
+        let mut by_wd = self.by_wd.lock().unwrap_or_else(|p| p.into_inner());
         self.watches.retain(|dir, wd| {
             let keep = dirs.contains(dir);
             if !keep {
                 let _ = self.inotify.rm_watch(*wd);
+                by_wd.remove(wd);
             }
             keep
         });
@@ -70,6 +72,7 @@ impl Watcher {
             match self.inotify.add_watch(dir.as_path(), mask) {
                 Ok(wd) => {
                     self.watches.insert(dir.clone(), wd);
+                    by_wd.insert(wd, dir.clone());
                 }
                 Err(e) => tracing::debug!(dir = %dir.display(), error = %e, "cannot watch"),
             }
@@ -82,5 +85,59 @@ impl Watcher {
 
     pub fn is_empty(&self) -> bool {
         self.watches.is_empty()
+    }
+}
+
+/// Reads events until the service is gone; reports each burst once.
+fn read_loop(inotify: &Inotify, names: &Watches, service: &ServiceHandle) {
+    // `None`: some change could not be placed (the queue overflowed): everything.
+    let mut pending: Option<Option<BTreeSet<PathBuf>>> = None;
+    let mut since = Instant::now();
+    loop {
+        let timeout = match pending {
+            Some(_) => PollTimeout::try_from(SETTLE.saturating_sub(since.elapsed()).as_millis() as u32)
+                .unwrap_or(PollTimeout::ZERO),
+            None => PollTimeout::NONE,
+        };
+        let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "waiting for inotify events failed; file changes are no longer followed");
+                return;
+            }
+        }
+        match inotify.read_events() {
+            Ok(events) => {
+                if pending.is_none() {
+                    since = Instant::now();
+                }
+                let names = names.lock().unwrap_or_else(|p| p.into_inner());
+                for e in events {
+                    let overflow = e.mask.contains(AddWatchFlags::IN_Q_OVERFLOW);
+                    // A descriptor we no longer know (a watch just removed): nothing to redo.
+                    let Some(dir) = names.get(&e.wd).cloned().or_else(|| overflow.then(PathBuf::new)) else { continue };
+                    pending = match pending.take() {
+                        _ if overflow => Some(None),
+                        Some(None) => Some(None),
+                        Some(Some(mut set)) => {
+                            set.insert(dir);
+                            Some(Some(set))
+                        }
+                        None => Some(Some(BTreeSet::from([dir]))),
+                    };
+                }
+            }
+            Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "reading inotify events failed; file changes are no longer followed");
+                return;
+            }
+        }
+        if since.elapsed() >= SETTLE
+            && let Some(dirs) = pending.take()
+        {
+            service.notify(Change::Files(dirs));
+        }
     }
 }

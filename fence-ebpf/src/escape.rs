@@ -10,7 +10,7 @@
 //! so unsharing one hides nothing from fence.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use fence_common::{EVENT_ESCAPE, KernelOffsets, NO_IDENTITY, mechanism, op, reason};
+use fence_common::{EventKind, KernelOffsets, Mechanism, NO_IDENTITY, Operation, Reason};
 
 use crate::{
     events,
@@ -30,14 +30,14 @@ const FMODE_WRITE: u32 = 0x2;
 fn refuse(
     who: &Fenced,
     o: &KernelOffsets,
-    operation: u8,
-    mech: u8,
-    why: u8,
+    operation: Operation,
+    mech: Mechanism,
+    why: Reason,
     target: u64,
     detail: u32,
     dentry: u64,
 ) -> i32 {
-    let head = events::header(who, EVENT_ESCAPE, operation, mech, why);
+    let head = events::header(who, EventKind::Escape, operation, mech, why);
     events::send_object(head, o, |e| {
         e.ino = target;
         e.dev = detail;
@@ -74,7 +74,7 @@ pub fn cgroup_write(who: &Fenced, o: &KernelOffsets, file: u64, inode: u64, dent
         return Some(ALLOW);
     }
     let cgroup = kernel::dentry_inode(o, dir).map_or(0, |i| i.ino);
-    Some(refuse(who, o, op::CGROUP_MIGRATE, mechanism::LSM_FILE_OPEN, reason::LEAVE_FENCE, cgroup, target, dir))
+    Some(refuse(who, o, Operation::CgroupMigrate, Mechanism::LsmFileOpen, Reason::LeaveFence, cgroup, target, dir))
 }
 
 #[lsm(hook = "task_alloc")]
@@ -90,7 +90,7 @@ pub fn fence_lsm_task_alloc(ctx: LsmContext) -> i32 {
     }
     let Some(who) = identity::current() else { return ALLOW };
     let Some(o) = kernel::offsets() else { return ALLOW };
-    refuse(&who, o, op::CLONE_INTO_CGROUP, mechanism::LSM_TASK_ALLOC, reason::LEAVE_FENCE, 0, 0, 0)
+    refuse(&who, o, Operation::CloneIntoCgroup, Mechanism::LsmTaskAlloc, Reason::LeaveFence, 0, 0, 0)
 }
 
 #[lsm(hook = "ptrace_access_check")]
@@ -101,7 +101,7 @@ pub fn fence_lsm_ptrace_access_check(ctx: LsmContext) -> i32 {
         return previous;
     }
     let mode: u32 = ctx.arg(1);
-    other_task(ctx.arg(0), op::PTRACE, mechanism::LSM_PTRACE, mode)
+    other_task(ctx.arg(0), Operation::Ptrace, Mechanism::LsmPtrace, mode)
 }
 
 #[lsm(hook = "task_kill")]
@@ -112,13 +112,13 @@ pub fn fence_lsm_task_kill(ctx: LsmContext) -> i32 {
         return previous;
     }
     let sig: u32 = ctx.arg(2);
-    other_task(ctx.arg(0), op::SIGNAL, mechanism::LSM_TASK_KILL, sig)
+    other_task(ctx.arg(0), Operation::Signal, Mechanism::LsmTaskKill, sig)
 }
 
 /// Refuses an operation of the current (fenced) task on `task` when `task` is not in the same
 /// identity.
 #[inline(always)]
-fn other_task(task: u64, operation: u8, mech: u8, detail: u32) -> i32 {
+fn other_task(task: u64, operation: Operation, mech: Mechanism, detail: u32) -> i32 {
     let Some(who) = identity::current() else { return ALLOW };
     let Some(o) = kernel::offsets() else { return ALLOW };
     let target = identity::of_task(o, who.generation, task);
@@ -126,7 +126,7 @@ fn other_task(task: u64, operation: u8, mech: u8, detail: u32) -> i32 {
         return ALLOW;
     }
     let pid = read::<i32>(task, o.task_tgid).unwrap_or(0);
-    refuse(&who, o, operation, mech, reason::OUTSIDE_IDENTITY, pid as u64, detail, 0)
+    refuse(&who, o, operation, mech, Reason::OutsideIdentity, pid as u64, detail, 0)
 }
 
 #[lsm(hook = "bpf")]
@@ -139,5 +139,5 @@ pub fn fence_lsm_bpf(ctx: LsmContext) -> i32 {
     let Some(who) = identity::current() else { return ALLOW };
     let Some(o) = kernel::offsets() else { return ALLOW };
     let cmd: u32 = ctx.arg(0);
-    refuse(&who, o, op::BPF, mechanism::LSM_BPF, reason::BPF_DENIED, 0, cmd, 0)
+    refuse(&who, o, Operation::Bpf, Mechanism::LsmBpf, Reason::BpfDenied, 0, cmd, 0)
 }

@@ -4,7 +4,8 @@ use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated::bpf_ktime_get_boot_ns,
 };
 use fence_common::{
-    EventHeader, KernelOffsets, ObjectEvent, RateKey, RateState, VERDICT_DENIED, VERDICT_WOULD_DENY, counter,
+    EventHeader, EventKind, KernelOffsets, Mechanism, ObjectEvent, Operation, RateKey, RateState, Reason, Verdict,
+    counter,
 };
 
 use crate::{
@@ -15,14 +16,20 @@ use crate::{
 
 /// The common head of an event about a decision on `who`.
 #[inline(always)]
-pub fn header(who: &Fenced, kind: u8, operation: u8, mechanism: u8, reason: u8) -> EventHeader {
+pub fn header(
+    who: &Fenced,
+    kind: EventKind,
+    operation: Operation,
+    mechanism: Mechanism,
+    reason: Reason,
+) -> EventHeader {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     EventHeader {
-        kind,
-        verdict: if who.audit() { VERDICT_WOULD_DENY } else { VERDICT_DENIED },
-        operation,
-        mechanism,
+        kind: kind as u8,
+        verdict: if who.audit() { Verdict::WouldDeny as u8 } else { Verdict::Denied as u8 },
+        operation: operation as u8,
+        mechanism: mechanism as u8,
         identity: who.identity,
         // SAFETY: helper without arguments.
         boot_ns: unsafe { bpf_ktime_get_boot_ns() },
@@ -32,7 +39,7 @@ pub fn header(who: &Fenced, kind: u8, operation: u8, mechanism: u8, reason: u8) 
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
         policy_version: who.info.policy_version,
-        reason,
+        reason: reason as u8,
         _pad: [0; 3],
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         ppid: kernel::current_ppid(),
@@ -57,10 +64,9 @@ fn within_rate(head: &EventHeader) -> bool {
     let key = RateKey { identity: head.identity, operation: head.operation, verdict: head.verdict, _pad: [0; 2] };
     let now = head.boot_ns;
     match FENCE_EVENT_RATE.get_ptr_mut(&key) {
-        Some(state) => {
-            // SAFETY: a live map value; the counter is updated atomically, `tat` racily (see above).
-            let tat = unsafe { (*state).tat }.max(now);
-            if tat - now > limit.tolerance_ns {
+        // SAFETY: a live map value; the counter is updated atomically, `tat` racily (see above).
+        Some(state) => match limit.admit(unsafe { (*state).tat }, now) {
+            None => {
                 // SAFETY: the value is 8-byte aligned and lives as long as the map entry. The
                 // BPF target has no atomic types; this is the BPF atomic add (__sync_fetch_and_add).
                 unsafe {
@@ -71,14 +77,15 @@ fn within_rate(head: &EventHeader) -> bool {
                 };
                 count(counter::SUPPRESSED);
                 false
-            } else {
+            }
+            Some(tat) => {
                 // SAFETY: as above.
-                unsafe { (*state).tat = tat + limit.interval_ns };
+                unsafe { (*state).tat = tat };
                 true
             }
-        }
+        },
         None => {
-            let fresh = RateState { tat: now + limit.interval_ns, suppressed: 0 };
+            let fresh = RateState { tat: limit.admit(0, now).unwrap_or(now), suppressed: 0 };
             // BPF_NOEXIST: another CPU may have created it meanwhile (then this one event goes
             // through unlimited); a full table is counted.
             if FENCE_EVENT_RATE.insert(&key, &fresh, 1).is_err() && FENCE_EVENT_RATE.get_ptr_mut(&key).is_none() {

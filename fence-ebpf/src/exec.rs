@@ -12,8 +12,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, LsmContext},
 };
 use fence_common::{
-    EVENT_EXEC, IDENTITY_DENY_ALL, IDENTITY_EXEC_ALLOWLIST, IDENTITY_FILELESS_OK, InodeKey, KernelOffsets, NAME_LEN,
-    VERDICT_KILLED, mechanism, op, reason,
+    EventKind, IDENTITY_DENY_ALL, IDENTITY_EXEC_ALLOWLIST, IDENTITY_FILELESS_OK, InodeKey, KernelOffsets, Mechanism,
+    NAME_LEN, Operation, Reason, Verdict,
 };
 
 use crate::{
@@ -37,7 +37,7 @@ pub fn fence_lsm_bprm_check(ctx: LsmContext) -> i32 {
     }
     let bprm: u64 = ctx.arg(0);
     let Some(d) = judge(bprm) else { return ALLOW };
-    report(&d, bprm, mechanism::LSM_BPRM_CHECK, None);
+    report(&d, bprm, Mechanism::LsmBprmCheck, None);
     if d.who.audit() { ALLOW } else { EPERM }
 }
 
@@ -47,12 +47,12 @@ pub fn fence_tp_exec(ctx: BtfTracePointContext) -> i32 {
     let bprm: u64 = ctx.arg(2);
     let Some(d) = judge(bprm) else { return 0 };
     if d.who.audit() {
-        report(&d, bprm, mechanism::TP_SCHED_PROCESS_EXEC, None);
+        report(&d, bprm, Mechanism::TpSchedProcessExec, None);
     } else {
         // The exec'ing task is current: it dies before its first instruction.
         // SAFETY: helper taking a signal number.
         unsafe { bpf_send_signal(SIGKILL) };
-        report(&d, bprm, mechanism::TP_SCHED_PROCESS_EXEC, Some(VERDICT_KILLED));
+        report(&d, bprm, Mechanism::TpSchedProcessExec, Some(Verdict::Killed));
     }
     0
 }
@@ -62,7 +62,7 @@ struct Denial {
     offsets: &'static KernelOffsets,
     file: u64,
     inode: Inode,
-    reason: u8,
+    reason: Reason,
 }
 
 /// `Some` when the current task's exec of `bprm->file` is not allowed.
@@ -77,29 +77,29 @@ fn judge(bprm: u64) -> Option<Denial> {
     let file = read::<u64>(bprm, offsets.binprm_file)?;
     let inode = kernel::file_inode(&offsets, file)?;
     let reason = if flags & IDENTITY_DENY_ALL != 0 {
-        reason::IDENTITY_DENY_ALL
+        Reason::IdentityDenyAll
     } else if inode.nlink == 0 {
         // memfd, O_TMPFILE, deleted: nothing on disk to allow-list.
         if flags & IDENTITY_FILELESS_OK != 0 {
             return None;
         }
-        reason::EXEC_FILELESS
+        Reason::ExecFileless
     } else {
         let key =
             InodeKey { generation: who.generation, identity: who.identity, ino: inode.ino, dev: inode.dev, _pad: 0 };
         if lookup(&FENCE_EXEC, &key).is_some() {
             return None;
         }
-        reason::EXEC_NOT_ALLOWED
+        Reason::ExecNotAllowed
     };
     Some(Denial { who, offsets, file, inode, reason })
 }
 
 #[inline(always)]
-fn report(d: &Denial, bprm: u64, mech: u8, verdict: Option<u8>) {
-    let mut head = events::header(&d.who, EVENT_EXEC, op::EXEC, mech, d.reason);
+fn report(d: &Denial, bprm: u64, mech: Mechanism, verdict: Option<Verdict>) {
+    let mut head = events::header(&d.who, EventKind::Exec, Operation::Exec, mech, d.reason);
     if let Some(v) = verdict {
-        head.verdict = v;
+        head.verdict = v as u8;
     }
     let o = d.offsets;
     events::send_object(head, o, |e| {

@@ -8,7 +8,7 @@
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use fence_common::{
-    EVENT_FILE, IDENTITY_DENY_ALL, InodeKey, PROTECT_ENV_ROOT, PROTECT_FILE, PROTECT_TREE, mechanism, op, reason,
+    EventKind, IDENTITY_DENY_ALL, InodeKey, Mechanism, Operation, PROTECT_ENV_ROOT, PROTECT_FILE, PROTECT_TREE, Reason,
 };
 
 use crate::{
@@ -44,13 +44,13 @@ pub fn fence_lsm_file_open(ctx: LsmContext) -> i32 {
     // verifier rejects spills of the uninitialised payload LLVM leaves in a `None`.)
     let mut rule = Inode { dev: 0, ino: 0, nlink: 0 };
     let why = if who.info.flags & IDENTITY_DENY_ALL != 0 {
-        reason::IDENTITY_DENY_ALL
+        Reason::IdentityDenyAll
     } else if protected_without_exception(&who, o, &inode, dentry, &mut rule) {
-        reason::FILE_PROTECTED
+        Reason::FileProtected
     } else {
         return ALLOW;
     };
-    let head = events::header(&who, EVENT_FILE, op::OPEN, mechanism::LSM_FILE_OPEN, why);
+    let head = events::header(&who, EventKind::File, Operation::Open, Mechanism::LsmFileOpen, why);
     events::send_object(head, o, |e| {
         e.dev = inode.dev;
         e.ino = inode.ino;

@@ -1,80 +1,81 @@
-//! Every map of fence, in one place. Names come from `fence_common::maps` (the static's
-//! identifier is the map name); capacities from `fence_common::capacity`.
+//! Every map of fence, in one place. The table is `fence_common::Map`: the static's identifier is
+//! the map's name there, and its capacity comes from there.
 
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use fence_common::{
-    AbstractKey, ActiveState, CgroupKey, EventLimit, IdentityInfo, IdentityKey, InodeKey, Net4Key, Net6Key, NetRules,
-    RateKey, RateState, UnitKey, capacity, counter,
+    AbstractKey, ActiveState, CgroupKey, EventLimit, IdentityInfo, IdentityKey, InodeKey, Map, Net4Key, Net6Key,
+    NetRules, RateKey, RateState, UnitKey, counter,
 };
 
 /// The live policy generation (index 0). Written by the agent after a complete policy has been
 /// written into the other slot; read once per hook invocation.
 #[map]
-pub static FENCE_ACTIVE: Array<ActiveState> = Array::with_max_entries(1, 0);
+pub static FENCE_ACTIVE: Array<ActiveState> = Array::with_max_entries(Map::Active.capacity(), 0);
 
 /// cgroup id (+ generation) -> identity id. A task is fenced when its cgroup or any ancestor
 /// (up to `MAX_CGROUP_DEPTH`) is in here; the deepest binding wins.
 #[map]
-pub static FENCE_CGROUPS: HashMap<CgroupKey, u32> = HashMap::with_max_entries(capacity::CGROUPS, 0);
+pub static FENCE_CGROUPS: HashMap<CgroupKey, u32> = HashMap::with_max_entries(Map::Cgroups.capacity(), 0);
 
 /// identity id (+ generation) -> mode, flags and policy version.
 #[map]
-pub static FENCE_IDENTITIES: HashMap<IdentityKey, IdentityInfo> = HashMap::with_max_entries(capacity::IDENTITIES, 0);
+pub static FENCE_IDENTITIES: HashMap<IdentityKey, IdentityInfo> =
+    HashMap::with_max_entries(Map::Identities.capacity(), 0);
 
 /// IPv4 egress allow-list: (generation, identity, prefix) -> port rules. The compiler merges
 /// the rules of less specific prefixes into each prefix, so the longest match says it all.
 #[map]
-pub static FENCE_NET4: LpmTrie<Net4Key, NetRules> = LpmTrie::with_max_entries(capacity::NET4, 0);
+pub static FENCE_NET4: LpmTrie<Net4Key, NetRules> = LpmTrie::with_max_entries(Map::Net4.capacity(), 0);
 
 /// IPv6 egress allow-list, as `FENCE_NET4`. IPv4-mapped destinations use `FENCE_NET4`.
 #[map]
-pub static FENCE_NET6: LpmTrie<Net6Key, NetRules> = LpmTrie::with_max_entries(capacity::NET6, 0);
+pub static FENCE_NET6: LpmTrie<Net6Key, NetRules> = LpmTrie::with_max_entries(Map::Net6.capacity(), 0);
 
-/// (generation, identity, inode) of programs the identity may execute -> rule index.
+/// (generation, identity, inode) of programs the identity may execute -> 1.
 /// Consulted only for identities with `IDENTITY_EXEC_ALLOWLIST`.
 #[map]
-pub static FENCE_EXEC: HashMap<InodeKey, u32> = HashMap::with_max_entries(capacity::EXEC, 0);
+pub static FENCE_EXEC: HashMap<InodeKey, u32> = HashMap::with_max_entries(Map::Exec.capacity(), 0);
 
 /// (generation, 0, inode) of the host's protected files and directories -> `PROTECT_*` flags.
 #[map]
-pub static FENCE_PROTECTED: HashMap<InodeKey, u32> = HashMap::with_max_entries(capacity::PROTECTED, 0);
+pub static FENCE_PROTECTED: HashMap<InodeKey, u32> = HashMap::with_max_entries(Map::Protected.capacity(), 0);
 
 /// (generation, identity, inode) of an identity's readable exceptions -> `PROTECT_*` flags.
 #[map]
-pub static FENCE_FILE_EXCEPT: HashMap<InodeKey, u32> = HashMap::with_max_entries(capacity::FILE_EXCEPT, 0);
+pub static FENCE_FILE_EXCEPT: HashMap<InodeKey, u32> = HashMap::with_max_entries(Map::FileExcept.capacity(), 0);
 
 /// (generation, identity, inode) of unix sockets: an identity's allow-list, or with identity 0
 /// the host's default-deny set.
 #[map]
-pub static FENCE_UNIX: HashMap<InodeKey, u32> = HashMap::with_max_entries(capacity::UNIX, 0);
+pub static FENCE_UNIX: HashMap<InodeKey, u32> = HashMap::with_max_entries(Map::Unix.capacity(), 0);
 
 /// Abstract unix socket names, as `FENCE_UNIX`.
 #[map]
-pub static FENCE_UNIX_ABSTRACT: HashMap<AbstractKey, u32> = HashMap::with_max_entries(capacity::UNIX_ABSTRACT, 0);
+pub static FENCE_UNIX_ABSTRACT: HashMap<AbstractKey, u32> = HashMap::with_max_entries(Map::UnixAbstract.capacity(), 0);
 
 /// (generation, unit cgroup path) -> identity: a cgroup created at this path is bound to the
 /// identity by `fence_tp_cgroup_mkdir` at creation.
 #[map]
-pub static FENCE_UNITS: HashMap<UnitKey, u32> = HashMap::with_max_entries(capacity::UNITS, 0);
+pub static FENCE_UNITS: HashMap<UnitKey, u32> = HashMap::with_max_entries(Map::Units.capacity(), 0);
 
 /// The event rate limit (index 0), set by the agent; all zero: no limit.
 #[map]
-pub static FENCE_EVENT_LIMIT: Array<EventLimit> = Array::with_max_entries(1, 0);
+pub static FENCE_EVENT_LIMIT: Array<EventLimit> = Array::with_max_entries(Map::EventLimit.capacity(), 0);
 
 /// The rate limiter's state per (identity, operation, verdict).
 #[map]
-pub static FENCE_EVENT_RATE: HashMap<RateKey, RateState> = HashMap::with_max_entries(capacity::EVENT_RATE, 0);
+pub static FENCE_EVENT_RATE: HashMap<RateKey, RateState> = HashMap::with_max_entries(Map::EventRate.capacity(), 0);
 
 /// Deny and would-deny events for the agent (records start with `EventHeader`).
 #[map]
-pub static FENCE_EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
+pub static FENCE_EVENTS: RingBuf = RingBuf::with_byte_size(Map::Events.capacity(), 0);
 
 /// Per-CPU counters, indexed by `fence_common::counter`.
 #[map]
-pub static FENCE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+pub static FENCE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Map::Counters.capacity(), 0);
 
 /// Looks `key` up; the value is copied out.
 #[inline(always)]

@@ -10,8 +10,8 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext},
 };
 use fence_common::{
-    EVENT_NET, IDENTITY_DENY_ALL, NET_KEY_PREFIX_BITS, Net4Key, Net6Key, NetEvent, PROTO_TCP, PROTO_UDP, mechanism, op,
-    reason,
+    EventKind, IDENTITY_DENY_ALL, Mechanism, NET_KEY_PREFIX_BITS, Net4Key, Net6Key, NetEvent, Operation, PROTO_TCP,
+    PROTO_UDP, Reason,
 };
 
 use crate::{
@@ -34,22 +34,22 @@ const IPPROTO_UDP: u32 = 17;
 
 #[cgroup_sock_addr(connect4)]
 pub fn fence_connect4(ctx: SockAddrContext) -> i32 {
-    judge_v4(&ctx, op::CONNECT, mechanism::CGROUP_CONNECT4)
+    judge_v4(&ctx, Operation::Connect, Mechanism::CgroupConnect4)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn fence_sendmsg4(ctx: SockAddrContext) -> i32 {
-    judge_v4(&ctx, op::SENDMSG, mechanism::CGROUP_SENDMSG4)
+    judge_v4(&ctx, Operation::Sendmsg, Mechanism::CgroupSendmsg4)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn fence_connect6(ctx: SockAddrContext) -> i32 {
-    judge_v6(&ctx, op::CONNECT, mechanism::CGROUP_CONNECT6)
+    judge_v6(&ctx, Operation::Connect, Mechanism::CgroupConnect6)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn fence_sendmsg6(ctx: SockAddrContext) -> i32 {
-    judge_v6(&ctx, op::SENDMSG, mechanism::CGROUP_SENDMSG6)
+    judge_v6(&ctx, Operation::Sendmsg, Mechanism::CgroupSendmsg6)
 }
 
 /// Fenced identities get TCP and UDP sockets only: raw IP, ICMP, SCTP, MPTCP, UDP-Lite and
@@ -67,10 +67,10 @@ pub fn fence_sock_create(ctx: SockContext) -> i32 {
     let event = NetEvent {
         header: events::header(
             &who,
-            EVENT_NET,
-            op::SOCKET,
-            mechanism::CGROUP_SOCK_CREATE,
-            reason::SOCKET_KIND_NOT_ALLOWED,
+            EventKind::Net,
+            Operation::Socket,
+            Mechanism::CgroupSockCreate,
+            Reason::SocketKindNotAllowed,
         ),
         family: family as u16,
         port: 0,
@@ -111,7 +111,7 @@ fn dest(ctx: &SockAddrContext) -> Dest {
 }
 
 #[inline(always)]
-fn judge_v4(ctx: &SockAddrContext, operation: u8, mech: u8) -> i32 {
+fn judge_v4(ctx: &SockAddrContext, operation: Operation, mech: Mechanism) -> i32 {
     let Some(who) = identity::current() else {
         return ALLOW;
     };
@@ -129,7 +129,7 @@ fn judge_v4(ctx: &SockAddrContext, operation: u8, mech: u8) -> i32 {
 }
 
 #[inline(always)]
-fn judge_v6(ctx: &SockAddrContext, operation: u8, mech: u8) -> i32 {
+fn judge_v6(ctx: &SockAddrContext, operation: Operation, mech: Mechanism) -> i32 {
     let Some(who) = identity::current() else {
         return ALLOW;
     };
@@ -170,11 +170,11 @@ fn is_v4_mapped(a: &[u8; 16]) -> bool {
         && a[11] == 0xff
 }
 
-/// `None` when the policy allows the destination, else the `reason::*` for refusing it.
+/// `None` when the policy allows the destination, else the [`Reason`] for refusing it.
 #[inline(always)]
-fn allowed_v4(who: &Fenced, addr: [u8; 4], d: &Dest) -> Option<u8> {
+fn allowed_v4(who: &Fenced, addr: [u8; 4], d: &Dest) -> Option<Reason> {
     if who.info.flags & IDENTITY_DENY_ALL != 0 {
-        return Some(reason::IDENTITY_DENY_ALL);
+        return Some(Reason::IdentityDenyAll);
     }
     let proto = protocol_bit(d.sock_type, d.protocol);
     let key = aya_ebpf::maps::lpm_trie::Key::new(
@@ -183,14 +183,14 @@ fn allowed_v4(who: &Fenced, addr: [u8; 4], d: &Dest) -> Option<u8> {
     );
     match FENCE_NET4.get(&key) {
         Some(rules) if rules.allows(proto, d.port) => None,
-        _ => Some(reason::NO_MATCHING_RULE),
+        _ => Some(Reason::NoMatchingRule),
     }
 }
 
 #[inline(always)]
-fn allowed_v6(who: &Fenced, addr: [u8; 16], d: &Dest) -> Option<u8> {
+fn allowed_v6(who: &Fenced, addr: [u8; 16], d: &Dest) -> Option<Reason> {
     if who.info.flags & IDENTITY_DENY_ALL != 0 {
-        return Some(reason::IDENTITY_DENY_ALL);
+        return Some(Reason::IdentityDenyAll);
     }
     let proto = protocol_bit(d.sock_type, d.protocol);
     let key = aya_ebpf::maps::lpm_trie::Key::new(
@@ -199,14 +199,22 @@ fn allowed_v6(who: &Fenced, addr: [u8; 16], d: &Dest) -> Option<u8> {
     );
     match FENCE_NET6.get(&key) {
         Some(rules) if rules.allows(proto, d.port) => None,
-        _ => Some(reason::NO_MATCHING_RULE),
+        _ => Some(Reason::NoMatchingRule),
     }
 }
 
 #[inline(always)]
-fn net_event(who: &Fenced, operation: u8, mech: u8, why: u8, family: u32, d: &Dest, addr: [u8; 16]) -> NetEvent {
+fn net_event(
+    who: &Fenced,
+    operation: Operation,
+    mech: Mechanism,
+    why: Reason,
+    family: u32,
+    d: &Dest,
+    addr: [u8; 16],
+) -> NetEvent {
     NetEvent {
-        header: events::header(who, EVENT_NET, operation, mech, why),
+        header: events::header(who, EventKind::Net, operation, mech, why),
         family: family as u16,
         port: d.port,
         protocol: d.protocol as u16,

@@ -8,8 +8,8 @@
 
 use aya_ebpf::{helpers::generated::bpf_probe_read_kernel, macros::lsm, programs::LsmContext};
 use fence_common::{
-    ABSTRACT_NAME_LEN, AbstractKey, EVENT_UNIX, IDENTITY_DENY_ALL, IDENTITY_UNIX_ALLOWLIST, InodeKey, mechanism, op,
-    reason,
+    ABSTRACT_NAME_LEN, AbstractKey, EventKind, IDENTITY_DENY_ALL, IDENTITY_UNIX_ALLOWLIST, InodeKey, Mechanism,
+    Operation, Reason,
 };
 
 use crate::{
@@ -30,7 +30,7 @@ pub fn fence_lsm_unix_stream_connect(ctx: LsmContext) -> i32 {
     if previous != ALLOW {
         return previous;
     }
-    judge(ctx.arg(1), op::UNIX_CONNECT, mechanism::LSM_UNIX_STREAM_CONNECT)
+    judge(ctx.arg(1), Operation::UnixConnect, Mechanism::LsmUnixStreamConnect)
 }
 
 #[lsm(hook = "unix_may_send")]
@@ -42,12 +42,12 @@ pub fn fence_lsm_unix_may_send(ctx: LsmContext) -> i32 {
     }
     let Some(o) = kernel::offsets() else { return ALLOW };
     let Some(sk) = read::<u64>(ctx.arg(1), o.socket_sk) else { return ALLOW };
-    judge(sk, op::UNIX_SEND, mechanism::LSM_UNIX_MAY_SEND)
+    judge(sk, Operation::UnixSend, Mechanism::LsmUnixMaySend)
 }
 
 /// Judges a connect or send to the unix socket whose `struct sock` is `sk`.
 #[inline(always)]
-fn judge(sk: u64, operation: u8, mech: u8) -> i32 {
+fn judge(sk: u64, operation: Operation, mech: Mechanism) -> i32 {
     let Some(who) = identity::current() else { return ALLOW };
     let Some(o) = kernel::offsets() else { return ALLOW };
     // struct unix_sock starts with struct sock: the same pointer.
@@ -73,18 +73,18 @@ fn judge(sk: u64, operation: u8, mech: u8) -> i32 {
     };
     let flags = who.info.flags;
     let why = if flags & IDENTITY_DENY_ALL != 0 {
-        reason::IDENTITY_DENY_ALL
+        Reason::IdentityDenyAll
     } else if flags & IDENTITY_UNIX_ALLOWLIST != 0 {
         if listed {
             return ALLOW;
         }
-        reason::UNIX_NOT_ALLOWED
+        Reason::UnixNotAllowed
     } else if host_denied {
-        reason::UNIX_HOST_DENIED
+        Reason::UnixHostDenied
     } else {
         return ALLOW;
     };
-    let head = events::header(&who, EVENT_UNIX, operation, mech, why);
+    let head = events::header(&who, EventKind::Unix, operation, mech, why);
     events::send_object(head, o, |e| {
         if path_dentry != 0 {
             e.dev = inode.dev;

@@ -8,14 +8,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fence_agent::cgroup::cgroup2_mount_in;
+use fence_agent::mountinfo::MountInfo;
 
 /// The cgroup2 mount point of this host (found, never assumed).
 pub fn cgroup_root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
         let text = fs::read_to_string("/proc/self/mountinfo").expect("reading /proc/self/mountinfo");
-        cgroup2_mount_in(&text).expect("no cgroup2 mount on this host")
+        MountInfo::parse(&text).mount_of("cgroup2").expect("no cgroup2 mount on this host")
     })
 }
 

@@ -9,7 +9,7 @@ use clap::Args;
 use crate::{
     cgroup::Cgroups,
     config::DEFAULT_SOCKET,
-    control::{Request, call},
+    control::{Request, call, protocol::Entered},
 };
 
 /// Exit status when fencing failed and the command was not run (as `env`, `timeout`).
@@ -33,15 +33,9 @@ pub fn main(args: ExecArgs) -> anyhow::Result<ExitCode> {
         eprintln!("fence-agent exec: {why}; {:?} was not run", args.command[0]);
         Ok(ExitCode::from(NOT_RUN))
     };
-    let answer = match call(&args.socket, &Request::Enter { identity: args.identity.clone() }) {
-        Ok(a) => a,
-        Err(e) => return refuse(&e),
-    };
-    if answer["ok"] != true {
-        return refuse(answer["error"].as_str().unwrap_or("the agent refused"));
-    }
-    let Some(expected) = answer["cgroup"].as_str() else {
-        return refuse("the agent did not say which cgroup");
+    let expected = match call::<Entered>(&args.socket, &Request::Enter { identity: args.identity.clone() }) {
+        Ok(a) => a.cgroup,
+        Err(e) => return refuse(&e.to_string()),
     };
     // Trust, but verify: never run the command outside the fence.
     match Cgroups::path_of_process("self") {

@@ -7,7 +7,10 @@ use clap::Args;
 
 use crate::{
     config::DEFAULT_SOCKET,
-    control::{Request, call},
+    control::{
+        Request, call,
+        protocol::{IdentitiesReply, IdentityStatus},
+    },
 };
 
 #[derive(Debug, Args)]
@@ -21,32 +24,27 @@ pub struct IdentitiesArgs {
 }
 
 pub fn main(args: IdentitiesArgs) -> anyhow::Result<ExitCode> {
-    let answer = call(&args.socket, &Request::Identities).map_err(anyhow::Error::msg)?;
-    if answer["ok"] != true {
-        anyhow::bail!("{}", answer["error"].as_str().unwrap_or("the agent refused"));
-    }
-    let list = answer["identities"].as_array().cloned().unwrap_or_default();
+    let answer: IdentitiesReply = call(&args.socket, &Request::Identities)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        println!("{}", serde_json::to_string_pretty(&answer.identities)?);
         return Ok(ExitCode::SUCCESS);
     }
-    for i in &list {
-        let s = |k: &str| i[k].as_str().unwrap_or("-").to_owned();
-        let state = if i["expired"] == true { "EXPIRED (deny-all)".to_owned() } else { s("mode") };
-        println!("{}  [{}]  {} process(es)", s("name"), state, i["processes"]);
-        println!("    owner: {}   purpose: {}", s("owner"), s("purpose"));
-        println!("    policy: {}   expires: {}", s("policy_version"), s("expires"));
-        println!("    exec: {}   unix: {}   egress rules: {}", s("exec"), s("unix"), i["egress_rules"]);
-        for sel in i["selectors"].as_array().into_iter().flatten() {
-            let id = sel["cgroup_id"].as_u64().map_or("not present".to_owned(), |id| format!("id {id}"));
-            let unit = sel["unit"].as_str().map(|u| format!(" {u}")).unwrap_or_default();
-            println!(
-                "    {}{unit}: {} ({id}, {} process(es))",
-                sel["kind"].as_str().unwrap_or("?"),
-                sel["cgroup"].as_str().unwrap_or("?"),
-                sel["processes"]
-            );
-        }
+    for i in &answer.identities {
+        print_identity(i);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_identity(i: &IdentityStatus) {
+    let or_dash = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
+    let state = if i.expired { "EXPIRED (deny-all)".to_owned() } else { i.mode.to_string() };
+    println!("{}  [{state}]  {} process(es)", i.name, i.processes);
+    println!("    owner: {}   purpose: {}", i.owner, i.purpose);
+    println!("    policy: {}   expires: {}", i.policy_version, or_dash(&i.expires));
+    println!("    exec: {}   unix: {}   egress rules: {}", i.exec, i.unix, i.egress_rules);
+    for sel in &i.selectors {
+        let id = sel.cgroup_id.map_or("not present".to_owned(), |id| format!("id {id}"));
+        let unit = sel.unit.as_ref().map(|u| format!(" {u}")).unwrap_or_default();
+        println!("    {}{unit}: {} ({id}, {} process(es))", sel.kind, sel.cgroup, sel.processes);
+    }
 }

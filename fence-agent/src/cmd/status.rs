@@ -9,7 +9,7 @@ use clap::Args;
 use crate::{
     cmd::console::{self, VaultArgs},
     config::DEFAULT_SOCKET,
-    control::{Request, call},
+    control::{Request, call, protocol::StatusReply},
 };
 
 #[derive(Debug, Args)]
@@ -31,42 +31,37 @@ pub fn main(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if args.hosts {
         return console::hosts(&args.vault, args.json);
     }
-    let answer = call(&args.socket, &Request::Status).map_err(anyhow::Error::msg)?;
-    if answer["ok"] != true {
-        anyhow::bail!("{}", answer["error"].as_str().unwrap_or("the agent refused"));
-    }
+    let answer: StatusReply = call(&args.socket, &Request::Status)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+        // The same shape as the socket's answer.
+        let mut v = serde_json::to_value(&answer)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("ok".into(), true.into());
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let v = &answer["vault"];
-    println!("source: {}   policy sequence: {}", answer["source"].as_str().unwrap_or("?"), answer["sequence"]);
-    if v.is_object() {
-        let f = |k: &str| v[k].as_str().unwrap_or("-").to_owned();
-        println!("vault: {}   host: {}   signatures: {}", f("vault"), f("hostname"), f("signatures"));
-        println!(
-            "last poll: {}   last success: {}   last applied: {}",
-            f("last_poll"),
-            f("last_success"),
-            f("last_applied")
-        );
-        println!("consecutive failures: {}   last error: {}", v["consecutive_failures"], f("last_error"));
-        if let Some(applied) = v["applied"].as_object() {
-            for (path, version) in applied {
+    let dash = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
+    let sequence = answer.sequence.map_or("-".to_owned(), |s| s.to_string());
+    println!("source: {}   policy sequence: {sequence}", answer.source.as_str());
+    match &answer.vault {
+        Some(v) => {
+            println!("vault: {}   host: {}   signatures: {}", dash(&v.vault), v.hostname, v.signatures);
+            println!(
+                "last poll: {}   last success: {}   last applied: {}",
+                dash(&v.last_poll),
+                dash(&v.last_success),
+                dash(&v.last_applied)
+            );
+            println!("consecutive failures: {}   last error: {}", v.consecutive_failures, dash(&v.last_error));
+            for (path, version) in &v.applied {
                 println!("    {path} v{version}");
             }
         }
-    } else {
-        println!("vault: not configured (policy from the local files)");
+        None => println!("vault: not configured (policy from the local files)"),
     }
-    for p in answer["policy"].as_array().into_iter().flatten() {
-        println!(
-            "  {}  [{}]  {}{}",
-            p["identity"].as_str().unwrap_or("?"),
-            p["mode"].as_str().unwrap_or("?"),
-            p["version"].as_str().unwrap_or("?"),
-            if p["expired"] == true { "  EXPIRED" } else { "" }
-        );
+    for p in &answer.policy {
+        println!("  {}  [{}]  {}{}", p.identity, p.mode, p.version, if p.expired { "  EXPIRED" } else { "" });
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -13,8 +13,7 @@ use clap::Args;
 use crate::{
     cgroup::{Cgroups, process_count},
     config::Config,
-    control::{Request, call},
-    persist,
+    control, persist,
     policy::MANAGED_DIR,
 };
 
@@ -27,7 +26,7 @@ pub struct UninstallArgs {
 
 pub fn main(args: UninstallArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.as_deref())?;
-    if call(&config.control.socket, &Request::Identities).is_ok() {
+    if control::agent_answers(&config.control.socket) {
         anyhow::bail!(
             "the agent is running (it answers on {}); stop it first (systemctl stop fence-agent)",
             config.control.socket.display()

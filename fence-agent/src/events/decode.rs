@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use fence_common::{
-    COMPONENT_LEN, DentryPath, EVENT_ESCAPE, EVENT_EXEC, EVENT_FILE, EVENT_NET, EVENT_UNIX, EventHeader, NetEvent,
-    ObjectEvent, PATH_COMPONENTS,
+    COMPONENT_LEN, DentryPath, EventHeader, EventKind, Mechanism, NetEvent, ObjectEvent, Operation, PATH_COMPONENTS,
+    Reason, Verdict,
 };
 
 /// A decoded record: from the kernel's ring buffer, or built by the agent (fanotify).
@@ -23,6 +23,32 @@ pub enum DecodeError {
     Truncated { kind: u8, len: usize, expected: usize },
     #[error("unknown record kind {0}")]
     UnknownKind(u8),
+    #[error("record with an unknown {field} value {value}")]
+    UnknownValue { field: &'static str, value: u8 },
+}
+
+/// The header's values, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub kind: EventKind,
+    pub verdict: Verdict,
+    pub operation: Operation,
+    pub mechanism: Mechanism,
+    pub reason: Reason,
+}
+
+impl Head {
+    /// The header's values, each one fence's programs write; anything else is an error.
+    pub fn of(h: &EventHeader) -> Result<Head, DecodeError> {
+        let unknown = |field, value| DecodeError::UnknownValue { field, value };
+        Ok(Head {
+            kind: EventKind::from_u8(h.kind).ok_or(DecodeError::UnknownKind(h.kind))?,
+            verdict: Verdict::from_u8(h.verdict).ok_or(unknown("verdict", h.verdict))?,
+            operation: Operation::from_u8(h.operation).ok_or(unknown("operation", h.operation))?,
+            mechanism: Mechanism::from_u8(h.mechanism).ok_or(unknown("mechanism", h.mechanism))?,
+            reason: Reason::from_u8(h.reason).ok_or(unknown("reason", h.reason))?,
+        })
+    }
 }
 
 impl KernelEvent {
@@ -45,18 +71,19 @@ fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
+/// Decodes one record; its header's values are checked ([`Head::of`]).
 pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     let header: EventHeader = read(bytes).ok_or(DecodeError::Short(bytes.len()))?;
-    match header.kind {
-        EVENT_NET => read::<NetEvent>(bytes).map(KernelEvent::Net).ok_or(DecodeError::Truncated {
+    let head = Head::of(&header)?;
+    match head.kind {
+        EventKind::Net => read::<NetEvent>(bytes).map(KernelEvent::Net).ok_or(DecodeError::Truncated {
             kind: header.kind,
             len: bytes.len(),
             expected: size_of::<NetEvent>(),
         }),
-        EVENT_EXEC | EVENT_FILE | EVENT_UNIX | EVENT_ESCAPE => read::<ObjectEvent>(bytes)
+        EventKind::Exec | EventKind::File | EventKind::Unix | EventKind::Escape => read::<ObjectEvent>(bytes)
             .map(|e| KernelEvent::Object(Box::new(e)))
             .ok_or(DecodeError::Truncated { kind: header.kind, len: bytes.len(), expected: size_of::<ObjectEvent>() }),
-        other => Err(DecodeError::UnknownKind(other)),
     }
 }
 
@@ -99,6 +126,18 @@ pub fn path_into_components(path: &Path, out: &mut DentryPath) {
 mod tests {
     use super::*;
 
+    /// A header with valid values of every field.
+    fn header(kind: EventKind) -> EventHeader {
+        EventHeader {
+            kind: kind as u8,
+            verdict: Verdict::Denied as u8,
+            operation: Operation::Connect as u8,
+            mechanism: Mechanism::CgroupConnect4 as u8,
+            reason: Reason::NoMatchingRule as u8,
+            ..EventHeader::default()
+        }
+    }
+
     fn bytes_of<T>(v: &T) -> Vec<u8> {
         // SAFETY: reading the bytes of a plain repr(C) value.
         unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
@@ -106,17 +145,16 @@ mod tests {
 
     #[test]
     fn decodes_a_net_event() {
-        let mut e = NetEvent::default();
-        e.header.kind = EVENT_NET;
+        let mut e = NetEvent { header: header(EventKind::Net), ..NetEvent::default() };
         e.port = 22;
         assert_eq!(decode(&bytes_of(&e)), Ok(KernelEvent::Net(e)));
     }
 
     #[test]
     fn every_object_kind_decodes() {
-        for kind in [EVENT_EXEC, EVENT_FILE, EVENT_UNIX, EVENT_ESCAPE] {
+        for kind in [EventKind::Exec, EventKind::File, EventKind::Unix, EventKind::Escape] {
             let mut e = ObjectEvent {
-                header: EventHeader { kind, ..EventHeader::default() },
+                header: header(kind),
                 dev: 0,
                 rule_dev: 0,
                 ino: 7,
@@ -148,11 +186,13 @@ mod tests {
     #[test]
     fn rejects_short_truncated_and_unknown_records() {
         assert_eq!(decode(&[1, 2, 3]), Err(DecodeError::Short(3)));
-        let mut e = NetEvent::default();
-        e.header.kind = EVENT_NET;
+        let mut e = NetEvent { header: header(EventKind::Net), ..NetEvent::default() };
         let b = bytes_of(&e);
         assert!(matches!(decode(&b[..size_of::<EventHeader>() + 6]), Err(DecodeError::Truncated { .. })));
         e.header.kind = 200;
         assert_eq!(decode(&bytes_of(&e)), Err(DecodeError::UnknownKind(200)));
+        e.header.kind = EventKind::Net as u8;
+        e.header.mechanism = 99;
+        assert_eq!(decode(&bytes_of(&e)), Err(DecodeError::UnknownValue { field: "mechanism", value: 99 }));
     }
 }

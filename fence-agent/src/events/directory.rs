@@ -1,5 +1,6 @@
-//! What user space knows about identity ids: names, modes, policy versions, rule names and
-//! bound cgroups. The policy manager updates it after every apply; the event reader reads it.
+//! What user space knows about identity ids: names, modes, policy versions and bound cgroups.
+//! The policy service updates it with every apply (and puts it back if the apply fails); the
+//! event writer reads it.
 
 use std::{
     collections::HashMap,
@@ -18,10 +19,9 @@ pub struct DirectoryEntry {
     pub name: String,
     pub mode: Mode,
     pub version: PolicyVersion,
-    pub rule_names: Vec<String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Directory {
     by_id: HashMap<u32, DirectoryEntry>,
     cgroup_paths: HashMap<u64, String>,
@@ -38,12 +38,7 @@ impl Directory {
         for identity in &policy.identities {
             self.by_id.insert(
                 identity.id,
-                DirectoryEntry {
-                    name: identity.name.clone(),
-                    mode: identity.mode,
-                    version: identity.version,
-                    rule_names: identity.rule_names.clone(),
-                },
+                DirectoryEntry { name: identity.name.clone(), mode: identity.mode, version: identity.version },
             );
             for (path, id) in &identity.cgroups {
                 self.cgroup_paths.insert(*id, path.clone());

@@ -1,7 +1,10 @@
 //! The event pipeline: kernel records from the ring buffer are decoded (`decode`), enriched
 //! with what only user space knows (identity name, policy version, executable, cgroup path)
-//! into an ECS-shaped record (`record`), and written as one JSON line to each sink (`sink`).
+//! into an ECS-shaped record (`build`, `record`), and written as one JSON line to each sink
+//! (`sink`) by the event writer's thread (`reader`). `fence-agent logs` reads the lines back
+//! through the same record types.
 
+pub mod build;
 pub mod decode;
 pub mod directory;
 pub mod reader;
@@ -10,5 +13,5 @@ pub mod sink;
 pub mod summary;
 
 pub use directory::{Directory, SharedDirectory};
-pub use reader::EventReader;
+pub use reader::{EventReader, EventThread};
 pub use sink::Sinks;

@@ -1,17 +1,29 @@
-//! Reads the kernel's ring buffer and turns each record into a line on the sinks.
+//! Reads the kernel's ring buffer and the agent's own records and turns each into a line on
+//! the sinks, on a thread of its own ("fence-events"): decoding, JSON encoding and the write
+//! calls never run on the async runtime, and a denial storm cannot slow the control socket or
+//! the policy service.
 
-use std::{fs, os::fd::AsRawFd as _, time::Duration};
+use std::{
+    fs,
+    os::fd::{AsFd as _, AsRawFd as _},
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
 
 use aya::maps::{MapData, RingBuf};
 use jiff::Timestamp;
-use tokio::io::{Interest, unix::AsyncFd};
+use nix::{
+    poll::{PollFd, PollFlags, PollTimeout, poll},
+    sys::eventfd::{EfdFlags, EventFd},
+};
 
 use fence_common::RateKey;
 
 use super::{
     SharedDirectory, Sinks,
+    build::{HostView, build},
     decode::{KernelEvent, decode},
-    record::{HostView, build},
     summary::{
         AgentEventsRx, KernelStats, Limiter, RateLimit, SummaryRecord, Tracker, cause, dropped_record,
         suppressed_record,
@@ -87,7 +99,7 @@ pub struct FloodControl {
 const IDLE_RATE_ENTRY: Duration = Duration::from_secs(120);
 
 pub struct EventReader {
-    ring: AsyncFd<RingBuf<MapData>>,
+    ring: RingBuf<MapData>,
     /// Records built in user space (the fanotify file fence).
     agent_events: AgentEventsRx,
     directory: SharedDirectory,
@@ -113,9 +125,6 @@ impl EventReader {
         metrics: Option<Metrics>,
     ) -> std::io::Result<EventReader> {
         tracing::debug!(fd = ring.as_raw_fd(), "event ring buffer");
-        // SAFETY: the ring buffer owns its map fd for its whole life and always reports that fd.
-        let ring =
-            unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(std::io::Error::from)?;
         Ok(EventReader {
             ring,
             agent_events,
@@ -132,30 +141,51 @@ impl EventReader {
         })
     }
 
-    /// Reads events until the task is cancelled; writes summaries every interval.
-    pub async fn run(&mut self) {
-        let mut tick = tokio::time::interval(self.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
+    /// Runs the writer on its own thread until [`EventThread::stop`]: it waits on the ring
+    /// buffer, the agent's queue and the stop signal together, writes what arrives, writes
+    /// summaries every interval, and writes out what is left before it ends.
+    pub fn spawn(mut self) -> std::io::Result<EventThread> {
+        let stop = Arc::new(
+            EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).map_err(std::io::Error::from)?,
+        );
+        let stop_fd = stop.clone();
+        let handle = thread::Builder::new().name("fence-events".into()).spawn(move || self.run(&stop_fd))?;
+        Ok(EventThread { stop, handle })
+    }
+
+    fn run(&mut self, stop: &EventFd) {
+        let mut next_summary = Instant::now() + self.interval;
         loop {
-            tokio::select! {
-                ready = self.ring.readable_mut() => match ready {
-                    Ok(mut guard) => guard.clear_ready(),
+            let wait = next_summary.saturating_duration_since(Instant::now());
+            let timeout = PollTimeout::try_from(wait.as_millis().min(60_000) as u32).unwrap_or(PollTimeout::MAX);
+            let wake = self.agent_events.wake.clone();
+            let (ring_ready, stopped) = {
+                let mut fds = [
+                    PollFd::new(self.ring.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(wake.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+                ];
+                match poll(&mut fds, timeout) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                     Err(e) => {
-                        tracing::error!(error = %e, "waiting on the event ring buffer failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        tracing::error!(error = %e, "waiting for events failed; retrying");
+                        thread::sleep(Duration::from_millis(100));
                     }
-                },
-                Some(event) = self.agent_events.rx.recv() => {
-                    self.host.refresh_clock();
-                    self.write_limited(&event);
                 }
-                _ = tick.tick() => {
-                    self.drain();
-                    self.summarize();
-                }
+                let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+                (ready(&fds[0]) || ready(&fds[1]), ready(&fds[2]))
+            };
+            if ring_ready {
+                let _ = wake.read();
             }
             self.drain();
+            if Instant::now() >= next_summary {
+                self.summarize();
+                next_summary = Instant::now() + self.interval;
+            }
+            if stopped {
+                return;
+            }
         }
     }
 
@@ -185,8 +215,8 @@ impl EventReader {
             if let Some(m) = &self.metrics {
                 m.suppressed(
                     record.fence.identity.as_deref().unwrap_or_default(),
-                    record.fence.operation.unwrap_or_default(),
-                    record.fence.verdict.unwrap_or_default(),
+                    record.fence.operation.map_or("unknown", |o| o.as_str()),
+                    record.fence.verdict.map_or("unknown", |v| v.as_str()),
                     *n,
                 );
             }
@@ -213,9 +243,9 @@ impl EventReader {
             Ok(line) => {
                 let fields = super::sink::LineFields {
                     identity: record.fence.identity.as_deref().unwrap_or_default(),
-                    verdict: record.fence.verdict.unwrap_or_default(),
-                    operation: record.fence.operation.unwrap_or_default(),
-                    action: record.event.action,
+                    verdict: record.fence.verdict.map_or("", |v| v.as_str()),
+                    operation: record.fence.operation.map_or("", |o| o.as_str()),
+                    action: &record.event.action,
                 };
                 if let Err(errors) = self.sinks.write_event(&line, &fields) {
                     for e in errors {
@@ -246,7 +276,7 @@ impl EventReader {
             self.write_limited(&event);
         }
         loop {
-            let decoded = match self.ring.get_mut().next() {
+            let decoded = match self.ring.next() {
                 Some(item) => decode(&item),
                 None => break,
             };
@@ -288,8 +318,19 @@ impl EventReader {
             let directory = self.directory.read().unwrap_or_else(|p| p.into_inner());
             build(event, &directory, &self.host)
         };
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                self.undecodable += 1;
+                if let Some(m) = &self.metrics {
+                    m.dropped("undecodable", 1);
+                }
+                tracing::error!(error = %e, "undecodable event record");
+                return;
+            }
+        };
         if let Some(m) = &self.metrics {
-            m.event(&record.fence.identity, record.fence.operation, record.fence.verdict);
+            m.event(&record.fence.identity, record.fence.operation.as_str(), record.fence.verdict.as_str());
         }
         match serde_json::to_string(&record) {
             Ok(line) => {
@@ -304,6 +345,22 @@ impl EventReader {
                 self.written += 1;
             }
             Err(e) => tracing::error!(error = %e, "serialising an event failed"),
+        }
+    }
+}
+
+/// The running event writer.
+pub struct EventThread {
+    stop: Arc<EventFd>,
+    handle: thread::JoinHandle<()>,
+}
+
+impl EventThread {
+    /// Writes out what the kernel has already reported, then ends the thread.
+    pub fn stop(self) {
+        let _ = self.stop.write(1);
+        if self.handle.join().is_err() {
+            tracing::error!("the event writer thread panicked");
         }
     }
 }

@@ -50,9 +50,9 @@ impl<'a> LineFields<'a> {
     pub fn of(record: &'a Record) -> LineFields<'a> {
         LineFields {
             identity: &record.fence.identity,
-            verdict: record.fence.verdict,
-            operation: record.fence.operation,
-            action: record.event.action,
+            verdict: record.fence.verdict.as_str(),
+            operation: record.fence.operation.as_str(),
+            action: &record.event.action,
         }
     }
 

@@ -9,12 +9,14 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
-use fence_common::{EventLimit, RateKey, RateState, counter};
-use jiff::Timestamp;
-use serde::Serialize;
+use std::borrow::Cow;
 
-use super::record::{ECS_VERSION, EVENT_SCHEMA_VERSION, Host, operation_name, verdict_name};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
+use fence_common::{EventLimit, Operation, RateKey, RateState, Verdict, counter};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::record::{EVENT_SCHEMA_VERSION, Ecs, EventFields, Host, Name, category};
 
 /// The configured event rate limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,15 +30,11 @@ pub struct RateLimit {
 impl RateLimit {
     /// The kernel's form of the limit.
     pub fn kernel(&self) -> EventLimit {
-        if self.per_second == 0 {
-            return EventLimit::default();
-        }
-        let interval_ns = 1_000_000_000 / u64::from(self.per_second);
-        EventLimit { interval_ns, tolerance_ns: u64::from(self.burst.max(1) - 1) * interval_ns }
+        EventLimit::new(self.per_second, self.burst)
     }
 }
 
-/// The same generic cell rate algorithm as the kernel's, for records built in user space.
+/// The kernel's limit ([`EventLimit::admit`]) for records built in user space.
 #[derive(Debug, Default)]
 pub struct Limiter {
     limit: EventLimit,
@@ -59,46 +57,63 @@ impl Limiter {
             return true;
         }
         let s = self.state.entry(key).or_default();
-        let tat = s.tat.max(now_ns);
-        if tat - now_ns > self.limit.tolerance_ns {
-            s.suppressed += 1;
-            false
-        } else {
-            s.tat = tat + self.limit.interval_ns;
-            true
+        match self.limit.admit(s.tat, now_ns) {
+            Some(tat) => {
+                s.tat = tat;
+                true
+            }
+            None => {
+                s.suppressed += 1;
+                false
+            }
         }
     }
 }
 
 /// The queue of records built in user space (the fanotify fence) to the event writer:
-/// bounded, so that a flood cannot grow the agent's memory; a full queue is counted.
+/// bounded, so that a flood cannot grow the agent's memory; a full queue is counted. The
+/// writer waits on [`AgentEventsRx::wake`] (an eventfd) together with the ring buffer.
 #[derive(Clone)]
 pub struct AgentEvents {
-    tx: tokio::sync::mpsc::Sender<super::decode::KernelEvent>,
+    tx: std::sync::mpsc::SyncSender<super::decode::KernelEvent>,
     dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    wake: std::sync::Arc<nix::sys::eventfd::EventFd>,
 }
 
 /// Records the queue holds before new ones are dropped (and counted).
 pub const AGENT_QUEUE: usize = 4096;
 
 impl AgentEvents {
-    pub fn new() -> (AgentEvents, AgentEventsRx) {
-        let (tx, rx) = tokio::sync::mpsc::channel(AGENT_QUEUE);
+    pub fn new() -> std::io::Result<(AgentEvents, AgentEventsRx)> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(AGENT_QUEUE);
         let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        (AgentEvents { tx, dropped: dropped.clone() }, AgentEventsRx { rx, dropped })
+        let wake = std::sync::Arc::new(
+            nix::sys::eventfd::EventFd::from_flags(
+                nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+            )
+            .map_err(std::io::Error::from)?,
+        );
+        Ok((AgentEvents { tx, dropped: dropped.clone(), wake: wake.clone() }, AgentEventsRx { rx, dropped, wake }))
     }
 
     /// Queues a record; counts it if the queue is full or the writer is gone.
     pub fn send(&self, event: super::decode::KernelEvent) {
-        if self.tx.try_send(event).is_err() {
-            self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match self.tx.try_send(event) {
+            Ok(()) => {
+                let _ = self.wake.write(1);
+            }
+            Err(_) => {
+                self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 }
 
 pub struct AgentEventsRx {
-    pub rx: tokio::sync::mpsc::Receiver<super::decode::KernelEvent>,
+    pub rx: std::sync::mpsc::Receiver<super::decode::KernelEvent>,
     pub dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Readable when records were queued.
+    pub wake: std::sync::Arc<nix::sys::eventfd::EventFd>,
 }
 
 /// Why events were dropped (each cause counted separately).
@@ -108,50 +123,47 @@ pub mod cause {
     pub const RATE_TABLE_FULL: &str = "rate-table-full";
 }
 
+/// `event.action` of a summary of suppressed events.
+pub const ACTION_SUPPRESSED: &str = "events-suppressed";
+/// `event.action` of a summary of lost events.
+pub const ACTION_DROPPED: &str = "events-dropped";
+
 /// A summary line: `events-suppressed` or `events-dropped`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SummaryRecord {
     #[serde(rename = "@timestamp")]
     pub timestamp: String,
-    pub ecs: super::record::Ecs,
-    pub event: super::record::EventFields,
+    pub ecs: Ecs,
+    pub event: EventFields,
     pub host: Host,
     pub fence: SummaryFence,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SummaryFence {
     pub schema_version: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity_id: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub operation: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub verdict: Option<&'static str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Operation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
     /// `events-suppressed`: how many events of this identity, operation and verdict were not
     /// written in the interval.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suppressed: Option<u64>,
     /// `events-dropped`: how many events were lost, and where.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropped: Option<Dropped>,
     pub interval_seconds: f64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Dropped {
     pub count: u64,
-    pub cause: &'static str,
-}
-
-fn category_of(operation: &str) -> &'static str {
-    match operation {
-        "connect" | "sendmsg" | "socket" | "unix-connect" | "unix-send" => "network",
-        "open" => "file",
-        _ => "process",
-    }
+    pub cause: Name,
 }
 
 /// A summary record: the parts all summaries share, around `event` and `fence`.
@@ -165,15 +177,15 @@ fn summary(
 ) -> SummaryRecord {
     SummaryRecord {
         timestamp: at.to_string(),
-        ecs: super::record::Ecs { version: ECS_VERSION },
-        event: super::record::EventFields {
-            kind: "metric",
-            category: vec![category],
-            event_type: vec!["info"],
-            action,
-            outcome,
-            module: "fence",
-            dataset: "fence.enforcement",
+        ecs: Ecs::CURRENT,
+        event: EventFields {
+            kind: Cow::Borrowed("metric"),
+            category: vec![Cow::Borrowed(category)],
+            event_type: vec![Cow::Borrowed("info")],
+            action: Cow::Borrowed(action),
+            outcome: Cow::Borrowed(outcome),
+            module: Cow::Borrowed("fence"),
+            dataset: Cow::Borrowed("fence.enforcement"),
             reason,
         },
         host: Host { hostname: hostname.to_owned() },
@@ -190,22 +202,27 @@ pub fn suppressed_record(
     n: u64,
     interval: Duration,
 ) -> SummaryRecord {
-    let operation = operation_name(key.operation);
-    let verdict = verdict_name(key.verdict);
+    let operation = Operation::from_u8(key.operation);
+    let verdict = Verdict::from_u8(key.verdict);
     let identity = identity.map_or_else(|| format!("#{}", key.identity), str::to_owned);
-    let reason = format!("{n} similar events suppressed ({identity}, {operation}, {verdict}) by the rate limit");
+    let name = |n: Option<&'static str>| n.unwrap_or("unknown");
+    let reason = format!(
+        "{n} similar events suppressed ({identity}, {}, {}) by the rate limit",
+        name(operation.map(Operation::as_str)),
+        name(verdict.map(Verdict::as_str))
+    );
     summary(
         at,
         hostname,
-        category_of(operation),
-        ("events-suppressed", "unknown"),
+        operation.map_or("host", category),
+        (ACTION_SUPPRESSED, "unknown"),
         reason,
         SummaryFence {
             schema_version: EVENT_SCHEMA_VERSION,
             identity: Some(identity),
             identity_id: Some(key.identity),
-            operation: Some(operation),
-            verdict: Some(verdict),
+            operation,
+            verdict,
             suppressed: Some(n),
             dropped: None,
             interval_seconds: interval.as_secs_f64(),
@@ -219,7 +236,7 @@ pub fn dropped_record(at: Timestamp, hostname: &str, cause: &'static str, n: u64
         at,
         hostname,
         "host",
-        ("events-dropped", "failure"),
+        (ACTION_DROPPED, "failure"),
         format!("{n} events lost: {cause}"),
         SummaryFence {
             schema_version: EVENT_SCHEMA_VERSION,
@@ -228,7 +245,7 @@ pub fn dropped_record(at: Timestamp, hostname: &str, cause: &'static str, n: u64
             operation: None,
             verdict: None,
             suppressed: None,
-            dropped: Some(Dropped { count: n, cause }),
+            dropped: Some(Dropped { count: n, cause: Cow::Borrowed(cause) }),
             interval_seconds: interval.as_secs_f64(),
         },
     )
@@ -319,7 +336,7 @@ mod tests {
     use super::*;
 
     fn key(identity: u32) -> RateKey {
-        RateKey { identity, operation: fence_common::op::CONNECT, verdict: fence_common::VERDICT_DENIED, _pad: [0; 2] }
+        RateKey { identity, operation: Operation::Connect as u8, verdict: Verdict::Denied as u8, _pad: [0; 2] }
     }
 
     #[test]

@@ -66,7 +66,7 @@ use prometheus_client::{
 use thiserror::Error;
 
 pub use self::http::{bind, serve, start};
-use crate::mechanisms::FenceReport;
+use crate::fences::FenceReport;
 
 /// The causes of `fence_events_dropped_total`, present at 0 from the start.
 pub const DROP_CAUSES: [&str; 5] = ["ring-buffer-full", "queue-full", "rate-table-full", "sink-error", "undecodable"];
@@ -355,7 +355,7 @@ impl Metrics {
         self.set_mechanism(&mut side, fence, mechanism, active);
     }
 
-    /// Every row of a [`crate::mechanisms::report`], replacing the previous set.
+    /// Every row of a [`crate::fences::Plan::report`], replacing the previous set.
     pub fn mechanisms(&self, rows: &[FenceReport]) {
         let mut side = self.lock();
         self.f().mechanism_active.clear();

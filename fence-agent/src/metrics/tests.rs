@@ -66,7 +66,6 @@ fn identities(list: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
 
 /// Metrics with a series in every family; label values that need escaping where `weird`.
 fn populated(weird: &str) -> Metrics {
-    use crate::mechanisms::{Availability, KernelPlan, report};
     let m = Metrics::new();
     m.event("ci", "connect", "denied");
     m.event("ci", "exec", "killed");
@@ -77,7 +76,7 @@ fn populated(weird: &str) -> Metrics {
     m.policy_rejected();
     m.map_occupancy("IDENTITY_BY_CGROUP", 3, 4096);
     m.map_occupancy(weird, 1, 2);
-    m.mechanisms(&report(&KernelPlan::without_btf(), &Availability::Fanotify, None));
+    m.mechanisms(&without_btf_plan().report(None));
     m.mechanism(weird, weird, false);
     m.vault_sync_running(true);
     m.policy_source("vault");
@@ -214,7 +213,6 @@ fn label_values_are_escaped() {
 
 #[test]
 fn mechanism_gauge_one_series_per_fence() {
-    use crate::mechanisms::{Availability, KernelPlan, report};
     let m = Metrics::new();
     m.mechanism("exec", "tp_btf/sched_process_exec + SIGKILL", true);
     m.mechanism("exec", "lsm/bprm_check_security", true);
@@ -229,7 +227,7 @@ fn mechanism_gauge_one_series_per_fence() {
             "fence_mechanism_active{fence=\"unix-sockets\",mechanism=\"unavailable\"} 0",
         ]
     );
-    let rows = report(&KernelPlan::without_btf(), &Availability::Fanotify, None);
+    let rows = without_btf_plan().report(None);
     m.mechanisms(&rows);
     let lines = sample_lines(&m.render(), "fence_mechanism_active");
     assert_eq!(lines.len(), rows.len());
@@ -514,4 +512,23 @@ async fn only_loopback_is_served() {
     let addr = taken.local_addr().unwrap();
     let e = start(addr, Metrics::new()).await.unwrap_err();
     assert!(e.to_string().starts_with(&format!("metrics: cannot listen on {addr}: ")), "{e}");
+}
+
+/// What a host without BTF reports: egress by cgroup hooks, file opens by fanotify, nothing else.
+fn without_btf_plan() -> crate::fences::Plan {
+    use crate::fences::{Availability, Plan, UNITS};
+    Plan {
+        mechanisms: UNITS
+            .iter()
+            .map(|u| {
+                let a = match u.name {
+                    "egress" => Availability::CgroupHooks,
+                    "credential-files" => Availability::Fanotify,
+                    _ => Availability::Unavailable("needs the kernel's BTF".into()),
+                };
+                (u.name, a)
+            })
+            .collect(),
+        lsm_refusal: None,
+    }
 }

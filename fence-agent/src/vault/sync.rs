@@ -37,6 +37,7 @@ use crate::policy::{
     PolicyErrors,
     load::{Format, SourceDocument, parse_document},
 };
+use crate::service::VaultInForce;
 
 /// A cache file larger than this is not one fence wrote.
 const MAX_CACHE_BYTES: u64 = 256 << 20;
@@ -289,10 +290,6 @@ pub struct Syncer {
     /// The index version of the last complete poll.
     index_version: Option<u64>,
     last_full: Option<Instant>,
-    /// What is applied now (from the vault or the cache).
-    current: VaultSet,
-    /// The highest serial applied per path.
-    highest: BTreeMap<String, u64>,
     /// The highest index serial verified, applied or not: an older index is not accepted after
     /// a newer one was seen.
     index_seen: u64,
@@ -317,30 +314,14 @@ impl Syncer {
             max_index_age,
             index_version: None,
             last_full: None,
-            current: VaultSet::default(),
-            highest: BTreeMap::new(),
             index_seen: 0,
             refused: None,
             in_sync: false,
         }
     }
 
-    /// Starts from a set already applied (the cache at boot).
-    pub fn adopt(&mut self, cache: &Cache) {
-        self.current = cache.set.clone();
-        self.highest = cache.highest.clone();
-    }
-
     pub fn client(&self) -> &VaultClient {
         &self.client
-    }
-
-    pub fn host(&self) -> &HostFacts {
-        &self.host
-    }
-
-    pub fn current(&self) -> &VaultSet {
-        &self.current
     }
 
     /// The index version seen by the last complete poll.
@@ -353,10 +334,11 @@ impl Syncer {
         self.in_sync
     }
 
-    /// One poll: `Some(set)` when the vault holds a set for this host that differs from the
-    /// applied one and passed verification; `None` when nothing changed. A refused index is
-    /// reported as an error at every poll until it moves.
-    pub async fn poll(&mut self) -> Result<Option<VaultSet>, SyncError> {
+    /// One poll: `Some(set)` when the vault holds a set for this host that differs from
+    /// `in_force` (the set the policy service applied, and its rollback floors) and passed
+    /// verification; `None` when nothing changed. A refused index is reported as an error at
+    /// every poll until it moves.
+    pub async fn poll(&mut self, in_force: &VaultInForce) -> Result<Option<VaultSet>, SyncError> {
         self.client.ensure_token().await?;
         let index_version = self.client.kv_metadata(INDEX).await?.map(|m| m.current_version);
         let full = self.last_full.is_none_or(|t| t.elapsed() >= self.full_resync);
@@ -367,10 +349,10 @@ impl Syncer {
             };
         }
         let result = match index_version {
-            Some(v) => self.fetch(v).await,
+            Some(v) => self.fetch(v, in_force).await,
             // Nothing pushed yet: the cache or the local policy stays. A vault that has lost the
             // index it had must not empty this host's policy.
-            None if self.current.index.is_some() => Err(SyncError::IndexGone),
+            None if in_force.set.index.is_some() => Err(SyncError::IndexGone),
             None => Ok(VaultSet::default()),
         };
         if matches!(&result, Err(e) if e.is_transient()) {
@@ -392,7 +374,7 @@ impl Syncer {
                 return Err(if same { SyncError::StillRefused(e.to_string()) } else { e });
             }
         };
-        self.in_sync = candidate == self.current;
+        self.in_sync = candidate == in_force.set;
         if self.in_sync {
             self.refused = None;
             return Ok(None);
@@ -410,11 +392,17 @@ impl Syncer {
 
     /// Reads `path` at `version` (reusing the applied copy when it is that version) and
     /// verifies it before anything else is read.
-    async fn read(&mut self, path: &str, version: u64, entry: Option<&IndexEntry>) -> Result<Fetched, SyncError> {
+    async fn read(
+        &mut self,
+        in_force: &VaultInForce,
+        path: &str,
+        version: u64,
+        entry: Option<&IndexEntry>,
+    ) -> Result<Fetched, SyncError> {
         // The applied copy is reused only when it is exactly the document the index names (KV
         // versions restart on a re-created path or a new mount); the index is always read.
         let reusable = |f: &&Fetched| f.path == path && f.version == version && entry.is_some_and(|e| e.names(&f.doc));
-        let fetched = match self.current.all().find(reusable) {
+        let fetched = match in_force.set.all().find(reusable) {
             Some(f) => f.clone(),
             None => {
                 let secret = self
@@ -427,7 +415,7 @@ impl Syncer {
                 Fetched { path: path.to_owned(), version: secret.version, doc }
             }
         };
-        let mut floor = self.highest.get(path).copied();
+        let mut floor = in_force.highest.get(path).copied();
         if path == INDEX {
             floor = floor.max(Some(self.index_seen));
         }
@@ -435,8 +423,8 @@ impl Syncer {
         Ok(fetched)
     }
 
-    async fn fetch(&mut self, index_version: u64) -> Result<VaultSet, SyncError> {
-        let index_doc = self.read(INDEX, index_version, None).await?;
+    async fn fetch(&mut self, index_version: u64, in_force: &VaultInForce) -> Result<VaultSet, SyncError> {
+        let index_doc = self.read(in_force, INDEX, index_version, None).await?;
         let index = parse_index(&index_doc)?;
         self.index_seen = self.index_seen.max(index_doc.doc.serial);
         if let Some(max_age) = self.max_index_age {
@@ -450,10 +438,10 @@ impl Syncer {
             }
         }
         let assignments = match index.assignments.clone() {
-            Some(e) => Some(self.read(ASSIGNMENTS, e.version, Some(&e)).await?),
+            Some(e) => Some(self.read(in_force, ASSIGNMENTS, e.version, Some(&e)).await?),
             // An index without assignments after one with them: that takes an assignments
             // document that assigns nothing, not its absence.
-            None if self.current.assignments.is_some() => return Err(SyncError::NoAssignments),
+            None if in_force.set.assignments.is_some() => return Err(SyncError::NoAssignments),
             None => None,
         };
         let assigned = match &assignments {
@@ -469,16 +457,14 @@ impl Syncer {
                 .entry(&path)
                 .cloned()
                 .ok_or_else(|| SyncError::Missing { name: name.clone(), path: path.clone() })?;
-            identities.push(self.read(&path, entry.version, Some(&entry)).await?);
+            identities.push(self.read(in_force, &path, entry.version, Some(&entry)).await?);
         }
         identities.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(VaultSet { index: Some(index_doc), assignments, identities })
     }
 
-    /// The set was applied: it is the current one, and its serials are the floor from now on.
-    pub fn applied(&mut self, set: VaultSet) {
-        set.raise(&mut self.highest);
-        self.current = set;
+    /// The policy service applied the set the last poll offered.
+    pub fn accepted(&mut self) {
         self.refused = None;
         self.in_sync = true;
     }
@@ -487,16 +473,6 @@ impl Syncer {
     /// moves, and offered again at each full resync (what this host has may have changed).
     pub fn refused(&mut self, reason: String) {
         self.refused = Some(Refusal { index_version: self.index_version, reason, host_dependent: true });
-    }
-
-    /// The cache of what is applied now.
-    pub fn cache(&self) -> Cache {
-        Cache {
-            schema: 2,
-            saved_at: jiff::Timestamp::now().to_string(),
-            set: self.current.clone(),
-            highest: self.highest.clone(),
-        }
     }
 }
 

@@ -26,8 +26,8 @@ use std::{
 };
 
 use fence_common::{
-    EVENT_FILE, EventHeader, IDENTITY_DENY_ALL, MODE_AUDIT, ObjectEvent, PROTECT_ENV_ROOT, PROTECT_FILE, PROTECT_TREE,
-    VERDICT_DENIED, VERDICT_WOULD_DENY, mechanism, op, reason,
+    EventHeader, EventKind, IDENTITY_DENY_ALL, MODE_AUDIT, Mechanism, ObjectEvent, Operation, PROTECT_ENV_ROOT,
+    PROTECT_FILE, PROTECT_TREE, Reason, Verdict,
 };
 use nix::{
     poll::{PollFd, PollFlags, PollTimeout, poll},
@@ -37,9 +37,10 @@ use thiserror::Error;
 
 use crate::{
     cgroup::Cgroups,
-    compile::CompiledPolicy,
+    compile::{Bindings, CompiledPolicy},
     events::{decode::KernelEvent, summary::AgentEvents},
     hold::Holder,
+    kernel::MapEntry,
     resolve::{Mounts, ObjectId, Resolved, object_id, object_id_of_fd},
 };
 
@@ -67,8 +68,8 @@ struct Ident {
 /// An immutable snapshot of the file policy, shared with the answering thread.
 #[derive(Debug, Default)]
 pub struct FilePolicy {
-    /// Bound cgroup path (relative to the cgroup2 mount) -> identity id.
-    cgroups: HashMap<String, u32>,
+    /// Bound cgroups -> identity id.
+    bindings: Bindings,
     identities: HashMap<u32, Ident>,
     /// Protected inode -> PROTECT_* flags.
     protected: HashMap<ObjectId, u32>,
@@ -76,11 +77,8 @@ pub struct FilePolicy {
 
 impl FilePolicy {
     pub fn new(compiled: &CompiledPolicy) -> FilePolicy {
-        let mut p = FilePolicy { protected: compiled.protected.iter().copied().collect(), ..FilePolicy::default() };
+        let mut p = FilePolicy { bindings: Bindings::of(compiled), ..FilePolicy::default() };
         for identity in &compiled.identities {
-            for (path, _) in &identity.cgroups {
-                p.cgroups.insert(path.clone(), identity.id);
-            }
             p.identities.insert(
                 identity.id,
                 Ident {
@@ -91,26 +89,18 @@ impl FilePolicy {
                 },
             );
         }
-        for &(id, obj, flags) in &compiled.file_exceptions {
-            if let Some(i) = p.identities.get_mut(&id) {
-                *i.exceptions.entry(obj).or_default() |= flags;
+        for e in &compiled.entries {
+            match *e {
+                MapEntry::Protected { object, flags } => *p.protected.entry(object).or_default() |= flags,
+                MapEntry::FileExcept { identity, object, flags } => {
+                    if let Some(i) = p.identities.get_mut(&identity) {
+                        *i.exceptions.entry(object).or_default() |= flags;
+                    }
+                }
+                _ => {}
             }
         }
         p
-    }
-
-    /// The identity of a process in cgroup `path`: the deepest bound ancestor, as the kernel.
-    pub fn identity_of_cgroup(&self, path: &str) -> Option<u32> {
-        let mut p = path.trim_end_matches('/');
-        loop {
-            if let Some(&id) = self.cgroups.get(p) {
-                return Some(id);
-            }
-            match p.rfind('/') {
-                Some(0) | None => return None,
-                Some(i) => p = &p[..i],
-            }
-        }
     }
 }
 
@@ -121,7 +111,7 @@ pub enum Decision {
     /// Report; `deny` false in audit mode.
     Report {
         identity: u32,
-        reason: u8,
+        reason: Reason,
         rule: Option<ObjectId>,
         deny: bool,
     },
@@ -136,7 +126,7 @@ pub fn decide(policy: &FilePolicy, who: Option<u32>, file: ObjectId, dirs: &[Obj
     let Some(ident) = policy.identities.get(&id) else { return Decision::Allow };
     let report = |reason, rule| Decision::Report { identity: id, reason, rule, deny: !ident.audit };
     if ident.deny_all {
-        return report(reason::IDENTITY_DENY_ALL, None);
+        return report(Reason::IdentityDenyAll, None);
     }
     let dirs = &dirs[..dirs.len().min(MAX_WALK)];
     if ident.exceptions.contains_key(&file)
@@ -153,11 +143,12 @@ pub fn decide(policy: &FilePolicy, who: Option<u32>, file: ObjectId, dirs: &[Obj
     };
     // Only protected objects are marked, so an event is about a protected file even when its
     // directories cannot be followed (a path in another mount namespace).
-    report(reason::FILE_PROTECTED, rule)
+    report(Reason::FileProtected, rule)
 }
 
-/// One fanotify group with its answering and watchdog threads.
-struct Group {
+/// One fanotify group with its answering and watchdog threads; answering as soon as it is
+/// made, retired when dropped.
+pub struct Group {
     stop: Arc<AtomicBool>,
     threads: Vec<thread::JoinHandle<()>>,
     marks: usize,
@@ -191,14 +182,15 @@ impl FileFence {
         FileFence { group: None, events, cgroups, timeouts: Arc::new(AtomicU64::new(0)) }
     }
 
-    /// Marks the protected inodes of `resolved` under `compiled`'s rules in a new group and
-    /// retires the old group.
-    pub fn update(
-        &mut self,
+    /// Marks the protected inodes of `resolved` under `compiled`'s rules in a new group, which
+    /// answers alongside the current one until [`FileFence::commit`] retires the current one
+    /// (or is dropped, if the policy is not applied after all).
+    pub fn prepare(
+        &self,
         compiled: &CompiledPolicy,
         resolved: &Resolved,
         held: &Holder,
-    ) -> Result<(), FanotifyError> {
+    ) -> Result<Group, FanotifyError> {
         let fan = Arc::new(init()?);
         let policy = Arc::new(FilePolicy::new(compiled));
         let stop = Arc::new(AtomicBool::new(false));
@@ -222,9 +214,12 @@ impl FileFence {
         };
         let marks = add_marks(&fan, resolved, held);
         drop(fan);
-        let old = self.group.replace(Group { stop, threads: vec![answer, watchdog], marks });
-        drop(old);
-        Ok(())
+        Ok(Group { stop, threads: vec![answer, watchdog], marks })
+    }
+
+    /// Makes `group` the fence's group and retires the previous one.
+    pub fn commit(&mut self, group: Group) {
+        drop(self.group.replace(group));
     }
 
     pub fn marks(&self) -> usize {
@@ -377,7 +372,7 @@ struct Facts {
 
 fn judge(policy: &FilePolicy, tid: i32, fd: BorrowedFd<'_>, mounts: &Mounts) -> (Decision, Facts) {
     let cgroup = Cgroups::path_of_process(&tid.to_string());
-    let who = cgroup.as_deref().and_then(|c| policy.identity_of_cgroup(c));
+    let who = cgroup.as_deref().and_then(|c| policy.bindings.identity_of(c));
     let file = object_id_of_fd(fd, mounts).map(|(id, _)| id).unwrap_or(ObjectId { dev: 0, ino: 0 });
     let path = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default();
     // The path names this file here only if it leads to the same inode (an open through a
@@ -399,7 +394,7 @@ fn judge(policy: &FilePolicy, tid: i32, fd: BorrowedFd<'_>, mounts: &Mounts) -> 
 fn event_record(
     policy: &FilePolicy,
     identity: u32,
-    why: u8,
+    why: Reason,
     rule: Option<ObjectId>,
     deny: bool,
     tid: i32,
@@ -425,10 +420,10 @@ fn event_record(
         .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
         .unwrap_or(0);
     let header = EventHeader {
-        kind: EVENT_FILE,
-        verdict: if deny { VERDICT_DENIED } else { VERDICT_WOULD_DENY },
-        operation: op::OPEN,
-        mechanism: mechanism::FANOTIFY,
+        kind: EventKind::File as u8,
+        verdict: if deny { Verdict::Denied as u8 } else { Verdict::WouldDeny as u8 },
+        operation: Operation::Open as u8,
+        mechanism: Mechanism::Fanotify as u8,
         identity,
         boot_ns,
         cgroup_id,
@@ -437,7 +432,7 @@ fn event_record(
         uid: field("Uid:"),
         gid: field("Gid:"),
         policy_version: policy.identities.get(&identity).map_or(0, |i| i.policy_version),
-        reason: why,
+        reason: why as u8,
         _pad: [0; 3],
         comm,
         ppid: field("PPid:"),
@@ -472,7 +467,19 @@ mod tests {
 
     fn policy() -> FilePolicy {
         let mut p = FilePolicy::default();
-        p.cgroups.insert("/fence/bot".into(), 7);
+        let compiled = CompiledPolicy {
+            identities: vec![crate::compile::CompiledIdentity {
+                id: 7,
+                name: "bot".into(),
+                mode: crate::policy::Mode::Enforce,
+                expired: false,
+                info: Default::default(),
+                version: crate::policy::PolicyVersion([0; 32]),
+                cgroups: vec![("/fence/bot".into(), 1)],
+            }],
+            entries: vec![],
+        };
+        p.bindings = Bindings::of(&compiled);
         p.identities.insert(7, Ident { audit: false, deny_all: false, policy_version: 1, exceptions: HashMap::new() });
         p.protected.insert(id(10), PROTECT_FILE);
         p.protected.insert(id(20), PROTECT_TREE | PROTECT_FILE);
@@ -483,17 +490,17 @@ mod tests {
     #[test]
     fn identity_is_the_deepest_bound_ancestor() {
         let p = policy();
-        assert_eq!(p.identity_of_cgroup("/fence/bot"), Some(7));
-        assert_eq!(p.identity_of_cgroup("/fence/bot/worker/x"), Some(7));
-        assert_eq!(p.identity_of_cgroup("/fence/botnet"), None);
-        assert_eq!(p.identity_of_cgroup("/"), None);
-        assert_eq!(p.identity_of_cgroup("/user.slice"), None);
+        assert_eq!(p.bindings.identity_of("/fence/bot"), Some(7));
+        assert_eq!(p.bindings.identity_of("/fence/bot/worker/x"), Some(7));
+        assert_eq!(p.bindings.identity_of("/fence/botnet"), None);
+        assert_eq!(p.bindings.identity_of("/"), None);
+        assert_eq!(p.bindings.identity_of("/user.slice"), None);
     }
 
     #[test]
     fn marked_files_are_protected_and_the_rule_is_named() {
         let p = policy();
-        let denied = |r, rule| r == Decision::Report { identity: 7, reason: reason::FILE_PROTECTED, rule, deny: true };
+        let denied = |r, rule| r == Decision::Report { identity: 7, reason: Reason::FileProtected, rule, deny: true };
         assert!(denied(decide(&p, Some(7), id(10), &[id(1)]), Some(id(10))), "a protected file");
         assert!(denied(decide(&p, Some(7), id(11), &[id(20), id(1)]), Some(id(20))), "inside a protected tree");
         assert!(denied(decide(&p, Some(7), id(12), &[id(5), id(20), id(1)]), Some(id(20))), "deep inside a tree");
@@ -513,6 +520,6 @@ mod tests {
         p.identities.get_mut(&7).unwrap().audit = true;
         assert!(matches!(decide(&p, Some(7), id(11), &[id(20)]), Decision::Report { deny: false, .. }));
         p.identities.get_mut(&7).unwrap().deny_all = true;
-        assert!(matches!(decide(&p, Some(7), id(99), &[]), Decision::Report { reason: reason::IDENTITY_DENY_ALL, .. }));
+        assert!(matches!(decide(&p, Some(7), id(99), &[]), Decision::Report { reason: Reason::IdentityDenyAll, .. }));
     }
 }

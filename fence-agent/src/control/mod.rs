@@ -1,0 +1,147 @@
+//! The agent's local socket: one JSON request line, one JSON answer line (see [`protocol`]).
+//! The server only reads, checks who asks and hands the request to the policy service, which
+//! answers; the client side is what `fence-agent exec`, `identities` and `status` use.
+
+pub mod protocol;
+
+use std::{io, path::Path, time::Duration};
+
+use thiserror::Error;
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::service::ServiceHandle;
+pub use protocol::Request;
+
+/// Longest request accepted.
+const MAX_REQUEST: u64 = 4096;
+/// Time a client has to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Who asked, from the socket's peer credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub pid: u32,
+    pub uid: u32,
+}
+
+#[derive(Debug, Error)]
+pub enum ControlError {
+    #[error("another fence-agent is already answering on {0}")]
+    InUse(String),
+    #[error("cannot listen on {path}: {source}")]
+    Listen { path: String, source: io::Error },
+}
+
+/// Binds the socket (0666 in a 0755 directory) after checking no other agent answers on it.
+pub async fn listen(path: &Path) -> Result<UnixListener, ControlError> {
+    let shown = path.display().to_string();
+    let err = |source| ControlError::Listen { path: shown.clone(), source };
+    if UnixStream::connect(path).await.is_ok() {
+        return Err(ControlError::InUse(shown));
+    }
+    if let Some(dir) = path.parent() {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir).map_err(err)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(err)?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(err)?;
+    Ok(listener)
+}
+
+/// Accepts connections until `stop` is cancelled; every request goes to the policy service.
+pub async fn serve(listener: UnixListener, service: ServiceHandle, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, service).await {
+                tracing::debug!(error = %e, "control connection");
+            }
+        });
+    }
+}
+
+async fn handle(stream: UnixStream, service: ServiceHandle) -> io::Result<()> {
+    let cred = stream.peer_cred()?;
+    let peer = Peer { pid: cred.pid().unwrap_or(0) as u32, uid: cred.uid() };
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let limited = tokio::io::AsyncReadExt::take(BufReader::new(read), MAX_REQUEST);
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, async move {
+        let mut limited = limited;
+        limited.read_line(&mut line).await.map(|_| line)
+    })
+    .await;
+    let refuse = |why: String| protocol::encode::<()>(&Err(why));
+    let answer = match read {
+        Err(_) => refuse(format!("no request within {} s", REQUEST_TIMEOUT.as_secs())),
+        Ok(Err(e)) => refuse(format!("reading the request: {e}")),
+        Ok(Ok(line)) => match Request::parse(line.trim()) {
+            Err(e) => refuse(e),
+            Ok(request) if peer.pid == 0 => refuse(format!("no peer credentials for {request:?}")),
+            Ok(request) if request.root_only() && peer.uid != 0 => refuse(root_only(&request)),
+            Ok(request) => service.control(request, peer).await,
+        },
+    };
+    write.write_all(&answer).await
+}
+
+fn root_only(request: &Request) -> String {
+    match request {
+        Request::Identities => "only root may list identities",
+        Request::Status => "only root may read the status",
+        _ => "only root may ask this",
+    }
+    .to_owned()
+}
+
+/// Why a call to the agent gave no answer.
+#[derive(Debug, Error)]
+pub enum CallError {
+    #[error("the fence agent is not running (cannot connect to {path}: {source})")]
+    NotRunning { path: String, source: io::Error },
+    #[error("{what}: {source}")]
+    Io { what: &'static str, source: io::Error },
+    /// The agent answered with a refusal.
+    #[error("{0}")]
+    Refused(String),
+    /// The answer is not what the protocol says.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Client side: one request, one typed answer (blocking; used by `fence-agent exec`,
+/// `identities`, `status` and `uninstall`).
+pub fn call<T: serde::de::DeserializeOwned>(socket: &Path, request: &Request) -> Result<T, CallError> {
+    use std::io::{BufRead as _, Write as _};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|source| CallError::NotRunning { path: socket.display().to_string(), source })?;
+    let io = |what| move |source| CallError::Io { what, source };
+    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(io("setting a timeout"))?;
+    stream.write_all(&request.to_line()).map_err(io("sending to the agent"))?;
+    let mut answer = String::new();
+    std::io::BufReader::new(&stream).read_line(&mut answer).map_err(io("reading the agent's answer"))?;
+    protocol::decode(answer.trim())
+}
+
+/// Whether an agent answers on `socket` (any answer, a refusal included).
+pub fn agent_answers(socket: &Path) -> bool {
+    matches!(call::<serde::de::IgnoredAny>(socket, &Request::Status), Ok(_) | Err(CallError::Refused(_)))
+}

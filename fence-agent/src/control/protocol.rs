@@ -1,0 +1,259 @@
+//! The control socket's protocol, shared by the agent and the CLI: one JSON request line, one
+//! JSON answer line. Answers are `{"ok":true, ...fields}` or `{"ok":false,"error":"..."}`.
+//!
+//! | request | who | answer |
+//! |---|---|---|
+//! | `{"op":"enter","identity":NAME}` | anyone (entering a fence only takes abilities away) | [`Entered`] |
+//! | `{"op":"identities"}` | root | [`IdentitiesReply`] |
+//! | `{"op":"status"}` | root | [`StatusReply`] |
+//! | `{"op":"dump"}` | root | [`DumpReply`]: the live policy maps, read back from the kernel |
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::{kernel::EntryView, policy::Mode, vault::agent::SyncStatus};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Enter { identity: String },
+    Identities,
+    Status,
+    Dump,
+}
+
+/// The wire form, checked strictly by [`Request::parse`].
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct Wire {
+    op: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    identity: Option<String>,
+}
+
+impl Request {
+    /// Parses one request line; the error names the field and the reason.
+    pub fn parse(line: &str) -> Result<Request, String> {
+        let w: Wire = serde_json::from_str(line).map_err(|e| format!("not a valid request: {e}"))?;
+        let plain = |r: Request, op: &str, identity: Option<String>| match identity {
+            None => Ok(r),
+            Some(_) => Err(format!("op \"{op}\" takes no \"identity\"")),
+        };
+        match (w.op.as_str(), w.identity) {
+            ("enter", Some(identity)) if !identity.is_empty() => Ok(Request::Enter { identity }),
+            ("enter", _) => Err("op \"enter\" needs a non-empty \"identity\"".into()),
+            ("identities", i) => plain(Request::Identities, "identities", i),
+            ("status", i) => plain(Request::Status, "status", i),
+            ("dump", i) => plain(Request::Dump, "dump", i),
+            (other, _) => {
+                Err(format!("unknown op {other:?} (expected \"enter\", \"identities\", \"status\" or \"dump\")"))
+            }
+        }
+    }
+
+    pub fn to_line(&self) -> Vec<u8> {
+        let (op, identity) = match self {
+            Request::Enter { identity } => ("enter", Some(identity.clone())),
+            Request::Identities => ("identities", None),
+            Request::Status => ("status", None),
+            Request::Dump => ("dump", None),
+        };
+        let mut line = serde_json::to_vec(&Wire { op: op.into(), identity }).unwrap_or_default();
+        line.push(b'\n');
+        line
+    }
+
+    /// Whether only root may ask.
+    pub fn root_only(&self) -> bool {
+        !matches!(self, Request::Enter { .. })
+    }
+}
+
+/// `enter`: the cgroup the caller was moved into.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entered {
+    pub cgroup: String,
+}
+
+/// `identities`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentitiesReply {
+    pub identities: Vec<IdentityStatus>,
+}
+
+/// The state of one identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityStatus {
+    pub name: String,
+    pub owner: String,
+    pub purpose: String,
+    pub mode: Mode,
+    pub policy_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    pub expired: bool,
+    pub selectors: Vec<SelectorStatus>,
+    pub processes: usize,
+    pub egress_rules: usize,
+    pub exec: String,
+    pub unix: String,
+    pub file_exceptions: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SelectorStatus {
+    /// cgroup, unit or managed.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    pub cgroup: String,
+    /// The cgroup's current id; absent when it does not exist (a unit that is not running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
+    pub processes: usize,
+}
+
+/// Where the policy in force came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// The local policy files (`--policy`): no vault configured, or nothing better yet.
+    #[default]
+    Local,
+    /// The last-known-good cache, applied at start before the vault answered.
+    Cache,
+    /// The vault.
+    Vault,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Local => "local",
+            Source::Cache => "cache",
+            Source::Vault => "vault",
+        }
+    }
+}
+
+/// `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub source: Source,
+    /// The apply sequence number of the live policy (absent before the first apply).
+    #[serde(default)]
+    pub sequence: Option<u64>,
+    /// Policy changes the policy service has finished: applied, found unchanged, or refused.
+    #[serde(default)]
+    pub handled: Handled,
+    pub policy: Vec<PolicyStatus>,
+    #[serde(default)]
+    pub vault: Option<SyncStatus>,
+}
+
+/// Counts of the policy changes the service has finished.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handled {
+    pub applied: u64,
+    pub unchanged: u64,
+    pub refused: u64,
+}
+
+impl Handled {
+    pub fn total(&self) -> u64 {
+        self.applied + self.unchanged + self.refused
+    }
+}
+
+/// One identity of the policy in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    pub identity: String,
+    pub version: String,
+    pub mode: Mode,
+    pub expired: bool,
+}
+
+/// `dump`: the live generation of every policy map, as the kernel holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DumpReply {
+    pub sequence: u64,
+    pub entries: Vec<EntryView>,
+}
+
+/// An answer as it goes over the wire.
+pub fn encode<T: Serialize>(answer: &Result<T, String>) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Ok<'a, T> {
+        ok: bool,
+        #[serde(flatten)]
+        body: &'a T,
+    }
+    #[derive(Serialize)]
+    struct Err<'a> {
+        ok: bool,
+        error: &'a str,
+    }
+    let mut out = match answer {
+        Result::Ok(body) => serde_json::to_vec(&Ok { ok: true, body }),
+        Result::Err(error) => serde_json::to_vec(&Err { ok: false, error }),
+    }
+    .unwrap_or_else(|e| format!("{{\"ok\":false,\"error\":\"encoding the answer: {e}\"}}").into_bytes());
+    out.push(b'\n');
+    out
+}
+
+/// An answer read back: the body, or the agent's refusal.
+pub fn decode<T: DeserializeOwned>(line: &str) -> Result<T, super::CallError> {
+    use super::CallError;
+    #[derive(Deserialize)]
+    struct Head {
+        ok: bool,
+        #[serde(default)]
+        error: Option<String>,
+    }
+    let invalid = |e: serde_json::Error| CallError::Invalid(format!("the agent's answer is not valid ({e}): {line:?}"));
+    let head: Head = serde_json::from_str(line).map_err(invalid)?;
+    if !head.ok {
+        return Err(CallError::Refused(head.error.unwrap_or_else(|| "the agent refused".to_owned())));
+    }
+    serde_json::from_str(line).map_err(invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_strictly() {
+        assert_eq!(
+            Request::parse(r#"{"op":"enter","identity":"ci"}"#).unwrap(),
+            Request::Enter { identity: "ci".into() }
+        );
+        assert_eq!(Request::parse(r#"{"op":"identities"}"#).unwrap(), Request::Identities);
+        assert_eq!(Request::parse(r#"{"op":"dump"}"#).unwrap(), Request::Dump);
+        assert!(Request::parse(r#"{"op":"enter"}"#).unwrap_err().contains("needs a non-empty \"identity\""));
+        assert!(Request::parse(r#"{"op":"enter","identity":""}"#).is_err());
+        assert!(Request::parse(r#"{"op":"become-root"}"#).unwrap_err().contains("unknown op"));
+        assert!(Request::parse(r#"{"op":"identities","x":1}"#).unwrap_err().contains("unknown field `x`"));
+        assert!(Request::parse(r#"{"op":"status","identity":"a"}"#).unwrap_err().contains("takes no"));
+        assert!(Request::parse("not json").is_err());
+        for r in [Request::Enter { identity: "a".into() }, Request::Identities, Request::Status, Request::Dump] {
+            let line = r.to_line();
+            assert_eq!(Request::parse(std::str::from_utf8(&line).unwrap().trim()).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn answers_round_trip_as_ok_or_error() {
+        let line = encode(&Ok(Entered { cgroup: "/a".into() }));
+        let text = std::str::from_utf8(&line).unwrap();
+        assert_eq!(text, "{\"ok\":true,\"cgroup\":\"/a\"}\n");
+        assert_eq!(decode::<Entered>(text.trim()).unwrap(), Entered { cgroup: "/a".into() });
+        let line = encode::<Entered>(&Err("no identity \"x\"".into()));
+        let text = std::str::from_utf8(&line).unwrap();
+        assert_eq!(decode::<Entered>(text.trim()).unwrap_err().to_string(), "no identity \"x\"");
+        assert!(decode::<Entered>("{\"ok\":true}").unwrap_err().to_string().contains("missing field `cgroup`"));
+        assert!(decode::<Entered>("garbage").is_err());
+    }
+}

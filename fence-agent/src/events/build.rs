@@ -1,0 +1,514 @@
+//! Building the record of a kernel event: what the kernel reported, named with what user space
+//! knows (the identity's name and policy version, the executable, the cgroup's path, the path
+//! the agent resolved an inode under).
+
+use std::{
+    borrow::Cow,
+    net::{Ipv4Addr, Ipv6Addr},
+};
+
+use fence_common::{EventHeader, EventKind, NAME_LEN, NetEvent, ObjectEvent, Operation, Reason, Verdict};
+use jiff::Timestamp;
+
+use super::{
+    decode::{DecodeError, Head, KernelEvent, components},
+    directory::Directory,
+    record::{
+        Cgroup, Destination, ECS_VERSION, EVENT_SCHEMA_VERSION, Ecs, EventFields, Fence, FileFields, Host, Id, Name,
+        Network, Parent, Process, Record, Target, Thread, category,
+    },
+};
+use crate::{policy::Mode, resolve::ObjectId};
+
+/// What the record needs from the running host (kept out of `build` so it stays testable).
+pub trait HostView {
+    fn hostname(&self) -> &str;
+    /// Wall-clock time of a `bpf_ktime_get_boot_ns()` value.
+    fn wall_time(&self, boot_ns: u64) -> Timestamp;
+    fn executable(&self, tgid: u32) -> Option<String>;
+    fn cgroup_path(&self, tgid: u32) -> Option<String>;
+}
+
+/// Builds the record of a kernel event; a record with values fence's programs do not write is
+/// an error.
+pub fn build(event: &KernelEvent, dir: &Directory, host: &dyn HostView) -> Result<Record, DecodeError> {
+    let head = Head::of(event.header())?;
+    Ok(match event {
+        KernelEvent::Net(e) => net_record(e, &head, dir, host),
+        KernelEvent::Object(e) => object_record(e, &head, dir, host),
+    })
+}
+
+/// `event.*` of an enforcement record.
+fn event_fields(head: &Head, category: &'static str, kind: &'static str, reason: String) -> EventFields {
+    let denied = matches!(head.verdict, Verdict::Denied | Verdict::Killed);
+    EventFields {
+        kind: Cow::Borrowed("alert"),
+        category: vec![Cow::Borrowed(category)],
+        event_type: vec![Cow::Borrowed(kind), Cow::Borrowed(if denied { "denied" } else { "allowed" })],
+        action: Cow::Borrowed(head.operation.as_str()),
+        outcome: Cow::Borrowed(if denied { "failure" } else { "success" }),
+        module: Cow::Borrowed("fence"),
+        dataset: Cow::Borrowed("fence.enforcement"),
+        reason,
+    }
+}
+
+fn record(timestamp: String, event: EventFields, host: &dyn HostView, process: Process, fence: Fence) -> Record {
+    Record {
+        timestamp,
+        ecs: Ecs { version: Cow::Borrowed(ECS_VERSION) },
+        event,
+        host: Host { hostname: host.hostname().to_owned() },
+        process,
+        destination: None,
+        network: None,
+        file: None,
+        fence,
+    }
+}
+
+fn common(h: &EventHeader, head: &Head, dir: &Directory, host: &dyn HostView) -> (String, Process, Fence) {
+    let timestamp = host.wall_time(h.boot_ns).strftime("%Y-%m-%dT%H:%M:%S.%NZ").to_string();
+    let entry = dir.identity(h.identity);
+    let policy_version = match entry {
+        Some(e) if e.version.short_id() == h.policy_version => e.version.to_string(),
+        // The event predates the identity's current version: give what the kernel knew.
+        _ => format!("sha256:{:08x}…", h.policy_version),
+    };
+    let process = Process {
+        pid: h.tgid,
+        thread: Thread { id: h.pid },
+        name: comm(&h.comm),
+        executable: host.executable(h.tgid),
+        parent: (h.ppid != 0).then_some(Parent { pid: h.ppid }),
+        user: Id { id: h.uid.to_string() },
+        group: Id { id: h.gid.to_string() },
+    };
+    let cgroup_path = dir.cgroup_path(h.cgroup_id).map(str::to_owned).or_else(|| host.cgroup_path(h.tgid));
+    let fence = Fence {
+        schema_version: EVENT_SCHEMA_VERSION,
+        identity: entry.map_or_else(|| format!("#{}", h.identity), |e| e.name.clone()),
+        identity_id: h.identity,
+        mode: if head.verdict == Verdict::WouldDeny { Mode::Audit } else { Mode::Enforce },
+        verdict: head.verdict,
+        operation: head.operation,
+        mechanism: head.mechanism,
+        policy_version,
+        rule: match head.reason {
+            Reason::IdentityDenyAll => "identity-expired",
+            Reason::SocketKindNotAllowed => "socket-kinds",
+            Reason::FileProtected => "protect",
+            Reason::UnixHostDenied => "host-denied-sockets",
+            _ => "default-deny",
+        }
+        .to_owned(),
+        reason: head.reason,
+        cgroup: Cgroup { id: h.cgroup_id, path: cgroup_path },
+        target: None,
+    };
+    (timestamp, process, fence)
+}
+
+fn net_record(e: &NetEvent, head: &Head, dir: &Directory, host: &dyn HostView) -> Record {
+    let h = &e.header;
+    let (timestamp, process, fence) = common(h, head, dir, host);
+    let family: &'static str = match e.family {
+        2 => "ipv4",
+        10 => "ipv6",
+        _ => "other",
+    };
+    let transport = match e.protocol {
+        6 => "tcp".to_owned(),
+        17 => "udp".to_owned(),
+        1 => "icmp".to_owned(),
+        58 => "ipv6-icmp".to_owned(),
+        255 => "raw".to_owned(),
+        n => n.to_string(),
+    };
+    let destination = (head.operation != Operation::Socket).then(|| {
+        let ip = match e.family {
+            2 => Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]).to_string(),
+            _ => Ipv6Addr::from(e.addr).to_string(),
+        };
+        Destination { address: ip.clone(), ip, port: e.port }
+    });
+    let why = match (&destination, head.reason) {
+        (_, Reason::IdentityDenyAll) => "the identity has expired and is denied everything".to_owned(),
+        (Some(d), _) => format!("no egress rule allows {transport} to {}", join_host_port(&d.ip, d.port)),
+        (None, _) => format!(
+            "fenced identities may only create TCP and UDP sockets (family {family}, type {}, protocol {})",
+            e.sock_type, e.protocol
+        ),
+    };
+    let kind = if head.operation == Operation::Socket { "start" } else { "connection" };
+    let event = event_fields(head, category(head.operation), kind, why);
+    let network = Network { family: Cow::Borrowed(family), transport, iana_number: e.protocol.to_string() };
+    Record { destination, network: Some(network), ..record(timestamp, event, host, process, fence) }
+}
+
+/// Best path for an inode: the path the agent resolved it under, else the kernel's dentries.
+fn object_path(dir: &Directory, id: ObjectId, dentries: &fence_common::DentryPath) -> (String, bool) {
+    if let Some(p) = dir.object_path(id) {
+        return (p.display().to_string(), false);
+    }
+    let (names, complete) = components(dentries);
+    let joined = names.join("/");
+    (if complete { format!("/{joined}") } else { format!(".../{joined}") }, true)
+}
+
+fn object_record(e: &ObjectEvent, head: &Head, dir: &Directory, host: &dyn HostView) -> Record {
+    let h = &e.header;
+    let (timestamp, mut process, mut fence) = common(h, head, dir, host);
+    if process.executable.is_none() && e.actor_exe.depth > 0 {
+        let (names, complete) = components(&e.actor_exe);
+        process.executable = Some(format!("{}{}", if complete { "/" } else { ".../" }, names.join("/")));
+    }
+    if head.kind == EventKind::Escape {
+        return escape_record(e, head, timestamp, process, fence, host);
+    }
+    let name_len = (e.name_len as usize).min(NAME_LEN);
+    let name = String::from_utf8_lossy(&e.name[..name_len]).into_owned();
+    let abstract_socket = head.kind == EventKind::Unix && e.ino == 0;
+    let (path, fs_relative) = if abstract_socket {
+        (format!("@{name}"), false)
+    } else {
+        object_path(dir, ObjectId { dev: e.dev, ino: e.ino }, &e.path)
+    };
+    let rule_path = (e.rule_ino != 0)
+        .then(|| dir.object_path(ObjectId { dev: e.rule_dev, ino: e.rule_ino }))
+        .flatten()
+        .map(|p| p.display().to_string());
+    if head.reason == Reason::FileProtected {
+        fence.rule = format!("protect:{}", rule_path.as_deref().unwrap_or(&path));
+    }
+    let (kind, event_type): (&'static str, &'static str) = match head.kind {
+        EventKind::Exec => ("program", "start"),
+        EventKind::File => ("file", "access"),
+        _ => ("socket", "connection"),
+    };
+    let verb = match head.verdict {
+        Verdict::Killed => "killed on exec of",
+        Verdict::WouldDeny => "would deny",
+        Verdict::Denied => "denied",
+    };
+    let why = match head.reason {
+        Reason::ExecNotAllowed => format!("{verb} {path}: not in the identity's exec allow-list"),
+        Reason::ExecFileless => format!("{verb} {path}: executing an unlinked file (memfd, deleted) is not allowed"),
+        Reason::FileProtected => match &rule_path {
+            Some(r) if *r != path => format!("{verb} {path}: protected credential file (under {r})"),
+            _ => format!("{verb} {path}: protected credential file"),
+        },
+        Reason::UnixNotAllowed => format!("{verb} {path}: not in the identity's unix-socket allow-list"),
+        Reason::UnixHostDenied => {
+            format!("{verb} {path}: a socket through which a daemon runs code for its clients (host default-deny)")
+        }
+        Reason::IdentityDenyAll => "the identity has expired and is denied everything".to_owned(),
+        _ => format!("{verb} {path}"),
+    };
+    let file_name = path.rsplit('/').next().unwrap_or_default().to_owned();
+    let inode = (e.ino != 0).then(|| e.ino.to_string());
+    let device = (e.dev != 0).then(|| format!("{}:{}", e.dev >> 20, e.dev & 0xfffff));
+    let invoked_as = (head.kind == EventKind::Exec && !name.is_empty()).then_some(name);
+    fence.target = Some(Target {
+        kind: Cow::Borrowed(kind),
+        path: path.clone(),
+        invoked_as,
+        fileless: e.nlink == 0 && e.ino != 0,
+        fs_relative,
+        ..Target::default()
+    });
+    let event = event_fields(head, category(head.operation), event_type, why);
+    let file = Some(FileFields { path, name: file_name, inode, device });
+    Record { file, ..record(timestamp, event, host, process, fence) }
+}
+
+/// An attempt to leave the fence or tamper with it.
+fn escape_record(
+    e: &ObjectEvent,
+    head: &Head,
+    timestamp: String,
+    process: Process,
+    mut fence: Fence,
+    host: &dyn HostView,
+) -> Record {
+    let (names, _) = components(&e.path);
+    let cgroup_path = format!("/{}", names.join("/"));
+    let target_kind = |k: &'static str| -> Name { Cow::Borrowed(k) };
+    let (target, why) = match head.operation {
+        Operation::CgroupMigrate => (
+            Target {
+                kind: target_kind("cgroup"),
+                path: cgroup_path.clone(),
+                cgroup_id: Some(e.ino),
+                ..Target::default()
+            },
+            format!("moving a task into cgroup {cgroup_path}, outside the identity's cgroups"),
+        ),
+        Operation::CloneIntoCgroup => (
+            Target { kind: target_kind("cgroup"), ..Target::default() },
+            "clone3(CLONE_INTO_CGROUP): starting a child in another cgroup".to_owned(),
+        ),
+        Operation::Ptrace | Operation::Signal => {
+            let what = if head.operation == Operation::Ptrace { "tracing" } else { "signalling" };
+            (
+                Target {
+                    kind: target_kind("process"),
+                    pid: Some(e.ino as u32),
+                    detail: Some(e.dev),
+                    ..Target::default()
+                },
+                format!("{what} process {} outside the identity", e.ino),
+            )
+        }
+        _ => (
+            Target { kind: target_kind("bpf"), detail: Some(e.dev), ..Target::default() },
+            "bpf(2) from a fenced identity".to_owned(),
+        ),
+    };
+    let denied = head.verdict == Verdict::Denied;
+    fence.rule = "no-way-out".to_owned();
+    fence.target = Some(target);
+    let reason = format!("{} {why}", if denied { "denied" } else { "would deny" });
+    let event = event_fields(head, category(head.operation), "change", reason);
+    record(timestamp, event, host, process, fence)
+}
+
+fn join_host_port(ip: &str, port: u16) -> String {
+    if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") }
+}
+
+fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use fence_common::{IdentityInfo, MODE_ENFORCE, Mechanism};
+
+    use super::*;
+    use crate::{
+        compile::{CompiledIdentity, CompiledPolicy},
+        policy::{Mode, PolicyVersion},
+    };
+
+    struct FakeHost;
+    impl HostView for FakeHost {
+        fn hostname(&self) -> &str {
+            "host-a"
+        }
+        fn wall_time(&self, boot_ns: u64) -> Timestamp {
+            Timestamp::from_nanosecond(1_800_000_000_000_000_000 + i128::from(boot_ns)).unwrap()
+        }
+        fn executable(&self, _: u32) -> Option<String> {
+            Some("/usr/bin/curl".into())
+        }
+        fn cgroup_path(&self, _: u32) -> Option<String> {
+            None
+        }
+    }
+
+    fn directory(version: PolicyVersion) -> Directory {
+        let mut d = Directory::default();
+        d.update(&CompiledPolicy {
+            identities: vec![CompiledIdentity {
+                id: 7,
+                name: "ci-bot".into(),
+                mode: Mode::Enforce,
+                expired: false,
+                info: IdentityInfo { mode: MODE_ENFORCE, ..Default::default() },
+                version,
+                cgroups: vec![("/fence/ci".into(), 99)],
+            }],
+            ..Default::default()
+        });
+        d
+    }
+
+    #[test]
+    fn a_denied_connect_has_every_field() {
+        let version = PolicyVersion([0xab; 32]);
+        let header = EventHeader {
+            kind: EventKind::Net as u8,
+            verdict: Verdict::Denied as u8,
+            operation: Operation::Connect as u8,
+            mechanism: Mechanism::CgroupConnect4 as u8,
+            identity: 7,
+            boot_ns: 5,
+            cgroup_id: 99,
+            pid: 11,
+            tgid: 10,
+            uid: 1000,
+            gid: 1000,
+            policy_version: version.short_id(),
+            reason: Reason::NoMatchingRule as u8,
+            _pad: [0; 3],
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+            ppid: 9,
+            _pad2: 0,
+        };
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        let e = NetEvent { header, family: 2, port: 22, protocol: 6, sock_type: 1, addr };
+        let r = build(&KernelEvent::Net(e), &directory(version), &FakeHost).unwrap();
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["@timestamp"], "2027-01-15T08:00:00.000000005Z");
+        assert_eq!(v["fence"]["identity"], "ci-bot");
+        assert_eq!(v["fence"]["verdict"], "denied");
+        assert_eq!(v["fence"]["operation"], "connect");
+        assert_eq!(v["fence"]["cgroup"]["id"], 99);
+        assert_eq!(v["fence"]["cgroup"]["path"], "/fence/ci");
+        assert_eq!(v["fence"]["policy_version"], version.to_string());
+        assert_eq!(v["process"]["pid"], 10);
+        assert_eq!(v["process"]["thread"]["id"], 11);
+        assert_eq!(v["process"]["name"], "curl");
+        assert_eq!(v["process"]["user"]["id"], "1000");
+        assert_eq!(v["destination"]["ip"], "10.0.0.1");
+        assert_eq!(v["destination"]["port"], 22);
+        assert_eq!(v["network"]["transport"], "tcp");
+        assert_eq!(v["network"]["type"], "ipv4");
+        assert_eq!(v["event"]["outcome"], "failure");
+        assert_eq!(v["event"]["reason"], "no egress rule allows tcp to 10.0.0.1:22");
+    }
+
+    #[test]
+    fn an_audit_event_is_a_would_deny_that_succeeded() {
+        let version = PolicyVersion([1; 32]);
+        let mut e = NetEvent::default();
+        e.header.kind = EventKind::Net as u8;
+        e.header.verdict = Verdict::WouldDeny as u8;
+        e.header.operation = Operation::Sendmsg as u8;
+        e.header.mechanism = Mechanism::CgroupSendmsg6 as u8;
+        e.header.reason = Reason::NoMatchingRule as u8;
+        e.header.identity = 7;
+        e.header.policy_version = 0xdeadbeef;
+        e.family = 10;
+        e.protocol = 17;
+        e.port = 53;
+        e.addr = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1];
+        let v = serde_json::to_value(build(&KernelEvent::Net(e), &directory(version), &FakeHost).unwrap()).unwrap();
+        assert_eq!(v["fence"]["verdict"], "would-deny");
+        assert_eq!(v["fence"]["mode"], "audit");
+        assert_eq!(v["event"]["outcome"], "success");
+        assert_eq!(v["destination"]["ip"], "::ffff:127.0.0.1");
+        assert_eq!(v["event"]["reason"], "no egress rule allows udp to [::ffff:127.0.0.1]:53");
+        // Older policy version than the directory knows: the kernel's short id is reported.
+        assert_eq!(v["fence"]["policy_version"], "sha256:deadbeef…");
+    }
+
+    /// The records the agent writes validate against the published JSON Schema, and the
+    /// schema refuses records that break it.
+    #[test]
+    fn records_validate_against_the_json_schema() {
+        use crate::events::summary::{cause, dropped_record, suppressed_record};
+        let schema: serde_json::Value = serde_json::from_str(include_str!("../../schema/event.schema.json")).unwrap();
+        let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
+        let version = PolicyVersion([0xab; 32]);
+        let dir = directory(version);
+        let net = NetEvent {
+            header: EventHeader {
+                kind: EventKind::Net as u8,
+                verdict: Verdict::Denied as u8,
+                operation: Operation::Connect as u8,
+                mechanism: Mechanism::CgroupConnect4 as u8,
+                reason: Reason::NoMatchingRule as u8,
+                identity: 7,
+                ppid: 3,
+                ..Default::default()
+            },
+            family: 2,
+            protocol: 6,
+            ..Default::default()
+        };
+        let mut audit = net;
+        audit.header.verdict = Verdict::WouldDeny as u8;
+        let mut exec = ObjectEvent {
+            header: EventHeader {
+                kind: EventKind::Exec as u8,
+                verdict: Verdict::Killed as u8,
+                operation: Operation::Exec as u8,
+                mechanism: Mechanism::TpSchedProcessExec as u8,
+                reason: Reason::ExecNotAllowed as u8,
+                identity: 7,
+                ..Default::default()
+            },
+            dev: 8 << 20 | 1,
+            rule_dev: 0,
+            ino: 42,
+            rule_ino: 0,
+            nlink: 1,
+            name_len: 0,
+            name: [0; fence_common::NAME_LEN],
+            path: Default::default(),
+            actor_exe: Default::default(),
+        };
+        crate::events::decode::path_into_components(std::path::Path::new("/usr/bin/id"), &mut exec.path);
+        let mut file = exec;
+        file.header.kind = EventKind::File as u8;
+        file.header.operation = Operation::Open as u8;
+        file.header.verdict = Verdict::Denied as u8;
+        file.header.mechanism = Mechanism::LsmFileOpen as u8;
+        file.header.reason = Reason::FileProtected as u8;
+        let at: Timestamp = "2026-11-25T10:00:00.123456789Z".parse().unwrap();
+        let key = fence_common::RateKey {
+            identity: 7,
+            operation: Operation::Connect as u8,
+            verdict: Verdict::Denied as u8,
+            _pad: [0; 2],
+        };
+        let records = [
+            serde_json::to_value(build(&KernelEvent::Net(net), &dir, &FakeHost).unwrap()).unwrap(),
+            serde_json::to_value(build(&KernelEvent::Net(audit), &dir, &FakeHost).unwrap()).unwrap(),
+            serde_json::to_value(build(&KernelEvent::Object(Box::new(exec)), &dir, &FakeHost).unwrap()).unwrap(),
+            serde_json::to_value(build(&KernelEvent::Object(Box::new(file)), &dir, &FakeHost).unwrap()).unwrap(),
+            serde_json::to_value(suppressed_record(
+                at,
+                "h",
+                key,
+                Some("ci-bot"),
+                12,
+                std::time::Duration::from_secs(10),
+            ))
+            .unwrap(),
+            serde_json::to_value(dropped_record(
+                at,
+                "h",
+                cause::RING_BUFFER_FULL,
+                3,
+                std::time::Duration::from_secs(10),
+            ))
+            .unwrap(),
+        ];
+        for r in &records {
+            let errors: Vec<String> =
+                validator.iter_errors(r).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+            assert!(errors.is_empty(), "{r:#}\n{errors:#?}");
+        }
+        // What the schema refuses.
+        let mut no_identity = records[0].clone();
+        no_identity["fence"].as_object_mut().unwrap().remove("identity");
+        let mut bad_verdict = records[0].clone();
+        bad_verdict["fence"]["verdict"] = "maybe".into();
+        let mut unknown_field = records[0].clone();
+        unknown_field["fence"]["extra"] = 1.into();
+        let mut summary_without_count = records[4].clone();
+        summary_without_count["fence"].as_object_mut().unwrap().remove("suppressed");
+        for bad in [no_identity, bad_verdict, unknown_field, summary_without_count] {
+            assert!(!validator.is_valid(&bad), "the schema should refuse {bad:#}");
+        }
+        // Every record reads back as what was written.
+        for r in &records[..4] {
+            let back: Record = serde_json::from_value(r.clone()).unwrap();
+            assert_eq!(&serde_json::to_value(back).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn records_with_values_fence_does_not_write_are_refused() {
+        let mut e = NetEvent::default();
+        e.header.kind = EventKind::Net as u8;
+        e.header.verdict = 9;
+        assert!(build(&KernelEvent::Net(e), &Directory::default(), &FakeHost).is_err());
+    }
+}

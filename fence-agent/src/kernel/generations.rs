@@ -1,0 +1,141 @@
+//! Applies compiled policy atomically over any [`PolicyMaps`]: the whole new policy goes into
+//! the inactive generation, one map update flips it live, programs in flight finish, and the
+//! old generation is cleared. A hook sees the old policy or the new one, never a mix; a failed
+//! apply leaves the live generation untouched.
+
+use fence_common::{ABI_VERSION, ActiveState, Map};
+
+use super::{MapEntry, MapsError, PolicyMaps};
+
+/// What one apply wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ApplyReport {
+    pub generation: u32,
+    pub sequence: u64,
+    pub entries: usize,
+}
+
+/// The policy maps with their two generations.
+pub struct Generations<M> {
+    maps: M,
+    live: u32,
+    sequence: u64,
+}
+
+impl<M: PolicyMaps> Generations<M> {
+    /// Starts from what the maps say is live (a new object: generation 0, sequence 0).
+    pub fn new(maps: M) -> Result<Generations<M>, MapsError> {
+        let active = maps.active()?;
+        Ok(Generations { maps, live: active.generation & 1, sequence: active.sequence })
+    }
+
+    /// Makes `entries` the live policy. On error the previous policy stays live and untouched
+    /// (the half-written generation is cleared again).
+    pub fn apply(&mut self, entries: &[MapEntry]) -> Result<ApplyReport, MapsError> {
+        let next = 1 - self.live;
+        // Leftovers of an interrupted apply, or of the generation before last.
+        self.clear(next)?;
+        let flipped = self.write(next, entries).and_then(|()| {
+            let state = ActiveState { generation: next, abi: ABI_VERSION, sequence: self.sequence + 1 };
+            self.maps.set_active(state)
+        });
+        if let Err(e) = flipped {
+            if let Err(clear) = self.clear(next) {
+                tracing::warn!(error = %clear, "clearing a half-written policy generation failed; it is not live");
+            }
+            return Err(e);
+        }
+        let old = self.live;
+        self.live = next;
+        self.sequence += 1;
+        // Hooks that read the old generation number just before the flip may still be looking
+        // up its entries; let them finish before the entries go.
+        self.maps.grace_period();
+        if let Err(e) = self.clear(old) {
+            tracing::warn!(error = %e, generation = old, "clearing the previous policy generation failed; it is no longer live");
+        }
+        Ok(ApplyReport { generation: next, sequence: self.sequence, entries: entries.len() })
+    }
+
+    /// Every entry of the live generation, read back from the maps.
+    pub fn dump_live(&self) -> Result<Vec<MapEntry>, MapsError> {
+        let mut out = Vec::new();
+        for map in Map::POLICY {
+            out.extend(self.maps.dump(map, self.live)?);
+        }
+        Ok(out)
+    }
+
+    /// The apply sequence number of the live policy.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+
+    pub fn maps_mut(&mut self) -> &mut M {
+        &mut self.maps
+    }
+
+    /// Writes the entries map by map in [`Map::POLICY`] order (cgroup bindings last).
+    fn write(&mut self, g: u32, entries: &[MapEntry]) -> Result<(), MapsError> {
+        for map in Map::POLICY {
+            for e in entries.iter().filter(|e| e.map() == map) {
+                self.maps.insert(g, e)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn clear(&mut self, g: u32) -> Result<(), MapsError> {
+        for map in Map::POLICY {
+            self.maps.clear(map, g)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::fake::FakeMaps;
+
+    fn cgroup(id: u64, identity: u32) -> MapEntry {
+        MapEntry::Cgroup { cgroup_id: id, identity }
+    }
+
+    #[test]
+    fn applies_flip_generations_and_clear_the_old_one() {
+        let mut k = Generations::new(FakeMaps::default()).unwrap();
+        let r = k.apply(&[cgroup(1, 1)]).unwrap();
+        assert_eq!((r.generation, r.sequence, r.entries), (1, 1, 1));
+        assert_eq!(k.dump_live().unwrap(), vec![cgroup(1, 1)]);
+        let r = k.apply(&[cgroup(2, 1), cgroup(3, 2)]).unwrap();
+        assert_eq!((r.generation, r.sequence), (0, 2));
+        assert_eq!(k.dump_live().unwrap(), vec![cgroup(2, 1), cgroup(3, 2)]);
+        assert!(k.maps().generation(1).is_empty(), "the old generation is cleared");
+    }
+
+    #[test]
+    fn a_failed_apply_leaves_the_live_generation_untouched() {
+        let mut k = Generations::new(FakeMaps::default()).unwrap();
+        k.apply(&[cgroup(1, 1)]).unwrap();
+        k.maps.fail_after = Some(1);
+        assert!(k.apply(&[cgroup(2, 1), cgroup(3, 1)]).is_err());
+        assert_eq!(k.dump_live().unwrap(), vec![cgroup(1, 1)]);
+        assert_eq!(k.sequence(), 1);
+        assert!(k.maps().generation(0).is_empty(), "the half-written generation is cleared");
+        k.maps.fail_after = None;
+        assert_eq!(k.apply(&[cgroup(4, 1)]).unwrap().sequence, 2);
+    }
+
+    #[test]
+    fn bindings_are_written_last() {
+        let mut k = Generations::new(FakeMaps::default()).unwrap();
+        let identity = MapEntry::Identity { identity: 1, info: Default::default() };
+        k.apply(&[cgroup(1, 1), identity.clone()]).unwrap();
+        assert_eq!(k.maps().inserted, vec![identity, cgroup(1, 1)]);
+    }
+}

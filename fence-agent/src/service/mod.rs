@@ -1,0 +1,216 @@
+//! The policy service: the one owner of the policy in force. Every change (the local files at
+//! start and on SIGHUP, a verified set from the vault, files the policy names changing on disk,
+//! an identity expiring) arrives as a typed [`Change`], and is handled one at a time, in order:
+//! validated, resolved on this host, compiled, applied to the kernel and to the user-space
+//! views (the event directory, the fanotify fallback, the identity numbering) together or not
+//! at all, audited, reflected in status and metrics, and answered. Nothing else writes policy
+//! state, status or policy metrics.
+//!
+//! It runs on a thread of its own ("fence-policy"): applies make blocking system calls (map
+//! updates, file resolution, hashing, an RCU grace period), and a thread keeps them off the
+//! async runtime. Others talk to it through a [`ServiceHandle`]: the vault task, the SIGHUP
+//! handler, the inotify watcher and the control socket.
+
+pub mod apply;
+mod messages;
+mod queries;
+#[cfg(test)]
+mod tests;
+mod vault;
+
+use std::{path::PathBuf, sync::mpsc, thread, time::Duration};
+
+use jiff::Timestamp;
+
+pub use apply::load_policy;
+pub use messages::{Change, Message, Outcome, PollOutcome, PollReport};
+pub use vault::{VaultInForce, VaultState};
+
+use crate::{
+    audit::AuditLog,
+    cgroup::Cgroups,
+    compile::IdAllocator,
+    control::{Peer, Request, protocol::Handled},
+    events::SharedDirectory,
+    fences::files::fanotify::FileFence,
+    hold::Holder,
+    kernel::{Generations, PolicyMaps},
+    metrics::Metrics,
+    protect::HostProtection,
+    resolve::Resolver,
+    vault::agent::SyncStatus,
+    watch::Watcher,
+};
+
+/// What the service needs from the host, fixed for its life.
+pub struct Deps {
+    pub cgroups: Cgroups,
+    /// The configured protected set (the vault's assignment may add to it).
+    pub host: HostProtection,
+    /// `--policy`: files and directories.
+    pub policy_paths: Vec<PathBuf>,
+    /// For the audit log.
+    pub hostname: String,
+    /// Where the identity numbering is kept across restarts (persistence on).
+    pub ids_path: Option<PathBuf>,
+}
+
+/// The views of the policy outside the kernel, kept in step with it.
+pub struct Views {
+    pub directory: SharedDirectory,
+    /// The fanotify fallback of the credential-files fence, where it is the mechanism.
+    pub files: Option<FileFence>,
+    pub watcher: Option<Watcher>,
+    pub audit: AuditLog,
+    pub metrics: Metrics,
+}
+
+pub struct PolicyService<M> {
+    kernel: Generations<M>,
+    deps: Deps,
+    views: Views,
+    ids: IdAllocator,
+    held: Holder,
+    resolver: Resolver,
+    live: Option<apply::Live>,
+    vault: Option<VaultState>,
+    handled: Handled,
+}
+
+impl<M: PolicyMaps + 'static> PolicyService<M> {
+    pub fn new(kernel: Generations<M>, deps: Deps, views: Views, vault: Option<VaultState>) -> PolicyService<M> {
+        let ids = deps.ids_path.as_deref().map(IdAllocator::load).unwrap_or_default();
+        PolicyService {
+            kernel,
+            deps,
+            views,
+            ids,
+            held: Holder::default(),
+            resolver: Resolver::default(),
+            live: None,
+            vault,
+            handled: Handled::default(),
+        }
+    }
+
+    /// Handles one message; `false` when the service should stop.
+    pub fn handle(&mut self, message: Message) -> bool {
+        match message {
+            Message::Change { change, reply } => {
+                let outcome = self.change(change);
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
+                }
+            }
+            Message::Control { request, peer, reply } => {
+                let _ = reply.send(self.control(request, peer));
+            }
+            Message::VaultPolled { report, reply } => {
+                let status = self.vault_polled(report);
+                let _ = reply.send(status);
+            }
+            Message::VaultStopped { why } => self.vault_stopped(&why),
+            Message::Stop => return false,
+        }
+        true
+    }
+
+    /// Runs the service on its own thread, taking messages from `inbox`, until
+    /// [`ServiceHandle::stop`] or every handle is dropped. Identities expire on time while it
+    /// waits.
+    pub fn spawn(mut self, inbox: Inbox) -> std::io::Result<thread::JoinHandle<()>> {
+        let rx = inbox.0;
+        thread::Builder::new().name("fence-policy".into()).spawn(move || {
+            loop {
+                let wait = self.until_next_expiry();
+                match rx.recv_timeout(wait) {
+                    Ok(message) => {
+                        if !self.handle(message) {
+                            return;
+                        }
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if wait < IDLE_WAIT {
+                            self.change(Change::Expiry);
+                        }
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        })
+    }
+
+    fn until_next_expiry(&self) -> Duration {
+        match self.next_expiry() {
+            Some(at) => Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO),
+            None => IDLE_WAIT,
+        }
+    }
+
+    /// What `status` shows about the vault.
+    pub fn vault_status(&self) -> Option<&SyncStatus> {
+        self.vault.as_ref().map(|v| &v.status)
+    }
+}
+
+/// The service's messages, until it runs.
+pub struct Inbox(mpsc::Receiver<Message>);
+
+/// A handle and the inbox it sends to: made before the service, so that what reports to it
+/// (the inotify watcher) can be built first.
+pub fn channel() -> (ServiceHandle, Inbox) {
+    let (tx, rx) = mpsc::channel();
+    (ServiceHandle { tx }, Inbox(rx))
+}
+
+/// How long the service sleeps when no identity is due to expire.
+const IDLE_WAIT: Duration = Duration::from_secs(3600);
+
+/// A cheap handle on the running service.
+#[derive(Clone)]
+pub struct ServiceHandle {
+    tx: mpsc::Sender<Message>,
+}
+
+impl ServiceHandle {
+    /// Submits a change and waits for its outcome.
+    pub async fn change(&self, change: Change) -> Outcome {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if self.tx.send(Message::Change { change, reply: Some(reply) }).is_err() {
+            return Outcome::Refused("the policy service has stopped".into());
+        }
+        answer.await.unwrap_or_else(|_| Outcome::Refused("the policy service has stopped".into()))
+    }
+
+    /// Submits a change without waiting (SIGHUP, inotify: the service logs the outcome).
+    pub fn notify(&self, change: Change) {
+        let _ = self.tx.send(Message::Change { change, reply: None });
+    }
+
+    /// A control-socket request: the encoded answer line.
+    pub async fn control(&self, request: Request, peer: Peer) -> Vec<u8> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let stopped = || crate::control::protocol::encode::<()>(&Err("the agent is shutting down".into()));
+        if self.tx.send(Message::Control { request, peer, reply }).is_err() {
+            return stopped();
+        }
+        answer.await.unwrap_or_else(|_| stopped())
+    }
+
+    /// Reports a vault poll; answers the status to publish to the vault.
+    pub async fn vault_polled(&self, report: PollReport) -> Option<SyncStatus> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx.send(Message::VaultPolled { report, reply }).ok()?;
+        answer.await.ok().flatten()
+    }
+
+    /// The vault task has ended (a bug): say so in status and metrics.
+    pub fn vault_stopped(&self, why: String) {
+        let _ = self.tx.send(Message::VaultStopped { why });
+    }
+
+    /// Asks the service to stop after the messages already sent.
+    pub fn stop(&self) {
+        let _ = self.tx.send(Message::Stop);
+    }
+}

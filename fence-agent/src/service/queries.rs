@@ -1,0 +1,167 @@
+//! The control socket's requests, answered from the policy in force.
+
+use thiserror::Error;
+
+use super::PolicyService;
+use crate::{
+    cgroup::{id_of, process_count},
+    compile::Bindings,
+    control::{
+        Peer, Request,
+        protocol::{
+            self, DumpReply, Entered, IdentitiesReply, IdentityStatus, PolicyStatus, SelectorStatus, Source,
+            StatusReply,
+        },
+    },
+    kernel::PolicyMaps,
+    policy::SelectorKind,
+};
+
+/// Why `fence-agent exec` was refused.
+#[derive(Debug, Error)]
+pub enum EnterError {
+    #[error("no identity \"{0}\" in the policy this agent enforces")]
+    Unknown(String),
+    #[error("identity \"{0}\" has no `managed: true` selector, so processes cannot be started in it")]
+    NotManaged(String),
+    #[error("identity \"{0}\" has expired")]
+    Expired(String),
+    #[error("the caller is already fenced as identity \"{0}\"; a fenced process cannot change identity")]
+    AlreadyFenced(String),
+    #[error("moving pid {pid} into {path}: {source}")]
+    Move { pid: u32, path: String, source: std::io::Error },
+    #[error("the agent has no policy applied yet")]
+    NoPolicy,
+}
+
+impl<M: PolicyMaps + 'static> PolicyService<M> {
+    /// Answers a control-socket request (the peer's right to ask is checked by the server).
+    pub(super) fn control(&mut self, request: Request, peer: Peer) -> Vec<u8> {
+        match request {
+            Request::Enter { identity } => {
+                let answer = self.enter(&identity, peer.pid).map(|cgroup| Entered { cgroup });
+                match &answer {
+                    Ok(e) => {
+                        tracing::info!(identity = %identity, pid = peer.pid, uid = peer.uid, cgroup = %e.cgroup, "process entered identity")
+                    }
+                    Err(e) => tracing::warn!(identity = %identity, pid = peer.pid, uid = peer.uid, "exec refused: {e}"),
+                }
+                protocol::encode(&answer.map_err(|e| e.to_string()))
+            }
+            Request::Identities => protocol::encode(&Ok(IdentitiesReply { identities: self.identities() })),
+            Request::Status => protocol::encode(&Ok(self.status())),
+            Request::Dump => protocol::encode(
+                &self
+                    .kernel
+                    .dump_live()
+                    .map(|entries| DumpReply {
+                        sequence: self.kernel.sequence(),
+                        entries: entries.iter().map(|e| e.view()).collect(),
+                    })
+                    .map_err(|e| e.to_string()),
+            ),
+        }
+    }
+
+    /// Where the policy came from, its versions, and the vault's sync state.
+    pub fn status(&self) -> StatusReply {
+        let live = self.live.as_ref();
+        StatusReply {
+            source: self.vault.as_ref().map_or(Source::Local, |v| v.status.source),
+            sequence: live.map(|l| l.report.sequence),
+            handled: self.handled,
+            policy: live
+                .map(|l| {
+                    l.compiled
+                        .identities
+                        .iter()
+                        .map(|i| PolicyStatus {
+                            identity: i.name.clone(),
+                            version: i.version.to_string(),
+                            mode: i.mode,
+                            expired: i.expired,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            vault: self.vault.as_ref().map(|v| v.status.clone()),
+        }
+    }
+
+    /// Moves process `pid` into identity `name`'s managed cgroup; returns the cgroup path.
+    pub fn enter(&self, name: &str, pid: u32) -> Result<String, EnterError> {
+        let live = self.live.as_ref().ok_or(EnterError::NoPolicy)?;
+        let identity =
+            live.set.identities.iter().find(|i| i.name == name).ok_or_else(|| EnterError::Unknown(name.to_owned()))?;
+        let managed = identity
+            .cgroups
+            .iter()
+            .find(|c| c.kind == SelectorKind::Managed)
+            .ok_or_else(|| EnterError::NotManaged(name.to_owned()))?;
+        if identity.expired {
+            return Err(EnterError::Expired(name.to_owned()));
+        }
+        let bindings = Bindings::of(&live.compiled);
+        if let Some(current) = crate::cgroup::Cgroups::path_of_process(&pid.to_string())
+            && let Some(other) = bindings.identity_of(&current).and_then(|id| live.compiled.name_of(id))
+            && other != name
+        {
+            return Err(EnterError::AlreadyFenced(other.to_owned()));
+        }
+        let dir = self.deps.cgroups.dir(&managed.path);
+        let moved =
+            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(dir.join("cgroup.procs"), pid.to_string()));
+        moved.map_err(|source| EnterError::Move { pid, path: managed.path.clone(), source })?;
+        Ok(managed.path.clone())
+    }
+
+    /// Every identity of the live policy and its state on this host.
+    pub fn identities(&self) -> Vec<IdentityStatus> {
+        let Some(live) = self.live.as_ref() else { return Vec::new() };
+        live.set
+            .identities
+            .iter()
+            .map(|i| {
+                let selectors: Vec<SelectorStatus> = i
+                    .cgroups
+                    .iter()
+                    .map(|cg| {
+                        let dir = self.deps.cgroups.dir(&cg.path);
+                        let (kind, unit) = match &cg.kind {
+                            SelectorKind::Cgroup => ("cgroup", None),
+                            SelectorKind::Unit(u) => ("unit", Some(u.clone())),
+                            SelectorKind::Managed => ("managed", None),
+                        };
+                        SelectorStatus {
+                            kind: kind.to_owned(),
+                            unit,
+                            cgroup: cg.path.clone(),
+                            cgroup_id: id_of(&dir).ok(),
+                            processes: process_count(&dir),
+                        }
+                    })
+                    .collect();
+                let programs = live.resolved.identities.get(&i.name).map_or(0, |r| r.exec.len());
+                IdentityStatus {
+                    name: i.name.clone(),
+                    owner: i.owner.clone(),
+                    purpose: i.purpose.clone(),
+                    mode: i.mode,
+                    policy_version: i.version.to_string(),
+                    created: i.created.map(|t| t.to_string()),
+                    expires: i.expires.map(|t| t.to_string()),
+                    expired: i.expired,
+                    processes: selectors.iter().map(|s| s.processes).sum(),
+                    selectors,
+                    egress_rules: i.egress.len(),
+                    exec: i
+                        .exec
+                        .as_ref()
+                        .map_or("unrestricted".into(), |_| format!("allow-list ({programs} programs)")),
+                    unix: if i.unix.is_some() { "allow-list".into() } else { "host default-deny".into() },
+                    file_exceptions: i.file_exceptions.len(),
+                }
+            })
+            .collect()
+    }
+}

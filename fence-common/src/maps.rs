@@ -1,0 +1,151 @@
+//! The one table of fence's maps: name (the identifier of the static in `fence-ebpf`), kind,
+//! capacity, what one entry is, and whether it holds policy (two generations). The kernel side
+//! sizes its maps from it; the agent writes, clears and reads back policy maps by iterating
+//! [`Map::POLICY`]; the agent's unit tests parse the built object and check that it defines
+//! exactly [`Map::ALL`].
+
+/// Number of policy generations (slots).
+pub const GENERATIONS: u32 = 2;
+
+/// The kind of a BPF map, as the kernel side declares it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    Array,
+    Hash,
+    LpmTrie,
+    PerCpuArray,
+    RingBuf,
+}
+
+/// What the table says about one map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    /// The map's name in the object (the static's identifier in `fence-ebpf`).
+    pub name: &'static str,
+    pub kind: MapKind,
+    /// Maximum entries (for policy maps: across both generations); bytes for the ring buffer.
+    pub capacity: u32,
+    /// What one entry is, for messages ("IPv4 prefix").
+    pub entry: &'static str,
+    /// Holds policy, keyed by generation: written into the inactive generation and flipped.
+    pub policy: bool,
+}
+
+/// Every map of fence.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Map {
+    /// `Array<ActiveState>`, one entry: which generation is live.
+    Active,
+    /// `HashMap<CgroupKey, u32>`: cgroup id -> identity id.
+    Cgroups,
+    /// `HashMap<IdentityKey, IdentityInfo>`: per-identity mode, flags and policy version.
+    Identities,
+    /// `HashMap<UnitKey, u32>`: cgroup paths of units followed by identity selectors; a cgroup
+    /// created at such a path is bound to the identity by the kernel, at creation.
+    Units,
+    /// `LpmTrie<Net4Key, NetRules>`: IPv4 egress allow-list.
+    Net4,
+    /// `LpmTrie<Net6Key, NetRules>`: IPv6 egress allow-list.
+    Net6,
+    /// `HashMap<InodeKey, u32>`: programs an identity may execute (value 1).
+    Exec,
+    /// `HashMap<InodeKey, u32>`: the host's protected files and directories (identity 0;
+    /// value: `PROTECT_*` flags).
+    Protected,
+    /// `HashMap<InodeKey, u32>`: per-identity readable exceptions (value: `PROTECT_*` flags).
+    FileExcept,
+    /// `HashMap<InodeKey, u32>`: unix socket inodes an identity may connect to; identity 0
+    /// holds the host's default-deny sockets.
+    Unix,
+    /// `HashMap<AbstractKey, u32>`: abstract unix socket names, as `Unix`.
+    UnixAbstract,
+    /// `Array<EventLimit>`, one entry: the event rate limit, set by the agent.
+    EventLimit,
+    /// `HashMap<RateKey, RateState>`: the rate limiter's state per (identity, operation,
+    /// verdict), and the events it suppressed.
+    EventRate,
+    /// `RingBuf` of event records (see [`crate::EventHeader`]).
+    Events,
+    /// `PerCpuArray<u64>` of counters indexed by [`crate::counter`].
+    Counters,
+}
+
+impl Map {
+    /// Every map the object defines.
+    pub const ALL: [Map; 15] = [
+        Map::Active,
+        Map::Cgroups,
+        Map::Identities,
+        Map::Units,
+        Map::Net4,
+        Map::Net6,
+        Map::Exec,
+        Map::Protected,
+        Map::FileExcept,
+        Map::Unix,
+        Map::UnixAbstract,
+        Map::EventLimit,
+        Map::EventRate,
+        Map::Events,
+        Map::Counters,
+    ];
+
+    /// The policy maps, in the order a generation is written (bindings last: an identity is
+    /// only reachable once its rules are in place).
+    pub const POLICY: [Map; 10] = [
+        Map::Identities,
+        Map::Net4,
+        Map::Net6,
+        Map::Exec,
+        Map::Protected,
+        Map::FileExcept,
+        Map::Unix,
+        Map::UnixAbstract,
+        Map::Units,
+        Map::Cgroups,
+    ];
+
+    pub const fn spec(self) -> MapSpec {
+        const fn policy(name: &'static str, kind: MapKind, capacity: u32, entry: &'static str) -> MapSpec {
+            MapSpec { name, kind, capacity, entry, policy: true }
+        }
+        const fn other(name: &'static str, kind: MapKind, capacity: u32, entry: &'static str) -> MapSpec {
+            MapSpec { name, kind, capacity, entry, policy: false }
+        }
+        match self {
+            Map::Active => other("FENCE_ACTIVE", MapKind::Array, 1, "active generation"),
+            Map::Cgroups => policy("FENCE_CGROUPS", MapKind::Hash, 16_384, "cgroup"),
+            Map::Identities => policy("FENCE_IDENTITIES", MapKind::Hash, 8_192, "identity"),
+            Map::Units => policy("FENCE_UNITS", MapKind::Hash, 4_096, "followed unit"),
+            Map::Net4 => policy("FENCE_NET4", MapKind::LpmTrie, 65_536, "IPv4 prefix"),
+            Map::Net6 => policy("FENCE_NET6", MapKind::LpmTrie, 65_536, "IPv6 prefix"),
+            Map::Exec => policy("FENCE_EXEC", MapKind::Hash, 65_536, "exec program"),
+            Map::Protected => policy("FENCE_PROTECTED", MapKind::Hash, 65_536, "protected file"),
+            Map::FileExcept => policy("FENCE_FILE_EXCEPT", MapKind::Hash, 16_384, "file exception"),
+            Map::Unix => policy("FENCE_UNIX", MapKind::Hash, 16_384, "unix socket"),
+            Map::UnixAbstract => policy("FENCE_UNIX_ABSTRACT", MapKind::Hash, 4_096, "abstract socket"),
+            Map::EventLimit => other("FENCE_EVENT_LIMIT", MapKind::Array, 1, "event rate limit"),
+            // When full, events of new keys are sent unlimited and counted
+            // (`counter::RATE_TABLE_FULL`).
+            Map::EventRate => other("FENCE_EVENT_RATE", MapKind::Hash, 16_384, "rate limiter key"),
+            // Bytes: a power-of-two multiple of the page size.
+            Map::Events => other("FENCE_EVENTS", MapKind::RingBuf, 1 << 22, "event byte"),
+            Map::Counters => other("FENCE_COUNTERS", MapKind::PerCpuArray, crate::counter::COUNT, "counter"),
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        self.spec().name
+    }
+
+    pub const fn capacity(self) -> u32 {
+        self.spec().capacity
+    }
+
+    /// Entries one generation of a policy map may use (half the capacity: an apply briefly
+    /// holds two).
+    pub const fn per_generation(self) -> u32 {
+        self.spec().capacity / GENERATIONS
+    }
+}

@@ -1,0 +1,248 @@
+//! Keys and values of the policy maps (see [`crate::Map::POLICY`]), and the constants that give
+//! their fields meaning.
+
+/// The live generation. Stored at index 0 of [`crate::Map::Active`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ActiveState {
+    /// Live slot, 0 or 1.
+    pub generation: u32,
+    /// [`crate::ABI_VERSION`] of the agent that wrote the policy.
+    pub abi: u32,
+    /// Monotonic apply sequence number of the live policy.
+    pub sequence: u64,
+}
+
+/// Key of [`crate::Map::Cgroups`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CgroupKey {
+    /// cgroup v2 id (the inode number of the cgroup directory).
+    pub cgroup_id: u64,
+    pub generation: u32,
+    pub _pad: u32,
+}
+
+/// Key of [`crate::Map::Identities`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IdentityKey {
+    pub generation: u32,
+    pub identity: u32,
+}
+
+/// `IdentityInfo::mode`: deny what the policy does not allow.
+pub const MODE_ENFORCE: u8 = 1;
+/// `IdentityInfo::mode`: allow, and report what enforce mode would deny.
+pub const MODE_AUDIT: u8 = 2;
+
+/// `IdentityInfo::flags`: deny everything (the identity has expired: fail closed).
+pub const IDENTITY_DENY_ALL: u8 = 1;
+/// `IdentityInfo::flags`: the identity has an exec allow-list; other programs are denied.
+pub const IDENTITY_EXEC_ALLOWLIST: u8 = 2;
+/// `IdentityInfo::flags`: executing unlinked files (memfd, deleted files) is allowed.
+pub const IDENTITY_FILELESS_OK: u8 = 4;
+/// `IdentityInfo::flags`: the identity has a unix-socket allow-list; other sockets are denied.
+/// Without it only the host's default-deny sockets are denied.
+pub const IDENTITY_UNIX_ALLOWLIST: u8 = 8;
+
+/// Value of [`crate::Map::Identities`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdentityInfo {
+    /// [`MODE_ENFORCE`] or [`MODE_AUDIT`]. Any other value is treated as enforce.
+    pub mode: u8,
+    /// `IDENTITY_*` flags.
+    pub flags: u8,
+    pub _pad: [u8; 2],
+    /// Agent-side index of the identity's policy version, reported in events.
+    pub policy_version: u32,
+}
+
+/// Data part of an IPv4 LPM key. The prefix length counts the 64 bits of `generation` and
+/// `identity` (always fully matched) plus the CIDR length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Net4Key {
+    pub generation: u32,
+    pub identity: u32,
+    /// Address in network byte order.
+    pub addr: [u8; 4],
+}
+
+/// Data part of an IPv6 LPM key, as [`Net4Key`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Net6Key {
+    pub generation: u32,
+    pub identity: u32,
+    /// Address in network byte order.
+    pub addr: [u8; 16],
+}
+
+/// Bits of the key prefix taken by `generation` and `identity`.
+pub const NET_KEY_PREFIX_BITS: u32 = 64;
+
+/// `PortRule::protocols` bit: TCP.
+pub const PROTO_TCP: u8 = 1;
+/// `PortRule::protocols` bit: UDP.
+pub const PROTO_UDP: u8 = 2;
+
+/// Port rules that one prefix of one identity can carry (after the compiler merges the rules
+/// of every less specific prefix into it).
+pub const MAX_PORT_RULES: usize = 16;
+
+/// One allowed port range for a set of protocols.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortRule {
+    /// First allowed port (host byte order).
+    pub lo: u16,
+    /// Last allowed port, inclusive.
+    pub hi: u16,
+    /// `PROTO_*` bits.
+    pub protocols: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of the LPM maps: every port rule that applies to destinations in the prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NetRules {
+    /// Number of valid entries in `rules` (at most [`MAX_PORT_RULES`]).
+    pub count: u32,
+    pub _pad: u32,
+    pub rules: [PortRule; MAX_PORT_RULES],
+}
+
+impl NetRules {
+    /// Whether `port` over `protocol` (a `PROTO_*` bit) is allowed.
+    #[inline(always)]
+    pub fn allows(&self, protocol: u8, port: u16) -> bool {
+        let mut i = 0;
+        while i < MAX_PORT_RULES {
+            if i as u32 >= self.count {
+                return false;
+            }
+            let r = &self.rules[i];
+            if r.protocols & protocol != 0 && r.lo <= port && port <= r.hi {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+/// Key of the inode maps (`Exec`, `Protected`, `FileExcept`, `Unix`). `identity` is 0 for
+/// host-wide entries. `dev` is the kernel's `super_block.s_dev` encoding (major << 20 | minor).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InodeKey {
+    pub generation: u32,
+    pub identity: u32,
+    pub ino: u64,
+    pub dev: u32,
+    pub _pad: u32,
+}
+
+/// `Protected`/`FileExcept` values: the inode itself.
+pub const PROTECT_FILE: u32 = 1;
+/// `Protected`/`FileExcept` values: a directory and everything below it.
+pub const PROTECT_TREE: u32 = 2;
+/// `Protected` values: `.env*` files anywhere below this directory.
+pub const PROTECT_ENV_ROOT: u32 = 4;
+
+/// Longest abstract socket name kept (sun_path is 108 bytes, the first is the NUL).
+pub const ABSTRACT_NAME_LEN: usize = 107;
+
+/// Key of [`crate::Map::UnixAbstract`]: an abstract name without its leading NUL, zero padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AbstractKey {
+    pub generation: u32,
+    pub identity: u32,
+    pub len: u32,
+    pub name: [u8; ABSTRACT_NAME_LEN],
+    pub _pad: u8,
+}
+
+impl Default for AbstractKey {
+    fn default() -> Self {
+        AbstractKey { generation: 0, identity: 0, len: 0, name: [0; ABSTRACT_NAME_LEN], _pad: 0 }
+    }
+}
+
+/// Longest cgroup path (relative to the cgroup2 mount) a unit selector can follow.
+pub const UNIT_PATH_LEN: usize = 128;
+
+/// Key of [`crate::Map::Units`]: a cgroup path as the `cgroup_mkdir` tracepoint gives it
+/// (`/system.slice/ci.service`), NUL padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UnitKey {
+    pub generation: u32,
+    pub _pad: u32,
+    pub path: [u8; UNIT_PATH_LEN],
+}
+
+impl Default for UnitKey {
+    fn default() -> Self {
+        UnitKey { generation: 0, _pad: 0, path: [0; UNIT_PATH_LEN] }
+    }
+}
+
+// Layout pins: a change on one side that is not mirrored fails to compile.
+const _: () = {
+    assert!(core::mem::size_of::<ActiveState>() == 16);
+    assert!(core::mem::size_of::<CgroupKey>() == 16);
+    assert!(core::mem::size_of::<IdentityKey>() == 8);
+    assert!(core::mem::size_of::<IdentityInfo>() == 8);
+    assert!(core::mem::size_of::<Net4Key>() == 12);
+    assert!(core::mem::size_of::<Net6Key>() == 24);
+    assert!(core::mem::size_of::<PortRule>() == 8);
+    assert!(core::mem::size_of::<NetRules>() == 8 + 8 * MAX_PORT_RULES);
+    assert!(core::mem::size_of::<InodeKey>() == 24);
+    assert!(core::mem::size_of::<AbstractKey>() == 120);
+    assert!(core::mem::size_of::<UnitKey>() == 8 + UNIT_PATH_LEN);
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(list: &[(u16, u16, u8)]) -> NetRules {
+        let mut r = NetRules::default();
+        for (i, &(lo, hi, protocols)) in list.iter().enumerate() {
+            r.rules[i] = PortRule { lo, hi, protocols, _pad: [0; 3] };
+        }
+        r.count = list.len() as u32;
+        r
+    }
+
+    #[test]
+    fn allows_matches_port_range_and_protocol() {
+        let r = rules(&[(443, 443, PROTO_TCP), (8000, 8080, PROTO_TCP | PROTO_UDP)]);
+        assert!(r.allows(PROTO_TCP, 443));
+        assert!(!r.allows(PROTO_UDP, 443));
+        assert!(r.allows(PROTO_UDP, 8000));
+        assert!(r.allows(PROTO_TCP, 8080));
+        assert!(!r.allows(PROTO_TCP, 8081));
+        assert!(!r.allows(PROTO_TCP, 22));
+    }
+
+    #[test]
+    fn allows_ignores_entries_past_count() {
+        let mut r = rules(&[(53, 53, PROTO_UDP)]);
+        r.rules[1] = PortRule { lo: 0, hi: 65535, protocols: PROTO_TCP | PROTO_UDP, _pad: [0; 3] };
+        assert!(!r.allows(PROTO_TCP, 22));
+        assert!(r.allows(PROTO_UDP, 53));
+        assert!(!NetRules::default().allows(PROTO_TCP, 1));
+    }
+
+    #[test]
+    fn protocol_zero_never_matches() {
+        let r = rules(&[(0, 65535, PROTO_TCP | PROTO_UDP)]);
+        assert!(!r.allows(0, 80));
+    }
+}
