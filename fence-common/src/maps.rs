@@ -72,12 +72,11 @@ pub enum Map {
 }
 
 impl Map {
-    /// Every map the object defines.
+    /// Every map the object defines; the policy maps among them in the order a generation is
+    /// written (bindings last: an identity is only reachable once its rules are in place).
     pub const ALL: [Map; 15] = [
         Map::Active,
-        Map::Cgroups,
         Map::Identities,
-        Map::Units,
         Map::Net4,
         Map::Net6,
         Map::Exec,
@@ -85,26 +84,28 @@ impl Map {
         Map::FileExcept,
         Map::Unix,
         Map::UnixAbstract,
+        Map::Units,
+        Map::Cgroups,
         Map::EventLimit,
         Map::EventRate,
         Map::Events,
         Map::Counters,
     ];
 
-    /// The policy maps, in the order a generation is written (bindings last: an identity is
-    /// only reachable once its rules are in place).
-    pub const POLICY: [Map; 10] = [
-        Map::Identities,
-        Map::Net4,
-        Map::Net6,
-        Map::Exec,
-        Map::Protected,
-        Map::FileExcept,
-        Map::Unix,
-        Map::UnixAbstract,
-        Map::Units,
-        Map::Cgroups,
-    ];
+    /// The policy maps (two generations), in [`Map::ALL`]'s order.
+    pub const POLICY: [Map; 10] = {
+        let mut out = [Map::Active; 10];
+        let (mut n, mut i) = (0, 0);
+        while i < Map::ALL.len() {
+            if Map::ALL[i].spec().policy {
+                out[n] = Map::ALL[i];
+                n += 1;
+            }
+            i += 1;
+        }
+        assert!(n == out.len(), "POLICY's length is the number of policy maps in the table");
+        out
+    };
 
     pub const fn spec(self) -> MapSpec {
         const fn policy(name: &'static str, kind: MapKind, capacity: u32, entry: &'static str) -> MapSpec {
@@ -147,5 +148,20 @@ impl Map {
     /// holds two).
     pub const fn per_generation(self) -> u32 {
         self.spec().capacity / GENERATIONS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_maps_are_the_generational_ones_with_the_bindings_last() {
+        assert!(Map::POLICY.iter().all(|m| m.spec().policy));
+        assert_eq!(Map::ALL.iter().filter(|m| m.spec().policy).count(), Map::POLICY.len());
+        assert_eq!(Map::POLICY.last(), Some(&Map::Cgroups));
+        let mut names: [&str; 15] = Map::ALL.map(Map::name);
+        names.sort();
+        assert!(names.windows(2).all(|w| w[0] != w[1]), "map names are unique");
     }
 }

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use fence_common::{
     AbstractKey, ActiveState, CgroupKey, EventLimit, IdentityInfo, IdentityKey, InodeKey, Map, Net4Key, Net6Key,
-    NetRules, RateKey, RateState, UnitKey, counter,
+    NetRules, RateKey, RateState, UnitKey,
 };
 
 /// The live policy generation (index 0). Written by the agent after a complete policy has been

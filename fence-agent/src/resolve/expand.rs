@@ -79,8 +79,9 @@ fn statx_id(
     const STATX_TYPE: u32 = 0x1;
     const STATX_INO: u32 = 0x100;
     const STATX_MNT_ID: u32 = 0x1000;
-    // SAFETY: statx writes into the zeroed struct; the path is NUL terminated.
+    // SAFETY: statx is a plain C struct of integers, for which all zeroes is a valid value.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: statx writes into the struct we own; the path is NUL terminated.
     let rc = unsafe { libc::statx(dirfd, path.as_ptr(), flags, STATX_TYPE | STATX_INO | STATX_MNT_ID, &mut stx) };
     if rc != 0 {
         return Err(io::Error::last_os_error());

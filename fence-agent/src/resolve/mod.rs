@@ -85,52 +85,12 @@ impl Resolved {
 fn resolve(cache: &mut Resolver, set: &PolicySet, host: &HostProtection, cgroup_root: &Path) -> Resolved {
     let mounts = Mounts::read();
     let mut r = Resolved::default();
-    for identity in &set.identities {
-        for cg in &identity.cgroups {
-            let dir = cgroup_root.join(cg.path.trim_start_matches('/'));
-            match &cg.kind {
-                SelectorKind::Cgroup => continue,
-                SelectorKind::Managed => {
-                    if let Err(e) = fs::create_dir_all(&dir) {
-                        r.warnings.push(format!(
-                            "identity \"{}\": cannot create its cgroup {}: {e}",
-                            identity.name,
-                            dir.display()
-                        ));
-                    }
-                }
-                SelectorKind::Unit(_) => {}
-            }
-            // A unit that restarts gets a new cgroup at the same path: watch its parent.
-            if let Some(parent) = dir.parent() {
-                r.watch.insert(parent.to_owned());
-            }
-            if let Ok(id) = crate::cgroup::id_of(&dir) {
-                r.cgroup_ids.insert(cg.path.clone(), id);
-            }
-        }
-    }
+    selector_cgroups(set, cgroup_root, &mut r);
     for glob in &host.files {
         protected_entries(cache, glob, &mounts, &mut r);
     }
     for root in &host.env_roots {
-        r.watch.insert(root.parent().unwrap_or(root).to_owned());
-        match object_id(root, &mounts) {
-            Ok((id, Kind::Dir)) => {
-                r.protected.push(Entry { id, path: root.clone(), value: fence_common::PROTECT_ENV_ROOT });
-                // The .env files themselves, by inode (what a fanotify mark needs), and every
-                // directory below, watched, so that a new one is seen.
-                let walk = cache.env_root(root);
-                for path in &walk.env_files {
-                    if let Ok((id, Kind::File)) = object_id(path, &mounts) {
-                        r.protected.push(Entry { id, path: path.clone(), value: fence_common::PROTECT_FILE });
-                    }
-                }
-                r.watch.extend(walk.dirs.iter().cloned());
-            }
-            Ok(_) => r.warnings.push(format!("protect.env_roots: {} is not a directory", root.display())),
-            Err(_) => {}
-        }
+        env_root_entries(cache, root, &mounts, &mut r);
     }
     for glob in &host.unix_deny {
         let ex = cache.expand(glob);
@@ -146,50 +106,7 @@ fn resolve(cache: &mut Resolver, set: &PolicySet, host: &HostProtection, cgroup_
         let mut ri = ResolvedIdentity::default();
         if let Some(exec) = &identity.exec {
             for (index, rule) in exec.allow.iter().enumerate() {
-                let ex = cache.expand(&rule.glob);
-                r.watch.extend(ex.watch);
-                let mut matched = 0;
-                for path in ex.found {
-                    let Ok((id, Kind::File)) = object_id(&path, &mounts) else { continue };
-                    if path.file_name().is_some_and(|n| is_dynamic_loader(&n.to_string_lossy())) {
-                        r.warnings.push(format!(
-                            "identity \"{}\": exec.allow[{index}] {} matches the dynamic loader {}; not allowed",
-                            identity.name,
-                            rule.glob,
-                            path.display()
-                        ));
-                        continue;
-                    }
-                    if let Some(want) = rule.sha256 {
-                        match cache.sha256(&path, id) {
-                            Ok(got) if got == want => {}
-                            Ok(_) => {
-                                r.warnings.push(format!(
-                                    "identity \"{}\": exec.allow[{index}] {}: sha256 does not match the pinned value; not allowed",
-                                    identity.name,
-                                    path.display()
-                                ));
-                                continue;
-                            }
-                            Err(e) => {
-                                r.warnings.push(format!(
-                                    "identity \"{}\": {}: cannot hash: {e}",
-                                    identity.name,
-                                    path.display()
-                                ));
-                                continue;
-                            }
-                        }
-                    }
-                    matched += 1;
-                    ri.exec.push(Entry { id, path, value: index as u32 });
-                }
-                if matched == 0 {
-                    r.warnings.push(format!(
-                        "identity \"{}\": exec.allow[{index}] {} matches no executable file on this host",
-                        identity.name, rule.glob
-                    ));
-                }
+                exec_entries(cache, &identity.name, index, rule, &mounts, &mut r, &mut ri);
             }
         }
         for glob in &identity.file_exceptions {
@@ -226,6 +143,106 @@ fn resolve(cache: &mut Resolver, set: &PolicySet, host: &HostProtection, cgroup_
         r.identities.insert(identity.name.clone(), ri);
     }
     r
+}
+
+/// The current cgroups of unit and managed selectors (managed ones are created), and their
+/// parents to watch: a unit that restarts gets a new cgroup at the same path.
+fn selector_cgroups(set: &PolicySet, cgroup_root: &Path, r: &mut Resolved) {
+    for identity in &set.identities {
+        for cg in &identity.cgroups {
+            let dir = cgroup_root.join(cg.path.trim_start_matches('/'));
+            match &cg.kind {
+                SelectorKind::Cgroup => continue,
+                SelectorKind::Managed => {
+                    if let Err(e) = fs::create_dir_all(&dir) {
+                        r.warnings.push(format!(
+                            "identity \"{}\": cannot create its cgroup {}: {e}",
+                            identity.name,
+                            dir.display()
+                        ));
+                    }
+                }
+                SelectorKind::Unit(_) => {}
+            }
+            if let Some(parent) = dir.parent() {
+                r.watch.insert(parent.to_owned());
+            }
+            if let Ok(id) = crate::cgroup::id_of(&dir) {
+                r.cgroup_ids.insert(cg.path.clone(), id);
+            }
+        }
+    }
+}
+
+/// An env root: the directory itself, the `.env*` files below it by inode (what a fanotify
+/// mark needs), and every directory below, watched, so that a new one is seen.
+fn env_root_entries(cache: &mut Resolver, root: &Path, mounts: &Mounts, r: &mut Resolved) {
+    r.watch.insert(root.parent().unwrap_or(root).to_owned());
+    match object_id(root, mounts) {
+        Ok((id, Kind::Dir)) => {
+            r.protected.push(Entry { id, path: root.to_owned(), value: fence_common::PROTECT_ENV_ROOT });
+            let walk = cache.env_root(root);
+            for path in &walk.env_files {
+                if let Ok((id, Kind::File)) = object_id(path, mounts) {
+                    r.protected.push(Entry { id, path: path.clone(), value: fence_common::PROTECT_FILE });
+                }
+            }
+            r.watch.extend(walk.dirs.iter().cloned());
+        }
+        Ok(_) => r.warnings.push(format!("protect.env_roots: {} is not a directory", root.display())),
+        Err(_) => {}
+    }
+}
+
+/// The programs one exec rule allows: executable files, not the dynamic loader, with the
+/// pinned content if the rule pins one.
+fn exec_entries(
+    cache: &mut Resolver,
+    identity: &str,
+    index: usize,
+    rule: &crate::policy::ExecRule,
+    mounts: &Mounts,
+    r: &mut Resolved,
+    ri: &mut ResolvedIdentity,
+) {
+    let ex = cache.expand(&rule.glob);
+    r.watch.extend(ex.watch);
+    let mut matched = 0;
+    for path in ex.found {
+        let Ok((id, Kind::File)) = object_id(&path, mounts) else { continue };
+        if path.file_name().is_some_and(|n| is_dynamic_loader(&n.to_string_lossy())) {
+            r.warnings.push(format!(
+                "identity \"{identity}\": exec.allow[{index}] {} matches the dynamic loader {}; not allowed",
+                rule.glob,
+                path.display()
+            ));
+            continue;
+        }
+        if let Some(want) = rule.sha256 {
+            match cache.sha256(&path, id) {
+                Ok(got) if got == want => {}
+                Ok(_) => {
+                    r.warnings.push(format!(
+                        "identity \"{identity}\": exec.allow[{index}] {}: sha256 does not match the pinned value; not allowed",
+                        path.display()
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    r.warnings.push(format!("identity \"{identity}\": {}: cannot hash: {e}", path.display()));
+                    continue;
+                }
+            }
+        }
+        matched += 1;
+        ri.exec.push(Entry { id, path, value: index as u32 });
+    }
+    if matched == 0 {
+        r.warnings.push(format!(
+            "identity \"{identity}\": exec.allow[{index}] {} matches no executable file on this host",
+            rule.glob
+        ));
+    }
 }
 
 fn protected_entries(cache: &mut Resolver, glob: &PathGlob, mounts: &Mounts, r: &mut Resolved) {

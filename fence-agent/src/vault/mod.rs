@@ -3,6 +3,7 @@
 //! and caches (`sync`), and the agent's polling loop and status (`agent`).
 
 pub mod agent;
+pub mod cache;
 pub mod client;
 pub mod layout;
 pub mod sign;
