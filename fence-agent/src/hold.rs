@@ -106,8 +106,8 @@ mod tests {
 
     #[test]
     fn a_renamed_protected_file_stays_protected_until_deleted() {
-        let d = std::env::temp_dir().join(format!("fence-hold-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
+        let d_guard = tempfile::tempdir().unwrap();
+        let d = d_guard.path().to_path_buf();
         fs::create_dir_all(&d).unwrap();
         let f = d.join("secret");
         fs::write(&f, "s").unwrap();
@@ -127,13 +127,12 @@ mod tests {
         holder.update(&mut r);
         assert!(r.protected.is_empty(), "a deleted file leaves the set");
         assert!(holder.is_empty());
-        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn a_rollback_lets_go_of_what_a_refused_policy_held() {
-        let d = std::env::temp_dir().join(format!("fence-hold-rb-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
+        let d_guard = tempfile::tempdir().unwrap();
+        let d = d_guard.path().to_path_buf();
         fs::create_dir_all(&d).unwrap();
         let (a, b) = (d.join("a"), d.join("b"));
         fs::write(&a, "a").unwrap();
@@ -151,6 +150,5 @@ mod tests {
         let mut r = Resolved { protected: vec![entry(&a)], ..Resolved::default() };
         holder.update(&mut r);
         assert_eq!(r.protected, vec![entry(&a)]);
-        fs::remove_dir_all(&d).unwrap();
     }
 }

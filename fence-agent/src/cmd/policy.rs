@@ -177,7 +177,8 @@ mod tests {
 
     #[test]
     fn vault_keygen_writes_a_private_key_once() {
-        let dir = std::env::temp_dir().join(format!("fence-keygen-test-{}", std::process::id()));
+        let dir_guard = tempfile::tempdir().unwrap();
+        let dir = dir_guard.path().to_path_buf();
         fs::create_dir_all(&dir).unwrap();
         let out = dir.join("signing.key");
         let _ = fs::remove_file(&out);
@@ -188,6 +189,5 @@ mod tests {
         let e = keygen(KeygenArgs { out: out.clone() }).unwrap_err().to_string();
         assert!(e.contains("already exists"), "{e}");
         assert_eq!(fs::read_to_string(&out).unwrap(), written);
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -318,11 +318,8 @@ fn journal_entry(json: &str, f: &LineFields<'_>) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = env::temp_dir().join(format!("fence-sink-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
+    fn temp_dir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
     }
 
     const FIELDS: LineFields<'static> =
@@ -330,7 +327,8 @@ mod tests {
 
     #[test]
     fn appends_and_never_truncates() {
-        let dir = temp_dir("append");
+        let guard = temp_dir();
+        let dir = guard.path().to_path_buf();
         let path = dir.join("sub/events.jsonl");
         {
             let mut s = Sinks::open(false, Some(&path)).unwrap();
@@ -341,12 +339,12 @@ mod tests {
             s.write_event("{\"a\":2}", &FIELDS).unwrap();
         }
         assert_eq!(fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"a\":2}\n");
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn rotates_by_size_and_keeps_the_newest_files() {
-        let dir = temp_dir("rotate");
+        let guard = temp_dir();
+        let dir = guard.path().to_path_buf();
         let path = dir.join("events.jsonl");
         // An existing live file counts towards the limit.
         fs::write(&path, "{\"n\":-1}\n").unwrap();
@@ -370,12 +368,12 @@ mod tests {
         s.write_event("{\"n\":14}", &FIELDS).unwrap();
         assert_eq!(read(&path), "{\"n\":14}\n");
         assert_eq!(read(&rotated_path(&path, 1)), format!("{big}\n"));
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn zero_max_bytes_never_rotates() {
-        let dir = temp_dir("never");
+        let guard = temp_dir();
+        let dir = guard.path().to_path_buf();
         let path = dir.join("events.jsonl");
         let mut s = Sinks::open_rotating(false, Some(&path), Rotation { max_bytes: 0, keep: 2 }).unwrap();
         for n in 0..100 {
@@ -383,12 +381,12 @@ mod tests {
         }
         assert_eq!(fs::read_to_string(&path).unwrap().lines().count(), 100);
         assert!(!rotated_path(&path, 1).exists());
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_failed_rotation_loses_no_line() {
-        let dir = temp_dir("fail");
+        let guard = temp_dir();
+        let dir = guard.path().to_path_buf();
         let path = dir.join("events.jsonl");
         let mut s = Sinks::open_rotating(false, Some(&path), Rotation { max_bytes: 20, keep: 2 }).unwrap();
         // `.2` is a non-empty directory: it cannot be removed, so rotation fails.
@@ -409,7 +407,6 @@ mod tests {
             .sum();
         assert!(rotated_path(&path, 1).exists(), "rotation resumed");
         assert_eq!(all, 12);
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -447,7 +444,8 @@ mod tests {
 
     #[test]
     fn journal_gets_datagrams_and_stdout_gets_what_it_refuses() {
-        let dir = temp_dir("journal");
+        let guard = temp_dir();
+        let dir = guard.path().to_path_buf();
         let socket_path = dir.join("journal.sock");
         let receiver = UnixDatagram::bind(&socket_path).unwrap();
         let mut console = Console::Journal(Journal::new(&socket_path).unwrap());
@@ -469,6 +467,5 @@ mod tests {
         out.clear();
         console.write("{\"x\":2}\n", &FIELDS, &mut out).unwrap();
         assert_eq!(out, b"{\"x\":2}\n");
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

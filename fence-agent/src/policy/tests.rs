@@ -241,7 +241,8 @@ fn bad_conflicting_modes_on_one_cgroup() {
 fn bad_unreadable_and_empty_files() {
     let e = load_paths(&["/nonexistent/policy.yaml".into()]).unwrap_err().to_string();
     assert!(e.contains("/nonexistent/policy.yaml: cannot read"), "{e}");
-    let dir = std::env::temp_dir().join(format!("fence-policy-test-{}", std::process::id()));
+    let dir_guard = tempfile::tempdir().unwrap();
+    let dir = dir_guard.path().to_path_buf();
     std::fs::create_dir_all(&dir).unwrap();
     let empty = dir.join("empty.yaml");
     std::fs::write(&empty, "  \n").unwrap();
@@ -251,7 +252,6 @@ fn bad_unreadable_and_empty_files() {
     std::fs::write(&odd, "x").unwrap();
     let e = load_paths(&[odd]).unwrap_err().to_string();
     assert!(e.contains("unsupported file type"), "{e}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -129,8 +129,8 @@ mod tests {
 
     #[test]
     fn a_change_re_expands_only_the_patterns_that_depend_on_it() {
-        let d = std::env::temp_dir().join(format!("fence-resolver-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
+        let d_guard = tempfile::tempdir().unwrap();
+        let d = d_guard.path().to_path_buf();
         for sub in ["a", "b"] {
             fs::create_dir_all(d.join(sub)).unwrap();
             fs::write(d.join(sub).join("key"), "k").unwrap();
@@ -150,13 +150,12 @@ mod tests {
         r.clear();
         r.expand(&b);
         assert_eq!(r.misses, 4);
-        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn hashes_are_computed_again_only_when_the_inode_changes() {
-        let d = std::env::temp_dir().join(format!("fence-resolver-hash-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
+        let d_guard = tempfile::tempdir().unwrap();
+        let d = d_guard.path().to_path_buf();
         fs::create_dir_all(&d).unwrap();
         let f = d.join("prog");
         fs::write(&f, "one").unwrap();
@@ -166,6 +165,5 @@ mod tests {
         assert_eq!(r.sha256(&f, id).unwrap(), first);
         fs::write(&f, "two, longer").unwrap();
         assert_ne!(r.sha256(&f, id).unwrap(), first, "new content, new hash");
-        fs::remove_dir_all(&d).unwrap();
     }
 }

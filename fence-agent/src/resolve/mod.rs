@@ -276,16 +276,14 @@ mod tests {
 
     use super::*;
 
-    fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("fence-resolve-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
+    fn tmp() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
     }
 
     #[test]
     fn expands_wildcards_and_lists_directories_to_watch() {
-        let d = tmp("expand");
+        let guard = tmp();
+        let d = guard.path().to_path_buf();
         for u in ["alice", "bob"] {
             fs::create_dir_all(d.join(u).join(".ssh")).unwrap();
             fs::write(d.join(u).join(".ssh/id_ed25519"), "k").unwrap();
@@ -305,7 +303,8 @@ mod tests {
 
     #[test]
     fn object_ids_match_the_kernel_encoding_and_follow_symlinks() {
-        let d = tmp("ids");
+        let guard = tmp();
+        let d = guard.path().to_path_buf();
         let f = d.join("file");
         fs::write(&f, "x").unwrap();
         std::os::unix::fs::symlink(&f, d.join("link")).unwrap();

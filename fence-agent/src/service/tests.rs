@@ -18,16 +18,7 @@ use crate::{
 struct Fixture {
     dir: PathBuf,
     service: PolicyService<FakeMaps>,
-    _cleanup: Cleanup,
-}
-
-/// Removes the fixture's directory.
-struct Cleanup(PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+    _cleanup: tempfile::TempDir,
 }
 
 fn identity(name: &str, purpose: &str) -> String {
@@ -37,8 +28,8 @@ fn identity(name: &str, purpose: &str) -> String {
 }
 
 fn fixture(test: &str, with_vault: bool) -> Fixture {
-    let dir = std::env::temp_dir().join(format!("fence-service-{test}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
+    let guard = tempfile::Builder::new().prefix(&format!("fence-service-{test}-")).tempdir().unwrap();
+    let dir = guard.path().to_path_buf();
     let root = dir.join("cgroup");
     for name in ["a", "b", "c"] {
         fs::create_dir_all(root.join(name)).unwrap();
@@ -65,7 +56,7 @@ fn fixture(test: &str, with_vault: bool) -> Fixture {
         VaultState::new(host, dir.join("policy-cache.json"), SyncStatus::default()).0
     });
     let service = PolicyService::new(Generations::new(FakeMaps::default()).unwrap(), deps, views, vault);
-    Fixture { dir: dir.clone(), service, _cleanup: Cleanup(dir) }
+    Fixture { dir, service, _cleanup: guard }
 }
 
 fn start_local(f: &mut Fixture) {

@@ -94,8 +94,8 @@ mod tests {
 
     #[test]
     fn cache_round_trips_and_refuses_loose_permissions() {
-        let dir = std::env::temp_dir().join(format!("fence-cache-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let dir_guard = tempfile::tempdir().unwrap();
+        let dir = dir_guard.path().to_path_buf();
         let path = dir.join("policy-cache.json");
         assert!(Cache::load(&path).unwrap().is_none());
         let mut c = Cache { schema: 2, ..Default::default() };
@@ -111,6 +111,5 @@ mod tests {
         std::os::unix::fs::symlink(&path, &link).unwrap();
         let e = Cache::load(&link).unwrap_err().to_string();
         assert!(e.contains("symbolic link"), "{e}");
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -297,14 +297,8 @@ mod tests {
     const PATH: &str = "identities/ci-runner";
     const DOC: &str = "schema: 1\nidentities:\n  - name: ci-runner\n";
 
-    fn tempdir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "fence-sign-test-{}-{}",
-            std::process::id(),
-            SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
-        ));
-        fs::create_dir_all(&dir).unwrap();
-        dir
+    fn tempdir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
     }
 
     #[test]
@@ -411,7 +405,8 @@ mod tests {
 
     #[test]
     fn key_files_round_trip_and_are_not_overwritten() {
-        let dir = tempdir();
+        let guard = tempdir();
+        let dir = guard.path();
         let path = dir.join("signing.key");
         let key = SigningKey::generate().unwrap();
         key.save(&path).unwrap();
@@ -423,12 +418,12 @@ mod tests {
         let other = SigningKey::generate().unwrap();
         assert!(matches!(other.save(&path), Err(SignError::KeyExists { .. })));
         assert_eq!(fs::read_to_string(&path).unwrap(), text);
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn key_files_readable_by_others_are_refused() {
-        let dir = tempdir();
+        let guard = tempdir();
+        let dir = guard.path();
         let path = dir.join("signing.key");
         SigningKey::generate().unwrap().save(&path).unwrap();
         for mode in [0o640, 0o604, 0o660] {
@@ -449,7 +444,6 @@ mod tests {
         let e = SigningKey::load(&bad).unwrap_err().to_string();
         assert!(e.contains("holds 16 bytes"), "{e}");
         assert!(matches!(SigningKey::load(&dir.join("missing")), Err(SignError::KeyFile { .. })));
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

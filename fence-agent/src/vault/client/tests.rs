@@ -51,7 +51,8 @@ fn vault_url_queries_are_stripped() {
 
 #[test]
 fn vault_credential_files_must_be_private() {
-    let dir = std::env::temp_dir().join(format!("fence-vault-cred-{}", std::process::id()));
+    let dir_guard = tempfile::tempdir().unwrap();
+    let dir = dir_guard.path().to_path_buf();
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("secret-id");
     std::fs::write(&file, "s3cr3t-id\n").unwrap();
@@ -74,7 +75,6 @@ fn vault_credential_files_must_be_private() {
     assert!(!read_credential(&file).unwrap_err().to_string().contains("two"));
     let e = read_credential(&dir.join("missing")).unwrap_err();
     assert!(matches!(e, VaultError::Io { .. }), "{e}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
