@@ -71,7 +71,8 @@ enum Command {
     /// prints the lines as they are. -f follows the live file as it grows and rotates, every
     /// line once, until SIGINT or SIGTERM. Summary records (events suppressed by the rate
     /// limit, events dropped) are shown too and selected by --verdict suppressed|dropped.
-    /// Lines that are not JSON are skipped and counted on stderr.
+    /// Lines that are not event records (not JSON, or not a line fence writes) are skipped and
+    /// counted on stderr.
     #[command(after_long_help = LOGS_HELP)]
     Logs(cmd::logs::LogsArgs),
     /// Remove pinned enforcement, managed cgroups, state and the socket (agent stopped).

@@ -180,12 +180,17 @@ fn filters_on_a_real_file() {
     let copy = dir.path("events.jsonl");
     let mut text = fs::read_to_string(&agent.events).unwrap();
     text.push_str(concat!(
-        r#"{"@timestamp":"2030-01-01T00:00:00Z","event":{"action":"events-suppressed"},"#,
-        r#""fence":{"identity":"logs-enforced","operation":"connect","verdict":"denied","suppressed":1234}}"#,
+        r#"{"@timestamp":"2030-01-01T00:00:00Z","ecs":{"version":"8.11.0"},"event":{"kind":"metric","#,
+        r#""category":["network"],"type":["info"],"action":"events-suppressed","outcome":"unknown","#,
+        r#""module":"fence","dataset":"fence.enforcement","reason":"1234 similar events suppressed"},"#,
+        r#""host":{"hostname":"h"},"fence":{"schema_version":1,"identity":"logs-enforced","operation":"connect","#,
+        r#""verdict":"denied","suppressed":1234,"interval_seconds":10.0}}"#,
         "\n",
         "this line is not JSON\n",
-        r#"{"@timestamp":"2030-01-01T00:00:01Z","event":{"action":"events-dropped"},"#,
-        r#""fence":{"dropped":{"count":5,"cause":"ring-buffer-full"}}}"#,
+        r#"{"@timestamp":"2030-01-01T00:00:01Z","ecs":{"version":"8.11.0"},"event":{"kind":"metric","#,
+        r#""category":["host"],"type":["info"],"action":"events-dropped","outcome":"failure","module":"fence","#,
+        r#""dataset":"fence.enforcement","reason":"5 events lost: ring-buffer-full"},"host":{"hostname":"h"},"#,
+        r#""fence":{"schema_version":1,"dropped":{"count":5,"cause":"ring-buffer-full"},"interval_seconds":10.0}}"#,
         "\n"
     ));
     fs::write(&copy, text).unwrap();
