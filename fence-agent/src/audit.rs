@@ -238,25 +238,15 @@ pub fn append_only_flag(file: &File, on: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Mode, PolicyVersion};
+    use crate::policy::PolicyVersion;
 
     fn identity(name: &str, v: u8, expired: bool) -> Identity {
-        Identity {
-            name: name.into(),
-            owner: "o".into(),
-            purpose: "p".into(),
-            created: None,
-            expires: None,
-            expired,
-            mode: Mode::Enforce,
-            cgroups: vec![],
-            egress: vec![],
-            exec: None,
-            file_exceptions: vec![],
-            unix: None,
-            version: PolicyVersion([v; 32]),
-            source: "/nonexistent/policy.yaml".into(),
-        }
+        let mut i = crate::compile::tests::identity(name, vec![]);
+        i.cgroups.clear();
+        i.version = PolicyVersion([v; 32]);
+        i.expired = expired;
+        i.source = "/nonexistent/policy.yaml".into();
+        i
     }
 
     fn actions(records: &[AuditRecord]) -> Vec<(&'static str, String)> {

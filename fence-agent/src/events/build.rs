@@ -284,7 +284,7 @@ fn comm(raw: &[u8; 16]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use fence_common::{IdentityInfo, MODE_ENFORCE, Mechanism};
 
     use super::*;
@@ -293,7 +293,8 @@ mod tests {
         policy::{Mode, PolicyVersion},
     };
 
-    struct FakeHost;
+    /// A host with fixed answers, for records built in tests.
+    pub(crate) struct FakeHost;
     impl HostView for FakeHost {
         fn hostname(&self) -> &str {
             "host-a"

@@ -258,7 +258,7 @@ fn wait(signals: &nix::sys::signalfd::SignalFd) -> anyhow::Result<bool> {
 mod tests {
     use super::*;
     use crate::events::{
-        build::{HostView, build},
+        build::build,
         decode::KernelEvent,
         directory::Directory,
         summary::{cause, dropped_record, suppressed_record},
@@ -341,22 +341,7 @@ mod tests {
         assert_eq!(p.not_json, 5);
     }
 
-    struct FakeHost;
-
-    impl HostView for FakeHost {
-        fn hostname(&self) -> &str {
-            "host-a"
-        }
-        fn wall_time(&self, boot_ns: u64) -> Timestamp {
-            Timestamp::from_nanosecond(1_800_000_000_000_000_000 + i128::from(boot_ns)).unwrap()
-        }
-        fn executable(&self, _: u32) -> Option<String> {
-            Some("/usr/bin/curl".into())
-        }
-        fn cgroup_path(&self, _: u32) -> Option<String> {
-            None
-        }
-    }
+    use crate::events::build::tests::FakeHost;
 
     /// What the event writer writes (the record builder, then `serde_json::to_string`) is what
     /// the reader reads, filters and prints.
