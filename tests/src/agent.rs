@@ -11,6 +11,10 @@ use std::{
     time::Duration,
 };
 
+use fence_agent::control::{
+    self,
+    protocol::{DumpReply, Request, StatusReply},
+};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -205,16 +209,42 @@ impl Agent {
         s
     }
 
-    /// Sends SIGHUP and waits until the agent has logged the outcome of the reload.
-    pub fn reload(&self) -> String {
-        let outcomes = |t: &str| t.matches("policy applied").count() + t.matches("reload refused").count();
-        let before = outcomes(&self.stderr_text());
-        kill(self.pid(), Signal::SIGHUP).expect("SIGHUP");
+    /// The agent's answer to `status` on its control socket.
+    pub fn status(&self) -> StatusReply {
+        self.try_status().unwrap_or_else(|e| panic!("status on {}: {e}\n{}", self.socket.display(), self.stderr_text()))
+    }
+
+    fn try_status(&self) -> Result<StatusReply, fence_agent::control::CallError> {
+        control::call(&self.socket, &Request::Status)
+    }
+
+    /// The live policy maps as the kernel holds them (`dump` on the control socket).
+    pub fn dump(&self) -> DumpReply {
+        control::call(&self.socket, &Request::Dump)
+            .unwrap_or_else(|e| panic!("dump on {}: {e}\n{}", self.socket.display(), self.stderr_text()))
+    }
+
+    /// How many policy changes the agent has finished (applied, unchanged or refused).
+    pub fn handled(&self) -> u64 {
+        self.status().handled.total()
+    }
+
+    /// Waits until the agent has finished more policy changes than `before` (from
+    /// [`Agent::handled`], read before causing the change); returns the status that shows it.
+    pub fn wait_handled(&self, before: u64) -> StatusReply {
         wait_for(Duration::from_secs(30 * u64::from(slow_factor())), || {
-            let text = self.stderr_text();
-            (outcomes(&text) > before).then_some(text)
+            self.try_status().ok().filter(|st| st.handled.total() > before)
         })
-        .unwrap_or_else(|| panic!("the agent did not finish the reload:\n{}", self.stderr_text()))
+        .unwrap_or_else(|| panic!("the agent handled no policy change past {before}:\n{}", self.stderr_text()))
+    }
+
+    /// Sends SIGHUP and waits until the policy service has finished the reload (applied,
+    /// unchanged or refused); returns the agent's log, which says what happened.
+    pub fn reload(&self) -> String {
+        let before = self.handled();
+        kill(self.pid(), Signal::SIGHUP).expect("SIGHUP");
+        self.wait_handled(before);
+        self.stderr_text()
     }
 
     /// Event lines in the event file, parsed.

@@ -3,6 +3,7 @@
 
 use std::{
     fs,
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     sync::OnceLock,
     time::{Duration, Instant},
@@ -84,15 +85,22 @@ fn remove_cgroup_tree(dir: &Path) {
     }
 }
 
-/// A temporary directory removed when dropped.
-pub struct TempDir(pub PathBuf);
+/// A temporary directory removed when dropped: `fence-test-NAME.XXXXXX` (a unique random
+/// suffix) in the system's temporary directory, on the same file system as before, so that
+/// the files tests protect there live on a device the agent identifies as it always has.
+/// `.0` is its path.
+pub struct TempDir(pub PathBuf, tempfile::TempDir);
 
 impl TempDir {
     pub fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("fence-test-{name}.{}", std::process::id()));
-        remove_tree(&dir);
-        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-        TempDir(dir)
+        let base = std::env::temp_dir();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("fence-test-{name}."))
+            // As a plain mkdir under umask 022 made it: tempfile's default is 0700.
+            .permissions(fs::Permissions::from_mode(0o755))
+            .tempdir_in(&base)
+            .unwrap_or_else(|e| panic!("creating fence-test-{name}.* in {}: {e}", base.display()));
+        TempDir(dir.path().to_path_buf(), dir)
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -101,18 +109,20 @@ impl TempDir {
 }
 
 impl Drop for TempDir {
+    /// Clears the append-only flags first; `tempfile` then removes the tree (quietly, also
+    /// when the test already removed it, as `fence-agent uninstall` does with a state dir).
     fn drop(&mut self) {
-        remove_tree(&self.0);
+        clear_append_only(self.1.path());
     }
 }
 
-/// Removes a directory tree, audit logs included (the agent makes them append-only, which
-/// even root cannot unlink until the flag is cleared).
-fn remove_tree(dir: &Path) {
+/// Clears the append-only flag of every file under `dir` (the agent sets it on audit logs,
+/// and even root cannot unlink such a file until it is cleared).
+fn clear_append_only(dir: &Path) {
     if let Ok(entries) = fs::read_dir(dir) {
         for e in entries.flatten() {
             match e.file_type() {
-                Ok(t) if t.is_dir() => remove_tree(&e.path()),
+                Ok(t) if t.is_dir() => clear_append_only(&e.path()),
                 Ok(t) if t.is_file() => {
                     if let Ok(f) = fs::File::open(e.path()) {
                         fence_agent::audit::append_only_flag(&f, false);
@@ -122,7 +132,6 @@ fn remove_tree(dir: &Path) {
             }
         }
     }
-    let _ = fs::remove_dir_all(dir);
 }
 
 /// The last `lines` lines of the kernel log (syslog(2) READ_ALL), for failure reports.

@@ -248,18 +248,35 @@ fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
         }
         "probe-connect" => {
             // Connects again and again for SECONDS, or until STOPFILE exists; counts what
-            // happened.
+            // happened. With PROGRESS, appends a line per attempt made to that file (`d`
+            // denied, `s` succeeded, `o` other), so that a test can wait for attempts.
             let to = addr(args.first())?;
             let secs: f64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1.0);
             let stop = args.get(2).map(std::path::Path::new);
+            let mut progress = match args.get(3) {
+                Some(p) => Some(fs::OpenOptions::new().create(true).append(true).open(p)?),
+                None => None,
+            };
             let until = std::time::Instant::now() + Duration::from_secs_f64(secs);
             let (mut attempts, mut denied, mut succeeded, mut other) = (0u64, 0u64, 0u64, 0u64);
             while std::time::Instant::now() < until && !stop.is_some_and(|p| p.exists()) {
                 attempts += 1;
-                match TcpStream::connect_timeout(&to, Duration::from_secs(1)) {
-                    Ok(_) => succeeded += 1,
-                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => denied += 1,
-                    Err(_) => other += 1,
+                let outcome = match TcpStream::connect_timeout(&to, Duration::from_secs(1)) {
+                    Ok(_) => {
+                        succeeded += 1;
+                        b"s\n"
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                        denied += 1;
+                        b"d\n"
+                    }
+                    Err(_) => {
+                        other += 1;
+                        b"o\n"
+                    }
+                };
+                if let Some(f) = &mut progress {
+                    io::Write::write_all(f, outcome)?;
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }

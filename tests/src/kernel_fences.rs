@@ -383,9 +383,11 @@ fn files_protected_under_every_name() {
     o.assert_eperm("a protected file through a bind mount");
     assert_file_event(&agent, &o, &mech);
     // Renamed away from its protected path, it is still the same file.
+    let handled = agent.handled();
     fs::rename(sec.p("secrets/token"), sec.p("elsewhere/renamed")).unwrap();
     open(Some(&cg), &sec.p("elsewhere/renamed")).assert_eperm("a protected file after a rename");
-    std::thread::sleep(Duration::from_millis(600));
+    // The agent saw the rename (inotify) and resolved its paths again.
+    agent.wait_handled(handled);
     let o = open(Some(&cg), &sec.p("elsewhere/renamed"));
     o.assert_eperm("a renamed protected file, after the agent re-resolved its paths");
     assert_file_event(&agent, &o, &mech);

@@ -9,6 +9,8 @@ use std::{
 
 use serde_json::Value;
 
+use fence_agent::control::protocol::DumpReply;
+
 use crate::{
     agent::{Agent, read_jsonl},
     env::{TestCgroup, slow_factor, wait_for},
@@ -27,6 +29,7 @@ pub const TESTS: &[Test] = &[
     Test { name: "net_unfenced_processes_unaffected", run: unfenced_processes_unaffected },
     Test { name: "net_audit_mode_allows_and_logs", run: audit_mode_allows_and_logs },
     Test { name: "net_sighup_bad_reload_keeps_old_policy", run: sighup_bad_reload_keeps_old_policy },
+    Test { name: "policy_maps_hold_the_applied_policy", run: policy_maps_hold_the_applied_policy },
     Test { name: "net_other_socket_kinds_denied", run: other_socket_kinds_denied },
     Test { name: "net_tcp_fast_open_is_judged", run: tcp_fast_open_is_judged },
     Test { name: "net_expired_identity_is_deny_all", run: expired_identity_is_deny_all },
@@ -354,6 +357,93 @@ fn sighup_bad_reload_keeps_old_policy() {
     assert_eq!(log.matches("reload refused").count(), 1, "{log}");
     tcp_connect(Some(&cg), &to_b).assert_ok("B allowed after the good reload");
     tcp_connect(Some(&cg), &to_a).assert_eperm("A denied after the good reload");
+}
+
+/// The test identity's entries of `map` in a dump: (key, value), sorted.
+fn entries_of(dump: &DumpReply, map: &str, identity: u32) -> Vec<(Option<String>, Option<String>)> {
+    let mut v: Vec<_> = dump
+        .entries
+        .iter()
+        .filter(|e| e.map == map && e.identity == identity)
+        .map(|e| (e.key.clone(), e.value.clone()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A dump's entries in a stable order (the kernel's iteration order is not the policy's).
+fn sorted(dump: &DumpReply) -> Vec<(String, u32, Option<String>, Option<String>)> {
+    let mut v: Vec<_> =
+        dump.entries.iter().map(|e| (e.map.to_string(), e.identity, e.key.clone(), e.value.clone())).collect();
+    v.sort();
+    v
+}
+
+/// What the kernel holds for the test identity: its number (from its cgroup's binding), and
+/// its entries in the maps this policy fills.
+fn assert_maps_hold(agent: &Agent, cg: &TestCgroup, port: u16) -> (DumpReply, u32) {
+    let dump = agent.dump();
+    let cgroup_id = cg.id().to_string();
+    let bound: Vec<u32> = dump
+        .entries
+        .iter()
+        .filter(|e| e.map == "FENCE_CGROUPS" && e.key.as_deref() == Some(cgroup_id.as_str()))
+        .map(|e| e.identity)
+        .collect();
+    let [identity] = bound[..] else {
+        panic!("one FENCE_CGROUPS entry for the test cgroup (id {cgroup_id}), got {bound:?}: {:#?}", dump.entries)
+    };
+    assert_ne!(identity, 0, "the test cgroup is bound to an identity: {:#?}", dump.entries);
+    let ctx = || format!("{:#?}", dump.entries);
+    assert_eq!(
+        entries_of(&dump, "FENCE_CGROUPS", identity),
+        [(Some(cgroup_id.clone()), None)],
+        "the identity's only cgroup is the test cgroup: {}",
+        ctx()
+    );
+    assert_eq!(
+        entries_of(&dump, "FENCE_NET4", identity),
+        [(Some("127.0.0.1/32".to_owned()), Some(format!("{port}/tcp")))],
+        "the identity's IPv4 allow-list is the policy's one rule: {}",
+        ctx()
+    );
+    assert_eq!(entries_of(&dump, "FENCE_NET6", identity), [], "the policy allows nothing over IPv6: {}", ctx());
+    // Mode and version as the agent reports the policy in force (the kernel carries the
+    // version's first four bytes).
+    let st = agent.status();
+    let version = &st.policy.iter().find(|p| p.identity == "test-bot").expect("test-bot in the status").version;
+    let short = version.strip_prefix("sha256:").and_then(|h| h.get(..8)).expect("a sha256 version");
+    let info = entries_of(&dump, "FENCE_IDENTITIES", identity);
+    assert!(
+        matches!(&info[..], [(None, Some(v))] if v.starts_with("mode=1 ") && v.ends_with(&format!(" version={short}"))),
+        "one FENCE_IDENTITIES entry, in enforce mode (1), of version {version}: {info:?}\n{}",
+        ctx()
+    );
+    (dump, identity)
+}
+
+fn policy_maps_hold_the_applied_policy() {
+    let cg = TestCgroup::new("maps");
+    let (x, y) = (tcp4(), tcp4());
+    let (px, py) = (port(&x), port(&y));
+    let agent = Agent::start("maps", &policy(&cg, "enforce", "", &rule("127.0.0.1/32", &px.to_string(), "tcp")));
+    let (first, identity) = assert_maps_hold(&agent, &cg, px);
+    // A changed port, reloaded: the live maps hold the new rule and not the old one.
+    std::fs::write(&agent.policy, policy(&cg, "enforce", "", &rule("127.0.0.1/32", &py.to_string(), "tcp"))).unwrap();
+    let log = agent.reload();
+    let (second, again) = assert_maps_hold(&agent, &cg, py);
+    assert_eq!(again, identity, "the identity keeps its number across a reload");
+    let net4 = entries_of(&second, "FENCE_NET4", identity);
+    assert!(!net4.iter().any(|(_, v)| v.as_deref() == Some(&format!("{px}/tcp"))), "port {px} is gone: {net4:?}");
+    assert_eq!(second.sequence, first.sequence + 1, "one apply, one sequence step:\n{log}");
+    // A refused reload (a port out of range) leaves every live map as it was.
+    let refused = agent.status().handled.refused;
+    std::fs::write(&agent.policy, policy(&cg, "enforce", "", &rule("127.0.0.1/32", "70000", "tcp"))).unwrap();
+    let log = agent.reload();
+    assert_eq!(agent.status().handled.refused, refused + 1, "the reload was refused:\n{log}");
+    let third = agent.dump();
+    assert_eq!(third.sequence, second.sequence, "a refused reload applies nothing:\n{log}");
+    assert_eq!(sorted(&third), sorted(&second), "a refused reload leaves the maps as they were");
 }
 
 fn other_socket_kinds_denied() {

@@ -4,7 +4,7 @@
 use std::{
     fs,
     net::TcpListener,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
 };
@@ -13,11 +13,15 @@ use serde_json::Value;
 
 use crate::{
     agent::{Agent, agent_binary},
-    env::{TempDir, TestCgroup, slow_factor},
+    env::{TempDir, TestCgroup, slow_factor, wait_for},
     harness::Test,
 };
 
 pub const TESTS: &[Test] = &[Test { name: "persist_no_gap_on_sigkill_restart_and_stop", run: no_gap }];
+
+/// Connect attempts the prober makes in each phase (the first agent running, none running)
+/// before the test moves on.
+const PHASE_ATTEMPTS: usize = 10;
 
 /// Removes the test's pins if the test ends early (the pins would keep a test cgroup fenced).
 struct Pins(PathBuf);
@@ -44,10 +48,15 @@ impl Drop for Pins {
 
 /// Starts a helper in `cg` that connects to `to` for `secs` seconds; returns its child.
 fn prober(cg: &TestCgroup, to: &str, secs: f64) -> std::process::Child {
+    prober_with(cg, to, secs, &[])
+}
+
+fn prober_with(cg: &TestCgroup, to: &str, secs: f64, more: &[&Path]) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
         .args(["helper", "--cgroup"])
         .arg(&cg.dir)
         .args(["probe-connect", to, &secs.to_string()])
+        .args(more)
         .stdout(Stdio::piped())
         .spawn()
         .expect("starting the prober")
@@ -56,6 +65,58 @@ fn prober(cg: &TestCgroup, to: &str, secs: f64) -> std::process::Child {
 fn finish(p: std::process::Child) -> Value {
     let out = p.wait_with_output().expect("prober");
     serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("{}")).expect("prober output")
+}
+
+/// A prober that keeps connecting until told to stop, and reports each attempt as it makes
+/// it (a line in its progress file), so that the test can wait for attempts in each phase.
+struct Probe {
+    child: Option<std::process::Child>,
+    stop: PathBuf,
+    progress: PathBuf,
+    _dir: TempDir,
+}
+
+impl Probe {
+    fn start(cg: &TestCgroup, to: &str) -> Probe {
+        let dir = TempDir::new("persist-probe");
+        let (stop, progress) = (dir.path("stop"), dir.path("progress"));
+        // A bound on its run, should the test never tell it to stop.
+        let secs = 60.0 * f64::from(slow_factor());
+        let child = prober_with(cg, to, secs, &[&stop, &progress]);
+        Probe { child: Some(child), stop, progress, _dir: dir }
+    }
+
+    /// Waits until the prober has made `more` attempts past those made so far.
+    fn wait_attempts(&mut self, more: usize, when: &str) {
+        let attempts =
+            |progress: &Path| fs::read(progress).map(|b| b.iter().filter(|&&c| c == b'\n').count()).unwrap_or(0);
+        let target = attempts(&self.progress) + more;
+        let child = self.child.as_mut().expect("prober running");
+        let made = wait_for(Duration::from_secs(30 * u64::from(slow_factor())), || {
+            if attempts(&self.progress) >= target {
+                return Some(true);
+            }
+            child.try_wait().ok().flatten().map(|_| false)
+        });
+        assert!(
+            made == Some(true),
+            "the prober did not make {more} attempts {when} ({} in all; {})",
+            attempts(&self.progress),
+            if made.is_some() { "it exited" } else { "it is still running" }
+        );
+    }
+
+    /// Tells the prober to stop; what it counted.
+    fn finish(mut self) -> Value {
+        fs::write(&self.stop, "").expect("writing the prober's stop file");
+        finish(self.child.take().expect("prober running"))
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        crate::env::stop_child(self.child.take());
+    }
 }
 
 fn no_gap() {
@@ -74,16 +135,16 @@ fn no_gap() {
         "schema: 1\nidentities:\n  - name: persistent\n    owner: fence-tests\n    purpose: persistence test\n    selectors: [{{cgroup: \"{}\"}}]\n    egress: []\n",
         cg.rel
     );
-    let slow = f64::from(slow_factor());
     let mut first = Agent::start_with("persist-1", &policy, &config);
     // Killed without warning, while a fenced process keeps trying; then a new agent takes over.
-    let probe = prober(&cg, &to, 3.0 * slow);
-    std::thread::sleep(Duration::from_millis(500));
+    // The prober runs from before the kill until the second agent is ready.
+    let mut probe = Probe::start(&cg, &to);
+    probe.wait_attempts(PHASE_ATTEMPTS, "while the first agent runs");
     nix::sys::signal::kill(first.pid(), nix::sys::signal::Signal::SIGKILL).unwrap();
     first.wait_exit(Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(500));
+    probe.wait_attempts(PHASE_ATTEMPTS, "while no agent runs");
     let second = Agent::start_with("persist-2", &policy, &config);
-    let r = finish(probe);
+    let r = probe.finish();
     eprintln!("note: across SIGKILL and restart: {r}");
     assert_eq!(r["succeeded"], 0, "a denied connect succeeded while the agent was down or restarting: {r}");
     assert!(r["denied"].as_u64().unwrap() > 10, "{r}");

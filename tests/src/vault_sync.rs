@@ -260,7 +260,7 @@ fn invalid_and_tampered_refused() {
     point_index(&setup.bao, Some(&key), path, v, &signed);
     let refused = wait_error(&agent, "refused").expect("the agent reports the refused document");
     assert!(denied(&cg, &to), "the previous policy stays in force after an invalid document ({refused})");
-    std::thread::sleep(Duration::from_secs(3 * POLL));
+    wait_polls(&agent, 2);
     let st = status(&agent);
     assert!(
         st["vault"]["last_error"].as_str().is_some_and(|e| e.contains("refused")) && st["vault"]["refusing"] == true,
@@ -336,6 +336,23 @@ fn invalid_and_tampered_refused() {
     assert!(st.is_some(), "a rebuilt index is accepted: {:#}", status(&agent));
     assert!(!denied(&cg, &to), "and the policy is still the repaired one");
     note(format!("refused: {refused}"));
+}
+
+/// Waits until the agent has polled the vault `n` more times (`vault.last_poll` changed `n`
+/// times since the call).
+fn wait_polls(agent: &Agent, n: usize) {
+    let last_poll = || agent.status().vault.and_then(|v| v.last_poll);
+    let mut last = last_poll();
+    let mut changes = 0;
+    let polled = wait_for(wait(30), || {
+        let now = last_poll();
+        if now != last {
+            changes += 1;
+            last = now;
+        }
+        (changes >= n).then_some(())
+    });
+    assert!(polled.is_some(), "the agent did not poll the vault {n} times: {:#}", status(agent));
 }
 
 /// Waits until the agent's status shows an error containing `what`.
