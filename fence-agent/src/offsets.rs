@@ -39,6 +39,13 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         css_set_dfl_cgrp: btf.offset_of("css_set", &["dfl_cgrp"])?,
         task_tgid: btf.offset_of("task_struct", &["tgid"])?,
         task_real_parent: btf.offset_of("task_struct", &["real_parent"])?,
+        task_pid: btf.offset_of("task_struct", &["pid"])?,
+        task_comm: btf.offset_of("task_struct", &["comm"])?,
+        inode_i_private: btf.offset_of("inode", &["i_private"])?,
+        kernfs_node_parent: btf
+            .offset_of("kernfs_node", &["parent"])
+            .or_else(|_| btf.offset_of("kernfs_node", &["__parent"]))?,
+        kernfs_node_name: btf.offset_of("kernfs_node", &["name"])?,
     })
 }
 

@@ -47,6 +47,14 @@ pub const DEFAULT_UNIX_DENY: &[&str] = &[
     "/run/user/*/docker.sock",
     "/run/dbus/system_bus_socket",
     "/run/systemd/private",
+    // The per-user service manager and session bus: `systemd-run --user` starts code outside
+    // the fence through either.
+    "/run/user/*/systemd/private",
+    "/run/user/*/bus",
+    // Daemons that resolve or look up for their callers, outside the fence: a name lookup
+    // through them is egress no rule judged.
+    "/run/nscd/socket",
+    "/run/systemd/resolve/io.systemd.Resolve",
     "/run/snapd.socket",
     "/run/libvirt/libvirt-sock",
 ];

@@ -1,8 +1,10 @@
 //! Watches the directories a policy's paths live in (inotify), so that programs replaced by a
 //! package upgrade, protected files created or renamed into place, and sockets re-created by
-//! their daemons are resolved again without a reload. A burst of changes (an upgrade, a
-//! rename) is gathered for a moment and reported once, with the directories that changed, so
-//! that the policy service re-resolves only what depends on them.
+//! their daemons are resolved again without a reload; and the inodes of sha256-pinned
+//! programs, so that a write to one through any of its names has its pin checked again. A
+//! burst of changes (an upgrade, a rename) is gathered for a moment and reported once, with
+//! the directories that changed (a pinned file's directory, for a write to it), so that the
+//! policy service re-resolves only what depends on them.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -27,7 +29,8 @@ type Watches = Arc<Mutex<HashMap<WatchDescriptor, PathBuf>>>;
 
 pub struct Watcher {
     inotify: Arc<Inotify>,
-    /// Watched directory -> descriptor (the reading thread has the reverse map).
+    /// Watched directory (or pinned file) -> descriptor (the reading thread has the reverse
+    /// map, to the directory to report).
     watches: HashMap<PathBuf, WatchDescriptor>,
     by_wd: Watches,
 }
@@ -45,9 +48,9 @@ impl Watcher {
         Ok(Watcher { inotify, watches: HashMap::new(), by_wd })
     }
 
-    /// Watches exactly `dirs` (adds new ones, drops the rest).
-    pub fn set(&mut self, dirs: &BTreeSet<PathBuf>) {
-        let mask = AddWatchFlags::IN_CREATE
+    /// Watches exactly `dirs` and `files` (adds new ones, drops the rest).
+    pub fn set(&mut self, dirs: &BTreeSet<PathBuf>, files: &BTreeSet<PathBuf>) {
+        let dir_mask = AddWatchFlags::IN_CREATE
             | AddWatchFlags::IN_DELETE
             | AddWatchFlags::IN_MOVED_FROM
             | AddWatchFlags::IN_MOVED_TO
@@ -56,25 +59,30 @@ impl Watcher {
             | AddWatchFlags::IN_DELETE_SELF
             | AddWatchFlags::IN_MOVE_SELF
             | AddWatchFlags::IN_ONLYDIR;
+        // On the inode: any write, by any name, or a truncate/attribute change.
+        let file_mask = AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_ATTRIB;
         let mut by_wd = self.by_wd.lock().unwrap_or_else(|p| p.into_inner());
-        self.watches.retain(|dir, wd| {
-            let keep = dirs.contains(dir);
+        self.watches.retain(|path, wd| {
+            let keep = dirs.contains(path) || files.contains(path);
             if !keep {
                 let _ = self.inotify.rm_watch(*wd);
                 by_wd.remove(wd);
             }
             keep
         });
-        for dir in dirs {
-            if self.watches.contains_key(dir) {
+        let wanted = dirs.iter().map(|d| (d, dir_mask, d.as_path())).chain(
+            files.iter().filter(|f| !dirs.contains(*f)).map(|f| (f, file_mask, f.parent().unwrap_or(f.as_path()))),
+        );
+        for (path, mask, report) in wanted {
+            if self.watches.contains_key(path) {
                 continue;
             }
-            match self.inotify.add_watch(dir.as_path(), mask) {
+            match self.inotify.add_watch(path.as_path(), mask) {
                 Ok(wd) => {
-                    self.watches.insert(dir.clone(), wd);
-                    by_wd.insert(wd, dir.clone());
+                    self.watches.insert(path.clone(), wd);
+                    by_wd.insert(wd, report.to_owned());
                 }
-                Err(e) => tracing::debug!(dir = %dir.display(), error = %e, "cannot watch"),
+                Err(e) => tracing::debug!(path = %path.display(), error = %e, "cannot watch"),
             }
         }
     }

@@ -127,6 +127,21 @@ named_u8_enum! {
         Ptrace = 10 => "ptrace",
         Signal = 11 => "signal",
         Bpf = 12 => "bpf",
+        /// An outgoing packet (a source route, which would send it elsewhere than judged).
+        Packet = 13 => "packet",
+        /// A write to a sysctl (/proc/sys).
+        SysctlWrite = 14 => "sysctl-write",
+        /// An ioctl (terminal input injection).
+        Ioctl = 15 => "ioctl",
+        /// Choosing the process that receives a file's SIGIO/SIGURG (F_SETOWN and the like).
+        SetOwner = 16 => "set-owner",
+        /// Removing a name (unlink, rmdir).
+        Unlink = 17 => "unlink",
+        Rename = 18 => "rename",
+        /// A new hard link.
+        Link = 19 => "link",
+        /// truncate(2) of a file by path.
+        Truncate = 20 => "truncate",
     }
 }
 
@@ -149,6 +164,18 @@ named_u8_enum! {
         LsmPtrace = 13 => "lsm/ptrace_access_check",
         LsmTaskKill = 14 => "lsm/task_kill",
         LsmBpf = 15 => "lsm/bpf",
+        CgroupSkbEgress = 16 => "cgroup_skb/egress",
+        CgroupSysctl = 17 => "cgroup/sysctl",
+        LsmSocketCreate = 18 => "lsm/socket_create",
+        LsmFileIoctl = 19 => "lsm/file_ioctl",
+        LsmFileFcntl = 20 => "lsm/file_fcntl",
+        LsmFileSendSigiotask = 21 => "lsm/file_send_sigiotask",
+        LsmInodeUnlink = 22 => "lsm/inode_unlink",
+        LsmInodeRmdir = 23 => "lsm/inode_rmdir",
+        LsmInodeRename = 24 => "lsm/inode_rename",
+        LsmInodeLink = 25 => "lsm/inode_link",
+        LsmCgroupInodePermission = 26 => "lsm_cgroup/inode_permission",
+        LsmPathTruncate = 27 => "lsm/path_truncate",
     }
 }
 
@@ -177,6 +204,22 @@ named_u8_enum! {
         OutsideIdentity = 10 => "outside-identity",
         /// Fenced identities may not use bpf(2).
         BpfDenied = 11 => "bpf-denied",
+        /// The packet carries a routing header or an IPv4 source route: it would leave for a
+        /// first hop the egress rules did not judge.
+        SourceRouting = 12 => "source-routing",
+        /// Fenced identities may not change the host's kernel settings (sysctl).
+        HostSetting = 13 => "host-setting",
+        /// Pushing input into a terminal (TIOCSTI, TIOCLINUX): a command the terminal's shell
+        /// would run outside the fence.
+        TerminalInput = 14 => "terminal-input",
+        /// fence's own state (its pinned programs in bpffs).
+        FenceState = 15 => "fence-state",
+        /// Opening for writing a program the identity may run (what the exec allow-list
+        /// approved cannot be rewritten from inside the fence).
+        ProgramWrite = 16 => "program-write",
+        /// A file more directories below its file system's root than fence checks for
+        /// protected trees above it.
+        PathTooDeep = 17 => "path-too-deep",
     }
 }
 

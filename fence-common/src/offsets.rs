@@ -47,6 +47,16 @@ pub struct KernelOffsets {
     pub css_set_dfl_cgrp: u32,
     pub task_tgid: u32,
     pub task_real_parent: u32,
+    /// `task_struct.pid` (the thread id).
+    pub task_pid: u32,
+    /// `task_struct.comm`.
+    pub task_comm: u32,
+    /// `inode.i_private` (on kernfs, the `kernfs_node`).
+    pub inode_i_private: u32,
+    /// `kernfs_node.parent` (`__parent` since 6.15).
+    pub kernfs_node_parent: u32,
+    /// `kernfs_node.name`.
+    pub kernfs_node_name: u32,
 }
 
 impl KernelOffsets {
@@ -84,7 +94,12 @@ impl KernelOffsets {
         css_set_dfl_cgrp: 0,
         task_tgid: 0,
         task_real_parent: 0,
+        task_pid: 0,
+        task_comm: 0,
+        inode_i_private: 0,
+        kernfs_node_parent: 0,
+        kernfs_node_name: 0,
     };
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 128);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 148);

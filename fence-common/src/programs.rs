@@ -26,6 +26,32 @@ pub const LSM_TASK_KILL: &str = "fence_lsm_task_kill";
 /// lsm/bpf: no bpf(2) from fenced identities.
 pub const LSM_BPF: &str = "fence_lsm_bpf";
 
+/// cgroup_skb/egress: drops packets of fenced sockets that carry a source route.
+pub const SKB_EGRESS: &str = "fence_skb_egress";
+/// cgroup/sysctl: no sysctl writes from fenced identities.
+pub const SYSCTL: &str = "fence_sysctl";
+/// lsm/socket_create: socket families other than inet, inet6, unix and netlink refused.
+pub const LSM_SOCKET_CREATE: &str = "fence_lsm_socket_create";
+/// lsm/file_ioctl: no terminal input injection (TIOCSTI, TIOCLINUX) nor SIGIO targets outside
+/// the identity (FIOSETOWN, SIOCSPGRP).
+pub const LSM_FILE_IOCTL: &str = "fence_lsm_file_ioctl";
+/// lsm/file_fcntl: no SIGIO/SIGURG targets outside the identity (F_SETOWN, F_SETOWN_EX).
+pub const LSM_FILE_FCNTL: &str = "fence_lsm_file_fcntl";
+/// lsm/file_send_sigiotask: no SIGIO from a fenced task to a task outside its identity.
+pub const LSM_SIGIOTASK: &str = "fence_lsm_file_send_sigiotask";
+/// lsm/inode_unlink, inode_rmdir, inode_rename, inode_link: protected files and fence's pins
+/// cannot be removed, renamed or given new names by fenced identities.
+pub const LSM_INODE_UNLINK: &str = "fence_lsm_inode_unlink";
+pub const LSM_INODE_RMDIR: &str = "fence_lsm_inode_rmdir";
+pub const LSM_INODE_RENAME: &str = "fence_lsm_inode_rename";
+pub const LSM_INODE_LINK: &str = "fence_lsm_inode_link";
+/// lsm/path_truncate: protected files (the logs among them) cannot be truncated by path.
+pub const LSM_PATH_TRUNCATE: &str = "fence_lsm_path_truncate";
+/// lsm_cgroup/inode_permission: the write permission a cgroup move needs on the common
+/// ancestor's cgroup.procs, refused when that cgroup is outside the identity (moving a task
+/// out, pulling one in, or writing through a descriptor opened before the task was fenced).
+pub const LSM_CGROUP_INODE_PERMISSION: &str = "fence_lsm_cgroup_inode_permission";
+
 /// Every program the object must define.
 pub const ALL: &[&str] = &[
     CONNECT4,
@@ -43,4 +69,16 @@ pub const ALL: &[&str] = &[
     LSM_PTRACE,
     LSM_TASK_KILL,
     LSM_BPF,
+    SKB_EGRESS,
+    SYSCTL,
+    LSM_SOCKET_CREATE,
+    LSM_FILE_IOCTL,
+    LSM_FILE_FCNTL,
+    LSM_SIGIOTASK,
+    LSM_INODE_UNLINK,
+    LSM_INODE_RMDIR,
+    LSM_INODE_RENAME,
+    LSM_INODE_LINK,
+    LSM_PATH_TRUNCATE,
+    LSM_CGROUP_INODE_PERMISSION,
 ];

@@ -4,12 +4,23 @@
 //!   calls [`cgroup_write`]);
 //! - start a child in another cgroup with clone3(CLONE_INTO_CGROUP);
 //! - trace, or send signals to, processes outside its identity (the agent included);
-//! - use bpf(2) (which could detach fence's programs or rewrite its maps).
+//! - use bpf(2) (which could detach fence's programs or rewrite its maps);
+//! - make a file's SIGIO/SIGURG go to a process outside its identity (F_SETOWN, F_SETOWN_EX,
+//!   FIOSETOWN, SIOCSPGRP), or send one (`file_send_sigiotask`);
+//! - push input into a terminal (TIOCSTI, TIOCLINUX), which the terminal's shell would run
+//!   outside the fence;
+//! - move a task across a cgroup outside its identity: out of its identity, a task from
+//!   outside into it (the agent), or through a `cgroup.procs` descriptor opened before it was
+//!   fenced (`lsm_cgroup/inode_permission`, attached at the attach points only).
 //!
 //! A cgroup namespace does not change a task's real cgroup, which is what the hooks look up,
 //! so unsharing one hides nothing from fence.
 
-use aya_ebpf::{macros::lsm, programs::LsmContext};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::{lsm, lsm_cgroup},
+    programs::LsmContext,
+};
 use fence_common::{EventKind, KernelOffsets, Mechanism, NO_IDENTITY, Operation, Reason};
 
 use crate::{
@@ -60,6 +71,16 @@ pub fn cgroup_write(who: &Fenced, o: &KernelOffsets, file: u64, inode: u64, dent
     if mode & FMODE_WRITE == 0 {
         return None;
     }
+    cgroup_target(who, o, dentry, Mechanism::LsmFileOpen)
+}
+
+/// For a `cgroup.procs`/`cgroup.threads` file: allow a write that keeps the task in its
+/// identity, refuse (and report) one that takes it out. `None` for any other file.
+#[inline(always)]
+fn cgroup_target(who: &Fenced, o: &KernelOffsets, dentry: u64, mech: Mechanism) -> Option<i32> {
+    if dentry == 0 {
+        return None;
+    }
     let name_ptr = read::<u64>(dentry, o.dentry_d_name_name)?;
     let name = read::<[u8; 15]>(name_ptr, 0)?;
     let procs = &name[..13] == b"cgroup.procs\0";
@@ -74,7 +95,7 @@ pub fn cgroup_write(who: &Fenced, o: &KernelOffsets, file: u64, inode: u64, dent
         return Some(ALLOW);
     }
     let cgroup = kernel::dentry_inode(o, dir).map_or(0, |i| i.ino);
-    Some(refuse(who, o, Operation::CgroupMigrate, Mechanism::LsmFileOpen, Reason::LeaveFence, cgroup, target, dir))
+    Some(refuse(who, o, Operation::CgroupMigrate, mech, Reason::LeaveFence, cgroup, target, dir))
 }
 
 #[lsm(hook = "task_alloc")]
@@ -141,4 +162,137 @@ pub fn fence_lsm_bpf(ctx: LsmContext) -> i32 {
     let Some(o) = kernel::offsets() else { return ALLOW };
     let cmd: u32 = ctx.arg(0);
     refuse(&who, o, Operation::Bpf, Mechanism::LsmBpf, Reason::BpfDenied, 0, cmd, 0)
+}
+
+/// ioctls that push input into a terminal.
+const TIOCSTI: u32 = 0x5412;
+const TIOCLINUX: u32 = 0x541C;
+/// ioctls that choose a socket's SIGIO/SIGURG receiver (`int *` argument).
+const FIOSETOWN: u32 = 0x8901;
+const SIOCSPGRP: u32 = 0x8902;
+/// fcntls that choose a file's SIGIO/SIGURG receiver.
+const F_SETOWN: u32 = 8;
+const F_SETOWN_EX: u32 = 15;
+/// `struct f_owner_ex.type`: a thread, a process, a process group.
+const F_OWNER_PGRP: i32 = 2;
+
+#[lsm(hook = "file_ioctl")]
+pub fn fence_lsm_file_ioctl(ctx: LsmContext) -> i32 {
+    // (struct file *file, unsigned int cmd, unsigned long arg, int ret)
+    let previous: i32 = ctx.arg(3);
+    if previous != ALLOW {
+        return previous;
+    }
+    let cmd: u32 = ctx.arg(1);
+    if !matches!(cmd, TIOCSTI | TIOCLINUX | FIOSETOWN | SIOCSPGRP) {
+        return ALLOW;
+    }
+    let Some(who) = identity::current() else { return ALLOW };
+    let Some(o) = kernel::offsets() else { return ALLOW };
+    if cmd == TIOCSTI || cmd == TIOCLINUX {
+        let file: u64 = ctx.arg(0);
+        let dentry = kernel::file_dentry(o, file).unwrap_or(0);
+        return refuse(&who, o, Operation::Ioctl, Mechanism::LsmFileIoctl, Reason::TerminalInput, 0, cmd, dentry);
+    }
+    let arg: u64 = ctx.arg(2);
+    // SAFETY: the helper checks the user address; a failed read refuses.
+    let target = unsafe { bpf_probe_read_user(arg as *const i32) }.ok();
+    set_owner(&who, o, Mechanism::LsmFileIoctl, cmd, target)
+}
+
+#[lsm(hook = "file_fcntl")]
+pub fn fence_lsm_file_fcntl(ctx: LsmContext) -> i32 {
+    // (struct file *file, unsigned int cmd, unsigned long arg, int ret)
+    let previous: i32 = ctx.arg(3);
+    if previous != ALLOW {
+        return previous;
+    }
+    let cmd: u32 = ctx.arg(1);
+    if cmd != F_SETOWN && cmd != F_SETOWN_EX {
+        return ALLOW;
+    }
+    let Some(who) = identity::current() else { return ALLOW };
+    let Some(o) = kernel::offsets() else { return ALLOW };
+    let arg: u64 = ctx.arg(2);
+    let target = if cmd == F_SETOWN {
+        Some(arg as i32)
+    } else {
+        // struct f_owner_ex { int type; pid_t pid; }: a process group is never "self".
+        // SAFETY: the helper checks the user address; a failed read refuses.
+        match unsafe { bpf_probe_read_user(arg as *const [i32; 2]) } {
+            Ok([kind, pid]) if kind != F_OWNER_PGRP => Some(pid),
+            Ok(_) => Some(-1),
+            Err(_) => None,
+        }
+    };
+    set_owner(&who, o, Mechanism::LsmFileFcntl, cmd, target)
+}
+
+/// A fenced task may direct its files' signals only at itself (or clear the owner): any other
+/// process, or a process group (a negative number), could be outside its identity.
+#[inline(always)]
+fn set_owner(who: &Fenced, o: &KernelOffsets, mech: Mechanism, cmd: u32, target: Option<i32>) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tid, tgid) = (pid_tgid as u32 as i32, (pid_tgid >> 32) as u32 as i32);
+    match target {
+        Some(t) if t == 0 || t == tgid || t == tid => ALLOW,
+        t => refuse(who, o, Operation::SetOwner, mech, Reason::OutsideIdentity, t.unwrap_or(0) as u64, cmd, 0),
+    }
+}
+
+#[lsm(hook = "file_send_sigiotask")]
+pub fn fence_lsm_file_send_sigiotask(ctx: LsmContext) -> i32 {
+    // (struct task_struct *tsk, struct fown_struct *fown, int sig, int ret)
+    let previous: i32 = ctx.arg(3);
+    if previous != ALLOW {
+        return previous;
+    }
+    let sig: u32 = ctx.arg(2);
+    other_task(ctx.arg(0), Operation::Signal, Mechanism::LsmFileSendSigiotask, sig)
+}
+
+/// `MAY_WRITE` in `inode_permission`'s mask.
+const MAY_WRITE: i32 = 0x2;
+
+/// lsm_cgroup programs answer 1 (allow) or 0 (refuse with EPERM).
+const CGROUP_ALLOW: i32 = 1;
+const CGROUP_DENY: i32 = 0;
+
+/// A cgroup move needs write permission on the common ancestor's `cgroup.procs` (the kernel
+/// checks it with `inode_permission`, with the opener's credentials but in the writer's
+/// context): a fenced task gets it only for cgroups inside its identity. That refuses moving
+/// its tasks out, pulling a task from outside in (the agent, say), and writes through a
+/// descriptor opened before the task was fenced. Attached at the attach points only, so that
+/// the path lookups of the rest of the host never run it.
+#[lsm_cgroup(hook = "inode_permission")]
+pub fn fence_lsm_cgroup_inode_permission(ctx: LsmContext) -> i32 {
+    // (struct inode *inode, int mask)
+    let mask: i32 = ctx.arg(1);
+    if mask & MAY_WRITE == 0 {
+        return CGROUP_ALLOW;
+    }
+    let inode: u64 = ctx.arg(0);
+    let Some(o) = kernel::offsets() else { return CGROUP_ALLOW };
+    if !kernel::on_cgroup2(o, inode) {
+        return CGROUP_ALLOW;
+    }
+    let Some(who) = identity::current() else { return CGROUP_ALLOW };
+    let Some(kn) = read::<u64>(inode, o.inode_i_private).filter(|&k| k != 0) else { return CGROUP_ALLOW };
+    let Some(name_ptr) = read::<u64>(kn, o.kernfs_node_name) else { return CGROUP_ALLOW };
+    let Some(name) = read::<[u8; 15]>(name_ptr, 0) else { return CGROUP_ALLOW };
+    if &name[..13] != b"cgroup.procs\0" && &name[..15] != b"cgroup.threads\0" {
+        return CGROUP_ALLOW;
+    }
+    // The cgroup the file belongs to is its directory's node.
+    let Some(dir) = read::<u64>(kn, o.kernfs_node_parent).filter(|&d| d != 0) else { return CGROUP_ALLOW };
+    let target = identity::of_kernfs_dir(o, who.generation, dir);
+    if target == who.identity {
+        return CGROUP_ALLOW;
+    }
+    let cgroup = read::<u64>(dir, o.kernfs_node_id).unwrap_or(0);
+    let mech = Mechanism::LsmCgroupInodePermission;
+    match refuse(&who, o, Operation::CgroupMigrate, mech, Reason::LeaveFence, cgroup, target, 0) {
+        EPERM => CGROUP_DENY,
+        _ => CGROUP_ALLOW,
+    }
 }

@@ -24,6 +24,55 @@ pub fn header(
     reason: Reason,
 ) -> EventHeader {
     let pid_tgid = bpf_get_current_pid_tgid();
+    let actor = Actor {
+        pid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        ppid: kernel::current_ppid(),
+    };
+    head(who, kind, operation, mechanism, reason, actor)
+}
+
+/// The head of an event about `who`, the current task, read from its `task_struct` rather
+/// than through the current-task helpers (which some program types may not call).
+#[inline(always)]
+pub fn header_for_task(
+    who: &Fenced,
+    o: &KernelOffsets,
+    task: u64,
+    kind: EventKind,
+    operation: Operation,
+    mechanism: Mechanism,
+    reason: Reason,
+) -> EventHeader {
+    let actor = Actor {
+        pid: kernel::read::<i32>(task, o.task_pid).unwrap_or(0) as u32,
+        tgid: kernel::read::<i32>(task, o.task_tgid).unwrap_or(0) as u32,
+        comm: kernel::read::<[u8; 16]>(task, o.task_comm).unwrap_or([0; 16]),
+        ppid: kernel::read::<u64>(task, o.task_real_parent)
+            .and_then(|parent| kernel::read::<i32>(parent, o.task_tgid))
+            .map_or(0, |p| p as u32),
+    };
+    head(who, kind, operation, mechanism, reason, actor)
+}
+
+/// What an event says about the task that caused it.
+struct Actor {
+    pid: u32,
+    tgid: u32,
+    comm: [u8; 16],
+    ppid: u32,
+}
+
+#[inline(always)]
+fn head(
+    who: &Fenced,
+    kind: EventKind,
+    operation: Operation,
+    mechanism: Mechanism,
+    reason: Reason,
+    actor: Actor,
+) -> EventHeader {
     let uid_gid = bpf_get_current_uid_gid();
     EventHeader {
         kind: kind as u8,
@@ -34,15 +83,15 @@ pub fn header(
         // SAFETY: helper without arguments.
         boot_ns: unsafe { bpf_ktime_get_boot_ns() },
         cgroup_id: who.cgroup_id,
-        pid: pid_tgid as u32,
-        tgid: (pid_tgid >> 32) as u32,
+        pid: actor.pid,
+        tgid: actor.tgid,
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
         policy_version: who.info.policy_version,
         reason: reason as u8,
         _pad: [0; 3],
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        ppid: kernel::current_ppid(),
+        comm: actor.comm,
+        ppid: actor.ppid,
         _pad2: 0,
     }
 }

@@ -2,9 +2,15 @@
 //! the host's protected set unless its policy names an exception.
 //!
 //! Matching is by inode, so other names for the same file (symlinks, hard links, bind mounts,
-//! renames) match too. A protected directory covers everything below it; an env root covers
-//! `.env*` files anywhere below it. Without BPF LSM the agent answers fanotify permission
-//! events instead (user space, same rules).
+//! renames) match too. A protected directory covers everything below it (the agent also keys
+//! every file and directory of a protected tree by inode, so that a hard link made elsewhere
+//! or a file renamed out of the tree stays protected); an env root covers `.env*` files
+//! anywhere below it. Without BPF LSM the agent answers fanotify permission events instead
+//! (user space, same rules).
+//!
+//! A fenced task also cannot remove, rename, give a new name to or truncate by path a
+//! protected file (`inode_unlink`, `inode_rmdir`, `inode_rename`, `inode_link`,
+//! `path_truncate`), nor anything in bpffs (fence's pinned programs).
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use fence_common::{
@@ -15,14 +21,34 @@ use crate::{
     events,
     identity::{self, Fenced},
     kernel::{self, Inode, read},
-    maps::{FENCE_FILE_EXCEPT, FENCE_PROTECTED, lookup},
+    maps::{FENCE_EXEC, FENCE_FILE_EXCEPT, FENCE_PROTECTED, lookup},
 };
+
+/// bpffs (BPF_FS_MAGIC): fence's pins live there.
+const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 
 const ALLOW: i32 = 0;
 const EPERM: i32 = -1;
 
-/// Directory levels searched above a file for a protected or excepted directory.
-const MAX_WALK: u32 = 16;
+/// Directory levels searched above a file for a protected or excepted directory. Files of
+/// protected trees are keyed one by one, so the walk matters for files created since the agent
+/// last looked, and for exceptions; a file deeper than this below its file system's root is
+/// refused to fenced identities (`Reason::PathTooDeep`) rather than guessed about.
+const MAX_WALK: u32 = 32;
+
+/// `FMODE_WRITE` in `file->f_mode`.
+const FMODE_WRITE: u32 = 0x2;
+
+/// What the walk above a file found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// Protected, and no exception for the identity.
+    Protected,
+    /// Not protected, or excepted.
+    Free,
+    /// Nothing found within `MAX_WALK` levels, and the file system's root not reached.
+    TooDeep,
+}
 
 #[lsm(hook = "file_open")]
 pub fn fence_lsm_file_open(ctx: LsmContext) -> i32 {
@@ -45,10 +71,13 @@ pub fn fence_lsm_file_open(ctx: LsmContext) -> i32 {
     let mut rule = Inode { dev: 0, ino: 0, nlink: 0 };
     let why = if who.info.flags & IDENTITY_DENY_ALL != 0 {
         Reason::IdentityDenyAll
-    } else if protected_without_exception(&who, o, &inode, dentry, &mut rule) {
-        Reason::FileProtected
     } else {
-        return ALLOW;
+        match protected_without_exception(&who, o, &inode, dentry, &mut rule) {
+            Walk::Protected => Reason::FileProtected,
+            Walk::TooDeep => Reason::PathTooDeep,
+            Walk::Free if writes_allowed_program(&who, o, file, &inode) => Reason::ProgramWrite,
+            Walk::Free => return ALLOW,
+        }
     };
     let head = events::header(&who, EventKind::File, Operation::Open, Mechanism::LsmFileOpen, why);
     events::send_object(head, o, |e| {
@@ -69,6 +98,14 @@ fn key(who: &Fenced, identity: u32, i: &Inode) -> InodeKey {
     InodeKey { generation: who.generation, identity, ino: i.ino, dev: i.dev, _pad: 0 }
 }
 
+/// An open for writing of a program the identity may run: refused, so that what the exec
+/// allow-list (and a sha256 pin) approved cannot be rewritten from inside the fence.
+#[inline(always)]
+fn writes_allowed_program(who: &Fenced, o: &fence_common::KernelOffsets, file: u64, inode: &Inode) -> bool {
+    let Some(mode) = read::<u32>(file, o.file_f_mode) else { return false };
+    mode & FMODE_WRITE != 0 && lookup(&FENCE_EXEC, &key(who, who.identity, inode)).is_some()
+}
+
 /// Whether the file is protected (its rule's inode goes to `rule`) and the identity has no
 /// exception for it (on the file or any directory above it).
 #[inline(always)]
@@ -78,7 +115,7 @@ fn protected_without_exception(
     inode: &Inode,
     dentry: u64,
     rule: &mut Inode,
-) -> bool {
+) -> Walk {
     let mut protected = false;
     if let Some(flags) = lookup(&FENCE_PROTECTED, &key(who, 0, inode))
         && flags & (PROTECT_FILE | PROTECT_TREE) != 0
@@ -109,5 +146,94 @@ fn protected_without_exception(
         d = p;
         level += 1;
     }
-    protected && !excepted
+    if excepted {
+        Walk::Free
+    } else if protected {
+        Walk::Protected
+    } else if level == MAX_WALK && d != 0 && kernel::parent(o, d).is_some() {
+        Walk::TooDeep
+    } else {
+        Walk::Free
+    }
+}
+
+/// An LSM hook's answer when an earlier LSM already refused (`previous`), else `check`'s.
+#[inline(always)]
+fn after(previous: i32, check: impl FnOnce() -> i32) -> i32 {
+    if previous != ALLOW { previous } else { check() }
+}
+
+#[lsm(hook = "inode_unlink")]
+pub fn fence_lsm_inode_unlink(ctx: LsmContext) -> i32 {
+    // (struct inode *dir, struct dentry *dentry, int ret)
+    after(ctx.arg(2), || change(ctx.arg(1), Operation::Unlink, Mechanism::LsmInodeUnlink))
+}
+
+#[lsm(hook = "inode_rmdir")]
+pub fn fence_lsm_inode_rmdir(ctx: LsmContext) -> i32 {
+    // (struct inode *dir, struct dentry *dentry, int ret)
+    after(ctx.arg(2), || change(ctx.arg(1), Operation::Unlink, Mechanism::LsmInodeRmdir))
+}
+
+#[lsm(hook = "inode_rename")]
+pub fn fence_lsm_inode_rename(ctx: LsmContext) -> i32 {
+    // (struct inode *old_dir, struct dentry *old_dentry, struct inode *new_dir,
+    //  struct dentry *new_dentry, int ret)
+    // The object moved, and (for RENAME_EXCHANGE or an overwrite) the one it replaces.
+    after(ctx.arg(4), || {
+        after(change(ctx.arg(1), Operation::Rename, Mechanism::LsmInodeRename), || {
+            change(ctx.arg(3), Operation::Rename, Mechanism::LsmInodeRename)
+        })
+    })
+}
+
+#[lsm(hook = "inode_link")]
+pub fn fence_lsm_inode_link(ctx: LsmContext) -> i32 {
+    // (struct dentry *old_dentry, struct inode *dir, struct dentry *new_dentry, int ret)
+    after(ctx.arg(3), || change(ctx.arg(0), Operation::Link, Mechanism::LsmInodeLink))
+}
+
+#[lsm(hook = "path_truncate")]
+pub fn fence_lsm_path_truncate(ctx: LsmContext) -> i32 {
+    // (const struct path *path, int ret)
+    after(ctx.arg(1), || {
+        let path: u64 = ctx.arg(0);
+        // struct path { struct vfsmount *mnt; struct dentry *dentry; }: stable since 2.6.
+        let Some(dentry) = read::<u64>(path, 8) else { return ALLOW };
+        change(dentry, Operation::Truncate, Mechanism::LsmPathTruncate)
+    })
+}
+
+/// Refuses a fenced task's change to a protected object or its names (or anything in bpffs).
+#[inline(always)]
+fn change(dentry: u64, operation: Operation, mech: Mechanism) -> i32 {
+    let Some(who) = identity::current() else { return ALLOW };
+    let Some(o) = kernel::offsets() else { return ALLOW };
+    let Some(inode_ptr) = read::<u64>(dentry, o.dentry_d_inode).filter(|&i| i != 0) else { return ALLOW };
+    let Some(inode) = kernel::inode(o, inode_ptr) else { return ALLOW };
+    let mut rule = Inode { dev: 0, ino: 0, nlink: 0 };
+    // A name change of a file too deep to judge is let through: opening it is what is refused.
+    let why = if on_bpffs(o, inode_ptr) {
+        Reason::FenceState
+    } else if protected_without_exception(&who, o, &inode, dentry, &mut rule) == Walk::Protected {
+        Reason::FileProtected
+    } else {
+        return ALLOW;
+    };
+    let head = events::header(&who, EventKind::File, operation, mech, why);
+    events::send_object(head, o, |e| {
+        e.dev = inode.dev;
+        e.ino = inode.ino;
+        e.nlink = inode.nlink;
+        e.rule_dev = rule.dev;
+        e.rule_ino = rule.ino;
+        kernel::fill_path(o, dentry, &mut e.path);
+    });
+    if who.audit() { ALLOW } else { EPERM }
+}
+
+#[inline(always)]
+fn on_bpffs(o: &fence_common::KernelOffsets, inode: u64) -> bool {
+    let Some(sb) = read::<u64>(inode, o.inode_i_sb) else { return false };
+    read::<u64>(sb, o.sb_s_magic) == Some(BPF_FS_MAGIC)
 }

@@ -93,6 +93,17 @@ fn nearest_bound_ancestor(generation: u32) -> Option<u32> {
     found
 }
 
+/// `identity` (of a task in cgroup `cgroup_id`) as a fenced identity of the live generation.
+#[inline(always)]
+pub fn fenced(identity: u32, generation: u32, cgroup_id: u64) -> Option<Fenced> {
+    if identity == NO_IDENTITY {
+        return None;
+    }
+    // SAFETY: the value is copied out at once.
+    let info = *unsafe { FENCE_IDENTITIES.get(&IdentityKey { generation, identity }) }?;
+    Some(Fenced { generation, identity, cgroup_id, info })
+}
+
 /// The identity of another task (the nearest bound cgroup above its own), in `generation`;
 /// `NO_IDENTITY` when it is not fenced or cannot be read.
 #[inline(always)]
@@ -108,6 +119,27 @@ pub fn of_task(o: &fence_common::KernelOffsets, generation: u32, task: u64) -> u
         match crate::kernel::cgroup_parent(o, cg) {
             Some(p) => cg = p,
             None => break,
+        }
+        level += 1;
+    }
+    fence_common::NO_IDENTITY
+}
+
+/// The identity bound to the cgroup whose kernfs directory node is `kn` or its nearest bound
+/// ancestor; `NO_IDENTITY` if none.
+#[inline(always)]
+pub fn of_kernfs_dir(o: &fence_common::KernelOffsets, generation: u32, kn: u64) -> u32 {
+    let mut node = kn;
+    let mut level = 0;
+    while level < MAX_CGROUP_DEPTH {
+        if let Some(id) = crate::kernel::read::<u64>(node, o.kernfs_node_id)
+            && let Some(identity) = bound(id, generation)
+        {
+            return identity;
+        }
+        match crate::kernel::read::<u64>(node, o.kernfs_node_parent) {
+            Some(p) if p != 0 => node = p,
+            _ => break,
         }
         level += 1;
     }

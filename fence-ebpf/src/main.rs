@@ -18,6 +18,8 @@ mod identity;
 mod kernel;
 mod maps;
 mod net;
+mod route;
+mod sysctl;
 mod units;
 mod unix;
 

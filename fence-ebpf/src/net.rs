@@ -6,8 +6,8 @@
 //! by the IPv4 rules: it is IPv4 traffic.
 
 use aya_ebpf::{
-    macros::{cgroup_sock, cgroup_sock_addr},
-    programs::{SockAddrContext, SockContext},
+    macros::{cgroup_sock, cgroup_sock_addr, lsm},
+    programs::{LsmContext, SockAddrContext, SockContext},
 };
 use fence_common::{
     EventKind, IDENTITY_DENY_ALL, Mechanism, NET_KEY_PREFIX_BITS, Net4Key, Net6Key, NetEvent, Operation, PROTO_TCP,
@@ -64,21 +64,20 @@ pub fn fence_sock_create(ctx: SockContext) -> i32 {
     if protocol_bit(sock_type, protocol) != 0 {
         return ALLOW;
     }
-    let event = NetEvent {
-        header: events::header(
-            &who,
-            EventKind::Net,
-            Operation::Socket,
-            Mechanism::CgroupSockCreate,
-            Reason::SocketKindNotAllowed,
-        ),
+    decide(&who, socket_refused(&who, Mechanism::CgroupSockCreate, family, sock_type, protocol))
+}
+
+/// The event of a socket a fenced identity may not create.
+#[inline(always)]
+fn socket_refused(who: &Fenced, mech: Mechanism, family: u32, sock_type: u32, protocol: u32) -> NetEvent {
+    NetEvent {
+        header: events::header(who, EventKind::Net, Operation::Socket, mech, Reason::SocketKindNotAllowed),
         family: family as u16,
         port: 0,
         protocol: protocol as u16,
         sock_type: sock_type as u16,
         addr: [0; 16],
-    };
-    decide(&who, event)
+    }
 }
 
 /// `PROTO_*` bit for a TCP or UDP socket, 0 for anything else.
@@ -228,4 +227,31 @@ fn net_event(
 fn decide(who: &Fenced, event: NetEvent) -> i32 {
     events::send(&event.header, event);
     if who.audit() { ALLOW } else { DENY }
+}
+
+/// Socket families fenced identities may create: unix, inet, netlink, inet6.
+const AF_UNIX: i32 = 1;
+const AF_NETLINK: i32 = 16;
+
+/// Socket families other than inet, inet6, unix and netlink (packet, XDP, vsock, bluetooth,
+/// TIPC...) leave through paths the cgroup socket hooks never see (BPF LSM only; without it
+/// cgroup/sock_create sees inet sockets only).
+#[lsm(hook = "socket_create")]
+pub fn fence_lsm_socket_create(ctx: LsmContext) -> i32 {
+    // (int family, int type, int protocol, int kern, int ret)
+    let previous: i32 = ctx.arg(4);
+    if previous != 0 {
+        return previous;
+    }
+    let family: i32 = ctx.arg(0);
+    let kern: i32 = ctx.arg(3);
+    if kern != 0 || matches!(family, AF_UNIX | AF_NETLINK) || family == AF_INET as i32 || family == AF_INET6 as i32 {
+        return 0;
+    }
+    let Some(who) = identity::current() else { return 0 };
+    let sock_type: i32 = ctx.arg(1);
+    let protocol: i32 = ctx.arg(2);
+    let event = socket_refused(&who, Mechanism::LsmSocketCreate, family as u32, sock_type as u32, protocol as u32);
+    events::send(&event.header, event);
+    if who.audit() { 0 } else { -1 }
 }

@@ -1,8 +1,25 @@
 //! `fence-agent exec --identity NAME -- CMD ARGS...`: asks the running agent to move this
 //! process into the identity's cgroup, checks that it is there, then replaces itself with CMD,
 //! so CMD's first instruction already runs fenced. If anything fails, CMD is not run.
+//!
+//! `--new-session` runs CMD in a session of its own, without a controlling terminal: it can
+//! still read and write the terminal it was given, but cannot push input into it (TIOCSTI,
+//! which the caller's shell would run outside the fence; the kernel allows TIOCSTI only on
+//! the caller's controlling terminal, or to CAP_SYS_ADMIN). With BPF LSM fence refuses
+//! TIOCSTI to fenced identities anyway; without it, use `--new-session` from a terminal.
 
-use std::{ffi::OsString, os::unix::process::CommandExt as _, path::PathBuf, process::ExitCode};
+use std::{
+    ffi::OsString,
+    os::unix::process::{CommandExt as _, ExitStatusExt as _},
+    path::PathBuf,
+    process::ExitCode,
+    sync::atomic::{AtomicI32, Ordering},
+};
+
+use nix::{
+    sys::signal::{SigHandler, Signal, kill, signal},
+    unistd::{Pid, setsid},
+};
 
 use clap::Args;
 
@@ -20,6 +37,10 @@ pub struct ExecArgs {
     /// The identity to run the command as (it needs a `managed: true` selector).
     #[arg(long, short = 'i', value_name = "NAME")]
     pub identity: String,
+    /// Run CMD in a new session, detached from the caller's controlling terminal (CMD keeps
+    /// the terminal as stdin/stdout but cannot inject input into it).
+    #[arg(long)]
+    pub new_session: bool,
     /// The agent's control socket.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
@@ -42,7 +63,57 @@ pub fn main(args: ExecArgs) -> anyhow::Result<ExitCode> {
         Some(now) if now == expected || now.starts_with(&format!("{expected}/")) => {}
         other => return refuse(&format!("this process is in cgroup {other:?}, not {expected}")),
     }
-    let err = std::process::Command::new(&args.command[0]).args(&args.command[1..]).exec();
+    let mut command = std::process::Command::new(&args.command[0]);
+    command.args(&args.command[1..]);
+    // A process group leader (a shell's job) cannot start a session: then CMD runs as a child
+    // that does, and this process waits for it, passing on the terminal's signals.
+    if args.new_session && setsid().is_err() {
+        return in_new_session(command, &args.command[0]);
+    }
+    let err = command.exec();
     eprintln!("fence-agent exec: cannot run {:?}: {err}", args.command[0]);
-    Ok(ExitCode::from(if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 }))
+    Ok(ExitCode::from(exec_failure(&err)))
+}
+
+fn exec_failure(err: &std::io::Error) -> u8 {
+    if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 }
+}
+
+/// The child running CMD, for the signal handler (0: none yet).
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn pass_on(sig: nix::libc::c_int) {
+    let child = CHILD.load(Ordering::SeqCst);
+    if child > 0
+        && let Ok(sig) = Signal::try_from(sig)
+    {
+        let _ = kill(Pid::from_raw(child), sig);
+    }
+}
+
+/// Runs `command` as a child in a session of its own; exits as it did (128 + signal when it
+/// was killed, as shells report).
+fn in_new_session(mut command: std::process::Command, name: &OsString) -> anyhow::Result<ExitCode> {
+    // SAFETY: setsid is async-signal-safe, and the closure touches nothing else.
+    unsafe {
+        command.pre_exec(|| setsid().map(drop).map_err(std::io::Error::from));
+    }
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(err) => {
+            eprintln!("fence-agent exec: cannot run {name:?}: {err}");
+            return Ok(ExitCode::from(exec_failure(&err)));
+        }
+    };
+    CHILD.store(child.id() as i32, Ordering::SeqCst);
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+        // SAFETY: the handler only reads an atomic and calls kill(2), both async-signal-safe.
+        unsafe { signal(sig, SigHandler::Handler(pass_on)) }?;
+    }
+    let status = child.wait()?;
+    Ok(ExitCode::from(match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(sig)) => 128u8.saturating_add(sig as u8),
+        _ => 1,
+    }))
 }

@@ -119,7 +119,12 @@ impl TryFrom<ConfigFile> for Config {
 
     fn try_from(file: ConfigFile) -> Result<Config, String> {
         let vault = file.vault.map(VaultConfig::try_from).transpose()?;
-        let protection = protect::host_protection(&file.protect, &file.unix, vault.as_ref(), &file.persist.state_dir)?;
+        let mut logs = vec![("audit.file", file.audit.file.as_path())];
+        if let Some(events) = &file.events.file {
+            logs.push(("events.file", events.as_path()));
+        }
+        let protection =
+            protect::host_protection(&file.protect, &file.unix, vault.as_ref(), &file.persist.state_dir, &logs)?;
         Ok(Config {
             events: file.events,
             protection,

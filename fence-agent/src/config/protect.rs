@@ -55,13 +55,16 @@ fn yes() -> bool {
 }
 
 /// The host's protected set: the defaults (unless turned off) plus the configured paths, and
-/// always the agent's vault credentials, the CA it trusts and its state (the policy cache and
-/// its rollback floor), wherever they are. Errors name the field.
+/// always the agent's vault credentials, the CA it trusts, its state (the policy cache and its
+/// rollback floor) and its logs (`logs`: each file and its rotated copies, so that a fenced
+/// root can neither read, truncate nor remove the evidence), wherever they are. Errors name
+/// the field.
 pub(super) fn host_protection(
     protect: &ProtectSection,
     unix: &UnixSection,
     vault: Option<&VaultConfig>,
     state_dir: &Path,
+    logs: &[(&str, &Path)],
 ) -> Result<HostProtection, String> {
     let glob = |field: &str, text: &str| PathGlob::parse(text).map_err(|e| format!("{field}: {e}"));
     let mut files = Vec::new();
@@ -79,6 +82,9 @@ pub(super) fn host_protection(
         }
         let state = state_dir.display().to_string();
         files.push(glob("persist.state_dir", &format!("{}/**", state.trim_end_matches('/')))?);
+    }
+    for (field, log) in logs {
+        files.push(glob(field, &format!("{}*", log.display()))?);
     }
     for (i, r) in protect.env_roots.iter().enumerate() {
         if !r.is_absolute() {

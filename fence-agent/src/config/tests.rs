@@ -49,8 +49,10 @@ fn protected_set_defaults_extend_and_replace() {
     assert!(h.unix_deny.iter().any(|g| g.as_str() == "/run/docker.sock"));
     let c = Config::parse("[protect]\ndefaults = false\npaths = [\"/srv/keys/**\"]\nenv_roots = [\"/srv\"]\n[unix]\ndefaults = false\ndeny = [\"@admin\"]\n").unwrap();
     let h = &c.protection;
-    assert_eq!(h.files.len(), 1);
+    // The configured tree, and the agent's own audit log (always protected).
+    assert_eq!(h.files.len(), 2, "{:?}", h.files);
     assert!(h.files[0].is_tree());
+    assert_eq!(h.files[1].as_str(), "/var/log/fence/audit.jsonl*");
     assert_eq!(h.unix_deny_abstract, vec![b"admin".to_vec()]);
     assert!(h.unix_deny.is_empty());
 }
@@ -64,7 +66,17 @@ fn vault_credentials_ca_and_state_are_always_protected() {
     .unwrap();
     let h = &c.protection;
     let globs: Vec<&str> = h.files.iter().map(|g| g.as_str()).collect();
-    assert_eq!(globs, ["/k/role", "/k/secret", "/k/ca.pem", "/srv/fence-state/**"]);
+    assert_eq!(globs, ["/k/role", "/k/secret", "/k/ca.pem", "/srv/fence-state/**", "/var/log/fence/audit.jsonl*"]);
+}
+
+#[test]
+fn the_agent_logs_are_always_protected() {
+    let c = Config::parse(
+        "[protect]\ndefaults = false\n[events]\nfile = \"/srv/log/events.jsonl\"\n[audit]\nfile = \"/srv/log/audit\"\n",
+    )
+    .unwrap();
+    let globs: Vec<&str> = c.protection.files.iter().map(|g| g.as_str()).collect();
+    assert_eq!(globs, ["/srv/log/audit*", "/srv/log/events.jsonl*"], "each log and its rotated copies");
 }
 
 #[test]

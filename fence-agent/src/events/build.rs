@@ -8,6 +8,9 @@ use std::{
 };
 
 use fence_common::{EventHeader, EventKind, NAME_LEN, NetEvent, ObjectEvent, Operation, Reason, Verdict};
+
+/// The terminal ioctl whose escape events name it (the other is TIOCLINUX).
+const TIOCSTI: u32 = 0x5412;
 use jiff::Timestamp;
 
 use super::{
@@ -100,6 +103,9 @@ fn common(h: &EventHeader, head: &Head, dir: &Directory, host: &dyn HostView) ->
             Reason::SocketKindNotAllowed => "socket-kinds",
             Reason::FileProtected => "protect",
             Reason::UnixHostDenied => "host-denied-sockets",
+            Reason::SourceRouting => "no-source-route",
+            Reason::ProgramWrite => "exec",
+            Reason::FenceState => "no-way-out",
             _ => "default-deny",
         }
         .to_owned(),
@@ -135,7 +141,19 @@ fn net_record(e: &NetEvent, head: &Head, dir: &Directory, host: &dyn HostView) -
     });
     let why = match (&destination, head.reason) {
         (_, Reason::IdentityDenyAll) => "the identity has expired and is denied everything".to_owned(),
+        (Some(d), Reason::SourceRouting) => format!(
+            "a {transport} packet to {} carried a routing header or IP options: a source route would send it to a \
+             first hop no egress rule judged",
+            d.ip
+        ),
         (Some(d), _) => format!("no egress rule allows {transport} to {}", join_host_port(&d.ip, d.port)),
+        (None, _) if family == "other" => format!(
+            "fenced identities may not create {} sockets (family {}, type {}, protocol {})",
+            family_name(e.family),
+            e.family,
+            e.sock_type,
+            e.protocol
+        ),
         (None, _) => format!(
             "fenced identities may only create TCP and UDP sockets (family {family}, type {}, protocol {})",
             e.sock_type, e.protocol
@@ -182,15 +200,27 @@ fn object_record(e: &ObjectEvent, head: &Head, dir: &Directory, host: &dyn HostV
     if head.reason == Reason::FileProtected {
         fence.rule = format!("protect:{}", rule_path.as_deref().unwrap_or(&path));
     }
-    let (kind, event_type): (&'static str, &'static str) = match head.kind {
-        EventKind::Exec => ("program", "start"),
-        EventKind::File => ("file", "access"),
+    let (kind, event_type): (&'static str, &'static str) = match (head.kind, head.operation) {
+        (EventKind::Exec, _) => ("program", "start"),
+        (EventKind::File, Operation::Unlink) => ("file", "deletion"),
+        (EventKind::File, Operation::Rename) => ("file", "change"),
+        (EventKind::File, Operation::Link) => ("file", "creation"),
+        (EventKind::File, Operation::Truncate) => ("file", "change"),
+        (EventKind::File, _) => ("file", "access"),
         _ => ("socket", "connection"),
     };
-    let verb = match head.verdict {
-        Verdict::Killed => "killed on exec of",
-        Verdict::WouldDeny => "would deny",
-        Verdict::Denied => "denied",
+    let verb = match (head.verdict, head.operation) {
+        (Verdict::Killed, _) => "killed on exec of",
+        (Verdict::WouldDeny, Operation::Unlink) => "would deny removing",
+        (Verdict::WouldDeny, Operation::Rename) => "would deny renaming",
+        (Verdict::WouldDeny, Operation::Link) => "would deny a new name for",
+        (Verdict::WouldDeny, Operation::Truncate) => "would deny truncating",
+        (Verdict::WouldDeny, _) => "would deny",
+        (Verdict::Denied, Operation::Unlink) => "denied removing",
+        (Verdict::Denied, Operation::Rename) => "denied renaming",
+        (Verdict::Denied, Operation::Link) => "denied a new name for",
+        (Verdict::Denied, Operation::Truncate) => "denied truncating",
+        (Verdict::Denied, _) => "denied",
     };
     let why = match head.reason {
         Reason::ExecNotAllowed => format!("{verb} {path}: not in the identity's exec allow-list"),
@@ -204,6 +234,13 @@ fn object_record(e: &ObjectEvent, head: &Head, dir: &Directory, host: &dyn HostV
             format!("{verb} {path}: a socket through which a daemon runs code for its clients (host default-deny)")
         }
         Reason::IdentityDenyAll => "the identity has expired and is denied everything".to_owned(),
+        Reason::FenceState => format!("{verb} {path}: fence's pinned programs and maps (bpffs)"),
+        Reason::ProgramWrite => {
+            format!("{verb} writing {path}: a program the identity may run cannot be changed from inside the fence")
+        }
+        Reason::PathTooDeep => format!(
+            "{verb} {path}: more directories below its file system's root than fence checks for protected trees"
+        ),
         _ => format!("{verb} {path}"),
     };
     let file_name = path.rsplit('/').next().unwrap_or_default().to_owned();
@@ -233,17 +270,23 @@ fn escape_record(
     host: &dyn HostView,
 ) -> Record {
     let (names, _) = components(&e.path);
-    let cgroup_path = format!("/{}", names.join("/"));
+    let path = format!("/{}", names.join("/"));
     let target_kind = |k: &'static str| -> Name { Cow::Borrowed(k) };
     let (target, why) = match head.operation {
         Operation::CgroupMigrate => (
             Target {
                 kind: target_kind("cgroup"),
-                path: cgroup_path.clone(),
+                path: if e.path.depth == 0 { String::new() } else { path.clone() },
                 cgroup_id: Some(e.ino),
                 ..Target::default()
             },
-            format!("moving a task into cgroup {cgroup_path}, outside the identity's cgroups"),
+            if e.path.depth == 0 {
+                // From lsm_cgroup/inode_permission: the cgroup whose cgroup.procs the move
+                // needs write access to (the common ancestor of both ends), by id.
+                format!("a cgroup move across cgroup {}, outside the identity's cgroups", e.ino)
+            } else {
+                format!("moving a task into cgroup {path}, outside the identity's cgroups")
+            },
         ),
         Operation::CloneIntoCgroup => (
             Target { kind: target_kind("cgroup"), ..Target::default() },
@@ -261,17 +304,67 @@ fn escape_record(
                 format!("{what} process {} outside the identity", e.ino),
             )
         }
+        Operation::SysctlWrite => {
+            let len = (e.name_len as usize).min(NAME_LEN);
+            let name = String::from_utf8_lossy(&e.name[..len]).into_owned();
+            (
+                Target { kind: target_kind("sysctl"), path: name.clone(), ..Target::default() },
+                format!("writing the host setting {name} (sysctl)"),
+            )
+        }
+        Operation::Ioctl => {
+            let what = if e.dev == TIOCSTI { "TIOCSTI" } else { "TIOCLINUX" };
+            (
+                Target { kind: target_kind("terminal"), path: path.clone(), detail: Some(e.dev), ..Target::default() },
+                format!("{what} on {path}: pushing input into a terminal, which its shell would run"),
+            )
+        }
+        Operation::SetOwner => {
+            // The kernel's pid argument: negative for a process group, or 0 when unreadable.
+            let pid = e.ino as u32 as i32;
+            let whom = if pid < 0 { format!("process group {}", -pid) } else { format!("process {pid}") };
+            (
+                Target {
+                    kind: target_kind("process"),
+                    pid: (pid > 0).then_some(pid as u32),
+                    detail: Some(e.dev),
+                    ..Target::default()
+                },
+                format!("directing a file's SIGIO/SIGURG at {whom}, not the caller itself"),
+            )
+        }
         _ => (
             Target { kind: target_kind("bpf"), detail: Some(e.dev), ..Target::default() },
             "bpf(2) from a fenced identity".to_owned(),
         ),
     };
     let denied = head.verdict == Verdict::Denied;
-    fence.rule = "no-way-out".to_owned();
+    fence.rule = if head.operation == Operation::SysctlWrite { "host-settings" } else { "no-way-out" }.to_owned();
     fence.target = Some(target);
     let reason = format!("{} {why}", if denied { "denied" } else { "would deny" });
     let event = event_fields(head, category(head.operation), "change", reason);
     record(timestamp, event, host, process, fence)
+}
+
+/// The name of an address family fenced identities may not use (`socket(2)`'s first argument).
+fn family_name(family: u16) -> &'static str {
+    match family {
+        3 => "AX.25",
+        4 => "IPX",
+        5 => "AppleTalk",
+        17 => "AF_PACKET",
+        21 => "RDS",
+        29 => "CAN",
+        30 => "TIPC",
+        31 => "Bluetooth",
+        38 => "AF_ALG",
+        40 => "AF_VSOCK",
+        42 => "Qualcomm IPC",
+        43 => "SMC",
+        44 => "AF_XDP",
+        45 => "MCTP",
+        _ => "this family's",
+    }
 }
 
 fn join_host_port(ip: &str, port: u16) -> String {
@@ -503,6 +596,131 @@ pub(crate) mod tests {
             let back: Record = serde_json::from_value(r.clone()).unwrap();
             assert_eq!(&serde_json::to_value(back).unwrap(), r);
         }
+    }
+
+    /// The records of the bypass hooks (source routes, sysctl writes, terminal input, signal
+    /// owners, names of protected files, address families) say what was refused and validate.
+    #[test]
+    fn bypass_records_name_what_was_refused() {
+        let schema: serde_json::Value = serde_json::from_str(include_str!("../../schema/event.schema.json")).unwrap();
+        let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
+        let version = PolicyVersion([0xab; 32]);
+        let dir = directory(version);
+        let header = |kind: EventKind, operation: Operation, mechanism: Mechanism, reason: Reason| EventHeader {
+            kind: kind as u8,
+            verdict: Verdict::Denied as u8,
+            operation: operation as u8,
+            mechanism: mechanism as u8,
+            reason: reason as u8,
+            identity: 7,
+            ..Default::default()
+        };
+        let object = |header: EventHeader| ObjectEvent {
+            header,
+            dev: 0,
+            rule_dev: 0,
+            ino: 0,
+            rule_ino: 0,
+            nlink: 1,
+            name_len: 0,
+            name: [0; fence_common::NAME_LEN],
+            path: Default::default(),
+            actor_exe: Default::default(),
+        };
+        let check = |event: KernelEvent, reason: &str, rule: &str| {
+            let v = serde_json::to_value(build(&event, &dir, &FakeHost).unwrap()).unwrap();
+            let errors: Vec<String> =
+                validator.iter_errors(&v).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+            assert!(errors.is_empty(), "{v:#}\n{errors:#?}");
+            assert_eq!(v["event"]["reason"].as_str().unwrap(), reason, "{v:#}");
+            assert_eq!(v["fence"]["rule"], rule, "{v:#}");
+            v
+        };
+
+        let mut packet = NetEvent {
+            header: header(EventKind::Net, Operation::Packet, Mechanism::CgroupSkbEgress, Reason::SourceRouting),
+            family: 10,
+            protocol: 17,
+            ..Default::default()
+        };
+        packet.addr[15] = 1;
+        let v = check(
+            KernelEvent::Net(packet),
+            "a udp packet to ::1 carried a routing header or IP options: a source route would send it to a first hop \
+             no egress rule judged",
+            "no-source-route",
+        );
+        assert_eq!(v["event"]["category"][0], "network");
+
+        let vsock = NetEvent {
+            header: header(EventKind::Net, Operation::Socket, Mechanism::LsmSocketCreate, Reason::SocketKindNotAllowed),
+            family: 40,
+            sock_type: 1,
+            ..Default::default()
+        };
+        check(
+            KernelEvent::Net(vsock),
+            "fenced identities may not create AF_VSOCK sockets (family 40, type 1, protocol 0)",
+            "socket-kinds",
+        );
+
+        let mut sysctl =
+            object(header(EventKind::Escape, Operation::SysctlWrite, Mechanism::CgroupSysctl, Reason::HostSetting));
+        let name = b"kernel/core_pattern";
+        sysctl.name[..name.len()].copy_from_slice(name);
+        sysctl.name_len = name.len() as u32;
+        let v = check(
+            KernelEvent::Object(Box::new(sysctl)),
+            "denied writing the host setting kernel/core_pattern (sysctl)",
+            "host-settings",
+        );
+        assert_eq!(v["fence"]["target"]["kind"], "sysctl");
+        assert_eq!(v["event"]["category"][0], "configuration");
+
+        let mut tty =
+            object(header(EventKind::Escape, Operation::Ioctl, Mechanism::LsmFileIoctl, Reason::TerminalInput));
+        tty.dev = TIOCSTI;
+        crate::events::decode::path_into_components(std::path::Path::new("/3"), &mut tty.path);
+        check(
+            KernelEvent::Object(Box::new(tty)),
+            "denied TIOCSTI on /3: pushing input into a terminal, which its shell would run",
+            "no-way-out",
+        );
+
+        let mut owner =
+            object(header(EventKind::Escape, Operation::SetOwner, Mechanism::LsmFileFcntl, Reason::OutsideIdentity));
+        owner.ino = (-4242i32) as u32 as u64;
+        owner.dev = 8;
+        let v = check(
+            KernelEvent::Object(Box::new(owner)),
+            "denied directing a file's SIGIO/SIGURG at process group 4242, not the caller itself",
+            "no-way-out",
+        );
+        assert!(v["fence"]["target"].get("pid").is_none());
+
+        let mut unlink =
+            object(header(EventKind::File, Operation::Unlink, Mechanism::LsmInodeUnlink, Reason::FenceState));
+        unlink.ino = 5;
+        crate::events::decode::path_into_components(
+            std::path::Path::new("/sys/fs/bpf/fence/links/x"),
+            &mut unlink.path,
+        );
+        let v = check(
+            KernelEvent::Object(Box::new(unlink)),
+            "denied removing /sys/fs/bpf/fence/links/x: fence's pinned programs and maps (bpffs)",
+            "no-way-out",
+        );
+        assert_eq!(v["event"]["type"][0], "deletion");
+
+        let mut link = object(header(EventKind::File, Operation::Link, Mechanism::LsmInodeLink, Reason::FileProtected));
+        link.ino = 6;
+        crate::events::decode::path_into_components(std::path::Path::new("/etc/shadow"), &mut link.path);
+        let v = check(
+            KernelEvent::Object(Box::new(link)),
+            "denied a new name for /etc/shadow: protected credential file",
+            "protect:/etc/shadow",
+        );
+        assert_eq!(v["event"]["type"][0], "creation");
     }
 
     #[test]

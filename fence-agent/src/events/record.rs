@@ -180,12 +180,17 @@ pub struct Cgroup {
 /// The ECS category of an operation's events (`event.category`).
 pub fn category(operation: Operation) -> &'static str {
     match operation {
-        Operation::Connect | Operation::Sendmsg | Operation::Socket | Operation::UnixConnect | Operation::UnixSend => {
-            "network"
+        Operation::Connect
+        | Operation::Sendmsg
+        | Operation::Socket
+        | Operation::UnixConnect
+        | Operation::UnixSend
+        | Operation::Packet => "network",
+        Operation::Open | Operation::Unlink | Operation::Rename | Operation::Link | Operation::Truncate => "file",
+        Operation::Exec | Operation::Ptrace | Operation::Signal | Operation::Ioctl | Operation::SetOwner => "process",
+        Operation::CgroupMigrate | Operation::CloneIntoCgroup | Operation::Bpf | Operation::SysctlWrite => {
+            "configuration"
         }
-        Operation::Open => "file",
-        Operation::Exec | Operation::Ptrace | Operation::Signal => "process",
-        Operation::CgroupMigrate | Operation::CloneIntoCgroup | Operation::Bpf => "configuration",
     }
 }
 

@@ -19,6 +19,8 @@ pub const UNIT: Unit = Unit {
         Operation::Ptrace,
         Operation::Signal,
         Operation::Bpf,
+        Operation::Ioctl,
+        Operation::SetOwner,
     ],
     load,
     required: false,
@@ -35,23 +37,52 @@ fn load(ctx: &mut LoadContext<'_>) -> Availability {
             ctx.refused("needs BPF LSM (the file_open program checks cgroup.procs writes)"),
         );
     }
-    ctx.lsm(&[
+    let global = ctx.lsm(&[
         (programs::LSM_TASK_ALLOC, "task_alloc"),
         (programs::LSM_PTRACE, "ptrace_access_check"),
         (programs::LSM_TASK_KILL, "task_kill"),
         (programs::LSM_BPF, "bpf"),
-    ])
+        (programs::LSM_FILE_IOCTL, "file_ioctl"),
+        (programs::LSM_FILE_FCNTL, "file_fcntl"),
+        (programs::LSM_SIGIOTASK, "file_send_sigiotask"),
+    ]);
+    if global != Availability::Lsm {
+        return global;
+    }
+    // lsm_cgroup programs need Linux 6.0: without them, the rest still holds.
+    match ctx.loader.load_lsm_cgroup(programs::LSM_CGROUP_INODE_PERMISSION, "inode_permission") {
+        Ok(()) => Availability::Lsm,
+        Err(e) => Availability::LsmPartly(format!(
+            "lsm_cgroup/inode_permission refused ({e}): moves through a cgroup.procs descriptor opened before the \
+             task was fenced, and pulling a process from outside into the fence, are not refused"
+        )),
+    }
 }
+
+const LSM_HOOKS: &str =
+    "lsm/file_open+task_alloc+ptrace_access_check+task_kill+bpf+file_ioctl+file_fcntl+file_send_sigiotask";
 
 fn report(a: &Availability, ctx: &ReportContext<'_>) -> FenceReport {
     match a {
         Availability::Lsm => FenceReport::enforced(
             UNIT.name,
-            "lsm/file_open+task_alloc+ptrace_access_check+task_kill+bpf",
-            "a fenced process, even root, cannot write to cgroup.procs/cgroup.threads outside its identity, \
-             clone3 into another cgroup, trace or signal processes outside its identity (the agent included), \
-             or use bpf(2)",
+            &format!("{LSM_HOOKS}+lsm_cgroup/inode_permission"),
+            "a fenced process, even root, cannot move a task across a cgroup outside its identity (leaving it, \
+             pulling a process in, or through a cgroup.procs descriptor opened before it was fenced), clone3 into \
+             another cgroup, trace or signal processes outside its identity (the agent included, wherever it is; \
+             SIGIO and SIGURG included), push input into a terminal (TIOCSTI), or use bpf(2)",
         ),
+        Availability::LsmPartly(gap) => FenceReport {
+            fence: UNIT.name,
+            enforced: true,
+            mechanism: LSM_HOOKS.into(),
+            notes: format!(
+                "a fenced process, even root, cannot write to cgroup.procs outside its identity, clone3 into another \
+                 cgroup, trace or signal processes outside its identity, push input into a terminal, or use bpf(2); \
+                 but {gap}"
+            ),
+            remedy: Some("Linux 6.0 or later runs lsm_cgroup programs".into()),
+        },
         other => FenceReport::unavailable(
             UNIT.name,
             format!(

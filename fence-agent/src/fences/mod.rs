@@ -4,11 +4,12 @@
 //!
 //! | unit | row | programs | maps |
 //! |---|---|---|---|
-//! | [`net`] | egress | cgroup connect4/6, sendmsg4/6, sock_create | `Net4`, `Net6` |
+//! | [`net`] | egress | cgroup connect4/6, sendmsg4/6, sock_create, cgroup_skb/egress; lsm/socket_create | `Net4`, `Net6` |
 //! | [`exec`] | exec | lsm/bprm_check_security, else tp_btf/sched_process_exec + SIGKILL | `Exec` |
-//! | [`files`] | credential-files | lsm/file_open, else fanotify in the agent | `Protected`, `FileExcept` |
+//! | [`files`] | credential-files | lsm/file_open, inode_unlink, inode_rmdir, inode_rename, inode_link, path_truncate; else fanotify in the agent | `Protected`, `FileExcept` |
 //! | [`unix`] | unix-sockets | lsm/unix_stream_connect, unix_may_send | `Unix`, `UnixAbstract` |
-//! | [`escape`] | no-way-out | lsm/task_alloc, ptrace_access_check, task_kill, bpf (+ file_open) | |
+//! | [`escape`] | no-way-out | lsm/task_alloc, ptrace_access_check, task_kill, bpf, file_ioctl, file_fcntl, file_send_sigiotask, lsm_cgroup/inode_permission (+ file_open) | |
+//! | [`sysctl`] | host-settings | cgroup/sysctl | |
 //! | [`bindings`] | unit-restarts | tp_btf/cgroup_mkdir | `Identities`, `Cgroups`, `Units` |
 //!
 //! A new fence is a new module here, its line in [`UNITS`], and its types in `fence-common`.
@@ -20,6 +21,7 @@ pub mod escape;
 pub mod exec;
 pub mod files;
 pub mod net;
+pub mod sysctl;
 pub mod unix;
 
 use fence_common::{Map, Operation};
@@ -32,7 +34,8 @@ use crate::{
 };
 
 /// The registration table, in the order `doctor` lists the rows and programs are loaded.
-pub const UNITS: &[&Unit] = &[&net::UNIT, &exec::UNIT, &files::UNIT, &unix::UNIT, &escape::UNIT, &bindings::UNIT];
+pub const UNITS: &[&Unit] =
+    &[&net::UNIT, &exec::UNIT, &files::UNIT, &unix::UNIT, &escape::UNIT, &sysctl::UNIT, &bindings::UNIT];
 
 /// One fence.
 pub struct Unit {
@@ -81,14 +84,18 @@ pub fn no_flags(_: &Identity) -> u8 {
 pub enum Availability {
     /// A BPF LSM hook refuses the operation (EPERM).
     Lsm,
+    /// BPF LSM hooks refuse most of it; the rest, and why, is named.
+    LsmPartly(String),
     /// A tp_btf program kills the task at exec, before its first instruction.
     TracepointKill,
     /// A tp_btf program acts as the kernel does it (binding a unit's new cgroup).
     Tracepoint,
     /// The agent answers fanotify permission events (EPERM).
     Fanotify,
-    /// cgroup socket hooks refuse the operation (EPERM).
+    /// cgroup hooks refuse the operation (EPERM).
     CgroupHooks,
+    /// cgroup hooks, and BPF LSM for what they cannot see.
+    CgroupHooksAndLsm,
     /// Not enforced on this host, and why.
     Unavailable(String),
 }
@@ -237,6 +244,10 @@ pub fn load(loader: &mut Loader) -> Result<Plan, crate::kernel::loader::LoadErro
 mod tests {
     use super::*;
 
+    fn get_of(rows: &[FenceReport], f: &str) -> FenceReport {
+        rows.iter().find(|r| r.fence == f).unwrap().clone()
+    }
+
     fn plan(pairs: &[(&'static str, Availability)], refusal: Option<&str>) -> Plan {
         Plan { mechanisms: pairs.to_vec(), lsm_refusal: refusal.map(str::to_owned) }
     }
@@ -251,11 +262,13 @@ mod tests {
                 ("credential-files", Availability::Fanotify),
                 ("unix-sockets", refused.clone()),
                 ("no-way-out", refused),
+                ("host-settings", Availability::CgroupHooks),
                 ("unit-restarts", Availability::Tracepoint),
             ],
             Some("BPF_PROG_LOAD: Operation not permitted"),
         );
         let rows = p.report(Some("lockdown,capability,landlock,bpf"));
+        assert!(get_of(&rows, "egress").notes.contains("NOT refused"), "{rows:?}");
         let get = |f: &str| rows.iter().find(|r| r.fence == f).unwrap().clone();
         assert!(get("egress").enforced);
         assert!(get("exec").enforced && get("exec").mechanism.contains("SIGKILL"));
@@ -271,11 +284,12 @@ mod tests {
     fn a_bpf_lsm_host_needs_no_remedy() {
         let p = plan(
             &[
-                ("egress", Availability::CgroupHooks),
+                ("egress", Availability::CgroupHooksAndLsm),
                 ("exec", Availability::Lsm),
                 ("credential-files", Availability::Lsm),
                 ("unix-sockets", Availability::Lsm),
                 ("no-way-out", Availability::Lsm),
+                ("host-settings", Availability::CgroupHooks),
                 ("unit-restarts", Availability::Tracepoint),
             ],
             None,

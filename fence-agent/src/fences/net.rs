@@ -20,7 +20,7 @@ use crate::{
 pub const UNIT: Unit = Unit {
     name: "egress",
     maps: &[Map::Net4, Map::Net6],
-    operations: &[Operation::Connect, Operation::Sendmsg, Operation::Socket],
+    operations: &[Operation::Connect, Operation::Sendmsg, Operation::Socket, Operation::Packet],
     load,
     required: true,
     report,
@@ -41,24 +41,39 @@ fn load(ctx: &mut LoadContext<'_>) -> Availability {
     let loaded = SOCK_ADDR_PROGRAMS
         .iter()
         .try_for_each(|&(program, hook, attach)| ctx.loader.load_sock_addr(program, hook, attach))
-        .and_then(|()| ctx.loader.load_sock(programs::SOCK_CREATE, "cgroup/sock_create"));
-    match loaded {
-        Ok(()) => Availability::CgroupHooks,
-        Err(e) => {
-            let why = e.to_string();
-            ctx.fatal = Some(e);
-            Availability::Unavailable(why)
-        }
+        .and_then(|()| ctx.loader.load_sock(programs::SOCK_CREATE, "cgroup/sock_create"))
+        .and_then(|()| ctx.loader.load_skb_egress(programs::SKB_EGRESS, "cgroup_skb/egress"));
+    if let Err(e) = loaded {
+        let why = e.to_string();
+        ctx.fatal = Some(e);
+        return Availability::Unavailable(why);
+    }
+    // Socket families the cgroup hooks do not see (packet, XDP, vsock...): BPF LSM only.
+    match ctx.loader.load_lsm(programs::LSM_SOCKET_CREATE, "socket_create") {
+        Ok(()) => Availability::CgroupHooksAndLsm,
+        Err(_) => Availability::CgroupHooks,
     }
 }
 
+const MECHANISM: &str = "cgroup/connect4+connect6+sendmsg4+sendmsg6+sock_create+cgroup_skb/egress";
+
 fn report(a: &Availability, ctx: &ReportContext<'_>) -> FenceReport {
     match a {
-        Availability::CgroupHooks => FenceReport::enforced(
+        Availability::CgroupHooksAndLsm => FenceReport::enforced(
             UNIT.name,
-            "cgroup/connect4+connect6+sendmsg4+sendmsg6+sock_create",
-            "TCP/UDP allow-lists per identity; other socket kinds refused",
+            &format!("{MECHANISM}+lsm/socket_create"),
+            "TCP/UDP allow-lists per identity; source-routed packets dropped; raw, ICMP, SCTP sockets and every \
+             family but inet, inet6, unix and netlink (packet, XDP, vsock...) refused",
         ),
+        Availability::CgroupHooks => FenceReport {
+            fence: UNIT.name,
+            enforced: true,
+            mechanism: MECHANISM.into(),
+            notes: "TCP/UDP allow-lists per identity; source-routed packets dropped; raw, ICMP, SCTP sockets refused; \
+                    socket families other than inet/inet6 (packet, XDP, vsock...) NOT refused without BPF LSM"
+                .into(),
+            remedy: Some(ctx.lsm_remedy()),
+        },
         other => FenceReport::unavailable(UNIT.name, other.reason().to_owned(), ctx),
     }
 }

@@ -12,7 +12,9 @@ use std::{collections::BTreeMap, fs::File, os::fd::AsFd as _, path::PathBuf};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSysctl, Lsm, ProgramError, links::FdLink},
+    programs::{
+        BtfTracePoint, CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSysctl, Lsm, LsmCgroup, ProgramError, links::FdLink,
+    },
 };
 use aya_obj::generated::bpf_attach_type;
 use fence_common::{EventLimit, KernelOffsets, Map, globals};
@@ -211,6 +213,20 @@ impl Loader {
             return Err(why);
         }
         self.loaded.push(Loaded { program, hook, kind: HookKind::Lsm });
+        Ok(())
+    }
+
+    /// Loads a BPF LSM program that runs per cgroup (attached at the attach points, so only
+    /// tasks in fenced subtrees run it); the error is the kernel's answer in one line.
+    pub fn load_lsm_cgroup(&mut self, program: &'static str, hook: &'static str) -> Result<(), String> {
+        let btf = self.btf.as_ref().map_err(|why| format!("needs the kernel's BTF ({why})"))?;
+        let p: &mut LsmCgroup = program_mut(&mut self.bpf, program).map_err(|e| e.to_string())?;
+        if let Err(e) = p.load(hook, btf) {
+            let why = refusal(&e);
+            self.lsm_refusal.get_or_insert_with(|| why.clone());
+            return Err(why);
+        }
+        self.loaded.push(Loaded { program, hook, kind: HookKind::Cgroup(bpf_attach_type::BPF_LSM_CGROUP) });
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use std::{
 
 use super::{
     Resolved,
-    expand::{Expansion, ObjectId, expand, sha256_of, walk_dirs},
+    expand::{Expansion, ObjectId, TreeWalk, expand, sha256_of, walk_dirs, walk_tree},
 };
 use crate::{policy::PolicySet, protect::HostProtection};
 
@@ -42,8 +42,8 @@ impl Stamp {
 pub struct Resolver {
     /// Pattern text -> what it matched and the directories it depends on.
     expansions: HashMap<String, Expansion>,
-    /// Tree root -> its directories.
-    walks: HashMap<PathBuf, Vec<PathBuf>>,
+    /// Tree root -> its directories and files.
+    walks: HashMap<PathBuf, TreeWalk>,
     /// Env root -> its directories and `.env*` files.
     env_roots: HashMap<PathBuf, EnvWalk>,
     /// SHA-256 of pinned programs, with the stamp of the inode they were computed from.
@@ -71,7 +71,7 @@ impl Resolver {
         let touched = |list: &[PathBuf]| list.iter().any(|d| dirs.contains(d));
         let parent_touched = |root: &Path| root.parent().is_some_and(|p| dirs.contains(p));
         self.expansions.retain(|_, e| !touched(&e.watch));
-        self.walks.retain(|root, list| !touched(list) && !parent_touched(root));
+        self.walks.retain(|root, w| !touched(&w.dirs) && !parent_touched(root));
         self.env_roots.retain(|root, w| !touched(&w.dirs) && !parent_touched(root));
     }
 
@@ -86,8 +86,9 @@ impl Resolver {
         e
     }
 
-    pub(super) fn walk(&mut self, root: &Path) -> Vec<PathBuf> {
-        self.walks.entry(root.to_owned()).or_insert_with(|| walk_dirs(root)).clone()
+    /// The directories and regular files of the tree at `root`.
+    pub(super) fn tree(&mut self, root: &Path) -> TreeWalk {
+        self.walks.entry(root.to_owned()).or_insert_with(|| walk_tree(root, true)).clone()
     }
 
     pub(super) fn env_root(&mut self, root: &Path) -> EnvWalk {

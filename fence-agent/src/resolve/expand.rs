@@ -145,17 +145,45 @@ pub fn expand(glob: &PathGlob) -> Expansion {
 }
 
 /// Most directories looked at below one protected directory or env root.
-const MAX_TREE_DIRS: usize = 10_000;
+pub const MAX_TREE_DIRS: usize = 10_000;
+/// Most regular files listed below one protected or excepted directory.
+pub const MAX_TREE_FILES: usize = 20_000;
 
 /// `root` and the directories below it (not following symlinks), at most `MAX_TREE_DIRS`.
 pub fn walk_dirs(root: &Path) -> Vec<PathBuf> {
-    let mut out = vec![root.to_owned()];
+    walk_tree(root, false).dirs
+}
+
+/// A directory tree: its directories (the root first) and, when asked, its regular files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TreeWalk {
+    pub dirs: Vec<PathBuf>,
+    pub files: Vec<PathBuf>,
+    /// More directories or files than the limits: the lists are incomplete.
+    pub truncated: bool,
+}
+
+/// Walks `root` breadth first, not following symlinks, listing directories (at most
+/// `MAX_TREE_DIRS`) and, with `files`, regular files (at most `MAX_TREE_FILES`).
+pub fn walk_tree(root: &Path, files: bool) -> TreeWalk {
+    let mut out = TreeWalk { dirs: vec![root.to_owned()], ..TreeWalk::default() };
     let mut i = 0;
-    while i < out.len() && out.len() < MAX_TREE_DIRS {
-        if let Ok(entries) = fs::read_dir(&out[i]) {
+    while i < out.dirs.len() {
+        if let Ok(entries) = fs::read_dir(&out.dirs[i]) {
             for e in entries.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    out.push(e.path());
+                let Ok(t) = e.file_type() else { continue };
+                if t.is_dir() {
+                    if out.dirs.len() < MAX_TREE_DIRS {
+                        out.dirs.push(e.path());
+                    } else {
+                        out.truncated = true;
+                    }
+                } else if files && t.is_file() {
+                    if out.files.len() < MAX_TREE_FILES {
+                        out.files.push(e.path());
+                    } else {
+                        out.truncated = true;
+                    }
                 }
             }
         }

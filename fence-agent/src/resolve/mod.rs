@@ -46,10 +46,11 @@ pub struct Resolved {
     pub identities: BTreeMap<String, ResolvedIdentity>,
     /// Directories whose changes may change this resolution.
     pub watch: BTreeSet<PathBuf>,
+    /// Files whose content matters (sha256-pinned programs): watched on their inode, so that a
+    /// write through any name (a hard link elsewhere) has the pin checked again.
+    pub watch_files: BTreeSet<PathBuf>,
     /// Problems worth an operator's attention (nothing matched, hash mismatch...).
     pub warnings: Vec<String>,
-    /// Every directory inside protected trees (the trees' roots included).
-    pub tree_dirs: Vec<PathBuf>,
     /// Current cgroup ids of unit and managed selectors, by cgroup path (absent: the unit is
     /// not running).
     pub cgroup_ids: BTreeMap<String, u64>,
@@ -114,6 +115,8 @@ fn resolve(cache: &mut Resolver, set: &PolicySet, host: &HostProtection, cgroup_
             r.watch.extend(ex.watch);
             for path in ex.found {
                 let Ok((id, kind)) = object_id(&path, &mounts) else { continue };
+                // An excepted tree is keyed at its root only: the kernel looks for it above the
+                // file (exceptions only ever allow, so one not found refuses).
                 let value = if glob.is_tree() && kind == Kind::Dir {
                     fence_common::PROTECT_TREE
                 } else {
@@ -210,6 +213,9 @@ fn exec_entries(
     let mut matched = 0;
     for path in ex.found {
         let Ok((id, Kind::File)) = object_id(&path, mounts) else { continue };
+        if rule.sha256.is_some() {
+            r.watch_files.insert(path.clone());
+        }
         if path.file_name().is_some_and(|n| is_dynamic_loader(&n.to_string_lossy())) {
             r.warnings.push(format!(
                 "identity \"{identity}\": exec.allow[{index}] {} matches the dynamic loader {}; not allowed",
@@ -249,24 +255,60 @@ fn protected_entries(cache: &mut Resolver, glob: &PathGlob, mounts: &Mounts, r: 
     let ex = cache.expand(glob);
     r.watch.extend(ex.watch);
     for path in ex.found {
-        if glob.is_tree() && path.is_dir() {
-            // Every directory of the tree: watched (a new one is seen) and listed (a fanotify
-            // fence marks each, as its marks cover direct children only).
-            for dir in cache.walk(&path) {
-                r.watch.insert(dir.clone());
-                r.tree_dirs.push(dir);
-            }
-        }
         if is_public_key(&path) && glob.components().last().is_some_and(|c| c.starts_with("id_")) {
             continue;
         }
         let Ok((id, kind)) = object_id(&path, mounts) else { continue };
-        let value = match (glob.is_tree(), kind) {
-            (true, Kind::Dir) => fence_common::PROTECT_TREE | fence_common::PROTECT_FILE,
-            (_, Kind::Dir) => continue,
-            _ => fence_common::PROTECT_FILE,
-        };
-        r.protected.push(Entry { id, path, value });
+        match (glob.is_tree(), kind) {
+            (true, Kind::Dir) => {
+                tree_entries(cache, &path, mounts, r);
+            }
+            (_, Kind::Dir) => {}
+            _ => r.protected.push(Entry { id, path, value: fence_common::PROTECT_FILE }),
+        }
+    }
+}
+
+/// Most inodes of one protected tree keyed one by one (directories first); the rest are
+/// covered by the directories above them (BPF LSM: up to 32 levels up; fanotify: the marks of
+/// their directory).
+const MAX_TREE_KEYS: usize = 4096;
+
+/// Every directory and regular file of the protected tree at `root`, each keyed by its own
+/// inode: a directory as a tree (it covers what is created in it later), a file as a file. A
+/// file hard-linked elsewhere, or a directory renamed out of the tree, is then still
+/// protected, and a file's protection does not depend on how far below the root it is. Every
+/// directory is watched, so that what is created later is keyed too.
+fn tree_entries(cache: &mut Resolver, root: &Path, mounts: &Mounts, r: &mut Resolved) {
+    let walk = cache.tree(root);
+    let mut keyed = 0;
+    for dir in &walk.dirs {
+        r.watch.insert(dir.clone());
+        if keyed < MAX_TREE_KEYS
+            && let Ok((id, Kind::Dir)) = object_id(dir, mounts)
+        {
+            r.protected.push(Entry {
+                id,
+                path: dir.clone(),
+                value: fence_common::PROTECT_TREE | fence_common::PROTECT_FILE,
+            });
+            keyed += 1;
+        }
+    }
+    for file in walk.files.iter().take(MAX_TREE_KEYS.saturating_sub(keyed)) {
+        if let Ok((id, Kind::File)) = object_id(file, mounts) {
+            r.protected.push(Entry { id, path: file.clone(), value: fence_common::PROTECT_FILE });
+            keyed += 1;
+        }
+    }
+    if walk.truncated || keyed < walk.dirs.len() + walk.files.len() {
+        r.warnings.push(format!(
+            "protect {}: {} directories and {} files, more than fence keys one by one ({MAX_TREE_KEYS}); the rest \
+             are protected through the directories above them only",
+            root.display(),
+            walk.dirs.len(),
+            walk.files.len()
+        ));
     }
 }
 

@@ -294,7 +294,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
             tracing::warn!("{w}");
         }
         if let Some(w) = &mut self.views.watcher {
-            w.set(&resolved.watch);
+            w.set(&resolved.watch, &resolved.watch_files);
         }
         let old = self.live.take();
         let records =

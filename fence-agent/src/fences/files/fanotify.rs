@@ -1,14 +1,17 @@
 //! The credential-file fence where BPF LSM cannot load: fanotify permission events
 //! (FAN_OPEN_PERM) on the protected inodes, answered by the agent.
 //!
-//! - Marks are on inodes (files) and on protected directories (with FAN_EVENT_ON_CHILD, every
-//!   directory of the tree), so other names for the same file (links, bind mounts, renames)
-//!   raise the same event.
+//! - Marks are on inodes: every protected file, every file and directory of protected trees
+//!   (directories with FAN_EVENT_ON_CHILD, for files created later), through the descriptors
+//!   the agent holds, so other names for the same file (hard links made elsewhere, bind
+//!   mounts, renames, the tree's directory renamed) raise the same event.
 //! - Only opens of protected files reach the agent; the answer is computed from an in-memory
 //!   snapshot of the policy and /proc/<tid>/cgroup, and a fenced opener gets FAN_DENY (EPERM).
-//! - A stuck decision is answered FAN_ALLOW by a watchdog after [`DECISION_TIMEOUT`] (logged
-//!   and counted): an unfenced process never waits on the agent for longer than that. If the
-//!   agent dies, the kernel allows every pending open and drops the marks.
+//! - A stuck decision is answered by a watchdog after [`DECISION_TIMEOUT`] (logged and
+//!   counted): FAN_DENY if the opener is in a fenced cgroup, FAN_ALLOW otherwise, so an
+//!   unfenced process never waits on the agent for longer than that and a fenced one gains
+//!   nothing from a stall. If the agent dies, the kernel allows every pending open and drops
+//!   the marks (the agent's restart marks them again).
 //! - A policy change builds a new group, starts answering it, then closes the old one: during
 //!   the overlap both must allow, so there is no unprotected window.
 
@@ -16,7 +19,7 @@ use std::{
     collections::HashMap,
     fs,
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -46,8 +49,6 @@ use crate::{
 
 /// Longest an open of a protected file waits for the agent's answer.
 pub const DECISION_TIMEOUT: Duration = Duration::from_secs(1);
-/// Levels searched above a file for a protected or excepted directory (as the kernel side).
-const MAX_WALK: usize = 16;
 
 #[derive(Debug, Error)]
 pub enum FanotifyError {
@@ -128,7 +129,6 @@ pub fn decide(policy: &FilePolicy, who: Option<u32>, file: ObjectId, dirs: &[Obj
     if ident.deny_all {
         return report(Reason::IdentityDenyAll, None);
     }
-    let dirs = &dirs[..dirs.len().min(MAX_WALK)];
     if ident.exceptions.contains_key(&file)
         || dirs.iter().any(|d| ident.exceptions.get(d).is_some_and(|f| f & PROTECT_TREE != 0))
     {
@@ -194,9 +194,9 @@ impl FileFence {
         let fan = Arc::new(init()?);
         let policy = Arc::new(FilePolicy::new(compiled));
         let stop = Arc::new(AtomicBool::new(false));
-        let in_flight: Arc<Mutex<Option<(i32, Instant)>>> = Arc::new(Mutex::new(None));
+        let in_flight: Arc<Mutex<Option<InFlight>>> = Arc::new(Mutex::new(None));
         let answer = {
-            let (fan, stop, in_flight) = (fan.clone(), stop.clone(), in_flight.clone());
+            let (fan, stop, in_flight, policy) = (fan.clone(), stop.clone(), in_flight.clone(), policy.clone());
             let events = self.events.clone();
             let cgroups = self.cgroups.clone();
             thread::Builder::new()
@@ -207,9 +207,10 @@ impl FileFence {
         let watchdog = {
             let (fan, stop, in_flight, timeouts) =
                 (fan.clone(), stop.clone(), in_flight.clone(), self.timeouts.clone());
+            let policy = policy.clone();
             thread::Builder::new()
                 .name("fence-fanotify-watchdog".into())
-                .spawn(move || watchdog_loop(&fan, &stop, &in_flight, &timeouts))
+                .spawn(move || watchdog_loop(&fan, &policy, &stop, &in_flight, &timeouts))
                 .expect("spawning the fanotify watchdog")
         };
         let marks = add_marks(&fan, resolved, held);
@@ -240,34 +241,33 @@ fn init() -> Result<Fanotify, FanotifyError> {
     .map_err(FanotifyError::Init)
 }
 
-/// Marks every protected file and every directory of protected trees (whose marks cover
-/// their direct children); returns the number of marks. `.env*` files below env roots are
-/// listed by the resolver as files.
+/// Marks every protected inode: files, and the directories of protected trees with their
+/// children (a directory's marks cover its direct children, so that a file created in it later
+/// is covered before the agent keys it). Marks go through the held descriptors, so they are on
+/// the inodes the resolver found, wherever their paths are now. `.env*` files below env roots
+/// are listed by the resolver as files. Returns the number of marks.
 fn add_marks(fan: &Fanotify, resolved: &Resolved, held: &Holder) -> usize {
-    let mark = |path: &Path, mask: MaskFlags| match fan.mark(
-        MarkFlags::FAN_MARK_ADD,
-        mask,
-        nix::fcntl::AT_FDCWD,
-        Some(path),
-    ) {
-        Ok(()) => 1,
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "fanotify mark failed; this path is not protected");
-            0
-        }
-    };
     let mut marks = 0;
-    for dir in &resolved.tree_dirs {
-        marks += mark(dir, MaskFlags::FAN_OPEN_PERM | MaskFlags::FAN_EVENT_ON_CHILD | MaskFlags::FAN_ONDIR);
-    }
-    for e in resolved.protected.iter().filter(|e| e.value & PROTECT_TREE == 0 && e.value & PROTECT_FILE != 0) {
+    for e in &resolved.protected {
+        let mask = if e.value & PROTECT_TREE != 0 {
+            MaskFlags::FAN_OPEN_PERM | MaskFlags::FAN_EVENT_ON_CHILD | MaskFlags::FAN_ONDIR
+        } else if e.value & PROTECT_FILE != 0 {
+            MaskFlags::FAN_OPEN_PERM
+        } else {
+            continue;
+        };
         // Through the held descriptor's magic link: the inode, wherever its path now is.
         // (fanotify_mark ignores O_PATH descriptors given as dirfd.)
         let path = match held.fd(e.id) {
             Some(fd) => PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
             None => e.path.clone(),
         };
-        marks += mark(&path, MaskFlags::FAN_OPEN_PERM);
+        match fan.mark(MarkFlags::FAN_MARK_ADD, mask, nix::fcntl::AT_FDCWD, Some(&path)) {
+            Ok(()) => marks += 1,
+            Err(err) => {
+                tracing::warn!(path = %e.path.display(), error = %err, "fanotify mark failed; this path is not protected")
+            }
+        }
     }
     marks
 }
@@ -276,7 +276,7 @@ fn answer_loop(
     fan: &Fanotify,
     policy: &FilePolicy,
     stop: &AtomicBool,
-    in_flight: &Mutex<Option<(i32, Instant)>>,
+    in_flight: &Mutex<Option<InFlight>>,
     events: &AgentEvents,
     cgroups: &Cgroups,
 ) {
@@ -312,8 +312,9 @@ fn answer_loop(
                 continue;
             }
             let raw = fd.as_raw_fd();
-            *in_flight.lock().unwrap_or_else(|p| p.into_inner()) = Some((raw, Instant::now()));
             let tid = event.pid();
+            *in_flight.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(InFlight { fd: raw, tid, since: Instant::now() });
             let (decision, facts) = judge(policy, tid, fd, &mounts);
             let response = match decision {
                 Decision::Report { deny: true, .. } => Response::FAN_DENY,
@@ -330,7 +331,7 @@ fn answer_loop(
             {
                 let mut slot = in_flight.lock().unwrap_or_else(|p| p.into_inner());
                 // The watchdog may have answered already (it clears the slot when it does).
-                if slot.is_some_and(|(f, _)| f == raw) {
+                if slot.is_some_and(|f| f.fd == raw) {
                     if let Err(e) = fan.write_response(FanotifyResponse::new(fd, response)) {
                         tracing::error!(error = %e, "answering a fanotify event failed");
                     }
@@ -345,20 +346,43 @@ fn answer_loop(
     }
 }
 
-fn watchdog_loop(fan: &Fanotify, stop: &AtomicBool, in_flight: &Mutex<Option<(i32, Instant)>>, timeouts: &AtomicU64) {
+/// The event being decided: its descriptor, the opener, since when.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    fd: i32,
+    tid: i32,
+    since: Instant,
+}
+
+fn watchdog_loop(
+    fan: &Fanotify,
+    policy: &FilePolicy,
+    stop: &AtomicBool,
+    in_flight: &Mutex<Option<InFlight>>,
+    timeouts: &AtomicU64,
+) {
     while !stop.load(Ordering::SeqCst) {
         thread::sleep(Duration::from_millis(100));
         let mut slot = in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((fd, since)) = *slot
-            && since.elapsed() > DECISION_TIMEOUT
+        if let Some(stuck) = *slot
+            && stuck.since.elapsed() > DECISION_TIMEOUT
         {
+            // Only the opener's cgroup is read here (not what stalled the answering thread):
+            // a fenced opener is refused, anyone else allowed.
+            let fenced = Cgroups::path_of_process(&stuck.tid.to_string())
+                .is_some_and(|c| policy.bindings.identity_of(&c).is_some());
+            let response = if fenced { Response::FAN_DENY } else { Response::FAN_ALLOW };
             // SAFETY: the answering thread closes this fd only after clearing the slot, which
             // it cannot do while we hold the lock.
-            let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-            let _ = fan.write_response(FanotifyResponse::new(borrowed, Response::FAN_ALLOW));
+            let borrowed = unsafe { BorrowedFd::borrow_raw(stuck.fd) };
+            let _ = fan.write_response(FanotifyResponse::new(borrowed, response));
             *slot = None;
             timeouts.fetch_add(1, Ordering::Relaxed);
-            tracing::error!("a fanotify decision took longer than {DECISION_TIMEOUT:?}; the open was allowed");
+            tracing::error!(
+                fenced,
+                "a fanotify decision took longer than {DECISION_TIMEOUT:?}; the open was {}",
+                if fenced { "refused (the opener is fenced)" } else { "allowed (the opener is not fenced)" }
+            );
         }
     }
 }
@@ -383,7 +407,7 @@ fn judge(policy: &FilePolicy, tid: i32, fd: BorrowedFd<'_>, mounts: &Mounts) -> 
         return (Decision::Allow, facts);
     }
     let dirs: Vec<ObjectId> = if path_is_ours {
-        path.ancestors().skip(1).take(MAX_WALK).filter_map(|a| object_id(a, mounts).ok().map(|(id, _)| id)).collect()
+        path.ancestors().skip(1).filter_map(|a| object_id(a, mounts).ok().map(|(id, _)| id)).collect()
     } else {
         Vec::new()
     };

@@ -15,7 +15,7 @@ use crate::{kernel::MapEntry, policy::PolicyError, resolve::Resolved};
 pub const UNIT: Unit = Unit {
     name: "credential-files",
     maps: &[Map::Protected, Map::FileExcept],
-    operations: &[Operation::Open],
+    operations: &[Operation::Open, Operation::Unlink, Operation::Rename, Operation::Link, Operation::Truncate],
     load,
     required: false,
     report,
@@ -28,7 +28,14 @@ pub const UNIT: Unit = Unit {
 /// The LSM program if the kernel takes it, else fanotify if permission events work here, else
 /// unavailable with both reasons.
 fn load(ctx: &mut LoadContext<'_>) -> Availability {
-    let lsm_why = match ctx.lsm(&[(programs::LSM_FILE_OPEN, "file_open")]) {
+    let lsm_why = match ctx.lsm(&[
+        (programs::LSM_FILE_OPEN, "file_open"),
+        (programs::LSM_INODE_UNLINK, "inode_unlink"),
+        (programs::LSM_INODE_RMDIR, "inode_rmdir"),
+        (programs::LSM_INODE_RENAME, "inode_rename"),
+        (programs::LSM_INODE_LINK, "inode_link"),
+        (programs::LSM_PATH_TRUNCATE, "path_truncate"),
+    ]) {
         Availability::Lsm => return Availability::Lsm,
         other => other.reason().to_owned(),
     };
@@ -40,13 +47,21 @@ fn load(ctx: &mut LoadContext<'_>) -> Availability {
 
 fn report(a: &Availability, ctx: &ReportContext<'_>) -> FenceReport {
     match a {
-        Availability::Lsm => FenceReport::enforced(UNIT.name, "lsm/file_open", "refused with EPERM"),
+        Availability::Lsm => FenceReport::enforced(
+            UNIT.name,
+            "lsm/file_open+inode_unlink+inode_rmdir+inode_rename+inode_link+path_truncate",
+            "opening refused with EPERM, and so are unlinking, renaming, hard-linking and truncating protected \
+             files (and anything in bpffs, fence's pins), opening allowed programs for writing, and opening files \
+             more than 32 directories deep",
+        ),
         Availability::Fanotify => FenceReport {
             fence: UNIT.name,
             enforced: true,
             mechanism: "fanotify FAN_OPEN_PERM answered by the agent".into(),
-            notes: "fallback: refused with EPERM while the agent runs (not while it is down); files created later are \
-                    protected once the agent sees them (milliseconds)"
+            notes: "fallback: opening refused with EPERM while the agent runs (not while it is down); files created \
+                    later are protected once the agent sees them (milliseconds); renames, new hard links and \
+                    truncation of protected files are not refused (the files stay protected: they are marked by \
+                    inode); a stalled decision is refused for fenced openers after 1 s"
                 .into(),
             remedy: Some(ctx.lsm_remedy()),
         },
