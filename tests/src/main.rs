@@ -12,6 +12,7 @@ use std::{process::ExitCode, time::Duration};
 
 mod agent;
 mod bao;
+mod bypass;
 mod env;
 mod flood;
 mod harness;
@@ -39,6 +40,7 @@ fn all_tests() -> impl Iterator<Item = &'static harness::Test> {
         .chain(service::TESTS)
         .chain(flood::TESTS)
         .chain(logs::TESTS)
+        .chain(bypass::TESTS)
         .chain(vault.iter().flat_map(|t| t.iter()))
 }
 

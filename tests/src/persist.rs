@@ -24,7 +24,8 @@ pub const TESTS: &[Test] = &[Test { name: "persist_no_gap_on_sigkill_restart_and
 const PHASE_ATTEMPTS: usize = 10;
 
 /// Removes the test's pins if the test ends early (the pins would keep a test cgroup fenced).
-struct Pins(PathBuf);
+/// Removes a pin directory an agent with persistence left behind (its links first).
+pub(crate) struct Pins(pub(crate) PathBuf);
 
 impl Drop for Pins {
     fn drop(&mut self) {

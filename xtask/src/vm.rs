@@ -28,6 +28,8 @@ mkdir -p /proc /sys /dev /tmp /run /etc
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts
+mount -t devpts -o ptmxmode=0666 devpts /dev/pts
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 mkdir -p /sys/fs/cgroup /sys/fs/bpf
