@@ -54,14 +54,38 @@ pub struct Agent {
     child: Child,
     pub events: PathBuf,
     pub stderr: PathBuf,
+    /// The control socket.
+    pub socket: PathBuf,
+    /// The policy file it was started with (SIGHUP reads it again).
+    pub policy: PathBuf,
+    /// From the spawn to READY=1 on NOTIFY_SOCKET.
+    pub ready_in: Duration,
 }
 
 impl Agent {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts the agent with `policy` in `dir` and waits for its READY notification.
     /// `events_keys`: more keys of the `[events]` table.
     pub fn start(agent: &Path, dir: &Path, policy: &str, stdout_events: bool, events_keys: &str) -> Result<Agent> {
+        Agent::start_within(agent, dir, policy, stdout_events, events_keys, Duration::from_secs(60))
+    }
+
+    /// [`Agent::start`], waiting up to `timeout` for READY (a large policy takes long).
+    pub fn start_within(
+        agent: &Path,
+        dir: &Path,
+        policy: &str,
+        stdout_events: bool,
+        events_keys: &str,
+        timeout: Duration,
+    ) -> Result<Agent> {
         fs::create_dir_all(dir)?;
-        let policy_path = dir.join("policy.yaml");
+        // The agent picks the parser by the extension: a JSON document goes to policy.json.
+        let json = policy.trim_start().starts_with('{');
+        let policy_path = dir.join(if json { "policy.json" } else { "policy.yaml" });
         fs::write(&policy_path, policy)?;
         let events = dir.join("events.jsonl");
         let _ = fs::remove_file(&events);
@@ -80,6 +104,7 @@ impl Agent {
         let notify = UnixDatagram::bind(&notify_path)?;
         notify.set_read_timeout(Some(Duration::from_millis(100)))?;
         let stderr = dir.join("agent.log");
+        let spawned = Instant::now();
         let mut child = Command::new(agent)
             .arg("run")
             .arg("--policy")
@@ -92,13 +117,21 @@ impl Agent {
             .stderr(fs::File::create(&stderr)?)
             .spawn()
             .with_context(|| format!("starting {}", agent.display()))?;
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + timeout;
         loop {
             let mut buf = [0u8; 256];
             if let Ok(n) = notify.recv(&mut buf)
                 && String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1")
             {
-                return Ok(Agent { child, events, stderr });
+                let ready_in = spawned.elapsed();
+                return Ok(Agent {
+                    child,
+                    events,
+                    stderr,
+                    socket: dir.join("agent.sock"),
+                    policy: policy_path,
+                    ready_in,
+                });
             }
             if let Some(status) = child.try_wait()? {
                 bail!("the agent exited ({status}):\n{}", fs::read_to_string(&stderr).unwrap_or_default());

@@ -6,11 +6,14 @@ use clap::{Parser, Subcommand};
 
 mod artifacts;
 mod bench;
+mod bench_scale;
 mod bench_vault;
 mod demo;
 mod dist;
 mod host;
 mod install;
+mod kstats;
+mod report;
 mod setup;
 mod test;
 mod util;
@@ -42,12 +45,23 @@ enum Task {
     Dist,
     /// Set up, build, then show fence denying a fenced workload's connection.
     Demo,
-    /// Set up, build, then measure the cost of fencing against the same workload unfenced.
+    /// Set up, build, then measure what fencing costs: per hook from the kernel's BPF
+    /// statistics, ratios to no agent (wall-clock and CPU time), policy size, agent scale,
+    /// the denial storm, vault propagation. One report, as text or Markdown.
     Bench {
-        /// Rounds per workload (each round runs with and without the agent).
+        /// Rounds of the ratio and policy-size measurements (each round runs every set-up once;
+        /// the agent-scale measurements repeat min(rounds, 3) times).
         #[arg(long, default_value_t = 7)]
         rounds: u32,
-        /// Run only the workloads whose name contains this (`storm` for the denial storm).
+        /// Print the report as Markdown tables (for the README's Benchmarks section).
+        #[arg(long)]
+        markdown: bool,
+        /// Only the per-hook costs, with small loop counts (a slow machine, a VM).
+        #[arg(long)]
+        quick: bool,
+        /// Run only the sections or workloads whose name contains this: `hooks`, `ratios` or a
+        /// workload (`TCP`, `UDP`, `open`, `exec`), `policy size`, `agent scale`, `storm`,
+        /// `vault`.
         filter: Option<String>,
     },
 }
@@ -69,7 +83,8 @@ fn main() -> ExitCode {
         Task::Test { tier, filter } => setup::setup().and_then(|()| test::test(&tier, filter.as_deref())),
         Task::Demo => setup::setup().and_then(|()| demo::demo()),
         Task::Dist => setup::setup().and_then(|()| dist::dist()).map(|_| ExitCode::SUCCESS),
-        Task::Bench { rounds, filter } => setup::setup().and_then(|()| bench::bench(rounds, filter.as_deref())),
+        Task::Bench { rounds, markdown, quick, filter } => setup::setup()
+            .and_then(|()| bench::bench(&bench::Options { rounds, filter: filter.as_deref(), markdown, quick })),
     };
     if let Some(dir) = work
         && let Ok(target) = util::target_dir()
