@@ -34,22 +34,50 @@ pub struct Holder {
 }
 
 impl Holder {
+    /// A holder for the agent: the process's open-file limit is raised to its hard limit
+    /// first, since every file and directory of protected trees is held (thousands, where the
+    /// default soft limit is 1024).
+    pub fn for_agent() -> Holder {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: plain syscalls on a local struct.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+                limit.rlim_cur = limit.rlim_max;
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    tracing::warn!("could not raise RLIMIT_NOFILE; large protected trees may not all be held");
+                }
+            }
+        }
+        Holder::default()
+    }
+
     /// Holds every protected inode of `resolved` and adds back the held ones that moved away
     /// but still exist.
     pub fn update(&mut self, resolved: &mut Resolved) {
         let found: HashSet<ObjectId> = resolved.protected.iter().map(|e| e.id).collect();
+        let mut out_of_fds = 0usize;
         for e in &resolved.protected {
             if let Some(h) = self.held.get_mut(&e.id) {
                 h.path = e.path.clone();
                 h.flags |= e.value;
                 continue;
             }
-            if let Ok(fd) = open(&e.path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty()) {
+            match open(&e.path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty()) {
                 // The path may have been replaced since it was resolved: hold only the same inode.
-                if fstat(&fd).is_ok_and(|st| st.st_ino == e.id.ino) {
+                Ok(fd) if fstat(&fd).is_ok_and(|st| st.st_ino == e.id.ino) => {
                     self.held.insert(e.id, Held { fd, path: e.path.clone(), flags: e.value });
                 }
+                Ok(_) => {}
+                Err(nix::errno::Errno::EMFILE | nix::errno::Errno::ENFILE) => out_of_fds += 1,
+                Err(_) => {}
             }
+        }
+        if out_of_fds > 0 {
+            tracing::warn!(
+                not_held = out_of_fds,
+                held = self.held.len(),
+                "out of file descriptors: some protected inodes are not held (renames of them are not followed)"
+            );
         }
         let mut moved = Vec::new();
         self.held.retain(|id, h| {

@@ -14,6 +14,7 @@ mod agent;
 mod bao;
 mod bypass;
 mod env;
+mod fastpath;
 mod flood;
 mod harness;
 mod helper;
@@ -41,6 +42,7 @@ fn all_tests() -> impl Iterator<Item = &'static harness::Test> {
         .chain(flood::TESTS)
         .chain(logs::TESTS)
         .chain(bypass::TESTS)
+        .chain(fastpath::TESTS)
         .chain(vault.iter().flat_map(|t| t.iter()))
 }
 

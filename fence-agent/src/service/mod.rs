@@ -94,7 +94,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
             deps,
             views,
             ids,
-            held: Holder::default(),
+            held: Holder::for_agent(),
             resolver: Resolver::default(),
             live: None,
             vault,
