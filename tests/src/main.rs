@@ -12,6 +12,7 @@ use std::{process::ExitCode, time::Duration};
 
 mod agent;
 mod bao;
+mod chaos;
 mod env;
 mod flood;
 mod harness;
@@ -30,7 +31,8 @@ mod vault_sync;
 /// what they end in, a policy applied to the kernel, is what every other test checks in both.
 fn all_tests() -> impl Iterator<Item = &'static harness::Test> {
     let in_vm = std::env::var("FENCE_TEST_TIER").is_ok_and(|t| t == "vm");
-    let vault: &[&'static [harness::Test]] = if in_vm { &[] } else { &[vault_client::TESTS, vault_sync::TESTS] };
+    let vault: &[&'static [harness::Test]] =
+        if in_vm { &[] } else { &[vault_client::TESTS, vault_sync::TESTS, chaos::VAULT_TESTS] };
     net::TESTS
         .iter()
         .chain(kernel_fences::TESTS)
@@ -39,6 +41,7 @@ fn all_tests() -> impl Iterator<Item = &'static harness::Test> {
         .chain(service::TESTS)
         .chain(flood::TESTS)
         .chain(logs::TESTS)
+        .chain(chaos::TESTS)
         .chain(vault.iter().flat_map(|t| t.iter()))
 }
 

@@ -24,7 +24,7 @@ pub const TESTS: &[Test] = &[Test { name: "persist_no_gap_on_sigkill_restart_and
 const PHASE_ATTEMPTS: usize = 10;
 
 /// Removes the test's pins if the test ends early (the pins would keep a test cgroup fenced).
-struct Pins(PathBuf);
+pub struct Pins(pub PathBuf);
 
 impl Drop for Pins {
     fn drop(&mut self) {
