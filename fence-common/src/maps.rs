@@ -12,6 +12,7 @@ pub const GENERATIONS: u32 = 2;
 pub enum MapKind {
     Array,
     Hash,
+    LruHash,
     LpmTrie,
     PerCpuArray,
     RingBuf,
@@ -69,12 +70,19 @@ pub enum Map {
     Events,
     /// `PerCpuArray<u64>` of counters indexed by [`crate::counter`].
     Counters,
+    /// `LruHashMap<CacheKey, u32>`: the identity of a cgroup (0: none), as the ancestor walk
+    /// found it for one policy generation and sequence. Makes "is this task fenced?" one
+    /// lookup; a new policy (a new sequence) starts an empty cache.
+    IdentityCache,
+    /// `HashMap<u32, u32>`: the agent's own process ids (tgid -> 1). The agent's tasks are
+    /// never fenced, and no fenced task may signal or trace them, whatever their cgroup.
+    AgentTasks,
 }
 
 impl Map {
     /// Every map the object defines; the policy maps among them in the order a generation is
     /// written (bindings last: an identity is only reachable once its rules are in place).
-    pub const ALL: [Map; 15] = [
+    pub const ALL: [Map; 17] = [
         Map::Active,
         Map::Identities,
         Map::Net4,
@@ -90,6 +98,8 @@ impl Map {
         Map::EventRate,
         Map::Events,
         Map::Counters,
+        Map::IdentityCache,
+        Map::AgentTasks,
     ];
 
     /// The policy maps (two generations), in [`Map::ALL`]'s order.
@@ -133,6 +143,8 @@ impl Map {
             // Bytes: a power-of-two multiple of the page size.
             Map::Events => other("FENCE_EVENTS", MapKind::RingBuf, 1 << 22, "event byte"),
             Map::Counters => other("FENCE_COUNTERS", MapKind::PerCpuArray, crate::counter::COUNT, "counter"),
+            Map::IdentityCache => other("FENCE_IDENTITY_CACHE", MapKind::LruHash, 65_536, "cached cgroup"),
+            Map::AgentTasks => other("FENCE_AGENT_TASKS", MapKind::Hash, 64, "agent process"),
         }
     }
 
@@ -160,7 +172,7 @@ mod tests {
         assert!(Map::POLICY.iter().all(|m| m.spec().policy));
         assert_eq!(Map::ALL.iter().filter(|m| m.spec().policy).count(), Map::POLICY.len());
         assert_eq!(Map::POLICY.last(), Some(&Map::Cgroups));
-        let mut names: [&str; 15] = Map::ALL.map(Map::name);
+        let mut names: [&str; 17] = Map::ALL.map(Map::name);
         names.sort();
         assert!(names.windows(2).all(|w| w[0] != w[1]), "map names are unique");
     }

@@ -23,6 +23,18 @@ pub struct CgroupKey {
     pub _pad: u32,
 }
 
+/// Key of [`crate::Map::IdentityCache`]: a cgroup, under one policy generation and apply
+/// sequence (both, so that a reader that saw a generation and a sequence from two different
+/// applies never shares entries with one that saw them from the same apply).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    pub cgroup_id: u64,
+    /// The low 32 bits of `ActiveState::sequence`.
+    pub sequence: u32,
+    pub generation: u32,
+}
+
 /// Key of [`crate::Map::Identities`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -196,6 +208,7 @@ impl Default for UnitKey {
 const _: () = {
     assert!(core::mem::size_of::<ActiveState>() == 16);
     assert!(core::mem::size_of::<CgroupKey>() == 16);
+    assert!(core::mem::size_of::<CacheKey>() == 16);
     assert!(core::mem::size_of::<IdentityKey>() == 8);
     assert!(core::mem::size_of::<IdentityInfo>() == 8);
     assert!(core::mem::size_of::<Net4Key>() == 12);

@@ -121,11 +121,12 @@ pub fn fence_lsm_task_kill(ctx: LsmContext) -> i32 {
 fn other_task(task: u64, operation: Operation, mech: Mechanism, detail: u32) -> i32 {
     let Some(who) = identity::current() else { return ALLOW };
     let Some(o) = kernel::offsets() else { return ALLOW };
+    let pid = read::<i32>(task, o.task_tgid).unwrap_or(0);
+    // The agent is protected whatever its cgroup (a fenced root could move it into its own).
     let target = identity::of_task(o, who.generation, task);
-    if target == who.identity && target != NO_IDENTITY {
+    if target == who.identity && target != NO_IDENTITY && !identity::is_agent(pid as u32) {
         return ALLOW;
     }
-    let pid = read::<i32>(task, o.task_tgid).unwrap_or(0);
     refuse(&who, o, operation, mech, Reason::OutsideIdentity, pid as u64, detail, 0)
 }
 

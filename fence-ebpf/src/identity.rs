@@ -1,9 +1,12 @@
 //! "Who is this task, and what does its identity allow": the one lookup every hook starts with.
 
-use aya_ebpf::helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id};
-use fence_common::{CgroupKey, IdentityInfo, IdentityKey, MAX_CGROUP_DEPTH, MODE_AUDIT};
+use aya_ebpf::helpers::{
+    bpf_get_current_pid_tgid,
+    generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
+};
+use fence_common::{CacheKey, CgroupKey, IdentityInfo, IdentityKey, MAX_CGROUP_DEPTH, MODE_AUDIT, NO_IDENTITY};
 
-use crate::maps::{FENCE_ACTIVE, FENCE_CGROUPS, FENCE_IDENTITIES};
+use crate::maps::{FENCE_ACTIVE, FENCE_AGENT_TASKS, FENCE_CGROUPS, FENCE_IDENTITIES, FENCE_IDENTITY_CACHE};
 
 /// A fenced task's identity in the live generation.
 pub struct Fenced {
@@ -22,19 +25,44 @@ impl Fenced {
 }
 
 /// The identity of the current task, or `None` when it is not fenced. `None` is the only
-/// answer for tasks outside every bound cgroup, so hooks allow them without further work.
+/// answer for tasks outside every bound cgroup, so hooks allow them without further work: one
+/// array read and one cache lookup once the task's cgroup has been seen under this policy.
 #[inline(always)]
 pub fn current() -> Option<Fenced> {
-    let generation = FENCE_ACTIVE.get(0)?.generation;
+    let active = FENCE_ACTIVE.get(0)?;
+    let (generation, sequence) = (active.generation, active.sequence as u32);
     // SAFETY: helpers without pointer arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let identity = match bound(cgroup_id, generation) {
-        Some(id) => id,
-        None => nearest_bound_ancestor(generation)?,
+    let key = CacheKey { cgroup_id, sequence, generation };
+    // SAFETY: the value is copied out at once.
+    let identity = match unsafe { FENCE_IDENTITY_CACHE.get(&key) } {
+        Some(&id) => id,
+        None => {
+            let id = bound(cgroup_id, generation).or_else(|| nearest_bound_ancestor(generation)).unwrap_or(NO_IDENTITY);
+            // A full cache evicts its least recently used entry; a failed insert only means
+            // the walk is done again next time.
+            let _ = FENCE_IDENTITY_CACHE.insert(&key, &id, 0);
+            id
+        }
     };
+    if identity == NO_IDENTITY || is_agent(current_tgid()) {
+        return None;
+    }
     // SAFETY: the value is copied out at once.
     let info = *unsafe { FENCE_IDENTITIES.get(&IdentityKey { generation, identity }) }?;
     Some(Fenced { generation, identity, cgroup_id, info })
+}
+
+#[inline(always)]
+fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// Whether `tgid` is one of the agent's processes (never fenced; protected from fenced tasks).
+#[inline(always)]
+pub fn is_agent(tgid: u32) -> bool {
+    // SAFETY: the value is only tested for presence.
+    unsafe { FENCE_AGENT_TASKS.get(&tgid) }.is_some()
 }
 
 #[inline(always)]

@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use fence_common::{
-    AbstractKey, ActiveState, CgroupKey, EventLimit, IdentityInfo, IdentityKey, InodeKey, Map, Net4Key, Net6Key,
-    NetRules, RateKey, RateState, UnitKey,
+    AbstractKey, ActiveState, CacheKey, CgroupKey, EventLimit, IdentityInfo, IdentityKey, InodeKey, Map, Net4Key,
+    Net6Key, NetRules, RateKey, RateState, UnitKey,
 };
 
 /// The live policy generation (index 0). Written by the agent after a complete policy has been
@@ -76,6 +76,16 @@ pub static FENCE_EVENTS: RingBuf = RingBuf::with_byte_size(Map::Events.capacity(
 /// Per-CPU counters, indexed by `fence_common::counter`.
 #[map]
 pub static FENCE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Map::Counters.capacity(), 0);
+
+/// (cgroup id, sequence, generation) -> identity (0: none), as the ancestor walk found it.
+/// Unfenced tasks cost one lookup here instead of a walk; see `identity::current`.
+#[map]
+pub static FENCE_IDENTITY_CACHE: LruHashMap<CacheKey, u32> =
+    LruHashMap::with_max_entries(Map::IdentityCache.capacity(), 0);
+
+/// The agent's process ids: never fenced, never signalled or traced by fenced tasks.
+#[map]
+pub static FENCE_AGENT_TASKS: HashMap<u32, u32> = HashMap::with_max_entries(Map::AgentTasks.capacity(), 0);
 
 /// Looks `key` up; the value is copied out.
 #[inline(always)]

@@ -79,7 +79,6 @@ struct Running {
     service: ServiceHandle,
     service_thread: std::thread::JoinHandle<()>,
     events: EventThread,
-    loader: Loader,
     pinned: bool,
     sync_task: Option<tokio::task::JoinHandle<()>>,
     server: tokio::task::JoinHandle<()>,
@@ -162,6 +161,10 @@ async fn start(
     let run = config.persist.enabled.then(|| persist::prepare(&config.persist.pin_dir)).transpose()?;
     let mut loader = Loader::open(offsets).context("loading the eBPF programs")?;
     let plan = fences::load(&mut loader).context("loading the eBPF programs")?;
+    loader.protect_agent(std::process::id()).context("registering the agent's process")?;
+    if let Some(run) = &run {
+        loader.pin_under(run.links());
+    }
     let (agent_events_tx, agent_events) = AgentEvents::new().context("the agent's event queue")?;
     let metrics = Metrics::new();
     if let Some(addr) = config.metrics.listen {
@@ -200,20 +203,21 @@ async fn start(
         ids_path: config.persist.enabled.then(|| config.persist.state_dir.join("identity-ids.json")),
     };
     let kernel = Generations::new(loader.take_policy_maps()?).context("reading the policy maps")?;
-    let mut service = PolicyService::new(kernel, deps, views, vault_state);
+    // The global programs attach now (with an empty policy they let everything through; a
+    // previous run's pinned programs keep enforcing meanwhile); the cgroup programs attach
+    // where the first policy fences, as the policy service applies it.
+    loader.attach_global(&cgroups).context("attaching the eBPF programs")?;
+    for a in loader.attachments() {
+        tracing::info!(program = a.program, hook = a.hook, target = %a.target, "attached");
+    }
+    let mut service = PolicyService::new(kernel, Some(Box::new(loader)), deps, views, vault_state);
     match service.start(local, cache) {
         Ok(()) => {}
         Err(ApplyError::Policy(errors)) => return Ok(Err(errors)),
         Err(e) => return Err(e.into()),
     }
-    // The maps hold the policy: attach (with pins, a previous run's programs still enforce
-    // until ours are attached and pinned).
-    loader.attach(&cgroups).context("attaching the eBPF programs")?;
-    for a in loader.attachments() {
-        tracing::info!(program = a.program, hook = a.hook, target = %a.target, "attached");
-    }
     if let Some(run) = &run {
-        take_over(&mut loader, run, &mut reader, config)?;
+        take_over(run, &mut reader, config)?;
     }
     let service_thread = service.spawn(inbox).context("starting the policy service")?;
     let events = reader.spawn().context("starting the event writer")?;
@@ -224,7 +228,7 @@ async fn start(
     };
     let server = tokio::spawn(control::serve(listener, handle.clone(), stop.clone()));
     tracing::info!(cgroup2 = %cgroups.root().display(), control = %config.control.socket.display(), "fence is enforcing");
-    Ok(Ok(Running { service: handle, service_thread, events, loader, pinned: run.is_some(), sync_task, server, stop }))
+    Ok(Ok(Running { service: handle, service_thread, events, pinned: run.is_some(), sync_task, server, stop }))
 }
 
 /// The configured protected set; the agent's own socket is in the unix default-deny set
@@ -279,10 +283,9 @@ fn event_reader(
         .context("watching the event ring buffer")
 }
 
-/// Pins our links, then removes earlier runs' (after writing out what their programs
-/// recorded): there is no moment without enforcement.
-fn take_over(loader: &mut Loader, run: &persist::Run, reader: &mut EventReader, config: &Config) -> anyhow::Result<()> {
-    loader.pin_links(&run.links()).context("pinning the program links")?;
+/// Removes earlier runs' pins (after writing out what their programs recorded), once ours are
+/// attached and pinned: there is no moment without enforcement.
+fn take_over(run: &persist::Run, reader: &mut EventReader, config: &Config) -> anyhow::Result<()> {
     for old in persist::runs(&config.persist.pin_dir, Some(&run.dir)) {
         let events = persist::events_of(&old).map_or(0, |ring| reader.drain_ring(ring));
         let links = persist::remove_run(&old)?;
@@ -297,7 +300,7 @@ fn take_over(loader: &mut Loader, run: &persist::Run, reader: &mut EventReader, 
 /// programs (detached unless pinned).
 async fn shutdown(running: Running, config: &Config) {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    let Running { service, service_thread, events, loader, pinned, sync_task, server, stop } = running;
+    let Running { service, service_thread, events, pinned, sync_task, server, stop } = running;
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     if let Some(t) = sync_task {
@@ -305,12 +308,12 @@ async fn shutdown(running: Running, config: &Config) {
     }
     let _ = std::fs::remove_file(&config.control.socket);
     service.stop();
+    // The service owns the programs: they detach (unless pinned) as its thread ends.
     let _ = tokio::task::spawn_blocking(move || {
         let _ = service_thread.join();
         events.stop();
     })
     .await;
-    drop(loader);
     if pinned {
         tracing::info!("exiting; the pinned programs keep enforcing the last applied policy");
     } else {

@@ -70,3 +70,69 @@ fn compile_identity(input: &IdentityInput<'_>, out: &mut Vec<MapEntry>) -> Resul
 pub fn info(mode: u8, flags: u8, policy_version: u32) -> IdentityInfo {
     IdentityInfo { mode, flags, _pad: [0; 2], policy_version }
 }
+
+/// Where the cgroup programs attach for `set`: each bound cgroup; for a unit, its parent (a
+/// unit's cgroup is created again at every restart, and a new cgroup inherits the programs of
+/// its parent from its first instant); the nearest existing ancestor of a cgroup that does not
+/// exist yet; and none below another (a program attached twice on one path would run twice).
+/// Processes outside these subtrees never run fence's cgroup programs.
+pub fn attach_points(
+    set: &crate::policy::PolicySet,
+    exists: impl Fn(&str) -> bool,
+) -> std::collections::BTreeSet<String> {
+    let parent = |p: &str| match p.trim_end_matches('/').rfind('/') {
+        Some(0) | None => "/".to_owned(),
+        Some(i) => p[..i].to_owned(),
+    };
+    let mut points = std::collections::BTreeSet::new();
+    for identity in &set.identities {
+        for cg in &identity.cgroups {
+            let mut p = match cg.kind {
+                SelectorKind::Unit(_) => parent(&cg.path),
+                SelectorKind::Cgroup | SelectorKind::Managed => cg.path.clone(),
+            };
+            while p != "/" && !exists(&p) {
+                p = parent(&p);
+            }
+            points.insert(p);
+        }
+    }
+    let below = |p: &str, q: &str| p != q && (q == "/" || p.starts_with(&format!("{q}/")));
+    let all: Vec<String> = points.iter().cloned().collect();
+    points.retain(|p| !all.iter().any(|q| below(p, q)));
+    points
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        compile::tests::{identity, set},
+        policy::BoundCgroup,
+    };
+
+    fn bound(path: &str, kind: SelectorKind) -> BoundCgroup {
+        BoundCgroup { path: path.into(), id: None, kind }
+    }
+
+    #[test]
+    fn attach_points_cover_bound_subtrees_once() {
+        let mut a = identity("a", vec![]);
+        a.cgroups = vec![bound("/fence/a", SelectorKind::Cgroup), bound("/fence/a/sub", SelectorKind::Cgroup)];
+        let mut b = identity("b", vec![]);
+        b.cgroups = vec![bound("/system.slice/ci.service", SelectorKind::Unit("ci.service".into()))];
+        let mut c = identity("c", vec![]);
+        c.cgroups = vec![bound("/agent/fence-managed/c", SelectorKind::Managed)];
+        let mut d = identity("d", vec![]);
+        d.cgroups = vec![bound("/not/yet/there", SelectorKind::Unit("there".into()))];
+        let existing = ["/fence/a", "/fence/a/sub", "/system.slice", "/agent/fence-managed/c", "/not"];
+        let points = attach_points(&set(vec![a, b, c, d]), |p| existing.contains(&p));
+        let points: Vec<&str> = points.iter().map(String::as_str).collect();
+        assert_eq!(points, ["/agent/fence-managed/c", "/fence/a", "/not", "/system.slice"]);
+        // A unit at the top level attaches at the root.
+        let mut e = identity("e", vec![]);
+        e.cgroups = vec![bound("/top.service", SelectorKind::Unit("top.service".into()))];
+        let points = attach_points(&set(vec![e]), |_| true);
+        assert_eq!(points.into_iter().collect::<Vec<_>>(), ["/"]);
+    }
+}

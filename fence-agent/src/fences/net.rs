@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 
+use aya_obj::generated::bpf_attach_type;
 use fence_common::{MAX_PORT_RULES, Map, NetRules, Operation, PROTO_TCP, PROTO_UDP, PortRule, programs};
 
 use super::{Availability, FenceReport, IdentityInput, LoadContext, ReportContext, Unit, no_flags, no_host_entries};
@@ -29,17 +30,17 @@ pub const UNIT: Unit = Unit {
     keeps_expired: false,
 };
 
-const SOCK_ADDR_PROGRAMS: [(&str, &str); 4] = [
-    (programs::CONNECT4, "cgroup/connect4"),
-    (programs::CONNECT6, "cgroup/connect6"),
-    (programs::SENDMSG4, "cgroup/sendmsg4"),
-    (programs::SENDMSG6, "cgroup/sendmsg6"),
+const SOCK_ADDR_PROGRAMS: [(&str, &str, bpf_attach_type); 4] = [
+    (programs::CONNECT4, "cgroup/connect4", bpf_attach_type::BPF_CGROUP_INET4_CONNECT),
+    (programs::CONNECT6, "cgroup/connect6", bpf_attach_type::BPF_CGROUP_INET6_CONNECT),
+    (programs::SENDMSG4, "cgroup/sendmsg4", bpf_attach_type::BPF_CGROUP_UDP4_SENDMSG),
+    (programs::SENDMSG6, "cgroup/sendmsg6", bpf_attach_type::BPF_CGROUP_UDP6_SENDMSG),
 ];
 
 fn load(ctx: &mut LoadContext<'_>) -> Availability {
     let loaded = SOCK_ADDR_PROGRAMS
         .iter()
-        .try_for_each(|&(program, hook)| ctx.loader.load_sock_addr(program, hook))
+        .try_for_each(|&(program, hook, attach)| ctx.loader.load_sock_addr(program, hook, attach))
         .and_then(|()| ctx.loader.load_sock(programs::SOCK_CREATE, "cgroup/sock_create"));
     match loaded {
         Ok(()) => Availability::CgroupHooks,

@@ -157,7 +157,13 @@ impl PolicyMaps for AyaPolicyMaps {
             Map::Net6 => self.clear_lpm::<Net6Key>(map, g),
             Map::Exec | Map::Protected | Map::FileExcept | Map::Unix => self.clear_hash::<InodeKey, u32>(map, g),
             Map::UnixAbstract => self.clear_hash::<AbstractKey, u32>(map, g),
-            Map::Active | Map::EventLimit | Map::EventRate | Map::Events | Map::Counters => Ok(()),
+            Map::Active
+            | Map::EventLimit
+            | Map::EventRate
+            | Map::Events
+            | Map::Counters
+            | Map::IdentityCache
+            | Map::AgentTasks => Ok(()),
         }
     }
 
@@ -214,7 +220,13 @@ impl PolicyMaps for AyaPolicyMaps {
                     MapEntry::UnixAbstract { identity: k.identity, name: k.name[..len].to_vec() }
                 })
                 .collect(),
-            Map::Active | Map::EventLimit | Map::EventRate | Map::Events | Map::Counters => Vec::new(),
+            Map::Active
+            | Map::EventLimit
+            | Map::EventRate
+            | Map::Events
+            | Map::Counters
+            | Map::IdentityCache
+            | Map::AgentTasks => Vec::new(),
         })
     }
 

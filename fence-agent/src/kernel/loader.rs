@@ -1,19 +1,24 @@
 //! Loads fence's eBPF object and its programs, attaches and pins them. The fence units (see
-//! [`crate::fences`]) choose which programs to load; this module only knows how. It keeps the
-//! programs and their links; the policy maps go to the policy service, the event maps to the
-//! event writer.
+//! [`crate::fences`]) choose which programs to load; this module only knows how. The policy
+//! maps go to the policy service, the event maps to the event writer; the programs stay here.
+//!
+//! Two kinds of attachment: the LSM and tracepoint programs are global (attached once, at
+//! start); the cgroup programs (sockets, packets, sysctl) are attached to *attach points*,
+//! the cgroups whose subtrees hold fenced identities, so that processes elsewhere never run
+//! them. The policy service moves the attach points with the policy (see [`Attacher`]).
 
-use std::{fs::File, path::Path, path::PathBuf};
+use std::{collections::BTreeMap, fs::File, os::fd::AsFd as _, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, ProgramError, links::FdLink},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSysctl, Lsm, ProgramError, links::FdLink},
 };
+use aya_obj::generated::bpf_attach_type;
 use fence_common::{EventLimit, KernelOffsets, Map, globals};
 use thiserror::Error;
 
-use super::{AyaPolicyMaps, MapsError};
+use super::{AyaPolicyMaps, MapsError, link::CgroupLink};
 use crate::{cgroup::Cgroups, ebpf_object, events::summary::KernelStats};
 
 #[derive(Debug, Error)]
@@ -33,22 +38,21 @@ pub enum LoadError {
         #[source]
         source: ProgramError,
     },
-    #[error("cannot open the cgroup2 root {path}: {source}")]
-    CgroupRoot {
+    #[error("cannot open the cgroup {path}: {source}")]
+    Cgroup {
         path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("attaching {program} to {target}: {source}")]
+    Attach {
+        program: &'static str,
+        target: String,
         #[source]
         source: std::io::Error,
     },
     #[error(transparent)]
     Maps(#[from] MapsError),
-}
-
-/// A program whose link could not be pinned.
-#[derive(Debug, Error)]
-#[error("pinning the link of {program} failed: {why}")]
-pub struct PinFailure {
-    pub program: &'static str,
-    pub why: String,
 }
 
 /// A program and where it is attached.
@@ -62,8 +66,8 @@ pub struct Attachment {
 /// How a loaded program is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HookKind {
-    SockAddr,
-    Sock,
+    /// A cgroup program: attached at every attach point, as this attach type.
+    Cgroup(bpf_attach_type),
     Lsm,
     Tracepoint,
 }
@@ -76,18 +80,26 @@ struct Loaded {
     kind: HookKind,
 }
 
-/// An attached program's link, kept to be pinned.
-enum LinkHandle {
-    SockAddr(aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId),
-    Sock(aya::programs::cgroup_sock::CgroupSockLinkId),
-    Lsm(aya::programs::lsm::LsmLinkId),
-    Tracepoint(aya::programs::tp_btf::BtfTracePointLinkId),
+/// What attaches the cgroup programs at a set of attach points: the loader, or a fake in
+/// unit tests. Points are cgroup paths relative to the cgroup2 mount (`/fence/ci`).
+pub trait Attacher: Send {
+    /// The points attached now.
+    fn points(&self) -> Vec<String>;
+    /// Attaches every cgroup program at `point` (all or none).
+    fn attach(&mut self, point: &str) -> Result<(), LoadError>;
+    /// Detaches every cgroup program from `point`.
+    fn detach(&mut self, point: &str);
 }
 
-/// aya attaches with BPF_LINK_CREATE (kernel >= 5.7), which takes no flags for cgroups and
-/// always gives multi-program semantics: our programs run alongside other tools' programs and
-/// cannot be overridden by programs attached lower in the tree.
-const LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
+/// A global program's link.
+enum HeldLink {
+    /// Detached when dropped (with the loader).
+    Held(#[expect(dead_code, reason = "kept for its Drop: dropping it detaches")] FdLink),
+    /// Stays attached until its pin is removed.
+    Pinned(
+        #[expect(dead_code, reason = "kept for its Drop: the pin keeps it attached")] aya::programs::links::PinnedLink,
+    ),
+}
 
 pub struct Loader {
     bpf: Ebpf,
@@ -95,14 +107,21 @@ pub struct Loader {
     btf: Result<aya::Btf, String>,
     loaded: Vec<Loaded>,
     attachments: Vec<Attachment>,
-    links: Vec<(&'static str, LinkHandle)>,
+    /// The global programs' links, held for their `Drop`.
+    global: Vec<HeldLink>,
+    /// Attach point -> its cgroup programs' links.
+    points: BTreeMap<String, Vec<CgroupLink>>,
+    /// The cgroup2 mount, for attach points.
+    cgroups: Option<Cgroups>,
+    /// Where this run pins its links (persistence on).
+    pins: Option<PathBuf>,
     /// The kernel's answer the first time it refused a BPF LSM program.
     lsm_refusal: Option<String>,
 }
 
 impl Loader {
     /// Loads the object (no program yet). `offsets` (from BTF) are needed by every program
-    /// that reads kernel structures; without them only the network programs can load.
+    /// that reads kernel structures; without them only the cgroup programs can load.
     pub fn open(offsets: Option<KernelOffsets>) -> Result<Loader, LoadError> {
         let object = ebpf_object::bytes();
         if object.is_empty() {
@@ -116,7 +135,22 @@ impl Loader {
             None => Err("/sys/kernel/btf/vmlinux is missing or unreadable".to_owned()),
             Some(_) => aya::Btf::from_sys_fs().map_err(|e| e.to_string()),
         };
-        Ok(Loader { bpf, btf, loaded: Vec::new(), attachments: Vec::new(), links: Vec::new(), lsm_refusal: None })
+        Ok(Loader {
+            bpf,
+            btf,
+            loaded: Vec::new(),
+            attachments: Vec::new(),
+            global: Vec::new(),
+            points: BTreeMap::new(),
+            cgroups: None,
+            pins: None,
+            lsm_refusal: None,
+        })
+    }
+
+    /// Links attached from now on are pinned under `dir` (this run's `links` directory).
+    pub fn pin_under(&mut self, dir: PathBuf) {
+        self.pins = Some(dir);
     }
 
     /// Why programs that read kernel structures cannot load here, if they cannot.
@@ -129,19 +163,41 @@ impl Loader {
         self.lsm_refusal.as_deref()
     }
 
-    /// Loads a `cgroup/<hook>` socket-address program (connect4, sendmsg6...).
-    pub fn load_sock_addr(&mut self, program: &'static str, hook: &'static str) -> Result<(), LoadError> {
+    /// Loads a cgroup socket-address program (connect4, sendmsg6...), attached as `attach`.
+    pub fn load_sock_addr(
+        &mut self,
+        program: &'static str,
+        hook: &'static str,
+        attach: bpf_attach_type,
+    ) -> Result<(), LoadError> {
         let p: &mut CgroupSockAddr = program_mut(&mut self.bpf, program)?;
         p.load().map_err(|source| LoadError::Program { name: program, source })?;
-        self.loaded.push(Loaded { program, hook, kind: HookKind::SockAddr });
+        self.loaded.push(Loaded { program, hook, kind: HookKind::Cgroup(attach) });
         Ok(())
     }
 
-    /// Loads a `cgroup/sock_create`-style socket program.
+    /// Loads the `cgroup/sock_create` program.
     pub fn load_sock(&mut self, program: &'static str, hook: &'static str) -> Result<(), LoadError> {
         let p: &mut CgroupSock = program_mut(&mut self.bpf, program)?;
         p.load().map_err(|source| LoadError::Program { name: program, source })?;
-        self.loaded.push(Loaded { program, hook, kind: HookKind::Sock });
+        let kind = HookKind::Cgroup(bpf_attach_type::BPF_CGROUP_INET_SOCK_CREATE);
+        self.loaded.push(Loaded { program, hook, kind });
+        Ok(())
+    }
+
+    /// Loads a `cgroup_skb/egress` program.
+    pub fn load_skb_egress(&mut self, program: &'static str, hook: &'static str) -> Result<(), LoadError> {
+        let p: &mut CgroupSkb = program_mut(&mut self.bpf, program)?;
+        p.load().map_err(|source| LoadError::Program { name: program, source })?;
+        self.loaded.push(Loaded { program, hook, kind: HookKind::Cgroup(bpf_attach_type::BPF_CGROUP_INET_EGRESS) });
+        Ok(())
+    }
+
+    /// Loads a `cgroup/sysctl` program.
+    pub fn load_sysctl(&mut self, program: &'static str, hook: &'static str) -> Result<(), LoadError> {
+        let p: &mut CgroupSysctl = program_mut(&mut self.bpf, program)?;
+        p.load().map_err(|source| LoadError::Program { name: program, source })?;
+        self.loaded.push(Loaded { program, hook, kind: HookKind::Cgroup(bpf_attach_type::BPF_CGROUP_SYSCTL) });
         Ok(())
     }
 
@@ -172,6 +228,16 @@ impl Loader {
         AyaPolicyMaps::take(&mut self.bpf)
     }
 
+    /// Marks process `tgid` as the agent: never fenced, and protected from fenced tasks
+    /// (signals, ptrace) whatever cgroup it ends up in.
+    pub fn protect_agent(&mut self, tgid: u32) -> Result<(), MapsError> {
+        let map = Map::AgentTasks;
+        let err = |source| MapsError::Map { map: map.name(), source };
+        let raw = self.bpf.map_mut(map.name()).ok_or(MapsError::Missing(map.name()))?;
+        let mut tasks: HashMap<&mut MapData, u32, u32> = HashMap::try_from(raw).map_err(err)?;
+        tasks.insert(&tgid, &1u32, 0).map_err(err)
+    }
+
     /// Sets the kernel's event rate limit.
     pub fn set_event_limit(&mut self, limit: EventLimit) -> Result<(), MapsError> {
         let map = Map::EventLimit;
@@ -183,7 +249,7 @@ impl Loader {
 
     /// Hands the event ring buffer to the event writer, pinning it at `pin` first (so that a
     /// later agent can read what the programs record after this one exits).
-    pub fn take_events(&mut self, pin: Option<&Path>) -> Result<RingBuf<MapData>, MapsError> {
+    pub fn take_events(&mut self, pin: Option<&std::path::Path>) -> Result<RingBuf<MapData>, MapsError> {
         let name = Map::Events.name();
         let map = self.bpf.take_map(name).ok_or(MapsError::Missing(name))?;
         if let Some(path) = pin
@@ -207,75 +273,106 @@ impl Loader {
         })
     }
 
-    /// Attaches the loaded programs: the socket programs at the root of the cgroup2 hierarchy
-    /// (every cgroup, including ones created later, is covered; unfenced tasks are let through
-    /// at the first lookup), the LSM and tracepoint programs globally.
-    pub fn attach(&mut self, cgroups: &Cgroups) -> Result<(), LoadError> {
-        let root = cgroups.root().to_owned();
-        let root_fd = File::open(&root).map_err(|source| LoadError::CgroupRoot { path: root.clone(), source })?;
+    /// Attaches the global programs (LSM, tracepoints), pinned when persistence is on. The
+    /// cgroup programs attach at attach points (see [`Attacher`]).
+    pub fn attach_global(&mut self, cgroups: &Cgroups) -> Result<(), LoadError> {
+        self.cgroups = Some(cgroups.clone());
         for l in self.loaded.clone() {
             let name = l.program;
             let err = |source| LoadError::Program { name, source };
-            let (handle, target) = match l.kind {
-                HookKind::SockAddr => {
-                    let p: &mut CgroupSockAddr = program_mut(&mut self.bpf, name)?;
-                    (LinkHandle::SockAddr(p.attach(&root_fd, LINK_MODE).map_err(err)?), root.display().to_string())
-                }
-                HookKind::Sock => {
-                    let p: &mut CgroupSock = program_mut(&mut self.bpf, name)?;
-                    (LinkHandle::Sock(p.attach(&root_fd, LINK_MODE).map_err(err)?), root.display().to_string())
-                }
+            let (link, target): (FdLink, &str) = match l.kind {
+                HookKind::Cgroup(_) => continue,
                 HookKind::Lsm => {
                     let p: &mut Lsm = program_mut(&mut self.bpf, name)?;
-                    (LinkHandle::Lsm(p.attach().map_err(err)?), "lsm".to_owned())
+                    let id = p.attach().map_err(err)?;
+                    (p.take_link(id).map_err(err)?.into(), "lsm")
                 }
                 HookKind::Tracepoint => {
                     let p: &mut BtfTracePoint = program_mut(&mut self.bpf, name)?;
-                    (LinkHandle::Tracepoint(p.attach().map_err(err)?), "tracepoint".to_owned())
+                    let id = p.attach().map_err(err)?;
+                    (p.take_link(id).map_err(err)?.into(), "tracepoint")
                 }
             };
-            self.links.push((name, handle));
-            self.attachments.push(Attachment { program: name, hook: l.hook, target });
+            let held = match &self.pins {
+                // The pinned link holds the attachment; it outlives this process.
+                Some(dir) => HeldLink::Pinned(link.pin(dir.join(name)).map_err(|e| LoadError::Attach {
+                    program: name,
+                    target: target.to_owned(),
+                    source: std::io::Error::other(e.to_string()),
+                })?),
+                None => HeldLink::Held(link),
+            };
+            self.global.push(held);
+            self.attachments.push(Attachment { program: name, hook: l.hook, target: target.to_owned() });
         }
         Ok(())
     }
 
-    /// Pins every attached program's link under `dir`: the kernel keeps enforcing with them
-    /// when this process exits, whatever the reason.
-    pub fn pin_links(&mut self, dir: &Path) -> Result<(), PinFailure> {
-        for (name, handle) in std::mem::take(&mut self.links) {
-            let failure = |why: String| PinFailure { program: name, why };
-            let fd_link = self.fd_link(name, handle).map_err(failure)?;
-            // The pinned link holds the attachment; our FdLink may drop.
-            fd_link.pin(dir.join(name)).map_err(|e| failure(e.to_string()))?;
-        }
-        Ok(())
-    }
-
-    fn fd_link(&mut self, name: &'static str, handle: LinkHandle) -> Result<FdLink, String> {
-        let link_err = |e: aya::programs::links::LinkError| e.to_string();
-        Ok(match handle {
-            LinkHandle::SockAddr(id) => {
-                let p: &mut CgroupSockAddr = program_mut(&mut self.bpf, name).map_err(|e| e.to_string())?;
-                p.take_link(id).map_err(|e| e.to_string())?.try_into().map_err(link_err)?
-            }
-            LinkHandle::Sock(id) => {
-                let p: &mut CgroupSock = program_mut(&mut self.bpf, name).map_err(|e| e.to_string())?;
-                p.take_link(id).map_err(|e| e.to_string())?.try_into().map_err(link_err)?
-            }
-            LinkHandle::Lsm(id) => {
-                let p: &mut Lsm = program_mut(&mut self.bpf, name).map_err(|e| e.to_string())?;
-                p.take_link(id).map_err(|e| e.to_string())?.into()
-            }
-            LinkHandle::Tracepoint(id) => {
-                let p: &mut BtfTracePoint = program_mut(&mut self.bpf, name).map_err(|e| e.to_string())?;
-                p.take_link(id).map_err(|e| e.to_string())?.into()
-            }
-        })
-    }
-
+    /// The global programs and where they are attached.
     pub fn attachments(&self) -> &[Attachment] {
         &self.attachments
+    }
+
+    fn attach_one(
+        &mut self,
+        name: &'static str,
+        attach_type: bpf_attach_type,
+        cgroup: &File,
+        point: &str,
+        cgroup_id: u64,
+    ) -> Result<CgroupLink, LoadError> {
+        let err = |source| LoadError::Attach { program: name, target: point.to_owned(), source };
+        let program = self.bpf.program(name).ok_or(LoadError::MissingProgram(name))?;
+        let fd = program.fd().map_err(|source| LoadError::Program { name, source })?;
+        let mut link = CgroupLink::create(fd.as_fd(), cgroup.as_fd(), attach_type).map_err(err)?;
+        if let Some(dir) = &self.pins
+            && let Err(e) = link.pin(&dir.join(format!("{name}@{cgroup_id}")))
+        {
+            let _ = link.detach();
+            return Err(err(e));
+        }
+        Ok(link)
+    }
+}
+
+impl Attacher for Loader {
+    fn points(&self) -> Vec<String> {
+        self.points.keys().cloned().collect()
+    }
+
+    fn attach(&mut self, point: &str) -> Result<(), LoadError> {
+        if self.points.contains_key(point) {
+            return Ok(());
+        }
+        let dir = self.cgroups.as_ref().map_or_else(|| PathBuf::from(point), |c| c.dir(point));
+        let cgroup = File::open(&dir).map_err(|source| LoadError::Cgroup { path: dir.clone(), source })?;
+        let cgroup_id = crate::cgroup::id_of(&dir).unwrap_or(0);
+        let mut links = Vec::new();
+        for l in self.loaded.clone() {
+            let HookKind::Cgroup(attach_type) = l.kind else { continue };
+            match self.attach_one(l.program, attach_type, &cgroup, point, cgroup_id) {
+                Ok(link) => links.push(link),
+                Err(e) => {
+                    for link in links {
+                        let _ = link.detach();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        tracing::info!(point, programs = links.len(), "cgroup programs attached");
+        self.points.insert(point.to_owned(), links);
+        Ok(())
+    }
+
+    fn detach(&mut self, point: &str) {
+        let Some(links) = self.points.remove(point) else { return };
+        for link in links {
+            if let Err(e) = link.detach() {
+                tracing::warn!(point, error = %e, "detaching a cgroup program failed");
+            }
+        }
+        tracing::info!(point, "cgroup programs detached");
     }
 }
 

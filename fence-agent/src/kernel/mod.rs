@@ -17,6 +17,7 @@ mod entries;
 #[cfg(test)]
 pub mod fake;
 mod generations;
+mod link;
 pub mod loader;
 
 pub use aya_maps::AyaPolicyMaps;

@@ -11,8 +11,9 @@ use crate::{
     audit::{Actor, Trigger, changes},
     compile::{CompiledPolicy, compile},
     control::protocol::Source,
+    fences::bindings::attach_points,
     fences::files::fanotify::FanotifyError,
-    kernel::{ApplyReport, MapsError, PolicyMaps},
+    kernel::{ApplyReport, MapsError, PolicyMaps, loader::LoadError},
     policy::{PolicyErrors, PolicySet, glob::PathGlob, load_paths, validate},
     protect::HostProtection,
     resolve::Resolved,
@@ -26,6 +27,8 @@ pub enum ApplyError {
     Kernel(#[from] MapsError),
     #[error("updating the fanotify file fence failed (the previous policy stays in force): {0}")]
     Files(#[from] FanotifyError),
+    #[error("attaching fence's cgroup programs failed (the previous policy stays in force): {0}")]
+    Attach(#[from] LoadError),
     #[error("{0}")]
     Vault(String),
 }
@@ -238,13 +241,27 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
             dir.set_objects(resolved.names());
             before
         };
-        let undo = |s: &mut Self| {
+        let undo = |s: &mut Self, added: &[String]| {
             s.ids = ids_before.clone();
             *s.views.directory.write().unwrap_or_else(|p| p.into_inner()) = directory_before.clone();
+            if let Some(a) = &mut s.attacher {
+                for p in added {
+                    a.detach(p);
+                }
+            }
+        };
+        // The programs go on the new subtrees before the policy says they are fenced.
+        let wanted = attach_points(&candidate.set, |p| self.deps.cgroups.dir(p).is_dir());
+        let added = match self.attach(&wanted) {
+            Ok(added) => added,
+            Err((added, e)) => {
+                undo(self, &added);
+                return Err(e.into());
+            }
         };
         let prepared = match self.views.files.as_ref().map(|f| f.prepare(&compiled, &resolved, &self.held)) {
             Some(Err(e)) => {
-                undo(self);
+                undo(self, &added);
                 return Err(e.into());
             }
             Some(Ok(group)) => Some(group),
@@ -254,10 +271,16 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
             Ok(r) => r,
             Err(e) => {
                 drop(prepared);
-                undo(self);
+                undo(self, &added);
                 return Err(e.into());
             }
         };
+        // Subtrees no longer fenced lose the programs once the new policy is live.
+        if let Some(a) = &mut self.attacher {
+            for p in a.points().into_iter().filter(|p| !wanted.contains(p)) {
+                a.detach(&p);
+            }
+        }
         // Committed: from here on nothing fails the apply.
         if let (Some(files), Some(group)) = (&mut self.views.files, prepared) {
             files.commit(group);
@@ -284,6 +307,21 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
         self.log_applied(&live);
         self.live = Some(live);
         Ok(report)
+    }
+
+    /// Attaches the cgroup programs at the points of `wanted` not attached yet; the points it
+    /// attached, or those and the error (the caller detaches them).
+    fn attach(&mut self, wanted: &std::collections::BTreeSet<String>) -> Result<Vec<String>, (Vec<String>, LoadError)> {
+        let Some(a) = &mut self.attacher else { return Ok(Vec::new()) };
+        let have = a.points();
+        let mut added = Vec::new();
+        for p in wanted.iter().filter(|p| !have.contains(p)) {
+            if let Err(e) = a.attach(p) {
+                return Err((added, e));
+            }
+            added.push(p.clone());
+        }
+        Ok(added)
     }
 
     /// The log lines and metrics of an applied policy.

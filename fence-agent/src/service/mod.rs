@@ -34,7 +34,7 @@ use crate::{
     events::SharedDirectory,
     fences::files::fanotify::FileFence,
     hold::Holder,
-    kernel::{Generations, PolicyMaps},
+    kernel::{Generations, PolicyMaps, loader::Attacher},
     metrics::Metrics,
     protect::HostProtection,
     resolve::Resolver,
@@ -67,6 +67,8 @@ pub struct Views {
 
 pub struct PolicyService<M> {
     kernel: Generations<M>,
+    /// Attaches the cgroup programs where the policy fences (none in unit tests without one).
+    attacher: Option<Box<dyn Attacher>>,
     deps: Deps,
     views: Views,
     ids: IdAllocator,
@@ -78,10 +80,17 @@ pub struct PolicyService<M> {
 }
 
 impl<M: PolicyMaps + 'static> PolicyService<M> {
-    pub fn new(kernel: Generations<M>, deps: Deps, views: Views, vault: Option<VaultState>) -> PolicyService<M> {
+    pub fn new(
+        kernel: Generations<M>,
+        attacher: Option<Box<dyn Attacher>>,
+        deps: Deps,
+        views: Views,
+        vault: Option<VaultState>,
+    ) -> PolicyService<M> {
         let ids = deps.ids_path.as_deref().map(IdAllocator::load).unwrap_or_default();
         PolicyService {
             kernel,
+            attacher,
             deps,
             views,
             ids,

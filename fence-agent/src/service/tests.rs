@@ -18,7 +18,39 @@ use crate::{
 struct Fixture {
     dir: PathBuf,
     service: PolicyService<FakeMaps>,
+    /// Where the fake attacher has the cgroup programs.
+    attached: Arc<std::sync::Mutex<Attached>>,
     _cleanup: tempfile::TempDir,
+}
+
+/// Where the cgroup programs are attached, and a point where attaching fails.
+#[derive(Default)]
+struct Attached {
+    points: std::collections::BTreeSet<String>,
+    fail_at: Option<String>,
+}
+
+struct FakeAttacher(Arc<std::sync::Mutex<Attached>>);
+
+impl Attacher for FakeAttacher {
+    fn points(&self) -> Vec<String> {
+        self.0.lock().unwrap().points.iter().cloned().collect()
+    }
+    fn attach(&mut self, point: &str) -> Result<(), crate::kernel::loader::LoadError> {
+        let mut a = self.0.lock().unwrap();
+        if a.fail_at.as_deref() == Some(point) {
+            return Err(crate::kernel::loader::LoadError::MissingProgram("injected"));
+        }
+        a.points.insert(point.to_owned());
+        Ok(())
+    }
+    fn detach(&mut self, point: &str) {
+        self.0.lock().unwrap().points.remove(point);
+    }
+}
+
+fn attached(f: &Fixture) -> Vec<String> {
+    f.attached.lock().unwrap().points.iter().cloned().collect()
 }
 
 fn identity(name: &str, purpose: &str) -> String {
@@ -55,8 +87,11 @@ fn fixture(test: &str, with_vault: bool) -> Fixture {
         let host = HostFacts { hostname: "test-host".into(), labels: Default::default() };
         VaultState::new(host, dir.join("policy-cache.json"), SyncStatus::default()).0
     });
-    let service = PolicyService::new(Generations::new(FakeMaps::default()).unwrap(), deps, views, vault);
-    Fixture { dir, service, _cleanup: guard }
+    let attached = Arc::new(std::sync::Mutex::new(Attached::default()));
+    let attacher = Box::new(FakeAttacher(attached.clone()));
+    let service =
+        PolicyService::new(Generations::new(FakeMaps::default()).unwrap(), Some(attacher), deps, views, vault);
+    Fixture { dir, service, attached, _cleanup: guard }
 }
 
 fn start_local(f: &mut Fixture) {
@@ -150,7 +185,7 @@ fn candidates_racing_are_applied_in_the_order_they_arrive() {
     let mut f = fixture("race", true);
     start_local(&mut f);
     let (handle, inbox) = channel();
-    let Fixture { dir: fixture_dir, service, _cleanup } = f;
+    let Fixture { dir: fixture_dir, service, _cleanup, .. } = f;
     let thread = service.spawn(inbox).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (first, second) = runtime.block_on(async {
@@ -241,4 +276,33 @@ fn expiry_marks_identities_deny_all_and_files_changes_re_resolve_only_when_neede
     );
     assert!(!live.iter().any(|e| matches!(e, MapEntry::Net4(_))), "deny-all: no allow entries");
     assert!(purposes_in_audit(&f).iter().any(|a| a.starts_with("identity-expired")));
+}
+
+#[test]
+fn cgroup_programs_follow_the_policy_and_a_failed_apply_detaches_what_it_attached() {
+    let mut f = fixture("attach", false);
+    start_local(&mut f);
+    assert_eq!(attached(&f), ["/a"]);
+    // b joins, a leaves: b is attached before the flip, a detached after.
+    fs::write(&f.service.deps.policy_paths[0], identity("b", "x")).unwrap();
+    assert!(matches!(f.service.change(Change::Reload { by: None }), Outcome::Applied { .. }));
+    assert_eq!(attached(&f), ["/b"]);
+    // c cannot be attached: refused, nothing changes, c is not left attached.
+    let two = format!(
+        "{}  - name: c\n    owner: tests\n    purpose: p\n    selectors: [{{cgroup: /c}}]\n",
+        identity("b", "x")
+    );
+    fs::write(&f.service.deps.policy_paths[0], two).unwrap();
+    f.attached.lock().unwrap().fail_at = Some("/c".into());
+    assert!(matches!(f.service.change(Change::Reload { by: None }), Outcome::Refused(e) if e.contains("injected")));
+    assert_eq!(attached(&f), ["/b"]);
+    // The kernel fails after c was attached: c is detached again.
+    f.attached.lock().unwrap().fail_at = None;
+    f.service.kernel.maps_mut().fail_after = Some(0);
+    assert!(matches!(f.service.change(Change::Reload { by: None }), Outcome::Refused(_)));
+    assert_eq!(attached(&f), ["/b"]);
+    // And once the kernel works, c joins.
+    f.service.kernel.maps_mut().fail_after = None;
+    assert!(matches!(f.service.change(Change::Reload { by: None }), Outcome::Applied { .. }));
+    assert_eq!(attached(&f), ["/b", "/c"]);
 }
