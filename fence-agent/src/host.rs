@@ -8,7 +8,7 @@ use crate::{
     btf::Btf,
     cgroup::Cgroups,
     fences::{self, Availability, FenceReport, Plan, files::fanotify::FileFence},
-    kernel::loader::{Attacher as _, Loader},
+    kernel::loader::{Attacher as _, Loader, Reporting},
     mountinfo::MountInfo,
     offsets::kernel_offsets,
 };
@@ -61,14 +61,16 @@ pub fn diagnose() -> Diagnosis {
     let mut program_types = Vec::new();
     let plan = match &cgroups {
         Ok(cg) => {
-            let loaded = Loader::open(btf.as_ref().ok().copied()).map_err(|e| e.to_string()).and_then(|mut l| {
-                let plan = fences::load(&mut l).map_err(|e| e.to_string())?;
-                // The global programs, and the cgroup programs at the root, with an empty
-                // policy: nothing is fenced; all of it goes when the loader is dropped.
-                l.attach_global(cg).map_err(|e| e.to_string())?;
-                l.attach("/").map_err(|e| e.to_string())?;
-                Ok(plan)
-            });
+            let loaded = Loader::open(btf.as_ref().ok().copied(), &Reporting::default())
+                .map_err(|e| e.to_string())
+                .and_then(|mut l| {
+                    let plan = fences::load(&mut l).map_err(|e| e.to_string())?;
+                    // The global programs, and the cgroup programs at the root, with an empty
+                    // policy: nothing is fenced; all of it goes when the loader is dropped.
+                    l.attach_global(cg).map_err(|e| e.to_string())?;
+                    l.attach("/").map_err(|e| e.to_string())?;
+                    Ok(plan)
+                });
             program_types.push(ProgramProbe {
                 program_type: "cgroup_sock_addr, cgroup_sock",
                 loads: loaded.is_ok(),

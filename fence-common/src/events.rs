@@ -179,6 +179,27 @@ named_u8_enum! {
     }
 }
 
+impl Mechanism {
+    /// Whether a refusal by this mechanism is made by exactly one program, whichever runs'
+    /// programs are attached: BPF LSM programs on a hook run in a chain that the first refusal
+    /// ends (the programs after it do not run). Programs of the other mechanisms (cgroup,
+    /// tracepoint) all run on every operation, each deciding it, as do LSM programs that only
+    /// report (audit mode). See `Map::Reporter`.
+    pub const fn refusal_ends_chain(self) -> bool {
+        matches!(
+            self,
+            Mechanism::LsmBprmCheck
+                | Mechanism::LsmFileOpen
+                | Mechanism::LsmUnixStreamConnect
+                | Mechanism::LsmUnixMaySend
+                | Mechanism::LsmTaskAlloc
+                | Mechanism::LsmPtrace
+                | Mechanism::LsmTaskKill
+                | Mechanism::LsmBpf
+        )
+    }
+}
+
 named_u8_enum! {
     /// `EventHeader::reason`: why the kernel decided as it did.
     pub enum Reason {
@@ -412,6 +433,13 @@ const _: () = {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_bpf_lsm_refusals_end_their_chain() {
+        for m in Mechanism::ALL {
+            assert_eq!(m.refusal_ends_chain(), m.as_str().starts_with("lsm/"), "{m}");
+        }
+    }
 
     #[test]
     fn names_round_trip_and_unknown_values_are_refused() {

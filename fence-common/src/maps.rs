@@ -77,12 +77,20 @@ pub enum Map {
     /// `HashMap<u32, u32>`: the agent's own process ids (tgid -> 1). The agent's tasks are
     /// never fenced, and no fenced task may signal or trace them, whatever their cgroup.
     AgentTasks,
+    /// `Array<u64>`, one entry: the token ([`crate::globals::RUN`]) of the run whose programs
+    /// report events. With persistence every run of one ABI shares this map (pinned beside
+    /// the runs), so that while a new run takes over from an earlier one, whose programs
+    /// still enforce, each decision is reported by exactly one of them: one map write moves
+    /// the reporting from the earlier run to the new one. A BPF LSM refusal is reported by the
+    /// program that makes it, reporting run or not: it ends the hook's chain of programs, so
+    /// no other program sees the operation ([`crate::Mechanism::refusal_ends_chain`]).
+    Reporter,
 }
 
 impl Map {
     /// Every map the object defines; the policy maps among them in the order a generation is
     /// written (bindings last: an identity is only reachable once its rules are in place).
-    pub const ALL: [Map; 17] = [
+    pub const ALL: [Map; 18] = [
         Map::Active,
         Map::Identities,
         Map::Net4,
@@ -100,6 +108,7 @@ impl Map {
         Map::Counters,
         Map::IdentityCache,
         Map::AgentTasks,
+        Map::Reporter,
     ];
 
     /// The policy maps (two generations), in [`Map::ALL`]'s order.
@@ -145,6 +154,7 @@ impl Map {
             Map::Counters => other("FENCE_COUNTERS", MapKind::PerCpuArray, crate::counter::COUNT, "counter"),
             Map::IdentityCache => other("FENCE_IDENTITY_CACHE", MapKind::LruHash, 65_536, "cached cgroup"),
             Map::AgentTasks => other("FENCE_AGENT_TASKS", MapKind::Hash, 64, "agent process"),
+            Map::Reporter => other("FENCE_REPORTER", MapKind::Array, 1, "reporting run"),
         }
     }
 
@@ -172,7 +182,7 @@ mod tests {
         assert!(Map::POLICY.iter().all(|m| m.spec().policy));
         assert_eq!(Map::ALL.iter().filter(|m| m.spec().policy).count(), Map::POLICY.len());
         assert_eq!(Map::POLICY.last(), Some(&Map::Cgroups));
-        let mut names: [&str; 17] = Map::ALL.map(Map::name);
+        let mut names: [&str; 18] = Map::ALL.map(Map::name);
         names.sort();
         assert!(names.windows(2).all(|w| w[0] != w[1]), "map names are unique");
     }

@@ -5,6 +5,9 @@
 pub mod globals {
     /// [`super::KernelOffsets`] of the running kernel.
     pub const OFFSETS: &str = "FENCE_OFFSETS";
+    /// The run's token (`u64`, never 0): this run's programs send events only while
+    /// [`crate::Map::Reporter`] holds it.
+    pub const RUN: &str = "FENCE_RUN";
 }
 
 /// Offsets of kernel struct fields on the running kernel, set as the [`globals::OFFSETS`]

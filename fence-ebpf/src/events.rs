@@ -11,8 +11,36 @@ use fence_common::{
 use crate::{
     identity::Fenced,
     kernel,
-    maps::{FENCE_EVENT_LIMIT, FENCE_EVENT_RATE, count},
+    maps::{FENCE_EVENT_LIMIT, FENCE_EVENT_RATE, FENCE_REPORTER, count},
 };
+
+/// This run's token, set by the agent before loading (`fence_common::globals::RUN`). Mutable
+/// as far as the compiler knows, so that it never folds the zero initialiser into the
+/// programs; read through [`reporting`] only.
+#[unsafe(no_mangle)]
+static mut FENCE_RUN: u64 = 0;
+
+/// Whether this program reports the decision `head`, so that every decision is logged once
+/// while a new run takes over from an earlier one (both runs' programs attached, both
+/// enforcing):
+/// - a BPF LSM refusal, always: it ends the hook's chain, no other program sees the operation
+///   (the newest run's programs come first; until its policy is live they let everything
+///   through, and the earlier run's program refuses);
+/// - anything else (cgroup and tracepoint programs, LSM audit reports), which every run's
+///   programs decide: only if the shared reporter map names this run.
+///
+/// Checked before anything else of an event: a program that does not report counts nothing.
+#[inline(always)]
+fn reports(head: &EventHeader) -> bool {
+    if head.verdict == Verdict::Denied as u8
+        && Mechanism::from_u8(head.mechanism).is_some_and(Mechanism::refusal_ends_chain)
+    {
+        return true;
+    }
+    // SAFETY: programs only read the global; the agent writes it once, before loading.
+    let me = unsafe { core::ptr::read_volatile(core::ptr::addr_of!(FENCE_RUN)) };
+    FENCE_REPORTER.get(0).is_some_and(|r| *r == me && me != 0)
+}
 
 /// The common head of an event about a decision on `who`.
 #[inline(always)]
@@ -145,11 +173,11 @@ fn within_rate(head: &EventHeader) -> bool {
     }
 }
 
-/// Sends `record` (whose head is `head`) to the agent, within the rate limit; a full ring
-/// buffer is counted, never silent.
+/// Sends `record` (whose head is `head`) to the agent if this run reports, within the rate
+/// limit; a full ring buffer is counted, never silent.
 #[inline(always)]
 pub fn send<T: 'static>(head: &EventHeader, record: T) {
-    if !within_rate(head) {
+    if !reports(head) || !within_rate(head) {
         return;
     }
     match crate::maps::FENCE_EVENTS.reserve::<T>(0) {
@@ -167,7 +195,7 @@ pub fn send<T: 'static>(head: &EventHeader, record: T) {
 /// here.
 #[inline(always)]
 pub fn send_object(head: EventHeader, offsets: &KernelOffsets, fill: impl FnOnce(&mut ObjectEvent)) {
-    if !within_rate(&head) {
+    if !reports(&head) || !within_rate(&head) {
         return;
     }
     let Some(mut entry) = crate::maps::FENCE_EVENTS.reserve::<ObjectEvent>(0) else {

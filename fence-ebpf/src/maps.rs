@@ -87,6 +87,11 @@ pub static FENCE_IDENTITY_CACHE: LruHashMap<CacheKey, u32> =
 #[map]
 pub static FENCE_AGENT_TASKS: HashMap<u32, u32> = HashMap::with_max_entries(Map::AgentTasks.capacity(), 0);
 
+/// The token of the run whose programs report events (see `fence_common::Map::Reporter`):
+/// shared by every run with persistence, so that one write moves the reporting.
+#[map]
+pub static FENCE_REPORTER: Array<u64> = Array::with_max_entries(Map::Reporter.capacity(), 0);
+
 /// Looks `key` up; the value is copied out.
 #[inline(always)]
 pub fn lookup<K, V: Copy>(map: &HashMap<K, V>, key: &K) -> Option<V> {

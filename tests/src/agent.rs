@@ -6,7 +6,7 @@ use std::{
     fs,
     io::Read as _,
     os::unix::net::UnixDatagram,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     time::Duration,
 };
@@ -74,19 +74,31 @@ impl Agent {
         let last: u32 =
             fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40);
         let drop: Vec<u32> = (0..=last).filter(|c| !keep.contains(c)).collect();
-        let mut agent = Agent::spawn_inner(test, policy, config, Some(drop));
+        let mut agent = Agent::spawn_inner(test, policy, config, Some(drop), None);
         agent.ready().then_some(agent)
     }
 
-    fn spawn_with(test: &str, policy: &str, extra_config: &str) -> Agent {
-        Agent::spawn_inner(test, policy, extra_config, None)
+    /// As [`Agent::start_with`], writing events to `events` (which outlives this agent: a
+    /// later agent may append to the same file, as a restarted service does).
+    pub fn start_with_events(test: &str, policy: &str, config: &str, events: &Path) -> Agent {
+        Agent::spawn_inner(test, policy, config, None, Some(events)).wait_ready()
     }
 
-    fn spawn_inner(test: &str, policy: &str, extra_config: &str, drop_caps: Option<Vec<u32>>) -> Agent {
+    fn spawn_with(test: &str, policy: &str, extra_config: &str) -> Agent {
+        Agent::spawn_inner(test, policy, extra_config, None, None)
+    }
+
+    fn spawn_inner(
+        test: &str,
+        policy: &str,
+        extra_config: &str,
+        drop_caps: Option<Vec<u32>>,
+        events: Option<&Path>,
+    ) -> Agent {
         let dir = TempDir::new(&format!("{test}-agent"));
         let policy_path = dir.path("policy.yaml");
         fs::write(&policy_path, policy).expect("writing the policy");
-        let events = dir.path("events.jsonl");
+        let events = events.map_or_else(|| dir.path("events.jsonl"), Path::to_path_buf);
         let config = dir.path("agent.toml");
         // The tests' own protected sets replace the host's defaults unless they say otherwise.
         let protect = if extra_config.contains("[protect]") { "" } else { "[protect]\ndefaults = false\n" };

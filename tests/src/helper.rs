@@ -47,34 +47,67 @@ impl Outcome {
 
 /// Runs one helper action, in `cgroup` if given.
 pub fn run(cgroup: Option<&TestCgroup>, action: &[&str]) -> Outcome {
-    let exe = std::env::current_exe().expect("current_exe");
+    try_run(cgroup.map(|cg| cg.dir.as_path()), action).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs one helper action, in the cgroup `cgroup` if given (else in this process's); an error
+/// if it cannot start or reports nothing readable.
+fn try_run(cgroup: Option<&std::path::Path>, action: &[&str]) -> Result<Outcome, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let mut cmd = Command::new(exe);
     cmd.arg("helper");
-    if let Some(cg) = cgroup {
-        cmd.arg("--cgroup").arg(&cg.dir);
+    if let Some(dir) = cgroup {
+        cmd.arg("--cgroup").arg(dir);
     }
     let child = cmd
         .args(action)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("running the helper");
+        .map_err(|e| format!("running the helper {action:?}: {e}"))?;
     let pid = child.id();
-    let out = child.wait_with_output().expect("waiting for the helper");
+    let out = child.wait_with_output().map_err(|e| format!("waiting for the helper {action:?}: {e}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let signal = std::os::unix::process::ExitStatusExt::signal(&out.status);
     let Some(line) = stdout.lines().last() else {
         if signal.is_some() {
-            return Outcome { pid, errno: None, signal, raw: json!({"pid": pid, "signal": signal}) };
+            return Ok(Outcome { pid, errno: None, signal, raw: json!({"pid": pid, "signal": signal}) });
         }
-        panic!("helper {action:?} printed nothing ({}); stderr: {}", out.status, String::from_utf8_lossy(&out.stderr))
+        return Err(format!(
+            "helper {action:?} printed nothing ({}); stderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
     };
-    let raw: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("helper output {line:?}: {e}"));
-    Outcome {
+    let raw: Value = serde_json::from_str(line).map_err(|e| format!("helper output {line:?}: {e}"))?;
+    Ok(Outcome {
         pid: raw["pid"].as_u64().map_or(pid, |p| p as u32),
         errno: raw["errno"].as_i64().map(|e| e as i32),
         signal,
         raw,
+    })
+}
+
+/// One attempt of a `chaos-loop` operation (`connect:ADDR`, `exec:PATH`, `open:PATH`) in a
+/// child process of its own: its progress line `OP PID OUTCOME DETAIL`, where OUTCOME is `d`
+/// (denied: EPERM, or killed by SIGKILL, the exec fallback's answer), `s` (succeeded) or `o`
+/// (anything else, said in DETAIL).
+fn chaos_attempt(op: &str) -> (char, String) {
+    let (kind, target) = op.split_once(':').unwrap_or((op, ""));
+    let action: Vec<&str> = match kind {
+        "connect" => vec!["tcp-connect", target],
+        "exec" => vec!["exec", target, "helper", "noop"],
+        "open" => vec!["open", target],
+        other => return ('o', format!("{other} 0 o unknown-operation")),
+    };
+    match try_run(None, &action) {
+        Ok(o) if o.ok() => ('s', format!("{kind} {} s ok", o.pid)),
+        Ok(o) if o.errno == Some(libc::EPERM) => ('d', format!("{kind} {} d errno=1", o.pid)),
+        // Only an exec is answered with SIGKILL (the fallback's); for the others it would be the
+        // helper itself killed on its way in, which is no denial of the operation.
+        Ok(o) if kind == "exec" && o.signal == Some(libc::SIGKILL) => ('d', format!("{kind} {} d signal=9", o.pid)),
+        Ok(o) => ('o', format!("{kind} {} o {}", o.pid, o.raw.to_string().replace(' ', "_"))),
+        Err(e) => ('o', format!("{kind} 0 o {}", e.replace([' ', '\n'], "_"))),
     }
 }
 
@@ -289,6 +322,40 @@ fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
                     io::Write::write_all(f, outcome)?;
                 }
                 std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(json!({"attempts": attempts, "denied": denied, "succeeded": succeeded, "other": other}))
+        }
+        "chaos-loop" => {
+            // Tries each OP in turn (`connect:ADDR`, `exec:PATH`, `open:PATH`), each attempt in
+            // a child process of its own (its pid names the attempt in the events), until
+            // STOPFILE exists or SECS pass; appends one line per attempt to PROGRESS (see
+            // `chaos_attempt`), written once the attempt is over.
+            let (Some(stop), Some(progress), Some(secs)) = (args.first(), args.get(1), args.get(2)) else {
+                return Err(io::Error::other("chaos-loop STOPFILE PROGRESS SECS OP..."));
+            };
+            let ops = &args[3..];
+            if ops.is_empty() {
+                return Err(io::Error::other("chaos-loop: no operation"));
+            }
+            let secs: f64 = secs.parse().map_err(|e| io::Error::other(format!("SECS: {e}")))?;
+            let mut progress = fs::OpenOptions::new().create(true).append(true).open(progress)?;
+            let until = std::time::Instant::now() + Duration::from_secs_f64(secs);
+            let (mut attempts, mut denied, mut succeeded, mut other) = (0u64, 0u64, 0u64, 0u64);
+            'outer: loop {
+                for op in ops {
+                    if std::time::Instant::now() >= until || std::path::Path::new(stop).exists() {
+                        break 'outer;
+                    }
+                    let (outcome, line) = chaos_attempt(op);
+                    attempts += 1;
+                    match outcome {
+                        'd' => denied += 1,
+                        's' => succeeded += 1,
+                        _ => other += 1,
+                    }
+                    io::Write::write_all(&mut progress, format!("{line}\n").as_bytes())?;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
             }
             Ok(json!({"attempts": attempts, "denied": denied, "succeeded": succeeded, "other": other}))
         }

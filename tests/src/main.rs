@@ -13,6 +13,7 @@ use std::{process::ExitCode, time::Duration};
 mod agent;
 mod bao;
 mod bypass;
+mod chaos;
 mod env;
 mod fastpath;
 mod flood;
@@ -32,7 +33,8 @@ mod vault_sync;
 /// what they end in, a policy applied to the kernel, is what every other test checks in both.
 fn all_tests() -> impl Iterator<Item = &'static harness::Test> {
     let in_vm = std::env::var("FENCE_TEST_TIER").is_ok_and(|t| t == "vm");
-    let vault: &[&'static [harness::Test]] = if in_vm { &[] } else { &[vault_client::TESTS, vault_sync::TESTS] };
+    let vault: &[&'static [harness::Test]] =
+        if in_vm { &[] } else { &[vault_client::TESTS, vault_sync::TESTS, chaos::VAULT_TESTS] };
     net::TESTS
         .iter()
         .chain(kernel_fences::TESTS)
@@ -43,6 +45,7 @@ fn all_tests() -> impl Iterator<Item = &'static harness::Test> {
         .chain(logs::TESTS)
         .chain(bypass::TESTS)
         .chain(fastpath::TESTS)
+        .chain(chaos::TESTS)
         .chain(vault.iter().flat_map(|t| t.iter()))
 }
 

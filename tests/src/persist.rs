@@ -24,8 +24,7 @@ pub const TESTS: &[Test] = &[Test { name: "persist_no_gap_on_sigkill_restart_and
 const PHASE_ATTEMPTS: usize = 10;
 
 /// Removes the test's pins if the test ends early (the pins would keep a test cgroup fenced).
-/// Removes a pin directory an agent with persistence left behind (its links first).
-pub(crate) struct Pins(pub(crate) PathBuf);
+pub struct Pins(pub PathBuf);
 
 impl Drop for Pins {
     fn drop(&mut self) {
@@ -39,8 +38,15 @@ impl Drop for Pins {
                     }
                     let _ = fs::remove_dir(run.path().join(sub));
                 }
-                let _ = fs::remove_file(run.path().join("events"));
+                // The map pins (events, counters, rate); in the pin directory itself, the
+                // reporter map the runs share.
+                if let Ok(pins) = fs::read_dir(run.path()) {
+                    for p in pins.flatten().filter(|p| p.file_type().is_ok_and(|t| !t.is_dir())) {
+                        let _ = fs::remove_file(p.path());
+                    }
+                }
                 let _ = fs::remove_dir(run.path());
+                let _ = fs::remove_file(run.path());
             }
         }
         let _ = fs::remove_dir(&self.0);

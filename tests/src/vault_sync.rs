@@ -39,19 +39,24 @@ const HOST: &str = "fence-test-host";
 
 /// A vault with AppRole for the agent, a console token, a signing key, and the files a
 /// console and an agent need.
-struct Setup {
-    bao: Bao,
+pub struct Setup {
+    pub bao: Bao,
     dir: TempDir,
     key: PathBuf,
     console: PathBuf,
-    agent_config: String,
+    /// agent.toml for the vault; its last table is `[persist]` (with `state_dir`).
+    pub agent_config: String,
     state: PathBuf,
-    policies: PathBuf,
+    pub policies: PathBuf,
 }
 
 impl Setup {
     fn new(test: &str) -> Setup {
-        let bao = Bao::start();
+        Setup::with(test, Bao::start())
+    }
+
+    /// The same on a given server (a dev server, or one with storage that can be restarted).
+    pub fn with(test: &str, bao: Bao) -> Setup {
         let dir = TempDir::new(&format!("{test}-vault"));
         bao.write_policy(
             "fence-agent",
@@ -98,7 +103,7 @@ path "secret/data/fence/status/*" { capabilities = ["create", "update", "read"] 
 
     /// Writes the identity `name` (bound to `cg`, its egress allow-list) and an assignment
     /// of it to this host into the policies directory.
-    fn write_identity(&self, name: &str, cg: &TestCgroup, egress: &str) {
+    pub fn write_identity(&self, name: &str, cg: &TestCgroup, egress: &str) {
         fs::write(
             self.policies.join(format!("{name}.yaml")),
             format!(
@@ -115,7 +120,7 @@ path "secret/data/fence/status/*" { capabilities = ["create", "update", "read"] 
         .unwrap();
     }
 
-    fn push(&self, dir: &Path) -> std::process::Output {
+    pub fn push(&self, dir: &Path) -> std::process::Output {
         self.push_with(dir, &[])
     }
 

@@ -25,12 +25,15 @@ use crate::{
     control,
     events::{
         Directory, EventReader, EventThread, Sinks,
-        reader::FloodControl,
+        reader::{CountsFile, FloodControl},
         summary::{AgentEvents, RateLimit},
     },
     fences::{self, Availability, files, files::fanotify::FileFence},
     host::lsm_list,
-    kernel::{Generations, loader::Loader},
+    kernel::{
+        self, Generations,
+        loader::{Loader, Reporter, Reporting},
+    },
     metrics::{self, Metrics},
     offsets::kernel_offsets,
     persist,
@@ -158,12 +161,23 @@ async fn start(
             None
         }
     };
-    let run = config.persist.enabled.then(|| persist::prepare(&config.persist.pin_dir)).transpose()?;
-    let mut loader = Loader::open(offsets).context("loading the eBPF programs")?;
+    // The run's token: its programs report events while the reporter map holds it.
+    let token = u64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(1).max(1);
+    let run = config.persist.enabled.then(|| persist::prepare(&config.persist.pin_dir, token)).transpose()?;
+    let reporting = Reporting { token, shared: run.as_ref().map(|_| persist::reporter_pin(&config.persist.pin_dir)) };
+    let mut loader = Loader::open(offsets, &reporting).context("loading the eBPF programs")?;
     let plan = fences::load(&mut loader).context("loading the eBPF programs")?;
     loader.protect_agent(std::process::id()).context("registering the agent's process")?;
+    let mut reporter = loader.take_reporter(token).context("the reporter map")?;
     if let Some(run) = &run {
         loader.pin_under(run.links());
+    }
+    // Each decision is reported by one run. If an earlier run's programs report (their pins
+    // are there), they go on until the take-over; if none do, this run reports from its
+    // first attachment on.
+    let earlier = run.as_ref().map(|r| persist::runs(&config.persist.pin_dir, Some(&r.dir))).unwrap_or_default();
+    if !persist::reporter_alive(reporter.current()?, &earlier) {
+        reporter.claim().context("taking the event reporting")?;
     }
     let (agent_events_tx, agent_events) = AgentEvents::new().context("the agent's event queue")?;
     let metrics = Metrics::new();
@@ -217,7 +231,7 @@ async fn start(
         Err(e) => return Err(e.into()),
     }
     if let Some(run) = &run {
-        take_over(run, &mut reader, config)?;
+        take_over(run, &mut reader, &mut reporter, config)?;
     }
     let service_thread = service.spawn(inbox).context("starting the policy service")?;
     let events = reader.spawn().context("starting the event writer")?;
@@ -271,7 +285,8 @@ fn event_reader(
     let ring = loader.take_events(run.map(persist::Run::events).as_deref())?;
     let limit = RateLimit { per_second: config.events.rate_limit, burst: config.events.rate_burst };
     loader.set_event_limit(limit.kernel()).context("setting the event rate limit")?;
-    let stats = match loader.take_event_stats() {
+    let pins = run.map(|r| (r.counters(), r.rate()));
+    let stats = match loader.take_event_stats(pins.as_ref().map(|(c, r)| (c.as_path(), r.as_path()))) {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::error!(error = %e, "the kernel's suppressed and dropped counts cannot be read; no summaries for them");
@@ -279,17 +294,43 @@ fn event_reader(
         }
     };
     let flood = FloodControl { stats, limit, interval: config.events.summary_interval };
-    EventReader::new(ring, agent_events, directory, sinks, flood, Some(metrics.clone()))
-        .context("watching the event ring buffer")
+    let mut reader = EventReader::new(ring, agent_events, directory, sinks, flood, Some(metrics.clone()))
+        .context("watching the event ring buffer")?;
+    if let Some(run) = run {
+        reader.save_counts(CountsFile { path: config.persist.state_dir.join("event-counts.json"), run: run.name() });
+    }
+    Ok(reader)
 }
 
-/// Removes earlier runs' pins (after writing out what their programs recorded), once ours are
-/// attached and pinned: there is no moment without enforcement.
-fn take_over(run: &persist::Run, reader: &mut EventReader, config: &Config) -> anyhow::Result<()> {
-    for old in persist::runs(&config.persist.pin_dir, Some(&run.dir)) {
-        let events = persist::events_of(&old).map_or(0, |ring| reader.drain_ring(ring));
+/// Takes over from earlier runs once ours are attached and pinned (there is no moment without
+/// enforcement): takes the event reporting from them, writes out what their programs recorded
+/// (events, and the counts of events lost or suppressed after their agent's last summary),
+/// then removes their pins.
+fn take_over(
+    run: &persist::Run,
+    reader: &mut EventReader,
+    reporter: &mut Reporter,
+    config: &Config,
+) -> anyhow::Result<()> {
+    let earlier = persist::runs(&config.persist.pin_dir, Some(&run.dir));
+    if !earlier.is_empty() {
+        // From this write on our programs report, theirs (still attached, still enforcing)
+        // do not: a decision made by both is reported once. (A BPF LSM refusal is reported by
+        // whichever program makes it; ours come first in the chain, so theirs refuse only
+        // what our policy allows.)
+        reporter.claim().context("taking the event reporting over")?;
+        // Their programs that read the previous reporter finish: what they recorded is
+        // complete, and their ring buffers and counters no longer change.
+        kernel::grace_period();
+    }
+    for old in earlier {
+        let pins = persist::earlier(&old);
+        let events = pins.events.map_or(0, |ring| reader.drain_ring(ring));
+        let started = persist::token_of(&old).and_then(|t| jiff::Timestamp::from_nanosecond(i128::from(t)).ok());
+        let summaries =
+            pins.stats.as_ref().map_or(0, |stats| reader.report_earlier(&persist::name_of(&old), started, stats));
         let links = persist::remove_run(&old)?;
-        tracing::info!(run = %old.display(), links, events, "took over from an earlier run (its events written out, its links removed)");
+        tracing::info!(run = %old.display(), links, events, summaries, "took over from an earlier run (its events and counts written out, its links removed)");
     }
     tracing::info!(pins = %run.dir.display(), "enforcement is pinned: it stays when the agent exits");
     Ok(())

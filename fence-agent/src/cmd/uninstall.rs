@@ -41,6 +41,10 @@ pub fn main(args: UninstallArgs) -> anyhow::Result<ExitCode> {
             Err(e) => left.push(e.to_string()),
         }
     }
+    match persist::remove_shared(pin_dir) {
+        Ok(pins) => pins.iter().for_each(|p| println!("removed {}", p.display())),
+        Err(e) => left.push(e.to_string()),
+    }
     if pin_dir.exists() {
         remove_dir(pin_dir, &mut left);
     }

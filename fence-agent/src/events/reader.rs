@@ -6,6 +6,7 @@
 use std::{
     fs,
     os::fd::{AsFd as _, AsRawFd as _},
+    path::PathBuf,
     sync::Arc,
     thread,
     time::{Duration, Instant},
@@ -25,14 +26,11 @@ use super::{
     build::{HostView, build},
     decode::{KernelEvent, decode},
     summary::{
-        AgentEventsRx, KernelStats, Limiter, RateLimit, SummaryRecord, Tracker, cause, dropped_record,
-        suppressed_record,
+        AgentEventsRx, Growth, KernelStats, Limiter, RateLimit, ReportedCounts, SummaryRecord, Tracker, USER_SPACE,
+        cause, dropped_record, suppressed_record,
     },
 };
 use crate::metrics::Metrics;
-
-/// Marks the user-space limiter's keys apart from the kernel's in the tracker.
-const USER_SPACE: u32 = 1 << 31;
 
 /// The boot clock in ns (the kernel's event clock).
 fn boot_ns() -> u64 {
@@ -98,6 +96,21 @@ pub struct FloodControl {
 /// Rate-limiter entries idle this long (and fully reported) are removed from the kernel map.
 const IDLE_RATE_ENTRY: Duration = Duration::from_secs(120);
 
+/// Where the writer saves what it has reported of its run's kernel counts (persistence on:
+/// the counters are pinned and outlive the agent; see [`ReportedCounts`]).
+#[derive(Debug, Clone)]
+pub struct CountsFile {
+    pub path: PathBuf,
+    /// This run's directory name.
+    pub run: String,
+}
+
+/// Whether a summary is due: every interval, and once more as the writer stops, for the
+/// counts of its last, unfinished interval (or they would never be reported).
+fn summary_due(now: Instant, next: Instant, stopping: bool) -> bool {
+    stopping || now >= next
+}
+
 pub struct EventReader {
     ring: RingBuf<MapData>,
     /// Records built in user space (the fanotify file fence).
@@ -109,6 +122,9 @@ pub struct EventReader {
     limiter: Limiter,
     tracker: Tracker,
     interval: Duration,
+    /// When the last summary was written (the start, before the first).
+    last_summary: Instant,
+    counts_file: Option<CountsFile>,
     metrics: Option<Metrics>,
     /// Records the agent could not decode (never expected; counted, not fatal).
     pub undecodable: u64,
@@ -135,10 +151,17 @@ impl EventReader {
             limiter: Limiter::new(flood.limit),
             tracker: Tracker::default(),
             interval: flood.interval,
+            last_summary: Instant::now(),
+            counts_file: None,
             metrics,
             undecodable: 0,
             written: 0,
         })
+    }
+
+    /// Saves what is reported of this run's kernel counts at `file` after every summary.
+    pub fn save_counts(&mut self, file: CountsFile) {
+        self.counts_file = Some(file);
     }
 
     /// Runs the writer on its own thread until [`EventThread::stop`]: it waits on the ring
@@ -179,7 +202,7 @@ impl EventReader {
                 let _ = wake.read();
             }
             self.drain();
-            if Instant::now() >= next_summary {
+            if summary_due(Instant::now(), next_summary, stopped) {
                 self.summarize();
                 next_summary = Instant::now() + self.interval;
             }
@@ -192,7 +215,6 @@ impl EventReader {
     /// Writes a summary line for every count that grew since the last one: events the rate
     /// limit suppressed (kernel and user space), and events lost (by cause).
     pub fn summarize(&mut self) {
-        let now = Timestamp::now();
         let boot_now = boot_ns();
         let (mut suppressed, idle) = match &self.stats {
             Some(s) => s.suppressed(boot_now, IDLE_RATE_ENTRY.as_nanos() as u64),
@@ -204,6 +226,52 @@ impl EventReader {
         let mut dropped = self.stats.as_ref().map(KernelStats::dropped).unwrap_or_default();
         dropped.push((cause::QUEUE_FULL, self.agent_events.dropped.load(std::sync::atomic::Ordering::Relaxed)));
         let growth = self.tracker.update(suppressed, dropped);
+        // The regular interval, or the shorter one before a stop.
+        let interval = self.last_summary.elapsed().min(self.interval);
+        self.last_summary = Instant::now();
+        let reported = self.write_growth(&growth, interval);
+        if reported && let Some(file) = &self.counts_file {
+            let counts = self.tracker.kernel_counts(&file.run, Timestamp::now());
+            if let Err(e) = counts.save(&file.path) {
+                tracing::warn!(error = %e, path = %file.path.display(), "saving the reported event counts failed; an agent that takes over may report some again");
+            }
+        }
+        // Entries idle for long, whose counts are reported, go (the table stays small).
+        if let Some(stats) = &mut self.stats {
+            for key in idle {
+                let _ = stats.rate.remove(&key);
+                self.tracker.forget(&key);
+            }
+        }
+    }
+
+    /// Writes the counts an earlier run's programs lost or suppressed (`stats`, its pinned
+    /// counters) after its agent's last summary, as the same summary lines, and saves them as
+    /// reported for that run (`run`, its directory name; `started`: its start), so that they
+    /// are reported once even if this agent dies before the run's pins are gone. Called once
+    /// the run's programs no longer report (its counts no longer change). Returns the lines
+    /// written.
+    pub fn report_earlier(&mut self, run: &str, started: Option<Timestamp>, stats: &KernelStats) -> usize {
+        let saved = self.counts_file.as_ref().and_then(|f| ReportedCounts::load(&f.path, run));
+        let since = saved.as_ref().and_then(ReportedCounts::at).or(started);
+        let mut tracker = saved.as_ref().map(Tracker::reported).unwrap_or_default();
+        let (suppressed, _) = stats.suppressed(boot_ns(), u64::MAX);
+        let growth = tracker.update(suppressed, stats.dropped());
+        let interval = since.map_or(self.interval, |s| Timestamp::now().duration_since(s).unsigned_abs());
+        self.write_growth(&growth, interval);
+        if let Some(file) = &self.counts_file
+            && let Err(e) = tracker.kernel_counts(run, Timestamp::now()).save(&file.path)
+        {
+            tracing::warn!(error = %e, path = %file.path.display(), "saving the reported event counts failed");
+        }
+        growth.suppressed.len() + growth.dropped.len()
+    }
+
+    /// Writes one summary line per count in `growth`, over `interval`; whether it wrote any.
+    fn write_growth(&mut self, growth: &Growth, interval: Duration) -> bool {
+        // The schema wants a positive interval.
+        let interval = interval.max(Duration::from_millis(1));
+        let now = Timestamp::now();
         let hostname = self.host.hostname.clone();
         for (key, n) in &growth.suppressed {
             let key = RateKey { identity: key.identity & !USER_SPACE, ..*key };
@@ -211,7 +279,7 @@ impl EventReader {
                 let directory = self.directory.read().unwrap_or_else(|p| p.into_inner());
                 directory.identity(key.identity).map(|e| e.name.clone())
             };
-            let record = suppressed_record(now, &hostname, key, name.as_deref(), *n, self.interval);
+            let record = suppressed_record(now, &hostname, key, name.as_deref(), *n, interval);
             if let Some(m) = &self.metrics {
                 m.suppressed(
                     record.fence.identity.as_deref().unwrap_or_default(),
@@ -227,15 +295,9 @@ impl EventReader {
             if let Some(m) = &self.metrics {
                 m.dropped(cause, *n);
             }
-            self.write_summary(&dropped_record(now, &hostname, cause, *n, self.interval));
+            self.write_summary(&dropped_record(now, &hostname, cause, *n, interval));
         }
-        // Entries idle for long, whose counts are reported, go (the table stays small).
-        if let Some(stats) = &mut self.stats {
-            for key in idle {
-                let _ = stats.rate.remove(&key);
-                self.tracker.forget(&key);
-            }
-        }
+        !growth.suppressed.is_empty() || !growth.dropped.is_empty()
     }
 
     fn write_summary(&mut self, record: &SummaryRecord) {
@@ -362,5 +424,20 @@ impl EventThread {
         if self.handle.join().is_err() {
             tracing::error!("the event writer thread panicked");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_is_due_every_interval_and_at_the_stop() {
+        let start = Instant::now();
+        let next = start + Duration::from_secs(10);
+        assert!(!summary_due(start, next, false), "before the interval");
+        assert!(summary_due(next, next, false), "at the interval");
+        // The counts of the last, unfinished interval are written before the writer ends.
+        assert!(summary_due(start, next, true), "at the stop, whatever the interval");
     }
 }

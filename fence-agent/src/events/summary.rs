@@ -6,6 +6,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    path::Path,
     time::Duration,
 };
 
@@ -121,7 +122,12 @@ pub mod cause {
     pub const RING_BUFFER_FULL: &str = "ring-buffer-full";
     pub const QUEUE_FULL: &str = "queue-full";
     pub const RATE_TABLE_FULL: &str = "rate-table-full";
+    /// The causes the kernel counts (in a run's counters, which outlive its agent when pinned).
+    pub const KERNEL: [&str; 2] = [RING_BUFFER_FULL, RATE_TABLE_FULL];
 }
+
+/// Marks the user-space limiter's keys apart from the kernel's (identity | 1 << 31).
+pub const USER_SPACE: u32 = 1 << 31;
 
 /// `event.action` of a summary of suppressed events.
 pub const ACTION_SUPPRESSED: &str = "events-suppressed";
@@ -300,6 +306,96 @@ impl Tracker {
     pub fn forget(&mut self, key: &RateKey) {
         self.suppressed.remove(key);
     }
+
+    /// A tracker that has already reported `counts` (of the kernel's counters).
+    pub fn reported(counts: &ReportedCounts) -> Tracker {
+        let mut t = Tracker::default();
+        for c in &counts.suppressed {
+            let key = RateKey { identity: c.identity, operation: c.operation, verdict: c.verdict, _pad: [0; 2] };
+            t.suppressed.insert(key, c.count);
+        }
+        for cause in cause::KERNEL {
+            if let Some(&n) = counts.dropped.get(cause) {
+                t.dropped.insert(cause, n);
+            }
+        }
+        t
+    }
+
+    /// What this tracker has reported of the kernel's counters (not of user space's, which
+    /// die with the agent), for `run`, at `at`.
+    pub fn kernel_counts(&self, run: &str, at: Timestamp) -> ReportedCounts {
+        let mut suppressed: Vec<SuppressedCount> = self
+            .suppressed
+            .iter()
+            .filter(|(k, n)| k.identity & USER_SPACE == 0 && **n > 0)
+            .map(|(k, n)| SuppressedCount {
+                identity: k.identity,
+                operation: k.operation,
+                verdict: k.verdict,
+                count: *n,
+            })
+            .collect();
+        suppressed.sort_by_key(|c| (c.identity, c.operation, c.verdict));
+        let dropped = cause::KERNEL
+            .iter()
+            .filter_map(|c| self.dropped.get(c).filter(|n| **n > 0).map(|n| ((*c).to_owned(), *n)))
+            .collect();
+        ReportedCounts { run: run.to_owned(), at: at.to_string(), dropped, suppressed }
+    }
+}
+
+/// The kernel's counts the event writer has reported for one run: the run's totals at its
+/// last summary. With persistence the run's counters outlive its agent (pinned), and so does
+/// this (a file in the state directory, saved after every summary that reported something):
+/// an agent that takes over from the run reports what grew after them, and only that.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedCounts {
+    /// The run's directory name (`run-abi<N>-<token>`).
+    pub run: String,
+    /// When they were reported (RFC 3339).
+    pub at: String,
+    /// Lost events by cause (`cause::KERNEL`).
+    pub dropped: BTreeMap<String, u64>,
+    pub suppressed: Vec<SuppressedCount>,
+}
+
+/// Events suppressed for one rate-limiter key, as [`ReportedCounts`] keep them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuppressedCount {
+    pub identity: u32,
+    pub operation: u8,
+    pub verdict: u8,
+    pub count: u64,
+}
+
+impl ReportedCounts {
+    /// What the file at `path` says was reported of `run`'s counts; nothing if it is about
+    /// another run, missing or unreadable (then every count of the run is reported).
+    pub fn load(path: &Path, run: &str) -> Option<ReportedCounts> {
+        let counts: ReportedCounts = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        (counts.run == run).then_some(counts)
+    }
+
+    /// When they were reported.
+    pub fn at(&self) -> Option<Timestamp> {
+        self.at.parse().ok()
+    }
+
+    /// Saves them at `path` (written to a temporary file and renamed: a reader sees the old
+    /// counts or the new ones).
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(&serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    }
 }
 
 impl KernelStats {
@@ -372,6 +468,34 @@ mod tests {
         assert_eq!(g.suppressed.get(&key(2)), Some(&3));
         assert_eq!(g.dropped.get(cause::RING_BUFFER_FULL), Some(&7));
         assert_eq!(t.update([(key(1), 10)], []), Growth::default());
+    }
+
+    #[test]
+    fn reported_counts_survive_the_agent_and_only_growth_is_reported_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("event-counts.json");
+        let at: Timestamp = "2026-11-25T10:00:00Z".parse().unwrap();
+        // The agent of run A reported 10 suppressed (key 1), 7 lost (ring buffer full), and
+        // some of user space's own counts, which die with it.
+        let mut t = Tracker::default();
+        let user = RateKey { identity: 1 | USER_SPACE, ..key(1) };
+        t.update([(key(1), 10), (key(2), 0), (user, 4)], [(cause::RING_BUFFER_FULL, 7), (cause::QUEUE_FULL, 3)]);
+        let counts = t.kernel_counts("run-a", at);
+        assert_eq!(counts.suppressed.len(), 1, "kernel keys with a count only: {counts:?}");
+        assert_eq!(counts.dropped.len(), 1, "kernel causes only: {counts:?}");
+        counts.save(&path).unwrap();
+        assert_eq!(ReportedCounts::load(&path, "run-b"), None, "another run's counts");
+        let loaded = ReportedCounts::load(&path, "run-a").expect("run A's counts");
+        assert_eq!(loaded, counts);
+        assert_eq!(loaded.at(), Some(at));
+        // Its agent is killed; the kernel goes on counting; the next agent reports the rest.
+        let g = Tracker::reported(&loaded)
+            .update([(key(1), 25), (key(3), 2)], [(cause::RING_BUFFER_FULL, 20_007), (cause::RATE_TABLE_FULL, 0)]);
+        assert_eq!(g.suppressed, BTreeMap::from([(key(1), 15), (key(3), 2)]));
+        assert_eq!(g.dropped, BTreeMap::from([(cause::RING_BUFFER_FULL, 20_000)]));
+        // Without saved counts (the agent died before its first summary), everything is new.
+        let g = Tracker::default().update([(key(1), 25)], [(cause::RING_BUFFER_FULL, 20_007)]);
+        assert_eq!((g.suppressed[&key(1)], g.dropped[cause::RING_BUFFER_FULL]), (25, 20_007));
     }
 
     #[test]

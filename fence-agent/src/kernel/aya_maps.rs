@@ -1,6 +1,6 @@
 //! [`PolicyMaps`] over the maps of a loaded eBPF object.
 
-use std::{collections::BTreeMap, thread, time::Duration};
+use std::collections::BTreeMap;
 
 use aya::{
     Ebpf,
@@ -163,7 +163,8 @@ impl PolicyMaps for AyaPolicyMaps {
             | Map::Events
             | Map::Counters
             | Map::IdentityCache
-            | Map::AgentTasks => Ok(()),
+            | Map::AgentTasks
+            | Map::Reporter => Ok(()),
         }
     }
 
@@ -226,7 +227,8 @@ impl PolicyMaps for AyaPolicyMaps {
             | Map::Events
             | Map::Counters
             | Map::IdentityCache
-            | Map::AgentTasks => Vec::new(),
+            | Map::AgentTasks
+            | Map::Reporter => Vec::new(),
         })
     }
 
@@ -248,10 +250,7 @@ impl PolicyMaps for AyaPolicyMaps {
     /// programs run inside RCU read-side sections). A short sleep covers kernels where the
     /// command is unavailable.
     fn grace_period(&self) {
-        const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
-        // SAFETY: membarrier takes no pointers; an error only means we rely on the sleep.
-        let _ = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
-        thread::sleep(Duration::from_millis(5));
+        super::grace_period();
     }
 }
 

@@ -7,7 +7,12 @@
 //! the cgroups whose subtrees hold fenced identities, so that processes elsewhere never run
 //! them. The policy service moves the attach points with the policy (see [`Attacher`]).
 
-use std::{collections::BTreeMap, fs::File, os::fd::AsFd as _, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -121,18 +126,52 @@ pub struct Loader {
     lsm_refusal: Option<String>,
 }
 
+/// Who reports the events of a loaded object's programs (see `fence_common::Map::Reporter`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reporting {
+    /// The run's token (`fence_common::globals::RUN`); 0: its programs never report (a probe).
+    pub token: u64,
+    /// Where the reporter map shared by every run is pinned (persistence on): reused if it
+    /// is there, created and pinned there if not. `None`: the object's own map.
+    pub shared: Option<PathBuf>,
+}
+
+/// The reporter map: which run's programs report events (see `fence_common::Map::Reporter`).
+pub struct Reporter {
+    map: Array<MapData, u64>,
+    /// This run's token.
+    token: u64,
+}
+
+impl Reporter {
+    /// The token of the run whose programs report now (0: none).
+    pub fn current(&self) -> Result<u64, MapsError> {
+        self.map.get(&0, 0).map_err(|source| MapsError::Map { map: Map::Reporter.name(), source })
+    }
+
+    /// Makes this run's programs the ones that report, and every other run's stop (one map
+    /// write: a program reads the old value or the new one).
+    pub fn claim(&mut self) -> Result<(), MapsError> {
+        self.map.set(0, &self.token, 0).map_err(|source| MapsError::Map { map: Map::Reporter.name(), source })
+    }
+}
+
 impl Loader {
     /// Loads the object (no program yet). `offsets` (from BTF) are needed by every program
     /// that reads kernel structures; without them only the cgroup programs can load.
-    pub fn open(offsets: Option<KernelOffsets>) -> Result<Loader, LoadError> {
+    pub fn open(offsets: Option<KernelOffsets>, reporting: &Reporting) -> Result<Loader, LoadError> {
         let object = ebpf_object::bytes();
         if object.is_empty() {
             return Err(LoadError::NoObject);
         }
         raise_memlock_limit();
         let global = offsets.unwrap_or_default();
-        let bpf =
-            EbpfLoader::new().override_global(globals::OFFSETS, &global, true).load(object).map_err(LoadError::Load)?;
+        let mut ebpf = EbpfLoader::new();
+        ebpf.override_global(globals::OFFSETS, &global, true).override_global(globals::RUN, &reporting.token, true);
+        if let Some(pin) = &reporting.shared {
+            ebpf.map_pin_path(Map::Reporter.name(), pin.as_path());
+        }
+        let bpf = ebpf.load(object).map_err(LoadError::Load)?;
         let btf = match offsets {
             None => Err("/sys/kernel/btf/vmlinux is missing or unreadable".to_owned()),
             Some(_) => aya::Btf::from_sys_fs().map_err(|e| e.to_string()),
@@ -254,6 +293,14 @@ impl Loader {
         tasks.insert(&tgid, &1u32, 0).map_err(err)
     }
 
+    /// Hands over the reporter map (which run's programs report events), for `token`'s run.
+    pub fn take_reporter(&mut self, token: u64) -> Result<Reporter, MapsError> {
+        let name = Map::Reporter.name();
+        let map = self.bpf.take_map(name).ok_or(MapsError::Missing(name))?;
+        let map = Array::try_from(map).map_err(|source| MapsError::Map { map: name, source })?;
+        Ok(Reporter { map, token })
+    }
+
     /// Sets the kernel's event rate limit.
     pub fn set_event_limit(&mut self, limit: EventLimit) -> Result<(), MapsError> {
         let map = Map::EventLimit;
@@ -265,7 +312,7 @@ impl Loader {
 
     /// Hands the event ring buffer to the event writer, pinning it at `pin` first (so that a
     /// later agent can read what the programs record after this one exits).
-    pub fn take_events(&mut self, pin: Option<&std::path::Path>) -> Result<RingBuf<MapData>, MapsError> {
+    pub fn take_events(&mut self, pin: Option<&Path>) -> Result<RingBuf<MapData>, MapsError> {
         let name = Map::Events.name();
         let map = self.bpf.take_map(name).ok_or(MapsError::Missing(name))?;
         if let Some(path) = pin
@@ -276,11 +323,20 @@ impl Loader {
         RingBuf::try_from(map).map_err(|source| MapsError::Map { map: name, source })
     }
 
-    /// Hands the rate limiter's state and the counters to the event writer (for summaries).
-    pub fn take_event_stats(&mut self) -> Result<KernelStats, MapsError> {
+    /// Hands the rate limiter's state and the counters to the event writer (for summaries),
+    /// pinning them at `pins` first (counters, rate), so that a later agent can report what
+    /// this run's programs lost or suppressed after this agent's last summary.
+    pub fn take_event_stats(&mut self, pins: Option<(&Path, &Path)>) -> Result<KernelStats, MapsError> {
         let take = |bpf: &mut Ebpf, map: Map| bpf.take_map(map.name()).ok_or(MapsError::Missing(map.name()));
         let rate = take(&mut self.bpf, Map::EventRate)?;
         let counters = take(&mut self.bpf, Map::Counters)?;
+        if let Some((counters_pin, rate_pin)) = pins {
+            for (map, path) in [(&counters, counters_pin), (&rate, rate_pin)] {
+                if let Err(e) = map.pin(path) {
+                    tracing::warn!(error = %e, path = %path.display(), "pinning an event counter map failed; what is lost while no agent runs is not reported");
+                }
+            }
+        }
         Ok(KernelStats {
             rate: aya::maps::HashMap::try_from(rate)
                 .map_err(|source| MapsError::Map { map: Map::EventRate.name(), source })?,

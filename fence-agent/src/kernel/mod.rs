@@ -60,3 +60,13 @@ pub trait PolicyMaps: Send {
     /// Waits until every program that may have read the previous active state has finished.
     fn grace_period(&self) {}
 }
+
+/// Waits until every program running now has finished: an RCU grace period (the kernel runs
+/// fence's programs, none of them sleepable, inside RCU read-side sections), so that a
+/// program that read a map value before a write no longer acts on it.
+pub fn grace_period() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes no pointers; an error only means we rely on the sleep.
+    let _ = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    std::thread::sleep(std::time::Duration::from_millis(5));
+}
