@@ -196,6 +196,15 @@ impl Mechanism {
                 | Mechanism::LsmPtrace
                 | Mechanism::LsmTaskKill
                 | Mechanism::LsmBpf
+                | Mechanism::LsmSocketCreate
+                | Mechanism::LsmFileIoctl
+                | Mechanism::LsmFileFcntl
+                | Mechanism::LsmFileSendSigiotask
+                | Mechanism::LsmInodeUnlink
+                | Mechanism::LsmInodeRmdir
+                | Mechanism::LsmInodeRename
+                | Mechanism::LsmInodeLink
+                | Mechanism::LsmPathTruncate
         )
     }
 }

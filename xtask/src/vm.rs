@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// Whole-run limit for the guest (TCG is slow, but a hang must end).
-const VM_TIMEOUT: Duration = Duration::from_secs(25 * 60);
+const VM_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
