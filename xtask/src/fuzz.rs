@@ -167,31 +167,93 @@ fn run_target(bins: &Path, target: &'static str, runs: u64, scratch: &Path, work
         .with_context(|| format!("starting {}", bin.display()))?;
     let seconds = started.elapsed().as_secs_f64();
     let text = fs::read_to_string(&log_path).unwrap_or_default();
-    let done = text.lines().rev().find_map(|l| {
+    let (runs, failure) = judge(&text, status.success());
+    let failure = failure.map(|f| {
+        let input = artifact(&text).unwrap_or_else(|| format!("none written (see {})", artifacts.display()));
+        format!("{f} ({status}); input: {input}; log: {}", log_path.display())
+    });
+    Ok(Outcome { target, runs, seconds, failure })
+}
+
+/// From a libFuzzer log: the runs done, and what went wrong (`None` when the run exited
+/// successfully and reported its runs done). A Rust panic is named by its message, anything
+/// else by libFuzzer's or the sanitizer's `ERROR:` line (deadly signal, timeout, out-of-memory,
+/// malloc limit, leak, heap-buffer-overflow, ...).
+fn judge(log: &str, exited_ok: bool) -> (u64, Option<String>) {
+    let done = log.lines().rev().find_map(|l| {
         l.strip_prefix("Done ").and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse::<u64>().ok())
     });
-    let executed = text
+    let executed = log
         .lines()
         .rev()
         .find_map(|l| l.strip_prefix("stat::number_of_executed_units:").and_then(|n| n.trim().parse::<u64>().ok()));
-    let runs_done = done.or(executed).unwrap_or(0);
-    let failure = if status.success() && done.is_some() {
-        None
-    } else {
-        let kind = text
-            .lines()
-            .find_map(|l| {
-                let l = l.trim();
-                (l.starts_with("==") && l.contains("ERROR:")).then(|| l.split_once("ERROR: ").map_or(l, |(_, r)| r))
-            })
-            .or_else(|| text.lines().find(|l| l.contains("panicked at")).map(str::trim))
-            .unwrap_or("the fuzzer stopped")
-            .to_owned();
-        let artifact = text
-            .lines()
-            .find_map(|l| l.split_once("Test unit written to ").map(|(_, p)| p.trim().to_owned()))
-            .unwrap_or_else(|| format!("none written; see {}", artifacts.display()));
-        Some(format!("{kind} ({status}); input: {artifact}; log: {}", log_path.display()))
+    let runs = done.or(executed).unwrap_or(0);
+    if exited_ok && done.is_some() {
+        return (runs, None);
+    }
+    let lines: Vec<&str> = log.lines().collect();
+    let panic = lines.iter().position(|l| l.contains("panicked at")).map(|i| {
+        let message = lines.get(i + 1).map(|m| m.trim()).filter(|m| !m.is_empty() && !m.starts_with("note:"));
+        match message {
+            Some(m) => format!("{} {m}", lines[i].trim()),
+            None => lines[i].trim().to_owned(),
+        }
+    });
+    let error = lines.iter().find_map(|l| {
+        l.split_once("ERROR: ").filter(|(head, _)| head.starts_with("==")).map(|(_, r)| r.trim().to_owned())
+    });
+    let what = match (panic, error) {
+        (Some(p), _) => p,
+        (None, Some(e)) => e,
+        (None, None) => "the fuzzer stopped without reporting its runs".to_owned(),
     };
-    Ok(Outcome { target, runs: runs_done, seconds, failure })
+    (runs, Some(what))
+}
+
+/// Where libFuzzer wrote the input that failed.
+fn artifact(log: &str) -> Option<String> {
+    log.lines().find_map(|l| l.split_once("Test unit written to ").map(|(_, p)| p.trim().to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clean_run_reports_its_runs() {
+        let log = "INFO: Seed: 1\n#1000000\tDONE   cov: 10 ft: 20 corp: 3/4b\nDone 1000000 runs in 96 second(s)\n\
+                   stat::number_of_executed_units: 1000000\nstat::peak_rss_mb: 415\n";
+        assert_eq!(judge(log, true), (1_000_000, None));
+        // A success exit without the closing line is not trusted.
+        assert!(judge("INFO: Seed: 1\n", true).1.is_some());
+    }
+
+    #[test]
+    fn a_panic_is_named_by_its_message_and_its_input_found() {
+        let log = "#4096\tpulse  cov: 1\n\
+            thread '<unnamed>' panicked at fence-agent/src/policy/glob.rs:80:9:\n\
+            index out of bounds: the len is 3 but the index is 3\n\
+            note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n\
+            ==4242== ERROR: libFuzzer: deadly signal\n\
+            MS: 2 ChangeBit-InsertByte-; base unit: 0\n\
+            artifact_prefix='/t/fuzz/artifacts/glob/'; Test unit written to /t/fuzz/artifacts/glob/crash-0a1b\n\
+            stat::number_of_executed_units: 4100\n";
+        let (runs, failure) = judge(log, false);
+        assert_eq!(runs, 4100);
+        let failure = failure.unwrap();
+        assert!(failure.contains("glob.rs:80:9") && failure.contains("index out of bounds"), "{failure}");
+        assert_eq!(artifact(log).as_deref(), Some("/t/fuzz/artifacts/glob/crash-0a1b"));
+    }
+
+    #[test]
+    fn hangs_and_allocations_are_failures() {
+        let timeout = "==77== ERROR: libFuzzer: timeout after 10 seconds\n\
+                       artifact_prefix='/a/'; Test unit written to /a/timeout-ff\n";
+        assert_eq!(judge(timeout, false).1.as_deref(), Some("libFuzzer: timeout after 10 seconds"));
+        let malloc = "==78== ERROR: libFuzzer: out-of-memory (malloc(1073741824))\n";
+        assert_eq!(judge(malloc, false).1.as_deref(), Some("libFuzzer: out-of-memory (malloc(1073741824))"));
+        let rss = "==79== ERROR: libFuzzer: out-of-memory (used: 2100Mb; exceeds: 2048Mb)\n";
+        assert!(judge(rss, false).1.unwrap().contains("exceeds: 2048Mb"));
+        assert!(judge("Segmentation fault\n", false).1.is_some());
+    }
 }
