@@ -168,9 +168,11 @@ fn run_target(bins: &Path, target: &'static str, runs: u64, scratch: &Path, work
     let seconds = started.elapsed().as_secs_f64();
     let text = fs::read_to_string(&log_path).unwrap_or_default();
     let (runs, failure) = judge(&text, status.success());
-    let failure = failure.map(|f| {
-        let input = artifact(&text).unwrap_or_else(|| format!("none written (see {})", artifacts.display()));
-        format!("{f} ({status}); input: {input}; log: {}", log_path.display())
+    let failure = failure.map(|f| match artifact(&text) {
+        Some(input) => {
+            format!("{f} ({status}); input: {input}; log: {}; reproduce: {} {input}", log_path.display(), bin.display())
+        }
+        None => format!("{f} ({status}); no input written (see {}); log: {}", artifacts.display(), log_path.display()),
     });
     Ok(Outcome { target, runs, seconds, failure })
 }
