@@ -157,6 +157,10 @@ fn run_target(bins: &Path, target: &'static str, runs: u64, scratch: &Path, work
         // The artefact prefix is a path prefix: it must end in `/` to be a directory.
         .arg(format!("-artifact_prefix={}/", artifacts.display()))
         .arg("-print_final_stats=1")
+        // No leak checks: LeakSanitizer stops the process with ptrace, which may be refused in
+        // a sandbox (it then warns that it "may hang"); leaks are not what these runs look for.
+        .arg("-detect_leaks=0")
+        .env("ASAN_OPTIONS", "detect_leaks=0")
         // The first corpus directory is the one libFuzzer writes new inputs to.
         .arg(scratch)
         .arg(&seeds)
