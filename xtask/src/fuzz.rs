@@ -74,7 +74,7 @@ pub fn fuzz(runs: u64, target: Option<&str>) -> Result<ExitCode> {
     for t in targets {
         step(format!("fuzzing {t} for {runs} runs"));
         let scratch = work.join("corpus").join(t);
-        let outcome = run_target(&bins, t, runs, &scratch, &work)?;
+        let outcome = run_target(&bins, t, runs, &scratch, &work.join("logs"))?;
         println!("{}", outcome.line());
         outcomes.push(outcome);
     }
@@ -95,7 +95,7 @@ pub fn short_runs(filter: Option<&str>) -> Result<Vec<Outcome>> {
     for &t in TARGETS.iter().filter(|t| filter.is_none_or(|f| t.contains(f))) {
         let scratch = work.join("test-corpus").join(t);
         let _ = fs::remove_dir_all(&scratch);
-        let outcome = run_target(&bins, t, SHORT_RUNS, &scratch, &work)?;
+        let outcome = run_target(&bins, t, SHORT_RUNS, &scratch, &work.join("test-logs"))?;
         println!("{}", outcome.line());
         outcomes.push(outcome);
     }
@@ -136,14 +136,14 @@ fn host_triple() -> &'static str {
 }
 
 /// Runs one target for `runs` runs. `scratch` (created if missing) takes the inputs the run
-/// finds; the committed corpus is only read. A failure is an [`Outcome`] with `failure` set;
-/// `Err` means the target could not be run at all.
-fn run_target(bins: &Path, target: &'static str, runs: u64, scratch: &Path, work: &Path) -> Result<Outcome> {
+/// finds; the committed corpus is only read. libFuzzer's output goes to `logs/TARGET.log`, the
+/// input of a failure to `target/fuzz/artifacts/TARGET/`. A failure is an [`Outcome`]
+/// with `failure` set; `Err` means the target could not be run at all.
+fn run_target(bins: &Path, target: &'static str, runs: u64, scratch: &Path, logs: &Path) -> Result<Outcome> {
     let bin = bins.join(target);
     let seeds = fuzz_dir().join("corpus").join(target);
-    let artifacts = work.join("artifacts").join(target);
-    let logs = work.join("logs");
-    for d in [scratch, &artifacts, &logs] {
+    let artifacts = target_dir()?.join("fuzz").join("artifacts").join(target);
+    for d in [scratch, &artifacts, logs] {
         fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
     let log_path = logs.join(format!("{target}.log"));
