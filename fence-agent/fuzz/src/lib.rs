@@ -88,10 +88,10 @@ impl HostView for FixedHost {
         Timestamp::from_nanosecond(1_800_000_000_000_000_000 + i128::from(boot_ns)).unwrap_or(Timestamp::UNIX_EPOCH)
     }
     fn executable(&self, tgid: u32) -> Option<String> {
-        (tgid % 2 == 0).then(|| "/usr/bin/curl".to_owned())
+        tgid.is_multiple_of(2).then(|| "/usr/bin/curl".to_owned())
     }
     fn cgroup_path(&self, tgid: u32) -> Option<String> {
-        (tgid % 3 == 0).then(|| "/system.slice/ci.service".to_owned())
+        tgid.is_multiple_of(3).then(|| "/system.slice/ci.service".to_owned())
     }
 }
 
