@@ -3,6 +3,7 @@
 //! and new policy versions. Kept apart from denial events, in its own append-only file.
 
 use std::{
+    collections::{HashMap, HashSet},
     fs::{self, File, OpenOptions},
     io::{self, Write as _},
     os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
@@ -112,26 +113,29 @@ pub fn changes(
     now: Timestamp,
 ) -> Vec<AuditRecord> {
     let mut out = Vec::new();
-    let find = |set: Option<&PolicySet>, name: &str| -> Option<Identity> {
-        set.and_then(|s| s.identities.iter().find(|i| i.name == name).cloned())
-    };
+    // By name, so that large sets are compared in linear time (names are unique in a set).
+    let mut old_by_name: HashMap<&str, &Identity> = HashMap::new();
+    for i in old.iter().flat_map(|s| &s.identities) {
+        old_by_name.entry(i.name.as_str()).or_insert(i);
+    }
+    let new_names: HashSet<&str> = new.identities.iter().map(|i| i.name.as_str()).collect();
     for identity in &new.identities {
-        let before = find(old, &identity.name);
+        let before = old_by_name.get(identity.name.as_str()).copied();
         let push = |out: &mut Vec<AuditRecord>, action, category| {
-            out.push(record(action, category, before.as_ref(), Some(identity), identity, trigger, host, now));
+            out.push(record(action, category, before, Some(identity), identity, trigger, host, now));
         };
-        match &before {
+        match before {
             None => push(&mut out, "identity-created", "creation"),
             Some(b) if b.version != identity.version => push(&mut out, "identity-changed", "change"),
             Some(_) => {}
         }
-        if identity.expired && !before.as_ref().is_some_and(|b| b.expired) {
+        if identity.expired && !before.is_some_and(|b| b.expired) {
             push(&mut out, "identity-expired", "change");
         }
     }
     if let Some(old) = old {
         for before in &old.identities {
-            if !new.identities.iter().any(|i| i.name == before.name) {
+            if !new_names.contains(before.name.as_str()) {
                 out.push(record("identity-removed", "deletion", Some(before), None, before, trigger, host, now));
             }
         }

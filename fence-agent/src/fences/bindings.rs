@@ -97,10 +97,14 @@ pub fn attach_points(
             points.insert(p);
         }
     }
-    let below = |p: &str, q: &str| p != q && (q == "/" || p.starts_with(&format!("{q}/")));
-    let all: Vec<String> = points.iter().cloned().collect();
-    points.retain(|p| !all.iter().any(|q| below(p, q)));
-    points
+    // A point goes when another point is "/" or a path ending just before one of its '/':
+    // its own slashes name every candidate, so each point costs its length, not the number
+    // of points.
+    let below_another = |p: &str| {
+        (p != "/" && points.contains("/"))
+            || p.match_indices('/').any(|(i, _)| p.get(..i).is_some_and(|q| points.contains(q)))
+    };
+    points.iter().filter(|p| !below_another(p)).cloned().collect()
 }
 
 #[cfg(test)]
@@ -134,5 +138,23 @@ mod tests {
         e.cgroups = vec![bound("/top.service", SelectorKind::Unit("top.service".into()))];
         let points = attach_points(&set(vec![e]), |_| true);
         assert_eq!(points.into_iter().collect::<Vec<_>>(), ["/"]);
+    }
+
+    #[test]
+    fn attach_points_drop_exactly_the_paths_below_another() {
+        // The pairwise rule attach_points implemented before (quadratic in the points).
+        let below = |p: &str, q: &str| p != q && (q == "/" || p.starts_with(&format!("{q}/")));
+        let paths = ["", "/", "//", "/a", "/a/b", "/a/b/c", "/ab", "/ab/c", "/b", "/b/a", "/a//b", "/a/", "/c/a/b", "/c/a"];
+        // Every subset of the paths, as the bound cgroups of one identity.
+        for mask in 0u32..1 << paths.len() {
+            let chosen: Vec<&str> = (0..paths.len()).filter(|i| mask & (1 << i) != 0).map(|i| paths[i]).collect();
+            let mut a = identity("a", vec![]);
+            a.cgroups = chosen.iter().map(|p| bound(p, SelectorKind::Cgroup)).collect();
+            let got: Vec<String> = attach_points(&set(vec![a]), |_| true).into_iter().collect();
+            let all: std::collections::BTreeSet<&str> = chosen.iter().copied().collect();
+            let expected: Vec<String> =
+                all.iter().filter(|p| !all.iter().any(|q| below(p, q))).map(|p| p.to_string()).collect();
+            assert_eq!(got, expected, "{chosen:?}");
+        }
     }
 }
