@@ -194,14 +194,24 @@ fn child_cgroup_made_by_fenced_process() {
 fn expires_while_running() {
     let allowed = tcp4();
     let cg = TestCgroup::new("expiring");
-    let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3 * i64::from(slow_factor()));
-    let extra = format!("    expires: {expires}\n");
-    let agent = Agent::start(
-        "expiring",
-        &policy(&[identity("short-lived", &format!("      - cgroup: {}\n", cg.rel), &extra, port(&allowed))]),
-    );
+    let policy_expiring = |secs: i64| {
+        let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(secs);
+        policy(&[identity("short-lived", &format!("      - cgroup: {}\n", cg.rel), &format!("    expires: {expires}\n"), port(&allowed))])
+    };
+    // The agent starts with an expiry far away (its start takes as long as the machine makes
+    // it); the short one comes by reload, which is quick, so "before expiry" is before it.
+    let agent = Agent::start("expiring", &policy_expiring(3600));
+    let window = 5 * i64::from(slow_factor());
+    fs::write(&agent.policy, policy_expiring(window)).expect("writing the policy");
+    let reloaded = std::time::Instant::now();
+    agent.reload();
     let to = format!("127.0.0.1:{}", port(&allowed));
-    helper::run(Some(&cg), &["tcp-connect", &to]).assert_ok("before expiry");
+    let before = helper::run(Some(&cg), &["tcp-connect", &to]);
+    assert!(
+        before.ok() || reloaded.elapsed() >= Duration::from_secs(window as u64),
+        "before expiry: expected success, got {}",
+        before.raw
+    );
     let denied = wait_for(Duration::from_secs(20 * u64::from(slow_factor())), || {
         let o = helper::run(Some(&cg), &["tcp-connect", &to]);
         (o.errno == Some(libc::EPERM)).then_some(o)
