@@ -185,7 +185,8 @@ pub fn category(operation: Operation) -> &'static str {
         | Operation::Socket
         | Operation::UnixConnect
         | Operation::UnixSend
-        | Operation::Packet => "network",
+        | Operation::Packet
+        | Operation::DnsQuery => "network",
         Operation::Open | Operation::Unlink | Operation::Rename | Operation::Link | Operation::Truncate => "file",
         Operation::Exec | Operation::Ptrace | Operation::Signal | Operation::Ioctl | Operation::SetOwner => "process",
         Operation::CgroupMigrate | Operation::CloneIntoCgroup | Operation::Bpf | Operation::SysctlWrite => {

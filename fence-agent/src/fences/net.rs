@@ -144,14 +144,14 @@ fn entry(identity: &Identity, id: u32, prefix: &IpNet, merged: &[PortRule]) -> R
 /// The ports allowed to a prefix, per protocol: sorted, disjoint, non-adjacent ranges (the
 /// one way of writing a set of ports as ranges).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Ports {
+pub struct Ports {
     tcp: Vec<(u16, u16)>,
     udp: Vec<(u16, u16)>,
 }
 
 impl Ports {
     /// The ports of `inherited` and of the `(lo, hi, PROTO_* bits)` ranges of `own`.
-    fn of(inherited: Option<&Ports>, own: &[(u16, u16, u8)]) -> Ports {
+    pub fn of(inherited: Option<&Ports>, own: &[(u16, u16, u8)]) -> Ports {
         let per_protocol = |bit: u8, inherited: &[(u16, u16)]| {
             let ranges = own.iter().filter(|c| c.2 & bit != 0).map(|&(lo, hi, _)| (lo, hi));
             normalize(inherited.iter().copied().chain(ranges).collect())
@@ -163,7 +163,7 @@ impl Ports {
 
     /// The kernel's port rules: TCP ranges first (joined with an identical UDP range into one
     /// rule), then the UDP ranges that have no TCP twin.
-    fn rules(&self) -> Vec<PortRule> {
+    pub fn rules(&self) -> Vec<PortRule> {
         let rule = |(lo, hi): (u16, u16), protocols| PortRule { lo, hi, protocols, _pad: [0; 3] };
         // Both lists are sorted and disjoint, so a binary search finds a twin.
         let twin = |list: &[(u16, u16)], range: &(u16, u16)| list.binary_search(range).is_ok();

@@ -293,6 +293,11 @@ impl Loader {
         tasks.insert(&tgid, &1u32, 0).map_err(err)
     }
 
+    /// Hands over the maps of egress by name (resolvers, learned addresses).
+    pub fn take_dns_maps(&mut self) -> Result<super::dns_maps::AyaDnsMaps, MapsError> {
+        super::dns_maps::AyaDnsMaps::take(|name| self.bpf.take_map(name))
+    }
+
     /// Hands over the reporter map (which run's programs report events), for `token`'s run.
     pub fn take_reporter(&mut self, token: u64) -> Result<Reporter, MapsError> {
         let name = Map::Reporter.name();

@@ -13,6 +13,7 @@
 //!   event writer, and keeps only the programs.
 
 mod aya_maps;
+pub mod dns_maps;
 mod entries;
 #[cfg(test)]
 pub mod fake;
