@@ -33,7 +33,22 @@ pub struct Record {
     /// The program, file or socket acted on (ECS `file.*`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileFields>,
+    /// The question of a DNS query event (ECS `dns.*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Dns>,
     pub fence: Fence,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Dns {
+    pub question: Question,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Question {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub question_type: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
