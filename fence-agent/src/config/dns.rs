@@ -126,9 +126,10 @@ impl TryFrom<DnsSection> for DnsConfig {
                 s.ttl_floor, s.ttl_cap
             ));
         }
-        for (field, n) in
-            [("max_addresses_per_name", s.max_addresses_per_name), ("max_addresses_per_identity", s.max_addresses_per_identity)]
-        {
+        for (field, n) in [
+            ("max_addresses_per_name", s.max_addresses_per_name),
+            ("max_addresses_per_identity", s.max_addresses_per_identity),
+        ] {
             if !(1..=65_536).contains(&n) {
                 return Err(format!("dns.{field}: must be between 1 and 65536 (got {n})"));
             }

@@ -35,14 +35,16 @@ fn load(ctx: &mut LoadContext<'_>) -> Availability {
     if !ctx.earlier(super::net::UNIT.name).is_some_and(Availability::enforced) {
         return Availability::Unavailable("the egress programs, which steer DNS, are not loaded".into());
     }
-    let loaded = PROGRAMS.iter().try_for_each(|&(program, hook, attach)| ctx.loader.load_sock_addr(program, hook, attach));
+    let loaded =
+        PROGRAMS.iter().try_for_each(|&(program, hook, attach)| ctx.loader.load_sock_addr(program, hook, attach));
     match loaded {
         Ok(()) => Availability::CgroupHooks,
         Err(e) => Availability::Unavailable(e.to_string()),
     }
 }
 
-const MECHANISM: &str = "cgroup/connect4+connect6+sendmsg4+sendmsg6 (steering)+recvmsg4+recvmsg6+getpeername4+getpeername6";
+const MECHANISM: &str =
+    "cgroup/connect4+connect6+sendmsg4+sendmsg6 (steering)+recvmsg4+recvmsg6+getpeername4+getpeername6";
 
 fn report(a: &Availability, _: &ReportContext<'_>) -> FenceReport {
     match a {

@@ -459,4 +459,3 @@ mod tests {
         assert_eq!((e.addr, e.prefix_len, e.rules.count), ([127, 0, 0, 0], 32, 5));
     }
 }
-

@@ -206,13 +206,8 @@ impl Learned {
     /// [`EARLIER_RUN`], with their ports and expiry, until they expire or the identity goes.
     pub fn adopt(&mut self, entries: Vec<(u32, IpAddr, LearnedRules)>) {
         for (identity, addr, value) in entries {
-            let ranges: Vec<Range> = value
-                .rules
-                .rules
-                .iter()
-                .take(value.rules.count as usize)
-                .map(|r| (r.lo, r.hi, r.protocols))
-                .collect();
+            let ranges: Vec<Range> =
+                value.rules.rules.iter().take(value.rules.count as usize).map(|r| (r.lo, r.hi, r.protocols)).collect();
             let table = self.identities.entry(identity).or_default();
             let entry = table.names.entry(format!("{EARLIER_RUN} {addr}")).or_default();
             entry.ranges = ranges;
@@ -287,7 +282,12 @@ mod tests {
     #[test]
     fn a_learned_address_carries_its_names_ports_and_expiry() {
         let mut l = Learned::default();
-        let w = l.learn(1, "api.example.com", &[(443, 443, PROTO_TCP)], &[(ip("192.0.2.1"), 100), (ip("2001:db8::1"), 100)]);
+        let w = l.learn(
+            1,
+            "api.example.com",
+            &[(443, 443, PROTO_TCP)],
+            &[(ip("192.0.2.1"), 100), (ip("2001:db8::1"), 100)],
+        );
         assert_eq!(w.len(), 2);
         assert_eq!(put(&w[0]), (1, ip("192.0.2.1"), 100, vec![(443, 443, PROTO_TCP)]));
     }

@@ -12,6 +12,7 @@
 //! handler, the inotify watcher and the control socket.
 
 pub mod apply;
+pub mod dns_peer;
 pub mod learned;
 mod messages;
 mod queries;
