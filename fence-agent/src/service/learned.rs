@@ -15,7 +15,7 @@ use std::{
 
 use fence_common::{LearnedRules, MAX_PORT_RULES, NetRules, PortRule};
 
-use crate::fences::net::Ports;
+use crate::policy::net::Ports;
 
 /// A port range of a rule: (first port, last port, `PROTO_*` bits).
 pub type Range = (u16, u16, u8);
