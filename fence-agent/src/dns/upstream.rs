@@ -53,6 +53,12 @@ impl Upstreams {
         Ok(Self { servers })
     }
 
+    /// No server at all: every allowed question gets SERVFAIL (the host has no resolver; DNS
+    /// of fenced identities fails closed rather than going around fence).
+    pub fn none() -> Self {
+        Self { servers: Vec::new() }
+    }
+
     /// A configured list (`[dns] upstream`): `192.0.2.1`, `192.0.2.1:5353`, `2001:db8::1`,
     /// `[2001:db8::1]:5353`, `fe80::1%eth0`, `[fe80::1%2]:53`; port 53 when none is given.
     pub fn parse_list<S: AsRef<str>>(items: &[S]) -> Result<Self, UpstreamError> {
