@@ -5,7 +5,7 @@
 
 use std::{
     fs,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
@@ -88,19 +88,32 @@ fn process(tgid: u32, cgroup: &Path) -> Option<PeerProcess> {
     })
 }
 
-/// The inode of the socket whose local address is `peer`.
+/// The inode of the socket whose local address is `peer`: bound to that address, or to the
+/// wildcard address on its port (an unbound client socket sends from 0.0.0.0 or ::), in the
+/// table of its family or, for IPv4, of IPv6 sockets (dual-stack).
 fn socket_inode(peer: SocketAddr, tcp: bool) -> Option<u64> {
-    let table = match (tcp, peer.ip()) {
-        (true, IpAddr::V4(_)) => "/proc/net/tcp",
-        (true, IpAddr::V6(_)) => "/proc/net/tcp6",
-        (false, IpAddr::V4(_)) => "/proc/net/udp",
-        (false, IpAddr::V6(_)) => "/proc/net/udp6",
+    let (v4, v6) = if tcp { ("/proc/net/tcp", "/proc/net/tcp6") } else { ("/proc/net/udp", "/proc/net/udp6") };
+    let port = peer.port();
+    let mut wanted = vec![hex_address(peer)];
+    let tables: Vec<&str> = match peer.ip() {
+        IpAddr::V4(a) => {
+            wanted.push(hex_address(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port)));
+            wanted.push(hex_address(SocketAddr::new(a.to_ipv6_mapped().into(), port)));
+            wanted.push(hex_address(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port)));
+            vec![v4, v6]
+        }
+        IpAddr::V6(_) => {
+            wanted.push(hex_address(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port)));
+            vec![v6]
+        }
     };
-    let text = fs::read_to_string(table).ok()?;
-    let want = hex_address(peer);
-    text.lines().skip(1).find_map(|line| {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        (cols.get(1)?.eq_ignore_ascii_case(&want)).then(|| cols.get(9)?.parse().ok()).flatten()
+    tables.into_iter().find_map(|table| {
+        let text = fs::read_to_string(table).ok()?;
+        text.lines().skip(1).find_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let local = cols.get(1)?;
+            wanted.iter().any(|w| local.eq_ignore_ascii_case(w)).then(|| cols.get(9)?.parse().ok()).flatten()
+        })
     })
 }
 
@@ -128,8 +141,9 @@ mod tests {
 
     #[test]
     fn finds_the_process_of_its_own_socket() {
-        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let addr = sock.local_addr().unwrap();
+        // Unbound, as a client's socket is: it sends from 0.0.0.0.
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let addr = SocketAddr::new("127.0.0.1".parse().unwrap(), sock.local_addr().unwrap().port());
         assert!(socket_inode(addr, false).is_some());
         let own = fs::read_to_string("/proc/self/cgroup").unwrap();
         let rel = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap().to_owned();
