@@ -137,11 +137,19 @@ pub(crate) fn udp_limit(q: &ClientQuery) -> usize {
     usize::from(q.edns.as_ref().map_or(MIN_UDP_PAYLOAD, |e| e.max_payload().max(MIN_UDP_PAYLOAD)))
 }
 
-/// `reply` cut to its header, question and OPT record, with TC set and the client's `id`: the
-/// client asks again over TCP.
+/// `reply` cut to its header and question, with TC set and the client's `id`, and an OPT record
+/// without options (buffer size, version and DO of the upstream's) if it had one: the client
+/// asks again over TCP.
 pub(crate) fn truncated(reply: &Message, id: u16) -> Option<Vec<u8>> {
     let mut t = reply.truncate();
     t.metadata.id = id;
+    if let Some(upstream) = &reply.edns {
+        let mut edns = Edns::new();
+        edns.set_max_payload(upstream.max_payload())
+            .set_version(upstream.version())
+            .set_dnssec_ok(upstream.flags().dnssec_ok);
+        t.set_edns(edns);
+    }
     t.to_vec().ok()
 }
 

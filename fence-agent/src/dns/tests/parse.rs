@@ -133,3 +133,27 @@ fn every_prefix_of_a_query_classifies_without_panic() {
         }
     }
 }
+
+#[test]
+fn truncated_answer_keeps_the_question_and_a_bare_opt() {
+    use hickory_proto::{
+        op::{Edns, OpCode, Query},
+        rr::{RecordType, rdata::opt::EdnsOption},
+    };
+    let mut reply = Message::response(77, OpCode::Query);
+    reply.add_query(Query::query(name("big.example.com."), RecordType::A));
+    for i in 0..100u8 {
+        reply.add_answer(a("big.example.com.", 60, &format!("192.0.2.{i}")));
+    }
+    let mut edns = Edns::new();
+    edns.set_max_payload(4096).set_dnssec_ok(true);
+    edns.options_mut().insert(EdnsOption::Unknown(65001, vec![0; 3000]));
+    reply.set_edns(edns);
+
+    let bytes = crate::dns::message::truncated(&reply, 9).expect("encodes");
+    assert!(bytes.len() <= 512, "{} bytes", bytes.len());
+    let t = Message::from_vec(&bytes).expect("parses");
+    assert!(t.truncation && t.answers.is_empty() && t.id == 9 && t.queries.len() == 1);
+    let opt = t.edns.expect("OPT kept");
+    assert!(opt.flags().dnssec_ok && opt.options().as_ref().is_empty());
+}
