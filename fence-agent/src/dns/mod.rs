@@ -69,6 +69,9 @@ mod upstream;
 
 #[cfg(test)]
 mod tests;
+/// A test authority (the upstream of the resolver's tests and of the integration tests).
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use std::{fmt, future::Future, net::SocketAddr, pin::Pin};
 

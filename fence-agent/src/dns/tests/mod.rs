@@ -1,7 +1,6 @@
 //! The resolver on real loopback sockets: a test authority as the upstream, the engine's
 //! listeners as the kernel would redirect to, a client built with hickory-proto.
 
-mod authority;
 mod parse;
 
 use std::{
@@ -20,7 +19,7 @@ use tokio::{
     time::timeout,
 };
 
-use self::authority::{Authority, Zone, a, aaaa, cname, name};
+use super::testing::{Authority, Zone, a, aaaa, cname, name};
 use super::{
     Decide, Decision, Engine, EngineConfig, Learn, LearnError, LearnFuture, Learned, Listeners, QueryEvent, Refusal,
     Report, Server, Transport, Upstreams, Verdict, serve,

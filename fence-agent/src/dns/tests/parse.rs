@@ -7,7 +7,7 @@ use std::{
 
 use hickory_proto::{op::Message, rr::Record};
 
-use super::authority::{a, aaaa, cname, name};
+use crate::dns::testing::{a, aaaa, cname, name};
 use crate::dns::{
     EngineConfig, UpstreamError, Upstreams,
     message::{Parsed, chain_addresses, normalize, parse_query},

@@ -1,5 +1,6 @@
 //! A test upstream: a small authority for a fixed zone on real loopback sockets (UDP and TCP on
-//! one port), built with hickory-proto. It follows CNAMEs inside its zone, as a recursive
+//! one port), built with hickory-proto. Compiled for tests only (the `testing` feature, which
+//! the integration tests turn on). It follows CNAMEs inside its zone, as a recursive
 //! resolver's answer would, and records every query it receives.
 
 use std::{
@@ -7,8 +8,8 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use hickory_proto::{
-    op::{Edns, Message, OpCode, ResponseCode},
+pub use hickory_proto::{
+    op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
     rr::{Name, RData, Record, RecordType},
 };
 use tokio::{
