@@ -195,6 +195,7 @@ pub(crate) mod tests {
         EgressRule {
             name: name.into(),
             nets: nets.iter().map(|n| net(n)).collect(),
+            names: Vec::new(),
             ports: ports.iter().map(|&(lo, hi)| PortRange { lo, hi }).collect(),
             protocols,
         }

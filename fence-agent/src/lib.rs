@@ -19,6 +19,7 @@ pub mod cmd;
 pub mod compile;
 pub mod config;
 pub mod control;
+pub mod dns;
 pub mod ebpf_object;
 pub mod events;
 pub mod fences;

@@ -62,6 +62,11 @@ enum Command {
     /// resolve to now, and the number of live processes in them.
     #[command(after_long_help = IDENTITIES_HELP)]
     Identities(cmd::identities::IdentitiesArgs),
+    /// Egress by name: the names each identity resolved and the addresses it may reach.
+    ///
+    /// Asks the running agent (root). One line per (identity, name, address) with the seconds
+    /// until the kernel refuses new connects to it; --json for the same as JSON.
+    Dns(cmd::dns::DnsArgs),
     /// Show denial events: the event file and its rotated files, filtered, readable or JSON.
     ///
     /// Reads the event file named by [events] file of the configuration (or --file) and its
@@ -196,6 +201,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => cmd::doctor::main(args),
         Command::Exec(args) => cmd::exec::main(args),
         Command::Identities(args) => cmd::identities::main(args),
+        Command::Dns(args) => cmd::dns::main(args),
         Command::Logs(args) => cmd::logs::main(args),
         Command::Uninstall(args) => cmd::uninstall::main(args),
         Command::Status(args) => cmd::status::main(args),

@@ -8,7 +8,7 @@
 //! programs enforce; for that instant both do, with the same policy.
 //!
 //! While both do, each decision is reported once: every run of one ABI shares the reporter
-//! map (pinned beside the runs, [`reporter_pin`]), which names the run whose programs report
+//! map (pinned beside the runs, [`SHARED_MAPS`]), which names the run whose programs report
 //! ([`fence_common::Map::Reporter`]). The new run takes the reporting over in one write, waits
 //! for the programs that read the old value, and only then writes out the earlier run's ring
 //! buffer and its counters (events lost, events suppressed), which no longer change.
@@ -72,9 +72,22 @@ pub fn name_of(run: &Path) -> String {
     run.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-/// The reporter map every run of this ABI shares, pinned in `pin_dir` beside the runs.
-pub fn reporter_pin(pin_dir: &Path) -> PathBuf {
-    pin_dir.join(format!("reporter-abi{}", fence_common::ABI_VERSION))
+/// The maps every run of this ABI shares, pinned in the pin directory beside the runs, with
+/// the name each pin starts with: the reporter (see above), and egress by name's resolvers,
+/// steered sockets and learned addresses, which outlive a restart or an upgrade (a learned
+/// address keeps its expiry; a socket steered by the earlier run still gets its replies
+/// rewritten).
+pub const SHARED_MAPS: [(fence_common::Map, &str); 5] = [
+    (fence_common::Map::Reporter, "reporter"),
+    (fence_common::Map::DnsResolvers, "dns-resolvers"),
+    (fence_common::Map::DnsSteered, "dns-steered"),
+    (fence_common::Map::Learned4, "learned4"),
+    (fence_common::Map::Learned6, "learned6"),
+];
+
+/// Where shared map `name` (of [`SHARED_MAPS`]) is pinned in `pin_dir`.
+pub fn shared_pin(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join(format!("{name}-abi{}", fence_common::ABI_VERSION))
 }
 
 /// The token of a run of this ABI, from its directory's name (`run-abi<N>-<token>`).
@@ -202,7 +215,8 @@ pub fn remove_run(run: &Path) -> Result<usize, PersistError> {
 pub fn remove_shared(pin_dir: &Path) -> Result<Vec<PathBuf>, PersistError> {
     let mut removed = Vec::new();
     for e in fs::read_dir(pin_dir).into_iter().flatten().flatten() {
-        let shared = e.file_name().to_string_lossy().starts_with("reporter-abi");
+        let file = e.file_name().to_string_lossy().into_owned();
+        let shared = SHARED_MAPS.iter().any(|(_, name)| file.starts_with(&format!("{name}-abi")));
         if shared && e.file_type().is_ok_and(|t| !t.is_dir()) {
             fs::remove_file(e.path()).map_err(|source| PersistError::Io { path: e.path(), source })?;
             removed.push(e.path());
@@ -225,7 +239,9 @@ mod tests {
         assert_eq!(token_of(Path::new("/sys/fs/bpf/fence/run-abi1-17")), None, "another layout");
         assert_eq!(token_of(&run("0")), None, "0 names no run");
         assert_eq!(token_of(&run("x")), None);
-        assert_eq!(token_of(&reporter_pin(Path::new("/sys/fs/bpf/fence"))), None);
+        for (_, name) in SHARED_MAPS {
+            assert_eq!(token_of(&shared_pin(Path::new("/sys/fs/bpf/fence"), name)), None);
+        }
     }
 
     #[test]

@@ -142,6 +142,8 @@ named_u8_enum! {
         Link = 19 => "link",
         /// truncate(2) of a file by path.
         Truncate = 20 => "truncate",
+        /// A DNS query (judged by the agent's resolver).
+        DnsQuery = 21 => "dns-query",
     }
 }
 
@@ -176,6 +178,8 @@ named_u8_enum! {
         LsmInodeLink = 25 => "lsm/inode_link",
         LsmCgroupInodePermission = 26 => "lsm_cgroup/inode_permission",
         LsmPathTruncate = 27 => "lsm/path_truncate",
+        /// Decided by the agent's DNS resolver for the identity.
+        Resolver = 28 => "fence/resolver",
     }
 }
 
@@ -250,6 +254,11 @@ named_u8_enum! {
         /// A file more directories below its file system's root than fence checks for
         /// protected trees above it.
         PathTooDeep = 17 => "path-too-deep",
+        /// DNS is steered to the agent, which has no resolver for the identity (not started,
+        /// or its sockets could not be opened): fail closed.
+        DnsUnavailable = 18 => "dns-unavailable",
+        /// The identity's policy allows no egress to the queried name.
+        NameNotAllowed = 19 => "name-not-allowed",
     }
 }
 

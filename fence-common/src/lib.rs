@@ -15,6 +15,7 @@
 //! whole old policy or the whole new one, never a mix.
 #![no_std]
 
+pub mod dns;
 pub mod events;
 pub mod maps;
 pub mod offsets;
@@ -24,13 +25,14 @@ pub mod programs;
 #[cfg(feature = "user")]
 mod pod;
 
+pub use dns::*;
 pub use events::*;
 pub use maps::{GENERATIONS, Map, MapKind, MapSpec};
 pub use offsets::{KernelOffsets, globals};
 pub use policy::*;
 
 /// Version of the layouts in this crate. The agent refuses pinned state of another version.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Deepest cgroup level (root = 0) at which the kernel looks for an identity binding.
 /// Identities bound deeper are rejected by validation.

@@ -85,12 +85,24 @@ pub enum Map {
     /// program that makes it, reporting run or not: it ends the hook's chain of programs, so
     /// no other program sees the operation ([`crate::Mechanism::refusal_ends_chain`]).
     Reporter,
+    /// `HashMap<u32, DnsResolver>`: identity -> where its DNS is steered; the key
+    /// [`crate::DNS_STEERING`] turns steering on. Shared by every run (pinned beside them).
+    DnsResolvers,
+    /// `LruHashMap<u64, DnsSteered>`: socket cookie -> the DNS server a steered socket named,
+    /// for replies and getpeername.
+    DnsSteered,
+    /// `HashMap<Learned4Key, LearnedRules>`: IPv4 addresses an identity resolved through an
+    /// allowed name, with the name's ports and an expiry the kernel checks. Shared by every
+    /// run.
+    Learned4,
+    /// `HashMap<Learned6Key, LearnedRules>`: as `Learned4`, IPv6.
+    Learned6,
 }
 
 impl Map {
     /// Every map the object defines; the policy maps among them in the order a generation is
     /// written (bindings last: an identity is only reachable once its rules are in place).
-    pub const ALL: [Map; 18] = [
+    pub const ALL: [Map; 22] = [
         Map::Active,
         Map::Identities,
         Map::Net4,
@@ -109,6 +121,10 @@ impl Map {
         Map::IdentityCache,
         Map::AgentTasks,
         Map::Reporter,
+        Map::DnsResolvers,
+        Map::DnsSteered,
+        Map::Learned4,
+        Map::Learned6,
     ];
 
     /// The policy maps (two generations), in [`Map::ALL`]'s order.
@@ -155,6 +171,10 @@ impl Map {
             Map::IdentityCache => other("FENCE_IDENTITY_CACHE", MapKind::LruHash, 65_536, "cached cgroup"),
             Map::AgentTasks => other("FENCE_AGENT_TASKS", MapKind::Hash, 64, "agent process"),
             Map::Reporter => other("FENCE_REPORTER", MapKind::Array, 1, "reporting run"),
+            Map::DnsResolvers => other("FENCE_DNS_RESOLVERS", MapKind::Hash, 8_192, "identity resolver"),
+            Map::DnsSteered => other("FENCE_DNS_STEERED", MapKind::LruHash, 65_536, "steered DNS socket"),
+            Map::Learned4 => other("FENCE_LEARNED4", MapKind::Hash, 65_536, "learned IPv4 address"),
+            Map::Learned6 => other("FENCE_LEARNED6", MapKind::Hash, 65_536, "learned IPv6 address"),
         }
     }
 
@@ -182,7 +202,7 @@ mod tests {
         assert!(Map::POLICY.iter().all(|m| m.spec().policy));
         assert_eq!(Map::ALL.iter().filter(|m| m.spec().policy).count(), Map::POLICY.len());
         assert_eq!(Map::POLICY.last(), Some(&Map::Cgroups));
-        let mut names: [&str; 18] = Map::ALL.map(Map::name);
+        let mut names: [&str; 22] = Map::ALL.map(Map::name);
         names.sort();
         assert!(names.windows(2).all(|w| w[0] != w[1]), "map names are unique");
     }

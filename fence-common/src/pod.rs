@@ -33,3 +33,18 @@ unsafe impl aya::Pod for EventLimit {}
 unsafe impl aya::Pod for RateKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for RateState {}
+
+// SAFETY: as above.
+unsafe impl aya::Pod for DnsResolver {}
+
+// SAFETY: as above.
+unsafe impl aya::Pod for DnsSteered {}
+
+// SAFETY: as above.
+unsafe impl aya::Pod for Learned4Key {}
+
+// SAFETY: as above.
+unsafe impl aya::Pod for Learned6Key {}
+
+// SAFETY: as above.
+unsafe impl aya::Pod for LearnedRules {}

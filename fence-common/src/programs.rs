@@ -5,6 +5,12 @@ pub const CONNECT6: &str = "fence_connect6";
 pub const SENDMSG4: &str = "fence_sendmsg4";
 pub const SENDMSG6: &str = "fence_sendmsg6";
 pub const SOCK_CREATE: &str = "fence_sock_create";
+/// cgroup/recvmsg4, recvmsg6, getpeername4, getpeername6: a socket whose DNS was steered to
+/// the agent sees the server it named.
+pub const RECVMSG4: &str = "fence_recvmsg4";
+pub const RECVMSG6: &str = "fence_recvmsg6";
+pub const GETPEERNAME4: &str = "fence_getpeername4";
+pub const GETPEERNAME6: &str = "fence_getpeername6";
 /// lsm/bprm_check_security: exec fence (EPERM).
 pub const LSM_EXEC: &str = "fence_lsm_bprm_check";
 /// tp_btf/sched_process_exec: exec fence fallback (SIGKILL).
@@ -59,6 +65,10 @@ pub const ALL: &[&str] = &[
     SENDMSG4,
     SENDMSG6,
     SOCK_CREATE,
+    RECVMSG4,
+    RECVMSG6,
+    GETPEERNAME4,
+    GETPEERNAME6,
     LSM_EXEC,
     TP_EXEC,
     LSM_FILE_OPEN,

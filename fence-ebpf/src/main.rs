@@ -10,6 +10,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod dns;
 mod escape;
 mod events;
 mod exec;

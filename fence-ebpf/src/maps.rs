@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use fence_common::{
-    AbstractKey, ActiveState, CacheKey, CgroupKey, EventLimit, IdentityInfo, IdentityKey, InodeKey, Map, Net4Key,
-    Net6Key, NetRules, RateKey, RateState, UnitKey,
+    AbstractKey, ActiveState, CacheKey, CgroupKey, DnsResolver, DnsSteered, EventLimit, IdentityInfo, IdentityKey,
+    InodeKey, Learned4Key, Learned6Key, LearnedRules, Map, Net4Key, Net6Key, NetRules, RateKey, RateState, UnitKey,
 };
 
 /// The live policy generation (index 0). Written by the agent after a complete policy has been
@@ -91,6 +91,22 @@ pub static FENCE_AGENT_TASKS: HashMap<u32, u32> = HashMap::with_max_entries(Map:
 /// shared by every run with persistence, so that one write moves the reporting.
 #[map]
 pub static FENCE_REPORTER: Array<u64> = Array::with_max_entries(Map::Reporter.capacity(), 0);
+
+/// identity -> where its DNS is steered; the key `DNS_STEERING` turns steering on.
+#[map]
+pub static FENCE_DNS_RESOLVERS: HashMap<u32, DnsResolver> = HashMap::with_max_entries(Map::DnsResolvers.capacity(), 0);
+
+/// socket cookie -> the DNS server a steered socket named (for replies and getpeername).
+#[map]
+pub static FENCE_DNS_STEERED: LruHashMap<u64, DnsSteered> = LruHashMap::with_max_entries(Map::DnsSteered.capacity(), 0);
+
+/// (identity, IPv4 address) learned from an allowed DNS answer -> ports and expiry.
+#[map]
+pub static FENCE_LEARNED4: HashMap<Learned4Key, LearnedRules> = HashMap::with_max_entries(Map::Learned4.capacity(), 0);
+
+/// (identity, IPv6 address) learned from an allowed DNS answer -> ports and expiry.
+#[map]
+pub static FENCE_LEARNED6: HashMap<Learned6Key, LearnedRules> = HashMap::with_max_entries(Map::Learned6.capacity(), 0);
 
 /// Looks `key` up; the value is copied out.
 #[inline(always)]

@@ -3,7 +3,8 @@
 //!
 //! Unconnected UDP (sendto/sendmsg/sendmmsg with an address) reaches sendmsg4/6; connected
 //! sockets were judged at connect. An IPv4-mapped IPv6 destination (::ffff:a.b.c.d) is judged
-//! by the IPv4 rules: it is IPv4 traffic.
+//! by the IPv4 rules: it is IPv4 traffic. DNS is steered to the agent first (see `dns`), and
+//! addresses learned from allowed answers are allowed next to the prefixes of the policy.
 
 use aya_ebpf::{
     macros::{cgroup_sock, cgroup_sock_addr, lsm},
@@ -15,6 +16,7 @@ use fence_common::{
 };
 
 use crate::{
+    dns::{self, Named},
     events,
     identity::{self, Fenced},
     maps::{FENCE_NET4, FENCE_NET6},
@@ -50,6 +52,30 @@ pub fn fence_connect6(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn fence_sendmsg6(ctx: SockAddrContext) -> i32 {
     judge_v6(&ctx, Operation::Sendmsg, Mechanism::CgroupSendmsg6)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn fence_recvmsg4(ctx: SockAddrContext) -> i32 {
+    dns::unsteer(&ctx, dns::AF_INET);
+    ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn fence_recvmsg6(ctx: SockAddrContext) -> i32 {
+    dns::unsteer(&ctx, dns::AF_INET6);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn fence_getpeername4(ctx: SockAddrContext) -> i32 {
+    dns::unsteer(&ctx, dns::AF_INET);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn fence_getpeername6(ctx: SockAddrContext) -> i32 {
+    dns::unsteer(&ctx, dns::AF_INET6);
+    ALLOW
 }
 
 /// Fenced identities get TCP and UDP sockets only: raw IP, ICMP, SCTP, MPTCP, UDP-Lite and
@@ -118,12 +144,16 @@ fn judge_v4(ctx: &SockAddrContext, operation: Operation, mech: Mechanism) -> i32
     // SAFETY: as in `dest`.
     let ip4 = unsafe { (*ctx.sock_addr).user_ip4 };
     let addr = ip4.to_ne_bytes();
-    let why = allowed_v4(&who, addr, &d);
+    let mut full = [0u8; 16];
+    full[..4].copy_from_slice(&addr);
+    let named = Named { family: dns::AF_INET, addr: full, mapped: false };
+    let why = match steered(ctx, &who, &named, &d) {
+        Some(verdict) => verdict,
+        None => allowed_v4(&who, addr, &d),
+    };
     let Some(why) = why else {
         return ALLOW;
     };
-    let mut full = [0u8; 16];
-    full[..4].copy_from_slice(&addr);
     decide(&who, net_event(&who, operation, mech, why, AF_INET, &d, full))
 }
 
@@ -141,15 +171,28 @@ fn judge_v6(ctx: &SockAddrContext, operation: Operation, mech: Mechanism) -> i32
         addr[i * 4..i * 4 + 4].copy_from_slice(&ip6[i].to_ne_bytes());
         i += 1;
     }
-    let why = if is_v4_mapped(&addr) {
-        allowed_v4(&who, [addr[12], addr[13], addr[14], addr[15]], &d)
-    } else {
-        allowed_v6(&who, addr, &d)
+    let mapped = is_v4_mapped(&addr);
+    let named = Named { family: dns::AF_INET6, addr, mapped };
+    let why = match steered(ctx, &who, &named, &d) {
+        Some(verdict) => verdict,
+        None if mapped => allowed_v4(&who, [addr[12], addr[13], addr[14], addr[15]], &d),
+        None => allowed_v6(&who, addr, &d),
     };
     let Some(why) = why else {
         return ALLOW;
     };
     decide(&who, net_event(&who, operation, mech, why, AF_INET6, &d, addr))
+}
+
+/// DNS of a fenced identity: `None` when the egress rules decide (not DNS, or steering off),
+/// else `Some(None)` steered (allowed) or `Some(Some(why))` refused.
+#[inline(always)]
+fn steered(ctx: &SockAddrContext, who: &Fenced, named: &Named, d: &Dest) -> Option<Option<Reason>> {
+    if protocol_bit(d.sock_type, d.protocol) == 0 {
+        return None;
+    }
+    let deny_all = who.info.flags & IDENTITY_DENY_ALL != 0;
+    dns::steer(ctx, who, named, d.port, deny_all).map(Result::err)
 }
 
 /// ::ffff:0:0/96
@@ -182,6 +225,7 @@ fn allowed_v4(who: &Fenced, addr: [u8; 4], d: &Dest) -> Option<Reason> {
     );
     match FENCE_NET4.get(&key) {
         Some(rules) if rules.allows(proto, d.port) => None,
+        _ if dns::learned_v4(who.identity, addr, proto, d.port) => None,
         _ => Some(Reason::NoMatchingRule),
     }
 }
@@ -198,6 +242,7 @@ fn allowed_v6(who: &Fenced, addr: [u8; 16], d: &Dest) -> Option<Reason> {
     );
     match FENCE_NET6.get(&key) {
         Some(rules) if rules.allows(proto, d.port) => None,
+        _ if dns::learned_v6(who.identity, addr, proto, d.port) => None,
         _ => Some(Reason::NoMatchingRule),
     }
 }

@@ -168,6 +168,21 @@ fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
     let done = |r: io::Result<()>| r.map(|()| json!({}));
     match action {
         "tcp-connect" => done(TcpStream::connect_timeout(&addr(args.first())?, Duration::from_secs(5)).map(drop)),
+        // dns-query SERVER NAME TYPE [tcp]: one DNS question; the answer's rcode, addresses and
+        // the address the answer came from (as recvfrom/getpeername say).
+        "dns-query" => {
+            let server = addr(args.first())?;
+            let name = args.get(1).ok_or_else(|| io::Error::other("missing name"))?;
+            let qtype = args.get(2).copied().unwrap_or("A");
+            dns_query(server, name, qtype, args.get(3) == Some(&"tcp"))
+        }
+        // resolve NAME: the C library's getaddrinfo (std's ToSocketAddrs), as most programs do.
+        "resolve" => {
+            use std::net::ToSocketAddrs as _;
+            let name = args.first().ok_or_else(|| io::Error::other("missing name"))?;
+            let addrs: Vec<String> = (*name, 0u16).to_socket_addrs()?.map(|a| a.ip().to_string()).collect();
+            Ok(json!({"addrs": addrs}))
+        }
         "udp-connect" => {
             let to = addr(args.first())?;
             let s = UdpSocket::bind(local_any(&to))?;
@@ -601,6 +616,51 @@ fn unix_connect(name: &str) -> io::Result<()> {
 fn unix_send(name: &str) -> io::Result<()> {
     let s = std::os::unix::net::UnixDatagram::unbound()?;
     s.send_to_addr(b"fence", &unix_addr(name)?).map(drop)
+}
+
+/// One DNS question to `server` over UDP or TCP (built and read with hickory-proto).
+fn dns_query(server: SocketAddr, name: &str, qtype: &str, tcp: bool) -> io::Result<Value> {
+    use std::io::{Read as _, Write as _};
+
+    use fence_agent::dns::testing::{Message, MessageType, Name, OpCode, Query, RecordType};
+    let bad = |e: String| io::Error::other(e);
+    let qtype: RecordType = qtype.parse().map_err(|e| bad(format!("bad type: {e}")))?;
+    let mut m = Message::new(0x5eed, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).map_err(|e| bad(e.to_string()))?, qtype));
+    let bytes = m.to_vec().map_err(|e| bad(e.to_string()))?;
+    let timeout = Some(Duration::from_secs(5));
+    let (reply, from) = if tcp {
+        let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(5))?;
+        s.set_read_timeout(timeout)?;
+        let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&bytes);
+        s.write_all(&framed)?;
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len)?;
+        let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut reply)?;
+        (reply, s.peer_addr()?)
+    } else {
+        let s = UdpSocket::bind(local_any(&server))?;
+        s.set_read_timeout(timeout)?;
+        s.send_to(&bytes, server)?;
+        let mut buf = vec![0u8; 4096];
+        let (n, from) = s.recv_from(&mut buf)?;
+        buf.truncate(n);
+        (buf, from)
+    };
+    let answer = Message::from_vec(&reply).map_err(|e| bad(format!("the answer does not parse: {e}")))?;
+    let addrs: Vec<String> = answer
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            fence_agent::dns::testing::RData::A(a) => Some(a.0.to_string()),
+            fence_agent::dns::testing::RData::AAAA(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect();
+    Ok(json!({"rcode": u16::from(answer.metadata.response_code), "addrs": addrs, "from": from.to_string()}))
 }
 
 fn local_any(to: &SocketAddr) -> SocketAddr {

@@ -14,6 +14,7 @@ mod agent;
 mod bao;
 mod bypass;
 mod chaos;
+mod dns;
 mod env;
 mod fastpath;
 mod flood;
@@ -45,6 +46,7 @@ fn all_tests() -> impl Iterator<Item = &'static harness::Test> {
         .chain(logs::TESTS)
         .chain(bypass::TESTS)
         .chain(fastpath::TESTS)
+        .chain(dns::TESTS)
         .chain(chaos::TESTS)
         .chain(vault.iter().flat_map(|t| t.iter()))
 }

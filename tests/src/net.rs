@@ -24,7 +24,7 @@ pub const TESTS: &[Test] = &[
     Test { name: "net_ipv6_loopback", run: ipv6_loopback },
     Test { name: "net_ipv4_mapped_ipv6_judged_by_v4_rules", run: ipv4_mapped_judged_by_v4_rules },
     Test { name: "net_udp_sendto_sendmsg_sendmmsg_connect", run: udp_unconnected_and_connected },
-    Test { name: "net_dns_port_53_is_not_special", run: dns_is_not_special },
+    Test { name: "net_dns_off_port_53_is_ordinary_egress", run: dns_is_not_special },
     Test { name: "net_child_cgroup_is_fenced", run: child_cgroup_is_fenced },
     Test { name: "net_unfenced_processes_unaffected", run: unfenced_processes_unaffected },
     Test { name: "net_audit_mode_allows_and_logs", run: audit_mode_allows_and_logs },
@@ -248,8 +248,10 @@ fn udp_unconnected_and_connected() {
 
 fn dns_is_not_special() {
     let cg = TestCgroup::new("dns");
-    let agent = Agent::start("dns", &policy(&cg, "enforce", "", &rule("127.0.0.2", "53", "udp")));
-    // Port 53 on a host the policy does not name is denied like any other port.
+    let policy = policy(&cg, "enforce", "", &rule("127.0.0.2", "53", "udp"));
+    // With egress by name off, DNS is not steered: port 53 on a host the policy does not name
+    // is denied like any other port.
+    let agent = Agent::start_with("dns", &policy, "[dns]\nenabled = false\n");
     let o = helper::run(Some(&cg), &["udp-sendto", "127.0.0.1:53"]);
     o.assert_eperm("DNS to a resolver the policy does not allow");
     agent.wait_event("for the DNS denial", |e| to_port(e, 53) && e["destination"]["ip"] == "127.0.0.1");

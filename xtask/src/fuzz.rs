@@ -22,7 +22,7 @@ use crate::{
 
 /// The fuzz targets (`fence-agent/fuzz/fuzz_targets/NAME.rs`), in the order they run.
 pub const TARGETS: &[&str] =
-    &["policy_yaml", "policy_toml", "policy_json", "config", "control", "vault", "events", "glob"];
+    &["policy_yaml", "policy_toml", "policy_json", "config", "control", "vault", "events", "glob", "dns"];
 /// Runs per target of `cargo xtask fuzz`.
 pub const DEFAULT_RUNS: u64 = 1_000_000;
 /// Runs per target in the test command.

@@ -10,7 +10,7 @@ use std::{
 
 use fence_agent::{
     events::build::HostView,
-    policy::{self, CgroupResolver, Format, ResolveError, SourceDocument},
+    policy::{self, CgroupResolver, Format, NamePattern, ResolveError, SourceDocument},
     vault::sign::SigningKey,
 };
 use jiff::Timestamp;
@@ -67,11 +67,24 @@ pub fn policy_text(data: &[u8], format: Format) {
             Ok(set) => {
                 let mut out = String::new();
                 let _ = write!(out, "{set:?}");
+                set.identities.iter().for_each(names_resolve);
             }
             Err(e) => {
                 let _ = e.to_string();
             }
         }
+    }
+}
+
+/// Every name a valid identity lists is one it may resolve (a wildcard: a name one label below
+/// its domain), unless the identity has expired.
+fn names_resolve(identity: &policy::Identity) {
+    for pattern in identity.names() {
+        let qname = match pattern {
+            NamePattern::Exact(name) => name.clone(),
+            other => format!("x.{}", other.domain()),
+        };
+        assert!(identity.expired || identity.dns_allowance(&qname).is_some(), "{pattern} does not allow {qname}");
     }
 }
 

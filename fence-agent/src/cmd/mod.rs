@@ -1,6 +1,7 @@
 //! One file per subcommand.
 
 pub mod console;
+pub mod dns;
 pub mod doctor;
 pub mod exec;
 pub mod identities;

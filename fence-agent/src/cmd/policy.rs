@@ -9,7 +9,8 @@ use jiff::Timestamp;
 use crate::{
     cgroup::Cgroups,
     compile::{IdAllocator, compile},
-    policy::{CgroupResolver, PolicyErrors, load_paths, validate},
+    kernel::port_rules_text,
+    policy::{CgroupResolver, EgressRule, Identity, PolicyErrors, load_paths, net::Ports, validate},
     resolve::Resolved,
     vault::sign::SigningKey,
 };
@@ -158,6 +159,7 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                     identity.egress.len(),
                     identity.cgroups.len()
                 );
+                names_lines(identity).iter().for_each(|line| println!("  {line}"));
             }
             println!("policy ok: {} identities", set.identities.len());
             Ok(ExitCode::SUCCESS)
@@ -169,11 +171,49 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The names an identity may resolve, one line per egress rule that has any:
+/// `may resolve api.example.com, *.cdn.example.com: 443/tcp (rule "https")`.
+fn names_lines(identity: &Identity) -> Vec<String> {
+    let line = |rule: &EgressRule| {
+        let names: Vec<String> = rule.names.iter().map(ToString::to_string).collect();
+        let own: Vec<(u16, u16, u8)> = rule.ports.iter().map(|p| (p.lo, p.hi, rule.protocols)).collect();
+        let ports = port_rules_text(&Ports::of(None, &own).rules());
+        format!("may resolve {}: {ports} (rule \"{}\")", names.join(", "), rule.name)
+    };
+    identity.egress.iter().filter(|r| !r.names.is_empty()).map(line).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::{fs, os::unix::fs::PermissionsExt as _};
 
     use super::*;
+
+    #[test]
+    fn check_lists_the_names_each_rule_may_resolve() {
+        let text = r#"
+schema: 1
+identities:
+  - name: a
+    owner: o
+    purpose: p
+    selectors: [{managed: true}]
+    egress:
+      - {name: web, to: [10.0.0.0/8, API.example.com, "*.cdn.example.com"], ports: [443, 80], protocol: tcp}
+      - {to: [10.0.0.1], ports: [53], protocol: udp}
+      - {to: ["**.example.org"], ports: [any], protocol: any}
+"#;
+        let doc = crate::policy::parse_document(text, crate::policy::Format::Yaml).unwrap();
+        let docs = [crate::policy::SourceDocument { path: "p.yaml".into(), document: doc }];
+        let set = validate(&docs, None, Timestamp::now()).unwrap();
+        assert_eq!(
+            names_lines(&set.identities[0]),
+            [
+                "may resolve api.example.com, *.cdn.example.com: 80/tcp,443/tcp (rule \"web\")",
+                "may resolve **.example.org: 1-65535/tcp+udp (rule \"egress[2]\")"
+            ]
+        );
+    }
 
     #[test]
     fn vault_keygen_writes_a_private_key_once() {

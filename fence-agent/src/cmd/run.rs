@@ -38,7 +38,13 @@ use crate::{
     offsets::kernel_offsets,
     persist,
     policy::{PolicyErrors, PolicySet, glob::PathGlob},
-    service::{self, Change, Deps, PolicyService, ServiceHandle, VaultState, Views, apply::ApplyError, load_policy},
+    dns::{self, Upstreams},
+    service::{
+        self, Change, Deps, PolicyService, ServiceHandle, VaultState, Views,
+        apply::ApplyError,
+        dns::{DnsState, EventReport, PolicyDecide, ServiceLearn, SharedInForce, engine_config},
+        load_policy,
+    },
     vault::agent::VaultAgent,
     watch::Watcher,
 };
@@ -164,7 +170,7 @@ async fn start(
     // The run's token: its programs report events while the reporter map holds it.
     let token = u64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(1).max(1);
     let run = config.persist.enabled.then(|| persist::prepare(&config.persist.pin_dir, token)).transpose()?;
-    let reporting = Reporting { token, shared: run.as_ref().map(|_| persist::reporter_pin(&config.persist.pin_dir)) };
+    let reporting = Reporting { token, shared: run.as_ref().map(|_| config.persist.pin_dir.clone()) };
     let mut loader = Loader::open(offsets, &reporting).context("loading the eBPF programs")?;
     let plan = fences::load(&mut loader).context("loading the eBPF programs")?;
     loader.protect_agent(std::process::id()).context("registering the agent's process")?;
@@ -217,6 +223,7 @@ async fn start(
         ids_path: config.persist.enabled.then(|| config.persist.state_dir.join("identity-ids.json")),
     };
     let kernel = Generations::new(loader.take_policy_maps()?).context("reading the policy maps")?;
+    let dns = dns_state(config, &plan, &mut loader, &handle, &agent_events_tx)?;
     // The global programs attach now (with an empty policy they let everything through; a
     // previous run's pinned programs keep enforcing meanwhile); the cgroup programs attach
     // where the first policy fences, as the policy service applies it.
@@ -225,6 +232,9 @@ async fn start(
         tracing::info!(program = a.program, hook = a.hook, target = %a.target, "attached");
     }
     let mut service = PolicyService::new(kernel, Some(Box::new(loader)), deps, views, vault_state);
+    if let Some(dns) = dns {
+        service.with_dns(dns);
+    }
     match service.start(local, cache) {
         Ok(()) => {}
         Err(ApplyError::Policy(errors)) => return Ok(Err(errors)),
@@ -243,6 +253,47 @@ async fn start(
     let server = tokio::spawn(control::serve(listener, handle.clone(), stop.clone()));
     tracing::info!(cgroup2 = %cgroups.root().display(), control = %config.control.socket.display(), "fence is enforcing");
     Ok(Ok(Running { service: handle, service_thread, events, pinned: run.is_some(), sync_task, server, stop }))
+}
+
+/// Egress by name, when the dns fence loaded and `[dns] enabled`: the resolver engine, and
+/// the service's DNS state over the kernel's DNS maps (steering on from here).
+fn dns_state(
+    config: &Config,
+    plan: &fences::Plan,
+    loader: &mut Loader,
+    handle: &ServiceHandle,
+    events: &AgentEvents,
+) -> anyhow::Result<Option<DnsState>> {
+    if !config.dns.enabled {
+        tracing::warn!("[dns] enabled = false: fenced identities' DNS is ordinary egress; names in egress rules allow nothing");
+        return Ok(None);
+    }
+    if !plan.get(fences::dns::UNIT.name).enforced() {
+        return Ok(None);
+    }
+    let upstreams = if config.dns.upstream.is_empty() {
+        Upstreams::from_resolv_conf(std::path::Path::new("/etc/resolv.conf"))
+    } else {
+        Upstreams::new(config.dns.upstream.clone())
+    };
+    let upstreams = upstreams.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "no upstream DNS server: fenced identities' allowed names get SERVFAIL (set [dns] upstream)");
+        Upstreams::none()
+    });
+    let in_force = SharedInForce::default();
+    let engine = Arc::new(dns::Engine::new(
+        engine_config(&config.dns),
+        upstreams,
+        Arc::new(PolicyDecide(in_force.clone())),
+        Arc::new(ServiceLearn(handle.clone())),
+        Arc::new(EventReport { in_force: in_force.clone(), events: events.clone() }),
+    ));
+    let maps = loader.take_dns_maps().context("the DNS maps")?;
+    let runtime = tokio::runtime::Handle::current();
+    let state = DnsState::new(Box::new(maps), config.dns.clone(), runtime, engine, in_force)
+        .context("turning DNS steering on")?;
+    tracing::info!(upstream = ?state.engine().upstreams().servers(), "DNS of fenced identities answered by fence");
+    Ok(Some(state))
 }
 
 /// The configured protected set; the agent's own socket is in the unix default-deny set

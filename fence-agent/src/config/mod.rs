@@ -38,6 +38,15 @@
 //! [metrics]                                  # Prometheus metrics; off when absent
 //! listen = "127.0.0.1:9477"                  # loopback only (127.0.0.0/8 or [::1])
 //!
+//! [dns]                                      # egress by name (see `dns`)
+//! enabled = true                             # steer fenced identities' DNS to the agent
+//! resolvers = "127.153.0.0/16"               # one loopback address per identity, port 53
+//! upstream = ["192.0.2.53"]                  # default: /etc/resolv.conf's nameservers
+//! refuse_with = "refused"                    # or "nxdomain"
+//! ttl_grace = 30                             # seconds a learned address outlives its TTL
+//! ttl_floor = 5                              # ... at least
+//! ttl_cap = 3600                             # ... at most
+//!
 //! [vault]                                    # central policy (OpenBao/Vault KV v2); off when absent
 //! address = "https://vault.example.com:8200"
 //! ca_file = "/etc/fence/vault-ca.pem"        # the only trust anchor when set
@@ -46,6 +55,7 @@
 //! ```
 
 mod agent;
+mod dns;
 mod events;
 mod protect;
 #[cfg(test)]
@@ -63,6 +73,7 @@ use thiserror::Error;
 
 pub use self::{
     agent::{AuditConfig, ControlConfig, DEFAULT_SOCKET, MetricsConfig, PersistConfig},
+    dns::{DnsConfig, RefuseWith},
     events::{
         DEFAULT_EVENTS_KEEP, DEFAULT_EVENTS_MAX_BYTES, DEFAULT_RATE_BURST, DEFAULT_RATE_LIMIT,
         DEFAULT_SUMMARY_INTERVAL, EventsConfig, MAX_EVENTS_KEEP,
@@ -90,6 +101,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The central vault policies come from; `None` (no `[vault]` table): no vault.
     pub vault: Option<VaultConfig>,
+    pub dns: DnsConfig,
 }
 
 /// The file as written; [`Config::parse`] checks it into a [`Config`].
@@ -112,6 +124,8 @@ struct ConfigFile {
     metrics: MetricsConfig,
     #[serde(default)]
     vault: Option<vault::VaultSection>,
+    #[serde(default)]
+    dns: dns::DnsSection,
 }
 
 impl TryFrom<ConfigFile> for Config {
@@ -133,6 +147,7 @@ impl TryFrom<ConfigFile> for Config {
             persist: file.persist,
             metrics: file.metrics,
             vault,
+            dns: DnsConfig::try_from(file.dns)?,
         })
     }
 }

@@ -7,6 +7,7 @@
 //! | `{"op":"identities"}` | root | [`IdentitiesReply`] |
 //! | `{"op":"status"}` | root | [`StatusReply`] |
 //! | `{"op":"dump"}` | root | [`DumpReply`]: the live policy maps, read back from the kernel |
+//! | `{"op":"dns"}` | root | [`DnsReply`]: egress by name, the addresses each identity learned |
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -18,6 +19,7 @@ pub enum Request {
     Identities,
     Status,
     Dump,
+    Dns,
 }
 
 /// The wire form, checked strictly by [`Request::parse`].
@@ -43,9 +45,10 @@ impl Request {
             ("identities", i) => plain(Request::Identities, "identities", i),
             ("status", i) => plain(Request::Status, "status", i),
             ("dump", i) => plain(Request::Dump, "dump", i),
-            (other, _) => {
-                Err(format!("unknown op {other:?} (expected \"enter\", \"identities\", \"status\" or \"dump\")"))
-            }
+            ("dns", i) => plain(Request::Dns, "dns", i),
+            (other, _) => Err(format!(
+                "unknown op {other:?} (expected \"enter\", \"identities\", \"status\", \"dump\" or \"dns\")"
+            )),
         }
     }
 
@@ -55,6 +58,7 @@ impl Request {
             Request::Identities => ("identities", None),
             Request::Status => ("status", None),
             Request::Dump => ("dump", None),
+            Request::Dns => ("dns", None),
         };
         let mut line = serde_json::to_vec(&Wire { op: op.into(), identity }).unwrap_or_default();
         line.push(b'\n');
@@ -65,6 +69,25 @@ impl Request {
     pub fn root_only(&self) -> bool {
         !matches!(self, Request::Enter { .. })
     }
+}
+
+/// `dns`: whether egress by name is on, and what each identity learned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsReply {
+    pub enabled: bool,
+    pub learned: Vec<LearnedAddress>,
+    /// Addresses evicted by the caps since the agent started.
+    pub evictions: u64,
+}
+
+/// One address an identity learned from an allowed answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LearnedAddress {
+    pub identity: String,
+    pub name: String,
+    pub address: String,
+    /// Seconds until new connects to it are refused (0: expired, not swept yet).
+    pub expires_in: u64,
 }
 
 /// `enter`: the cgroup the caller was moved into.
@@ -238,7 +261,7 @@ mod tests {
         assert!(Request::parse(r#"{"op":"identities","x":1}"#).unwrap_err().contains("unknown field `x`"));
         assert!(Request::parse(r#"{"op":"status","identity":"a"}"#).unwrap_err().contains("takes no"));
         assert!(Request::parse("not json").is_err());
-        for r in [Request::Enter { identity: "a".into() }, Request::Identities, Request::Status, Request::Dump] {
+        for r in [Request::Enter { identity: "a".into() }, Request::Identities, Request::Status, Request::Dump, Request::Dns] {
             let line = r.to_line();
             assert_eq!(Request::parse(std::str::from_utf8(&line).unwrap().trim()).unwrap(), r);
         }

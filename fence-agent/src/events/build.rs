@@ -14,11 +14,11 @@ const TIOCSTI: u32 = 0x5412;
 use jiff::Timestamp;
 
 use super::{
-    decode::{DecodeError, Head, KernelEvent, components},
+    decode::{DecodeError, DnsQueryEvent, Head, KernelEvent, components},
     directory::Directory,
     record::{
-        Cgroup, Destination, ECS_VERSION, EVENT_SCHEMA_VERSION, Ecs, EventFields, Fence, FileFields, Host, Id, Name,
-        Network, Parent, Process, Record, Target, Thread, category,
+        Cgroup, Destination, Dns, ECS_VERSION, EVENT_SCHEMA_VERSION, Ecs, EventFields, Fence, FileFields, Host, Id,
+        Name, Network, Parent, Process, Question, Record, Target, Thread, category,
     },
 };
 use crate::{policy::Mode, resolve::ObjectId};
@@ -39,7 +39,18 @@ pub fn build(event: &KernelEvent, dir: &Directory, host: &dyn HostView) -> Resul
     Ok(match event {
         KernelEvent::Net(e) => net_record(e, &head, dir, host),
         KernelEvent::Object(e) => object_record(e, &head, dir, host),
+        KernelEvent::Dns(e) => dns_record(e, &head, dir, host),
     })
+}
+
+/// A refused (or, in audit mode, would-refuse) DNS query: the net record of the query to the
+/// server the process named, with `dns.question.*`.
+fn dns_record(e: &DnsQueryEvent, head: &Head, dir: &Directory, host: &dyn HostView) -> Record {
+    let mut r = net_record(&e.net, head, dir, host);
+    r.event.reason = format!("no egress rule of the identity names {} (query type {})", e.name, e.qtype);
+    r.event.event_type = vec![Cow::Borrowed("protocol"), r.event.event_type[1].clone()];
+    r.dns = Some(Dns { question: Question { name: e.name.clone(), question_type: e.qtype.clone() } });
+    r
 }
 
 /// `event.*` of an enforcement record.
@@ -67,6 +78,7 @@ fn record(timestamp: String, event: EventFields, host: &dyn HostView, process: P
         destination: None,
         network: None,
         file: None,
+        dns: None,
         fence,
     }
 }
@@ -106,6 +118,8 @@ fn common(h: &EventHeader, head: &Head, dir: &Directory, host: &dyn HostView) ->
             Reason::SourceRouting => "no-source-route",
             Reason::ProgramWrite => "exec",
             Reason::FenceState => "no-way-out",
+            Reason::NameNotAllowed => "egress-names",
+            Reason::DnsUnavailable => "dns-unavailable",
             _ => "default-deny",
         }
         .to_owned(),

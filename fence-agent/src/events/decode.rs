@@ -13,6 +13,21 @@ use fence_common::{
 pub enum KernelEvent {
     Net(NetEvent),
     Object(Box<ObjectEvent>),
+    /// A query the agent's resolver refused (made in user space; never in the ring buffer).
+    Dns(Box<DnsQueryEvent>),
+}
+
+/// A DNS query judged by the agent's resolver for a fenced identity: the header (kind
+/// `Net`, operation `DnsQuery`, mechanism `Resolver`), the server the process named (the
+/// resolver it was steered from), and the question.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsQueryEvent {
+    /// The net record's fields: the server the process sent the query to.
+    pub net: NetEvent,
+    /// The question's name, as asked (lower case, no trailing dot).
+    pub name: String,
+    /// The question's type (`A`, `AAAA`, `TXT`...).
+    pub qtype: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -56,6 +71,7 @@ impl KernelEvent {
         match self {
             KernelEvent::Net(e) => &e.header,
             KernelEvent::Object(e) => &e.header,
+            KernelEvent::Dns(e) => &e.net.header,
         }
     }
 }

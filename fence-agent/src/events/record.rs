@@ -33,7 +33,22 @@ pub struct Record {
     /// The program, file or socket acted on (ECS `file.*`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileFields>,
+    /// The question of a DNS query event (ECS `dns.*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Dns>,
     pub fence: Fence,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Dns {
+    pub question: Question,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Question {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub question_type: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -185,7 +200,8 @@ pub fn category(operation: Operation) -> &'static str {
         | Operation::Socket
         | Operation::UnixConnect
         | Operation::UnixSend
-        | Operation::Packet => "network",
+        | Operation::Packet
+        | Operation::DnsQuery => "network",
         Operation::Open | Operation::Unlink | Operation::Rename | Operation::Link | Operation::Truncate => "file",
         Operation::Exec | Operation::Ptrace | Operation::Signal | Operation::Ioctl | Operation::SetOwner => "process",
         Operation::CgroupMigrate | Operation::CloneIntoCgroup | Operation::Bpf | Operation::SysctlWrite => {

@@ -144,7 +144,8 @@ mod tests {
     fn attach_points_drop_exactly_the_paths_below_another() {
         // The pairwise rule attach_points implemented before (quadratic in the points).
         let below = |p: &str, q: &str| p != q && (q == "/" || p.starts_with(&format!("{q}/")));
-        let paths = ["", "/", "//", "/a", "/a/b", "/a/b/c", "/ab", "/ab/c", "/b", "/b/a", "/a//b", "/a/", "/c/a/b", "/c/a"];
+        let paths =
+            ["", "/", "//", "/a", "/a/b", "/a/b/c", "/ab", "/ab/c", "/b", "/b/a", "/a//b", "/a/", "/c/a/b", "/c/a"];
         // Every subset of the paths, as the bound cgroups of one identity.
         for mask in 0u32..1 << paths.len() {
             let chosen: Vec<&str> = (0..paths.len()).filter(|i| mask & (1 << i) != 0).map(|i| paths[i]).collect();

@@ -5,6 +5,7 @@
 //! | unit | row | programs | maps |
 //! |---|---|---|---|
 //! | [`net`] | egress | cgroup connect4/6, sendmsg4/6, sock_create, cgroup_skb/egress; lsm/socket_create | `Net4`, `Net6` |
+//! | [`dns`] | dns | cgroup recvmsg4/6, getpeername4/6 (steering in the egress programs) | `DnsResolvers`, `DnsSteered`, `Learned4`, `Learned6` (not generational) |
 //! | [`exec`] | exec | lsm/bprm_check_security, else tp_btf/sched_process_exec + SIGKILL | `Exec` |
 //! | [`files`] | credential-files | lsm/file_open, inode_unlink, inode_rmdir, inode_rename, inode_link, path_truncate; else fanotify in the agent | `Protected`, `FileExcept` |
 //! | [`unix`] | unix-sockets | lsm/unix_stream_connect, unix_may_send | `Unix`, `UnixAbstract` |
@@ -17,6 +18,7 @@
 //! through [`UNITS`].
 
 pub mod bindings;
+pub mod dns;
 pub mod escape;
 pub mod exec;
 pub mod files;
@@ -35,7 +37,7 @@ use crate::{
 
 /// The registration table, in the order `doctor` lists the rows and programs are loaded.
 pub const UNITS: &[&Unit] =
-    &[&net::UNIT, &exec::UNIT, &files::UNIT, &unix::UNIT, &escape::UNIT, &sysctl::UNIT, &bindings::UNIT];
+    &[&net::UNIT, &dns::UNIT, &exec::UNIT, &files::UNIT, &unix::UNIT, &escape::UNIT, &sysctl::UNIT, &bindings::UNIT];
 
 /// One fence.
 pub struct Unit {

@@ -9,12 +9,15 @@
 use std::collections::BTreeMap;
 
 use aya_obj::generated::bpf_attach_type;
-use fence_common::{MAX_PORT_RULES, Map, NetRules, Operation, PROTO_TCP, PROTO_UDP, PortRule, programs};
+use fence_common::{MAX_PORT_RULES, Map, NetRules, Operation, PortRule, programs};
 
 use super::{Availability, FenceReport, IdentityInput, LoadContext, ReportContext, Unit, no_flags, no_host_entries};
 use crate::{
     kernel::{MapEntry, NetEntry},
-    policy::{Identity, PolicyError, PolicyErrorKind, net::IpNet},
+    policy::{
+        Identity, PolicyError, PolicyErrorKind,
+        net::{IpNet, Ports},
+    },
 };
 
 pub const UNIT: Unit = Unit {
@@ -141,58 +144,11 @@ fn entry(identity: &Identity, id: u32, prefix: &IpNet, merged: &[PortRule]) -> R
     })
 }
 
-/// The ports allowed to a prefix, per protocol: sorted, disjoint, non-adjacent ranges (the
-/// one way of writing a set of ports as ranges).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Ports {
-    tcp: Vec<(u16, u16)>,
-    udp: Vec<(u16, u16)>,
-}
-
-impl Ports {
-    /// The ports of `inherited` and of the `(lo, hi, PROTO_* bits)` ranges of `own`.
-    fn of(inherited: Option<&Ports>, own: &[(u16, u16, u8)]) -> Ports {
-        let per_protocol = |bit: u8, inherited: &[(u16, u16)]| {
-            let ranges = own.iter().filter(|c| c.2 & bit != 0).map(|&(lo, hi, _)| (lo, hi));
-            normalize(inherited.iter().copied().chain(ranges).collect())
-        };
-        let empty = Ports::default();
-        let inherited = inherited.unwrap_or(&empty);
-        Ports { tcp: per_protocol(PROTO_TCP, &inherited.tcp), udp: per_protocol(PROTO_UDP, &inherited.udp) }
-    }
-
-    /// The kernel's port rules: TCP ranges first (joined with an identical UDP range into one
-    /// rule), then the UDP ranges that have no TCP twin.
-    fn rules(&self) -> Vec<PortRule> {
-        let rule = |(lo, hi): (u16, u16), protocols| PortRule { lo, hi, protocols, _pad: [0; 3] };
-        // Both lists are sorted and disjoint, so a binary search finds a twin.
-        let twin = |list: &[(u16, u16)], range: &(u16, u16)| list.binary_search(range).is_ok();
-        let mut out: Vec<PortRule> = Vec::with_capacity(self.tcp.len() + self.udp.len());
-        for range in &self.tcp {
-            let both = twin(&self.udp, range);
-            out.push(rule(*range, if both { PROTO_TCP | PROTO_UDP } else { PROTO_TCP }));
-        }
-        out.extend(self.udp.iter().filter(|r| !twin(&self.tcp, r)).map(|&r| rule(r, PROTO_UDP)));
-        out
-    }
-}
-
-/// Merges overlapping or adjacent ranges.
-fn normalize(mut ranges: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
-    ranges.sort_unstable();
-    let mut merged: Vec<(u16, u16)> = Vec::with_capacity(ranges.len());
-    for (lo, hi) in ranges {
-        match merged.last_mut() {
-            Some(last) if u32::from(lo) <= u32::from(last.1) + 1 => last.1 = last.1.max(hi),
-            _ => merged.push((lo, hi)),
-        }
-    }
-    merged
-}
-
 #[cfg(test)]
 mod tests {
     use std::{collections::BTreeSet, time::Instant};
+
+    use fence_common::{PROTO_TCP, PROTO_UDP};
 
     use super::*;
     use crate::{
@@ -322,7 +278,7 @@ mod tests {
                     })
                     .collect();
                 let protocols = [PROTO_TCP, PROTO_UDP, PROTO_TCP | PROTO_UDP][rng.below(3) as usize];
-                EgressRule { name: format!("r{i}"), nets, ports, protocols }
+                EgressRule { name: format!("r{i}"), nets, names: Vec::new(), ports, protocols }
             })
             .collect();
         identity("random", rules)
@@ -459,4 +415,3 @@ mod tests {
         assert_eq!((e.addr, e.prefix_len, e.rules.count), ([127, 0, 0, 0], 32, 5));
     }
 }
-

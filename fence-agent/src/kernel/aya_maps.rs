@@ -164,7 +164,11 @@ impl PolicyMaps for AyaPolicyMaps {
             | Map::Counters
             | Map::IdentityCache
             | Map::AgentTasks
-            | Map::Reporter => Ok(()),
+            | Map::Reporter
+            | Map::DnsResolvers
+            | Map::DnsSteered
+            | Map::Learned4
+            | Map::Learned6 => Ok(()),
         }
     }
 
@@ -228,7 +232,11 @@ impl PolicyMaps for AyaPolicyMaps {
             | Map::Counters
             | Map::IdentityCache
             | Map::AgentTasks
-            | Map::Reporter => Vec::new(),
+            | Map::Reporter
+            | Map::DnsResolvers
+            | Map::DnsSteered
+            | Map::Learned4
+            | Map::Learned6 => Vec::new(),
         })
     }
 
@@ -271,7 +279,7 @@ macro_rules! generational {
 generational!(CgroupKey, IdentityKey, InodeKey, AbstractKey, UnitKey, Net4Key, Net6Key);
 
 /// A key that is already gone is fine when clearing.
-fn remove_ok_if_gone(r: Result<(), MapError>) -> Result<(), MapError> {
+pub(super) fn remove_ok_if_gone(r: Result<(), MapError>) -> Result<(), MapError> {
     match r {
         Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),

@@ -1,6 +1,6 @@
 //! Typed entries of the policy maps.
 
-use fence_common::{IdentityInfo, Map, NetRules};
+use fence_common::{IdentityInfo, Map, NetRules, PortRule};
 use serde::Serialize;
 
 use crate::resolve::ObjectId;
@@ -138,8 +138,12 @@ impl MapEntry {
 
 /// `lo-hi/tcp+udp,...`
 fn port_rules(r: &NetRules) -> String {
-    let n = (r.count as usize).min(r.rules.len());
-    let parts: Vec<String> = r.rules[..n]
+    port_rules_text(&r.rules[..(r.count as usize).min(r.rules.len())])
+}
+
+/// Port rules as `443/tcp,8000-8080/tcp+udp`.
+pub fn port_rules_text(rules: &[PortRule]) -> String {
+    let parts: Vec<String> = rules
         .iter()
         .map(|p| {
             let proto = match (p.protocols & fence_common::PROTO_TCP != 0, p.protocols & fence_common::PROTO_UDP != 0) {

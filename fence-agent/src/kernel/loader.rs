@@ -131,8 +131,9 @@ pub struct Loader {
 pub struct Reporting {
     /// The run's token (`fence_common::globals::RUN`); 0: its programs never report (a probe).
     pub token: u64,
-    /// Where the reporter map shared by every run is pinned (persistence on): reused if it
-    /// is there, created and pinned there if not. `None`: the object's own map.
+    /// The directory where the maps every run shares are pinned (persistence on,
+    /// `persist::SHARED_MAPS`): reused if they are there, created and pinned there if not.
+    /// `None`: the object's own maps.
     pub shared: Option<PathBuf>,
 }
 
@@ -168,8 +169,10 @@ impl Loader {
         let global = offsets.unwrap_or_default();
         let mut ebpf = EbpfLoader::new();
         ebpf.override_global(globals::OFFSETS, &global, true).override_global(globals::RUN, &reporting.token, true);
-        if let Some(pin) = &reporting.shared {
-            ebpf.map_pin_path(Map::Reporter.name(), pin.as_path());
+        if let Some(dir) = &reporting.shared {
+            for (map, name) in crate::persist::SHARED_MAPS {
+                ebpf.map_pin_path(map.name(), crate::persist::shared_pin(dir, name));
+            }
         }
         let bpf = ebpf.load(object).map_err(LoadError::Load)?;
         let btf = match offsets {
@@ -291,6 +294,11 @@ impl Loader {
         let raw = self.bpf.map_mut(map.name()).ok_or(MapsError::Missing(map.name()))?;
         let mut tasks: HashMap<&mut MapData, u32, u32> = HashMap::try_from(raw).map_err(err)?;
         tasks.insert(&tgid, &1u32, 0).map_err(err)
+    }
+
+    /// Hands over the maps of egress by name (resolvers, learned addresses).
+    pub fn take_dns_maps(&mut self) -> Result<super::dns_maps::AyaDnsMaps, MapsError> {
+        super::dns_maps::AyaDnsMaps::take(|name| self.bpf.take_map(name))
     }
 
     /// Hands over the reporter map (which run's programs report events), for `token`'s run.

@@ -13,6 +13,7 @@
 //!   event writer, and keeps only the programs.
 
 mod aya_maps;
+pub mod dns_maps;
 mod entries;
 #[cfg(test)]
 pub mod fake;
@@ -21,7 +22,7 @@ mod link;
 pub mod loader;
 
 pub use aya_maps::AyaPolicyMaps;
-pub use entries::{EntryView, MapEntry, NetEntry};
+pub use entries::{EntryView, MapEntry, NetEntry, port_rules_text};
 pub use generations::{ApplyReport, Generations};
 
 use fence_common::{ActiveState, Map};

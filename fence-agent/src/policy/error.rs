@@ -55,6 +55,8 @@ pub enum PolicyErrorKind {
     DuplicateIdentity { other: String },
     #[error("{value:?} is not a valid CIDR or IP address: {why}")]
     InvalidCidr { value: String, why: String },
+    #[error("{value:?} is not a valid DNS name: {why}")]
+    InvalidDnsName { value: String, why: super::NameError },
     #[error("{value:?} has host bits set; did you mean {suggestion}?")]
     HostBitsSet { value: String, suggestion: String },
     #[error("{value} is out of range (ports are 1-65535)")]

@@ -3,6 +3,7 @@
 //! identity, field and reason (`error`). Nothing here touches the kernel; cgroup paths are resolved
 //! through the [`CgroupResolver`] the caller passes in.
 
+pub mod dns;
 pub mod error;
 pub mod glob;
 pub mod load;
@@ -14,6 +15,7 @@ pub mod validate;
 #[cfg(test)]
 mod tests;
 
+pub use dns::{DnsAllowance, NameError, NamePattern};
 pub use error::{PolicyError, PolicyErrorKind, PolicyErrors};
 pub use load::{Format, SourceDocument, load_paths, parse_document};
 pub use model::Mode;

@@ -12,7 +12,7 @@
 //!       - cgroup: /fence/ci-runner
 //!     egress:
 //!       - name: internal-https
-//!         to: [10.0.0.0/8, "fd00::/8"]
+//!         to: [10.0.0.0/8, "fd00::/8", api.example.com, "*.cdn.example.com"]
 //!         ports: [443, "8000-8080"]
 //!         protocol: tcp        # tcp, udp or any
 //!     exec:                    # absent: exec is not restricted
@@ -183,7 +183,8 @@ pub struct EgressDoc {
     /// Rule name used in events; defaults to `egress[N]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// IPv4/IPv6 CIDRs or single addresses.
+    /// IPv4/IPv6 CIDRs or single addresses, and DNS names (`api.example.com`,
+    /// `*.example.com`, `**.example.com`; see `dns`).
     pub to: Vec<String>,
     /// Ports (`443`), ranges (`"8000-8080"`) or `"any"`.
     pub ports: Vec<PortDoc>,

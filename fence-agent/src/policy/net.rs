@@ -5,6 +5,8 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
+use fence_common::{PROTO_TCP, PROTO_UDP, PortRule};
+
 use super::{PolicyErrorKind, model::PortDoc};
 
 /// An IPv4 or IPv6 network with no host bits set.
@@ -22,10 +24,8 @@ impl IpNet {
             Some((a, l)) => (a, Some(l)),
             None => (text, None),
         };
-        let addr: IpAddr = addr_text
-            .trim()
-            .parse()
-            .map_err(|_| invalid(format!("{addr_text:?} is not an IP address (host names are not accepted)")))?;
+        let addr: IpAddr =
+            addr_text.trim().parse().map_err(|_| invalid(format!("{addr_text:?} is not an IP address")))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let len = match len_text {
             None => max,
@@ -134,6 +134,55 @@ fn single(n: i64, text: &str) -> Result<u16, PolicyErrorKind> {
         Ok(p) if p >= 1 => Ok(p),
         _ => Err(PolicyErrorKind::PortOutOfRange { value: text.to_owned() }),
     }
+}
+
+/// Ports per protocol: sorted, disjoint, non-adjacent ranges (the one way of writing a set of
+/// ports as ranges). What an egress prefix, or a name, allows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ports {
+    tcp: Vec<(u16, u16)>,
+    udp: Vec<(u16, u16)>,
+}
+
+impl Ports {
+    /// The ports of `inherited` and of the `(lo, hi, PROTO_* bits)` ranges of `own`.
+    pub fn of(inherited: Option<&Ports>, own: &[(u16, u16, u8)]) -> Ports {
+        let per_protocol = |bit: u8, inherited: &[(u16, u16)]| {
+            let ranges = own.iter().filter(|c| c.2 & bit != 0).map(|&(lo, hi, _)| (lo, hi));
+            normalize(inherited.iter().copied().chain(ranges).collect())
+        };
+        let empty = Ports::default();
+        let inherited = inherited.unwrap_or(&empty);
+        Ports { tcp: per_protocol(PROTO_TCP, &inherited.tcp), udp: per_protocol(PROTO_UDP, &inherited.udp) }
+    }
+
+    /// The kernel's port rules: TCP ranges first (joined with an identical UDP range into one
+    /// rule), then the UDP ranges that have no TCP twin.
+    pub fn rules(&self) -> Vec<PortRule> {
+        let rule = |(lo, hi): (u16, u16), protocols| PortRule { lo, hi, protocols, _pad: [0; 3] };
+        // Both lists are sorted and disjoint, so a binary search finds a twin.
+        let twin = |list: &[(u16, u16)], range: &(u16, u16)| list.binary_search(range).is_ok();
+        let mut out: Vec<PortRule> = Vec::with_capacity(self.tcp.len() + self.udp.len());
+        for range in &self.tcp {
+            let both = twin(&self.udp, range);
+            out.push(rule(*range, if both { PROTO_TCP | PROTO_UDP } else { PROTO_TCP }));
+        }
+        out.extend(self.udp.iter().filter(|r| !twin(&self.tcp, r)).map(|&r| rule(r, PROTO_UDP)));
+        out
+    }
+}
+
+/// Merges overlapping or adjacent ranges.
+fn normalize(mut ranges: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
+    ranges.sort_unstable();
+    let mut merged: Vec<(u16, u16)> = Vec::with_capacity(ranges.len());
+    for (lo, hi) in ranges {
+        match merged.last_mut() {
+            Some(last) if u32::from(lo) <= u32::from(last.1) + 1 => last.1 = last.1.max(hi),
+            _ => merged.push((lo, hi)),
+        }
+    }
+    merged
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use jiff::Timestamp;
 use sha2::{Digest as _, Sha256};
 
 use super::{
+    dns::NamePattern,
     glob::PathGlob,
     model::{IdentityDoc, Mode},
     net::{IpNet, PortRange},
@@ -84,6 +85,9 @@ pub struct EgressRule {
     /// Name for events (`egress[N]` when the policy gives none).
     pub name: String,
     pub nets: Vec<IpNet>,
+    /// DNS names and wildcards: the addresses they resolve to get this rule's ports and
+    /// protocols (through the agent's resolver, not the compiled prefixes).
+    pub names: Vec<NamePattern>,
     pub ports: Vec<PortRange>,
     /// `PROTO_*` bits.
     pub protocols: u8,

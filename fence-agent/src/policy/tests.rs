@@ -156,9 +156,21 @@ fn bad_host_bits() {
 }
 
 #[test]
-fn bad_host_name_in_cidr() {
-    let e = error_of(&with("10.0.0.0/8,", "example.com,"));
-    assert!(e.contains("host names are not accepted"), "{e}");
+fn bad_dns_names_name_identity_field_and_reason() {
+    let e = error_of(&with("\"fd00::/8\"]", "api.example.com, \"*.com\"]"));
+    assert!(
+        e.contains(
+            "identity \"ci-bot\": egress[0].to[2]: \"*.com\" is not a valid DNS name: the wildcard is \
+             directly over the public suffix \"com\""
+        ),
+        "{e}"
+    );
+    let e = error_of(&with("10.0.0.0/8,", "a..example.com,"));
+    assert!(e.contains("egress[0].to[0]: \"a..example.com\" is not a valid DNS name: it has an empty label"), "{e}");
+    let e = error_of(&with("10.0.0.0/8,", "\"**.co.uk\","));
+    assert!(e.contains("egress[0].to[0]") && e.contains("public suffix \"co.uk\""), "{e}");
+    let e = error_of(&with("10.0.0.0/8,", "com,"));
+    assert!(e.contains("egress[0].to[0]: \"com\" is not a valid DNS name: it is a public suffix"), "{e}");
 }
 
 #[test]
@@ -347,4 +359,73 @@ fn the_example_policy_in_the_repository_validates() {
     let docs = load_paths(&[path]).unwrap();
     let set = validate(&docs, None, now()).unwrap();
     assert_eq!(set.identities.len(), 2);
+}
+
+const NAMES: &str = r#"
+schema: 1
+identities:
+  - name: agent
+    owner: ml@example.com
+    purpose: calls model APIs
+    selectors: [{cgroup: /fence/a}]
+    egress:
+      - name: apis
+        to: [10.0.0.0/8, API.OpenAI.com., "*.example.com"]
+        ports: [443]
+        protocol: tcp
+      - name: deep
+        to: ["**.example.com"]
+        ports: ["8000-8080", 443]
+        protocol: any
+"#;
+
+#[test]
+fn a_rule_mixes_networks_and_names() {
+    let set = check(NAMES).unwrap();
+    let id = &set.identities[0];
+    assert_eq!(id.egress[0].nets, vec![net::IpNet::parse("10.0.0.0/8").unwrap()]);
+    let names: Vec<String> = id.names().map(ToString::to_string).collect();
+    assert_eq!(names, ["api.openai.com", "*.example.com", "**.example.com"]);
+    assert!(id.egress[1].nets.is_empty());
+}
+
+#[test]
+fn names_add_nothing_to_the_compiled_prefixes() {
+    use crate::{
+        compile::{IdAllocator, compile},
+        resolve::Resolved,
+    };
+    let set = check(NAMES).unwrap();
+    let mut without = set.clone();
+    without.identities[0].egress.iter_mut().for_each(|r| r.names.clear());
+    let entries = |s: &PolicySet| compile(s, &Resolved::default(), &mut IdAllocator::default()).unwrap().entries;
+    assert_eq!(entries(&set), entries(&without));
+}
+
+#[test]
+fn dns_allowance_is_the_union_of_the_matching_rules() {
+    use fence_common::{PROTO_TCP, PROTO_UDP};
+    let set = check(NAMES).unwrap();
+    let id = &set.identities[0];
+    let ports = |a: DnsAllowance| a.ports.iter().map(|p| (p.lo, p.hi, p.protocols)).collect::<Vec<_>>();
+    let both = id.dns_allowance("WWW.example.com.").unwrap();
+    assert_eq!(both.rules, ["apis", "deep"]);
+    assert_eq!(ports(both), [(443, 443, PROTO_TCP | PROTO_UDP), (8000, 8080, PROTO_TCP | PROTO_UDP)]);
+    let deep = id.dns_allowance("a.b.example.com").unwrap();
+    assert_eq!(deep.rules, ["deep"]);
+    let api = id.dns_allowance("api.openai.com").unwrap();
+    assert_eq!((api.rules.clone(), ports(api)), (vec!["apis".to_owned()], vec![(443, 443, PROTO_TCP)]));
+    for none in ["example.com", "openai.com", "x.api.openai.com", "a\\.b.example.com"] {
+        assert_eq!(id.dns_allowance(none), None, "{none}");
+    }
+    let mut expired = id.clone();
+    expired.expired = true;
+    assert_eq!(expired.dns_allowance("api.openai.com"), None);
+}
+
+#[test]
+fn policy_versions_change_with_names() {
+    let a = check(NAMES).unwrap().identities[0].version;
+    let b = check(&NAMES.replace("API.OpenAI.com.", "api.anthropic.com")).unwrap().identities[0].version;
+    assert_ne!(a, b);
 }

@@ -12,9 +12,10 @@ use jiff::{Timestamp, civil::Date, tz::TimeZone};
 
 use super::{
     PolicyError, PolicyErrorKind, PolicyErrors, SCHEMA_VERSION, SourceDocument,
+    dns::Destination,
     glob::PathGlob,
     model::{ExecEntryDoc, IdentityDoc, Protocol},
-    net::{IpNet, PortRange},
+    net::PortRange,
     set::{
         BoundCgroup, EgressRule, ExecPolicy, ExecRule, Identity, PolicySet, PolicyVersion, SelectorKind, UnixPolicy,
     },
@@ -370,10 +371,11 @@ fn egress_rule(ctx: &mut Ctx<'_>, index: usize, doc: &super::model::EgressDoc) -
     if doc.ports.is_empty() {
         ctx.push(&format!("{base}.ports"), PolicyErrorKind::EmptyList);
     }
-    let mut nets = Vec::new();
+    let (mut nets, mut names) = (Vec::new(), Vec::new());
     for (i, t) in doc.to.iter().enumerate() {
-        match IpNet::parse(t) {
-            Ok(n) => nets.push(n),
+        match Destination::parse(t) {
+            Ok(Destination::Net(n)) => nets.push(n),
+            Ok(Destination::Name(n)) => names.push(n),
             Err(kind) => ctx.push(&format!("{base}.to[{i}]"), kind),
         }
     }
@@ -402,7 +404,7 @@ fn egress_rule(ctx: &mut Ctx<'_>, index: usize, doc: &super::model::EgressDoc) -
         Protocol::Udp => PROTO_UDP,
         Protocol::Any => PROTO_TCP | PROTO_UDP,
     };
-    Some(EgressRule { name, nets, ports, protocols })
+    Some(EgressRule { name, nets, names, ports, protocols })
 }
 
 fn path_glob(ctx: &mut Ctx<'_>, field: &str, text: &str, trees: bool) -> Option<PathGlob> {

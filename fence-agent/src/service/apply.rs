@@ -250,6 +250,12 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
                 }
             }
         };
+        // Each identity's resolver listens before the identity is fenced.
+        if let Some(dns) = &mut self.dns {
+            for problem in dns.prepare(&compiled) {
+                tracing::error!("{problem}");
+            }
+        }
         // The programs go on the new subtrees before the policy says they are fenced.
         let wanted = attach_points(&candidate.set, |p| self.deps.cgroups.dir(p).is_dir());
         let added = match self.attach(&wanted) {
@@ -304,6 +310,10 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
         }
         let live =
             Live { set: candidate.set, extra: candidate.extra, resolved, compiled, report, source: candidate.source };
+        if let Some(dns) = &mut self.dns {
+            let cgroups = &self.deps.cgroups;
+            dns.commit(&live.set, &live.compiled, &|p| cgroups.dir(p));
+        }
         self.log_applied(&live);
         self.live = Some(live);
         Ok(report)

@@ -75,5 +75,7 @@ pub enum Message {
     Control { request: Request, peer: Peer, reply: oneshot::Sender<Vec<u8>> },
     VaultPolled { report: PollReport, reply: oneshot::Sender<Option<SyncStatus>> },
     VaultStopped { why: String },
+    /// An allowed DNS answer, held until its addresses are in the kernel.
+    DnsLearn { answer: super::dns::LearnedAnswer, reply: oneshot::Sender<Result<(), String>> },
     Stop,
 }

@@ -12,6 +12,9 @@
 //! handler, the inotify watcher and the control socket.
 
 pub mod apply;
+pub mod dns;
+pub mod dns_peer;
+pub mod learned;
 mod messages;
 mod queries;
 #[cfg(test)]
@@ -77,6 +80,8 @@ pub struct PolicyService<M> {
     live: Option<apply::Live>,
     vault: Option<VaultState>,
     handled: Handled,
+    /// Egress by name, when the dns fence is loaded and `[dns] enabled`.
+    dns: Option<dns::DnsState>,
 }
 
 impl<M: PolicyMaps + 'static> PolicyService<M> {
@@ -99,7 +104,13 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
             live: None,
             vault,
             handled: Handled::default(),
+            dns: None,
         }
+    }
+
+    /// Egress by name: the service keeps each identity's resolver and learned addresses.
+    pub fn with_dns(&mut self, dns: dns::DnsState) {
+        self.dns = Some(dns);
     }
 
     /// Handles one message; `false` when the service should stop.
@@ -119,6 +130,13 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
                 let _ = reply.send(status);
             }
             Message::VaultStopped { why } => self.vault_stopped(&why),
+            Message::DnsLearn { answer, reply } => {
+                let result = match &mut self.dns {
+                    Some(d) => d.learn(answer),
+                    None => Err("egress by name is off".to_owned()),
+                };
+                let _ = reply.send(result);
+            }
             Message::Stop => return false,
         }
         true
@@ -131,7 +149,8 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
         let rx = inbox.0;
         thread::Builder::new().name("fence-policy".into()).spawn(move || {
             loop {
-                let wait = self.until_next_expiry();
+                let due = self.until_next_expiry();
+                let wait = if self.dns.is_some() { due.min(DNS_SWEEP) } else { due };
                 match rx.recv_timeout(wait) {
                     Ok(message) => {
                         if !self.handle(message) {
@@ -139,7 +158,10 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
                         }
                     }
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        if wait < IDLE_WAIT {
+                        if let Some(d) = &mut self.dns {
+                            d.sweep();
+                        }
+                        if due <= wait && due < IDLE_WAIT {
                             self.change(Change::Expiry);
                         }
                     }
@@ -174,6 +196,9 @@ pub fn channel() -> (ServiceHandle, Inbox) {
 
 /// How long the service sleeps when no identity is due to expire.
 const IDLE_WAIT: Duration = Duration::from_secs(3600);
+
+/// How often expired learned addresses are swept from the kernel's maps.
+const DNS_SWEEP: Duration = Duration::from_secs(5);
 
 /// A cheap handle on the running service.
 #[derive(Clone)]
@@ -211,6 +236,13 @@ impl ServiceHandle {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.tx.send(Message::VaultPolled { report, reply }).ok()?;
         answer.await.ok().flatten()
+    }
+
+    /// An allowed DNS answer: its addresses go into the kernel; answers once they are there.
+    pub async fn dns_learn(&self, answer: dns::LearnedAnswer) -> Result<(), String> {
+        let (reply, result) = tokio::sync::oneshot::channel();
+        self.tx.send(Message::DnsLearn { answer, reply }).map_err(|_| "the policy service has stopped".to_owned())?;
+        result.await.unwrap_or_else(|_| Err("the policy service has stopped".to_owned()))
     }
 
     /// The vault task has ended (a bug): say so in status and metrics.

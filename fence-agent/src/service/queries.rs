@@ -9,7 +9,7 @@ use crate::{
     control::{
         Peer, Request,
         protocol::{
-            self, DumpReply, Entered, IdentitiesReply, IdentityStatus, PolicyStatus, SelectorStatus, Source,
+            self, DnsReply, DumpReply, Entered, IdentitiesReply, IdentityStatus, LearnedAddress, PolicyStatus, SelectorStatus, Source,
             StatusReply,
         },
     },
@@ -50,6 +50,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
             }
             Request::Identities => protocol::encode(&Ok(IdentitiesReply { identities: self.identities() })),
             Request::Status => protocol::encode(&Ok(self.status())),
+            Request::Dns => protocol::encode(&Ok(self.dns_reply())),
             Request::Dump => protocol::encode(
                 &self
                     .kernel
@@ -61,6 +62,26 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
                     .map_err(|e| e.to_string()),
             ),
         }
+    }
+
+    /// Egress by name: what each identity learned.
+    fn dns_reply(&self) -> DnsReply {
+        let Some(dns) = &self.dns else { return DnsReply { enabled: false, learned: Vec::new(), evictions: 0 } };
+        let now = super::learned::boot_ns();
+        let name_of = |id: u32| {
+            self.live.as_ref().and_then(|l| l.compiled.name_of(id)).map_or_else(|| format!("#{id}"), str::to_owned)
+        };
+        let learned = dns
+            .rows()
+            .into_iter()
+            .map(|r| LearnedAddress {
+                identity: name_of(r.identity),
+                name: r.name,
+                address: r.addr.to_string(),
+                expires_in: r.expires_ns.saturating_sub(now) / 1_000_000_000,
+            })
+            .collect();
+        DnsReply { enabled: true, learned, evictions: dns.evictions() }
     }
 
     /// Where the policy came from, its versions, and the vault's sync state.
