@@ -287,6 +287,7 @@ mod tests {
         let p = plan(
             &[
                 ("egress", Availability::CgroupHooksAndLsm),
+                ("dns", Availability::CgroupHooks),
                 ("exec", Availability::Lsm),
                 ("credential-files", Availability::Lsm),
                 ("unix-sockets", Availability::Lsm),
