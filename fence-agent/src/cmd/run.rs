@@ -224,6 +224,9 @@ async fn start(
     };
     let kernel = Generations::new(loader.take_policy_maps()?).context("reading the policy maps")?;
     let dns = dns_state(config, &plan, &mut loader, &handle, &agent_events_tx)?;
+    if let Some(d) = &dns {
+        dns_metrics(&views.metrics, d);
+    }
     // The global programs attach now (with an empty policy they let everything through; a
     // previous run's pinned programs keep enforcing meanwhile); the cgroup programs attach
     // where the first policy fences, as the policy service applies it.
@@ -294,6 +297,30 @@ fn dns_state(
         .context("turning DNS steering on")?;
     tracing::info!(upstream = ?state.engine().upstreams().servers(), "DNS of fenced identities answered by fence");
     Ok(Some(state))
+}
+
+/// `fence_dns_*`, read from the resolver's counters and the learned-address table.
+fn dns_metrics(metrics: &Metrics, dns: &DnsState) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let engine = dns.engine().clone();
+    let stats = dns.stats();
+    metrics.dns(Arc::new(move || {
+        let m = engine.metrics().snapshot();
+        metrics::dns::DnsReading {
+            allowed: m.allowed,
+            refused: m.refused,
+            would_refuse: m.would_refuse,
+            upstream_failed: m.upstream_failures,
+            learn_failed: m.learn_failures,
+            malformed: m.malformed,
+            overloaded: m.overloaded,
+            answers_held: m.answers_held,
+            hold_seconds_total: m.hold_us_total as f64 / 1e6,
+            hold_seconds_max: m.hold_us_max as f64 / 1e6,
+            learned_addresses: stats.addresses.load(Relaxed),
+            evictions: stats.evictions.load(Relaxed),
+        }
+    }));
 }
 
 /// The configured protected set; the agent's own socket is in the unix default-deny set

@@ -29,6 +29,9 @@
 //! | `fence_vault_policy_refused`                 | gauge   |          | 1 while the vault holds a policy set this agent refuses |
 //! | `fence_vault_last_success_timestamp_seconds` | gauge   |          | Unix time of the last successful vault poll (absent before the first) |
 //! | `fence_vault_index_version`                  | gauge   |          | version of the vault's index document last seen (absent before the first) |
+//! | `fence_dns_queries_total`                    | counter | verdict  | fenced identities' DNS queries: allowed, refused, would-refuse, upstream-failed, learn-failed, malformed, overloaded (egress by name only) |
+//! | `fence_dns_answers_held_total`, `fence_dns_answer_hold_seconds_total`, `fence_dns_answer_hold_max_seconds` | counter, counter, gauge | | allowed answers held until their addresses were in the kernel, the time held, the longest hold |
+//! | `fence_dns_evictions_total`, `fence_dns_learned_addresses` | counter, gauge | | learned addresses evicted by the caps; learned addresses held |
 //!
 //! A family with no series yet is not rendered at all (no `# HELP`/`# TYPE` lines either), and
 //! the series of a family come in no particular order.
@@ -47,6 +50,7 @@
 //! (or [`bind`] then [`serve`]) answers `GET /metrics` with hyper's HTTP/1.1 server
 //! (`metrics/http.rs`).
 
+pub mod dns;
 mod http;
 #[cfg(test)]
 mod tests;
@@ -258,6 +262,7 @@ struct Inner {
     registry: Registry,
     families: Families,
     side: Mutex<Side>,
+    dns: dns::DnsCollector,
 }
 
 /// The agent's metrics. Clones share the same values.
@@ -277,11 +282,13 @@ impl Metrics {
         let families = Families::default();
         let mut registry = Registry::default();
         families.register(&mut registry);
+        let dns = dns::DnsCollector::default();
+        registry.register_collector(Box::new(dns.clone()));
         families.up.set(1);
         for cause in DROP_CAUSES {
             families.dropped.get_or_create(&CauseLabels { cause: cause.to_owned() }).inc_by(0);
         }
-        Metrics { inner: Arc::new(Inner { registry, families, side: Mutex::default() }) }
+        Metrics { inner: Arc::new(Inner { registry, families, side: Mutex::default(), dns }) }
     }
 
     fn f(&self) -> &Families {
@@ -292,6 +299,11 @@ impl Metrics {
     /// still usable.
     fn lock(&self) -> MutexGuard<'_, Side> {
         self.inner.side.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Egress by name runs: `fence_dns_*` are read from `reader` at each scrape.
+    pub fn dns(&self, reader: dns::DnsReader) {
+        *self.inner.dns.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(reader);
     }
 
     /// One event written: `fence_events_total{identity,operation,verdict}`.

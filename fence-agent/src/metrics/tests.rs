@@ -12,7 +12,7 @@ use super::{
 };
 
 /// Every family, in the order they are registered (and rendered once they have a series).
-const FAMILIES: [&str; 19] = [
+const FAMILIES: [&str; 25] = [
     "fence_up",
     "fence_build_info",
     "fence_events_total",
@@ -32,15 +32,25 @@ const FAMILIES: [&str; 19] = [
     "fence_vault_policy_refused",
     "fence_vault_last_success_timestamp_seconds",
     "fence_vault_index_version",
+    "fence_dns_queries_total",
+    "fence_dns_answers_held_total",
+    "fence_dns_evictions_total",
+    "fence_dns_answer_hold_seconds_total",
+    "fence_dns_answer_hold_max_seconds",
+    "fence_dns_learned_addresses",
 ];
 
-const COUNTERS: [&str; 6] = [
+const COUNTERS: [&str; 10] = [
     "fence_events_total",
     "fence_events_suppressed_total",
     "fence_events_dropped_total",
     "fence_policy_applies_total",
     "fence_policy_rejections_total",
     "fence_vault_sync_failures_total",
+    "fence_dns_queries_total",
+    "fence_dns_answers_held_total",
+    "fence_dns_evictions_total",
+    "fence_dns_answer_hold_seconds_total",
 ];
 
 /// The sample lines of `family`, sorted (a family's series come in no particular order).
@@ -85,7 +95,26 @@ fn populated(weird: &str) -> Metrics {
     m.vault_policy_refused(false);
     m.vault_last_success(1_700_000_050.0);
     m.vault_index_version(12);
+    m.dns(std::sync::Arc::new(|| dns::DnsReading {
+        allowed: 5,
+        refused: 3,
+        answers_held: 5,
+        hold_seconds_total: 0.004,
+        hold_seconds_max: 0.0015,
+        learned_addresses: 7,
+        evictions: 1,
+        ..dns::DnsReading::default()
+    }));
     m
+}
+
+#[test]
+fn dns_families_come_from_the_reader() {
+    assert!(!Metrics::new().render().contains("fence_dns_"), "absent until egress by name runs");
+    let text = populated("x").render();
+    assert!(text.contains("fence_dns_queries_total{verdict=\"refused\"} 3\n"), "{text}");
+    assert!(text.contains("fence_dns_learned_addresses 7\n"), "{text}");
+    assert!(text.contains("fence_dns_evictions_total 1\n"), "{text}");
 }
 
 #[test]

@@ -173,6 +173,13 @@ pub fn engine_config(c: &DnsConfig) -> EngineConfig {
     }
 }
 
+/// The learned-address table's size and evictions, for the metrics (read at each scrape).
+#[derive(Debug, Default)]
+pub struct LearnedStats {
+    pub addresses: std::sync::atomic::AtomicU64,
+    pub evictions: std::sync::atomic::AtomicU64,
+}
+
 /// One identity's resolver.
 struct Running {
     slot: u32,
@@ -189,6 +196,7 @@ pub struct DnsState {
     engine: Arc<Engine<Allowance>>,
     in_force: SharedInForce,
     running: HashMap<u32, Running>,
+    stats: Arc<LearnedStats>,
 }
 
 impl DnsState {
@@ -205,7 +213,8 @@ impl DnsState {
         let mut learned = Learned::new(caps);
         learned.adopt(kernel.learned()?);
         kernel.steer(true)?;
-        Ok(DnsState { kernel, learned, config, runtime, engine, in_force, running: HashMap::new() })
+        let stats = Arc::default();
+        Ok(DnsState { kernel, learned, config, runtime, engine, in_force, running: HashMap::new(), stats })
     }
 
     /// Before an apply: a resolver for each identity of `compiled` that has none yet, so that
@@ -289,8 +298,22 @@ impl DnsState {
         self.learned.evictions
     }
 
+    /// What the metrics read.
+    pub fn stats(&self) -> Arc<LearnedStats> {
+        self.stats.clone()
+    }
+
     /// Applies `writes` to the kernel; the errors, each in one line.
     fn write(&mut self, writes: Vec<Write>) -> Vec<String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let failed = self.write_kernel(writes);
+        let addresses: usize = self.learned.sizes().iter().map(|(_, n)| n).sum();
+        self.stats.addresses.store(addresses as u64, Relaxed);
+        self.stats.evictions.store(self.learned.evictions, Relaxed);
+        failed
+    }
+
+    fn write_kernel(&mut self, writes: Vec<Write>) -> Vec<String> {
         let mut failed = Vec::new();
         for w in writes {
             let r = match w {
