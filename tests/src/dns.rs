@@ -184,12 +184,7 @@ fn names_steered_answered_and_enforced() {
     assert_eq!(o.raw["ok"], false, "unfenced DNS must not reach fence: {}", o.raw);
 
     // `fence-agent dns` lists what was learned.
-    let out = Command::new(agent_binary())
-        .args(["dns", "--json", "--socket"])
-        .arg(&agent.socket)
-        .output()
-        .expect("fence-agent dns");
-    let listed: Value = serde_json::from_slice(&out.stdout).expect("fence-agent dns --json");
+    let listed = dns_listing(&agent);
     let learned = listed["learned"].as_array().cloned().unwrap_or_default();
     assert!(
         learned.iter().any(|l| l["name"] == "api.allowed.test" && l["address"] == "127.0.0.20" && l["identity"] == "dns-bot"),
@@ -271,7 +266,34 @@ fn expiry_identities_and_agent_down() {
         (connect(&cx, "127.0.0.31", px).errno == Some(libc::EPERM)).then_some(())
     });
     assert!(expired.is_some(), "a learned address expires with the agent down");
-    uninstall(&agent, &pin_dir);
+
+    // The next run takes over what the earlier one learned (pinned), with its expiry.
+    let again = Agent::start_with("dns-expiry-again", &policy, &config);
+    connect(&cx, "127.0.0.29", px).assert_ok("an address the earlier run learned, after a restart");
+    let listed = dns_listing(&again);
+    assert!(
+        listed["learned"].as_array().is_some_and(|l| l.iter().any(|e| e["address"] == "127.0.0.29"
+            && e["identity"] == "x-bot"
+            && e["name"].as_str().is_some_and(|n| n.starts_with("(learned before this run)")))),
+        "{listed:#}"
+    );
+    ask(&cx, "medium.x.test");
+    connect(&cx, "127.0.0.31", px).assert_ok("the new run answers and learns");
+    nix::sys::signal::kill(again.pid(), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let mut again = again;
+    again.wait_exit(Duration::from_secs(10 * u64::from(slow)));
+    uninstall(&again, &pin_dir);
+    drop(agent);
+}
+
+/// `fence-agent dns --json` of `agent`.
+fn dns_listing(agent: &Agent) -> Value {
+    let out = Command::new(agent_binary())
+        .args(["dns", "--json", "--socket"])
+        .arg(&agent.socket)
+        .output()
+        .expect("fence-agent dns");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("fence-agent dns --json ({e}): {out:?}"))
 }
 
 /// Lifts the pinned enforcement the test left (as `fence-agent uninstall` does).

@@ -185,12 +185,19 @@ impl Learned {
     pub fn reprice(&mut self, identity: u32, ranges_of: impl Fn(&str) -> Option<Vec<Range>>) -> Vec<Write> {
         let Some(table) = self.identities.get_mut(&identity) else { return Vec::new() };
         let touched: BTreeSet<IpAddr> = table.names.values().flat_map(|e| e.addrs.keys().copied()).collect();
-        table.names.retain(|name, entry| match ranges_of(name) {
-            Some(r) => {
-                entry.ranges = r;
-                true
+        table.names.retain(|name, entry| {
+            // What an earlier run learned has no name to judge again: it keeps its ports until
+            // its expiry (at most `[dns] ttl_cap`).
+            if name.starts_with(EARLIER_RUN) {
+                return true;
             }
-            None => false,
+            match ranges_of(name) {
+                Some(r) => {
+                    entry.ranges = r;
+                    true
+                }
+                None => false,
+            }
         });
         self.writes(identity, touched)
     }
@@ -348,6 +355,8 @@ mod tests {
         rules.rules[0] = PortRule { lo: 443, hi: 443, protocols: PROTO_TCP, _pad: [0; 3] };
         l.adopt(vec![(3, ip("192.0.2.7"), LearnedRules { expires_ns: 100, rules })]);
         assert_eq!(l.rows()[0].identity, 3);
+        // The first apply of the new run does not drop it (its name is unknown, not refused).
+        assert_eq!(put(&l.reprice(3, |_| None)[0]), (3, ip("192.0.2.7"), 100, vec![(443, 443, PROTO_TCP)]));
         assert_eq!(l.sweep(101), vec![Write::Delete { identity: 3, addr: ip("192.0.2.7") }]);
     }
 
