@@ -29,6 +29,7 @@ const CAPS: &[(&str, u32)] = &[
     ("CAP_DAC_OVERRIDE", 1),
     ("CAP_DAC_READ_SEARCH", 2),
     ("CAP_KILL", 5),
+    ("CAP_NET_BIND_SERVICE", 10),
     ("CAP_NET_ADMIN", 12),
     ("CAP_SYS_PTRACE", 19),
     ("CAP_SYS_ADMIN", 21),
