@@ -61,6 +61,23 @@ impl Upstream {
     }
 }
 
+/// `fence-tests dns-authority NAME=IP...`: serves A records (TTL 300) on 127.0.0.1 until stdin
+/// closes; prints the address it listens on first (the bench's upstream).
+pub fn authority_main(args: &[String]) -> std::process::ExitCode {
+    let mut records = Vec::new();
+    for arg in args {
+        let Some((name, ip)) = arg.split_once('=') else {
+            eprintln!("dns-authority: expected NAME=IP, got {arg:?}");
+            return std::process::ExitCode::from(2);
+        };
+        records.push(a(&format!("{name}."), 300, ip));
+    }
+    let up = Upstream::start(records);
+    println!("{}", up.authority.addr);
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    std::process::ExitCode::SUCCESS
+}
+
 /// A listener on `ip`, port `port` (0: any), for connects that must succeed.
 fn listen(ip: &str, port: u16) -> TcpListener {
     TcpListener::bind((ip.parse::<IpAddr>().expect("ip"), port)).unwrap_or_else(|e| panic!("listening on {ip}: {e}"))

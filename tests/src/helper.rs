@@ -262,6 +262,26 @@ fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
             }
             Ok(json!({"ns": started.elapsed().as_nanos() as u64, "count": n}))
         }
+        // bench-dns SERVER NAME COUNT: COUNT questions one after the other over UDP; the
+        // latency of each, as percentiles.
+        "bench-dns" => {
+            let server = addr(args.first())?;
+            let name = args.get(1).ok_or_else(|| io::Error::other("missing name"))?;
+            let n: usize = args.get(2).and_then(|n| n.parse().ok()).ok_or_else(|| io::Error::other("count"))?;
+            let started = std::time::Instant::now();
+            let mut each: Vec<u64> = Vec::with_capacity(n);
+            for _ in 0..n {
+                let t = std::time::Instant::now();
+                let v = dns_query(server, name, "A", false)?;
+                if v["rcode"] != 0 {
+                    return Err(io::Error::other(format!("answered {v}")));
+                }
+                each.push(t.elapsed().as_nanos() as u64);
+            }
+            each.sort_unstable();
+            let pct = |p: usize| each.get((each.len() * p / 100).min(each.len().saturating_sub(1))).copied().unwrap_or(0);
+            Ok(json!({"ns": started.elapsed().as_nanos() as u64, "count": n, "p50_ns": pct(50), "p99_ns": pct(99)}))
+        }
         "noop" => Ok(json!({})),
         "connect-paced" => {
             // Denied connects at RATE per second for SECS seconds (a storm of known rate):

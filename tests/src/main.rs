@@ -4,6 +4,7 @@
 //! fence-tests list                 # test names
 //! fence-tests run NAME             # one test, in this process
 //! fence-tests run-all [FILTER]     # every test, each in its own process, one at a time
+//! fence-tests dns-authority NAME=IP...  # a test DNS authority on 127.0.0.1 (for the bench)
 //! ```
 //!
 //! Needs root, a cgroup2 mount and `fence-agent` next to this binary (or `$FENCE_AGENT`).
@@ -78,11 +79,15 @@ fn main() -> ExitCode {
             harness::run_all(&tests, filter.as_deref(), limit, kernel_log)
         }
         Some("helper") => helper::main(&args[1..]),
+        Some("dns-authority") => dns::authority_main(&args[1..]),
         _ => usage(),
     }
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: fence-tests list | run NAME | run-all [--kernel-log-on-failure] [FILTER] | helper ...");
+    eprintln!(
+        "usage: fence-tests list | run NAME | run-all [--kernel-log-on-failure] [FILTER] | helper ... | \
+         dns-authority NAME=IP..."
+    );
     ExitCode::from(2)
 }

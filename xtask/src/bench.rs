@@ -7,7 +7,8 @@
 //!   to (what every other process on the host pays), and fenced with what it does allowed; in
 //!   rounds whose order rotates, the workload pinned to one CPU; median and interquartile
 //!   spread of the per-round ratios.
-//! - Policy size and agent scale ([`crate::bench_scale`]), the denial storm, vault propagation.
+//! - Policy size and agent scale ([`crate::bench_scale`]), the denial storm, egress by name
+//!   ([`crate::bench_dns`]), vault propagation.
 //!
 //! Ratios and timings, not thresholds: nothing here passes or fails on timing.
 
@@ -274,6 +275,9 @@ pub fn bench(opts: &Options<'_>) -> Result<ExitCode> {
         }
         if wanted(f, &["denial storm"]) {
             section(&mut report, "denial storm", storm(&env));
+        }
+        if wanted(f, &["egress by name", "dns"]) {
+            section(&mut report, "egress by name", crate::bench_dns::dns(&env, opts.rounds));
         }
         if wanted(f, &["vault propagation"]) {
             section(&mut report, "vault propagation", vault(&env));

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod artifacts;
 mod bench;
+mod bench_dns;
 mod bench_scale;
 mod bench_vault;
 mod demo;
@@ -62,7 +63,7 @@ enum Task {
         quick: bool,
         /// Run only the sections or workloads whose name contains this: `hooks`, `ratios` or a
         /// workload (`TCP`, `UDP`, `open`, `exec`), `policy size`, `agent scale`, `storm`,
-        /// `vault`.
+        /// `dns`, `vault`.
         filter: Option<String>,
     },
     /// Set up, then build the fuzz targets (cargo-fuzz, nightly) and run each N runs from the
