@@ -279,8 +279,10 @@ fn dns_state(
     } else {
         Upstreams::new(config.dns.upstream.clone())
     };
+    // A host without a resolver (no nameserver in resolv.conf) is a state, not a failure: its
+    // fenced identities' allowed names get SERVFAIL, each one logged as it happens.
     let upstreams = upstreams.unwrap_or_else(|e| {
-        tracing::error!(error = %e, "no upstream DNS server: fenced identities' allowed names get SERVFAIL (set [dns] upstream)");
+        tracing::info!(error = %e, "no upstream DNS server: fenced identities' allowed names get SERVFAIL (set [dns] upstream)");
         Upstreams::none()
     });
     let in_force = SharedInForce::default();
