@@ -503,13 +503,23 @@ fn expired_identity_is_deny_all() {
 
 fn agent_refuses_bad_policy_at_start() {
     let cg = TestCgroup::new("badstart");
-    let bad = policy(&cg, "enforce", "", &rule("10.0.0.0/33", "22", "tcp")).replace("    owner: fence-tests\n", "");
+    let egress = format!("{}{}", rule("10.0.0.0/33", "22", "tcp"), rule("api.example.com, \"*.com\"", "443", "tcp"));
+    let bad = policy(&cg, "enforce", "", &egress).replace("    owner: fence-tests\n", "");
     let mut agent = Agent::spawn("badstart", &bad);
     let status = agent.wait_exit(Duration::from_secs(30 * u64::from(slow_factor())));
     assert_eq!(status.code(), Some(2), "exit status for a bad policy");
     let err = agent.stderr_text();
-    for needle in ["policy.yaml", "identity \"test-bot\"", "owner: is required", "egress[0].to[0]", "prefix length 33"]
-    {
+    let needles = [
+        "policy.yaml",
+        "identity \"test-bot\"",
+        "owner: is required",
+        "egress[0].to[0]",
+        "prefix length 33",
+        // A wildcard over a public suffix (egress by name).
+        "egress[1].to[1]",
+        "public suffix \"com\"",
+    ];
+    for needle in needles {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
     // Nothing was attached: a process in the cgroup is not fenced.
