@@ -148,24 +148,30 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
     pub fn spawn(mut self, inbox: Inbox) -> std::io::Result<thread::JoinHandle<()>> {
         let rx = inbox.0;
         thread::Builder::new().name("fence-policy".into()).spawn(move || {
+            let mut swept = std::time::Instant::now();
             loop {
                 let due = self.until_next_expiry();
-                let wait = if self.dns.is_some() { due.min(DNS_SWEEP) } else { due };
+                let sweep_in = DNS_SWEEP.saturating_sub(swept.elapsed());
+                let wait = if self.dns.is_some() { due.min(sweep_in) } else { due };
                 match rx.recv_timeout(wait) {
                     Ok(message) => {
                         if !self.handle(message) {
                             return;
                         }
                     }
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        if let Some(d) = &mut self.dns {
-                            d.sweep();
-                        }
-                        if due <= wait && due < IDLE_WAIT {
-                            self.change(Change::Expiry);
-                        }
-                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
                     Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+                // Checked after every message too: a steady stream of them (DNS answers) must
+                // not hold back an identity's expiry or the sweep.
+                if let Some(d) = &mut self.dns
+                    && swept.elapsed() >= DNS_SWEEP
+                {
+                    d.sweep();
+                    swept = std::time::Instant::now();
+                }
+                if self.next_expiry().is_some() && self.until_next_expiry().is_zero() {
+                    self.change(Change::Expiry);
                 }
             }
         })
