@@ -105,7 +105,10 @@ fn query(cg: Option<&TestCgroup>, server: &str, name: &str, qtype: &str) -> Outc
 fn answered(o: &Outcome, rcode: u64, what: &str) -> Vec<String> {
     o.assert_ok(what);
     assert_eq!(o.raw["rcode"], rcode, "{what}: {}", o.raw);
-    o.raw["addrs"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+    o.raw["addrs"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
 }
 
 fn connect(cg: &TestCgroup, ip: &str, port: u16) -> Outcome {
@@ -116,8 +119,10 @@ fn connect(cg: &TestCgroup, ip: &str, port: u16) -> Outcome {
 fn names_steered_answered_and_enforced() {
     let l = listen("127.0.0.20", 0);
     let port = l.local_addr().unwrap().port();
-    let _listeners: Vec<TcpListener> =
-        ["127.0.0.21", "127.0.0.22", "127.0.0.23", "127.0.0.25", "127.0.0.26"].iter().map(|ip| listen(ip, port)).collect();
+    let _listeners: Vec<TcpListener> = ["127.0.0.21", "127.0.0.22", "127.0.0.23", "127.0.0.25", "127.0.0.26"]
+        .iter()
+        .map(|ip| listen(ip, port))
+        .collect();
     let v6 = TcpListener::bind(("::1", port)).ok();
     let up = Upstream::start(vec![
         a("api.allowed.test.", 300, "127.0.0.20"),
@@ -204,7 +209,9 @@ fn names_steered_answered_and_enforced() {
     let listed = dns_listing(&agent);
     let learned = listed["learned"].as_array().cloned().unwrap_or_default();
     assert!(
-        learned.iter().any(|l| l["name"] == "api.allowed.test" && l["address"] == "127.0.0.20" && l["identity"] == "dns-bot"),
+        learned
+            .iter()
+            .any(|l| l["name"] == "api.allowed.test" && l["address"] == "127.0.0.20" && l["identity"] == "dns-bot"),
         "{listed:#}"
     );
     drop(l);

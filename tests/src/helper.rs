@@ -279,7 +279,8 @@ fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
                 each.push(t.elapsed().as_nanos() as u64);
             }
             each.sort_unstable();
-            let pct = |p: usize| each.get((each.len() * p / 100).min(each.len().saturating_sub(1))).copied().unwrap_or(0);
+            let pct =
+                |p: usize| each.get((each.len() * p / 100).min(each.len().saturating_sub(1))).copied().unwrap_or(0);
             Ok(json!({"ns": started.elapsed().as_nanos() as u64, "count": n, "p50_ns": pct(50), "p99_ns": pct(99)}))
         }
         "noop" => Ok(json!({})),

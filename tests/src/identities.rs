@@ -196,7 +196,12 @@ fn expires_while_running() {
     let cg = TestCgroup::new("expiring");
     let policy_expiring = |secs: i64| {
         let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(secs);
-        policy(&[identity("short-lived", &format!("      - cgroup: {}\n", cg.rel), &format!("    expires: {expires}\n"), port(&allowed))])
+        policy(&[identity(
+            "short-lived",
+            &format!("      - cgroup: {}\n", cg.rel),
+            &format!("    expires: {expires}\n"),
+            port(&allowed),
+        )])
     };
     // The agent starts with an expiry far away (its start takes as long as the machine makes
     // it); the short one comes by reload, which is quick, so "before expiry" is before it.

@@ -23,6 +23,7 @@ use crate::{
     cgroup::Cgroups,
     config::Config,
     control,
+    dns::{self, Upstreams},
     events::{
         Directory, EventReader, EventThread, Sinks,
         reader::{CountsFile, FloodControl},
@@ -38,7 +39,6 @@ use crate::{
     offsets::kernel_offsets,
     persist,
     policy::{PolicyErrors, PolicySet, glob::PathGlob},
-    dns::{self, Upstreams},
     service::{
         self, Change, Deps, PolicyService, ServiceHandle, VaultState, Views,
         apply::ApplyError,
@@ -268,7 +268,9 @@ fn dns_state(
     events: &AgentEvents,
 ) -> anyhow::Result<Option<DnsState>> {
     if !config.dns.enabled {
-        tracing::warn!("[dns] enabled = false: fenced identities' DNS is ordinary egress; names in egress rules allow nothing");
+        tracing::warn!(
+            "[dns] enabled = false: fenced identities' DNS is ordinary egress; names in egress rules allow nothing"
+        );
         return Ok(None);
     }
     if !plan.get(fences::dns::UNIT.name).enforced() {

@@ -261,7 +261,9 @@ mod tests {
         assert!(Request::parse(r#"{"op":"identities","x":1}"#).unwrap_err().contains("unknown field `x`"));
         assert!(Request::parse(r#"{"op":"status","identity":"a"}"#).unwrap_err().contains("takes no"));
         assert!(Request::parse("not json").is_err());
-        for r in [Request::Enter { identity: "a".into() }, Request::Identities, Request::Status, Request::Dump, Request::Dns] {
+        for r in
+            [Request::Enter { identity: "a".into() }, Request::Identities, Request::Status, Request::Dump, Request::Dns]
+        {
             let line = r.to_line();
             assert_eq!(Request::parse(std::str::from_utf8(&line).unwrap().trim()).unwrap(), r);
         }

@@ -67,11 +67,11 @@ mod metrics;
 mod server;
 mod upstream;
 
-#[cfg(test)]
-mod tests;
 /// A test authority (the upstream of the resolver's tests and of the integration tests).
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+#[cfg(test)]
+mod tests;
 
 use std::{fmt, future::Future, net::SocketAddr, pin::Pin};
 

@@ -60,7 +60,8 @@ impl Collector for DnsCollector {
             ("overloaded", r.overloaded),
         ];
         let help = "DNS queries of fenced identities, by what became of them";
-        let mut family = encoder.encode_descriptor("fence_dns_queries", help, None, ConstCounter::new(0u64).metric_type())?;
+        let mut family =
+            encoder.encode_descriptor("fence_dns_queries", help, None, ConstCounter::new(0u64).metric_type())?;
         for (verdict, n) in queries {
             ConstCounter::new(n).encode(family.encode_family(&VerdictLabels { verdict })?)?;
         }

@@ -20,8 +20,7 @@ use std::{
 use fence_common::{DnsResolver, EventHeader, EventKind, Mechanism, NetEvent, Operation, Reason, Verdict};
 
 use super::{
-    ServiceHandle,
-    dns_peer,
+    ServiceHandle, dns_peer,
     learned::{Caps, Learned, Range, Row, Write, boot_ns},
 };
 use crate::{
@@ -270,7 +269,8 @@ impl DnsState {
 
     /// An allowed answer: its addresses go into the kernel before the client sees it.
     pub fn learn(&mut self, answer: LearnedAnswer) -> Result<(), String> {
-        let known = self.in_force.read().unwrap_or_else(PoisonError::into_inner).identities.contains_key(&answer.identity);
+        let known =
+            self.in_force.read().unwrap_or_else(PoisonError::into_inner).identities.contains_key(&answer.identity);
         if !known {
             return Err(format!("identity #{} is no longer in force", answer.identity));
         }

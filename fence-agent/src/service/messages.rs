@@ -71,11 +71,26 @@ pub enum PollOutcome {
 }
 
 pub enum Message {
-    Change { change: Change, reply: Option<oneshot::Sender<Outcome>> },
-    Control { request: Request, peer: Peer, reply: oneshot::Sender<Vec<u8>> },
-    VaultPolled { report: PollReport, reply: oneshot::Sender<Option<SyncStatus>> },
-    VaultStopped { why: String },
+    Change {
+        change: Change,
+        reply: Option<oneshot::Sender<Outcome>>,
+    },
+    Control {
+        request: Request,
+        peer: Peer,
+        reply: oneshot::Sender<Vec<u8>>,
+    },
+    VaultPolled {
+        report: PollReport,
+        reply: oneshot::Sender<Option<SyncStatus>>,
+    },
+    VaultStopped {
+        why: String,
+    },
     /// An allowed DNS answer, held until its addresses are in the kernel.
-    DnsLearn { answer: super::dns::LearnedAnswer, reply: oneshot::Sender<Result<(), String>> },
+    DnsLearn {
+        answer: super::dns::LearnedAnswer,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     Stop,
 }

@@ -9,8 +9,8 @@ use crate::{
     control::{
         Peer, Request,
         protocol::{
-            self, DnsReply, DumpReply, Entered, IdentitiesReply, IdentityStatus, LearnedAddress, PolicyStatus, SelectorStatus, Source,
-            StatusReply,
+            self, DnsReply, DumpReply, Entered, IdentitiesReply, IdentityStatus, LearnedAddress, PolicyStatus,
+            SelectorStatus, Source, StatusReply,
         },
     },
     kernel::PolicyMaps,

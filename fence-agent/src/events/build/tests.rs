@@ -176,27 +176,13 @@ fn records_validate_against_the_json_schema() {
         serde_json::to_value(build(&KernelEvent::Net(audit), &dir, &FakeHost).unwrap()).unwrap(),
         serde_json::to_value(build(&KernelEvent::Object(Box::new(exec)), &dir, &FakeHost).unwrap()).unwrap(),
         serde_json::to_value(build(&KernelEvent::Object(Box::new(file)), &dir, &FakeHost).unwrap()).unwrap(),
-        serde_json::to_value(suppressed_record(
-            at,
-            "h",
-            key,
-            Some("ci-bot"),
-            12,
-            std::time::Duration::from_secs(10),
-        ))
-        .unwrap(),
-        serde_json::to_value(dropped_record(
-            at,
-            "h",
-            cause::RING_BUFFER_FULL,
-            3,
-            std::time::Duration::from_secs(10),
-        ))
-        .unwrap(),
+        serde_json::to_value(suppressed_record(at, "h", key, Some("ci-bot"), 12, std::time::Duration::from_secs(10)))
+            .unwrap(),
+        serde_json::to_value(dropped_record(at, "h", cause::RING_BUFFER_FULL, 3, std::time::Duration::from_secs(10)))
+            .unwrap(),
     ];
     for r in &records {
-        let errors: Vec<String> =
-            validator.iter_errors(r).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+        let errors: Vec<String> = validator.iter_errors(r).map(|e| format!("{} at {}", e, e.instance_path())).collect();
         assert!(errors.is_empty(), "{r:#}\n{errors:#?}");
     }
     // What the schema refuses.
@@ -308,8 +294,7 @@ fn escape_and_file_bypass_records_name_what_was_refused() {
     assert_eq!(v["fence"]["target"]["kind"], "sysctl");
     assert_eq!(v["event"]["category"][0], "configuration");
 
-    let mut tty =
-        object(header(EventKind::Escape, Operation::Ioctl, Mechanism::LsmFileIoctl, Reason::TerminalInput));
+    let mut tty = object(header(EventKind::Escape, Operation::Ioctl, Mechanism::LsmFileIoctl, Reason::TerminalInput));
     tty.dev = TIOCSTI;
     crate::events::decode::path_into_components(std::path::Path::new("/3"), &mut tty.path);
     check(
@@ -329,13 +314,9 @@ fn escape_and_file_bypass_records_name_what_was_refused() {
     );
     assert!(v["fence"]["target"].get("pid").is_none());
 
-    let mut unlink =
-        object(header(EventKind::File, Operation::Unlink, Mechanism::LsmInodeUnlink, Reason::FenceState));
+    let mut unlink = object(header(EventKind::File, Operation::Unlink, Mechanism::LsmInodeUnlink, Reason::FenceState));
     unlink.ino = 5;
-    crate::events::decode::path_into_components(
-        std::path::Path::new("/sys/fs/bpf/fence/links/x"),
-        &mut unlink.path,
-    );
+    crate::events::decode::path_into_components(std::path::Path::new("/sys/fs/bpf/fence/links/x"), &mut unlink.path);
     let v = check(
         KernelEvent::Object(Box::new(unlink)),
         "denied removing /sys/fs/bpf/fence/links/x: fence's pinned programs and maps (bpffs)",
