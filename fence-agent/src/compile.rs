@@ -198,6 +198,7 @@ pub(crate) mod tests {
             names: Vec::new(),
             ports: ports.iter().map(|&(lo, hi)| PortRange { lo, hi }).collect(),
             protocols,
+            grant: 0,
         }
     }
 
@@ -215,6 +216,8 @@ pub(crate) mod tests {
             exec: None,
             file_exceptions: vec![],
             unix: None,
+            grantable: vec![],
+            grants_in_force: vec![],
             version: PolicyVersion([7; 32]),
             source: PathBuf::from("p.yaml"),
         }
@@ -302,11 +305,11 @@ pub(crate) mod tests {
     fn map_capacity_is_checked_per_generation_with_the_entry_named() {
         let mut resolved = Resolved::default();
         for ino in 0..u64::from(Map::Protected.per_generation()) + 1 {
-            resolved.protected.push(crate::resolve::Entry {
-                id: crate::resolve::ObjectId { dev: 1, ino },
-                path: PathBuf::from("/x"),
-                value: fence_common::PROTECT_FILE,
-            });
+            resolved.protected.push(crate::resolve::Entry::new(
+                crate::resolve::ObjectId { dev: 1, ino },
+                PathBuf::from("/x"),
+                fence_common::PROTECT_FILE,
+            ));
         }
         let e = compile(&set(vec![]), &resolved, &mut IdAllocator::default()).unwrap_err().to_string();
         assert!(e.contains("protected file"), "{e}");

@@ -86,7 +86,7 @@ impl Holder {
             }
             let alive = fstat(&h.fd).is_ok_and(|st| st.st_nlink > 0);
             if alive {
-                moved.push(Entry { id: *id, path: h.path.clone(), value: h.flags });
+                moved.push(Entry::new(*id, h.path.clone(), h.flags));
             }
             alive
         });
@@ -140,7 +140,7 @@ mod tests {
         let f = d.join("secret");
         fs::write(&f, "s").unwrap();
         let (id, _) = object_id(&f, &Mounts::read()).unwrap();
-        let entry = Entry { id, path: f.clone(), value: fence_common::PROTECT_FILE };
+        let entry = Entry::new(id, f.clone(), fence_common::PROTECT_FILE);
         let mut holder = Holder::default();
         let mut r = Resolved { protected: vec![entry.clone()], ..Resolved::default() };
         holder.update(&mut r);
@@ -166,7 +166,7 @@ mod tests {
         fs::write(&a, "a").unwrap();
         fs::write(&b, "b").unwrap();
         let mounts = Mounts::read();
-        let entry = |p: &std::path::Path| Entry { id: object_id(p, &mounts).unwrap().0, path: p.to_owned(), value: 1 };
+        let entry = |p: &std::path::Path| Entry::new(object_id(p, &mounts).unwrap().0, p.to_owned(), 1);
         let mut holder = Holder::default();
         holder.update(&mut Resolved { protected: vec![entry(&a)], ..Resolved::default() });
         let checkpoint = holder.checkpoint();

@@ -20,6 +20,7 @@ pub mod compile;
 pub mod config;
 pub mod control;
 pub mod dns;
+pub mod duration;
 pub mod ebpf_object;
 pub mod events;
 pub mod fences;

@@ -17,6 +17,7 @@
 
 pub mod dns;
 pub mod events;
+pub mod grants;
 pub mod maps;
 pub mod offsets;
 pub mod policy;
@@ -27,12 +28,13 @@ mod pod;
 
 pub use dns::*;
 pub use events::*;
+pub use grants::*;
 pub use maps::{GENERATIONS, Map, MapKind, MapSpec};
 pub use offsets::{KernelOffsets, globals};
 pub use policy::*;
 
 /// Version of the layouts in this crate. The agent refuses pinned state of another version.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Deepest cgroup level (root = 0) at which the kernel looks for an identity binding.
 /// Identities bound deeper are rejected by validation.

@@ -97,12 +97,17 @@ pub enum Map {
     Learned4,
     /// `HashMap<Learned6Key, LearnedRules>`: as `Learned4`, IPv6.
     Learned6,
+    /// `Array<GrantState>`: per just-in-time grant slot, its end on the kernel clock (see
+    /// [`crate::grants`]). Shared by every run.
+    Grants,
+    /// `PerCpuArray<u64>`: per grant slot, the operations allowed through it. Shared by every run.
+    GrantUses,
 }
 
 impl Map {
     /// Every map the object defines; the policy maps among them in the order a generation is
     /// written (bindings last: an identity is only reachable once its rules are in place).
-    pub const ALL: [Map; 22] = [
+    pub const ALL: [Map; 24] = [
         Map::Active,
         Map::Identities,
         Map::Net4,
@@ -125,6 +130,8 @@ impl Map {
         Map::DnsSteered,
         Map::Learned4,
         Map::Learned6,
+        Map::Grants,
+        Map::GrantUses,
     ];
 
     /// The policy maps (two generations), in [`Map::ALL`]'s order.
@@ -175,6 +182,10 @@ impl Map {
             Map::DnsSteered => other("FENCE_DNS_STEERED", MapKind::LruHash, 65_536, "steered DNS socket"),
             Map::Learned4 => other("FENCE_LEARNED4", MapKind::Hash, 65_536, "learned IPv4 address"),
             Map::Learned6 => other("FENCE_LEARNED6", MapKind::Hash, 65_536, "learned IPv6 address"),
+            Map::Grants => other("FENCE_GRANTS", MapKind::Array, crate::grants::GRANT_SLOTS, "grant slot"),
+            Map::GrantUses => {
+                other("FENCE_GRANT_USES", MapKind::PerCpuArray, crate::grants::GRANT_SLOTS, "grant use counter")
+            }
         }
     }
 
@@ -202,7 +213,7 @@ mod tests {
         assert!(Map::POLICY.iter().all(|m| m.spec().policy));
         assert_eq!(Map::ALL.iter().filter(|m| m.spec().policy).count(), Map::POLICY.len());
         assert_eq!(Map::POLICY.last(), Some(&Map::Cgroups));
-        let mut names: [&str; 22] = Map::ALL.map(Map::name);
+        let mut names: [&str; 24] = Map::ALL.map(Map::name);
         names.sort();
         assert!(names.windows(2).all(|w| w[0] != w[1]), "map names are unique");
     }

@@ -48,3 +48,5 @@ unsafe impl aya::Pod for Learned6Key {}
 
 // SAFETY: as above.
 unsafe impl aya::Pod for LearnedRules {}
+// SAFETY: as above.
+unsafe impl aya::Pod for GrantState {}

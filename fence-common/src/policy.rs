@@ -114,7 +114,16 @@ pub struct PortRule {
     pub hi: u16,
     /// `PROTO_*` bits.
     pub protocols: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// The just-in-time grant slot the rule belongs to ([`crate::Map::Grants`]); 0: a standing
+    /// rule.
+    pub grant: u16,
+}
+
+impl PortRule {
+    pub const fn new(lo: u16, hi: u16, protocols: u8, grant: u16) -> PortRule {
+        PortRule { lo, hi, protocols, _pad: 0, grant }
+    }
 }
 
 /// Value of the LPM maps: every port rule that applies to destinations in the prefix.
@@ -128,21 +137,28 @@ pub struct NetRules {
 }
 
 impl NetRules {
-    /// Whether `port` over `protocol` (a `PROTO_*` bit) is allowed.
+    /// Whether `port` over `protocol` (a `PROTO_*` bit) is allowed by a standing rule.
     #[inline(always)]
     pub fn allows(&self, protocol: u8, port: u16) -> bool {
+        self.allows_where(protocol, port, |grant| grant == 0).is_some()
+    }
+
+    /// The grant slot of a rule that allows `port` over `protocol` (0: a standing rule), among
+    /// the standing rules and the rules of grants `live` says are in force.
+    #[inline(always)]
+    pub fn allows_where(&self, protocol: u8, port: u16, live: impl Fn(u16) -> bool) -> Option<u16> {
         let mut i = 0;
         while i < MAX_PORT_RULES {
             if i as u32 >= self.count {
-                return false;
+                return None;
             }
             let r = &self.rules[i];
-            if r.protocols & protocol != 0 && r.lo <= port && port <= r.hi {
-                return true;
+            if r.protocols & protocol != 0 && r.lo <= port && port <= r.hi && (r.grant == 0 || live(r.grant)) {
+                return Some(r.grant);
             }
             i += 1;
         }
-        false
+        None
     }
 }
 
@@ -156,6 +172,25 @@ pub struct InodeKey {
     pub ino: u64,
     pub dev: u32,
     pub _pad: u32,
+}
+
+/// Inode-map values (`Exec`, `FileExcept`, `Unix`, `UnixAbstract`) carry a grant slot in their
+/// high 16 bits (0: standing) and `PROTECT_*` flags (or 1) in the low 16.
+pub const GRANT_SHIFT: u32 = 16;
+
+/// An inode-map value: `flags` for grant slot `grant`.
+pub const fn inode_value(flags: u32, grant: u16) -> u32 {
+    (flags & 0xffff) | ((grant as u32) << GRANT_SHIFT)
+}
+
+/// The grant slot of an inode-map value.
+pub const fn grant_of(value: u32) -> u16 {
+    (value >> GRANT_SHIFT) as u16
+}
+
+/// The flags of an inode-map value.
+pub const fn flags_of(value: u32) -> u32 {
+    value & 0xffff
 }
 
 /// `Protected`/`FileExcept` values: the inode itself.
@@ -227,7 +262,7 @@ mod tests {
     fn rules(list: &[(u16, u16, u8)]) -> NetRules {
         let mut r = NetRules::default();
         for (i, &(lo, hi, protocols)) in list.iter().enumerate() {
-            r.rules[i] = PortRule { lo, hi, protocols, _pad: [0; 3] };
+            r.rules[i] = PortRule::new(lo, hi, protocols, 0);
         }
         r.count = list.len() as u32;
         r
@@ -247,10 +282,21 @@ mod tests {
     #[test]
     fn allows_ignores_entries_past_count() {
         let mut r = rules(&[(53, 53, PROTO_UDP)]);
-        r.rules[1] = PortRule { lo: 0, hi: 65535, protocols: PROTO_TCP | PROTO_UDP, _pad: [0; 3] };
+        r.rules[1] = PortRule::new(0, 65535, PROTO_TCP | PROTO_UDP, 0);
         assert!(!r.allows(PROTO_TCP, 22));
         assert!(r.allows(PROTO_UDP, 53));
         assert!(!NetRules::default().allows(PROTO_TCP, 1));
+    }
+
+    #[test]
+    fn grant_rules_allow_only_while_their_grant_is_live() {
+        let mut r = rules(&[(443, 443, PROTO_TCP)]);
+        r.rules[1] = PortRule::new(5432, 5432, PROTO_TCP, 7);
+        r.count = 2;
+        assert_eq!(r.allows_where(PROTO_TCP, 5432, |g| g == 7), Some(7));
+        assert_eq!(r.allows_where(PROTO_TCP, 5432, |_| false), None);
+        assert_eq!(r.allows_where(PROTO_TCP, 443, |_| false), Some(0));
+        assert!(!r.allows(PROTO_TCP, 5432), "allows() is standing rules only");
     }
 
     #[test]

@@ -128,25 +128,28 @@ fn set_peer(ctx: &SockAddrContext, family: u16, addr: &[u8; 16], port: u16) {
     sa.user_port = u32::from(port.to_be());
 }
 
-/// Whether `identity` learned `addr` from an allowed answer, not expired, with `port` over
-/// `proto` allowed.
+/// The grant slot (0: standing) of the rule through which `identity` learned `addr` from an
+/// allowed answer, not expired, with `port` over `proto` allowed; `None` when it did not.
 #[inline(always)]
-pub fn learned_v4(identity: u32, addr: [u8; 4], proto: u8, port: u16) -> bool {
+pub fn learned_v4(identity: u32, addr: [u8; 4], proto: u8, port: u16) -> Option<u16> {
     // SAFETY: the value is copied out at once.
     let v = unsafe { FENCE_LEARNED4.get(&Learned4Key { identity, addr }) }.copied();
-    v.is_some_and(|v| live(&v, proto, port))
+    v.and_then(|v| live(&v, proto, port))
 }
 
 #[inline(always)]
-pub fn learned_v6(identity: u32, addr: [u8; 16], proto: u8, port: u16) -> bool {
+pub fn learned_v6(identity: u32, addr: [u8; 16], proto: u8, port: u16) -> Option<u16> {
     // SAFETY: the value is copied out at once.
     let v = unsafe { FENCE_LEARNED6.get(&Learned6Key { identity, addr }) }.copied();
-    v.is_some_and(|v| live(&v, proto, port))
+    v.and_then(|v| live(&v, proto, port))
 }
 
 #[inline(always)]
-fn live(v: &LearnedRules, proto: u8, port: u16) -> bool {
+fn live(v: &LearnedRules, proto: u8, port: u16) -> Option<u16> {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    now < v.expires_ns && v.rules.allows(proto, port)
+    if now >= v.expires_ns {
+        return None;
+    }
+    v.rules.allows_where(proto, port, crate::grants::live)
 }

@@ -17,7 +17,7 @@ use fence_common::{
 };
 
 use crate::{
-    events,
+    events, grants,
     identity::{self, Fenced},
     kernel::{self, Inode, read},
     maps::{FENCE_EXEC, lookup},
@@ -87,7 +87,7 @@ fn judge(bprm: u64) -> Option<Denial> {
     } else {
         let key =
             InodeKey { generation: who.generation, identity: who.identity, ino: inode.ino, dev: inode.dev, _pad: 0 };
-        if lookup(&FENCE_EXEC, &key).is_some() {
+        if grants::inode_rule(lookup(&FENCE_EXEC, &key)).is_some() {
             return None;
         }
         Reason::ExecNotAllowed

@@ -18,7 +18,7 @@ use fence_common::{
 };
 
 use crate::{
-    events,
+    events, grants,
     identity::{self, Fenced},
     kernel::{self, Inode, read},
     maps::{FENCE_EXEC, FENCE_FILE_EXCEPT, FENCE_PROTECTED, lookup},
@@ -123,7 +123,7 @@ fn protected_without_exception(
         protected = true;
         *rule = *inode;
     }
-    let mut excepted = lookup(&FENCE_FILE_EXCEPT, &key(who, who.identity, inode)).is_some();
+    let mut excepted = grants::inode_rule(lookup(&FENCE_FILE_EXCEPT, &key(who, who.identity, inode))).is_some();
     let is_env = dentry != 0 && kernel::name_is_env(o, dentry);
     let mut d = dentry;
     let mut level = 0;
@@ -138,7 +138,7 @@ fn protected_without_exception(
             *rule = dir;
         }
         if !excepted
-            && let Some(flags) = lookup(&FENCE_FILE_EXCEPT, &key(who, who.identity, &dir))
+            && let Some(flags) = grants::inode_rule(lookup(&FENCE_FILE_EXCEPT, &key(who, who.identity, &dir)))
             && flags & PROTECT_TREE != 0
         {
             excepted = true;

@@ -15,6 +15,7 @@ mod escape;
 mod events;
 mod exec;
 mod file;
+mod grants;
 mod identity;
 mod kernel;
 mod maps;

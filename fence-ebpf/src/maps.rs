@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use fence_common::{
-    AbstractKey, ActiveState, CacheKey, CgroupKey, DnsResolver, DnsSteered, EventLimit, IdentityInfo, IdentityKey,
-    InodeKey, Learned4Key, Learned6Key, LearnedRules, Map, Net4Key, Net6Key, NetRules, RateKey, RateState, UnitKey,
+    AbstractKey, ActiveState, CacheKey, CgroupKey, DnsResolver, DnsSteered, EventLimit, GrantState, IdentityInfo,
+    IdentityKey, InodeKey, Learned4Key, Learned6Key, LearnedRules, Map, Net4Key, Net6Key, NetRules, RateKey, RateState,
+    UnitKey,
 };
 
 /// The live policy generation (index 0). Written by the agent after a complete policy has been
@@ -107,6 +108,14 @@ pub static FENCE_LEARNED4: HashMap<Learned4Key, LearnedRules> = HashMap::with_ma
 /// (identity, IPv6 address) learned from an allowed DNS answer -> ports and expiry.
 #[map]
 pub static FENCE_LEARNED6: HashMap<Learned6Key, LearnedRules> = HashMap::with_max_entries(Map::Learned6.capacity(), 0);
+
+/// grant slot -> its end on the kernel's boot clock (see `fence_common::grants`). Shared by every run.
+#[map]
+pub static FENCE_GRANTS: Array<GrantState> = Array::with_max_entries(Map::Grants.capacity(), 0);
+
+/// grant slot -> operations allowed through it, per CPU. Shared by every run.
+#[map]
+pub static FENCE_GRANT_USES: PerCpuArray<u64> = PerCpuArray::with_max_entries(Map::GrantUses.capacity(), 0);
 
 /// Looks `key` up; the value is copied out.
 #[inline(always)]

@@ -17,7 +17,7 @@ use fence_common::{
 
 use crate::{
     dns::{self, Named},
-    events,
+    events, grants,
     identity::{self, Fenced},
     maps::{FENCE_NET4, FENCE_NET6},
 };
@@ -223,11 +223,11 @@ fn allowed_v4(who: &Fenced, addr: [u8; 4], d: &Dest) -> Option<Reason> {
         NET_KEY_PREFIX_BITS + 32,
         Net4Key { generation: who.generation, identity: who.identity, addr },
     );
-    match FENCE_NET4.get(&key) {
-        Some(rules) if rules.allows(proto, d.port) => None,
-        _ if dns::learned_v4(who.identity, addr, proto, d.port) => None,
-        _ => Some(Reason::NoMatchingRule),
-    }
+    let slot = match FENCE_NET4.get(&key) {
+        Some(rules) => rules.allows_where(proto, d.port, grants::live),
+        None => None,
+    };
+    allowed_by(slot.or_else(|| dns::learned_v4(who.identity, addr, proto, d.port)))
 }
 
 #[inline(always)]
@@ -240,10 +240,23 @@ fn allowed_v6(who: &Fenced, addr: [u8; 16], d: &Dest) -> Option<Reason> {
         NET_KEY_PREFIX_BITS + 128,
         Net6Key { generation: who.generation, identity: who.identity, addr },
     );
-    match FENCE_NET6.get(&key) {
-        Some(rules) if rules.allows(proto, d.port) => None,
-        _ if dns::learned_v6(who.identity, addr, proto, d.port) => None,
-        _ => Some(Reason::NoMatchingRule),
+    let slot = match FENCE_NET6.get(&key) {
+        Some(rules) => rules.allows_where(proto, d.port, grants::live),
+        None => None,
+    };
+    allowed_by(slot.or_else(|| dns::learned_v6(who.identity, addr, proto, d.port)))
+}
+
+/// `None` (allowed) when a rule of grant slot `slot` allowed it (the use is counted), else the
+/// refusal.
+#[inline(always)]
+fn allowed_by(slot: Option<u16>) -> Option<Reason> {
+    match slot {
+        Some(slot) => {
+            grants::used(slot);
+            None
+        }
+        None => Some(Reason::NoMatchingRule),
     }
 }
 

@@ -10,7 +10,11 @@ use crate::{
     cgroup::Cgroups,
     compile::{IdAllocator, compile},
     kernel::port_rules_text,
-    policy::{CgroupResolver, EgressRule, Identity, PolicyErrors, load_paths, net::Ports, validate},
+    policy::{
+        CgroupResolver, EgressRule, Identity, PolicyErrors, load_paths,
+        net::{PortSpan, Ports},
+        validate,
+    },
     resolve::Resolved,
     vault::sign::SigningKey,
 };
@@ -176,7 +180,7 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
 fn names_lines(identity: &Identity) -> Vec<String> {
     let line = |rule: &EgressRule| {
         let names: Vec<String> = rule.names.iter().map(ToString::to_string).collect();
-        let own: Vec<(u16, u16, u8)> = rule.ports.iter().map(|p| (p.lo, p.hi, rule.protocols)).collect();
+        let own: Vec<PortSpan> = rule.ports.iter().map(|p| (p.lo, p.hi, rule.protocols, rule.grant)).collect();
         let ports = port_rules_text(&Ports::of(None, &own).rules());
         format!("may resolve {}: {ports} (rule \"{}\")", names.join(", "), rule.name)
     };

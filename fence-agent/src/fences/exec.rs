@@ -68,10 +68,11 @@ fn flags(identity: &Identity) -> u8 {
 
 fn compile_identity(input: &IdentityInput<'_>, out: &mut Vec<MapEntry>) -> Result<(), PolicyError> {
     let Some(r) = input.resolved else { return Ok(()) };
+    // Standing entries come first, so a program both standing and granted stays standing.
     let mut seen = HashSet::new();
     for e in &r.exec {
         if seen.insert(e.id) {
-            out.push(MapEntry::Exec { identity: input.compiled.id, object: e.id });
+            out.push(MapEntry::Exec { identity: input.compiled.id, object: e.id, grant: e.grant });
         }
     }
     Ok(())

@@ -16,7 +16,7 @@ use crate::{
     kernel::{MapEntry, NetEntry},
     policy::{
         Identity, PolicyError, PolicyErrorKind,
-        net::{IpNet, Ports},
+        net::{IpNet, PortSpan, Ports},
     },
 };
 
@@ -91,10 +91,10 @@ fn compile_identity(input: &IdentityInput<'_>, out: &mut Vec<MapEntry>) -> Resul
     // enclosing prefix, whose accumulated ports (its own and every enclosing prefix's) are
     // exactly what the prefix inherits. Linear in the prefixes (the stack is at most 33 or
     // 129 deep) instead of checking every prefix against every rule.
-    let mut named: BTreeMap<IpNet, Vec<(u16, u16, u8)>> = BTreeMap::new();
+    let mut named: BTreeMap<IpNet, Vec<PortSpan>> = BTreeMap::new();
     for rule in &identity.egress {
         for net in &rule.nets {
-            named.entry(*net).or_default().extend(rule.ports.iter().map(|r| (r.lo, r.hi, rule.protocols)));
+            named.entry(*net).or_default().extend(rule.ports.iter().map(|r| (r.lo, r.hi, rule.protocols, rule.grant)));
         }
     }
     // Prefixes that contain the current one, widest first, each with the ports it carries.
@@ -212,7 +212,7 @@ mod tests {
         };
         let tcp = per_protocol(PROTO_TCP);
         let udp = per_protocol(PROTO_UDP);
-        let rule = |(lo, hi): (u16, u16), protocols| PortRule { lo, hi, protocols, _pad: [0; 3] };
+        let rule = |(lo, hi): (u16, u16), protocols| PortRule::new(lo, hi, protocols, 0);
         let mut out: Vec<PortRule> = Vec::new();
         for &range in &tcp {
             let both = udp.contains(&range);
@@ -278,7 +278,7 @@ mod tests {
                     })
                     .collect();
                 let protocols = [PROTO_TCP, PROTO_UDP, PROTO_TCP | PROTO_UDP][rng.below(3) as usize];
-                EgressRule { name: format!("r{i}"), nets, names: Vec::new(), ports, protocols }
+                EgressRule { name: format!("r{i}"), nets, names: Vec::new(), ports, protocols, grant: 0 }
             })
             .collect();
         identity("random", rules)

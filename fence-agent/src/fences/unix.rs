@@ -55,14 +55,31 @@ fn compile_host(resolved: &Resolved, out: &mut Vec<MapEntry>) {
     let mut sockets: Vec<_> = resolved.unix_deny.iter().map(|e| e.id).collect();
     sockets.sort();
     sockets.dedup();
-    out.extend(sockets.into_iter().map(|object| MapEntry::Unix { identity: 0, object }));
-    out.extend(resolved.unix_deny_abstract.iter().map(|n| MapEntry::UnixAbstract { identity: 0, name: n.clone() }));
+    out.extend(sockets.into_iter().map(|object| MapEntry::Unix { identity: 0, object, grant: 0 }));
+    out.extend(resolved.unix_deny_abstract.iter().map(|n| MapEntry::UnixAbstract {
+        identity: 0,
+        name: n.clone(),
+        grant: 0,
+    }));
 }
 
 fn compile_identity(input: &IdentityInput<'_>, out: &mut Vec<MapEntry>) -> Result<(), PolicyError> {
     let Some(r) = input.resolved else { return Ok(()) };
     let identity = input.compiled.id;
-    out.extend(r.unix_allow.iter().map(|e| MapEntry::Unix { identity, object: e.id }));
-    out.extend(r.unix_allow_abstract.iter().map(|n| MapEntry::UnixAbstract { identity, name: n.clone() }));
+    // Standing entries come first and win over a grant of the same socket.
+    let mut seen = std::collections::HashSet::new();
+    out.extend(r.unix_allow.iter().filter(|e| seen.insert(e.id)).map(|e| MapEntry::Unix {
+        identity,
+        object: e.id,
+        grant: e.grant,
+    }));
+    let mut seen = std::collections::HashSet::new();
+    out.extend(
+        r.unix_allow_abstract.iter().filter(|(n, _)| seen.insert(n.clone())).map(|(n, grant)| MapEntry::UnixAbstract {
+            identity,
+            name: n.clone(),
+            grant: *grant,
+        }),
+    );
     Ok(())
 }

@@ -8,7 +8,7 @@ use aya::{
 };
 use fence_common::{
     AbstractKey, ActiveState, CgroupKey, IdentityInfo, IdentityKey, InodeKey, Map, NET_KEY_PREFIX_BITS, Net4Key,
-    Net6Key, NetRules, UnitKey,
+    Net6Key, NetRules, UnitKey, flags_of, grant_of, inode_value,
 };
 
 use super::{MapEntry, MapsError, NetEntry, PolicyMaps};
@@ -113,12 +113,14 @@ impl PolicyMaps for AyaPolicyMaps {
                 let key = Net6Key { generation: g, identity: e.identity, addr: e.addr };
                 self.put_lpm(map, &Key::new(NET_KEY_PREFIX_BITS + u32::from(e.prefix_len), key), &e.rules)
             }
-            MapEntry::Exec { identity, object } | MapEntry::Unix { identity, object } => {
-                self.put(map, &inode(*identity, object), &1u32)
+            MapEntry::Exec { identity, object, grant } | MapEntry::Unix { identity, object, grant } => {
+                self.put(map, &inode(*identity, object), &inode_value(1, *grant))
             }
             MapEntry::Protected { object, flags } => self.put(map, &inode(0, object), flags),
-            MapEntry::FileExcept { identity, object, flags } => self.put(map, &inode(*identity, object), flags),
-            MapEntry::UnixAbstract { identity, name } => {
+            MapEntry::FileExcept { identity, object, flags, grant } => {
+                self.put(map, &inode(*identity, object), &inode_value(*flags, *grant))
+            }
+            MapEntry::UnixAbstract { identity, name, grant } => {
                 let mut key = AbstractKey { generation: g, identity: *identity, ..AbstractKey::default() };
                 let dest = key.name.get_mut(..name.len()).ok_or(MapsError::TooLong {
                     map: map.name(),
@@ -128,7 +130,7 @@ impl PolicyMaps for AyaPolicyMaps {
                 })?;
                 dest.copy_from_slice(name);
                 key.len = name.len() as u32;
-                self.put(map, &key, &1u32)
+                self.put(map, &key, &inode_value(1, *grant))
             }
             MapEntry::Unit { path, identity } => {
                 let mut key = UnitKey { generation: g, ..UnitKey::default() };
@@ -168,7 +170,9 @@ impl PolicyMaps for AyaPolicyMaps {
             | Map::DnsResolvers
             | Map::DnsSteered
             | Map::Learned4
-            | Map::Learned6 => Ok(()),
+            | Map::Learned6
+            | Map::Grants
+            | Map::GrantUses => Ok(()),
         }
     }
 
@@ -210,19 +214,22 @@ impl PolicyMaps for AyaPolicyMaps {
             Map::Exec | Map::Protected | Map::FileExcept | Map::Unix => self
                 .entries::<InodeKey, u32>(map, g)?
                 .into_iter()
-                .map(|(k, v)| match map {
-                    Map::Exec => MapEntry::Exec { identity: k.identity, object: object(&k) },
-                    Map::Protected => MapEntry::Protected { object: object(&k), flags: v },
-                    Map::FileExcept => MapEntry::FileExcept { identity: k.identity, object: object(&k), flags: v },
-                    _ => MapEntry::Unix { identity: k.identity, object: object(&k) },
+                .map(|(k, v)| {
+                    let (identity, object, grant) = (k.identity, object(&k), grant_of(v));
+                    match map {
+                        Map::Exec => MapEntry::Exec { identity, object, grant },
+                        Map::Protected => MapEntry::Protected { object, flags: v },
+                        Map::FileExcept => MapEntry::FileExcept { identity, object, flags: flags_of(v), grant },
+                        _ => MapEntry::Unix { identity, object, grant },
+                    }
                 })
                 .collect(),
             Map::UnixAbstract => self
                 .entries::<AbstractKey, u32>(map, g)?
                 .into_iter()
-                .map(|(k, _)| {
+                .map(|(k, v)| {
                     let len = (k.len as usize).min(k.name.len());
-                    MapEntry::UnixAbstract { identity: k.identity, name: k.name[..len].to_vec() }
+                    MapEntry::UnixAbstract { identity: k.identity, name: k.name[..len].to_vec(), grant: grant_of(v) }
                 })
                 .collect(),
             Map::Active
@@ -236,7 +243,9 @@ impl PolicyMaps for AyaPolicyMaps {
             | Map::DnsResolvers
             | Map::DnsSteered
             | Map::Learned4
-            | Map::Learned6 => Vec::new(),
+            | Map::Learned6
+            | Map::Grants
+            | Map::GrantUses => Vec::new(),
         })
     }
 

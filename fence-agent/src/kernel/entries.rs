@@ -24,10 +24,11 @@ pub enum MapEntry {
     },
     Net4(NetEntry<4>),
     Net6(NetEntry<16>),
-    /// A program the identity may execute.
+    /// A program the identity may execute (under grant slot `grant`; 0: standing).
     Exec {
         identity: u32,
         object: ObjectId,
+        grant: u16,
     },
     /// A protected file or directory of the host (`PROTECT_*` flags).
     Protected {
@@ -39,16 +40,19 @@ pub enum MapEntry {
         identity: u32,
         object: ObjectId,
         flags: u32,
+        grant: u16,
     },
     /// A unix socket the identity may reach; identity 0: the host's default-deny set.
     Unix {
         identity: u32,
         object: ObjectId,
+        grant: u16,
     },
     /// An abstract unix socket name, as `Unix`.
     UnixAbstract {
         identity: u32,
         name: Vec<u8>,
+        grant: u16,
     },
     /// A unit's cgroup path, bound to the identity by the kernel when it is created.
     Unit {
@@ -86,11 +90,13 @@ impl MapEntry {
             (E::Identity { identity: a, .. }, E::Identity { identity: b, .. }) => a == b,
             (E::Net4(a), E::Net4(b)) => (a.identity, a.prefix_len, a.addr) == (b.identity, b.prefix_len, b.addr),
             (E::Net6(a), E::Net6(b)) => (a.identity, a.prefix_len, a.addr) == (b.identity, b.prefix_len, b.addr),
-            (E::Exec { identity: a, object: x }, E::Exec { identity: b, object: y })
+            (E::Exec { identity: a, object: x, .. }, E::Exec { identity: b, object: y, .. })
             | (E::FileExcept { identity: a, object: x, .. }, E::FileExcept { identity: b, object: y, .. })
-            | (E::Unix { identity: a, object: x }, E::Unix { identity: b, object: y }) => (a, x) == (b, y),
+            | (E::Unix { identity: a, object: x, .. }, E::Unix { identity: b, object: y, .. }) => (a, x) == (b, y),
             (E::Protected { object: x, .. }, E::Protected { object: y, .. }) => x == y,
-            (E::UnixAbstract { identity: a, name: x }, E::UnixAbstract { identity: b, name: y }) => (a, x) == (b, y),
+            (E::UnixAbstract { identity: a, name: x, .. }, E::UnixAbstract { identity: b, name: y, .. }) => {
+                (a, x) == (b, y)
+            }
             (E::Unit { path: x, .. }, E::Unit { path: y, .. }) => x == y,
             (E::Cgroup { cgroup_id: x, .. }, E::Cgroup { cgroup_id: y, .. }) => x == y,
             _ => false,
@@ -116,24 +122,35 @@ impl MapEntry {
                 value: Some(port_rules(&e.rules)),
                 ..base(e.identity)
             },
-            MapEntry::Exec { identity, object: o } | MapEntry::Unix { identity, object: o } => {
-                EntryView { key: object(o), ..base(*identity) }
+            MapEntry::Exec { identity, object: o, grant } | MapEntry::Unix { identity, object: o, grant } => {
+                EntryView { key: object(o), value: granted(*grant), ..base(*identity) }
             }
             MapEntry::Protected { object: o, flags } => {
                 EntryView { key: object(o), value: Some(flags.to_string()), ..base(0) }
             }
-            MapEntry::FileExcept { identity, object: o, flags } => {
-                EntryView { key: object(o), value: Some(flags.to_string()), ..base(*identity) }
+            MapEntry::FileExcept { identity, object: o, flags, grant } => {
+                let value = match granted(*grant) {
+                    Some(g) => format!("{flags} {g}"),
+                    None => flags.to_string(),
+                };
+                EntryView { key: object(o), value: Some(value), ..base(*identity) }
             }
-            MapEntry::UnixAbstract { identity, name } => {
-                EntryView { key: Some(format!("@{}", String::from_utf8_lossy(name))), ..base(*identity) }
-            }
+            MapEntry::UnixAbstract { identity, name, grant } => EntryView {
+                key: Some(format!("@{}", String::from_utf8_lossy(name))),
+                value: granted(*grant),
+                ..base(*identity)
+            },
             MapEntry::Unit { path, identity } => EntryView { key: Some(path.clone()), ..base(*identity) },
             MapEntry::Cgroup { cgroup_id, identity } => {
                 EntryView { key: Some(cgroup_id.to_string()), ..base(*identity) }
             }
         }
     }
+}
+
+/// `grant=N` for a rule of grant slot N, nothing for a standing rule.
+fn granted(grant: u16) -> Option<String> {
+    (grant != 0).then(|| format!("grant={grant}"))
 }
 
 /// `lo-hi/tcp+udp,...`
@@ -152,7 +169,11 @@ pub fn port_rules_text(rules: &[PortRule]) -> String {
                 (false, true) => "udp",
                 (false, false) => "none",
             };
-            if p.lo == p.hi { format!("{}/{proto}", p.lo) } else { format!("{}-{}/{proto}", p.lo, p.hi) }
+            let ports = if p.lo == p.hi { format!("{}/{proto}", p.lo) } else { format!("{}-{}/{proto}", p.lo, p.hi) };
+            match granted(p.grant) {
+                Some(g) => format!("{ports} {g}"),
+                None => ports,
+            }
         })
         .collect();
     parts.join(",")

@@ -233,7 +233,7 @@ impl Identity {
         let mut ports = Vec::new();
         for rule in self.egress.iter().filter(|r| r.names.iter().any(|n| n.matches_canonical(&qname))) {
             rules.push(rule.name.clone());
-            ports.extend(rule.ports.iter().map(|p| (p.lo, p.hi, rule.protocols)));
+            ports.extend(rule.ports.iter().map(|p| (p.lo, p.hi, rule.protocols, rule.grant)));
         }
         (!rules.is_empty()).then(|| DnsAllowance { rules, ports: Ports::of(None, &ports).rules() })
     }

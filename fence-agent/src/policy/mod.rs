@@ -18,9 +18,10 @@ mod tests;
 pub use dns::{DnsAllowance, NameError, NamePattern};
 pub use error::{PolicyError, PolicyErrorKind, PolicyErrors};
 pub use load::{Format, SourceDocument, load_paths, parse_document};
-pub use model::Mode;
+pub use model::{Approval, Mode};
 pub use set::{
-    BoundCgroup, EgressRule, ExecPolicy, ExecRule, Identity, PolicySet, PolicyVersion, SelectorKind, UnixPolicy,
+    BoundCgroup, EgressRule, ExecPolicy, ExecRule, GrantInForce, Grantable, Identity, PolicySet, PolicyVersion,
+    SelectorKind, UnixPolicy,
 };
 pub use validate::{CgroupResolver, MANAGED_DIR, ResolveError, is_dynamic_loader, validate};
 

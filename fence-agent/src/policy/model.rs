@@ -24,6 +24,15 @@
 //!       allow: [/home/ci/.aws/credentials]   # exceptions to the host's protected set
 //!     unix:                    # absent: only the host's default-deny sockets are denied
 //!       allow: [/run/app.sock, "@abstract-name"]
+//!     grants:                  # just-in-time: requested by the workload, ended by the kernel
+//!       - name: prod-db
+//!         egress: [{to: [10.1.2.3], ports: [5432], protocol: tcp}]
+//!         max_ttl: 1h          # default and cap: [grants] max_ttl of the agent (8h)
+//!         approval: console    # or auto
+//!       - name: deploy
+//!         exec: [/usr/local/bin/deploy]
+//!         files: [/etc/deploy/token]
+//!         unix: [/run/docker.sock]
 //! ```
 //!
 //! These types only check shape (unknown fields, types); meaning is checked by `validate`.
@@ -68,6 +77,54 @@ pub struct IdentityDoc {
     pub files: Option<FilesDoc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unix: Option<UnixDoc>,
+    /// Targets the identity may be granted for a while, on request (see `grants`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<GrantDoc>,
+}
+
+/// One grantable target: rules written like standing ones, in force only while a grant of it
+/// is.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GrantDoc {
+    /// What a request names (`fence-agent grant request NAME`).
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<EgressDoc>,
+    /// Programs (needs the identity's exec allow-list: without one every program may run).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exec: Vec<ExecEntryDoc>,
+    /// Protected files made readable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+    /// Unix sockets (paths or `@abstract` names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unix: Vec<String>,
+    /// Longest grant (`90s`, `30m`, `2h`, `1d`); the agent's `[grants] max_ttl` caps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ttl: Option<String>,
+    #[serde(default)]
+    pub approval: Approval,
+}
+
+/// Who turns a request into a grant.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Approval {
+    /// At once, within `max_ttl` (still recorded).
+    Auto,
+    /// A person: local root (`grant approve`), or the console through the vault (signed).
+    #[default]
+    Console,
+}
+
+impl Approval {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Approval::Auto => "auto",
+            Approval::Console => "console",
+        }
+    }
 }
 
 /// The exec allow-list. Present: only the listed programs may be executed.

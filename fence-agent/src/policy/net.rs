@@ -138,36 +138,55 @@ fn single(n: i64, text: &str) -> Result<u16, PolicyErrorKind> {
 
 /// Ports per protocol: sorted, disjoint, non-adjacent ranges (the one way of writing a set of
 /// ports as ranges). What an egress prefix, or a name, allows.
+/// Ranges of one grant slot (0: standing) are merged with each other only: a grant's ports stay
+/// its own, so that they end with it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ports {
+    sets: std::collections::BTreeMap<u16, PortSet>,
+}
+
+/// The TCP and UDP ranges of one grant slot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct PortSet {
     tcp: Vec<(u16, u16)>,
     udp: Vec<(u16, u16)>,
 }
 
+/// A port range for a set of protocols: (lo, hi, `PROTO_*` bits, grant slot; 0: standing).
+pub type PortSpan = (u16, u16, u8, u16);
+
 impl Ports {
-    /// The ports of `inherited` and of the `(lo, hi, PROTO_* bits)` ranges of `own`.
-    pub fn of(inherited: Option<&Ports>, own: &[(u16, u16, u8)]) -> Ports {
-        let per_protocol = |bit: u8, inherited: &[(u16, u16)]| {
-            let ranges = own.iter().filter(|c| c.2 & bit != 0).map(|&(lo, hi, _)| (lo, hi));
-            normalize(inherited.iter().copied().chain(ranges).collect())
-        };
-        let empty = Ports::default();
-        let inherited = inherited.unwrap_or(&empty);
-        Ports { tcp: per_protocol(PROTO_TCP, &inherited.tcp), udp: per_protocol(PROTO_UDP, &inherited.udp) }
+    /// The ports of `inherited` and of the ranges of `own`.
+    pub fn of(inherited: Option<&Ports>, own: &[PortSpan]) -> Ports {
+        let mut sets = inherited.map(|p| p.sets.clone()).unwrap_or_default();
+        let mut grants: Vec<u16> = own.iter().map(|s| s.3).collect();
+        grants.sort_unstable();
+        grants.dedup();
+        for grant in grants {
+            let set = sets.entry(grant).or_default();
+            let per_protocol = |bit: u8, inherited: &[(u16, u16)]| {
+                let ranges = own.iter().filter(|c| c.3 == grant && c.2 & bit != 0).map(|&(lo, hi, _, _)| (lo, hi));
+                normalize(inherited.iter().copied().chain(ranges).collect())
+            };
+            *set = PortSet { tcp: per_protocol(PROTO_TCP, &set.tcp), udp: per_protocol(PROTO_UDP, &set.udp) };
+        }
+        Ports { sets }
     }
 
-    /// The kernel's port rules: TCP ranges first (joined with an identical UDP range into one
-    /// rule), then the UDP ranges that have no TCP twin.
+    /// The kernel's port rules, standing ones first, then per grant: TCP ranges first (joined
+    /// with an identical UDP range into one rule), then the UDP ranges that have no TCP twin.
     pub fn rules(&self) -> Vec<PortRule> {
-        let rule = |(lo, hi): (u16, u16), protocols| PortRule { lo, hi, protocols, _pad: [0; 3] };
-        // Both lists are sorted and disjoint, so a binary search finds a twin.
-        let twin = |list: &[(u16, u16)], range: &(u16, u16)| list.binary_search(range).is_ok();
-        let mut out: Vec<PortRule> = Vec::with_capacity(self.tcp.len() + self.udp.len());
-        for range in &self.tcp {
-            let both = twin(&self.udp, range);
-            out.push(rule(*range, if both { PROTO_TCP | PROTO_UDP } else { PROTO_TCP }));
+        let mut out: Vec<PortRule> = Vec::new();
+        for (&grant, set) in &self.sets {
+            let rule = |(lo, hi): (u16, u16), protocols| PortRule::new(lo, hi, protocols, grant);
+            // Both lists are sorted and disjoint, so a binary search finds a twin.
+            let twin = |list: &[(u16, u16)], range: &(u16, u16)| list.binary_search(range).is_ok();
+            for range in &set.tcp {
+                let both = twin(&set.udp, range);
+                out.push(rule(*range, if both { PROTO_TCP | PROTO_UDP } else { PROTO_TCP }));
+            }
+            out.extend(set.udp.iter().filter(|r| !twin(&set.tcp, r)).map(|&r| rule(r, PROTO_UDP)));
         }
-        out.extend(self.udp.iter().filter(|r| !twin(&self.tcp, r)).map(|&r| rule(r, PROTO_UDP)));
         out
     }
 }

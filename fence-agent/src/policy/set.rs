@@ -37,8 +37,55 @@ pub struct Identity {
     pub file_exceptions: Vec<PathGlob>,
     /// `None`: only the host's default-deny sockets are denied.
     pub unix: Option<UnixPolicy>,
+    /// What may be granted on request (not in force until granted).
+    pub grantable: Vec<Grantable>,
+    /// The grants in force now (added by the policy service from its grant book, never by a
+    /// document): compiled like standing rules, each tagged with its slot.
+    pub grants_in_force: Vec<GrantInForce>,
     pub version: PolicyVersion,
     pub source: PathBuf,
+}
+
+/// One grantable target of an identity, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grantable {
+    pub name: String,
+    /// The policy's cap (the agent's `[grants] max_ttl` caps it again).
+    pub max_ttl: Option<std::time::Duration>,
+    pub approval: super::model::Approval,
+    /// Egress rules (their `grant` is 0 here; set when the grant is in force).
+    pub egress: Vec<EgressRule>,
+    pub exec: Vec<ExecRule>,
+    pub files: Vec<PathGlob>,
+    pub unix: UnixPolicy,
+}
+
+/// A grant in force: its slot in the kernel's grant table and what it grants.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrantInForce {
+    pub slot: u16,
+    pub target: Grantable,
+}
+
+impl Identity {
+    /// The grantable target `name`.
+    pub fn grantable(&self, name: &str) -> Option<&Grantable> {
+        self.grantable.iter().find(|g| g.name == name)
+    }
+
+    /// Puts `grants` in force: their egress rules join the identity's, tagged with their slot
+    /// (so that the egress and DNS compile carry the slot), and the rest is resolved by the
+    /// resolver from `grants_in_force`.
+    pub fn put_in_force(&mut self, grants: Vec<GrantInForce>) {
+        for g in &grants {
+            self.egress.extend(g.target.egress.iter().map(|r| EgressRule {
+                name: format!("grant:{}", g.target.name),
+                grant: g.slot,
+                ..r.clone()
+            }));
+        }
+        self.grants_in_force = grants;
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +138,8 @@ pub struct EgressRule {
     pub ports: Vec<PortRange>,
     /// `PROTO_*` bits.
     pub protocols: u8,
+    /// The just-in-time grant slot the rule is in force under (0: a standing rule).
+    pub grant: u16,
 }
 
 /// SHA-256 of an identity's canonical document: the identity's policy version.

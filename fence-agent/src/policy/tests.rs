@@ -429,3 +429,59 @@ fn policy_versions_change_with_names() {
     let b = check(&NAMES.replace("API.OpenAI.com.", "api.anthropic.com")).unwrap().identities[0].version;
     assert_ne!(a, b);
 }
+
+const GRANTS: &str = r#"
+    grants:
+      - name: prod-db
+        egress: [{to: [10.1.2.3], ports: [5432], protocol: tcp}]
+        max_ttl: 1h
+        approval: auto
+      - name: creds
+        files: [/etc/deploy/token]
+        unix: [/run/docker.sock, "@bus"]
+"#;
+
+#[test]
+fn grantable_targets_validate_with_their_defaults() {
+    let set = check(&format!("{GOOD}{GRANTS}")).unwrap();
+    let id = &set.identities[0];
+    assert_eq!(id.grantable.len(), 2);
+    let db = id.grantable("prod-db").unwrap();
+    assert_eq!(db.max_ttl, Some(std::time::Duration::from_secs(3600)));
+    assert_eq!(db.approval, Approval::Auto);
+    assert_eq!(db.egress[0].grant, 0, "not in force until granted");
+    let creds = id.grantable("creds").unwrap();
+    assert_eq!(creds.approval, Approval::Console, "a person approves unless the policy says auto");
+    assert_eq!(creds.max_ttl, None);
+    assert_eq!(creds.unix.abstract_names, vec![b"bus".to_vec()]);
+    assert!(id.grants_in_force.is_empty());
+    assert_eq!(id.egress.len(), 1, "grantable rules are not standing");
+}
+
+#[test]
+fn bad_grants_name_the_grant_field_and_reason() {
+    let bad = |from: &str, to: &str| error_of(&format!("{GOOD}{}", GRANTS.replace(from, to)));
+    let e = bad("max_ttl: 1h", "max_ttl: 1w");
+    assert!(e.contains("grants[0].max_ttl") && e.contains("not a duration"), "{e}");
+    let e = bad("to: [10.1.2.3]", "to: [10.1.2.3/8]");
+    assert!(e.contains("grants[0].egress[0].to[0]") && e.contains("host bits"), "{e}");
+    let e = bad("name: creds", "name: prod-db");
+    assert!(e.contains("grants[1].name") && e.contains("another grant"), "{e}");
+    let e = bad("approval: auto", "approval: sometimes");
+    assert!(e.contains("approval"), "{e}");
+    let e = bad("files: [/etc/deploy/token]\n        unix: [/run/docker.sock, \"@bus\"]", "max_ttl: 5m");
+    assert!(e.contains("grants[1]") && e.contains("grants nothing"), "{e}");
+    let e = bad("files: [/etc/deploy/token]", "exec: [/usr/bin/deploy]");
+    assert!(e.contains("grants[1].exec") && e.contains("no exec allow-list"), "{e}");
+}
+
+#[test]
+fn a_grant_in_force_joins_the_egress_rules_with_its_slot() {
+    let set = check(&format!("{GOOD}{GRANTS}")).unwrap();
+    let mut id = set.identities[0].clone();
+    let target = id.grantable("prod-db").unwrap().clone();
+    id.put_in_force(vec![GrantInForce { slot: 9, target }]);
+    assert_eq!(id.egress.len(), 2);
+    assert_eq!(id.egress[1].grant, 9);
+    assert_eq!(id.egress[1].name, "grant:prod-db");
+}

@@ -17,7 +17,8 @@ use super::{
     model::{ExecEntryDoc, IdentityDoc, Protocol},
     net::PortRange,
     set::{
-        BoundCgroup, EgressRule, ExecPolicy, ExecRule, Identity, PolicySet, PolicyVersion, SelectorKind, UnixPolicy,
+        BoundCgroup, EgressRule, ExecPolicy, ExecRule, Grantable, Identity, PolicySet, PolicyVersion, SelectorKind,
+        UnixPolicy,
     },
 };
 use crate::names;
@@ -63,7 +64,7 @@ pub fn validate(
             Some(_) => {}
         }
         for (index, idoc) in doc.document.identities.iter().enumerate() {
-            let mut ctx = Ctx { file: &doc.path, identity: None, errors: &mut errors };
+            let mut ctx = Ctx { file: &doc.path, identity: None, errors: &mut errors, prefix: String::new() };
             if let Err(kind) = check_name(&idoc.name) {
                 ctx.push(&format!("identities[{index}].name"), kind);
                 continue;
@@ -88,6 +89,8 @@ struct Ctx<'a> {
     file: &'a Path,
     identity: Option<&'a str>,
     errors: &'a mut Vec<PolicyError>,
+    /// Put before every field named (`grants[2].` while a grant's sections are checked).
+    prefix: String,
 }
 
 impl Ctx<'_> {
@@ -95,7 +98,7 @@ impl Ctx<'_> {
         self.errors.push(PolicyError {
             file: self.file.to_owned(),
             identity: self.identity.map(str::to_owned),
-            field: field.to_owned(),
+            field: format!("{}{field}", self.prefix),
             kind,
         });
     }
@@ -137,6 +140,7 @@ fn identity(
     let exec = doc.exec.as_ref().map(|e| exec_policy(ctx, e));
     let file_exceptions = doc.files.as_ref().map(|f| globs(ctx, "files.allow", &f.allow, true)).unwrap_or_default();
     let unix = doc.unix.as_ref().map(|u| unix_policy(ctx, &u.allow));
+    let grantable = grantables(ctx, doc);
     if ctx.errors.len() != before {
         return None;
     }
@@ -153,6 +157,8 @@ fn identity(
         exec,
         file_exceptions,
         unix,
+        grantable,
+        grants_in_force: Vec::new(),
         version: PolicyVersion::of(doc),
         source: ctx.file.to_owned(),
     })
@@ -362,6 +368,77 @@ fn cgroup(ctx: &mut Ctx<'_>, field: &str, raw: &str, resolver: Option<&dyn Cgrou
     }
 }
 
+/// The identity's `grants:`, each checked like the standing sections it mirrors.
+fn grantables(ctx: &mut Ctx<'_>, doc: &IdentityDoc) -> Vec<Grantable> {
+    let mut out: Vec<Grantable> = Vec::new();
+    for (index, g) in doc.grants.iter().enumerate() {
+        let field = format!("grants[{index}]");
+        if let Err(kind) = check_name(&g.name) {
+            ctx.push(&format!("{field}.name"), kind);
+            continue;
+        }
+        if out.iter().any(|o| o.name == g.name) {
+            let why = "another grant of this identity has this name".to_owned();
+            ctx.push(
+                &format!("{field}.name"),
+                PolicyErrorKind::InvalidValue { what: "grant name", value: g.name.clone(), why },
+            );
+            continue;
+        }
+        if g.egress.is_empty() && g.exec.is_empty() && g.files.is_empty() && g.unix.is_empty() {
+            let why = "grants nothing: give it egress, exec, files or unix".to_owned();
+            ctx.push(&field, PolicyErrorKind::InvalidValue { what: "grant", value: g.name.clone(), why });
+            continue;
+        }
+        if !g.exec.is_empty() && doc.exec.is_none() {
+            let why = "the identity has no exec allow-list, so every program may already run".to_owned();
+            ctx.push(
+                &format!("{field}.exec"),
+                PolicyErrorKind::InvalidValue { what: "grant", value: g.name.clone(), why },
+            );
+            continue;
+        }
+        if let Some(t) = grantable(ctx, &field, g) {
+            out.push(t);
+        }
+    }
+    out
+}
+
+/// One grantable target; `None` (with the errors pushed) when any part is wrong.
+fn grantable(ctx: &mut Ctx<'_>, field: &str, g: &super::model::GrantDoc) -> Option<Grantable> {
+    let before = ctx.errors.len();
+    let max_ttl = match g.max_ttl.as_deref().map(crate::duration::parse) {
+        None => None,
+        Some(Ok(d)) if !d.is_zero() => Some(d),
+        Some(Ok(_)) => {
+            let why = "must be longer than 0s".to_owned();
+            ctx.push(
+                &format!("{field}.max_ttl"),
+                PolicyErrorKind::InvalidValue { what: "max_ttl", value: "0".into(), why },
+            );
+            None
+        }
+        Some(Err(e)) => {
+            ctx.push(
+                &format!("{field}.max_ttl"),
+                PolicyErrorKind::InvalidValue { what: "max_ttl", value: e.text.clone(), why: e.to_string() },
+            );
+            None
+        }
+    };
+    let saved = std::mem::replace(&mut ctx.prefix, format!("{field}."));
+    let egress: Vec<EgressRule> = g.egress.iter().enumerate().filter_map(|(i, r)| egress_rule(ctx, i, r)).collect();
+    let exec = exec_policy(ctx, &super::model::ExecDoc { allow: g.exec.clone(), fileless: false }).allow;
+    let files = globs(ctx, "files", &g.files, true);
+    let unix = unix_policy(ctx, &g.unix);
+    ctx.prefix = saved;
+    if ctx.errors.len() != before {
+        return None;
+    }
+    Some(Grantable { name: g.name.clone(), max_ttl, approval: g.approval, egress, exec, files, unix })
+}
+
 fn egress_rule(ctx: &mut Ctx<'_>, index: usize, doc: &super::model::EgressDoc) -> Option<EgressRule> {
     let before = ctx.errors.len();
     let base = format!("egress[{index}]");
@@ -404,7 +481,7 @@ fn egress_rule(ctx: &mut Ctx<'_>, index: usize, doc: &super::model::EgressDoc) -
         Protocol::Udp => PROTO_UDP,
         Protocol::Any => PROTO_TCP | PROTO_UDP,
     };
-    Some(EgressRule { name, nets, names, ports, protocols })
+    Some(EgressRule { name, nets, names, ports, protocols, grant: 0 })
 }
 
 fn path_glob(ctx: &mut Ctx<'_>, field: &str, text: &str, trees: bool) -> Option<PathGlob> {

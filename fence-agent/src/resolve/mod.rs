@@ -35,6 +35,15 @@ pub struct Entry {
     pub path: PathBuf,
     /// `PROTECT_*` flags for protected/exception entries, the rule index for exec entries.
     pub value: u32,
+    /// The just-in-time grant slot the entry is allowed under (0: standing).
+    pub grant: u16,
+}
+
+impl Entry {
+    /// A standing entry.
+    pub fn new(id: ObjectId, path: PathBuf, value: u32) -> Entry {
+        Entry { id, path, value, grant: 0 }
+    }
 }
 
 /// Everything the compiler needs from the host, for one policy set.
@@ -61,7 +70,8 @@ pub struct ResolvedIdentity {
     pub exec: Vec<Entry>,
     pub file_exceptions: Vec<Entry>,
     pub unix_allow: Vec<Entry>,
-    pub unix_allow_abstract: Vec<Vec<u8>>,
+    /// Abstract names, each with its grant slot (0: standing).
+    pub unix_allow_abstract: Vec<(Vec<u8>, u16)>,
 }
 
 impl Resolved {
@@ -98,23 +108,74 @@ fn resolve(cache: &mut Resolver, set: &PolicySet, host: &HostProtection, cgroup_
         r.watch.extend(ex.watch);
         for path in ex.found {
             if let Ok((id, _)) = object_id(&path, &mounts) {
-                r.unix_deny.push(Entry { id, path, value: 0 });
+                r.unix_deny.push(Entry::new(id, path, 0));
             }
         }
     }
     r.unix_deny_abstract = host.unix_deny_abstract.clone();
     for identity in &set.identities {
         let mut ri = ResolvedIdentity::default();
-        if let Some(exec) = &identity.exec {
-            for (index, rule) in exec.allow.iter().enumerate() {
-                exec_entries(cache, &identity.name, index, rule, &mounts, &mut r, &mut ri);
-            }
+        let standing = Reach {
+            exec: identity.exec.as_ref().map_or(&[], |e| e.allow.as_slice()),
+            files: &identity.file_exceptions,
+            unix: identity.unix.as_ref(),
+            grant: 0,
+        };
+        let mut ctx = ReachContext { cache, identity: &identity.name, mounts: &mounts, r: &mut r, ri: &mut ri };
+        ctx.resolve(&standing);
+        for g in &identity.grants_in_force {
+            let t = &g.target;
+            ctx.resolve(&Reach { exec: &t.exec, files: &t.files, unix: Some(&t.unix), grant: g.slot });
         }
-        for glob in &identity.file_exceptions {
-            let ex = cache.expand(glob);
-            r.watch.extend(ex.watch);
+        r.identities.insert(identity.name.clone(), ri);
+    }
+    r
+}
+
+/// The exec, file and unix sections of an identity's standing policy or of one of its grants.
+struct Reach<'a> {
+    exec: &'a [crate::policy::ExecRule],
+    files: &'a [PathGlob],
+    unix: Option<&'a crate::policy::UnixPolicy>,
+    /// Grant slot (0: standing).
+    grant: u16,
+}
+
+/// Where one identity's reach is resolved.
+struct ReachContext<'a> {
+    cache: &'a mut Resolver,
+    identity: &'a str,
+    mounts: &'a Mounts,
+    r: &'a mut Resolved,
+    ri: &'a mut ResolvedIdentity,
+}
+
+impl ReachContext<'_> {
+    /// Resolves `reach` into the identity's entries, each tagged with its grant slot.
+    fn resolve(&mut self, reach: &Reach<'_>) {
+        let tag = |list: &mut Vec<Entry>, from: usize| list[from..].iter_mut().for_each(|e| e.grant = reach.grant);
+        let from = self.ri.exec.len();
+        for (index, rule) in reach.exec.iter().enumerate() {
+            exec_entries(self.cache, self.identity, index, rule, self.mounts, self.r, self.ri);
+        }
+        tag(&mut self.ri.exec, from);
+        let from = self.ri.file_exceptions.len();
+        self.file_exceptions(reach.files);
+        tag(&mut self.ri.file_exceptions, from);
+        if let Some(unix) = reach.unix {
+            let from = self.ri.unix_allow.len();
+            self.unix_sockets(unix);
+            tag(&mut self.ri.unix_allow, from);
+            self.ri.unix_allow_abstract.extend(unix.abstract_names.iter().map(|n| (n.clone(), reach.grant)));
+        }
+    }
+
+    fn file_exceptions(&mut self, globs: &[PathGlob]) {
+        for glob in globs {
+            let ex = self.cache.expand(glob);
+            self.r.watch.extend(ex.watch);
             for path in ex.found {
-                let Ok((id, kind)) = object_id(&path, &mounts) else { continue };
+                let Ok((id, kind)) = object_id(&path, self.mounts) else { continue };
                 // An excepted tree is keyed at its root only: the kernel looks for it above the
                 // file (exceptions only ever allow, so one not found refuses).
                 let value = if glob.is_tree() && kind == Kind::Dir {
@@ -122,30 +183,28 @@ fn resolve(cache: &mut Resolver, set: &PolicySet, host: &HostProtection, cgroup_
                 } else {
                     fence_common::PROTECT_FILE
                 };
-                ri.file_exceptions.push(Entry { id, path, value });
+                self.ri.file_exceptions.push(Entry::new(id, path, value));
             }
         }
-        if let Some(unix) = &identity.unix {
-            for glob in &unix.paths {
-                let ex = cache.expand(glob);
-                r.watch.extend(ex.watch);
-                for path in ex.found {
-                    match object_id(&path, &mounts) {
-                        Ok((id, Kind::Socket)) => ri.unix_allow.push(Entry { id, path, value: 0 }),
-                        Ok(_) => r.warnings.push(format!(
-                            "identity \"{}\": unix.allow {} is not a socket",
-                            identity.name,
-                            path.display()
-                        )),
-                        Err(_) => {}
-                    }
+    }
+
+    fn unix_sockets(&mut self, unix: &crate::policy::UnixPolicy) {
+        for glob in &unix.paths {
+            let ex = self.cache.expand(glob);
+            self.r.watch.extend(ex.watch);
+            for path in ex.found {
+                match object_id(&path, self.mounts) {
+                    Ok((id, Kind::Socket)) => self.ri.unix_allow.push(Entry::new(id, path, 0)),
+                    Ok(_) => self.r.warnings.push(format!(
+                        "identity \"{}\": unix.allow {} is not a socket",
+                        self.identity,
+                        path.display()
+                    )),
+                    Err(_) => {}
                 }
             }
-            ri.unix_allow_abstract = unix.abstract_names.clone();
         }
-        r.identities.insert(identity.name.clone(), ri);
     }
-    r
 }
 
 /// The current cgroups of unit and managed selectors (managed ones are created), and their
@@ -183,11 +242,11 @@ fn env_root_entries(cache: &mut Resolver, root: &Path, mounts: &Mounts, r: &mut 
     r.watch.insert(root.parent().unwrap_or(root).to_owned());
     match object_id(root, mounts) {
         Ok((id, Kind::Dir)) => {
-            r.protected.push(Entry { id, path: root.to_owned(), value: fence_common::PROTECT_ENV_ROOT });
+            r.protected.push(Entry::new(id, root.to_owned(), fence_common::PROTECT_ENV_ROOT));
             let walk = cache.env_root(root);
             for path in &walk.env_files {
                 if let Ok((id, Kind::File)) = object_id(path, mounts) {
-                    r.protected.push(Entry { id, path: path.clone(), value: fence_common::PROTECT_FILE });
+                    r.protected.push(Entry::new(id, path.clone(), fence_common::PROTECT_FILE));
                 }
             }
             r.watch.extend(walk.dirs.iter().cloned());
@@ -241,7 +300,7 @@ fn exec_entries(
             }
         }
         matched += 1;
-        ri.exec.push(Entry { id, path, value: index as u32 });
+        ri.exec.push(Entry::new(id, path, index as u32));
     }
     if matched == 0 {
         r.warnings.push(format!(
@@ -264,7 +323,7 @@ fn protected_entries(cache: &mut Resolver, glob: &PathGlob, mounts: &Mounts, r: 
                 tree_entries(cache, &path, mounts, r);
             }
             (_, Kind::Dir) => {}
-            _ => r.protected.push(Entry { id, path, value: fence_common::PROTECT_FILE }),
+            _ => r.protected.push(Entry::new(id, path, fence_common::PROTECT_FILE)),
         }
     }
 }
@@ -287,17 +346,13 @@ fn tree_entries(cache: &mut Resolver, root: &Path, mounts: &Mounts, r: &mut Reso
         if keyed < MAX_TREE_KEYS
             && let Ok((id, Kind::Dir)) = object_id(dir, mounts)
         {
-            r.protected.push(Entry {
-                id,
-                path: dir.clone(),
-                value: fence_common::PROTECT_TREE | fence_common::PROTECT_FILE,
-            });
+            r.protected.push(Entry::new(id, dir.clone(), fence_common::PROTECT_TREE | fence_common::PROTECT_FILE));
             keyed += 1;
         }
     }
     for file in walk.files.iter().take(MAX_TREE_KEYS.saturating_sub(keyed)) {
         if let Ok((id, Kind::File)) = object_id(file, mounts) {
-            r.protected.push(Entry { id, path: file.clone(), value: fence_common::PROTECT_FILE });
+            r.protected.push(Entry::new(id, file.clone(), fence_common::PROTECT_FILE));
             keyed += 1;
         }
     }

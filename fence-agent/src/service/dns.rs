@@ -64,7 +64,7 @@ impl Decide<Allowance> for PolicyDecide {
         let in_force = self.0.read().unwrap_or_else(PoisonError::into_inner);
         let Some(entry) = in_force.identities.get(&identity) else { return Decision::Refuse };
         match entry.identity.dns_allowance(qname) {
-            Some(a) => Decision::Allow(a.ports.iter().map(|p| (p.lo, p.hi, p.protocols)).collect()),
+            Some(a) => Decision::Allow(a.ports.iter().map(|p| (p.lo, p.hi, p.protocols, p.grant)).collect()),
             None if entry.identity.mode == Mode::Audit => Decision::AuditWouldRefuse,
             None => Decision::Refuse,
         }
@@ -260,7 +260,10 @@ impl DnsState {
         let mut writes = Vec::new();
         for (&id, entry) in &in_force.identities {
             writes.extend(self.learned.reprice(id, |name| {
-                entry.identity.dns_allowance(name).map(|a| a.ports.iter().map(|p| (p.lo, p.hi, p.protocols)).collect())
+                entry
+                    .identity
+                    .dns_allowance(name)
+                    .map(|a| a.ports.iter().map(|p| (p.lo, p.hi, p.protocols, p.grant)).collect())
             }));
         }
         self.write(writes);

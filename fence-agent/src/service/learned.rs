@@ -18,7 +18,7 @@ use fence_common::{LearnedRules, MAX_PORT_RULES, NetRules, PortRule};
 use crate::policy::net::Ports;
 
 /// A port range of a rule: (first port, last port, `PROTO_*` bits).
-pub type Range = (u16, u16, u8);
+pub type Range = crate::policy::net::PortSpan;
 
 /// One change to the kernel's learned-address maps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,8 +213,13 @@ impl Learned {
     /// [`EARLIER_RUN`], with their ports and expiry, until they expire or the identity goes.
     pub fn adopt(&mut self, entries: Vec<(u32, IpAddr, LearnedRules)>) {
         for (identity, addr, value) in entries {
-            let ranges: Vec<Range> =
-                value.rules.rules.iter().take(value.rules.count as usize).map(|r| (r.lo, r.hi, r.protocols)).collect();
+            let ranges: Vec<Range> = value
+                .rules
+                .rules
+                .iter()
+                .take(value.rules.count as usize)
+                .map(|r| (r.lo, r.hi, r.protocols, r.grant))
+                .collect();
             let table = self.identities.entry(identity).or_default();
             let entry = table.names.entry(format!("{EARLIER_RUN} {addr}")).or_default();
             entry.ranges = ranges;
@@ -280,9 +285,12 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn put(w: &Write) -> (u32, IpAddr, u64, Vec<(u16, u16, u8)>) {
+    fn put(w: &Write) -> (u32, IpAddr, u64, Vec<Range>) {
         let Write::Put { identity, addr, value } = w else { panic!("{w:?}") };
-        let rules = value.rules.rules[..value.rules.count as usize].iter().map(|r| (r.lo, r.hi, r.protocols)).collect();
+        let rules = value.rules.rules[..value.rules.count as usize]
+            .iter()
+            .map(|r| (r.lo, r.hi, r.protocols, r.grant))
+            .collect();
         (*identity, *addr, value.expires_ns, rules)
     }
 
@@ -292,22 +300,22 @@ mod tests {
         let w = l.learn(
             1,
             "api.example.com",
-            &[(443, 443, PROTO_TCP)],
+            &[(443, 443, PROTO_TCP, 0)],
             &[(ip("192.0.2.1"), 100), (ip("2001:db8::1"), 100)],
         );
         assert_eq!(w.len(), 2);
-        assert_eq!(put(&w[0]), (1, ip("192.0.2.1"), 100, vec![(443, 443, PROTO_TCP)]));
+        assert_eq!(put(&w[0]), (1, ip("192.0.2.1"), 100, vec![(443, 443, PROTO_TCP, 0)]));
     }
 
     #[test]
     fn names_sharing_an_address_union_their_ports_and_the_sweep_narrows_it() {
         let mut l = Learned::default();
-        l.learn(1, "a.example.com", &[(443, 443, PROTO_TCP)], &[(ip("192.0.2.1"), 100)]);
-        let w = l.learn(1, "b.example.com", &[(53, 53, PROTO_UDP)], &[(ip("192.0.2.1"), 200)]);
-        assert_eq!(put(&w[0]), (1, ip("192.0.2.1"), 200, vec![(443, 443, PROTO_TCP), (53, 53, PROTO_UDP)]));
+        l.learn(1, "a.example.com", &[(443, 443, PROTO_TCP, 0)], &[(ip("192.0.2.1"), 100)]);
+        let w = l.learn(1, "b.example.com", &[(53, 53, PROTO_UDP, 0)], &[(ip("192.0.2.1"), 200)]);
+        assert_eq!(put(&w[0]), (1, ip("192.0.2.1"), 200, vec![(443, 443, PROTO_TCP, 0), (53, 53, PROTO_UDP, 0)]));
         // a.example.com's expiry passes: only b's port is left.
         let w = l.sweep(150);
-        assert_eq!(put(&w[0]), (1, ip("192.0.2.1"), 200, vec![(53, 53, PROTO_UDP)]));
+        assert_eq!(put(&w[0]), (1, ip("192.0.2.1"), 200, vec![(53, 53, PROTO_UDP, 0)]));
         // Then b's too: the entry goes.
         assert_eq!(l.sweep(250), vec![Write::Delete { identity: 1, addr: ip("192.0.2.1") }]);
         assert!(l.rows().is_empty());
@@ -316,9 +324,9 @@ mod tests {
     #[test]
     fn identities_never_share_entries() {
         let mut l = Learned::default();
-        l.learn(1, "x.example.com", &[(443, 443, PROTO_TCP)], &[(ip("192.0.2.1"), 100)]);
-        let w = l.learn(2, "y.example.com", &[(80, 80, PROTO_TCP)], &[(ip("192.0.2.1"), 50)]);
-        assert_eq!(put(&w[0]), (2, ip("192.0.2.1"), 50, vec![(80, 80, PROTO_TCP)]));
+        l.learn(1, "x.example.com", &[(443, 443, PROTO_TCP, 0)], &[(ip("192.0.2.1"), 100)]);
+        let w = l.learn(2, "y.example.com", &[(80, 80, PROTO_TCP, 0)], &[(ip("192.0.2.1"), 50)]);
+        assert_eq!(put(&w[0]), (2, ip("192.0.2.1"), 50, vec![(80, 80, PROTO_TCP, 0)]));
         // B's expiring does not touch A's entry.
         assert_eq!(l.sweep(60), vec![Write::Delete { identity: 2, addr: ip("192.0.2.1") }]);
         assert_eq!(l.rows().len(), 1);
@@ -328,7 +336,7 @@ mod tests {
     #[test]
     fn caps_evict_the_least_recently_learned_and_count_it() {
         let mut l = Learned::new(Caps { per_name: 2, per_identity: 3 });
-        let tcp = [(443, 443, PROTO_TCP)];
+        let tcp = [(443, 443, PROTO_TCP, 0)];
         l.learn(1, "a.example.com", &tcp, &[(ip("192.0.2.1"), 100), (ip("192.0.2.2"), 100)]);
         let w = l.learn(1, "a.example.com", &tcp, &[(ip("192.0.2.3"), 100)]);
         assert!(w.contains(&Write::Delete { identity: 1, addr: ip("192.0.2.1") }), "{w:?}");
@@ -341,10 +349,10 @@ mod tests {
     #[test]
     fn a_policy_change_reprices_and_drops_names_no_longer_allowed() {
         let mut l = Learned::default();
-        l.learn(1, "a.example.com", &[(443, 443, PROTO_TCP)], &[(ip("192.0.2.1"), 100)]);
-        l.learn(1, "b.example.com", &[(80, 80, PROTO_TCP)], &[(ip("192.0.2.2"), 100)]);
-        let w = l.reprice(1, |n| (n == "a.example.com").then(|| vec![(8443, 8443, PROTO_TCP)]));
-        assert_eq!(put(&w[0]), (1, ip("192.0.2.1"), 100, vec![(8443, 8443, PROTO_TCP)]));
+        l.learn(1, "a.example.com", &[(443, 443, PROTO_TCP, 0)], &[(ip("192.0.2.1"), 100)]);
+        l.learn(1, "b.example.com", &[(80, 80, PROTO_TCP, 0)], &[(ip("192.0.2.2"), 100)]);
+        let w = l.reprice(1, |n| (n == "a.example.com").then(|| vec![(8443, 8443, PROTO_TCP, 0)]));
+        assert_eq!(put(&w[0]), (1, ip("192.0.2.1"), 100, vec![(8443, 8443, PROTO_TCP, 0)]));
         assert_eq!(w[1], Write::Delete { identity: 1, addr: ip("192.0.2.2") });
     }
 
@@ -352,11 +360,11 @@ mod tests {
     fn what_an_earlier_run_learned_is_kept_until_it_expires() {
         let mut l = Learned::default();
         let mut rules = NetRules { count: 1, ..NetRules::default() };
-        rules.rules[0] = PortRule { lo: 443, hi: 443, protocols: PROTO_TCP, _pad: [0; 3] };
+        rules.rules[0] = PortRule::new(443, 443, PROTO_TCP, 0);
         l.adopt(vec![(3, ip("192.0.2.7"), LearnedRules { expires_ns: 100, rules })]);
         assert_eq!(l.rows()[0].identity, 3);
         // The first apply of the new run does not drop it (its name is unknown, not refused).
-        assert_eq!(put(&l.reprice(3, |_| None)[0]), (3, ip("192.0.2.7"), 100, vec![(443, 443, PROTO_TCP)]));
+        assert_eq!(put(&l.reprice(3, |_| None)[0]), (3, ip("192.0.2.7"), 100, vec![(443, 443, PROTO_TCP, 0)]));
         assert_eq!(l.sweep(101), vec![Write::Delete { identity: 3, addr: ip("192.0.2.7") }]);
     }
 

@@ -76,17 +76,8 @@ fn parse_since_at(text: &str, now: Timestamp) -> Result<Timestamp, String> {
     if let Ok(t) = text.parse::<Timestamp>() {
         return Ok(t);
     }
-    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (number, unit) = text.split_at(split);
-    let n: i64 = number.parse().map_err(|_| bad())?;
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(bad()),
-    };
-    let back = n.checked_mul(seconds).map(SignedDuration::from_secs).ok_or_else(bad)?;
+    let back = crate::duration::parse(text).map_err(|_| bad())?;
+    let back = SignedDuration::try_from(back).map_err(|_| bad())?;
     now.checked_sub(back).map_err(|_| format!("{text:?} reaches back before the earliest representable time"))
 }
 

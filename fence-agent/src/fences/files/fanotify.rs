@@ -93,7 +93,9 @@ impl FilePolicy {
         for e in &compiled.entries {
             match *e {
                 MapEntry::Protected { object, flags } => *p.protected.entry(object).or_default() |= flags,
-                MapEntry::FileExcept { identity, object, flags } => {
+                // A granted exception is removed by the recompile at the grant's end (the
+                // service wakes for it), which is when user space stops honouring it.
+                MapEntry::FileExcept { identity, object, flags, grant: _ } => {
                     if let Some(i) = p.identities.get_mut(&identity) {
                         *i.exceptions.entry(object).or_default() |= flags;
                     }

@@ -82,6 +82,13 @@ fn compile_host(resolved: &Resolved, out: &mut Vec<MapEntry>) {
 fn compile_identity(input: &IdentityInput<'_>, out: &mut Vec<MapEntry>) -> Result<(), PolicyError> {
     let Some(r) = input.resolved else { return Ok(()) };
     let identity = input.compiled.id;
-    out.extend(r.file_exceptions.iter().map(|e| MapEntry::FileExcept { identity, object: e.id, flags: e.value }));
+    // Standing entries come first and win: an exception both standing and granted stays standing.
+    let mut seen = std::collections::HashSet::new();
+    out.extend(r.file_exceptions.iter().filter(|e| seen.insert(e.id)).map(|e| MapEntry::FileExcept {
+        identity,
+        object: e.id,
+        flags: e.value,
+        grant: e.grant,
+    }));
     Ok(())
 }
