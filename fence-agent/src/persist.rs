@@ -76,13 +76,16 @@ pub fn name_of(run: &Path) -> String {
 /// the name each pin starts with: the reporter (see above), and egress by name's resolvers,
 /// steered sockets and learned addresses, which outlive a restart or an upgrade (a learned
 /// address keeps its expiry; a socket steered by the earlier run still gets its replies
-/// rewritten).
-pub const SHARED_MAPS: [(fence_common::Map, &str); 5] = [
+/// rewritten), and the grant table, which the programs of every run judge (a grant ends, or is
+/// revoked, for all of them at once).
+pub const SHARED_MAPS: [(fence_common::Map, &str); 7] = [
     (fence_common::Map::Reporter, "reporter"),
     (fence_common::Map::DnsResolvers, "dns-resolvers"),
     (fence_common::Map::DnsSteered, "dns-steered"),
     (fence_common::Map::Learned4, "learned4"),
     (fence_common::Map::Learned6, "learned6"),
+    (fence_common::Map::Grants, "grants"),
+    (fence_common::Map::GrantUses, "grant-uses"),
 ];
 
 /// Where shared map `name` (of [`SHARED_MAPS`]) is pinned in `pin_dir`.

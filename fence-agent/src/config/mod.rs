@@ -47,6 +47,11 @@
 //! ttl_floor = 5                              # ... at least
 //! ttl_cap = 3600                             # ... at most
 //!
+//! [grants]                                   # just-in-time grants (see `grants`)
+//! max_ttl = "8h"                             # the longest grant, whatever a policy says
+//! pending_timeout = "1h"                     # unapproved requests are denied after this
+//! max_pending = 16                           # open requests per identity
+//!
 //! [vault]                                    # central policy (OpenBao/Vault KV v2); off when absent
 //! address = "https://vault.example.com:8200"
 //! ca_file = "/etc/fence/vault-ca.pem"        # the only trust anchor when set
@@ -57,6 +62,7 @@
 mod agent;
 mod dns;
 mod events;
+mod grants;
 mod protect;
 #[cfg(test)]
 mod tests;
@@ -74,6 +80,7 @@ use thiserror::Error;
 pub use self::{
     agent::{AuditConfig, ControlConfig, DEFAULT_SOCKET, MetricsConfig, PersistConfig},
     dns::{DnsConfig, RefuseWith},
+    grants::GrantsConfig,
     events::{
         DEFAULT_EVENTS_KEEP, DEFAULT_EVENTS_MAX_BYTES, DEFAULT_RATE_BURST, DEFAULT_RATE_LIMIT,
         DEFAULT_SUMMARY_INTERVAL, EventsConfig, MAX_EVENTS_KEEP,
@@ -102,6 +109,7 @@ pub struct Config {
     /// The central vault policies come from; `None` (no `[vault]` table): no vault.
     pub vault: Option<VaultConfig>,
     pub dns: DnsConfig,
+    pub grants: GrantsConfig,
 }
 
 /// The file as written; [`Config::parse`] checks it into a [`Config`].
@@ -126,6 +134,8 @@ struct ConfigFile {
     vault: Option<vault::VaultSection>,
     #[serde(default)]
     dns: dns::DnsSection,
+    #[serde(default)]
+    grants: grants::GrantsSection,
 }
 
 impl TryFrom<ConfigFile> for Config {
@@ -148,6 +158,7 @@ impl TryFrom<ConfigFile> for Config {
             metrics: file.metrics,
             vault,
             dns: DnsConfig::try_from(file.dns)?,
+            grants: GrantsConfig::try_from(file.grants)?,
         })
     }
 }

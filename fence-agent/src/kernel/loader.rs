@@ -302,6 +302,11 @@ impl Loader {
     }
 
     /// Hands over the reporter map (which run's programs report events), for `token`'s run.
+    /// The grant table (see [`super::grant_maps`]).
+    pub fn take_grant_maps(&mut self) -> Result<super::grant_maps::AyaGrantMaps, MapsError> {
+        super::grant_maps::AyaGrantMaps::take(|name| self.bpf.take_map(name))
+    }
+
     pub fn take_reporter(&mut self, token: u64) -> Result<Reporter, MapsError> {
         let name = Map::Reporter.name();
         let map = self.bpf.take_map(name).ok_or(MapsError::Missing(name))?;

@@ -14,6 +14,7 @@
 
 mod aya_maps;
 pub mod dns_maps;
+pub mod grant_maps;
 mod entries;
 #[cfg(test)]
 pub mod fake;
@@ -37,6 +38,13 @@ pub enum MapsError {
         map: &'static str,
         #[source]
         source: aya::maps::MapError,
+    },
+    #[error("map {map}: {what}: {source}")]
+    Io {
+        map: &'static str,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
     },
     #[error("map {map}: {what} is {len} bytes, longer than the {max} the kernel key holds")]
     TooLong { map: &'static str, what: &'static str, len: usize, max: usize },
