@@ -36,5 +36,6 @@ pub mod policy;
 pub mod protect;
 pub mod resolve;
 pub mod service;
+pub mod sockdiag;
 pub mod vault;
 pub mod watch;
