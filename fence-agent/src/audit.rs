@@ -206,14 +206,17 @@ impl AuditLog {
 
     pub fn write(&mut self, records: &[AuditRecord]) -> Result<(), AuditError> {
         for r in records {
-            let mut line = serde_json::to_string(r).unwrap_or_default();
-            line.push('\n');
-            self.file
-                .write_all(line.as_bytes())
-                .map_err(|source| AuditError::Write { path: self.path.clone(), source })?;
+            self.line(r)?;
             tracing::info!(identity = %r.fence.identity, action = r.event.action, "identity lifecycle");
         }
         Ok(())
+    }
+
+    /// Appends one record as a JSON line.
+    pub fn line<T: Serialize>(&mut self, record: &T) -> Result<(), AuditError> {
+        let mut line = serde_json::to_string(record).unwrap_or_default();
+        line.push('\n');
+        self.file.write_all(line.as_bytes()).map_err(|source| AuditError::Write { path: self.path.clone(), source })
     }
 }
 

@@ -24,6 +24,7 @@ pub mod duration;
 pub mod ebpf_object;
 pub mod events;
 pub mod fences;
+pub mod grants;
 pub mod hold;
 pub mod host;
 pub mod kernel;

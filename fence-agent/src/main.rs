@@ -67,6 +67,13 @@ enum Command {
     /// Asks the running agent (root). One line per (identity, name, address) with the seconds
     /// until the kernel refuses new connects to it; --json for the same as JSON.
     Dns(cmd::dns::DnsArgs),
+    /// Just-in-time grants: request (from inside a fenced workload), approve, deny, revoke, list.
+    ///
+    /// A grant puts one of an identity's `grants:` targets in force for a while. The kernel
+    /// ends it on its own clock (with the agent stopped too); every step is a line in the
+    /// audit log.
+    #[command(subcommand)]
+    Grant(cmd::grant::GrantCommand),
     /// Show denial events: the event file and its rotated files, filtered, readable or JSON.
     ///
     /// Reads the event file named by [events] file of the configuration (or --file) and its
@@ -202,6 +209,7 @@ fn main() -> ExitCode {
         Command::Exec(args) => cmd::exec::main(args),
         Command::Identities(args) => cmd::identities::main(args),
         Command::Dns(args) => cmd::dns::main(args),
+        Command::Grant(command) => cmd::grant::main(command),
         Command::Logs(args) => cmd::logs::main(args),
         Command::Uninstall(args) => cmd::uninstall::main(args),
         Command::Status(args) => cmd::status::main(args),

@@ -4,6 +4,7 @@ pub mod console;
 pub mod dns;
 pub mod doctor;
 pub mod exec;
+pub mod grant;
 pub mod identities;
 pub mod logs;
 pub mod policy;

@@ -234,10 +234,12 @@ async fn start(
     for a in loader.attachments() {
         tracing::info!(program = a.program, hook = a.hook, target = %a.target, "attached");
     }
+    let grants = grants(config, &mut loader)?;
     let mut service = PolicyService::new(kernel, Some(Box::new(loader)), deps, views, vault_state);
     if let Some(dns) = dns {
         service.with_dns(dns);
     }
+    service.with_grants(grants);
     match service.start(local, cache) {
         Ok(()) => {}
         Err(ApplyError::Policy(errors)) => return Ok(Err(errors)),
@@ -256,6 +258,39 @@ async fn start(
     let server = tokio::spawn(control::serve(listener, handle.clone(), stop.clone()));
     tracing::info!(cgroup2 = %cgroups.root().display(), control = %config.control.socket.display(), "fence is enforcing");
     Ok(Ok(Running { service: handle, service_thread, events, pinned: run.is_some(), sync_task, server, stop }))
+}
+
+/// Just-in-time grants: the kernel's grant table, the book (kept in the state directory with
+/// persistence, so that a restart knows the grants the kernel still enforces), and whether
+/// connections can be torn down at a grant's end.
+fn grants(config: &Config, loader: &mut Loader) -> anyhow::Result<service::grants::Grants> {
+    use crate::grants::{GrantBook, boot_id};
+    let kernel = loader.take_grant_maps().context("the grant table")?;
+    let path = config.persist.enabled.then(|| config.persist.state_dir.join("grants.json"));
+    let book = match &path {
+        Some(p) => {
+            let (book, rebooted) = GrantBook::load(p, &boot_id());
+            for g in rebooted.0 {
+                tracing::warn!(grant = %g.id, identity = %g.identity, target = %g.target, state = g.phase.name(), "the host rebooted since this grant was recorded: it is over");
+            }
+            book
+        }
+        None => GrantBook::new(boot_id(), None),
+    };
+    let teardown = match crate::sockdiag::probe_destroy() {
+        crate::sockdiag::DestroySupport::Available => Ok(()),
+        crate::sockdiag::DestroySupport::Unavailable(why) => {
+            tracing::warn!("connections opened under an egress grant cannot be torn down at its end: {why}");
+            Err(why.to_string())
+        }
+    };
+    Ok(service::grants::Grants {
+        book,
+        kernel: Some(Box::new(kernel)),
+        config: config.grants.clone(),
+        in_policy: Default::default(),
+        teardown,
+    })
 }
 
 /// Egress by name, when the dns fence loaded and `[dns] enabled`: the resolver engine, and

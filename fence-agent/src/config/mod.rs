@@ -80,11 +80,11 @@ use thiserror::Error;
 pub use self::{
     agent::{AuditConfig, ControlConfig, DEFAULT_SOCKET, MetricsConfig, PersistConfig},
     dns::{DnsConfig, RefuseWith},
-    grants::GrantsConfig,
     events::{
         DEFAULT_EVENTS_KEEP, DEFAULT_EVENTS_MAX_BYTES, DEFAULT_RATE_BURST, DEFAULT_RATE_LIMIT,
         DEFAULT_SUMMARY_INTERVAL, EventsConfig, MAX_EVENTS_KEEP,
     },
+    grants::GrantsConfig,
     vault::{
         DEFAULT_VAULT_AUTH_MOUNT, DEFAULT_VAULT_FULL_RESYNC, DEFAULT_VAULT_MOUNT, DEFAULT_VAULT_POLL_INTERVAL,
         DEFAULT_VAULT_PREFIX, DEFAULT_VAULT_TIMEOUT, VaultAuth, VaultConfig, signing_key_bytes,

@@ -21,11 +21,16 @@ const MAX_REQUEST: u64 = 4096;
 /// Time a client has to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Who asked, from the socket's peer credentials.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who asked, from the socket's peer credentials (and, for the requests that need it, the
+/// process attested by the kernel: see [`attest`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Peer {
     pub pid: u32,
     pub uid: u32,
+    /// The caller's cgroup v2 path, when attested.
+    pub cgroup: Option<String>,
+    /// The caller's executable, when attested.
+    pub exe: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -80,7 +85,7 @@ pub async fn serve(listener: UnixListener, service: ServiceHandle, stop: Cancell
 
 async fn handle(stream: UnixStream, service: ServiceHandle) -> io::Result<()> {
     let cred = stream.peer_cred()?;
-    let peer = Peer { pid: cred.pid().unwrap_or(0) as u32, uid: cred.uid() };
+    let peer = Peer { pid: cred.pid().unwrap_or(0) as u32, uid: cred.uid(), ..Peer::default() };
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let limited = tokio::io::AsyncReadExt::take(BufReader::new(read), MAX_REQUEST);

@@ -8,6 +8,9 @@
 //! | `{"op":"status"}` | root | [`StatusReply`] |
 //! | `{"op":"dump"}` | root | [`DumpReply`]: the live policy maps, read back from the kernel |
 //! | `{"op":"dns"}` | root | [`DnsReply`]: egress by name, the addresses each identity learned |
+//! | `{"op":"grant-request","target":T,"ttl":SECONDS,"reason":R}` (+ `"identity"`: root only) | a fenced process, for its own identity; root | [`GrantReply`] |
+//! | `{"op":"grant-show","id":ID}`, `{"op":"grant-list"}` (+ `"identity"`) | root; a fenced process sees its own identity's | [`GrantReply`] |
+//! | `{"op":"grant-approve","id":ID}`, `grant-deny` / `grant-revoke` (+ `"reason"`) | root | [`GrantReply`] |
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -20,21 +23,122 @@ pub enum Request {
     Status,
     Dump,
     Dns,
+    Grant(GrantOp),
+}
+
+/// The grant operations (see `fence-agent grant`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantOp {
+    /// `identity`: only root on the host may name one; a fenced process asks for its own.
+    Request {
+        target: String,
+        ttl_seconds: u64,
+        reason: String,
+        identity: Option<String>,
+    },
+    Approve {
+        id: String,
+    },
+    Deny {
+        id: String,
+        reason: String,
+    },
+    Revoke {
+        id: String,
+        reason: String,
+    },
+    List {
+        identity: Option<String>,
+    },
+    Show {
+        id: String,
+    },
 }
 
 /// The wire form, checked strictly by [`Request::parse`].
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct Wire {
     op: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     identity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target: Option<String>,
+    /// Seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ttl: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+}
+
+impl Wire {
+    /// Fields other than `op` and `identity` this op does not take.
+    fn only(&self, op: &str, allowed: &[&str]) -> Result<(), String> {
+        let present = [
+            ("target", self.target.is_some()),
+            ("ttl", self.ttl.is_some()),
+            ("reason", self.reason.is_some()),
+            ("id", self.id.is_some()),
+        ];
+        match present.iter().find(|(name, set)| *set && !allowed.contains(name)) {
+            Some((name, _)) => Err(format!("op \"{op}\" takes no \"{name}\"")),
+            None => Ok(()),
+        }
+    }
+
+    fn required(value: Option<String>, op: &str, field: &str) -> Result<String, String> {
+        match value {
+            Some(v) if !v.is_empty() => Ok(v),
+            _ => Err(format!("op \"{op}\" needs a non-empty \"{field}\"")),
+        }
+    }
+
+    fn grant(self) -> Result<GrantOp, String> {
+        let op = self.op.clone();
+        let need = |v: Option<String>, f: &str| Wire::required(v, &op, f);
+        Ok(match op.as_str() {
+            "grant-request" => {
+                self.only(&op, &["target", "ttl", "reason"])?;
+                let ttl_seconds = self.ttl.filter(|t| *t > 0).ok_or(format!("op \"{op}\" needs a \"ttl\" above 0"))?;
+                GrantOp::Request {
+                    target: need(self.target, "target")?,
+                    ttl_seconds,
+                    reason: need(self.reason, "reason")?,
+                    identity: self.identity,
+                }
+            }
+            "grant-approve" => {
+                self.only(&op, &["id"])?;
+                GrantOp::Approve { id: need(self.id, "id")? }
+            }
+            "grant-deny" | "grant-revoke" => {
+                self.only(&op, &["id", "reason"])?;
+                let (id, reason) = (need(self.id, "id")?, self.reason.unwrap_or_default());
+                if op == "grant-deny" { GrantOp::Deny { id, reason } } else { GrantOp::Revoke { id, reason } }
+            }
+            "grant-list" => {
+                self.only(&op, &[])?;
+                GrantOp::List { identity: self.identity }
+            }
+            "grant-show" => {
+                self.only(&op, &["id"])?;
+                GrantOp::Show { id: need(self.id, "id")? }
+            }
+            other => return Err(format!("unknown op {other:?}")),
+        })
+    }
 }
 
 impl Request {
     /// Parses one request line; the error names the field and the reason.
     pub fn parse(line: &str) -> Result<Request, String> {
         let w: Wire = serde_json::from_str(line).map_err(|e| format!("not a valid request: {e}"))?;
+        if w.op.starts_with("grant-") {
+            return w.grant().map(Request::Grant);
+        }
+        w.only(&w.op, &[])?;
         let plain = |r: Request, op: &str, identity: Option<String>| match identity {
             None => Ok(r),
             Some(_) => Err(format!("op \"{op}\" takes no \"identity\"")),
@@ -47,27 +151,52 @@ impl Request {
             ("dump", i) => plain(Request::Dump, "dump", i),
             ("dns", i) => plain(Request::Dns, "dns", i),
             (other, _) => Err(format!(
-                "unknown op {other:?} (expected \"enter\", \"identities\", \"status\", \"dump\" or \"dns\")"
+                "unknown op {other:?} (expected \"enter\", \"identities\", \"status\", \"dump\", \"dns\" or \"grant-...\")"
             )),
         }
     }
 
     pub fn to_line(&self) -> Vec<u8> {
-        let (op, identity) = match self {
-            Request::Enter { identity } => ("enter", Some(identity.clone())),
-            Request::Identities => ("identities", None),
-            Request::Status => ("status", None),
-            Request::Dump => ("dump", None),
-            Request::Dns => ("dns", None),
+        let wire = |op: &str| Wire { op: op.into(), ..Wire::default() };
+        let w = match self {
+            Request::Enter { identity } => Wire { identity: Some(identity.clone()), ..wire("enter") },
+            Request::Identities => wire("identities"),
+            Request::Status => wire("status"),
+            Request::Dump => wire("dump"),
+            Request::Dns => wire("dns"),
+            Request::Grant(g) => match g.clone() {
+                GrantOp::Request { target, ttl_seconds, reason, identity } => Wire {
+                    target: Some(target),
+                    ttl: Some(ttl_seconds),
+                    reason: Some(reason),
+                    identity,
+                    ..wire("grant-request")
+                },
+                GrantOp::Approve { id } => Wire { id: Some(id), ..wire("grant-approve") },
+                GrantOp::Deny { id, reason } => Wire { id: Some(id), reason: Some(reason), ..wire("grant-deny") },
+                GrantOp::Revoke { id, reason } => Wire { id: Some(id), reason: Some(reason), ..wire("grant-revoke") },
+                GrantOp::List { identity } => Wire { identity, ..wire("grant-list") },
+                GrantOp::Show { id } => Wire { id: Some(id), ..wire("grant-show") },
+            },
         };
-        let mut line = serde_json::to_vec(&Wire { op: op.into(), identity }).unwrap_or_default();
+        let mut line = serde_json::to_vec(&w).unwrap_or_default();
         line.push(b'\n');
         line
     }
 
-    /// Whether only root may ask.
+    /// Whether only root may ask. (Grant requests, lists and shows are open: the policy
+    /// service answers a fenced caller about its own identity only.)
     pub fn root_only(&self) -> bool {
-        !matches!(self, Request::Enter { .. })
+        !matches!(
+            self,
+            Request::Enter { .. }
+                | Request::Grant(GrantOp::Request { .. } | GrantOp::List { .. } | GrantOp::Show { .. })
+        )
+    }
+
+    /// Whether the caller's process must be attested (its cgroup read from the kernel).
+    pub fn needs_attestation(&self) -> bool {
+        matches!(self, Request::Grant(_))
     }
 }
 
@@ -88,6 +217,25 @@ pub struct LearnedAddress {
     pub address: String,
     /// Seconds until new connects to it are refused (0: expired, not swept yet).
     pub expires_in: u64,
+}
+
+/// The grant operations' answer: the grants concerned, newest last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantReply {
+    pub grants: Vec<GrantView>,
+}
+
+/// One grant as the agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantView {
+    #[serde(flatten)]
+    pub grant: crate::grants::Grant,
+    /// Seconds until it ends (active grants).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u64>,
+    /// Operations the kernel allowed through it (active and ended grants).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses: Option<u64>,
 }
 
 /// `enter`: the cgroup the caller was moved into.

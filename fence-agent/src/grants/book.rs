@@ -36,10 +36,24 @@ pub enum Phase {
     /// Waiting for a person.
     Pending,
     /// In force in the kernel until `expires_boot_ns` (boot clock).
-    Active { slot: u16, expires_boot_ns: u64, expires_at: String, approver: String },
-    Denied { by: String, reason: String },
-    Expired { uses: u64 },
-    Revoked { by: String, reason: String, uses: u64 },
+    Active {
+        slot: u16,
+        expires_boot_ns: u64,
+        expires_at: String,
+        approver: String,
+    },
+    Denied {
+        by: String,
+        reason: String,
+    },
+    Expired {
+        uses: u64,
+    },
+    Revoked {
+        by: String,
+        reason: String,
+        uses: u64,
+    },
 }
 
 impl Phase {

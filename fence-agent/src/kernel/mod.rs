@@ -14,11 +14,11 @@
 
 mod aya_maps;
 pub mod dns_maps;
-pub mod grant_maps;
 mod entries;
 #[cfg(test)]
 pub mod fake;
 mod generations;
+pub mod grant_maps;
 mod link;
 pub mod loader;
 

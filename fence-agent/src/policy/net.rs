@@ -70,6 +70,15 @@ impl IpNet {
             _ => false,
         }
     }
+
+    /// Whether address `ip` lies inside `self`.
+    pub fn contains_addr(&self, ip: IpAddr) -> bool {
+        let host = match ip {
+            IpAddr::V4(a) => IpNet::V4 { addr: a.octets(), len: 32 },
+            IpAddr::V6(a) => IpNet::V6 { addr: a.octets(), len: 128 },
+        };
+        self.contains(&host)
+    }
 }
 
 fn mask<const N: usize>(mut addr: [u8; N], len: u8) -> [u8; N] {

@@ -168,7 +168,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
 
     /// The live policy changed by `edit` (which says whether it changed anything), resolved
     /// with what the resolver knows; applied if anything differs.
-    fn reapply(
+    pub(super) fn reapply(
         &mut self,
         edit: impl FnOnce(&mut PolicySet) -> bool,
         trigger: Trigger,
@@ -178,7 +178,8 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
         let edited = edit(&mut set);
         let candidate = Candidate { set, extra: live.extra.clone(), source: live.source, fresh: false };
         let host = self.host_with(&candidate.extra);
-        let mut resolved = self.resolver.resolve(&candidate.set, &host, self.deps.cgroups.root());
+        let effective = self.effective(&candidate.set);
+        let mut resolved = self.resolver.resolve(&effective, &host, self.deps.cgroups.root());
         self.held.update(&mut resolved);
         if !edited && self.live.as_ref().is_some_and(|l| l.resolved == resolved) {
             return Ok(None);
@@ -206,7 +207,8 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
             self.resolver.clear();
         }
         let host = self.host_with(&candidate.extra);
-        let mut resolved = self.resolver.resolve(&candidate.set, &host, self.deps.cgroups.root());
+        let effective = self.effective(&candidate.set);
+        let mut resolved = self.resolver.resolve(&effective, &host, self.deps.cgroups.root());
         let checkpoint = self.held.checkpoint();
         self.held.update(&mut resolved);
         let result = self.apply_resolved(candidate, resolved, trigger);
@@ -225,7 +227,9 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
         trigger: Trigger,
     ) -> Result<ApplyReport, ApplyError> {
         let ids_before = self.ids.clone();
-        let compiled = match compile(&candidate.set, &resolved, &mut self.ids) {
+        // The documents' policy with the grants in force: what the kernel gets.
+        let effective = self.effective(&candidate.set);
+        let compiled = match compile(&effective, &resolved, &mut self.ids) {
             Ok(c) => c,
             Err(e) => {
                 self.ids = ids_before;
@@ -312,8 +316,10 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
             Live { set: candidate.set, extra: candidate.extra, resolved, compiled, report, source: candidate.source };
         if let Some(dns) = &mut self.dns {
             let cgroups = &self.deps.cgroups;
-            dns.commit(&live.set, &live.compiled, &|p| cgroups.dir(p));
+            dns.commit(&effective, &live.compiled, &|p| cgroups.dir(p));
         }
+        self.grants.in_policy =
+            effective.identities.iter().flat_map(|i| i.grants_in_force.iter().map(|g| g.slot)).collect();
         self.log_applied(&live);
         self.live = Some(live);
         Ok(report)

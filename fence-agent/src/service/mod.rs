@@ -14,6 +14,9 @@
 pub mod apply;
 pub mod dns;
 pub mod dns_peer;
+#[cfg(test)]
+mod grant_tests;
+pub mod grants;
 pub mod learned;
 mod messages;
 mod queries;
@@ -82,6 +85,8 @@ pub struct PolicyService<M> {
     handled: Handled,
     /// Egress by name, when the dns fence is loaded and `[dns] enabled`.
     dns: Option<dns::DnsState>,
+    /// Just-in-time grants.
+    grants: grants::Grants,
 }
 
 impl<M: PolicyMaps + 'static> PolicyService<M> {
@@ -105,6 +110,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
             vault,
             handled: Handled::default(),
             dns: None,
+            grants: grants::Grants::default(),
         }
     }
 
@@ -150,7 +156,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
         thread::Builder::new().name("fence-policy".into()).spawn(move || {
             let mut swept = std::time::Instant::now();
             loop {
-                let due = self.until_next_expiry();
+                let due = self.until_next_expiry().min(self.until_next_grant().unwrap_or(IDLE_WAIT));
                 let sweep_in = DNS_SWEEP.saturating_sub(swept.elapsed());
                 let wait = if self.dns.is_some() { due.min(sweep_in) } else { due };
                 match rx.recv_timeout(wait) {
@@ -172,6 +178,9 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
                 }
                 if self.next_expiry().is_some() && self.until_next_expiry().is_zero() {
                     self.change(Change::Expiry);
+                }
+                if self.until_next_grant().is_some_and(|d| d.is_zero()) {
+                    self.grants_due();
                 }
             }
         })

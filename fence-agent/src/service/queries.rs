@@ -51,6 +51,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
             Request::Identities => protocol::encode(&Ok(IdentitiesReply { identities: self.identities() })),
             Request::Status => protocol::encode(&Ok(self.status())),
             Request::Dns => protocol::encode(&Ok(self.dns_reply())),
+            Request::Grant(op) => protocol::encode(&self.grant_op(op, &peer)),
             Request::Dump => protocol::encode(
                 &self
                     .kernel

@@ -15,9 +15,9 @@ use crate::{
 };
 
 /// A service over fake maps, in its own temporary directory.
-struct Fixture {
-    dir: PathBuf,
-    service: PolicyService<FakeMaps>,
+pub(super) struct Fixture {
+    pub(super) dir: PathBuf,
+    pub(super) service: PolicyService<FakeMaps>,
     /// Where the fake attacher has the cgroup programs.
     attached: Arc<std::sync::Mutex<Attached>>,
     _cleanup: tempfile::TempDir,
@@ -59,7 +59,7 @@ fn identity(name: &str, purpose: &str) -> String {
     )
 }
 
-fn fixture(test: &str, with_vault: bool) -> Fixture {
+pub(super) fn fixture(test: &str, with_vault: bool) -> Fixture {
     let guard = tempfile::Builder::new().prefix(&format!("fence-service-{test}-")).tempdir().unwrap();
     let dir = guard.path().to_path_buf();
     let root = dir.join("cgroup");
@@ -94,7 +94,7 @@ fn fixture(test: &str, with_vault: bool) -> Fixture {
     Fixture { dir, service, attached, _cleanup: guard }
 }
 
-fn start_local(f: &mut Fixture) {
+pub(super) fn start_local(f: &mut Fixture) {
     let local = load_policy(&f.service.deps.policy_paths, &f.service.deps.cgroups);
     f.service.start(local, None).unwrap();
 }

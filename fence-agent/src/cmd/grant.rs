@@ -1,0 +1,219 @@
+//! `fence-agent grant`: just-in-time grants. A fenced workload requests one of its identity's
+//! grantable targets for a while (the agent learns the identity from the kernel, never from
+//! the request); root on the host approves, denies, revokes and lists.
+
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use clap::{Args, Subcommand};
+
+use crate::{
+    config::DEFAULT_SOCKET,
+    control::{
+        CallError, Request, call,
+        protocol::{GrantOp, GrantReply, GrantView},
+    },
+    grants::Phase,
+};
+
+/// Exit code: the request was refused (bad input, not allowed).
+const REFUSED: u8 = 2;
+/// Exit code: a person (or the pending timeout) denied it.
+const DENIED: u8 = 3;
+/// Exit code: `--wait` ran out while the request was still pending.
+const STILL_PENDING: u8 = 4;
+
+#[derive(Debug, Subcommand)]
+pub enum GrantCommand {
+    /// Ask for a grantable target of your identity, for a while (from inside the workload).
+    ///
+    /// Exit codes: 0 the request is recorded (with --wait: the grant is active), 1 the agent
+    /// could not be asked, 2 the request was refused, 3 denied, 4 still pending when --wait
+    /// ran out.
+    Request(RequestArgs),
+    /// Approve a pending request (root).
+    Approve(IdArgs),
+    /// Deny a pending request (root).
+    Deny(ReasonArgs),
+    /// End an active grant now (root): new connects, execs and opens are refused at once and
+    /// TCP connections opened under it are closed.
+    Revoke(ReasonArgs),
+    /// Pending and active grants (root: all; a fenced process: its identity's).
+    List(ListArgs),
+    /// One grant.
+    Show(IdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct Socket {
+    /// The agent's control socket.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET, global = true)]
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// The grantable target (a name in the identity's `grants:`).
+    pub target: String,
+    /// How long (90s, 30m, 2h); at most the target's max_ttl and the host's cap.
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// Why (recorded in the audit log).
+    #[arg(long)]
+    pub reason: String,
+    /// The identity (root on the host only; a fenced process always asks for its own).
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// Wait until the request is approved or denied, at most this long (default 10m when
+    /// given without a value).
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "10m", value_parser = parse_duration)]
+    pub wait: Option<Duration>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: Socket,
+}
+
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    pub id: String,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: Socket,
+}
+
+#[derive(Debug, Args)]
+pub struct ReasonArgs {
+    pub id: String,
+    #[arg(long, default_value = "")]
+    pub reason: String,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: Socket,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// Ended grants too.
+    #[arg(long)]
+    pub all: bool,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: Socket,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::duration::parse(text).map_err(|e| e.to_string())
+}
+
+pub fn main(command: GrantCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        GrantCommand::Request(a) => request(a),
+        GrantCommand::Approve(a) => one(&a.socket.socket, GrantOp::Approve { id: a.id }, a.json),
+        GrantCommand::Deny(a) => one(&a.socket.socket, GrantOp::Deny { id: a.id, reason: a.reason }, a.json),
+        GrantCommand::Revoke(a) => one(&a.socket.socket, GrantOp::Revoke { id: a.id, reason: a.reason }, a.json),
+        GrantCommand::Show(a) => one(&a.socket.socket, GrantOp::Show { id: a.id }, a.json),
+        GrantCommand::List(a) => list(a),
+    }
+}
+
+/// Calls the agent; a refusal is exit 2 with the agent's reason, no answer exit 1.
+fn ask(socket: &std::path::Path, op: GrantOp) -> Result<GrantReply, ExitCode> {
+    match call::<GrantReply>(socket, &Request::Grant(op)) {
+        Ok(r) => Ok(r),
+        Err(CallError::Refused(why)) => {
+            eprintln!("fence-agent: refused: {why}");
+            Err(ExitCode::from(REFUSED))
+        }
+        Err(e) => {
+            eprintln!("fence-agent: {e}");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn one(socket: &std::path::Path, op: GrantOp, json: bool) -> anyhow::Result<ExitCode> {
+    let reply = match ask(socket, op) {
+        Ok(r) => r,
+        Err(code) => return Ok(code),
+    };
+    print(&reply.grants, json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn request(a: RequestArgs) -> anyhow::Result<ExitCode> {
+    let op =
+        GrantOp::Request { target: a.target, ttl_seconds: a.ttl.as_secs(), reason: a.reason, identity: a.identity };
+    let reply = match ask(&a.socket.socket, op) {
+        Ok(r) => r,
+        Err(code) => return Ok(code),
+    };
+    let Some(mut grant) = reply.grants.into_iter().next_back() else {
+        anyhow::bail!("the agent answered without the grant");
+    };
+    if let Some(limit) = a.wait {
+        let until = Instant::now() + limit;
+        while grant.grant.phase == Phase::Pending && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(500));
+            match ask(&a.socket.socket, GrantOp::Show { id: grant.grant.id.clone() }) {
+                Ok(r) => grant = r.grants.into_iter().next_back().unwrap_or(grant),
+                Err(code) => return Ok(code),
+            }
+        }
+    }
+    print(std::slice::from_ref(&grant), a.json)?;
+    Ok(match (&grant.grant.phase, a.wait) {
+        (Phase::Active { .. }, _) | (Phase::Pending, None) => ExitCode::SUCCESS,
+        (Phase::Pending, Some(_)) => ExitCode::from(STILL_PENDING),
+        _ => ExitCode::from(DENIED),
+    })
+}
+
+fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
+    let reply = match ask(&a.socket.socket, GrantOp::List { identity: a.identity }) {
+        Ok(r) => r,
+        Err(code) => return Ok(code),
+    };
+    let grants: Vec<GrantView> = reply.grants.into_iter().filter(|g| a.all || !g.grant.phase.ended()).collect();
+    print(&grants, a.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print(grants: &[GrantView], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(grants)?);
+        return Ok(());
+    }
+    println!(
+        "{:<18} {:<16} {:<16} {:<9} {:>9} {:>6}  BY / REASON",
+        "ID", "IDENTITY", "TARGET", "STATE", "REMAINING", "USES"
+    );
+    for v in grants {
+        let g = &v.grant;
+        let remaining = v.expires_in.map_or("-".to_owned(), |s| crate::duration::show(Duration::from_secs(s)));
+        let uses = v.uses.map_or("-".to_owned(), |u| u.to_string());
+        let who = match &g.phase {
+            Phase::Active { approver, .. } => approver.clone(),
+            Phase::Denied { by, reason } | Phase::Revoked { by, reason, .. } => format!("{by}: {reason}"),
+            _ => g.reason.clone(),
+        };
+        println!(
+            "{:<18} {:<16} {:<16} {:<9} {:>9} {:>6}  {who}",
+            g.id,
+            g.identity,
+            g.target,
+            g.phase.name(),
+            remaining,
+            uses
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,481 @@
+//! Just-in-time grants in the policy service: requests from the control socket (the caller's
+//! identity from the kernel), approval, putting a grant in force (its slot opened in the
+//! kernel's grant table, then its rules compiled into the identity's maps), and its end
+//! (expiry on the boot clock, revocation, a pending request timing out, its target gone from
+//! the policy): the slot closed, the rules removed, connections under it torn down, and every
+//! step one line in the audit log.
+
+use std::{collections::BTreeSet, net::IpAddr, time::Duration};
+
+use fence_common::{GrantState, PROTO_TCP};
+use jiff::Timestamp;
+
+use super::PolicyService;
+use crate::{
+    audit::Trigger,
+    compile::Bindings,
+    config::GrantsConfig,
+    control::{
+        Peer,
+        protocol::{GrantOp, GrantReply, GrantView},
+    },
+    grants::{
+        Grant, GrantBook, Phase, Requester,
+        audit::Action,
+        boot_ns, new_id,
+        teardown::{self},
+    },
+    kernel::{PolicyMaps, grant_maps::GrantKernel},
+    policy::{Approval, EgressRule, GrantInForce, Grantable, Identity, PolicySet},
+};
+
+/// Longest reason kept (bytes).
+const MAX_REASON: usize = 512;
+
+/// The grants of the service: the book, the kernel's grant table, the host's limits.
+pub struct Grants {
+    pub book: GrantBook,
+    pub kernel: Option<Box<dyn GrantKernel>>,
+    pub config: GrantsConfig,
+    /// Slots the live compiled policy names (not free for a new grant until an apply drops
+    /// them).
+    pub in_policy: BTreeSet<u16>,
+    /// Whether established connections can be torn down (SOCK_DESTROY), and why not.
+    pub teardown: Result<(), String>,
+}
+
+impl Default for Grants {
+    fn default() -> Self {
+        Grants {
+            book: GrantBook::default(),
+            kernel: None,
+            config: GrantsConfig::default(),
+            in_policy: BTreeSet::new(),
+            teardown: Err("not probed".into()),
+        }
+    }
+}
+
+/// Who is asking, as far as grants care.
+enum Caller {
+    /// A process of this identity.
+    Fenced(String),
+    /// Root on the host, not fenced.
+    Root,
+    /// Anyone else.
+    Other,
+}
+
+impl<M: PolicyMaps + 'static> PolicyService<M> {
+    /// Grants: the book, the kernel's table, the limits.
+    pub fn with_grants(&mut self, grants: Grants) {
+        self.grants = grants;
+    }
+
+    /// `set` with each identity's grants in force added (what is compiled).
+    pub(super) fn effective(&self, set: &PolicySet) -> PolicySet {
+        let mut out = set.clone();
+        for identity in out.identities.iter_mut().filter(|i| !i.expired) {
+            let in_force: Vec<GrantInForce> = self
+                .grants
+                .book
+                .active()
+                .filter(|(g, _)| g.identity == identity.name)
+                .filter_map(|(g, slot)| identity.grantable(&g.target).map(|t| GrantInForce { slot, target: t.clone() }))
+                .collect();
+            if !in_force.is_empty() {
+                identity.put_in_force(in_force);
+            }
+        }
+        out
+    }
+
+    /// Answers a grant operation.
+    pub(super) fn grant_op(&mut self, op: GrantOp, peer: &Peer) -> Result<GrantReply, String> {
+        let caller = self.caller(peer);
+        match op {
+            GrantOp::Request { target, ttl_seconds, reason, identity } => {
+                let identity = match (&caller, identity) {
+                    (Caller::Fenced(own), Some(other)) if *own != other => {
+                        return Err(format!(
+                            "a fenced process can only request grants for its own identity (\"{own}\"), not \"{other}\""
+                        ));
+                    }
+                    (Caller::Fenced(own), _) => own.clone(),
+                    (Caller::Root, Some(named)) => named,
+                    (Caller::Root, None) => {
+                        return Err("the caller is not fenced: name the identity with --identity".into());
+                    }
+                    (Caller::Other, _) => {
+                        return Err("only a fenced process (for its own identity) or root may request a grant".into());
+                    }
+                };
+                let id = self.request(&identity, &target, ttl_seconds, &reason, peer)?;
+                Ok(self.reply(|g| g.id == id))
+            }
+            GrantOp::Show { id } => {
+                let g = self.grants.book.get(&id).ok_or_else(|| format!("no grant {id}"))?;
+                if !visible(&caller, g) {
+                    return Err(format!("no grant {id}"));
+                }
+                Ok(self.reply(|g| g.id == id))
+            }
+            GrantOp::List { identity } => {
+                if matches!(caller, Caller::Other) {
+                    return Err("only root or a fenced process (its own identity's) may list grants".into());
+                }
+                Ok(self.reply(|g| visible(&caller, g) && identity.as_ref().is_none_or(|i| *i == g.identity)))
+            }
+            GrantOp::Approve { id } => {
+                let by = format!("uid {} (local)", peer.uid);
+                self.approve(&id, by)?;
+                Ok(self.reply(|g| g.id == id))
+            }
+            GrantOp::Deny { id, reason } => {
+                self.deny(&id, format!("uid {} (local)", peer.uid), &reason)?;
+                Ok(self.reply(|g| g.id == id))
+            }
+            GrantOp::Revoke { id, reason } => {
+                self.revoke(&id, format!("uid {} (local)", peer.uid), &reason)?;
+                Ok(self.reply(|g| g.id == id))
+            }
+        }
+    }
+
+    fn caller(&self, peer: &Peer) -> Caller {
+        let fenced = self.live.as_ref().and_then(|live| {
+            let cgroup = peer.cgroup.as_deref()?;
+            let id = Bindings::of(&live.compiled).identity_of(cgroup)?;
+            live.compiled.name_of(id).map(str::to_owned)
+        });
+        match fenced {
+            Some(name) => Caller::Fenced(name),
+            None if peer.uid == 0 => Caller::Root,
+            None => Caller::Other,
+        }
+    }
+
+    fn reply(&self, which: impl Fn(&Grant) -> bool) -> GrantReply {
+        let now = boot_ns();
+        let grants = self
+            .grants
+            .book
+            .all()
+            .iter()
+            .filter(|g| which(g))
+            .map(|g| {
+                let (expires_in, uses) = match &g.phase {
+                    Phase::Active { slot, expires_boot_ns, .. } => (
+                        Some(expires_boot_ns.saturating_sub(now) / 1_000_000_000),
+                        self.grants.kernel.as_ref().and_then(|k| k.uses(*slot).ok()),
+                    ),
+                    Phase::Expired { uses } | Phase::Revoked { uses, .. } => (None, Some(*uses)),
+                    _ => (None, None),
+                };
+                GrantView { grant: g.clone(), expires_in, uses }
+            })
+            .collect();
+        GrantReply { grants }
+    }
+
+    /// Records a request and, for an `auto` target, puts it in force; the grant's id.
+    fn request(
+        &mut self,
+        identity: &str,
+        target: &str,
+        ttl_seconds: u64,
+        reason: &str,
+        peer: &Peer,
+    ) -> Result<String, String> {
+        let reason = reason.trim();
+        if reason.is_empty() || reason.len() > MAX_REASON || reason.chars().any(char::is_control) {
+            return Err(format!("--reason must be 1 to {MAX_REASON} bytes of text without control characters"));
+        }
+        let live = self.live.as_ref().ok_or("the agent has no policy applied yet")?;
+        let id_doc = live.set.identities.iter().find(|i| i.name == identity);
+        let id_doc = id_doc.ok_or_else(|| format!("no identity \"{identity}\" in the policy this agent enforces"))?;
+        if id_doc.expired {
+            return Err(format!("identity \"{identity}\" has expired"));
+        }
+        let t = grantable(id_doc, target)?;
+        let max = self.max_ttl(t);
+        if ttl_seconds > max.as_secs() {
+            return Err(format!(
+                "--for {} is longer than grant \"{target}\" allows ({}; policy max_ttl {}, host cap grants.max_ttl {})",
+                crate::duration::show(Duration::from_secs(ttl_seconds)),
+                crate::duration::show(max),
+                t.max_ttl.map_or("not set".to_owned(), crate::duration::show),
+                crate::duration::show(self.grants.config.max_ttl),
+            ));
+        }
+        if self.grants.book.pending_of(identity) >= self.grants.config.max_pending {
+            return Err(format!(
+                "identity \"{identity}\" already has {} pending requests",
+                self.grants.config.max_pending
+            ));
+        }
+        let approval = t.approval;
+        let mut id = new_id();
+        while self.grants.book.get(&id).is_some() {
+            id = new_id();
+        }
+        let grant = Grant {
+            id: id.clone(),
+            identity: identity.to_owned(),
+            target: target.to_owned(),
+            reason: reason.to_owned(),
+            ttl_seconds,
+            approval,
+            requested_at: Timestamp::now().to_string(),
+            requested_boot_ns: boot_ns(),
+            requester: Requester {
+                pid: peer.pid,
+                uid: peer.uid,
+                executable: peer.exe.clone(),
+                cgroup: peer.cgroup.clone(),
+            },
+            phase: Phase::Pending,
+            ended_at: None,
+        };
+        self.grants.book.add(grant);
+        self.audit_grant(Action::Requested, &id);
+        tracing::info!(grant = %id, identity, target, ttl = ttl_seconds, approval = approval.as_str(), pid = peer.pid, uid = peer.uid, "grant requested");
+        match approval {
+            Approval::Auto => self.activate(&id, "auto (policy)".to_owned())?,
+            Approval::Console => self.save_book(),
+        }
+        Ok(id)
+    }
+
+    /// The longest grant of `t` on this host.
+    fn max_ttl(&self, t: &Grantable) -> Duration {
+        let cap = self.grants.config.max_ttl;
+        t.max_ttl.map_or(cap, |m| m.min(cap))
+    }
+
+    /// A person approves a pending request: it is put in force.
+    pub(super) fn approve(&mut self, id: &str, by: String) -> Result<(), String> {
+        let g = self.grants.book.get(id).ok_or_else(|| format!("no grant {id}"))?;
+        if g.phase != Phase::Pending {
+            return Err(format!("grant {id} is {}, not pending", g.phase.name()));
+        }
+        self.activate(id, by)
+    }
+
+    /// A person denies a pending request.
+    pub(super) fn deny(&mut self, id: &str, by: String, reason: &str) -> Result<(), String> {
+        let g = self.grants.book.get_mut(id).ok_or_else(|| format!("no grant {id}"))?;
+        if g.phase != Phase::Pending {
+            return Err(format!("grant {id} is {}, not pending (an active grant is revoked)", g.phase.name()));
+        }
+        g.phase = Phase::Denied { by, reason: reason.to_owned() };
+        g.ended_at = Some(Timestamp::now().to_string());
+        self.audit_grant(Action::Denied, id);
+        self.save_book();
+        Ok(())
+    }
+
+    /// Ends an active grant now (a pending one is denied).
+    pub(super) fn revoke(&mut self, id: &str, by: String, reason: &str) -> Result<(), String> {
+        let g = self.grants.book.get(id).ok_or_else(|| format!("no grant {id}"))?;
+        match g.phase {
+            Phase::Pending => self.deny(id, by, reason),
+            Phase::Active { .. } => {
+                self.end(vec![(id.to_owned(), Ended::Revoked { by, reason: reason.to_owned() })]);
+                Ok(())
+            }
+            ref other => Err(format!("grant {id} has already ended ({})", other.name())),
+        }
+    }
+
+    /// Opens a slot for the grant, compiles it in, and reports it.
+    fn activate(&mut self, id: &str, approver: String) -> Result<(), String> {
+        let g = self.grants.book.get(id).ok_or_else(|| format!("no grant {id}"))?.clone();
+        let identity_id = self.live.as_ref().and_then(|l| l.compiled.identities.iter().find(|i| i.name == g.identity));
+        let identity_id =
+            identity_id.map(|i| i.id).ok_or_else(|| format!("identity \"{}\" is not in force", g.identity))?;
+        let slot =
+            self.grants.book.free_slot(&self.grants.in_policy).ok_or("every grant slot of the kernel is in use")?;
+        let ttl_ns = g.ttl_seconds.saturating_mul(1_000_000_000);
+        let expires_boot_ns = boot_ns().saturating_add(ttl_ns);
+        let kernel = self.grants.kernel.as_mut().ok_or("grants are not available: the grant table is not loaded")?;
+        let state = GrantState { expires_ns: expires_boot_ns, identity: identity_id, _pad: 0 };
+        kernel.open(slot, state).map_err(|e| format!("opening grant slot {slot}: {e}"))?;
+        let expires_at = Timestamp::now().checked_add(g.ttl()).map(|t| t.to_string()).unwrap_or_default();
+        if let Some(entry) = self.grants.book.get_mut(id) {
+            entry.phase = Phase::Active { slot, expires_boot_ns, expires_at, approver: approver.clone() };
+        }
+        if let Err(e) = self.reapply(|_| true, Trigger::new("grant")) {
+            if let Some(k) = self.grants.kernel.as_mut() {
+                let _ = k.close(slot);
+            }
+            let why = format!("could not be put in force: {e}");
+            if let Some(entry) = self.grants.book.get_mut(id) {
+                entry.phase = Phase::Denied { by: "fence-agent".into(), reason: why.clone() };
+                entry.ended_at = Some(Timestamp::now().to_string());
+            }
+            self.audit_grant(Action::Denied, id);
+            self.save_book();
+            return Err(format!("grant {id} {why}"));
+        }
+        if g.approval == Approval::Console {
+            self.audit_grant(Action::Approved, id);
+        }
+        self.audit_grant(Action::Active, id);
+        tracing::info!(grant = %id, identity = %g.identity, target = %g.target, slot, approver, ttl = g.ttl_seconds, "grant active");
+        self.save_book();
+        Ok(())
+    }
+
+    /// Ends what is due: active grants past their end (the kernel already refuses through
+    /// them), pending requests past the timeout, and grants whose target left the policy.
+    pub(super) fn grants_due(&mut self) {
+        let now = boot_ns();
+        let mut ended: Vec<(String, Ended)> =
+            self.grants.book.due(now).into_iter().map(|id| (id, Ended::Expired)).collect();
+        if let Some(live) = &self.live {
+            for (g, _) in self.grants.book.active() {
+                let still = live.set.identities.iter().find(|i| i.name == g.identity);
+                if !ended.iter().any(|(id, _)| *id == g.id)
+                    && still.is_none_or(|i| i.expired || i.grantable(&g.target).is_none())
+                {
+                    let reason = "the identity or the grant's target is no longer in the policy".to_owned();
+                    ended.push((g.id.clone(), Ended::Revoked { by: "policy".into(), reason }));
+                }
+            }
+        }
+        if !ended.is_empty() {
+            self.end(ended);
+        }
+        let timeout = self.grants.config.pending_timeout;
+        for id in self.grants.book.stale(now, timeout) {
+            let why = format!("no approval within {}", crate::duration::show(timeout));
+            let _ = self.deny(&id, "timeout".into(), &why);
+        }
+    }
+
+    /// Time until the next grant end or request timeout.
+    pub(super) fn until_next_grant(&self) -> Option<Duration> {
+        let at = self.grants.book.next_due(self.grants.config.pending_timeout)?;
+        Some(Duration::from_nanos(at.saturating_sub(boot_ns())))
+    }
+
+    /// Ends grants: slots closed first (the kernel refuses from that write on), uses read,
+    /// then the policy without them applied, connections torn down, lines audited.
+    fn end(&mut self, ended: Vec<(String, Ended)>) {
+        let mut reaches: Vec<(String, Vec<EgressRule>)> = Vec::new();
+        for (id, how) in &ended {
+            let Some(g) = self.grants.book.get(id).cloned() else { continue };
+            let Some(slot) = g.slot() else { continue };
+            let uses = self.grants.kernel.as_ref().and_then(|k| k.uses(slot).ok()).unwrap_or(0);
+            if let Some(k) = self.grants.kernel.as_mut()
+                && let Err(e) = k.close(slot)
+            {
+                tracing::error!(grant = %id, slot, "closing the grant slot failed (its end on the kernel clock still holds): {e}");
+            }
+            if let Some(t) = self
+                .live
+                .as_ref()
+                .and_then(|l| l.set.identities.iter().find(|i| i.name == g.identity))
+                .and_then(|i| i.grantable(&g.target))
+            {
+                reaches.push((g.identity.clone(), t.egress.clone()));
+            }
+            if let Some(entry) = self.grants.book.get_mut(id) {
+                entry.phase = match how {
+                    Ended::Expired => Phase::Expired { uses },
+                    Ended::Revoked { by, reason } => Phase::Revoked { by: by.clone(), reason: reason.clone(), uses },
+                };
+                entry.ended_at = Some(Timestamp::now().to_string());
+            }
+        }
+        if let Err(e) = self.reapply(|_| true, Trigger::new("grant-end")) {
+            tracing::error!(
+                "removing ended grants from the policy failed (the kernel refuses through them already): {e}"
+            );
+        }
+        for (identity, egress) in reaches {
+            self.tear_down(&identity, &egress);
+        }
+        for (id, how) in &ended {
+            let action = match how {
+                Ended::Expired => Action::Expired,
+                Ended::Revoked { .. } => Action::Revoked,
+            };
+            self.audit_grant(action, id);
+        }
+        self.save_book();
+    }
+
+    /// Closes `identity`'s TCP connections that only the ended `egress` rules allowed.
+    fn tear_down(&mut self, identity: &str, egress: &[EgressRule]) {
+        if egress.is_empty() {
+            return;
+        }
+        if let Err(why) = &self.grants.teardown {
+            tracing::warn!(identity, "connections opened under the ended grant stay open: {why}");
+            return;
+        }
+        let Some(live) = &self.live else { return };
+        let effective = self.effective(&live.set);
+        let Some(now) = effective.identities.iter().find(|i| i.name == identity) else { return };
+        let dirs: Vec<_> = now.cgroups.iter().map(|c| self.deps.cgroups.dir(&c.path)).collect();
+        let reaches = |rules: &[EgressRule], ip: IpAddr, port: u16| {
+            rules.iter().any(|r| {
+                r.protocols & PROTO_TCP != 0
+                    && r.ports.iter().any(|p| p.lo <= port && port <= p.hi)
+                    && r.nets.iter().any(|n| n.contains_addr(ip))
+            })
+        };
+        let closed =
+            teardown::close(&dirs, |ip, port| reaches(egress, ip, port), |ip, port| reaches(&now.egress, ip, port));
+        if closed.closed > 0 {
+            tracing::info!(identity, closed = closed.closed, "closed connections opened under the ended grant");
+        }
+        for f in &closed.failed {
+            tracing::error!(identity, "could not close a connection opened under the ended grant: {f}");
+        }
+    }
+
+    fn audit_grant(&mut self, action: Action, id: &str) {
+        let Some(g) = self.grants.book.get(id) else { return };
+        let record = crate::grants::audit::record(action, g, &self.deps.hostname, Timestamp::now());
+        if let Err(e) = self.views.audit.line(&record) {
+            tracing::error!(error = %e, "writing the grant audit line failed");
+        }
+        tracing::info!(grant = %id, identity = %g.identity, target = %g.target, action = action.as_str(), "grant lifecycle");
+    }
+
+    fn save_book(&self) {
+        if let Err(e) = self.grants.book.save() {
+            tracing::error!(error = %e, "saving the grant book failed; a restart would forget open grants (their kernel ends still hold)");
+        }
+    }
+}
+
+/// How a grant ended.
+enum Ended {
+    Expired,
+    Revoked { by: String, reason: String },
+}
+
+/// Whether `caller` may see grant `g`.
+fn visible(caller: &Caller, g: &Grant) -> bool {
+    match caller {
+        Caller::Root => true,
+        Caller::Fenced(own) => *own == g.identity,
+        Caller::Other => false,
+    }
+}
+
+/// The grantable target `name` of `identity`, or an error listing what may be requested.
+fn grantable<'a>(identity: &'a Identity, name: &str) -> Result<&'a Grantable, String> {
+    identity.grantable(name).ok_or_else(|| {
+        let names: Vec<&str> = identity.grantable.iter().map(|g| g.name.as_str()).collect();
+        if names.is_empty() {
+            format!("identity \"{}\" has no grantable targets", identity.name)
+        } else {
+            format!("identity \"{}\" has no grant \"{name}\" (it may request: {})", identity.name, names.join(", "))
+        }
+    })
+}
