@@ -43,6 +43,8 @@ pub struct Agent {
     pub audit: PathBuf,
     /// The control socket (`fence-agent exec`, `identities`).
     pub socket: PathBuf,
+    /// The workloads' socket (`grant request`).
+    pub workload: PathBuf,
     /// The agent.toml it runs with.
     pub config: PathBuf,
     pub stdout: PathBuf,
@@ -114,12 +116,14 @@ impl Agent {
         }
         let audit = dir.path("audit.jsonl");
         let socket = dir.path("agent.sock");
+        let workload = dir.path("workload.sock");
         fs::write(
             &config,
             format!(
-                "[events]\nstdout = true\nfile = {:?}\n{events_keys}[control]\nsocket = {:?}\n[audit]\nfile = {:?}\n{protect}{extra_config}",
+                "[events]\nstdout = true\nfile = {:?}\n{events_keys}[control]\nsocket = {:?}\nworkload_socket = {:?}\n[audit]\nfile = {:?}\n{protect}{extra_config}",
                 events.display().to_string(),
                 socket.display().to_string(),
+                workload.display().to_string(),
                 audit.display().to_string()
             ),
         )
@@ -167,6 +171,7 @@ impl Agent {
             events,
             audit,
             socket,
+            workload,
             config,
             stdout,
             stderr,

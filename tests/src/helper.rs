@@ -395,6 +395,25 @@ fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
             }
             Ok(json!({"attempts": attempts, "denied": denied, "succeeded": succeeded, "other": other}))
         }
+        "tcp-hold" => {
+            // Connects, prints "connected", then reads until the connection ends or SECS pass:
+            // how it ended ("eof", "error" with the errno, or "timeout") and after how long.
+            let stream = TcpStream::connect_timeout(&addr(args.first())?, Duration::from_secs(5))?;
+            let secs: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(30);
+            println!("connected");
+            stream.set_read_timeout(Some(Duration::from_secs(secs)))?;
+            let started = std::time::Instant::now();
+            let ended = match io::Read::read(&mut &stream, &mut [0u8; 64]) {
+                Ok(_) => json!({"ended": "eof"}),
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    json!({"ended": "timeout"})
+                }
+                Err(e) => json!({"ended": "error", "ended_errno": e.raw_os_error()}),
+            };
+            let mut out = ended;
+            out["held_ms"] = json!(started.elapsed().as_millis() as u64);
+            Ok(out)
+        }
         "sleep" => {
             let secs: u64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(1);
             std::thread::sleep(Duration::from_secs(secs));

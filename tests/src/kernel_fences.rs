@@ -50,17 +50,17 @@ fn yaml_list(items: &[&Path]) -> String {
     format!("[{}]", quoted.join(", "))
 }
 
-fn copy_exec(from: &Path, to: &Path) {
+pub(crate) fn copy_exec(from: &Path, to: &Path) {
     fs::copy(from, to).unwrap_or_else(|e| panic!("copying {} to {}: {e}", from.display(), to.display()));
     fs::set_permissions(to, fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
-fn s(p: &Path) -> String {
+pub(crate) fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
 /// The event about `o` (by pid) of operation `op`.
-fn event_of(agent: &Agent, o: &Outcome, op: &str) -> Value {
+pub(crate) fn event_of(agent: &Agent, o: &Outcome, op: &str) -> Value {
     agent.wait_event(&format!("for the {op} of pid {}", o.pid), |e| {
         e["process"]["pid"] == o.pid && e["fence"]["operation"] == op
     })
@@ -104,16 +104,16 @@ fn doctor_reports_each_fence_mechanism() {
 // ---------------------------------------------------------------------------------------
 // exec
 
-struct Programs {
+pub(crate) struct Programs {
     _dir: TempDir,
     root: PathBuf,
-    allowed: PathBuf,
-    denied: PathBuf,
+    pub(crate) allowed: PathBuf,
+    pub(crate) denied: PathBuf,
 }
 
 impl Programs {
     /// Copies of this test binary (each its own inode) under a fresh directory.
-    fn new(test: &str) -> Programs {
+    pub(crate) fn new(test: &str) -> Programs {
         let dir = TempDir::new(test);
         let root = dir.0.clone();
         fs::create_dir_all(root.join("bin")).unwrap();
@@ -131,16 +131,16 @@ impl Programs {
 }
 
 /// Whether this host enforces exec by refusing (EPERM) or by killing; skips if neither.
-fn exec_mechanism() -> String {
+pub(crate) fn exec_mechanism() -> String {
     mechanism("exec").unwrap_or_else(|| skip("the exec fence is not enforced on this kernel (see doctor)"))
 }
 
 #[track_caller]
-fn assert_exec_denied(o: &Outcome, mech: &str, what: &str) {
+pub(crate) fn assert_exec_denied(o: &Outcome, mech: &str, what: &str) {
     if mech.starts_with("lsm/") { o.assert_eperm(what) } else { o.assert_killed(what) }
 }
 
-fn exec(cg: &TestCgroup, program: &Path) -> Outcome {
+pub(crate) fn exec(cg: &TestCgroup, program: &Path) -> Outcome {
     helper::run(Some(cg), &["exec", &s(program), "helper", "noop"])
 }
 
@@ -303,12 +303,12 @@ fn exec_sha256_pins_and_upgrades() {
 // ---------------------------------------------------------------------------------------
 // files
 
-fn file_mechanism() -> String {
+pub(crate) fn file_mechanism() -> String {
     mechanism("credential-files")
         .unwrap_or_else(|| skip("the credential-file fence is not enforced on this kernel (see doctor)"))
 }
 
-fn open(cg: Option<&TestCgroup>, path: &Path) -> Outcome {
+pub(crate) fn open(cg: Option<&TestCgroup>, path: &Path) -> Outcome {
     helper::run(cg, &["open", &s(path)])
 }
 

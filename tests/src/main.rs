@@ -19,6 +19,7 @@ mod dns;
 mod env;
 mod fastpath;
 mod flood;
+mod grants;
 mod harness;
 mod helper;
 mod identities;
@@ -48,6 +49,7 @@ fn all_tests() -> impl Iterator<Item = &'static harness::Test> {
         .chain(bypass::TESTS)
         .chain(fastpath::TESTS)
         .chain(dns::TESTS)
+        .chain(grants::TESTS)
         .chain(chaos::TESTS)
         .chain(vault.iter().flat_map(|t| t.iter()))
 }

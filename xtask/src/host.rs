@@ -93,9 +93,10 @@ impl Agent {
         fs::write(
             &config,
             format!(
-                "[events]\nstdout = {stdout_events}\nfile = {:?}\n{events_keys}[control]\nsocket = {:?}\n[audit]\nfile = {:?}\n",
+                "[events]\nstdout = {stdout_events}\nfile = {:?}\n{events_keys}[control]\nsocket = {:?}\nworkload_socket = {:?}\n[audit]\nfile = {:?}\n",
                 events.display().to_string(),
                 dir.join("agent.sock").display().to_string(),
+                dir.join("workload.sock").display().to_string(),
                 dir.join("audit.jsonl").display().to_string()
             ),
         )?;

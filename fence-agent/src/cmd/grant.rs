@@ -11,7 +11,7 @@ use std::{
 use clap::{Args, Subcommand};
 
 use crate::{
-    config::DEFAULT_SOCKET,
+    config::{DEFAULT_SOCKET, DEFAULT_WORKLOAD_SOCKET},
     control::{
         CallError, Request, call,
         protocol::{GrantOp, GrantReply, GrantView},
@@ -44,13 +44,22 @@ pub enum GrantCommand {
     /// Pending and active grants (root: all; a fenced process: its identity's).
     List(ListArgs),
     /// One grant.
-    Show(IdArgs),
+    Show(ShowArgs),
 }
 
+/// The operators' socket (approve, deny, revoke).
 #[derive(Debug, Args)]
 pub struct Socket {
     /// The agent's control socket.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET, global = true)]
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+/// The workloads' socket (request, list, show): reachable from inside a fence.
+#[derive(Debug, Args)]
+pub struct WorkloadSocket {
+    /// The agent's workload socket.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_WORKLOAD_SOCKET)]
     pub socket: PathBuf,
 }
 
@@ -74,7 +83,7 @@ pub struct RequestArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub socket: Socket,
+    pub socket: WorkloadSocket,
 }
 
 #[derive(Debug, Args)]
@@ -107,7 +116,16 @@ pub struct ListArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub socket: Socket,
+    pub socket: WorkloadSocket,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    pub id: String,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: WorkloadSocket,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

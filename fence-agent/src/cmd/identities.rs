@@ -42,6 +42,13 @@ fn print_identity(i: &IdentityStatus) {
     println!("    owner: {}   purpose: {}", i.owner, i.purpose);
     println!("    policy: {}   expires: {}", i.policy_version, or_dash(&i.expires));
     println!("    exec: {}   unix: {}   egress rules: {}", i.exec, i.unix, i.egress_rules);
+    println!("    standing: {}", i.standing);
+    for g in &i.grantable {
+        println!("    grantable: {g}");
+    }
+    for g in &i.granted {
+        println!("    GRANTED: {g}");
+    }
     for sel in &i.selectors {
         let id = sel.cgroup_id.map_or("not present".to_owned(), |id| format!("id {id}"));
         let unit = sel.unit.as_ref().map(|u| format!(" {u}")).unwrap_or_default();

@@ -164,6 +164,10 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                     identity.cgroups.len()
                 );
                 names_lines(identity).iter().for_each(|line| println!("  {line}"));
+                println!("  standing: {}", crate::grants::reach::standing(identity));
+                for g in &identity.grantable {
+                    println!("  grantable: {}", crate::grants::reach::grantable(g));
+                }
             }
             println!("policy ok: {} identities", set.identities.len());
             Ok(ExitCode::SUCCESS)

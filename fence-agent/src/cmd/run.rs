@@ -160,6 +160,7 @@ async fn start(
     local: Result<PolicySet, PolicyErrors>,
 ) -> anyhow::Result<Result<Running, PolicyErrors>> {
     let listener = control::listen(&config.control.socket).await?;
+    let workloads = control::listen(&config.control.workload_socket).await?;
     let offsets = match Btf::from_sys_fs().and_then(|b| kernel_offsets(&b)) {
         Ok(o) => Some(o),
         Err(e) => {
@@ -255,7 +256,8 @@ async fn start(
         (Some(va), Some(rx)) => va.spawn(handle.clone(), rx, stop.clone()),
         _ => None,
     };
-    let server = tokio::spawn(control::serve(listener, handle.clone(), stop.clone()));
+    let server = tokio::spawn(control::serve(listener, handle.clone(), stop.clone(), control::Socket::Admin));
+    tokio::spawn(control::serve(workloads, handle.clone(), stop.clone(), control::Socket::Workload));
     tracing::info!(cgroup2 = %cgroups.root().display(), control = %config.control.socket.display(), "fence is enforcing");
     Ok(Ok(Running { service: handle, service_thread, events, pinned: run.is_some(), sync_task, server, stop }))
 }
@@ -465,6 +467,7 @@ async fn shutdown(running: Running, config: &Config) {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     let _ = std::fs::remove_file(&config.control.socket);
+    let _ = std::fs::remove_file(&config.control.workload_socket);
     service.stop();
     // The service owns the programs: they detach (unless pinned) as its thread ends.
     let _ = tokio::task::spawn_blocking(move || {

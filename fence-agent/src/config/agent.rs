@@ -64,21 +64,33 @@ fn loopback_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Sock
     Ok(Some(addr))
 }
 
-/// The agent's local socket (`fence-agent exec`, `fence-agent identities`).
+/// The agent's local sockets: `socket` for operators (`fence-agent exec`, `identities`,
+/// `grant approve`...; in the unix default-deny set, so fenced processes cannot reach it where
+/// the unix fence is enforced), and `workload_socket` for what fenced workloads may ask
+/// (`grant request`, `grant list`/`show` of their own identity), which answers nothing else.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ControlConfig {
     #[serde(default = "default_socket")]
     pub socket: PathBuf,
+    #[serde(default = "default_workload_socket")]
+    pub workload_socket: PathBuf,
 }
 
 fn default_socket() -> PathBuf {
     PathBuf::from(DEFAULT_SOCKET)
 }
 
+fn default_workload_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_WORKLOAD_SOCKET)
+}
+
+/// Where workloads ask (`[control] workload_socket`).
+pub const DEFAULT_WORKLOAD_SOCKET: &str = "/run/fence/workload.sock";
+
 impl Default for ControlConfig {
     fn default() -> Self {
-        ControlConfig { socket: default_socket() }
+        ControlConfig { socket: default_socket(), workload_socket: default_workload_socket() }
     }
 }
 

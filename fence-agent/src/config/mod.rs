@@ -25,7 +25,8 @@
 //! deny = ["/run/admin.sock", "@abstract"]    # more
 //!
 //! [control]
-//! socket = "/run/fence/agent.sock"           # for `fence-agent exec` and `identities`
+//! socket = "/run/fence/agent.sock"           # for operators: `exec`, `identities`, `grant approve`
+//! workload_socket = "/run/fence/workload.sock"  # for fenced workloads: `grant request`
 //!
 //! [audit]
 //! file = "/var/log/fence/audit.jsonl"        # identity lifecycle events, append-only
@@ -78,7 +79,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 pub use self::{
-    agent::{AuditConfig, ControlConfig, DEFAULT_SOCKET, MetricsConfig, PersistConfig},
+    agent::{AuditConfig, ControlConfig, DEFAULT_SOCKET, DEFAULT_WORKLOAD_SOCKET, MetricsConfig, PersistConfig},
     dns::{DnsConfig, RefuseWith},
     events::{
         DEFAULT_EVENTS_KEEP, DEFAULT_EVENTS_MAX_BYTES, DEFAULT_RATE_BURST, DEFAULT_RATE_LIMIT,

@@ -2,6 +2,7 @@
 //! The server only reads, checks who asks and hands the request to the policy service, which
 //! answers; the client side is what `fence-agent exec`, `identities` and `status` use.
 
+pub mod attest;
 pub mod protocol;
 
 use std::{io, path::Path, time::Duration};
@@ -59,8 +60,17 @@ pub async fn listen(path: &Path) -> Result<UnixListener, ControlError> {
     Ok(listener)
 }
 
+/// Which socket a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Socket {
+    /// `[control] socket`: operators (root-only requests are checked per request).
+    Admin,
+    /// `[control] workload_socket`: only what a fenced workload may ask.
+    Workload,
+}
+
 /// Accepts connections until `stop` is cancelled; every request goes to the policy service.
-pub async fn serve(listener: UnixListener, service: ServiceHandle, stop: CancellationToken) {
+pub async fn serve(listener: UnixListener, service: ServiceHandle, stop: CancellationToken, socket: Socket) {
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
@@ -75,17 +85,24 @@ pub async fn serve(listener: UnixListener, service: ServiceHandle, stop: Cancell
             }
         };
         let service = service.clone();
+        let accepted_boot_ns = attest::boot_ns();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, service).await {
+            if let Err(e) = handle(stream, service, socket, accepted_boot_ns).await {
                 tracing::debug!(error = %e, "control connection");
             }
         });
     }
 }
 
-async fn handle(stream: UnixStream, service: ServiceHandle) -> io::Result<()> {
+async fn handle(stream: UnixStream, service: ServiceHandle, socket: Socket, accepted_boot_ns: u64) -> io::Result<()> {
     let cred = stream.peer_cred()?;
-    let peer = Peer { pid: cred.pid().unwrap_or(0) as u32, uid: cred.uid(), ..Peer::default() };
+    let mut peer = Peer { pid: cred.pid().unwrap_or(0) as u32, uid: cred.uid(), ..Peer::default() };
+    // Who is asking, from the kernel (the pid pinned or its start time checked): taken now,
+    // while the connection is fresh; used only by the requests that need it.
+    let attested = {
+        use std::os::fd::AsFd as _;
+        attest::attest(stream.as_fd(), accepted_boot_ns)
+    };
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let limited = tokio::io::AsyncReadExt::take(BufReader::new(read), MAX_REQUEST);
@@ -101,7 +118,19 @@ async fn handle(stream: UnixStream, service: ServiceHandle) -> io::Result<()> {
         Ok(Ok(line)) => match Request::parse(line.trim()) {
             Err(e) => refuse(e),
             Ok(request) if peer.pid == 0 => refuse(format!("no peer credentials for {request:?}")),
+            Ok(request) if socket == Socket::Workload && !request.for_workloads() => refuse(
+                "this socket answers workloads' grant requests only; operators use the agent's control socket".into(),
+            ),
             Ok(request) if request.root_only() && peer.uid != 0 => refuse(root_only(&request)),
+            Ok(request) if request.needs_attestation() => match &attested {
+                Ok(a) => {
+                    peer.cgroup = Some(a.cgroup.clone());
+                    peer.exe = a.exe.as_ref().map(|e| e.display().to_string());
+                    peer.pid = a.pid;
+                    service.control(request, peer).await
+                }
+                Err(e) => refuse(format!("cannot tell which process is asking: {e}")),
+            },
             Ok(request) => service.control(request, peer).await,
         },
     };

@@ -194,6 +194,11 @@ impl Request {
         )
     }
 
+    /// Whether the workload socket answers it.
+    pub fn for_workloads(&self) -> bool {
+        matches!(self, Request::Grant(GrantOp::Request { .. } | GrantOp::List { .. } | GrantOp::Show { .. }))
+    }
+
     /// Whether the caller's process must be attested (its cgroup read from the kernel).
     pub fn needs_attestation(&self) -> bool {
         matches!(self, Request::Grant(_))
@@ -266,6 +271,15 @@ pub struct IdentityStatus {
     pub selectors: Vec<SelectorStatus>,
     pub processes: usize,
     pub egress_rules: usize,
+    /// The standing reach, one line (see `grants::reach`).
+    #[serde(default)]
+    pub standing: String,
+    /// What may be granted, one line per target.
+    #[serde(default)]
+    pub grantable: Vec<String>,
+    /// Grants in force now: `id target (Ns left)`.
+    #[serde(default)]
+    pub granted: Vec<String>,
     pub exec: String,
     pub unix: String,
     pub file_exceptions: usize,

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod book;
+pub mod reach;
 pub mod teardown;
 
 pub use book::{Grant, GrantBook, Phase, Requester, boot_id, boot_ns, new_id};

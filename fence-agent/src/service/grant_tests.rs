@@ -122,8 +122,11 @@ fn a_console_grant_waits_for_a_person_and_a_denial_ends_it() {
     let id = reply.grants[0].grant.id.clone();
     assert_eq!(reply.grants[0].grant.phase, Phase::Pending);
     assert!(!net4(&f).iter().any(|e| e.starts_with("[10, 7, 7, 7]")));
-    // The workload cannot approve its own request (the socket server refuses non-root), and
-    // root approves it.
+    // The workload cannot approve its own request, not even as root inside its fence; root on
+    // the host approves it.
+    let fenced_root = Peer { uid: 0, ..fenced("/a") };
+    let e = f.service.grant_op(GrantOp::Approve { id: id.clone() }, &fenced_root).unwrap_err();
+    assert!(e.contains("outside every fence"), "{e}");
     f.service.grant_op(GrantOp::Approve { id: id.clone() }, &root()).unwrap();
     assert!(net4(&f).iter().any(|e| e.starts_with("[10, 7, 7, 7]")));
     let again = f.service.grant_op(GrantOp::Approve { id: id.clone() }, &root()).unwrap_err();

@@ -126,6 +126,13 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
                 }
                 Ok(self.reply(|g| visible(&caller, g) && identity.as_ref().is_none_or(|i| *i == g.identity)))
             }
+            GrantOp::Approve { .. } | GrantOp::Deny { .. } | GrantOp::Revoke { .. }
+                if !matches!(caller, Caller::Root) =>
+            {
+                // A fenced process running as root (it may reach the operators' socket where
+                // the unix fence is not enforced) must not approve its own request.
+                Err("only root on the host, outside every fence, may approve, deny or revoke grants".into())
+            }
             GrantOp::Approve { id } => {
                 let by = format!("uid {} (local)", peer.uid);
                 self.approve(&id, by)?;
@@ -140,6 +147,23 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
                 Ok(self.reply(|g| g.id == id))
             }
         }
+    }
+
+    /// The grants in force for `identity`: `g-… db (540s left)`.
+    pub(super) fn granted_lines(&self, identity: &str) -> Vec<String> {
+        let now = boot_ns();
+        self.grants
+            .book
+            .active()
+            .filter(|(g, _)| g.identity == identity)
+            .map(|(g, _)| {
+                let left = match g.phase {
+                    Phase::Active { expires_boot_ns, .. } => expires_boot_ns.saturating_sub(now) / 1_000_000_000,
+                    _ => 0,
+                };
+                format!("{} {} ({left}s left)", g.id, g.target)
+            })
+            .collect()
     }
 
     fn caller(&self, peer: &Peer) -> Caller {

@@ -176,6 +176,9 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
                     processes: selectors.iter().map(|s| s.processes).sum(),
                     selectors,
                     egress_rules: i.egress.len(),
+                    standing: crate::grants::reach::standing(i),
+                    grantable: i.grantable.iter().map(crate::grants::reach::grantable).collect(),
+                    granted: self.granted_lines(&i.name),
                     exec: i
                         .exec
                         .as_ref()
