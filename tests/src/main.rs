@@ -29,6 +29,7 @@ mod net;
 mod persist;
 mod service;
 mod vault_client;
+mod vault_grants;
 mod vault_sync;
 
 /// Every integration test, in the order they run. The vault tests run in the host tier only:
@@ -37,7 +38,7 @@ mod vault_sync;
 fn all_tests() -> impl Iterator<Item = &'static harness::Test> {
     let in_vm = std::env::var("FENCE_TEST_TIER").is_ok_and(|t| t == "vm");
     let vault: &[&'static [harness::Test]] =
-        if in_vm { &[] } else { &[vault_client::TESTS, vault_sync::TESTS, chaos::VAULT_TESTS] };
+        if in_vm { &[] } else { &[vault_client::TESTS, vault_sync::TESTS, vault_grants::TESTS, chaos::VAULT_TESTS] };
     net::TESTS
         .iter()
         .chain(kernel_fences::TESTS)

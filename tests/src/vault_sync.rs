@@ -35,15 +35,15 @@ pub const TESTS: &[Test] = &[
 ];
 
 const POLL: u64 = 1;
-const HOST: &str = "fence-test-host";
+pub(crate) const HOST: &str = "fence-test-host";
 
 /// A vault with AppRole for the agent, a console token, a signing key, and the files a
 /// console and an agent need.
 pub struct Setup {
     pub bao: Bao,
-    dir: TempDir,
-    key: PathBuf,
-    console: PathBuf,
+    pub(crate) dir: TempDir,
+    pub(crate) key: PathBuf,
+    pub(crate) console: PathBuf,
     /// agent.toml for the vault; its last table is `[persist]` (with `state_dir`).
     pub agent_config: String,
     state: PathBuf,
@@ -51,7 +51,7 @@ pub struct Setup {
 }
 
 impl Setup {
-    fn new(test: &str) -> Setup {
+    pub(crate) fn new(test: &str) -> Setup {
         Setup::with(test, Bao::start())
     }
 
@@ -62,7 +62,8 @@ impl Setup {
             "fence-agent",
             r#"path "secret/data/fence/*" { capabilities = ["read"] }
 path "secret/metadata/fence/*" { capabilities = ["read", "list"] }
-path "secret/data/fence/status/*" { capabilities = ["create", "update", "read"] }"#,
+path "secret/data/fence/status/*" { capabilities = ["create", "update", "read"] }
+path "secret/data/fence/grants/requests/*" { capabilities = ["create", "update", "read"] }"#,
         );
         bao.enable_approle("approle");
         bao.create_role("approle", "fence-agent", "1h", "4h", &["fence-agent"]);
@@ -136,7 +137,7 @@ path "secret/data/fence/status/*" { capabilities = ["create", "update", "read"] 
             .unwrap()
     }
 
-    fn start_agent(&self, test: &str) -> Agent {
+    pub(crate) fn start_agent(&self, test: &str) -> Agent {
         Agent::start_with(test, "schema: 1\nidentities: []\n", &self.agent_config)
     }
 }

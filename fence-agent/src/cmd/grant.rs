@@ -11,12 +11,14 @@ use std::{
 use clap::{Args, Subcommand};
 
 use crate::{
+    cmd::console::VaultArgs,
     config::{DEFAULT_SOCKET, DEFAULT_WORKLOAD_SOCKET},
     control::{
         CallError, Request, call,
         protocol::{GrantOp, GrantReply, GrantView},
     },
     grants::Phase,
+    vault::layout::grants::Verdict,
 };
 
 /// Exit code: the request was refused (bad input, not allowed).
@@ -34,13 +36,15 @@ pub enum GrantCommand {
     /// could not be asked, 2 the request was refused, 3 denied, 4 still pending when --wait
     /// ran out.
     Request(RequestArgs),
-    /// Approve a pending request (root).
-    Approve(IdArgs),
-    /// Deny a pending request (root).
-    Deny(ReasonArgs),
-    /// End an active grant now (root): new connects, execs and opens are refused at once and
-    /// TCP connections opened under it are closed.
-    Revoke(ReasonArgs),
+    /// Approve a pending request: root on the host, or a console through the vault (-c with
+    /// --key: a decision signed for that request and host).
+    Approve(DecideArgs),
+    /// Deny a pending request (root on the host, or a console with -c and --key).
+    Deny(DecideArgs),
+    /// End an active grant now (root on the host, or a console with -c and --key): new
+    /// connects, execs and opens are refused at once and TCP connections opened under it are
+    /// closed.
+    Revoke(DecideArgs),
     /// Pending and active grants (root: all; a fenced process: its identity's).
     List(ListArgs),
     /// One grant.
@@ -87,16 +91,7 @@ pub struct RequestArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct IdArgs {
-    pub id: String,
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub socket: Socket,
-}
-
-#[derive(Debug, Args)]
-pub struct ReasonArgs {
+pub struct DecideArgs {
     pub id: String,
     #[arg(long, default_value = "")]
     pub reason: String,
@@ -104,6 +99,18 @@ pub struct ReasonArgs {
     pub json: bool,
     #[command(flatten)]
     pub socket: Socket,
+    /// Console: decide through the vault of this configuration ([vault] table).
+    #[arg(long, short = 'c', value_name = "PATH", requires = "key")]
+    pub config: Option<PathBuf>,
+    /// Console: the signing key (see `policy keygen`); the agents must list its public key.
+    #[arg(long, value_name = "PATH")]
+    pub key: Option<PathBuf>,
+    /// Console: the request's host (default: whichever host has the request).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Console: how long the signed decision may be acted on.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub valid_for: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +124,9 @@ pub struct ListArgs {
     pub json: bool,
     #[command(flatten)]
     pub socket: WorkloadSocket,
+    /// Console: the requests waiting in the vault of this configuration, every host.
+    #[arg(long, short = 'c', value_name = "PATH")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -135,12 +145,34 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 pub fn main(command: GrantCommand) -> anyhow::Result<ExitCode> {
     match command {
         GrantCommand::Request(a) => request(a),
-        GrantCommand::Approve(a) => one(&a.socket.socket, GrantOp::Approve { id: a.id }, a.json),
-        GrantCommand::Deny(a) => one(&a.socket.socket, GrantOp::Deny { id: a.id, reason: a.reason }, a.json),
-        GrantCommand::Revoke(a) => one(&a.socket.socket, GrantOp::Revoke { id: a.id, reason: a.reason }, a.json),
+        GrantCommand::Approve(a) => decide(a, Verdict::Approve),
+        GrantCommand::Deny(a) => decide(a, Verdict::Deny),
+        GrantCommand::Revoke(a) => decide(a, Verdict::Revoke),
         GrantCommand::Show(a) => one(&a.socket.socket, GrantOp::Show { id: a.id }, a.json),
         GrantCommand::List(a) => list(a),
     }
+}
+
+/// A decision: on this host's agent, or signed into the vault with `-c`.
+fn decide(a: DecideArgs, verdict: Verdict) -> anyhow::Result<ExitCode> {
+    if let (Some(config), Some(key)) = (&a.config, &a.key) {
+        let vault = VaultArgs { config: Some(config.clone()) };
+        return crate::cmd::console::grants::decide(crate::cmd::console::grants::DecideArgs {
+            vault: &vault,
+            key,
+            id: &a.id,
+            host: a.host.as_deref(),
+            verdict,
+            reason: &a.reason,
+            valid_for: a.valid_for,
+        });
+    }
+    let op = match verdict {
+        Verdict::Approve => GrantOp::Approve { id: a.id },
+        Verdict::Deny => GrantOp::Deny { id: a.id, reason: a.reason },
+        Verdict::Revoke => GrantOp::Revoke { id: a.id, reason: a.reason },
+    };
+    one(&a.socket.socket, op, a.json)
 }
 
 /// Calls the agent; a refusal is exit 2 with the agent's reason, no answer exit 1.
@@ -196,6 +228,9 @@ fn request(a: RequestArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
+    if let Some(config) = a.config {
+        return crate::cmd::console::grants::list(&VaultArgs { config: Some(config) }, a.json);
+    }
     let reply = match ask(&a.socket.socket, GrantOp::List { identity: a.identity }) {
         Ok(r) => r,
         Err(code) => return Ok(code),

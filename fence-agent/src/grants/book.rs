@@ -87,6 +87,12 @@ pub struct Grant {
     pub phase: Phase,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<String>,
+    /// The request is in the vault for consoles (console approval with a vault).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub published: bool,
+    /// The KV version of the last console decision acted on (older ones are not read again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_version: Option<u64>,
 }
 
 impl Grant {
@@ -271,6 +277,8 @@ mod tests {
             requester: Requester { pid: 1, uid: 0, executable: None, cgroup: None },
             phase,
             ended_at: None,
+            published: false,
+            decided_version: None,
         }
     }
 

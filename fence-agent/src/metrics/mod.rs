@@ -17,6 +17,8 @@
 //! | `fence_map_entries`                          | gauge   | `map`                               | entries in a BPF map |
 //! | `fence_map_capacity`                         | gauge   | `map`                               | the map's maximum number of entries |
 //! | `fence_mechanism_active`                     | gauge   | `fence`, `mechanism`                | 1 if the fence is enforced by that mechanism, 0 if not (one series per fence) |
+//! | `fence_grants`                               | gauge   | `state`                             | just-in-time grants `pending` and `active` now (both present from the start) |
+//! | `fence_grants_ended_total`                   | counter | `state`                             | grants that ended: `expired`, `revoked`, `denied` (all present from the start) |
 //!
 //! and, only once the vault sync has set them (absent on an agent without a vault):
 //!
@@ -75,6 +77,9 @@ use crate::fences::FenceReport;
 /// The causes of `fence_events_dropped_total`, present at 0 from the start.
 pub const DROP_CAUSES: [&str; 5] = ["ring-buffer-full", "queue-full", "rate-table-full", "sink-error", "undecodable"];
 
+/// The values of `fence_grants_ended_total{state}`.
+pub const GRANT_ENDS: [&str; 3] = ["expired", "revoked", "denied"];
+
 /// The values of `fence_policy_source{source}`; [`Metrics::policy_source`] takes one of them.
 pub const POLICY_SOURCES: [&str; 3] = ["local", "cache", "vault"];
 
@@ -131,6 +136,11 @@ struct SourceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -167,6 +177,8 @@ struct Families {
     map_entries: Family<MapLabels, CountGauge>,
     map_capacity: Family<MapLabels, CountGauge>,
     mechanism_active: Family<MechanismLabels, Gauge>,
+    grants: Family<StateLabels, Gauge>,
+    grants_ended: Family<StateLabels, Counter>,
     vault_sync_running: Unset<Gauge>,
     policy_source: Family<SourceLabels, Gauge>,
     vault_sync_failures: Unset<Gauge>,
@@ -209,6 +221,8 @@ impl Families {
             "1 if the fence is enforced by the mechanism, 0 if not",
             self.mechanism_active.clone(),
         );
+        r.register("fence_grants", "Just-in-time grants pending and active now", self.grants.clone());
+        r.register("fence_grants_ended", "Just-in-time grants that ended, by how", self.grants_ended.clone());
         self.register_vault(r);
     }
 
@@ -287,6 +301,12 @@ impl Metrics {
         families.up.set(1);
         for cause in DROP_CAUSES {
             families.dropped.get_or_create(&CauseLabels { cause: cause.to_owned() }).inc_by(0);
+        }
+        for state in ["pending", "active"] {
+            families.grants.get_or_create(&StateLabels { state }).set(0);
+        }
+        for state in GRANT_ENDS {
+            families.grants_ended.get_or_create(&StateLabels { state }).inc_by(0);
         }
         Metrics { inner: Arc::new(Inner { registry, families, side: Mutex::default(), dns }) }
     }
@@ -386,6 +406,20 @@ impl Metrics {
         }
         let labels = MechanismLabels { fence: fence.to_owned(), mechanism: mechanism.to_owned() };
         family.get_or_create(&labels).set(i64::from(active));
+    }
+
+    /// `fence_grants{state}`: grants pending and active now.
+    pub fn grants_now(&self, pending: usize, active: usize) {
+        let f = self.f();
+        f.grants.get_or_create(&StateLabels { state: "pending" }).set(pending as i64);
+        f.grants.get_or_create(&StateLabels { state: "active" }).set(active as i64);
+    }
+
+    /// One grant ended: `fence_grants_ended_total{state}`, `state` one of [`GRANT_ENDS`].
+    pub fn grant_ended(&self, state: &str) {
+        if let Some(&state) = GRANT_ENDS.iter().find(|s| **s == state) {
+            self.f().grants_ended.get_or_create(&StateLabels { state }).inc();
+        }
     }
 
     /// `fence_vault_sync_running`: 1 while the vault sync task runs, 0 once it has stopped.

@@ -12,7 +12,7 @@ use super::{
 };
 
 /// Every family, in the order they are registered (and rendered once they have a series).
-const FAMILIES: [&str; 25] = [
+const FAMILIES: [&str; 27] = [
     "fence_up",
     "fence_build_info",
     "fence_events_total",
@@ -25,6 +25,8 @@ const FAMILIES: [&str; 25] = [
     "fence_map_entries",
     "fence_map_capacity",
     "fence_mechanism_active",
+    "fence_grants",
+    "fence_grants_ended_total",
     "fence_vault_sync_running",
     "fence_policy_source",
     "fence_vault_sync_failures",
@@ -40,7 +42,8 @@ const FAMILIES: [&str; 25] = [
     "fence_dns_learned_addresses",
 ];
 
-const COUNTERS: [&str; 10] = [
+const COUNTERS: [&str; 11] = [
+    "fence_grants_ended_total",
     "fence_events_total",
     "fence_events_suppressed_total",
     "fence_events_dropped_total",
@@ -275,7 +278,7 @@ fn mechanism_gauge_one_series_per_fence() {
 fn bad_gauges_are_ignored() {
     let m = Metrics::new();
     let before = m.render();
-    for family in &FAMILIES[12..] {
+    for family in &FAMILIES[14..] {
         assert!(!before.contains(family), "{family} before the vault sync set it:\n{before}");
     }
     m.policy_source("elsewhere");

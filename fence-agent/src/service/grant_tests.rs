@@ -199,3 +199,78 @@ fn a_grant_past_its_end_is_expired_and_one_whose_target_left_the_policy_is_revok
     assert!(matches!(f.service.grants.book.get(&ops).unwrap().phase, Phase::Revoked { ref by, .. } if by == "policy"));
     assert!(table.slots.lock().unwrap().values().all(|(s, _)| s.expires_ns == 0), "every slot closed");
 }
+
+mod vault {
+    //! Console decisions through the vault, as the vault task hands them over (signatures
+    //! already checked): bound to the grant, the host, the request and a time.
+
+    use super::*;
+    use crate::vault::layout::grants::{Decision, Verdict};
+
+    fn with_vault(test: &str) -> Fixture {
+        let mut f = fixture(test, true);
+        fs::write(&f.service.deps.policy_paths[0], POLICY).unwrap();
+        let table = FakeGrantMaps::default();
+        f.service.with_grants(Grants {
+            kernel: Some(Box::new(table)),
+            teardown: Err("test".into()),
+            ..Grants::default()
+        });
+        start_local(&mut f);
+        f
+    }
+
+    fn decision(id: &str, verdict: Verdict) -> Decision {
+        Decision {
+            id: id.into(),
+            host: "test-host".into(),
+            identity: "a".into(),
+            target: "ops".into(),
+            ttl_seconds: 60,
+            verdict,
+            reason: String::new(),
+            not_after: jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(600)).unwrap().to_string(),
+        }
+    }
+
+    fn state(f: &Fixture, id: &str) -> &'static str {
+        f.service.grants.book.get(id).unwrap().phase.name()
+    }
+
+    #[test]
+    fn console_requests_are_published_once_and_decisions_bound_to_everything() {
+        let mut f = with_vault("grant-vault");
+        let id = f.service.grant_op(request("ops", 60, None), &fenced("/a")).unwrap().grants[0].grant.id.clone();
+        let work = f.service.grant_work();
+        assert_eq!((work.host.as_str(), work.publish.len(), work.watch.len()), ("test-host", 1, 1));
+        f.service.grants_published(std::slice::from_ref(&id));
+        assert!(f.service.grant_work().publish.is_empty(), "published once");
+        // Each a refusal that changes nothing.
+        let refused: Vec<Decision> = vec![
+            Decision { host: "other-host".into(), ..decision(&id, Verdict::Approve) },
+            Decision { target: "db".into(), ..decision(&id, Verdict::Approve) },
+            Decision { ttl_seconds: 3600, ..decision(&id, Verdict::Approve) },
+            Decision { not_after: "2020-01-01T00:00:00Z".into(), ..decision(&id, Verdict::Approve) },
+            Decision { id: "g-0000000000000000".into(), ..decision(&id, Verdict::Approve) },
+        ];
+        for (version, d) in refused.into_iter().enumerate() {
+            f.service.grant_decided(&id, version as u64 + 1, Ok((d, "k1".into())));
+            assert_eq!(state(&f, &id), "pending");
+        }
+        f.service.grant_decided(&id, 10, Err("signed by an unknown key".into()));
+        assert_eq!(state(&f, &id), "pending");
+        // An old version is not read again; the right decision approves.
+        f.service.grant_decided(&id, 10, Ok((decision(&id, Verdict::Approve), "k1".into())));
+        assert_eq!(state(&f, &id), "pending", "version 10 was already acted on");
+        f.service.grant_decided(&id, 11, Ok((decision(&id, Verdict::Approve), "k1".into())));
+        assert_eq!(state(&f, &id), "active");
+        // A replay of the approval as a new version: refused, the grant stays as it was.
+        let before = f.service.grants.book.get(&id).unwrap().phase.clone();
+        f.service.grant_decided(&id, 12, Ok((decision(&id, Verdict::Approve), "k1".into())));
+        assert_eq!(f.service.grants.book.get(&id).unwrap().phase, before);
+        f.service.grant_decided(&id, 13, Ok((decision(&id, Verdict::Revoke), "k1".into())));
+        assert_eq!(state(&f, &id), "revoked");
+        let refusals = actions(&f).iter().filter(|a| *a == "grant-decision-refused").count();
+        assert_eq!(refusals, 7, "{:?}", actions(&f));
+    }
+}

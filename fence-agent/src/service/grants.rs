@@ -260,6 +260,8 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
             },
             phase: Phase::Pending,
             ended_at: None,
+            published: false,
+            decided_version: None,
         };
         self.grants.book.add(grant);
         self.audit_grant(Action::Requested, &id);
@@ -313,7 +315,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
     }
 
     /// Opens a slot for the grant, compiles it in, and reports it.
-    fn activate(&mut self, id: &str, approver: String) -> Result<(), String> {
+    pub(super) fn activate(&mut self, id: &str, approver: String) -> Result<(), String> {
         let g = self.grants.book.get(id).ok_or_else(|| format!("no grant {id}"))?.clone();
         let identity_id = self.live.as_ref().and_then(|l| l.compiled.identities.iter().find(|i| i.name == g.identity));
         let identity_id =
@@ -461,7 +463,18 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
         }
     }
 
-    fn audit_grant(&mut self, action: Action, id: &str) {
+    pub(super) fn audit_grant(&mut self, action: Action, id: &str) {
+        let ended = match action {
+            Action::Expired => Some("expired"),
+            Action::Revoked => Some("revoked"),
+            Action::Denied => Some("denied"),
+            _ => None,
+        };
+        if let Some(state) = ended {
+            self.views.metrics.grant_ended(state);
+        }
+        let pending = self.grants.book.all().iter().filter(|g| g.phase == Phase::Pending).count();
+        self.views.metrics.grants_now(pending, self.grants.book.active().count());
         let Some(g) = self.grants.book.get(id) else { return };
         let record = crate::grants::audit::record(action, g, &self.deps.hostname, Timestamp::now());
         if let Err(e) = self.views.audit.line(&record) {
@@ -470,7 +483,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
         tracing::info!(grant = %id, identity = %g.identity, target = %g.target, action = action.as_str(), "grant lifecycle");
     }
 
-    fn save_book(&self) {
+    pub(super) fn save_book(&self) {
         if let Err(e) = self.grants.book.save() {
             tracing::error!(error = %e, "saving the grant book failed; a restart would forget open grants (their kernel ends still hold)");
         }

@@ -92,5 +92,20 @@ pub enum Message {
         answer: super::dns::LearnedAnswer,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// The vault task asks what grant requests to publish and which decisions to look for.
+    GrantWork {
+        reply: oneshot::Sender<super::grant_vault::GrantWork>,
+    },
+    /// These requests are in the vault now.
+    GrantsPublished {
+        ids: Vec<String>,
+    },
+    /// A console's decision on grant `id` (KV version `version`), its signature checked by
+    /// the vault task: the decision and the key id that signed it, or why it is refused.
+    GrantDecided {
+        id: String,
+        version: u64,
+        decision: Result<(crate::vault::layout::grants::Decision, String), String>,
+    },
     Stop,
 }

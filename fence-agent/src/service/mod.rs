@@ -16,6 +16,7 @@ pub mod dns;
 pub mod dns_peer;
 #[cfg(test)]
 mod grant_tests;
+pub mod grant_vault;
 pub mod grants;
 pub mod learned;
 mod messages;
@@ -143,6 +144,11 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
                 };
                 let _ = reply.send(result);
             }
+            Message::GrantWork { reply } => {
+                let _ = reply.send(self.grant_work());
+            }
+            Message::GrantsPublished { ids } => self.grants_published(&ids),
+            Message::GrantDecided { id, version, decision } => self.grant_decided(&id, version, decision),
             Message::Stop => return false,
         }
         true
@@ -258,6 +264,28 @@ impl ServiceHandle {
         let (reply, result) = tokio::sync::oneshot::channel();
         self.tx.send(Message::DnsLearn { answer, reply }).map_err(|_| "the policy service has stopped".to_owned())?;
         result.await.unwrap_or_else(|_| Err("the policy service has stopped".to_owned()))
+    }
+
+    /// Grant work for the vault task (requests to publish, decisions to look for).
+    pub async fn grant_work(&self) -> Option<grant_vault::GrantWork> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx.send(Message::GrantWork { reply }).ok()?;
+        answer.await.ok()
+    }
+
+    /// Requests now in the vault.
+    pub fn grants_published(&self, ids: Vec<String>) {
+        let _ = self.tx.send(Message::GrantsPublished { ids });
+    }
+
+    /// A console's decision, checked by the vault task.
+    pub fn grant_decided(
+        &self,
+        id: String,
+        version: u64,
+        decision: Result<(crate::vault::layout::grants::Decision, String), String>,
+    ) {
+        let _ = self.tx.send(Message::GrantDecided { id, version, decision });
     }
 
     /// The vault task has ended (a bug): say so in status and metrics.

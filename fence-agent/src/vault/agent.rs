@@ -209,6 +209,9 @@ async fn run(
         if let Some(status) = service.vault_polled(report).await {
             write_status(syncer, status, &mut last_status_write).await;
         }
+        if !failed_to_ask {
+            super::grants::round(syncer, service).await;
+        }
         tokio::time::sleep(next_wait(interval, unreachable, BACKOFF_CAP, jitter())).await;
     }
 }

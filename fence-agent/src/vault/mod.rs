@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod cache;
 pub mod client;
+pub mod grants;
 pub mod layout;
 pub mod sign;
 pub mod sync;

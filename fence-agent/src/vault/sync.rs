@@ -251,6 +251,11 @@ impl Syncer {
         &self.client
     }
 
+    /// The signing keys documents are checked against.
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
     /// The index version seen by the last complete poll.
     pub fn index_version(&self) -> Option<u64> {
         self.index_version

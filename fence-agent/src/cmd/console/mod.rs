@@ -7,6 +7,7 @@
 //! version read just before writing: a concurrent change is reported, never overwritten. It
 //! then updates the `index` the agents poll.
 
+pub mod grants;
 mod push;
 
 use std::{

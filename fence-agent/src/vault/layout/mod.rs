@@ -10,6 +10,8 @@
 //! | `assignments` | console | a [`SignedDocument`]: which identities and protected files apply where |
 //! | `index` | console, after every push | a [`SignedDocument`]: the [`Index`], which names the exact current document at every path |
 //! | `status/<hostname>` | each agent | what it applied and when (unsigned, no secrets) |
+//! | `grants/requests/<hostname>/<id>` | each agent | a grant request waiting for a person (unsigned facts) |
+//! | `grants/decisions/<hostname>/<id>` | console | a [`SignedDocument`]: approve, deny or revoke (see [`grants`]) |
 //!
 //! The path given to signing and verification is the path relative to the prefix
 //! (`identities/ci-runner`, `assignments`): a signature does not carry over to another path,
@@ -30,6 +32,7 @@
 
 mod assignments;
 mod documents;
+pub mod grants;
 #[cfg(test)]
 mod tests;
 
