@@ -76,6 +76,9 @@ fn doctor_reports_each_fence_mechanism() {
     let lsm = probe("lsm");
     let row = |f: &str| d["fences"].as_array().unwrap().iter().find(|r| r["fence"] == f).cloned().unwrap();
     assert_eq!(row("egress")["enforced"], true);
+    // Grants end on the kernel clock everywhere; both test kernels can close connections.
+    assert_eq!(row("grants")["enforced"], true, "{d:#}");
+    assert!(row("grants")["notes"].as_str().unwrap_or_default().contains("SOCK_DESTROY"), "{d:#}");
     if lsm["loads"] == true {
         for f in ["exec", "credential-files", "unix-sockets"] {
             assert_eq!(row(f)["enforced"], true, "{f} with BPF LSM: {d:#}");

@@ -5,7 +5,7 @@ use std::{fs, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::util::{cache_dir, have, is_root, kernel_path, output, quiet, run, step};
+use crate::util::{GUEST_MODULES, cache_dir, have, is_root, kernel_modules_dir, kernel_path, output, quiet, run, step};
 
 /// The eBPF toolchain; keep in step with fence-ebpf/rust-toolchain.toml and fence-agent/build.rs.
 pub const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
@@ -138,7 +138,8 @@ fn cargo_fuzz() -> Result<()> {
 
 fn debian_kernel() -> Result<()> {
     let dest = kernel_path();
-    if dest.exists() {
+    let modules = kernel_modules_dir();
+    if dest.exists() && GUEST_MODULES.iter().all(|m| modules.join(m).exists()) {
         step(format!("Debian kernel present: {}", dest.display()));
         return Ok(());
     }
@@ -165,8 +166,14 @@ fn debian_kernel() -> Result<()> {
         .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
         .context("the kernel package has no boot/vmlinuz-*")?;
     let version = vmlinuz.file_name().map(|n| n.to_string_lossy().trim_start_matches("vmlinuz-").to_owned());
+    let version = version.unwrap_or_default();
+    fs::create_dir_all(&modules)?;
+    for m in GUEST_MODULES {
+        let from = extracted.join("lib/modules").join(&version).join("kernel/net/ipv4").join(m);
+        fs::copy(&from, modules.join(m)).with_context(|| format!("the kernel package has no {}", from.display()))?;
+    }
     fs::copy(&vmlinuz, &dest)?;
-    fs::write(dest.with_file_name("version"), version.unwrap_or_default())?;
+    fs::write(dest.with_file_name("version"), version)?;
     let _ = fs::remove_dir_all(&work);
     Ok(())
 }

@@ -41,6 +41,15 @@ pub fn kernel_path() -> PathBuf {
     cache_dir().join("debian-kernel").join("vmlinuz")
 }
 
+/// The kernel modules the vm tier loads into Debian's kernel (the guest has no module tree):
+/// sock_diag's TCP part, which tears down connections at a grant's end. Loaded in this order.
+pub const GUEST_MODULES: [&str; 2] = ["inet_diag.ko", "tcp_diag.ko"];
+
+/// Where the set-up keeps [`GUEST_MODULES`], from the same kernel package.
+pub fn kernel_modules_dir() -> PathBuf {
+    cache_dir().join("debian-kernel").join("modules")
+}
+
 /// Runs a command to completion; fails with the command line if it does not succeed.
 pub fn run(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");

@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     artifacts::Artifacts,
-    util::{kernel_path, step},
+    util::{GUEST_MODULES, kernel_modules_dir, kernel_path, step},
 };
 
 /// Whole-run limit for the guest (TCG is slow, but a hang must end).
@@ -36,6 +36,7 @@ mkdir -p /sys/fs/cgroup /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 mount -t securityfs securityfs /sys/kernel/security
+for m in /lib/fence-modules/*.ko; do insmod "$m" || echo "FENCE-VM-WARNING cannot load $m"; done
 ip link set lo up
 hostname fence-vm
 echo "FENCE-VM-BOOTED kernel=$(uname -r) lsm=$(cat /sys/kernel/security/lsm)"
@@ -164,6 +165,12 @@ fn initramfs(art: &Artifacts, work: &Path) -> Result<PathBuf> {
     copy_exec(&busybox, &root.join("bin/busybox"))?;
     copy_exec(&art.agent, &root.join("bin/fence-agent"))?;
     copy_exec(&art.tests, &root.join("bin/fence-tests"))?;
+    // Loaded by the init in name order: inet_diag before tcp_diag.
+    fs::create_dir_all(root.join("lib/fence-modules"))?;
+    for (i, m) in GUEST_MODULES.iter().enumerate() {
+        fs::copy(kernel_modules_dir().join(m), root.join(format!("lib/fence-modules/{i}-{m}")))
+            .with_context(|| format!("{m} is missing; run `cargo xtask setup`"))?;
+    }
     fs::write(root.join("init"), INIT)?;
     fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755))?;
     let out = work.join("initramfs.cpio.gz");

@@ -235,7 +235,7 @@ async fn start(
     for a in loader.attachments() {
         tracing::info!(program = a.program, hook = a.hook, target = %a.target, "attached");
     }
-    let grants = grants(config, &mut loader)?;
+    let grants = grants(config, &plan, &mut loader)?;
     let mut service = PolicyService::new(kernel, Some(Box::new(loader)), deps, views, vault_state);
     if let Some(dns) = dns {
         service.with_dns(dns);
@@ -265,7 +265,7 @@ async fn start(
 /// Just-in-time grants: the kernel's grant table, the book (kept in the state directory with
 /// persistence, so that a restart knows the grants the kernel still enforces), and whether
 /// connections can be torn down at a grant's end.
-fn grants(config: &Config, loader: &mut Loader) -> anyhow::Result<service::grants::Grants> {
+fn grants(config: &Config, plan: &fences::Plan, loader: &mut Loader) -> anyhow::Result<service::grants::Grants> {
     use crate::grants::{GrantBook, boot_id};
     let kernel = loader.take_grant_maps().context("the grant table")?;
     let path = config.persist.enabled.then(|| config.persist.state_dir.join("grants.json"));
@@ -279,12 +279,10 @@ fn grants(config: &Config, loader: &mut Loader) -> anyhow::Result<service::grant
         }
         None => GrantBook::new(boot_id(), None),
     };
-    let teardown = match crate::sockdiag::probe_destroy() {
-        crate::sockdiag::DestroySupport::Available => Ok(()),
-        crate::sockdiag::DestroySupport::Unavailable(why) => {
-            tracing::warn!("connections opened under an egress grant cannot be torn down at its end: {why}");
-            Err(why.to_string())
-        }
+    let teardown = match plan.get(fences::grants::UNIT.name) {
+        Availability::KernelClock(None) => Ok(()),
+        Availability::KernelClock(Some(why)) => Err(why),
+        other => Err(other.reason().to_owned()),
     };
     Ok(service::grants::Grants {
         book,

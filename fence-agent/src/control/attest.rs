@@ -298,7 +298,7 @@ fn gone_or_read(pid: u32, path: PathBuf, source: io::Error) -> AttestError {
 #[cfg(test)]
 mod tests {
     use std::os::{
-        fd::{AsFd as _, AsRawFd as _, OwnedFd},
+        fd::OwnedFd,
         unix::net::{UnixListener, UnixStream},
     };
 
@@ -351,9 +351,9 @@ mod tests {
         assert!(matches!(err, AttestError::StartedAfterAccept { .. }), "{err}");
     }
 
-    /// A child process connects to `listener`, then waits until `hold` is closed (or exits at
-    /// once without one). Returns the child's pid.
-    fn child_connects(addr: &UnixAddr, hold: Option<&OwnedFd>) -> Pid {
+    /// A child process connects to `addr`, then waits until the write end of the `hold` pipe
+    /// is closed (or exits at once without one). Returns the child's pid.
+    fn child_connects(addr: &UnixAddr, hold: Option<(&OwnedFd, &OwnedFd)>) -> Pid {
         // SAFETY: the child only makes async-signal-safe system calls (socket, connect, read,
         // _exit) on values prepared before the fork; it never returns into the test harness.
         match unsafe { fork() }.unwrap() {
@@ -361,10 +361,14 @@ mod tests {
             ForkResult::Child => {
                 let sock = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None);
                 let connected = sock.as_ref().is_ok_and(|s| connect(s.as_raw_fd(), addr).is_ok());
-                if let Some(fd) = hold {
+                if let Some((read, write)) = hold {
                     let mut byte = 0u8;
-                    // SAFETY: a one-byte read into a local.
-                    unsafe { libc::read(fd.as_raw_fd(), (&raw mut byte).cast(), 1) };
+                    // SAFETY: closes the child's copy of the write end (else the read never
+                    // ends), then a one-byte read into a local.
+                    unsafe {
+                        libc::close(write.as_raw_fd());
+                        libc::read(read.as_raw_fd(), (&raw mut byte).cast(), 1);
+                    }
                 }
                 // SAFETY: ends the forked child without running the parent's destructors.
                 unsafe { libc::_exit(if connected { 0 } else { 1 }) }
@@ -391,7 +395,7 @@ mod tests {
     fn attests_another_process() {
         let (_dir, listener, addr) = listener();
         let (hold_read, hold_write) = pipe().unwrap();
-        let child = child_connects(&addr, Some(&hold_read));
+        let child = child_connects(&addr, Some((&hold_read, &hold_write)));
         let stream = accept(&listener);
         let accepted = boot_ns();
         let by_pidfd = attest_by(stream.as_fd(), accepted, true);

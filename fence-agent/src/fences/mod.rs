@@ -11,6 +11,7 @@
 //! | [`unix`] | unix-sockets | lsm/unix_stream_connect, unix_may_send | `Unix`, `UnixAbstract` |
 //! | [`escape`] | no-way-out | lsm/task_alloc, ptrace_access_check, task_kill, bpf, file_ioctl, file_fcntl, file_send_sigiotask, lsm_cgroup/inode_permission (+ file_open) | |
 //! | [`sysctl`] | host-settings | cgroup/sysctl | |
+//! | [`grants`] | grants | (none: every fence's program checks a grant slot's end) | (`Grants`, `GrantUses`, not generational) |
 //! | [`bindings`] | unit-restarts | tp_btf/cgroup_mkdir | `Identities`, `Cgroups`, `Units` |
 //!
 //! A new fence is a new module here, its line in [`UNITS`], and its types in `fence-common`.
@@ -22,6 +23,7 @@ pub mod dns;
 pub mod escape;
 pub mod exec;
 pub mod files;
+pub mod grants;
 pub mod net;
 pub mod sysctl;
 pub mod unix;
@@ -36,8 +38,17 @@ use crate::{
 };
 
 /// The registration table, in the order `doctor` lists the rows and programs are loaded.
-pub const UNITS: &[&Unit] =
-    &[&net::UNIT, &dns::UNIT, &exec::UNIT, &files::UNIT, &unix::UNIT, &escape::UNIT, &sysctl::UNIT, &bindings::UNIT];
+pub const UNITS: &[&Unit] = &[
+    &net::UNIT,
+    &dns::UNIT,
+    &exec::UNIT,
+    &files::UNIT,
+    &unix::UNIT,
+    &escape::UNIT,
+    &sysctl::UNIT,
+    &grants::UNIT,
+    &bindings::UNIT,
+];
 
 /// One fence.
 pub struct Unit {
@@ -98,6 +109,8 @@ pub enum Availability {
     CgroupHooks,
     /// cgroup hooks, and BPF LSM for what they cannot see.
     CgroupHooksAndLsm,
+    /// Ends judged on the kernel's clock; `Some(why)` when connections cannot be torn down.
+    KernelClock(Option<String>),
     /// Not enforced on this host, and why.
     Unavailable(String),
 }
@@ -293,6 +306,7 @@ mod tests {
                 ("unix-sockets", Availability::Lsm),
                 ("no-way-out", Availability::Lsm),
                 ("host-settings", Availability::CgroupHooks),
+                ("grants", Availability::KernelClock(None)),
                 ("unit-restarts", Availability::Tracepoint),
             ],
             None,
