@@ -304,6 +304,8 @@ fn exec_and_file_and_agent_killed() {
     nix::sys::signal::kill(agent.pid(), nix::sys::signal::Signal::SIGKILL).expect("SIGKILL");
     agent.wait_exit(Duration::from_secs(10));
     connect(&cg, &db_addr).assert_ok("the grant holds with the agent gone");
+    let r = grant_cli(&agent, Some(&cg), &["request", "db", "--for", "1m", "--reason", "agent down"]);
+    assert!(r.code == 1 && r.err.contains("not running"), "a request while the agent is down: {}{}", r.out, r.err);
     eventually("the grant's end with no agent", ttl + 10, || connect(&cg, &db_addr).errno == Some(libc::EPERM));
     // The next run knows it ended, and says so.
     let restarted = Agent::start_with("grants-exec-2", &policy, &config);

@@ -361,6 +361,24 @@ fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
             }
             Ok(json!({"attempts": attempts, "denied": denied, "succeeded": succeeded, "other": other}))
         }
+        "connect-until-denied" => {
+            // Connects again and again (no pause) until one is refused with EPERM or SECS pass:
+            // the boot-clock time of that first refusal (`bench grants`: a grant's end to the
+            // first denied connect).
+            let to = addr(args.first())?;
+            let secs: f64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10.0);
+            let until = std::time::Instant::now() + Duration::from_secs_f64(secs);
+            while std::time::Instant::now() < until {
+                if let Err(e) = TcpStream::connect(to)
+                    && e.raw_os_error() == Some(libc::EPERM)
+                {
+                    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_err(io::Error::from)?;
+                    let ns = now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64;
+                    return Ok(json!({"denied_boot_ns": ns}));
+                }
+            }
+            Err(io::Error::other("never denied"))
+        }
         "chaos-loop" => {
             // Tries each OP in turn (`connect:ADDR`, `exec:PATH`, `open:PATH`), each attempt in
             // a child process of its own (its pid names the attempt in the events), until

@@ -8,7 +8,7 @@
 //!   rounds whose order rotates, the workload pinned to one CPU; median and interquartile
 //!   spread of the per-round ratios.
 //! - Policy size and agent scale ([`crate::bench_scale`]), the denial storm, egress by name
-//!   ([`crate::bench_dns`]), vault propagation.
+//!   ([`crate::bench_dns`]), just-in-time grants ([`crate::bench_grants`]), vault propagation.
 //!
 //! Ratios and timings, not thresholds: nothing here passes or fails on timing.
 
@@ -278,6 +278,9 @@ pub fn bench(opts: &Options<'_>) -> Result<ExitCode> {
         }
         if wanted(f, &["egress by name", "dns"]) {
             section(&mut report, "egress by name", crate::bench_dns::dns(&env, opts.rounds));
+        }
+        if wanted(f, &["just-in-time grants", "grants"]) {
+            section(&mut report, "just-in-time grants", crate::bench_grants::grants(&env, opts.rounds));
         }
         if wanted(f, &["vault propagation"]) {
             section(&mut report, "vault propagation", vault(&env));

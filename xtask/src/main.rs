@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod artifacts;
 mod bench;
 mod bench_dns;
+mod bench_grants;
 mod bench_scale;
 mod bench_vault;
 mod demo;

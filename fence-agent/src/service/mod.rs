@@ -128,6 +128,8 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
                 if let Some(reply) = reply {
                     let _ = reply.send(outcome);
                 }
+                // A grant whose target (or identity) the new policy dropped ends now.
+                self.grants_due();
             }
             Message::Control { request, peer, reply } => {
                 let _ = reply.send(self.control(request, peer));
