@@ -181,7 +181,7 @@ fn egress_requested_expired_revoked_refused() {
         .expect("tcp-hold");
     let mut lines = BufReader::new(hold.stdout.take().expect("stdout")).lines();
     assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("connected"), "the held connection under the grant");
-    let (_peer, _) = ops.accept().expect("the server side of the held connection");
+    let (mut peer, _) = ops.accept().expect("the server side of the held connection");
     let r = grant_cli(&agent, None, &["revoke", &ops_id, "--reason", "incident closed"]);
     assert_eq!(r.code, 0, "revoke: {}{}", r.out, r.err);
     let revoked_at = Instant::now();
@@ -190,6 +190,13 @@ fn egress_requested_expired_revoked_refused() {
     let held: Value = serde_json::from_str(&last).unwrap_or_else(|e| panic!("tcp-hold's report {last:?}: {e}"));
     assert_ne!(held["ended"], "timeout", "the connection must be torn down: {held}");
     assert!(revoked_at.elapsed() < Duration::from_secs(10 * slow()), "{held}");
+    // The peer sees the connection end too (a reset, or end of file).
+    peer.set_read_timeout(Some(Duration::from_secs(5 * slow()))).expect("read timeout");
+    match std::io::Read::read(&mut peer, &mut [0u8; 16]) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the peer should see the torn-down connection end, got {other:?}"),
+    }
     connect(&cg, &ops_addr).assert_eperm("a new connect after the revocation");
     assert_eq!(audited(&agent, &ops_id), ["grant-requested", "grant-approved", "grant-active", "grant-revoked"]);
 

@@ -364,12 +364,19 @@ fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
         "connect-until-denied" => {
             // Connects again and again (no pause) until one is refused with EPERM or SECS pass:
             // the boot-clock time of that first refusal (`bench grants`: a grant's end to the
-            // first denied connect).
+            // first denied connect). With `udp`, UDP connects: the kernel's verdict without a
+            // handshake that could stall the loop.
             let to = addr(args.first())?;
             let secs: f64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10.0);
+            let udp = args.get(2) == Some(&"udp");
             let until = std::time::Instant::now() + Duration::from_secs_f64(secs);
             while std::time::Instant::now() < until {
-                if let Err(e) = TcpStream::connect(to)
+                let attempt = if udp {
+                    UdpSocket::bind(("0.0.0.0", 0)).and_then(|s| s.connect(to))
+                } else {
+                    TcpStream::connect(to).map(drop)
+                };
+                if let Err(e) = attempt
                     && e.raw_os_error() == Some(libc::EPERM)
                 {
                     let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_err(io::Error::from)?;

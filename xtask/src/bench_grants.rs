@@ -32,7 +32,8 @@ pub fn grants(env: &Env<'_>, rounds: u32) -> Result<Table> {
         "schema: 1\nidentities:\n  - name: bench-grants\n    owner: xtask\n    purpose: benchmark\n    \
          selectors: [{{cgroup: \"{}\"}}]\n    grants:\n      \
          - {{name: auto, egress: [{{to: [{TARGET_IP}], ports: [{port}], protocol: tcp}}], approval: auto}}\n      \
-         - {{name: person, egress: [{{to: [{TARGET_IP}], ports: [{port}], protocol: tcp}}], approval: console}}\n",
+         - {{name: person, egress: [{{to: [{TARGET_IP}], ports: [{port}], protocol: tcp}}], approval: console}}\n      \
+         - {{name: short, egress: [{{to: [{TARGET_IP}], ports: [{port}], protocol: udp}}], approval: auto}}\n",
         env.fenced.rel
     );
     let dir = env.agent_dir("grants");
@@ -50,8 +51,8 @@ pub fn grants(env: &Env<'_>, rounds: u32) -> Result<Table> {
             "{samples} grants of each kind, one after the other. Request to first allowed connect: a fenced workload \
              runs `fence-agent grant request` and then connects (the CLI's round trip and a process start included); \
              for a console target root runs `grant approve` after the request, timed from the approval. End to first \
-             denied connect: a grant of 1 s, a fenced workload connecting without pause, from the grant's end on the \
-             boot clock to its first EPERM."
+             denied connect: a grant of 1 s, a fenced workload connecting UDP sockets without pause (the verdict \
+             without a handshake), from the grant's end on the boot clock to its first EPERM."
         ),
         &["", "p50", "p99", "max"],
     );
@@ -112,9 +113,9 @@ fn request_to_connect(env: &Env<'_>, dir: &Path, to: &str, target: &str) -> Resu
 
 /// Milliseconds from a 1 s grant's end (boot clock) to the first refused connect.
 fn end_to_denied(env: &Env<'_>, dir: &Path, to: &str) -> Result<f64> {
-    let g = grant(env, dir, true, &["request", "auto", "--for", "1s", "--reason", "bench"])?;
+    let g = grant(env, dir, true, &["request", "short", "--for", "1s", "--reason", "bench"])?;
     let end = g["phase"]["expires_boot_ns"].as_u64().context("the grant's end")?;
-    let v = helper(&env.art.tests, Some(&env.fenced), &["connect-until-denied", to, "10"])?;
+    let v = helper(&env.art.tests, Some(&env.fenced), &["connect-until-denied", to, "10", "udp"])?;
     let denied = v["denied_boot_ns"].as_u64().with_context(|| format!("no denial: {v}"))?;
     Ok(denied.saturating_sub(end) as f64 / 1e6)
 }
