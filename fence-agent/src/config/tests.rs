@@ -314,3 +314,10 @@ fn vault_agent_files_name_their_fields() {
         .unwrap_err();
     assert!(e.starts_with("persist.state_dir: "), "{e}");
 }
+
+#[test]
+fn the_packaged_config_parses() {
+    let c = Config::parse(include_str!("../../packaging/agent.toml")).expect("packaging/agent.toml");
+    assert_eq!(c.control.workload_socket, std::path::PathBuf::from(crate::config::DEFAULT_WORKLOAD_SOCKET));
+    assert_eq!(c.grants.max_ttl.as_secs(), 8 * 3600);
+}
