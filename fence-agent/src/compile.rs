@@ -59,6 +59,9 @@ impl IdAllocator {
 pub struct CompiledPolicy {
     pub identities: Vec<CompiledIdentity>,
     pub entries: Vec<MapEntry>,
+    /// The end (boot clock, ns) of each grant slot the entries name: what user-space
+    /// enforcement (the fanotify file fallback) honours a granted entry until.
+    pub grant_ends: std::collections::BTreeMap<u16, u64>,
 }
 
 impl CompiledPolicy {

@@ -134,22 +134,22 @@ fn set_peer(ctx: &SockAddrContext, family: u16, addr: &[u8; 16], port: u16) {
 pub fn learned_v4(identity: u32, addr: [u8; 4], proto: u8, port: u16) -> Option<u16> {
     // SAFETY: the value is copied out at once.
     let v = unsafe { FENCE_LEARNED4.get(&Learned4Key { identity, addr }) }.copied();
-    v.and_then(|v| live(&v, proto, port))
+    v.and_then(|v| live(&v, identity, proto, port))
 }
 
 #[inline(always)]
 pub fn learned_v6(identity: u32, addr: [u8; 16], proto: u8, port: u16) -> Option<u16> {
     // SAFETY: the value is copied out at once.
     let v = unsafe { FENCE_LEARNED6.get(&Learned6Key { identity, addr }) }.copied();
-    v.and_then(|v| live(&v, proto, port))
+    v.and_then(|v| live(&v, identity, proto, port))
 }
 
 #[inline(always)]
-fn live(v: &LearnedRules, proto: u8, port: u16) -> Option<u16> {
+fn live(v: &LearnedRules, identity: u32, proto: u8, port: u16) -> Option<u16> {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     if now >= v.expires_ns {
         return None;
     }
-    v.rules.allows_where(proto, port, crate::grants::live)
+    v.rules.allows_where(proto, port, |slot| crate::grants::live(slot, identity))
 }

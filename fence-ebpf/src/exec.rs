@@ -87,7 +87,7 @@ fn judge(bprm: u64) -> Option<Denial> {
     } else {
         let key =
             InodeKey { generation: who.generation, identity: who.identity, ino: inode.ino, dev: inode.dev, _pad: 0 };
-        if grants::inode_rule(lookup(&FENCE_EXEC, &key)).is_some() {
+        if grants::inode_rule(lookup(&FENCE_EXEC, &key), who.identity).is_some() {
             return None;
         }
         Reason::ExecNotAllowed

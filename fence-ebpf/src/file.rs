@@ -123,7 +123,8 @@ fn protected_without_exception(
         protected = true;
         *rule = *inode;
     }
-    let mut excepted = grants::inode_rule(lookup(&FENCE_FILE_EXCEPT, &key(who, who.identity, inode))).is_some();
+    let mut excepted =
+        grants::inode_rule(lookup(&FENCE_FILE_EXCEPT, &key(who, who.identity, inode)), who.identity).is_some();
     let is_env = dentry != 0 && kernel::name_is_env(o, dentry);
     let mut d = dentry;
     let mut level = 0;
@@ -138,7 +139,8 @@ fn protected_without_exception(
             *rule = dir;
         }
         if !excepted
-            && let Some(flags) = grants::inode_rule(lookup(&FENCE_FILE_EXCEPT, &key(who, who.identity, &dir)))
+            && let Some(flags) =
+                grants::inode_rule(lookup(&FENCE_FILE_EXCEPT, &key(who, who.identity, &dir)), who.identity)
             && flags & PROTECT_TREE != 0
         {
             excepted = true;

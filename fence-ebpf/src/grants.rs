@@ -6,16 +6,18 @@ use fence_common::{flags_of, grant_of};
 
 use crate::maps::{FENCE_GRANT_USES, FENCE_GRANTS};
 
-/// Whether grant `slot` is in force now (slot 0, a standing rule, always is).
+/// Whether grant `slot` is in force now for `identity` (slot 0, a standing rule, always is).
+/// The slot must have been given to this identity: a rule left tagged with a slot that was
+/// since given to another identity allows nothing.
 #[inline(always)]
-pub fn live(slot: u16) -> bool {
+pub fn live(slot: u16, identity: u32) -> bool {
     if slot == 0 {
         return true;
     }
     let Some(state) = FENCE_GRANTS.get(u32::from(slot)) else { return false };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    now < state.expires_ns
+    state.identity == identity && now < state.expires_ns
 }
 
 /// Counts one operation allowed through grant `slot` (nothing for a standing rule).
@@ -32,10 +34,10 @@ pub fn used(slot: u16) {
 
 /// The flags of an inode-map value when its rule is in force (counting the use), else `None`.
 #[inline(always)]
-pub fn inode_rule(value: Option<u32>) -> Option<u32> {
+pub fn inode_rule(value: Option<u32>, identity: u32) -> Option<u32> {
     let v = value?;
     let slot = grant_of(v);
-    if !live(slot) {
+    if !live(slot, identity) {
         return None;
     }
     used(slot);

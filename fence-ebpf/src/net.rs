@@ -224,7 +224,7 @@ fn allowed_v4(who: &Fenced, addr: [u8; 4], d: &Dest) -> Option<Reason> {
         Net4Key { generation: who.generation, identity: who.identity, addr },
     );
     let slot = match FENCE_NET4.get(&key) {
-        Some(rules) => rules.allows_where(proto, d.port, grants::live),
+        Some(rules) => rules.allows_where(proto, d.port, |slot| grants::live(slot, who.identity)),
         None => None,
     };
     allowed_by(slot.or_else(|| dns::learned_v4(who.identity, addr, proto, d.port)))
@@ -241,7 +241,7 @@ fn allowed_v6(who: &Fenced, addr: [u8; 16], d: &Dest) -> Option<Reason> {
         Net6Key { generation: who.generation, identity: who.identity, addr },
     );
     let slot = match FENCE_NET6.get(&key) {
-        Some(rules) => rules.allows_where(proto, d.port, grants::live),
+        Some(rules) => rules.allows_where(proto, d.port, |slot| grants::live(slot, who.identity)),
         None => None,
     };
     allowed_by(slot.or_else(|| dns::learned_v6(who.identity, addr, proto, d.port)))

@@ -104,7 +104,7 @@ fn judge(sk: u64, operation: Operation, mech: Mechanism) -> i32 {
 fn path_listed(who: &identity::Fenced, inode: &kernel::Inode) -> (bool, bool) {
     let mut key =
         InodeKey { generation: who.generation, identity: who.identity, ino: inode.ino, dev: inode.dev, _pad: 0 };
-    let listed = crate::grants::inode_rule(lookup(&FENCE_UNIX, &key)).is_some();
+    let listed = crate::grants::inode_rule(lookup(&FENCE_UNIX, &key), who.identity).is_some();
     key.identity = 0;
     (listed, lookup(&FENCE_UNIX, &key).is_some())
 }
@@ -129,7 +129,7 @@ fn abstract_name(o: &fence_common::KernelOffsets, addr: u64, key: &mut AbstractK
 fn abstract_listed(who: &identity::Fenced, key: &mut AbstractKey) -> (bool, bool) {
     key.generation = who.generation;
     key.identity = who.identity;
-    let listed = crate::grants::inode_rule(lookup(&FENCE_UNIX_ABSTRACT, key)).is_some();
+    let listed = crate::grants::inode_rule(lookup(&FENCE_UNIX_ABSTRACT, key), who.identity).is_some();
     key.identity = 0;
     (listed, lookup(&FENCE_UNIX_ABSTRACT, key).is_some())
 }

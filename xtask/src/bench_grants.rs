@@ -117,6 +117,12 @@ fn end_to_denied(env: &Env<'_>, dir: &Path, to: &str) -> Result<f64> {
     let end = g["phase"]["expires_boot_ns"].as_u64().context("the grant's end")?;
     let v = helper(&env.art.tests, Some(&env.fenced), &["connect-until-denied", to, "10", "udp"])?;
     let denied = v["denied_boot_ns"].as_u64().with_context(|| format!("no denial: {v}"))?;
+    // The next request of the same target waits until the agent has recorded this end.
+    let id = g["id"].as_str().context("grant id")?;
+    let until = Instant::now() + Duration::from_secs(10);
+    while grant(env, dir, false, &["show", id])?["phase"]["state"] == "active" && Instant::now() < until {
+        thread::sleep(Duration::from_millis(20));
+    }
     Ok(denied.saturating_sub(end) as f64 / 1e6)
 }
 

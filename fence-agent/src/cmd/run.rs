@@ -235,14 +235,14 @@ async fn start(
     for a in loader.attachments() {
         tracing::info!(program = a.program, hook = a.hook, target = %a.target, "attached");
     }
-    let grants = grants(config, &plan, &mut loader)?;
+    let (grants, rebooted) = grants(config, &plan, &mut loader)?;
     let mut service = PolicyService::new(kernel, Some(Box::new(loader)), deps, views, vault_state);
     if let Some(dns) = dns {
         service.with_dns(dns);
     }
-    service.with_grants(grants);
+    service.with_grants(grants, rebooted);
     match service.start(local, cache) {
-        Ok(()) => {}
+        Ok(()) => service.grants_due(),
         Err(ApplyError::Policy(errors)) => return Ok(Err(errors)),
         Err(e) => return Err(e.into()),
     }
@@ -265,32 +265,38 @@ async fn start(
 /// Just-in-time grants: the kernel's grant table, the book (kept in the state directory with
 /// persistence, so that a restart knows the grants the kernel still enforces), and whether
 /// connections can be torn down at a grant's end.
-fn grants(config: &Config, plan: &fences::Plan, loader: &mut Loader) -> anyhow::Result<service::grants::Grants> {
+fn grants(
+    config: &Config,
+    plan: &fences::Plan,
+    loader: &mut Loader,
+) -> anyhow::Result<(service::grants::Grants, Vec<crate::grants::Grant>)> {
     use crate::grants::{GrantBook, boot_id};
     let kernel = loader.take_grant_maps().context("the grant table")?;
     let path = config.persist.enabled.then(|| config.persist.state_dir.join("grants.json"));
-    let book = match &path {
+    let (book, rebooted) = match &path {
         Some(p) => {
             let (book, rebooted) = GrantBook::load(p, &boot_id());
-            for g in rebooted.0 {
+            for g in &rebooted.0 {
                 tracing::warn!(grant = %g.id, identity = %g.identity, target = %g.target, state = g.phase.name(), "the host rebooted since this grant was recorded: it is over");
             }
-            book
+            (book, rebooted.0)
         }
-        None => GrantBook::new(boot_id(), None),
+        None => (GrantBook::new(boot_id(), None), Vec::new()),
     };
     let teardown = match plan.get(fences::grants::UNIT.name) {
         Availability::KernelClock(None) => Ok(()),
         Availability::KernelClock(Some(why)) => Err(why),
         other => Err(other.reason().to_owned()),
     };
-    Ok(service::grants::Grants {
+    let grants = service::grants::Grants {
         book,
         kernel: Some(Box::new(kernel)),
         config: config.grants.clone(),
         in_policy: Default::default(),
         teardown,
-    })
+        reach: Default::default(),
+    };
+    Ok((grants, rebooted))
 }
 
 /// Egress by name, when the dns fence loaded and `[dns] enabled`: the resolver engine, and

@@ -64,9 +64,20 @@ pub struct Authority {
 
 impl Authority {
     pub async fn start(ip: IpAddr, zone: Zone) -> Authority {
-        let tcp = TcpListener::bind((ip, 0)).await.expect("bind tcp");
-        let addr = tcp.local_addr().expect("addr");
-        let udp = UdpSocket::bind(addr).await.expect("bind udp on the same port");
+        // The TCP port the kernel picks may be taken for UDP (another test's socket): try again.
+        let mut attempt = 0;
+        let (tcp, udp, addr) = loop {
+            let tcp = TcpListener::bind((ip, 0)).await.expect("bind tcp");
+            let addr = tcp.local_addr().expect("addr");
+            match UdpSocket::bind(addr).await {
+                Ok(udp) => break (tcp, udp, addr),
+                Err(e) if attempt < 20 => {
+                    attempt += 1;
+                    drop(e);
+                }
+                Err(e) => panic!("bind udp on the same port as tcp {addr}: {e}"),
+            }
+        };
         let seen = Arc::new(Mutex::new(Vec::new()));
         let zone = Arc::new(zone);
         let mut tasks = JoinSet::new();

@@ -87,11 +87,11 @@ impl Action {
 /// The line for `action` on `grant` as it is now.
 pub fn record(action: Action, grant: &Grant, host: &str, now: Timestamp) -> GrantRecord {
     let (approver, expires, by, why, uses) = match &grant.phase {
-        Phase::Pending => (None, None, None, None, None),
+        Phase::Pending => (grant.approved_by.clone(), None, None, None, None),
         Phase::Active { approver, expires_at, .. } => {
             (Some(approver.clone()), Some(expires_at.clone()), None, None, None)
         }
-        Phase::Denied { by, reason } => (None, None, Some(by.clone()), Some(reason.clone()), None),
+        Phase::Denied { by, reason } => (grant.approved_by.clone(), None, Some(by.clone()), Some(reason.clone()), None),
         Phase::Expired { uses } => (None, None, None, None, Some(*uses)),
         Phase::Revoked { by, reason, uses } => (None, None, Some(by.clone()), Some(reason.clone()), Some(*uses)),
     };

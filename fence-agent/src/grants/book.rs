@@ -93,6 +93,13 @@ pub struct Grant {
     /// The KV version of the last console decision acted on (older ones are not read again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_version: Option<u64>,
+    /// The highest signed serial of a console decision acted on (a superseded decision put
+    /// back in the vault is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_serial: Option<u64>,
+    /// Who approved it (a person: local root or a console key), once approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
 }
 
 impl Grant {
@@ -131,10 +138,19 @@ impl GrantBook {
     /// active grants are over (their ends were on that boot's clock): they come back ended,
     /// for the audit log, and the book starts empty.
     pub fn load(path: &Path, boot_id: &str) -> (GrantBook, Rebooted) {
-        let saved: Option<GrantBook> = std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok());
         let mut book = GrantBook::new(boot_id.to_owned(), Some(path.to_owned()));
-        let Some(saved) = saved else { return (book, Rebooted(Vec::new())) };
-        if saved.boot_id == boot_id {
+        let Ok(bytes) = std::fs::read(path) else { return (book, Rebooted(Vec::new())) };
+        let saved: GrantBook = match serde_json::from_slice(&bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                let aside = path.with_extension("unreadable");
+                let _ = std::fs::rename(path, &aside);
+                tracing::error!(path = %path.display(), moved_to = %aside.display(), "the grant book cannot be read ({e}); starting with an empty one: grants the kernel still holds are closed");
+                return (book, Rebooted(Vec::new()));
+            }
+        };
+        // Boot-clock ends mean nothing in another boot (or when the boot id is unknown).
+        if !boot_id.is_empty() && saved.boot_id == boot_id {
             book.grants = saved.grants;
             return (book, Rebooted(Vec::new()));
         }
@@ -175,9 +191,9 @@ impl GrantBook {
         self.trim();
     }
 
-    /// Pending requests of `identity`.
-    pub fn pending_of(&self, identity: &str) -> usize {
-        self.grants.iter().filter(|g| g.identity == identity && g.phase == Phase::Pending).count()
+    /// Open grants (pending or active) of `identity`.
+    pub fn open_of(&self, identity: &str) -> usize {
+        self.grants.iter().filter(|g| g.identity == identity && !g.phase.ended()).count()
     }
 
     /// The active grants, with their slots.
@@ -279,6 +295,8 @@ mod tests {
             ended_at: None,
             published: false,
             decided_version: None,
+            decided_serial: None,
+            approved_by: None,
         }
     }
 

@@ -16,6 +16,8 @@ pub trait GrantKernel: Send {
     fn close(&mut self, slot: u16) -> Result<(), MapsError>;
     /// Operations allowed through slot `slot` since it was opened.
     fn uses(&self, slot: u16) -> Result<u64, MapsError>;
+    /// The slots with an end set (open now, or ended but not closed).
+    fn open_slots(&self) -> Result<Vec<(u16, GrantState)>, MapsError>;
 }
 
 fn err(map: Map) -> impl Fn(MapError) -> MapsError {
@@ -56,6 +58,19 @@ impl GrantKernel for AyaGrantMaps {
         let values = self.uses.get(&u32::from(slot), 0).map_err(err(Map::GrantUses))?;
         Ok(values.iter().sum())
     }
+
+    fn open_slots(&self) -> Result<Vec<(u16, GrantState)>, MapsError> {
+        let mut out = Vec::new();
+        for slot in 1..fence_common::GRANT_SLOTS {
+            let state = self.grants.get(&slot, 0).map_err(err(Map::Grants))?;
+            if state.expires_ns != 0
+                && let Ok(s) = u16::try_from(slot)
+            {
+                out.push((s, state));
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// A grant table in memory, for unit tests of the grant service.
@@ -79,5 +94,10 @@ impl GrantKernel for FakeGrantMaps {
 
     fn uses(&self, slot: u16) -> Result<u64, MapsError> {
         Ok(self.slots.lock().unwrap_or_else(|p| p.into_inner()).get(&slot).map_or(0, |s| s.1))
+    }
+
+    fn open_slots(&self) -> Result<Vec<(u16, GrantState)>, MapsError> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(slots.iter().filter(|(_, (s, _))| s.expires_ns != 0).map(|(k, (s, _))| (*k, *s)).collect())
     }
 }

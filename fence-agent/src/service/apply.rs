@@ -230,7 +230,10 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
         // The documents' policy with the grants in force: what the kernel gets.
         let effective = self.effective(&candidate.set);
         let compiled = match compile(&effective, &resolved, &mut self.ids) {
-            Ok(c) => c,
+            Ok(mut c) => {
+                c.grant_ends = self.grant_ends();
+                c
+            }
             Err(e) => {
                 self.ids = ids_before;
                 return Err(e.into());
@@ -320,6 +323,12 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
         }
         self.grants.in_policy =
             effective.identities.iter().flat_map(|i| i.grants_in_force.iter().map(|g| g.slot)).collect();
+        // What each slot reaches, kept until its grant ends (even if the policy drops it first).
+        for i in &effective.identities {
+            for g in &i.grants_in_force {
+                self.grants.reach.insert(g.slot, (i.name.clone(), g.target.egress.clone()));
+            }
+        }
         self.log_applied(&live);
         self.live = Some(live);
         Ok(report)

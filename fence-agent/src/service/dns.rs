@@ -288,6 +288,20 @@ impl DnsState {
         self.write(writes);
     }
 
+    /// The grant slots learned entries still name.
+    pub fn grant_slots(&self) -> std::collections::BTreeSet<u16> {
+        self.learned.grant_slots()
+    }
+
+    /// What `identity` learned, by address, with the ranges whose slot `keep` accepts.
+    pub fn learned_reach(
+        &self,
+        identity: u32,
+        keep: impl Fn(u16) -> bool,
+    ) -> Vec<(std::net::IpAddr, Vec<super::learned::Range>)> {
+        self.learned.reach_of(identity, keep)
+    }
+
     /// Every learned (identity, name, address).
     pub fn rows(&self) -> Vec<Row> {
         self.learned.rows()

@@ -41,11 +41,10 @@ fn with_grants(test: &str) -> (Fixture, FakeGrantMaps) {
     let mut f = fixture(test, false);
     fs::write(&f.service.deps.policy_paths[0], POLICY).unwrap();
     let table = FakeGrantMaps::default();
-    f.service.with_grants(Grants {
-        kernel: Some(Box::new(table.clone())),
-        teardown: Err("test".into()),
-        ..Grants::default()
-    });
+    f.service.with_grants(
+        Grants { kernel: Some(Box::new(table.clone())), teardown: Err("test".into()), ..Grants::default() },
+        Vec::new(),
+    );
     start_local(&mut f);
     (f, table)
 }
@@ -131,10 +130,17 @@ fn a_console_grant_waits_for_a_person_and_a_denial_ends_it() {
     assert!(net4(&f).iter().any(|e| e.starts_with("[10, 7, 7, 7]")));
     let again = f.service.grant_op(GrantOp::Approve { id: id.clone() }, &root()).unwrap_err();
     assert!(again.contains("not pending"), "{again}");
+    // One open grant per target: asking again while it is active is refused.
+    let again = f.service.grant_op(request("ops", 60, None), &fenced("/a")).unwrap_err();
+    assert!(again.contains("already active"), "{again}");
+    f.service.grant_op(GrantOp::Revoke { id: id.clone(), reason: "done".into() }, &root()).unwrap();
     let second = f.service.grant_op(request("ops", 60, None), &fenced("/a")).unwrap().grants[0].grant.id.clone();
     f.service.grant_op(GrantOp::Deny { id: second.clone(), reason: "no".into() }, &root()).unwrap();
     assert!(matches!(f.service.grants.book.get(&second).unwrap().phase, Phase::Denied { .. }));
-    assert_eq!(actions(&f), ["grant-requested", "grant-approved", "grant-active", "grant-requested", "grant-denied"]);
+    assert_eq!(
+        actions(&f),
+        ["grant-requested", "grant-approved", "grant-active", "grant-revoked", "grant-requested", "grant-denied"]
+    );
 }
 
 #[test]
@@ -211,11 +217,10 @@ mod vault {
         let mut f = fixture(test, true);
         fs::write(&f.service.deps.policy_paths[0], POLICY).unwrap();
         let table = FakeGrantMaps::default();
-        f.service.with_grants(Grants {
-            kernel: Some(Box::new(table)),
-            teardown: Err("test".into()),
-            ..Grants::default()
-        });
+        f.service.with_grants(
+            Grants { kernel: Some(Box::new(table)), teardown: Err("test".into()), ..Grants::default() },
+            Vec::new(),
+        );
         start_local(&mut f);
         f
     }
@@ -231,6 +236,10 @@ mod vault {
             reason: String::new(),
             not_after: jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(600)).unwrap().to_string(),
         }
+    }
+
+    fn signed(decision: Decision, serial: u64) -> crate::service::grant_vault::Signed {
+        crate::service::grant_vault::Signed { decision, key_id: "k1".into(), serial }
     }
 
     fn state(f: &Fixture, id: &str) -> &'static str {
@@ -254,23 +263,26 @@ mod vault {
             Decision { id: "g-0000000000000000".into(), ..decision(&id, Verdict::Approve) },
         ];
         for (version, d) in refused.into_iter().enumerate() {
-            f.service.grant_decided(&id, version as u64 + 1, Ok((d, "k1".into())));
+            f.service.grant_decided(&id, version as u64 + 1, Ok(signed(d, version as u64 + 1)));
             assert_eq!(state(&f, &id), "pending");
         }
         f.service.grant_decided(&id, 10, Err("signed by an unknown key".into()));
         assert_eq!(state(&f, &id), "pending");
         // An old version is not read again; the right decision approves.
-        f.service.grant_decided(&id, 10, Ok((decision(&id, Verdict::Approve), "k1".into())));
+        f.service.grant_decided(&id, 10, Ok(signed(decision(&id, Verdict::Approve), 20)));
         assert_eq!(state(&f, &id), "pending", "version 10 was already acted on");
-        f.service.grant_decided(&id, 11, Ok((decision(&id, Verdict::Approve), "k1".into())));
+        f.service.grant_decided(&id, 11, Ok(signed(decision(&id, Verdict::Approve), 20)));
         assert_eq!(state(&f, &id), "active");
         // A replay of the approval as a new version: refused, the grant stays as it was.
         let before = f.service.grants.book.get(&id).unwrap().phase.clone();
-        f.service.grant_decided(&id, 12, Ok((decision(&id, Verdict::Approve), "k1".into())));
+        f.service.grant_decided(&id, 12, Ok(signed(decision(&id, Verdict::Approve), 21)));
         assert_eq!(f.service.grants.book.get(&id).unwrap().phase, before);
-        f.service.grant_decided(&id, 13, Ok((decision(&id, Verdict::Revoke), "k1".into())));
+        // A superseded decision put back (a lower serial than one acted on): refused.
+        f.service.grant_decided(&id, 13, Ok(signed(decision(&id, Verdict::Revoke), 19)));
+        assert_eq!(state(&f, &id), "active");
+        f.service.grant_decided(&id, 14, Ok(signed(decision(&id, Verdict::Revoke), 22)));
         assert_eq!(state(&f, &id), "revoked");
         let refusals = actions(&f).iter().filter(|a| *a == "grant-decision-refused").count();
-        assert_eq!(refusals, 7, "{:?}", actions(&f));
+        assert_eq!(refusals, 8, "{:?}", actions(&f));
     }
 }

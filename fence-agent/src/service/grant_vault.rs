@@ -14,6 +14,16 @@ use crate::{
     vault::layout::grants::{Decision, RequestDoc, Verdict},
 };
 
+/// A console decision whose signature the vault task checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    pub decision: Decision,
+    /// The id of the key that signed it.
+    pub key_id: String,
+    /// The document's signed serial.
+    pub serial: u64,
+}
+
 /// What the vault task should do for grants at its next poll.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GrantWork {
@@ -65,16 +75,25 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
     }
 
     /// Acts on a console's decision on grant `id`.
-    pub(super) fn grant_decided(&mut self, id: &str, version: u64, decision: Result<(Decision, String), String>) {
+    pub(super) fn grant_decided(&mut self, id: &str, version: u64, decision: Result<Signed, String>) {
         let Some(g) = self.grants.book.get_mut(id) else { return };
         if g.decided_version.is_some_and(|v| v >= version) {
             return;
         }
         g.decided_version = Some(version);
-        let checked = decision.and_then(|(d, key_id)| self.bound(id, &d).map(|()| (d, key_id)));
+        let highest = g.decided_serial;
+        let checked = decision.and_then(|s| match highest {
+            Some(h) if s.serial <= h => {
+                Err(format!("its serial {} is not above {h}, already acted on (superseded or replayed)", s.serial))
+            }
+            _ => self.bound(id, &s.decision).map(|()| s),
+        });
+        if let (Ok(s), Some(g)) = (&checked, self.grants.book.get_mut(id)) {
+            g.decided_serial = Some(s.serial);
+        }
         let result = match checked {
             Err(why) => Err(why),
-            Ok((d, key_id)) => {
+            Ok(Signed { decision: d, key_id, .. }) => {
                 let by = format!("console key {key_id}");
                 match d.verdict {
                     Verdict::Approve => self.approve(id, by),

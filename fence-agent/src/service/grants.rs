@@ -27,10 +27,22 @@ use crate::{
     },
     kernel::{PolicyMaps, grant_maps::GrantKernel},
     policy::{Approval, EgressRule, GrantInForce, Grantable, Identity, PolicySet},
+    service::learned::Range,
 };
 
 /// Longest reason kept (bytes).
 const MAX_REASON: usize = 512;
+
+/// The approver of an `auto` target.
+const AUTO_APPROVER: &str = "auto (policy)";
+
+/// A grant's end on the boot clock (0 unless active).
+fn end_of(g: &Grant) -> u64 {
+    match g.phase {
+        Phase::Active { expires_boot_ns, .. } => expires_boot_ns,
+        _ => 0,
+    }
+}
 
 /// The grants of the service: the book, the kernel's grant table, the host's limits.
 pub struct Grants {
@@ -42,6 +54,9 @@ pub struct Grants {
     pub in_policy: BTreeSet<u16>,
     /// Whether established connections can be torn down (SOCK_DESTROY), and why not.
     pub teardown: Result<(), String>,
+    /// The egress rules each slot was last compiled with (identity, rules): what a grant's end
+    /// tears down, even when the policy that offered it is gone.
+    pub reach: std::collections::BTreeMap<u16, (String, Vec<EgressRule>)>,
 }
 
 impl Default for Grants {
@@ -52,6 +67,7 @@ impl Default for Grants {
             config: GrantsConfig::default(),
             in_policy: BTreeSet::new(),
             teardown: Err("not probed".into()),
+            reach: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -67,20 +83,43 @@ enum Caller {
 }
 
 impl<M: PolicyMaps + 'static> PolicyService<M> {
-    /// Grants: the book, the kernel's table, the limits.
-    pub fn with_grants(&mut self, grants: Grants) {
+    /// Grants: the book, the kernel's table, the limits. Slots the kernel holds open that no
+    /// active grant of the book has (a crash between opening one and saving the book, a book
+    /// that could not be read) are closed; `rebooted` (the open grants of an earlier boot) are
+    /// audited as over.
+    pub fn with_grants(&mut self, grants: Grants, rebooted: Vec<Grant>) {
         self.grants = grants;
+        let held: BTreeSet<u16> = self.grants.book.active().map(|(_, s)| s).collect();
+        if let Some(k) = self.grants.kernel.as_mut() {
+            for (slot, _) in k.open_slots().unwrap_or_default().into_iter().filter(|(s, _)| !held.contains(s)) {
+                tracing::warn!(slot, "closing a grant slot no grant of the book holds");
+                let _ = k.close(slot);
+            }
+        }
+        for mut g in rebooted {
+            let action = if g.phase == Phase::Pending { Action::Denied } else { Action::Expired };
+            g.phase = match action {
+                Action::Denied => Phase::Denied { by: "reboot".into(), reason: "the host rebooted".into() },
+                _ => Phase::Expired { uses: 0 },
+            };
+            g.ended_at = Some(Timestamp::now().to_string());
+            self.grants.book.add(g.clone());
+            self.audit_grant(action, &g.id);
+        }
+        self.save_book();
     }
 
     /// `set` with each identity's grants in force added (what is compiled).
     pub(super) fn effective(&self, set: &PolicySet) -> PolicySet {
         let mut out = set.clone();
         for identity in out.identities.iter_mut().filter(|i| !i.expired) {
-            let in_force: Vec<GrantInForce> = self
-                .grants
-                .book
-                .active()
-                .filter(|(g, _)| g.identity == identity.name)
+            let mut active: Vec<(&Grant, u16)> =
+                self.grants.book.active().filter(|(g, _)| g.identity == identity.name).collect();
+            // The longest-lasting first: where two grants name the same program, file or
+            // socket, the kernel entry carries the first one's slot.
+            active.sort_by_key(|(g, _)| std::cmp::Reverse(end_of(g)));
+            let in_force: Vec<GrantInForce> = active
+                .into_iter()
                 .filter_map(|(g, slot)| identity.grantable(&g.target).map(|t| GrantInForce { slot, target: t.clone() }))
                 .collect();
             if !in_force.is_empty() {
@@ -149,6 +188,11 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
         }
     }
 
+    /// Each active grant's slot and end (boot clock).
+    pub(super) fn grant_ends(&self) -> std::collections::BTreeMap<u16, u64> {
+        self.grants.book.active().map(|(g, slot)| (slot, end_of(g))).collect()
+    }
+
     /// The grants in force for `identity`: `g-… db (540s left)`.
     pub(super) fn granted_lines(&self, identity: &str) -> Vec<String> {
         let now = boot_ns();
@@ -215,30 +259,22 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
         if reason.is_empty() || reason.len() > MAX_REASON || reason.chars().any(char::is_control) {
             return Err(format!("--reason must be 1 to {MAX_REASON} bytes of text without control characters"));
         }
-        let live = self.live.as_ref().ok_or("the agent has no policy applied yet")?;
-        let id_doc = live.set.identities.iter().find(|i| i.name == identity);
-        let id_doc = id_doc.ok_or_else(|| format!("no identity \"{identity}\" in the policy this agent enforces"))?;
-        if id_doc.expired {
-            return Err(format!("identity \"{identity}\" has expired"));
-        }
-        let t = grantable(id_doc, target)?;
-        let max = self.max_ttl(t);
-        if ttl_seconds > max.as_secs() {
+        let approval = self.check_target(identity, target, ttl_seconds)?.approval;
+        if let Some(open) =
+            self.grants.book.all().iter().find(|g| g.identity == identity && g.target == target && !g.phase.ended())
+        {
             return Err(format!(
-                "--for {} is longer than grant \"{target}\" allows ({}; policy max_ttl {}, host cap grants.max_ttl {})",
-                crate::duration::show(Duration::from_secs(ttl_seconds)),
-                crate::duration::show(max),
-                t.max_ttl.map_or("not set".to_owned(), crate::duration::show),
-                crate::duration::show(self.grants.config.max_ttl),
+                "grant {} of \"{target}\" is already {} for this identity (revoke it, or wait for its end)",
+                open.id,
+                open.phase.name()
             ));
         }
-        if self.grants.book.pending_of(identity) >= self.grants.config.max_pending {
+        if self.grants.book.open_of(identity) >= self.grants.config.max_pending {
             return Err(format!(
-                "identity \"{identity}\" already has {} pending requests",
+                "identity \"{identity}\" already has {} open grants or requests ([grants] max_pending)",
                 self.grants.config.max_pending
             ));
         }
-        let approval = t.approval;
         let mut id = new_id();
         while self.grants.book.get(&id).is_some() {
             id = new_id();
@@ -262,15 +298,41 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
             ended_at: None,
             published: false,
             decided_version: None,
+            decided_serial: None,
+            approved_by: None,
         };
         self.grants.book.add(grant);
         self.audit_grant(Action::Requested, &id);
         tracing::info!(grant = %id, identity, target, ttl = ttl_seconds, approval = approval.as_str(), pid = peer.pid, uid = peer.uid, "grant requested");
         match approval {
-            Approval::Auto => self.activate(&id, "auto (policy)".to_owned())?,
+            Approval::Auto => self.activate(&id, AUTO_APPROVER.to_owned())?,
             Approval::Console => self.save_book(),
         }
         Ok(id)
+    }
+
+    /// The checks of a request, made again when it is put in force (the policy may have
+    /// changed meanwhile): the identity is in force and not expired, the target is grantable,
+    /// the ttl within today's limits.
+    fn check_target(&self, identity: &str, target: &str, ttl_seconds: u64) -> Result<&Grantable, String> {
+        let live = self.live.as_ref().ok_or("the agent has no policy applied yet")?;
+        let id_doc = live.set.identities.iter().find(|i| i.name == identity);
+        let id_doc = id_doc.ok_or_else(|| format!("no identity \"{identity}\" in the policy this agent enforces"))?;
+        if id_doc.expired {
+            return Err(format!("identity \"{identity}\" has expired"));
+        }
+        let t = grantable(id_doc, target)?;
+        let max = self.max_ttl(t);
+        if ttl_seconds > max.as_secs() {
+            return Err(format!(
+                "--for {} is longer than grant \"{target}\" allows ({}; policy max_ttl {}, host cap grants.max_ttl {})",
+                crate::duration::show(Duration::from_secs(ttl_seconds)),
+                crate::duration::show(max),
+                t.max_ttl.map_or("not set".to_owned(), crate::duration::show),
+                crate::duration::show(self.grants.config.max_ttl),
+            ));
+        }
+        Ok(t)
     }
 
     /// The longest grant of `t` on this host.
@@ -314,48 +376,71 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
         }
     }
 
-    /// Opens a slot for the grant, compiles it in, and reports it.
+    /// Puts a pending request in force: the request's checks made again, the approval
+    /// audited, the slot's end written to the kernel, the book saved, then the rules compiled
+    /// in. Any failure denies the request (audited): nothing stays half-granted.
     pub(super) fn activate(&mut self, id: &str, approver: String) -> Result<(), String> {
         let g = self.grants.book.get(id).ok_or_else(|| format!("no grant {id}"))?.clone();
-        let identity_id = self.live.as_ref().and_then(|l| l.compiled.identities.iter().find(|i| i.name == g.identity));
-        let identity_id =
-            identity_id.map(|i| i.id).ok_or_else(|| format!("identity \"{}\" is not in force", g.identity))?;
-        let slot =
-            self.grants.book.free_slot(&self.grants.in_policy).ok_or("every grant slot of the kernel is in use")?;
-        let ttl_ns = g.ttl_seconds.saturating_mul(1_000_000_000);
-        let expires_boot_ns = boot_ns().saturating_add(ttl_ns);
+        if approver != AUTO_APPROVER {
+            let by = approver.clone();
+            if let Some(entry) = self.grants.book.get_mut(id) {
+                entry.approved_by = Some(by);
+            }
+            self.audit_grant(Action::Approved, id);
+        }
+        let opened = self.open_slot(&g, &approver);
+        let result = opened.and_then(|slot| {
+            self.save_book();
+            self.reapply(|_| true, Trigger::new("grant")).map(|_| slot).map_err(|e| {
+                if let Some(k) = self.grants.kernel.as_mut() {
+                    let _ = k.close(slot);
+                }
+                format!("could not be put in force: {e}")
+            })
+        });
+        match result {
+            Ok(slot) => {
+                self.audit_grant(Action::Active, id);
+                tracing::info!(grant = %id, identity = %g.identity, target = %g.target, slot, approver, ttl = g.ttl_seconds, "grant active");
+                self.save_book();
+                Ok(())
+            }
+            Err(why) => {
+                if let Some(entry) = self.grants.book.get_mut(id) {
+                    entry.phase = Phase::Denied { by: "fence-agent".into(), reason: why.clone() };
+                    entry.ended_at = Some(Timestamp::now().to_string());
+                }
+                self.audit_grant(Action::Denied, id);
+                self.save_book();
+                Err(format!("grant {id}: {why}"))
+            }
+        }
+    }
+
+    /// Checks the request again and opens a free slot for it (its end in the kernel's table,
+    /// the book's entry active); the slot.
+    fn open_slot(&mut self, g: &Grant, approver: &str) -> Result<u16, String> {
+        self.check_target(&g.identity, &g.target, g.ttl_seconds)?;
+        let live = self.live.as_ref().ok_or("the agent has no policy applied yet")?;
+        let identity_id = live.compiled.identities.iter().find(|i| i.name == g.identity).map(|i| i.id);
+        let identity_id = identity_id.ok_or_else(|| format!("identity \"{}\" is not in force", g.identity))?;
+        let mut busy = self.grants.in_policy.clone();
+        busy.extend(self.dns.as_ref().map(|d| d.grant_slots()).unwrap_or_default());
+        let slot = self.grants.book.free_slot(&busy).ok_or("every grant slot of the kernel is in use")?;
+        let expires_boot_ns = boot_ns().saturating_add(g.ttl_seconds.saturating_mul(1_000_000_000));
         let kernel = self.grants.kernel.as_mut().ok_or("grants are not available: the grant table is not loaded")?;
         let state = GrantState { expires_ns: expires_boot_ns, identity: identity_id, _pad: 0 };
         kernel.open(slot, state).map_err(|e| format!("opening grant slot {slot}: {e}"))?;
         let expires_at = Timestamp::now().checked_add(g.ttl()).map(|t| t.to_string()).unwrap_or_default();
-        if let Some(entry) = self.grants.book.get_mut(id) {
-            entry.phase = Phase::Active { slot, expires_boot_ns, expires_at, approver: approver.clone() };
+        if let Some(entry) = self.grants.book.get_mut(&g.id) {
+            entry.phase = Phase::Active { slot, expires_boot_ns, expires_at, approver: approver.to_owned() };
         }
-        if let Err(e) = self.reapply(|_| true, Trigger::new("grant")) {
-            if let Some(k) = self.grants.kernel.as_mut() {
-                let _ = k.close(slot);
-            }
-            let why = format!("could not be put in force: {e}");
-            if let Some(entry) = self.grants.book.get_mut(id) {
-                entry.phase = Phase::Denied { by: "fence-agent".into(), reason: why.clone() };
-                entry.ended_at = Some(Timestamp::now().to_string());
-            }
-            self.audit_grant(Action::Denied, id);
-            self.save_book();
-            return Err(format!("grant {id} {why}"));
-        }
-        if g.approval == Approval::Console {
-            self.audit_grant(Action::Approved, id);
-        }
-        self.audit_grant(Action::Active, id);
-        tracing::info!(grant = %id, identity = %g.identity, target = %g.target, slot, approver, ttl = g.ttl_seconds, "grant active");
-        self.save_book();
-        Ok(())
+        Ok(slot)
     }
 
     /// Ends what is due: active grants past their end (the kernel already refuses through
     /// them), pending requests past the timeout, and grants whose target left the policy.
-    pub(super) fn grants_due(&mut self) {
+    pub fn grants_due(&mut self) {
         let now = boot_ns();
         let mut ended: Vec<(String, Ended)> =
             self.grants.book.due(now).into_iter().map(|id| (id, Ended::Expired)).collect();
@@ -389,7 +474,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
     /// Ends grants: slots closed first (the kernel refuses from that write on), uses read,
     /// then the policy without them applied, connections torn down, lines audited.
     fn end(&mut self, ended: Vec<(String, Ended)>) {
-        let mut reaches: Vec<(String, Vec<EgressRule>)> = Vec::new();
+        let mut reaches: Vec<Reach> = Vec::new();
         for (id, how) in &ended {
             let Some(g) = self.grants.book.get(id).cloned() else { continue };
             let Some(slot) = g.slot() else { continue };
@@ -399,14 +484,9 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
             {
                 tracing::error!(grant = %id, slot, "closing the grant slot failed (its end on the kernel clock still holds): {e}");
             }
-            if let Some(t) = self
-                .live
-                .as_ref()
-                .and_then(|l| l.set.identities.iter().find(|i| i.name == g.identity))
-                .and_then(|i| i.grantable(&g.target))
-            {
-                reaches.push((g.identity.clone(), t.egress.clone()));
-            }
+            let rules = self.grants.reach.remove(&slot).map(|(_, r)| r).unwrap_or_default();
+            let learned = self.learned_reach(&g.identity, |s| s == slot);
+            reaches.push(Reach { identity: g.identity.clone(), rules, learned });
             if let Some(entry) = self.grants.book.get_mut(id) {
                 entry.phase = match how {
                     Ended::Expired => Phase::Expired { uses },
@@ -415,13 +495,14 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
                 entry.ended_at = Some(Timestamp::now().to_string());
             }
         }
+        self.save_book();
         if let Err(e) = self.reapply(|_| true, Trigger::new("grant-end")) {
             tracing::error!(
                 "removing ended grants from the policy failed (the kernel refuses through them already): {e}"
             );
         }
-        for (identity, egress) in reaches {
-            self.tear_down(&identity, &egress);
+        for reach in reaches {
+            self.tear_down(&reach);
         }
         for (id, how) in &ended {
             let action = match how {
@@ -430,36 +511,44 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
             };
             self.audit_grant(action, id);
         }
-        self.save_book();
     }
 
-    /// Closes `identity`'s TCP connections that only the ended `egress` rules allowed.
-    fn tear_down(&mut self, identity: &str, egress: &[EgressRule]) {
-        if egress.is_empty() {
+    /// The addresses identity `name` learned through names, with the ranges whose slot `keep`
+    /// accepts.
+    fn learned_reach(&self, name: &str, keep: impl Fn(u16) -> bool) -> Vec<(IpAddr, Vec<Range>)> {
+        let id = self.live.as_ref().and_then(|l| l.compiled.identities.iter().find(|i| i.name == name)).map(|i| i.id);
+        match (&self.dns, id) {
+            (Some(d), Some(id)) => d.learned_reach(id, keep),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Closes the identity's TCP connections that only the ended grant allowed: to its
+    /// networks, or to addresses learned through its names, and allowed by nothing still in
+    /// force (a standing or granted network, or an address learned under a live rule).
+    fn tear_down(&mut self, reach: &Reach) {
+        if reach.rules.is_empty() && reach.learned.is_empty() {
             return;
         }
         if let Err(why) = &self.grants.teardown {
-            tracing::warn!(identity, "connections opened under the ended grant stay open: {why}");
+            tracing::warn!(identity = %reach.identity, "connections opened under the ended grant stay open: {why}");
             return;
         }
         let Some(live) = &self.live else { return };
         let effective = self.effective(&live.set);
-        let Some(now) = effective.identities.iter().find(|i| i.name == identity) else { return };
+        let Some(now) = effective.identities.iter().find(|i| i.name == reach.identity) else { return };
+        let live_slots: BTreeSet<u16> = now.grants_in_force.iter().map(|g| g.slot).collect();
+        let still = self.learned_reach(&reach.identity, |s| s == 0 || live_slots.contains(&s));
         let dirs: Vec<_> = now.cgroups.iter().map(|c| self.deps.cgroups.dir(&c.path)).collect();
-        let reaches = |rules: &[EgressRule], ip: IpAddr, port: u16| {
-            rules.iter().any(|r| {
-                r.protocols & PROTO_TCP != 0
-                    && r.ports.iter().any(|p| p.lo <= port && port <= p.hi)
-                    && r.nets.iter().any(|n| n.contains_addr(ip))
-            })
-        };
-        let closed =
-            teardown::close(&dirs, |ip, port| reaches(egress, ip, port), |ip, port| reaches(&now.egress, ip, port));
+        let ended =
+            |ip: IpAddr, port: u16| nets_reach(&reach.rules, ip, port) || learned_reach(&reach.learned, ip, port);
+        let allowed = |ip: IpAddr, port: u16| nets_reach(&now.egress, ip, port) || learned_reach(&still, ip, port);
+        let closed = teardown::close(&dirs, ended, allowed);
         if closed.closed > 0 {
-            tracing::info!(identity, closed = closed.closed, "closed connections opened under the ended grant");
+            tracing::info!(identity = %reach.identity, closed = closed.closed, "closed connections opened under the ended grant");
         }
         for f in &closed.failed {
-            tracing::error!(identity, "could not close a connection opened under the ended grant: {f}");
+            tracing::error!(identity = %reach.identity, "could not close a connection opened under the ended grant: {f}");
         }
     }
 
@@ -488,6 +577,30 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
             tracing::error!(error = %e, "saving the grant book failed; a restart would forget open grants (their kernel ends still hold)");
         }
     }
+}
+
+/// What an ended grant reached: its rules' networks and the addresses learned through its
+/// names.
+struct Reach {
+    identity: String,
+    rules: Vec<EgressRule>,
+    learned: Vec<(IpAddr, Vec<Range>)>,
+}
+
+/// Whether a TCP connection to `ip:port` is within `rules`' networks and ports.
+fn nets_reach(rules: &[EgressRule], ip: IpAddr, port: u16) -> bool {
+    rules.iter().any(|r| {
+        r.protocols & PROTO_TCP != 0
+            && r.ports.iter().any(|p| p.lo <= port && port <= p.hi)
+            && r.nets.iter().any(|n| n.contains_addr(ip))
+    })
+}
+
+/// Whether a TCP connection to `ip:port` is within `learned` addresses and their ranges.
+fn learned_reach(learned: &[(IpAddr, Vec<Range>)], ip: IpAddr, port: u16) -> bool {
+    learned
+        .iter()
+        .any(|(a, ranges)| *a == ip && ranges.iter().any(|r| r.2 & PROTO_TCP != 0 && r.0 <= port && port <= r.1))
 }
 
 /// How a grant ended.

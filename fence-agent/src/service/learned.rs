@@ -248,6 +248,29 @@ impl Learned {
         rows
     }
 
+    /// The grant slots learned entries name (not free for a new grant while they are held).
+    pub fn grant_slots(&self) -> BTreeSet<u16> {
+        let ranges = self.identities.values().flat_map(|t| t.names.values()).flat_map(|n| n.ranges.iter());
+        ranges.map(|r| r.3).filter(|&s| s != 0).collect()
+    }
+
+    /// The addresses `identity` learned, each with the ranges of its names whose slot `keep`
+    /// accepts (addresses with none left out).
+    pub fn reach_of(&self, identity: u32, keep: impl Fn(u16) -> bool) -> Vec<(IpAddr, Vec<Range>)> {
+        let Some(t) = self.identities.get(&identity) else { return Vec::new() };
+        let mut out: HashMap<IpAddr, Vec<Range>> = HashMap::new();
+        for name in t.names.values() {
+            let kept: Vec<Range> = name.ranges.iter().filter(|r| keep(r.3)).copied().collect();
+            if kept.is_empty() {
+                continue;
+            }
+            for addr in name.addrs.keys() {
+                out.entry(*addr).or_default().extend(kept.iter().copied());
+            }
+        }
+        out.into_iter().collect()
+    }
+
     /// Addresses held per identity (for metrics).
     pub fn sizes(&self) -> Vec<(u32, usize)> {
         self.identities.iter().map(|(&id, t)| (id, t.count())).collect()

@@ -105,7 +105,7 @@ pub enum Message {
     GrantDecided {
         id: String,
         version: u64,
-        decision: Result<(crate::vault::layout::grants::Decision, String), String>,
+        decision: Result<super::grant_vault::Signed, String>,
     },
     Stop,
 }

@@ -186,6 +186,8 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
                 }
                 if self.next_expiry().is_some() && self.until_next_expiry().is_zero() {
                     self.change(Change::Expiry);
+                    // Grants of an identity that just expired end with it.
+                    self.grants_due();
                 }
                 if self.until_next_grant().is_some_and(|d| d.is_zero()) {
                     self.grants_due();
@@ -281,12 +283,7 @@ impl ServiceHandle {
     }
 
     /// A console's decision, checked by the vault task.
-    pub fn grant_decided(
-        &self,
-        id: String,
-        version: u64,
-        decision: Result<(crate::vault::layout::grants::Decision, String), String>,
-    ) {
+    pub fn grant_decided(&self, id: String, version: u64, decision: Result<grant_vault::Signed, String>) {
         let _ = self.tx.send(Message::GrantDecided { id, version, decision });
     }
 

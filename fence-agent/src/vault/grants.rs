@@ -5,7 +5,7 @@
 //! refused), and hands the result to the policy service, which binds it to the grant.
 
 use crate::{
-    service::ServiceHandle,
+    service::{ServiceHandle, grant_vault::Signed},
     vault::{
         layout::{
             SignedDocument,
@@ -56,12 +56,12 @@ pub async fn round(syncer: &Syncer, service: &ServiceHandle) {
 }
 
 /// The decision at `path`, its signature checked: the decision and the signing key's id.
-fn checked(syncer: &Syncer, path: &str, data: &serde_json::Value) -> Result<(Decision, String), String> {
+fn checked(syncer: &Syncer, path: &str, data: &serde_json::Value) -> Result<Signed, String> {
     if !syncer.verifier().is_enforcing() {
         return Err("console decisions need signing_keys in [vault] (none are configured)".into());
     }
     let doc = SignedDocument::from_kv(data).map_err(|e| e.to_string())?;
     syncer.verifier().verify(path, &doc).map_err(|e| e.to_string())?;
     let decision: Decision = serde_json::from_str(&doc.document).map_err(|e| format!("{path}: not a decision: {e}"))?;
-    Ok((decision, doc.key_id))
+    Ok(Signed { decision, key_id: doc.key_id, serial: doc.serial })
 }

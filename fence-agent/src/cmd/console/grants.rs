@@ -74,6 +74,7 @@ async fn find(client: &VaultClient, id: &str, host: Option<&str>) -> anyhow::Res
         Some(h) => vec![h.to_owned()],
         None => client.kv_list(REQUESTS_DIR).await?.into_iter().map(|h| h.trim_end_matches('/').to_owned()).collect(),
     };
+    let mut found = Vec::new();
     for h in hosts {
         let Ok(path) = request_path(&h, id) else { continue };
         if let Some(secret) = client.kv_read(&path, None).await? {
@@ -81,10 +82,17 @@ async fn find(client: &VaultClient, id: &str, host: Option<&str>) -> anyhow::Res
             if request.id != id || request.host != h {
                 bail!("{path} holds a request for {}/{}: refusing to decide on it", request.host, request.id);
             }
-            return Ok(request);
+            found.push(request);
         }
     }
-    bail!("no request {id} in the vault{}", host.map(|h| format!(" for host {h}")).unwrap_or_default())
+    match found.len() {
+        0 => bail!("no request {id} in the vault{}", host.map(|h| format!(" for host {h}")).unwrap_or_default()),
+        1 => Ok(found.remove(0)),
+        _ => {
+            let hosts: Vec<String> = found.iter().map(|r| printable(&r.host)).collect();
+            bail!("request {id} is in the vault for several hosts ({}): name the one with --host", hosts.join(", "))
+        }
+    }
 }
 
 /// `grant list -c`: every request in the vault.

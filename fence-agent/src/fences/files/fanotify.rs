@@ -62,8 +62,9 @@ struct Ident {
     audit: bool,
     deny_all: bool,
     policy_version: u32,
-    /// Readable exceptions: inode -> PROTECT_FILE / PROTECT_TREE.
-    exceptions: HashMap<ObjectId, u32>,
+    /// Readable exceptions: inode -> (PROTECT_FILE / PROTECT_TREE, end on the boot clock:
+    /// `u64::MAX` for a standing one, the grant's end for a granted one).
+    exceptions: HashMap<ObjectId, (u32, u64)>,
 }
 
 /// An immutable snapshot of the file policy, shared with the answering thread.
@@ -93,11 +94,14 @@ impl FilePolicy {
         for e in &compiled.entries {
             match *e {
                 MapEntry::Protected { object, flags } => *p.protected.entry(object).or_default() |= flags,
-                // A granted exception is removed by the recompile at the grant's end (the
-                // service wakes for it), which is when user space stops honouring it.
-                MapEntry::FileExcept { identity, object, flags, grant: _ } => {
+                // A granted exception is honoured until its grant's end, as the kernel does
+                // (a slot with no known end: not at all).
+                MapEntry::FileExcept { identity, object, flags, grant } => {
+                    let end = if grant == 0 { u64::MAX } else { compiled.grant_ends.get(&grant).copied().unwrap_or(0) };
                     if let Some(i) = p.identities.get_mut(&identity) {
-                        *i.exceptions.entry(object).or_default() |= flags;
+                        let e = i.exceptions.entry(object).or_insert((0, end));
+                        e.0 |= flags;
+                        e.1 = e.1.max(end);
                     }
                 }
                 _ => {}
@@ -122,18 +126,18 @@ pub enum Decision {
 
 /// Decides an open of a marked (hence protected) `file` by identity `who`; `dirs` are the
 /// file's directories, innermost first, when its path could be followed in this mount
-/// namespace (used for exceptions on directories and to name the protecting rule). Pure: the
-/// caller gathers the facts.
-pub fn decide(policy: &FilePolicy, who: Option<u32>, file: ObjectId, dirs: &[ObjectId]) -> Decision {
+/// namespace (used for exceptions on directories and to name the protecting rule); `now` is
+/// the boot clock (granted exceptions count until their end). Pure: the caller gathers the
+/// facts.
+pub fn decide(policy: &FilePolicy, who: Option<u32>, file: ObjectId, dirs: &[ObjectId], now: u64) -> Decision {
     let Some(id) = who else { return Decision::Allow };
     let Some(ident) = policy.identities.get(&id) else { return Decision::Allow };
     let report = |reason, rule| Decision::Report { identity: id, reason, rule, deny: !ident.audit };
     if ident.deny_all {
         return report(Reason::IdentityDenyAll, None);
     }
-    if ident.exceptions.contains_key(&file)
-        || dirs.iter().any(|d| ident.exceptions.get(d).is_some_and(|f| f & PROTECT_TREE != 0))
-    {
+    let live = |o: &ObjectId| ident.exceptions.get(o).filter(|(_, end)| now < *end).map(|(f, _)| *f);
+    if live(&file).is_some() || dirs.iter().any(|d| live(d).is_some_and(|f| f & PROTECT_TREE != 0)) {
         return Decision::Allow;
     }
     let rule = if policy.protected.get(&file).is_some_and(|f| f & (PROTECT_FILE | PROTECT_TREE) != 0) {
@@ -413,7 +417,7 @@ fn judge(policy: &FilePolicy, tid: i32, fd: BorrowedFd<'_>, mounts: &Mounts) -> 
     } else {
         Vec::new()
     };
-    (decide(policy, who, file, &dirs), facts)
+    (decide(policy, who, file, &dirs, crate::grants::boot_ns()), facts)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -504,6 +508,7 @@ mod tests {
                 cgroups: vec![("/fence/bot".into(), 1)],
             }],
             entries: vec![],
+            grant_ends: Default::default(),
         };
         p.bindings = Bindings::of(&compiled);
         p.identities.insert(7, Ident { audit: false, deny_all: false, policy_version: 1, exceptions: HashMap::new() });
@@ -527,25 +532,32 @@ mod tests {
     fn marked_files_are_protected_and_the_rule_is_named() {
         let p = policy();
         let denied = |r, rule| r == Decision::Report { identity: 7, reason: Reason::FileProtected, rule, deny: true };
-        assert!(denied(decide(&p, Some(7), id(10), &[id(1)]), Some(id(10))), "a protected file");
-        assert!(denied(decide(&p, Some(7), id(11), &[id(20), id(1)]), Some(id(20))), "inside a protected tree");
-        assert!(denied(decide(&p, Some(7), id(12), &[id(5), id(20), id(1)]), Some(id(20))), "deep inside a tree");
-        assert!(denied(decide(&p, Some(7), id(13), &[id(5), id(30)]), Some(id(30))), ".env below an env root");
-        assert!(denied(decide(&p, Some(7), id(14), &[]), None), "a path that cannot be followed here");
-        assert_eq!(decide(&p, None, id(10), &[id(1)]), Decision::Allow, "an unfenced process");
-        assert_eq!(decide(&p, Some(99), id(10), &[]), Decision::Allow, "an identity the policy no longer has");
+        assert!(denied(decide(&p, Some(7), id(10), &[id(1)], 0), Some(id(10))), "a protected file");
+        assert!(denied(decide(&p, Some(7), id(11), &[id(20), id(1)], 0), Some(id(20))), "inside a protected tree");
+        assert!(denied(decide(&p, Some(7), id(12), &[id(5), id(20), id(1)], 0), Some(id(20))), "deep inside a tree");
+        assert!(denied(decide(&p, Some(7), id(13), &[id(5), id(30)], 0), Some(id(30))), ".env below an env root");
+        assert!(denied(decide(&p, Some(7), id(14), &[], 0), None), "a path that cannot be followed here");
+        assert_eq!(decide(&p, None, id(10), &[id(1)], 0), Decision::Allow, "an unfenced process");
+        assert_eq!(decide(&p, Some(99), id(10), &[], 0), Decision::Allow, "an identity the policy no longer has");
     }
 
     #[test]
     fn exceptions_and_modes() {
         let mut p = policy();
-        p.identities.get_mut(&7).unwrap().exceptions.insert(id(10), PROTECT_FILE);
-        p.identities.get_mut(&7).unwrap().exceptions.insert(id(5), PROTECT_TREE);
-        assert_eq!(decide(&p, Some(7), id(10), &[]), Decision::Allow, "a file exception");
-        assert_eq!(decide(&p, Some(7), id(12), &[id(5), id(20)]), Decision::Allow, "a tree exception");
+        p.identities.get_mut(&7).unwrap().exceptions.insert(id(10), (PROTECT_FILE, u64::MAX));
+        p.identities.get_mut(&7).unwrap().exceptions.insert(id(5), (PROTECT_TREE, u64::MAX));
+        assert_eq!(decide(&p, Some(7), id(10), &[], 0), Decision::Allow, "a file exception");
+        // A granted exception counts until its grant's end on the boot clock.
+        p.identities.get_mut(&7).unwrap().exceptions.insert(id(12), (PROTECT_FILE, 100));
+        assert_eq!(decide(&p, Some(7), id(12), &[], 99), Decision::Allow, "a granted exception before its end");
+        assert!(matches!(decide(&p, Some(7), id(12), &[], 100), Decision::Report { .. }), "and not at or after it");
+        assert_eq!(decide(&p, Some(7), id(12), &[id(5), id(20)], 0), Decision::Allow, "a tree exception");
         p.identities.get_mut(&7).unwrap().audit = true;
-        assert!(matches!(decide(&p, Some(7), id(11), &[id(20)]), Decision::Report { deny: false, .. }));
+        assert!(matches!(decide(&p, Some(7), id(11), &[id(20)], 0), Decision::Report { deny: false, .. }));
         p.identities.get_mut(&7).unwrap().deny_all = true;
-        assert!(matches!(decide(&p, Some(7), id(99), &[]), Decision::Report { reason: Reason::IdentityDenyAll, .. }));
+        assert!(matches!(
+            decide(&p, Some(7), id(99), &[], 0),
+            Decision::Report { reason: Reason::IdentityDenyAll, .. }
+        ));
     }
 }
