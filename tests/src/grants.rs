@@ -173,16 +173,33 @@ fn egress_requested_expired_revoked_refused() {
     assert_eq!(r.code, 0, "approve: {}{}", r.out, r.err);
     assert_eq!(r.grant()["phase"]["approver"], "uid 0 (local)");
 
-    // Revocation: denied at once, and an established connection under it is torn down.
+    revocation_tears_down(&agent, &cg, &ops, &ops_addr, &ops_id);
+
+    // A denied request.
+    let r = grant_cli(&agent, Some(&cg), &["request", "ops", "--for", "1m", "--reason", "again", "--json"]);
+    let denied_id = r.grant()["id"].as_str().expect("id").to_owned();
+    assert_eq!(grant_cli(&agent, None, &["deny", &denied_id, "--reason", "no"]).code, 0);
+    let r = grant_cli(&agent, Some(&cg), &["show", &denied_id, "--json"]);
+    assert_eq!(r.grant()["phase"]["state"], "denied", "{}", r.out);
+    let r = grant_cli(&agent, Some(&other), &["show", &denied_id]);
+    assert_eq!(r.code, 2, "another identity cannot see the grant: {}{}", r.out, r.err);
+
+    wall_clock_changes_neither_end_nor_extend(&agent, &cg, &db_addr);
+    drop(db);
+}
+
+/// Revocation: new connects denied at once, an established connection under the grant torn
+/// down (the workload's read fails or ends, and so does its peer's), the life audited.
+fn revocation_tears_down(agent: &Agent, cg: &TestCgroup, ops: &TcpListener, ops_addr: &str, ops_id: &str) {
     let mut hold = Command::new(std::env::current_exe().expect("current_exe"))
-        .args(["helper", "--cgroup", &s(&cg.dir), "tcp-hold", &ops_addr, "60"])
+        .args(["helper", "--cgroup", &s(&cg.dir), "tcp-hold", ops_addr, "60"])
         .stdout(Stdio::piped())
         .spawn()
         .expect("tcp-hold");
     let mut lines = BufReader::new(hold.stdout.take().expect("stdout")).lines();
     assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("connected"), "the held connection under the grant");
     let (mut peer, _) = ops.accept().expect("the server side of the held connection");
-    let r = grant_cli(&agent, None, &["revoke", &ops_id, "--reason", "incident closed"]);
+    let r = grant_cli(agent, None, &["revoke", ops_id, "--reason", "incident closed"]);
     assert_eq!(r.code, 0, "revoke: {}{}", r.out, r.err);
     let revoked_at = Instant::now();
     let last = lines.last().and_then(Result::ok).unwrap_or_default();
@@ -197,20 +214,8 @@ fn egress_requested_expired_revoked_refused() {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
         other => panic!("the peer should see the torn-down connection end, got {other:?}"),
     }
-    connect(&cg, &ops_addr).assert_eperm("a new connect after the revocation");
-    assert_eq!(audited(&agent, &ops_id), ["grant-requested", "grant-approved", "grant-active", "grant-revoked"]);
-
-    // A denied request.
-    let r = grant_cli(&agent, Some(&cg), &["request", "ops", "--for", "1m", "--reason", "again", "--json"]);
-    let denied_id = r.grant()["id"].as_str().expect("id").to_owned();
-    assert_eq!(grant_cli(&agent, None, &["deny", &denied_id, "--reason", "no"]).code, 0);
-    let r = grant_cli(&agent, Some(&cg), &["show", &denied_id, "--json"]);
-    assert_eq!(r.grant()["phase"]["state"], "denied", "{}", r.out);
-    let r = grant_cli(&agent, Some(&other), &["show", &denied_id]);
-    assert_eq!(r.code, 2, "another identity cannot see the grant: {}{}", r.out, r.err);
-
-    wall_clock_changes_neither_end_nor_extend(&agent, &cg, &db_addr);
-    drop(db);
+    connect(cg, ops_addr).assert_eperm("a new connect after the revocation");
+    assert_eq!(audited(agent, ops_id), ["grant-requested", "grant-approved", "grant-active", "grant-revoked"]);
 }
 
 /// Only in the vm tier (the guest's clock is the test's own): a grant survives the wall clock

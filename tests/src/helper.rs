@@ -165,6 +165,9 @@ fn addr(a: Option<&&str>) -> io::Result<SocketAddr> {
 
 /// Performs `action`; returns extra fields for the report (an empty object for most).
 fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
+    if let Some(r) = crate::probes::perform(action, args) {
+        return r;
+    }
     let done = |r: io::Result<()>| r.map(|()| json!({}));
     match action {
         "tcp-connect" => done(TcpStream::connect_timeout(&addr(args.first())?, Duration::from_secs(5)).map(drop)),
@@ -361,31 +364,6 @@ fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
             }
             Ok(json!({"attempts": attempts, "denied": denied, "succeeded": succeeded, "other": other}))
         }
-        "connect-until-denied" => {
-            // Connects again and again (no pause) until one is refused with EPERM or SECS pass:
-            // the boot-clock time of that first refusal (`bench grants`: a grant's end to the
-            // first denied connect). With `udp`, UDP connects: the kernel's verdict without a
-            // handshake that could stall the loop.
-            let to = addr(args.first())?;
-            let secs: f64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10.0);
-            let udp = args.get(2) == Some(&"udp");
-            let until = std::time::Instant::now() + Duration::from_secs_f64(secs);
-            while std::time::Instant::now() < until {
-                let attempt = if udp {
-                    UdpSocket::bind(("0.0.0.0", 0)).and_then(|s| s.connect(to))
-                } else {
-                    TcpStream::connect(to).map(drop)
-                };
-                if let Err(e) = attempt
-                    && e.raw_os_error() == Some(libc::EPERM)
-                {
-                    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_err(io::Error::from)?;
-                    let ns = now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64;
-                    return Ok(json!({"denied_boot_ns": ns}));
-                }
-            }
-            Err(io::Error::other("never denied"))
-        }
         "chaos-loop" => {
             // Tries each OP in turn (`connect:ADDR`, `exec:PATH`, `open:PATH`), each attempt in
             // a child process of its own (its pid names the attempt in the events), until
@@ -419,25 +397,6 @@ fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
                 }
             }
             Ok(json!({"attempts": attempts, "denied": denied, "succeeded": succeeded, "other": other}))
-        }
-        "tcp-hold" => {
-            // Connects, prints "connected", then reads until the connection ends or SECS pass:
-            // how it ended ("eof", "error" with the errno, or "timeout") and after how long.
-            let stream = TcpStream::connect_timeout(&addr(args.first())?, Duration::from_secs(5))?;
-            let secs: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(30);
-            println!("connected");
-            stream.set_read_timeout(Some(Duration::from_secs(secs)))?;
-            let started = std::time::Instant::now();
-            let ended = match io::Read::read(&mut &stream, &mut [0u8; 64]) {
-                Ok(_) => json!({"ended": "eof"}),
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                    json!({"ended": "timeout"})
-                }
-                Err(e) => json!({"ended": "error", "ended_errno": e.raw_os_error()}),
-            };
-            let mut out = ended;
-            out["held_ms"] = json!(started.elapsed().as_millis() as u64);
-            Ok(out)
         }
         "sleep" => {
             let secs: u64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(1);

@@ -27,6 +27,7 @@ mod kernel_fences;
 mod logs;
 mod net;
 mod persist;
+mod probes;
 mod service;
 mod vault_client;
 mod vault_grants;

@@ -103,7 +103,7 @@ pub struct DecideArgs {
     #[arg(long, short = 'c', value_name = "PATH", requires = "key")]
     pub config: Option<PathBuf>,
     /// Console: the signing key (see `policy keygen`); the agents must list its public key.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", requires = "config")]
     pub key: Option<PathBuf>,
     /// Console: the request's host (default: whichever host has the request).
     #[arg(long)]

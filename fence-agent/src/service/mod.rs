@@ -14,6 +14,7 @@
 pub mod apply;
 pub mod dns;
 pub mod dns_peer;
+mod grant_end;
 #[cfg(test)]
 mod grant_tests;
 pub mod grant_vault;
