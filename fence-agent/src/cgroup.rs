@@ -133,6 +133,27 @@ impl CgroupResolver for Cgroups {
     }
 }
 
+/// The pids of cgroup `dir` and of every cgroup below it (at most `MAX_CGROUP_DEPTH` levels).
+pub fn processes_below(dir: &Path) -> Vec<u32> {
+    fn walk(dir: &Path, depth: u32, out: &mut Vec<u32>) {
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            out.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        if depth >= fence_common::MAX_CGROUP_DEPTH {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&e.path(), depth + 1, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, 0, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,7 @@ pub mod cmd;
 pub mod compile;
 pub mod config;
 pub mod control;
+pub mod credscan;
 pub mod dns;
 pub mod duration;
 pub mod ebpf_object;

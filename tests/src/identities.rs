@@ -289,15 +289,32 @@ fn listing() {
             9,
         )]),
     );
-    // A process living in the cgroup while we look.
-    let mut sleeper =
-        Command::new(me()).args(["helper", "--cgroup"]).arg(&cg.dir).args(["sleep", "5"]).spawn().unwrap();
+    // A process living in the cgroup while we look, with a credential planted in its
+    // environment.
+    let planted = "planted-secret-value-4242";
+    let mut sleeper = Command::new(me())
+        .args(["helper", "--cgroup"])
+        .arg(&cg.dir)
+        .args(["sleep", "5"])
+        .env("AWS_SECRET_ACCESS_KEY", planted)
+        .spawn()
+        .unwrap();
     wait_for(Duration::from_secs(5), || (crate::env::procs_in(&cg) > 0).then_some(()))
         .expect("the sleeper in its cgroup");
     let out =
         Command::new(agent_binary()).args(["identities", "--json", "--socket"]).arg(&agent.socket).output().unwrap();
+    // `--check-env`: the variable's name and why, never its value; exit 3 when any is found.
+    let env = Command::new(agent_binary())
+        .args(["identities", "--check-env", "--socket"])
+        .arg(&agent.socket)
+        .output()
+        .unwrap();
     let _ = sleeper.kill();
     let _ = sleeper.wait();
+    let env_text = String::from_utf8_lossy(&env.stdout);
+    assert_eq!(env.status.code(), Some(3), "{env_text}{}", String::from_utf8_lossy(&env.stderr));
+    assert!(env_text.contains("AWS_SECRET_ACCESS_KEY (known-name)") && env_text.contains("listed"), "{env_text}");
+    assert!(!env_text.contains(planted) && !String::from_utf8_lossy(&env.stderr).contains(planted), "{env_text}");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let list: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let i = &list[0];

@@ -18,6 +18,10 @@ pub struct IdentitiesArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// List, per fenced process, the environment variables that look like credentials (names
+    /// and why, never values). Exit status 3 when any is found.
+    #[arg(long)]
+    pub check_env: bool,
     /// The agent's control socket.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
@@ -25,6 +29,9 @@ pub struct IdentitiesArgs {
 
 pub fn main(args: IdentitiesArgs) -> anyhow::Result<ExitCode> {
     let answer: IdentitiesReply = call(&args.socket, &Request::Identities)?;
+    if args.check_env {
+        return check_env(&answer.identities, args.json);
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&answer.identities)?);
         return Ok(ExitCode::SUCCESS);
@@ -54,4 +61,67 @@ fn print_identity(i: &IdentityStatus) {
         let unit = sel.unit.as_ref().map(|u| format!(" {u}")).unwrap_or_default();
         println!("    {}{unit}: {} ({id}, {} process(es))", sel.kind, sel.cgroup, sel.processes);
     }
+}
+
+/// Credential-looking environment variables of one fenced process.
+#[derive(Debug, serde::Serialize)]
+struct EnvFinding {
+    identity: String,
+    pid: u32,
+    comm: String,
+    variables: Vec<crate::credscan::Finding>,
+}
+
+/// `--check-env`: every process of every identity's cgroups, its environment scanned.
+fn check_env(identities: &[IdentityStatus], json: bool) -> anyhow::Result<ExitCode> {
+    let cgroups = crate::cgroup::Cgroups::discover()?;
+    let proc_root = std::path::Path::new("/proc");
+    let mut found = Vec::new();
+    let mut unreadable = 0usize;
+    for i in identities {
+        let mut pids: Vec<u32> =
+            i.selectors.iter().flat_map(|s| crate::cgroup::processes_below(&cgroups.dir(&s.cgroup))).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        for pid in pids {
+            match crate::credscan::scan_process(proc_root, pid) {
+                Ok(v) if !v.is_empty() => {
+                    let comm =
+                        std::fs::read_to_string(proc_root.join(pid.to_string()).join("comm")).unwrap_or_default();
+                    found.push(EnvFinding {
+                        identity: i.name.clone(),
+                        pid,
+                        comm: comm.trim().to_owned(),
+                        variables: v,
+                    });
+                }
+                Ok(_) => {}
+                Err(_) => unreadable += 1,
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&found)?);
+    } else {
+        for f in &found {
+            let vars: Vec<String> = f.variables.iter().map(|v| format!("{} ({})", v.name, why_text(v.why))).collect();
+            println!("{}  pid {} ({}): {}", f.identity, f.pid, f.comm, vars.join(", "));
+        }
+        let n: usize = found.iter().map(|f| f.variables.len()).sum();
+        println!(
+            "{n} credential-looking variable(s) in {} process(es); {unreadable} process(es) gone or unreadable",
+            found.len()
+        );
+    }
+    Ok(if found.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
+
+fn why_text(why: crate::credscan::Why) -> String {
+    serde_json::to_value(why)
+        .ok()
+        .map(|v| match v {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        })
+        .unwrap_or_default()
 }

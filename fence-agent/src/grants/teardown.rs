@@ -7,11 +7,7 @@
 //! opened, is not re-checked by the kernel); a program started under an exec grant keeps
 //! running.
 
-use std::{
-    fs,
-    net::IpAddr,
-    path::{Path, PathBuf},
-};
+use std::{net::IpAddr, path::PathBuf};
 
 use crate::sockdiag;
 
@@ -31,10 +27,7 @@ pub fn close(
     allowed: impl Fn(IpAddr, u16) -> bool,
 ) -> Closed {
     let mut out = Closed::default();
-    let mut pids = Vec::new();
-    for root in cgroups {
-        processes(root, 0, &mut pids);
-    }
+    let pids: Vec<u32> = cgroups.iter().flat_map(|root| crate::cgroup::processes_below(root)).collect();
     if pids.is_empty() {
         return out;
     }
@@ -59,20 +52,4 @@ pub fn close(
         }
     }
     out
-}
-
-/// The pids of `dir` and every cgroup below it (at most `MAX_CGROUP_DEPTH` levels).
-fn processes(dir: &Path, depth: u32, out: &mut Vec<u32>) {
-    if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
-        out.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
-    }
-    if depth >= fence_common::MAX_CGROUP_DEPTH {
-        return;
-    }
-    let Ok(entries) = fs::read_dir(dir) else { return };
-    for e in entries.flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            processes(&e.path(), depth + 1, out);
-        }
-    }
 }
