@@ -5,23 +5,27 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Args;
 
-use crate::{
-    config::DEFAULT_SOCKET,
-    control::{Request, call, protocol::DnsReply},
-};
+use crate::control::{Request, call, protocol::DnsReply};
 
 #[derive(Debug, Args)]
 pub struct DnsArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-    /// The agent's control socket.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
-    pub socket: PathBuf,
+    /// The agent's control socket (default: `[control] socket` of the configuration, else
+    /// /run/fence/agent.sock).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// The agent's configuration, for the socket it names (default /etc/fence/agent.toml).
+    #[arg(long, short = 'c', value_name = "PATH")]
+    pub config: Option<PathBuf>,
 }
 
 pub fn main(args: DnsArgs) -> anyhow::Result<ExitCode> {
-    let answer: DnsReply = call(&args.socket, &Request::Dns)?;
+    let answer: DnsReply = call(
+        &crate::cmd::socket_of(args.socket.clone(), args.config.as_deref(), crate::cmd::SocketKind::Control)?,
+        &Request::Dns,
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(ExitCode::SUCCESS);

@@ -25,7 +25,6 @@ use clap::Args;
 
 use crate::{
     cgroup::Cgroups,
-    config::DEFAULT_SOCKET,
     control::{Request, call, protocol::Entered},
 };
 
@@ -41,9 +40,13 @@ pub struct ExecArgs {
     /// the terminal as stdin/stdout but cannot inject input into it).
     #[arg(long)]
     pub new_session: bool,
-    /// The agent's control socket.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
-    pub socket: PathBuf,
+    /// The agent's control socket (default: `[control] socket` of the configuration, else
+    /// /run/fence/agent.sock).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// The agent's configuration, for the socket it names (default /etc/fence/agent.toml).
+    #[arg(long, short = 'c', value_name = "PATH")]
+    pub config: Option<PathBuf>,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -54,7 +57,12 @@ pub fn main(args: ExecArgs) -> anyhow::Result<ExitCode> {
         eprintln!("fence-agent exec: {why}; {:?} was not run", args.command[0]);
         Ok(ExitCode::from(NOT_RUN))
     };
-    let expected = match call::<Entered>(&args.socket, &Request::Enter { identity: args.identity.clone() }) {
+    let socket =
+        match crate::cmd::socket_of(args.socket.clone(), args.config.as_deref(), crate::cmd::SocketKind::Control) {
+            Ok(s) => s,
+            Err(e) => return refuse(&e.to_string()),
+        };
+    let expected = match call::<Entered>(&socket, &Request::Enter { identity: args.identity.clone() }) {
         Ok(a) => a.cgroup,
         Err(e) => return refuse(&e.to_string()),
     };

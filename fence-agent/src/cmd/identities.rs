@@ -5,12 +5,9 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Args;
 
-use crate::{
-    config::DEFAULT_SOCKET,
-    control::{
-        Request, call,
-        protocol::{IdentitiesReply, IdentityStatus},
-    },
+use crate::control::{
+    Request, call,
+    protocol::{IdentitiesReply, IdentityStatus},
 };
 
 #[derive(Debug, Args)]
@@ -22,13 +19,20 @@ pub struct IdentitiesArgs {
     /// and why, never values). Exit status 3 when any is found.
     #[arg(long)]
     pub check_env: bool,
-    /// The agent's control socket.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
-    pub socket: PathBuf,
+    /// The agent's control socket (default: `[control] socket` of the configuration, else
+    /// /run/fence/agent.sock).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// The agent's configuration, for the socket it names (default /etc/fence/agent.toml).
+    #[arg(long, short = 'c', value_name = "PATH")]
+    pub config: Option<PathBuf>,
 }
 
 pub fn main(args: IdentitiesArgs) -> anyhow::Result<ExitCode> {
-    let answer: IdentitiesReply = call(&args.socket, &Request::Identities)?;
+    let answer: IdentitiesReply = call(
+        &crate::cmd::socket_of(args.socket.clone(), args.config.as_deref(), crate::cmd::SocketKind::Control)?,
+        &Request::Identities,
+    )?;
     if args.check_env {
         return check_env(&answer.identities, args.json);
     }

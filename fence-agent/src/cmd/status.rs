@@ -8,7 +8,6 @@ use clap::Args;
 
 use crate::{
     cmd::console::{self, VaultArgs},
-    config::DEFAULT_SOCKET,
     control::{Request, call, protocol::StatusReply},
 };
 
@@ -17,9 +16,10 @@ pub struct StatusArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-    /// The agent's control socket.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
-    pub socket: PathBuf,
+    /// The agent's control socket (default: `[control] socket` of the configuration, else
+    /// /run/fence/agent.sock).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
     /// Every host's status, read from the vault (console use; needs --config with [vault]).
     #[arg(long)]
     pub hosts: bool,
@@ -31,7 +31,9 @@ pub fn main(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if args.hosts {
         return console::hosts(&args.vault, args.json);
     }
-    let answer: StatusReply = call(&args.socket, &Request::Status)?;
+    let socket =
+        crate::cmd::socket_of(args.socket.clone(), args.vault.config.as_deref(), crate::cmd::SocketKind::Control)?;
+    let answer: StatusReply = call(&socket, &Request::Status)?;
     if args.json {
         // The same shape as the socket's answer.
         let mut v = serde_json::to_value(&answer)?;
