@@ -525,4 +525,18 @@ fn agent_refuses_bad_policy_at_start() {
     // Nothing was attached: a process in the cgroup is not fenced.
     let l = tcp4();
     tcp_connect(Some(&cg), &s(l.local_addr().unwrap())).assert_ok("no enforcement from a refused start");
+    // A configuration error is exit 2 too (the unit does not restart on it), naming the field.
+    let dir = crate::env::TempDir::new("badconfig");
+    std::fs::write(dir.path("policy.yaml"), "schema: 1\nidentities: []\n").unwrap();
+    std::fs::write(dir.path("agent.toml"), "[grants]\nmax_ttl = \"8x\"\n").unwrap();
+    let out = std::process::Command::new(crate::agent::agent_binary())
+        .args(["run", "--policy"])
+        .arg(dir.path("policy.yaml"))
+        .arg("--config")
+        .arg(dir.path("agent.toml"))
+        .output()
+        .expect("fence-agent run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "exit status for a bad configuration: {err}");
+    assert!(err.contains("grants.max_ttl"), "{err}");
 }

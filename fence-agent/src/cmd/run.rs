@@ -60,7 +60,14 @@ pub struct RunArgs {
 }
 
 pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let config = Config::load(args.config.as_deref())?;
+    let config = match Config::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            // As --help says: errors in the policy or the configuration are exit 2.
+            eprintln!("fence-agent: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let cgroups = Cgroups::discover()?;
     // Invalid local policy files stop the agent, unless a vault is configured: then its
     // last-known-good cache may be the policy at start (checked once the kernel side is up).
