@@ -147,8 +147,10 @@ Examples:
 
 const DOCTOR_HELP: &str = "\
 Exit status:
-  0  the report was printed (gaps are reported, not errors)
+  0  the report was printed: every fence is enforced
   1  the host could not be probed
+  3  the report was printed: some fence is NOT ENFORCED on this host (each says why and what
+     to do)
 
 Examples:
   fence-agent doctor

@@ -7,6 +7,9 @@ use clap::Args;
 
 use crate::host::diagnose;
 
+/// Exit status when some fence is not enforced on this host.
+const GAPS: u8 = 3;
+
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
     /// Print JSON.
@@ -19,9 +22,11 @@ pub fn main(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("doctor loads eBPF programs to see what this kernel accepts; run it as root");
     }
     let d = diagnose();
+    // A gap is not an error of the command, but a script must be able to tell.
+    let code = if d.fences.iter().all(|f| f.enforced) { ExitCode::SUCCESS } else { ExitCode::from(GAPS) };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&d)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     println!("kernel:   {}", d.kernel);
     println!("btf:      {}", d.btf.as_ref().map_or_else(|e| format!("UNAVAILABLE ({e})"), |()| "present".into()));
@@ -45,5 +50,5 @@ pub fn main(args: DoctorArgs) -> anyhow::Result<ExitCode> {
             println!("  {:<17} {:<13} fix: {r}", "", "");
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
