@@ -111,6 +111,8 @@ const STATUS_HELP: &str = "\
 Exit status:
   0  shown
   1  the agent does not answer, or the vault cannot be read (--hosts)
+  3  shown, and the vault sync is failing (its last poll could not ask the vault, or the
+     vault holds a policy this agent refuses): see last error
 
 Examples:
   fence-agent status

@@ -152,8 +152,16 @@ fn status(agent: &Agent) -> Value {
         .arg(&agent.socket)
         .output()
         .expect("fence-agent status");
-    assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("status JSON")
+    let st: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    // 3 while the vault sync is failing, 0 otherwise.
+    let failing = st["vault"]["consecutive_failures"].as_u64().is_some_and(|n| n > 0);
+    assert_eq!(
+        out.status.code(),
+        Some(if failing { 3 } else { 0 }),
+        "status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    st
 }
 
 /// Whether a connect from `cg` to `to` is denied (EPERM).

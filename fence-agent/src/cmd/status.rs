@@ -27,6 +27,9 @@ pub struct StatusArgs {
     pub vault: VaultArgs,
 }
 
+/// Exit status when the vault sync is failing.
+const VAULT_FAILING: u8 = 3;
+
 pub fn main(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if args.hosts {
         return console::hosts(&args.vault, args.json);
@@ -34,6 +37,12 @@ pub fn main(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let socket =
         crate::cmd::socket_of(args.socket.clone(), args.vault.config.as_deref(), crate::cmd::SocketKind::Control)?;
     let answer: StatusReply = call(&socket, &Request::Status)?;
+    // The vault's last poll failed (it cannot be asked, or it holds a policy this agent
+    // refuses): shown, and said by the exit status too.
+    let code = match &answer.vault {
+        Some(v) if v.consecutive_failures > 0 => ExitCode::from(VAULT_FAILING),
+        _ => ExitCode::SUCCESS,
+    };
     if args.json {
         // The same shape as the socket's answer.
         let mut v = serde_json::to_value(&answer)?;
@@ -41,7 +50,7 @@ pub fn main(args: StatusArgs) -> anyhow::Result<ExitCode> {
             o.insert("ok".into(), true.into());
         }
         println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     let dash = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
     let sequence = answer.sequence.map_or("-".to_owned(), |s| s.to_string());
@@ -65,5 +74,5 @@ pub fn main(args: StatusArgs) -> anyhow::Result<ExitCode> {
     for p in &answer.policy {
         println!("  {}  [{}]  {}{}", p.identity, p.mode, p.version, if p.expired { "  EXPIRED" } else { "" });
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
