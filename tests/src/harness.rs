@@ -93,12 +93,13 @@ pub fn run_one(tests: &[Test], name: &str) -> ExitCode {
     }
 }
 
-/// Runs every test (or those whose name contains `filter`), each in a child process with a
-/// time limit, and prints one result line per test and a summary line.
+/// Runs every test (or those whose name contains `filter`, or any of its comma-separated
+/// parts), each in a child process with a time limit, and prints one result line per test and
+/// a summary line.
 pub fn run_all(tests: &[Test], filter: Option<&str>, per_test: Duration, kernel_log_on_failure: bool) -> ExitCode {
     let exe = std::env::current_exe().expect("current_exe");
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
-    for test in tests.iter().filter(|t| filter.is_none_or(|f| t.name.contains(f))) {
+    for test in tests.iter().filter(|t| filter.is_none_or(|f| f.split(',').any(|part| t.name.contains(part)))) {
         let started = Instant::now();
         eprintln!("--- {} ...", test.name);
         let mut child = Command::new(&exe)
