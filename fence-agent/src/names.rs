@@ -100,6 +100,19 @@ pub fn check_label_value(value: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Whether `c` must not reach a terminal from text someone else wrote: control characters,
+/// and the format characters that reorder or hide text (bidirectional overrides and isolates,
+/// zero-width characters, the byte-order mark).
+pub fn is_hidden_or_control(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// `text` with [`is_hidden_or_control`] characters replaced by `?`.
+pub fn printable(text: &str) -> String {
+    text.chars().map(|c| if is_hidden_or_control(c) { '?' } else { c }).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,5 +181,11 @@ mod tests {
         }
         assert!(check_label_value("a\nb").unwrap_err().contains("control"));
         assert!(check_label_value(&"v".repeat(257)).unwrap_err().contains("256"));
+    }
+
+    #[test]
+    fn hidden_and_control_characters_never_reach_a_terminal() {
+        assert_eq!(printable("ok \u{1b}[2J \u{202E}evil\u{200B}"), "ok ?[2J ?evil?");
+        assert_eq!(printable("plain text, ünïcode"), "plain text, ünïcode");
     }
 }

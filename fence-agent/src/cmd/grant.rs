@@ -253,11 +253,12 @@ fn print(grants: &[GrantView], json: bool) -> anyhow::Result<()> {
         let g = &v.grant;
         let remaining = v.expires_in.map_or("-".to_owned(), |s| crate::duration::show(Duration::from_secs(s)));
         let uses = v.uses.map_or("-".to_owned(), |u| u.to_string());
-        let who = match &g.phase {
+        // Reasons come from workloads and consoles: nothing in them reaches the terminal raw.
+        let who = crate::names::printable(&match &g.phase {
             Phase::Active { approver, .. } => approver.clone(),
             Phase::Denied { by, reason } | Phase::Revoked { by, reason, .. } => format!("{by}: {reason}"),
             _ => g.reason.clone(),
-        };
+        });
         println!(
             "{:<18} {:<16} {:<16} {:<9} {:>9} {:>6}  {who}",
             g.id,

@@ -169,6 +169,12 @@ fn requests_that_must_be_refused_are_refused_and_grant_nothing() {
         fenced("/a"),
     );
     assert!(e.contains("--reason"), "{e}");
+    let e = refused(
+        &mut f,
+        GrantOp::Request { target: "db".into(), ttl_seconds: 60, reason: "ok \u{202E}txt.exe".into(), identity: None },
+        fenced("/a"),
+    );
+    assert!(e.contains("bidirectional"), "a reason that reorders text on a terminal: {e}");
     assert!(table.slots.lock().unwrap().is_empty(), "no slot was opened");
     assert!(actions(&f).is_empty(), "nothing was requested");
     // Root on the host may ask for any identity.

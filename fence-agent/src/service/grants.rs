@@ -249,8 +249,10 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
         peer: &Peer,
     ) -> Result<String, String> {
         let reason = reason.trim();
-        if reason.is_empty() || reason.len() > MAX_REASON || reason.chars().any(char::is_control) {
-            return Err(format!("--reason must be 1 to {MAX_REASON} bytes of text without control characters"));
+        if reason.is_empty() || reason.len() > MAX_REASON || reason.chars().any(crate::names::is_hidden_or_control) {
+            return Err(format!(
+                "--reason must be 1 to {MAX_REASON} bytes of text without control, bidirectional or zero-width characters"
+            ));
         }
         let approval = self.check_target(identity, target, ttl_seconds)?.approval;
         if let Some(open) =

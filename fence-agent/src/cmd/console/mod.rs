@@ -468,7 +468,7 @@ pub fn hosts(args: &VaultArgs, json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// `text` with control characters (terminal escapes) replaced by `?`.
+/// `text` with control and hidden characters (terminal escapes, bidi overrides) replaced by `?`.
 fn printable(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+    crate::names::printable(text)
 }
