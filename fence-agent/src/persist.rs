@@ -72,6 +72,23 @@ pub fn name_of(run: &Path) -> String {
     run.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
+/// Writes `bytes` to `path` so that a reader sees the old file or the new one, whole: a
+/// temporary file beside it (0600, not following a symlink planted there), synced, renamed
+/// over `path`, and the directory synced. The directory is created if missing.
+pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut f =
+        fs::OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    fs::File::open(dir)?.sync_all()
+}
+
 /// The maps every run of this ABI shares, pinned in the pin directory beside the runs, with
 /// the name each pin starts with: the reporter (see above), and egress by name's resolvers,
 /// steered sockets and learned addresses, which outlive a restart or an upgrade (a learned

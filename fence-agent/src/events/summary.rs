@@ -385,16 +385,7 @@ impl ReportedCounts {
     /// Saves them at `path` (written to a temporary file and renamed: a reader sees the old
     /// counts or the new ones).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.write_all(&serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
-        drop(f);
-        std::fs::rename(&tmp, path)
+        crate::persist::write_private(path, &serde_json::to_vec(self).map_err(std::io::Error::other)?)
     }
 }
 

@@ -161,16 +161,8 @@ impl GrantBook {
 
     /// Saves the book (0600, written to a temporary file and renamed); nothing without a path.
     pub fn save(&self) -> std::io::Result<()> {
-        use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
         let Some(path) = &self.path else { return Ok(()) };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.write_all(&serde_json::to_vec(self).unwrap_or_default())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        crate::persist::write_private(path, &serde_json::to_vec(self).map_err(std::io::Error::other)?)
     }
 
     pub fn get(&self, id: &str) -> Option<&Grant> {
