@@ -97,12 +97,6 @@ pub async fn serve(listener: UnixListener, service: ServiceHandle, stop: Cancell
 async fn handle(stream: UnixStream, service: ServiceHandle, socket: Socket, accepted_boot_ns: u64) -> io::Result<()> {
     let cred = stream.peer_cred()?;
     let mut peer = Peer { pid: cred.pid().unwrap_or(0) as u32, uid: cred.uid(), ..Peer::default() };
-    // Who is asking, from the kernel (the pid pinned or its start time checked): taken now,
-    // while the connection is fresh; used only by the requests that need it.
-    let attested = {
-        use std::os::fd::AsFd as _;
-        attest::attest(stream.as_fd(), accepted_boot_ns)
-    };
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let limited = tokio::io::AsyncReadExt::take(BufReader::new(read), MAX_REQUEST);
@@ -122,7 +116,9 @@ async fn handle(stream: UnixStream, service: ServiceHandle, socket: Socket, acce
                 "this socket answers workloads' grant requests only; operators use the agent's control socket".into(),
             ),
             Ok(request) if request.root_only() && peer.uid != 0 => refuse(root_only(&request)),
-            Ok(request) if request.needs_attestation() => match &attested {
+            // Who is asking, from the kernel (the pid pinned, or its start time checked against
+            // the accept), for the requests that need it only: the others do not read /proc.
+            Ok(request) if request.needs_attestation() => match attest_peer(&write, accepted_boot_ns) {
                 Ok(a) => {
                     peer.cgroup = Some(a.cgroup.clone());
                     peer.exe = a.exe.as_ref().map(|e| e.display().to_string());
@@ -135,6 +131,16 @@ async fn handle(stream: UnixStream, service: ServiceHandle, socket: Socket, acce
         },
     };
     write.write_all(&answer).await
+}
+
+/// Attests the peer of the connection `write` is the write half of.
+fn attest_peer(
+    write: &tokio::net::unix::OwnedWriteHalf,
+    accepted_boot_ns: u64,
+) -> Result<attest::Attested, attest::AttestError> {
+    use std::os::fd::AsFd as _;
+    let stream: &UnixStream = write.as_ref();
+    attest::attest(stream.as_fd(), accepted_boot_ns)
 }
 
 fn root_only(request: &Request) -> String {

@@ -184,7 +184,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
         if !edited && self.live.as_ref().is_some_and(|l| l.resolved == resolved) {
             return Ok(None);
         }
-        self.apply_resolved(candidate, resolved, trigger).map(Some)
+        self.apply_resolved(candidate, effective, resolved, trigger).map(Some)
     }
 
     /// The next moment an identity of the live policy expires.
@@ -211,7 +211,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
         let mut resolved = self.resolver.resolve(&effective, &host, self.deps.cgroups.root());
         let checkpoint = self.held.checkpoint();
         self.held.update(&mut resolved);
-        let result = self.apply_resolved(candidate, resolved, trigger);
+        let result = self.apply_resolved(candidate, effective, resolved, trigger);
         if result.is_err() {
             self.held.rollback(checkpoint);
         }
@@ -220,15 +220,16 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
 
     /// Compiles and applies: the kernel and the user-space views change together, or nothing
     /// changes.
+    /// `effective` is the candidate's set with the grants in force (what was resolved and is
+    /// compiled).
     fn apply_resolved(
         &mut self,
         candidate: Candidate,
+        effective: PolicySet,
         resolved: Resolved,
         trigger: Trigger,
     ) -> Result<ApplyReport, ApplyError> {
         let ids_before = self.ids.clone();
-        // The documents' policy with the grants in force: what the kernel gets.
-        let effective = self.effective(&candidate.set);
         let compiled = match compile(&effective, &resolved, &mut self.ids) {
             Ok(mut c) => {
                 c.grant_ends = self.grant_ends();
