@@ -179,21 +179,40 @@ pub fn slow_factor() -> u32 {
     std::env::var("FENCE_TEST_SLOW").ok().and_then(|v| v.parse().ok()).unwrap_or(1)
 }
 
-/// `fence-agent doctor --json` on this host (run once per test process).
+/// Where `run-all` keeps the first test's doctor answer for the others (the kernel and the
+/// agent binary do not change during a run; under TCG one doctor run costs about 25 s).
+pub const DOCTOR_CACHE: &str = "FENCE_TEST_DOCTOR_CACHE";
+
+/// `fence-agent doctor --json` on this host (run once per `run-all`, or per test process).
 pub fn doctor() -> &'static serde_json::Value {
     static DOCTOR: OnceLock<serde_json::Value> = OnceLock::new();
     DOCTOR.get_or_init(|| {
-        let out = std::process::Command::new(crate::agent::agent_binary())
-            .args(["doctor", "--json"])
-            .output()
-            .expect("running fence-agent doctor");
-        let d: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor --json prints JSON");
-        // 0: every fence enforced; 3: some are not (this kernel without BPF LSM).
-        let gaps = d["fences"].as_array().is_some_and(|f| f.iter().any(|r| r["enforced"] != true));
-        let expected = if gaps { 3 } else { 0 };
-        assert_eq!(out.status.code(), Some(expected), "doctor's exit status: {}", String::from_utf8_lossy(&out.stderr));
+        let cache = std::env::var_os(DOCTOR_CACHE).map(std::path::PathBuf::from);
+        if let Some(d) = cache.as_ref().and_then(|c| fs::read(c).ok()).and_then(|b| serde_json::from_slice(&b).ok()) {
+            return d;
+        }
+        let d = run_doctor();
+        if let Some(c) = cache {
+            let tmp = c.with_extension("tmp");
+            if fs::write(&tmp, d.to_string()).is_ok() {
+                let _ = fs::rename(&tmp, &c);
+            }
+        }
         d
     })
+}
+
+fn run_doctor() -> serde_json::Value {
+    let out = std::process::Command::new(crate::agent::agent_binary())
+        .args(["doctor", "--json"])
+        .output()
+        .expect("running fence-agent doctor");
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor --json prints JSON");
+    // 0: every fence enforced; 3: some are not (this kernel without BPF LSM).
+    let gaps = d["fences"].as_array().is_some_and(|f| f.iter().any(|r| r["enforced"] != true));
+    let expected = if gaps { 3 } else { 0 };
+    assert_eq!(out.status.code(), Some(expected), "doctor's exit status: {}", String::from_utf8_lossy(&out.stderr));
+    d
 }
 
 /// How this host enforces `fence` (a row of `doctor`): `None` when it does not.

@@ -98,12 +98,14 @@ pub fn run_one(tests: &[Test], name: &str) -> ExitCode {
 /// a summary line.
 pub fn run_all(tests: &[Test], filter: Option<&str>, per_test: Duration, kernel_log_on_failure: bool) -> ExitCode {
     let exe = std::env::current_exe().expect("current_exe");
+    let doctor_cache = std::env::temp_dir().join(format!("fence-tests-doctor.{}.json", std::process::id()));
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for test in tests.iter().filter(|t| filter.is_none_or(|f| f.split(',').any(|part| t.name.contains(part)))) {
         let started = Instant::now();
         eprintln!("--- {} ...", test.name);
         let mut child = Command::new(&exe)
             .args(["run", test.name])
+            .env(crate::env::DOCTOR_CACHE, &doctor_cache)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -163,6 +165,7 @@ pub fn run_all(tests: &[Test], filter: Option<&str>, per_test: Duration, kernel_
         println!("{line}");
         eprintln!("    {} in {:.1}s", verdict, started.elapsed().as_secs_f64());
     }
+    let _ = std::fs::remove_file(&doctor_cache);
     println!("{SUMMARY_TAG}\tpassed={passed}\tfailed={failed}\tskipped={skipped}");
     if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

@@ -165,14 +165,12 @@ impl LoadContext<'_> {
         self.earlier.iter().find(|(n, _)| *n == name).map(|(_, a)| a)
     }
 
-    /// Loads LSM programs (all or none count); `Lsm`, or why not.
+    /// Loads LSM programs (all or none); `Lsm`, or why not.
     pub fn lsm(&mut self, programs: &[(&'static str, &'static str)]) -> Availability {
-        for &(program, hook) in programs {
-            if let Err(e) = self.loader.load_lsm(program, hook) {
-                return Availability::Unavailable(self.refused(&format!("lsm/{hook} refused ({e})")));
-            }
+        match self.loader.load_lsm_all(programs) {
+            Ok(()) => Availability::Lsm,
+            Err(e) => Availability::Unavailable(self.refused(&e)),
         }
-        Availability::Lsm
     }
 
     /// `why`, or the missing BTF when that is the cause.
