@@ -73,6 +73,25 @@ pub struct AuditEvent {
     pub dataset: &'static str,
 }
 
+impl AuditEvent {
+    /// An audit line's `event.*`: category `iam`, module `fence`, dataset `fence.audit`.
+    pub fn iam(action: &'static str, event_type: &'static str) -> AuditEvent {
+        AuditEvent {
+            kind: "event",
+            category: ["iam"],
+            event_type: [event_type],
+            action,
+            module: "fence",
+            dataset: "fence.audit",
+        }
+    }
+}
+
+/// An audit line's `@timestamp`.
+pub fn timestamp(now: Timestamp) -> String {
+    now.strftime("%Y-%m-%dT%H:%M:%S.%NZ").to_string()
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Host {
     pub hostname: String,
@@ -160,15 +179,8 @@ fn record(
         modified: Timestamp::from_second(m.mtime()).map(|t| t.to_string()).unwrap_or_default(),
     });
     AuditRecord {
-        timestamp: now.strftime("%Y-%m-%dT%H:%M:%S.%NZ").to_string(),
-        event: AuditEvent {
-            kind: "event",
-            category: ["iam"],
-            event_type: [event_type],
-            action,
-            module: "fence",
-            dataset: "fence.audit",
-        },
+        timestamp: timestamp(now),
+        event: AuditEvent::iam(action, event_type),
         host: Host { hostname: host.to_owned() },
         fence: AuditFence {
             schema_version: crate::events::record::EVENT_SCHEMA_VERSION,

@@ -212,6 +212,7 @@ pub(crate) mod tests {
             unix: None,
             grantable: vec![],
             grants_in_force: vec![],
+            secrets: vec![],
             version: PolicyVersion([7; 32]),
             source: PathBuf::from("p.yaml"),
         }

@@ -13,6 +13,7 @@
 )]
 
 pub mod audit;
+pub mod broker;
 pub mod btf;
 pub mod cgroup;
 pub mod cmd;

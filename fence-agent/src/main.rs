@@ -74,6 +74,13 @@ enum Command {
     /// audit log.
     #[command(subcommand)]
     Grant(cmd::grant::GrantCommand),
+    /// Credentials from the agent's broker: a fenced workload gets its own identity's secrets.
+    ///
+    /// The agent tells the identity from the kernel (the workload holds no vault token) and
+    /// fetches the secret from the vault with a token limited to that identity's vault policy.
+    /// Values go to stdout or a descriptor, never into the environment or a log.
+    #[command(subcommand)]
+    Secret(cmd::secret::SecretCommand),
     /// Show denial events: the event file and its rotated files, filtered, readable or JSON.
     ///
     /// Reads the event file named by [events] file of the configuration (or --file) and its
@@ -214,6 +221,7 @@ fn main() -> ExitCode {
         Command::Identities(args) => cmd::identities::main(args),
         Command::Dns(args) => cmd::dns::main(args),
         Command::Grant(command) => cmd::grant::main(command),
+        Command::Secret(command) => cmd::secret::main(command),
         Command::Logs(args) => cmd::logs::main(args),
         Command::Uninstall(args) => cmd::uninstall::main(args),
         Command::Status(args) => cmd::status::main(args),

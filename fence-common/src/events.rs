@@ -95,6 +95,8 @@ named_u8_enum! {
         /// An [`ObjectEvent`] about an attempt to leave the fence or to tamper with it (`ino`:
         /// the target cgroup id or pid; `dev`: the signal or ptrace mode).
         Escape = 5 => "escape",
+        /// A request to the credential broker (built by the agent, never in the ring buffer).
+        Secret = 6 => "secret",
     }
 }
 
@@ -144,6 +146,8 @@ named_u8_enum! {
         Truncate = 20 => "truncate",
         /// A DNS query (judged by the agent's resolver).
         DnsQuery = 21 => "dns-query",
+        /// A request to the credential broker (judged by the agent).
+        SecretGet = 22 => "secret-get",
     }
 }
 
@@ -180,6 +184,8 @@ named_u8_enum! {
         LsmPathTruncate = 27 => "lsm/path_truncate",
         /// Decided by the agent's DNS resolver for the identity.
         Resolver = 28 => "fence/resolver",
+        /// Decided by the agent's credential broker.
+        Broker = 29 => "fence/broker",
     }
 }
 
@@ -259,6 +265,10 @@ named_u8_enum! {
         DnsUnavailable = 18 => "dns-unavailable",
         /// The identity's policy allows no egress to the queried name.
         NameNotAllowed = 19 => "name-not-allowed",
+        /// The caller's identity has no such secret (or the caller is not fenced).
+        SecretNotAllowed = 20 => "secret-not-allowed",
+        /// The secret is given only while a grant is in force, and none is.
+        SecretNeedsGrant = 21 => "secret-needs-grant",
     }
 }
 

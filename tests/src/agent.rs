@@ -76,18 +76,23 @@ impl Agent {
         let last: u32 =
             fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40);
         let drop: Vec<u32> = (0..=last).filter(|c| !keep.contains(c)).collect();
-        let mut agent = Agent::spawn_inner(test, policy, config, Some(drop), None);
+        let mut agent = Agent::spawn_inner(test, policy, config, Some(drop), None, "info");
         agent.ready().then_some(agent)
     }
 
     /// As [`Agent::start_with`], writing events to `events` (which outlives this agent: a
     /// later agent may append to the same file, as a restarted service does).
     pub fn start_with_events(test: &str, policy: &str, config: &str, events: &Path) -> Agent {
-        Agent::spawn_inner(test, policy, config, None, Some(events)).wait_ready()
+        Agent::spawn_inner(test, policy, config, None, Some(events), "info").wait_ready()
+    }
+
+    /// As [`Agent::start_with`], logging at `log` (`trace`: everything the agent can log).
+    pub fn start_logged(test: &str, policy: &str, config: &str, log: &str) -> Agent {
+        Agent::spawn_inner(test, policy, config, None, None, log).wait_ready()
     }
 
     fn spawn_with(test: &str, policy: &str, extra_config: &str) -> Agent {
-        Agent::spawn_inner(test, policy, extra_config, None, None)
+        Agent::spawn_inner(test, policy, extra_config, None, None, "info")
     }
 
     fn spawn_inner(
@@ -96,6 +101,7 @@ impl Agent {
         extra_config: &str,
         drop_caps: Option<Vec<u32>>,
         events: Option<&Path>,
+        log: &str,
     ) -> Agent {
         let dir = TempDir::new(&format!("{test}-agent"));
         let policy_path = dir.path("policy.yaml");
@@ -157,7 +163,7 @@ impl Agent {
             .arg("--config")
             .arg(&config)
             .env("NOTIFY_SOCKET", &notify)
-            .env("FENCE_LOG", "info")
+            .env("FENCE_LOG", log)
             .stdin(Stdio::null())
             .stdout(fs::File::create(&stdout).expect("stdout file"))
             .stderr(fs::File::create(&stderr).expect("stderr file"))

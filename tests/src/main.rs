@@ -13,6 +13,7 @@ use std::{process::ExitCode, time::Duration};
 
 mod agent;
 mod bao;
+mod broker;
 mod bypass;
 mod chaos;
 mod dns;
@@ -27,6 +28,7 @@ mod kernel_fences;
 mod logs;
 mod net;
 mod persist;
+mod postgres;
 mod probes;
 mod service;
 mod vault_client;
@@ -38,8 +40,11 @@ mod vault_sync;
 /// what they end in, a policy applied to the kernel, is what every other test checks in both.
 fn all_tests() -> impl Iterator<Item = &'static harness::Test> {
     let in_vm = std::env::var("FENCE_TEST_TIER").is_ok_and(|t| t == "vm");
-    let vault: &[&'static [harness::Test]] =
-        if in_vm { &[] } else { &[vault_client::TESTS, vault_sync::TESTS, vault_grants::TESTS, chaos::VAULT_TESTS] };
+    let vault: &[&'static [harness::Test]] = if in_vm {
+        &[]
+    } else {
+        &[vault_client::TESTS, vault_sync::TESTS, vault_grants::TESTS, broker::VAULT_TESTS, chaos::VAULT_TESTS]
+    };
     net::TESTS
         .iter()
         .chain(kernel_fences::TESTS)
@@ -52,6 +57,7 @@ fn all_tests() -> impl Iterator<Item = &'static harness::Test> {
         .chain(fastpath::TESTS)
         .chain(dns::TESTS)
         .chain(grants::TESTS)
+        .chain(broker::TESTS)
         .chain(chaos::TESTS)
         .chain(vault.iter().flat_map(|t| t.iter()))
 }

@@ -1,6 +1,7 @@
 //! Helper actions that watch how the kernel treats connections over time (`tcp-hold`,
 //! `connect-until-denied`): for grants, whose end must close what was open and refuse what
-//! comes next.
+//! comes next; and a caller of the agent's socket that is gone by the time it is asked
+//! (`request-after-exit`).
 
 use std::{
     io,
@@ -15,6 +16,7 @@ pub fn perform(action: &str, args: &[&str]) -> Option<io::Result<Value>> {
     match action {
         "tcp-hold" => Some(tcp_hold(args)),
         "connect-until-denied" => Some(connect_until_denied(args)),
+        "request-after-exit" => Some(request_after_exit(args)),
         _ => None,
     }
 }
@@ -69,4 +71,49 @@ fn connect_until_denied(args: &[&str]) -> io::Result<Value> {
         }
     }
     Err(io::Error::other("never denied"))
+}
+
+/// `request-after-exit SOCKET LINE`: a child connects to the agent's socket (the socket's peer
+/// credentials are the child's) and exits, leaving the connection to a grandchild; once the
+/// child is reaped (its pid free for reuse), the grandchild sends LINE and reports the answer.
+/// The agent must not take the request as the dead child's, nor as the grandchild's.
+fn request_after_exit(args: &[&str]) -> io::Result<Value> {
+    use nix::unistd::{ForkResult, fork};
+    use std::io::{BufRead as _, Write as _};
+    let (Some(socket), Some(line)) = (args.first(), args.get(1)) else {
+        return Err(io::Error::other("request-after-exit SOCKET LINE"));
+    };
+    let (go_read, go_write) = nix::unistd::pipe().map_err(io::Error::from)?;
+    let (answer_read, answer_write) = nix::unistd::pipe().map_err(io::Error::from)?;
+    // SAFETY: this helper is single-threaded; the children only use async-signal-safe calls
+    // and plain I/O before exiting.
+    match unsafe { fork() }.map_err(io::Error::from)? {
+        ForkResult::Child => {
+            let code = (|| -> io::Result<()> {
+                let stream = std::os::unix::net::UnixStream::connect(socket)?;
+                // SAFETY: as above.
+                if let ForkResult::Child = unsafe { fork() }.map_err(io::Error::from)? {
+                    let mut go = [0u8; 1];
+                    let _ = nix::unistd::read(&go_read, &mut go);
+                    (&stream).write_all(format!("{line}\n").as_bytes())?;
+                    let mut answer = String::new();
+                    io::BufReader::new(&stream).read_line(&mut answer)?;
+                    let mut out = std::fs::File::from(answer_write);
+                    out.write_all(answer.as_bytes())?;
+                }
+                Ok(())
+            })();
+            // SAFETY: exiting a forked child without running the parent's destructors.
+            unsafe { libc::_exit(i32::from(code.is_err())) }
+        }
+        ForkResult::Parent { child } => {
+            drop(answer_write);
+            drop(go_read);
+            nix::sys::wait::waitpid(child, None).map_err(io::Error::from)?;
+            nix::unistd::write(&go_write, b"g").map_err(io::Error::from)?;
+            let mut answer = String::new();
+            io::Read::read_to_string(&mut std::fs::File::from(answer_read), &mut answer)?;
+            Ok(json!({"exited": child.as_raw(), "answer": answer.trim()}))
+        }
+    }
 }

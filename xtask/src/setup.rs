@@ -27,6 +27,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "network namespaces and `ip` in tests"),
     ("debootstrap", "the install tier's Debian root"),
     ("prometheus", "promtool checks the /metrics output in the unit tier"),
+    ("postgresql", "the broker's tests: a real PostgreSQL behind OpenBao's database secrets engine, and psql"),
 ];
 
 pub fn setup() -> Result<()> {

@@ -9,6 +9,7 @@ pub mod identities;
 pub mod logs;
 pub mod policy;
 pub mod run;
+pub mod secret;
 pub mod status;
 pub mod uninstall;
 

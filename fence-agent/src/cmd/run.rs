@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     audit::{AuditLog, Trigger},
+    broker::{self, Broker, BrokerView},
     btf::Btf,
     cgroup::Cgroups,
     config::Config,
@@ -60,6 +61,12 @@ pub struct RunArgs {
 }
 
 pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // The agent holds vault tokens and the secrets it brokers: no core dump, no ptrace attach
+    // by a process of the same uid, /proc/<pid>/mem and environ readable by root only.
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "could not make the agent undumpable");
+    }
     let config = match Config::load(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -98,6 +105,8 @@ struct Running {
     pinned: bool,
     sync_task: Option<tokio::task::JoinHandle<()>>,
     server: tokio::task::JoinHandle<()>,
+    /// The broker's lease keeper; it revokes at shutdown.
+    broker_task: tokio::task::JoinHandle<()>,
     stop: CancellationToken,
 }
 
@@ -248,6 +257,8 @@ async fn start(
         service.with_dns(dns);
     }
     service.with_grants(grants, rebooted);
+    let (view_tx, view) = tokio::sync::watch::channel(BrokerView::default());
+    service.with_broker(view_tx);
     match service.start(local, cache) {
         Ok(()) => service.grants_due(),
         Err(ApplyError::Policy(errors)) => return Ok(Err(errors)),
@@ -259,14 +270,56 @@ async fn start(
     let service_thread = service.spawn(inbox).context("starting the policy service")?;
     let events = reader.spawn().context("starting the event writer")?;
     let stop = CancellationToken::new();
+    // The broker shares the sync task's vault login (taken before the task takes the syncer).
+    let broker_vault = vault.as_ref().and_then(VaultAgent::client);
     let sync_task = match (&mut vault, in_force) {
         (Some(va), Some(rx)) => va.spawn(handle.clone(), rx, stop.clone()),
         _ => None,
     };
-    let server = tokio::spawn(control::serve(listener, handle.clone(), stop.clone(), control::Socket::Admin));
-    tokio::spawn(control::serve(workloads, handle.clone(), stop.clone(), control::Socket::Workload));
+    let broker = Arc::new(Broker::new(
+        broker_vault,
+        config.broker.clone(),
+        vault.as_ref().map_or_else(hostname, |v| v.host.hostname.clone()),
+        Some(agent_events_tx.clone()),
+    ));
+    let broker_task = tokio::spawn(broker_loop(broker.clone(), handle.clone(), view, stop.clone()));
+    let server =
+        tokio::spawn(control::serve(listener, handle.clone(), broker.clone(), stop.clone(), control::Socket::Admin));
+    tokio::spawn(control::serve(workloads, handle.clone(), broker, stop.clone(), control::Socket::Workload));
     tracing::info!(cgroup2 = %cgroups.root().display(), control = %config.control.socket.display(), "fence is enforcing");
-    Ok(Ok(Running { service: handle, service_thread, events, pinned: run.is_some(), sync_task, server, stop }))
+    Ok(Ok(Running {
+        service: handle,
+        service_thread,
+        events,
+        pinned: run.is_some(),
+        sync_task,
+        server,
+        broker_task,
+        stop,
+    }))
+}
+
+/// The broker's leases follow the policy service's state: a lease ends at its time, when its
+/// grant ends, when the identity loses the secret; at shutdown, all of them (if configured).
+async fn broker_loop(
+    broker: Arc<Broker>,
+    service: ServiceHandle,
+    mut view: tokio::sync::watch::Receiver<BrokerView>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            changed = view.changed() => if changed.is_err() { break },
+            _ = tick.tick() => {}
+        }
+        let now = view.borrow_and_update().clone();
+        let ended = broker.sweep(&now).await;
+        broker::answer::audit_ended(&service, &broker, &ended, broker::audit::Action::Revoked);
+    }
+    let ended = broker.shutdown().await;
+    broker::answer::audit_ended(&service, &broker, &ended, broker::audit::Action::Revoked);
 }
 
 /// Just-in-time grants: the kernel's grant table, the book (kept in the state directory with
@@ -471,9 +524,11 @@ fn take_over(
 /// programs (detached unless pinned).
 async fn shutdown(running: Running, config: &Config) {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    let Running { service, service_thread, events, pinned, sync_task, server, stop } = running;
+    let Running { service, service_thread, events, pinned, sync_task, server, broker_task, stop } = running;
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    // The leases are revoked (and audited) before the service, which writes the audit log, stops.
+    let _ = tokio::time::timeout(Duration::from_secs(10), broker_task).await;
     if let Some(t) = sync_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }

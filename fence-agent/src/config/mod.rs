@@ -53,6 +53,12 @@
 //! pending_timeout = "1h"                     # unapproved requests are denied after this
 //! max_pending = 16                           # open requests per identity
 //!
+//! [broker]                                   # the credential broker (see `broker`; needs [vault])
+//! kv_mount = "secret"                        # KV v2 mount of the identities' kv: secrets
+//! token_role = "fence-broker"                # auth/token/create/ROLE: each identity's own token
+//! policy_prefix = "fence-identity-"          # the vault policy of identity NAME is PREFIX + NAME
+//! cache_ttl = "30s"                          # a KV value is read again after this
+//!
 //! [vault]                                    # central policy (OpenBao/Vault KV v2); off when absent
 //! address = "https://vault.example.com:8200"
 //! ca_file = "/etc/fence/vault-ca.pem"        # the only trust anchor when set
@@ -61,6 +67,7 @@
 //! ```
 
 mod agent;
+mod broker;
 mod dns;
 mod events;
 mod grants;
@@ -80,6 +87,7 @@ use thiserror::Error;
 
 pub use self::{
     agent::{AuditConfig, ControlConfig, DEFAULT_SOCKET, DEFAULT_WORKLOAD_SOCKET, MetricsConfig, PersistConfig},
+    broker::BrokerConfig,
     dns::{DnsConfig, RefuseWith},
     events::{
         DEFAULT_EVENTS_KEEP, DEFAULT_EVENTS_MAX_BYTES, DEFAULT_RATE_BURST, DEFAULT_RATE_LIMIT,
@@ -111,6 +119,7 @@ pub struct Config {
     pub vault: Option<VaultConfig>,
     pub dns: DnsConfig,
     pub grants: GrantsConfig,
+    pub broker: BrokerConfig,
 }
 
 /// The file as written; [`Config::parse`] checks it into a [`Config`].
@@ -137,6 +146,8 @@ struct ConfigFile {
     dns: dns::DnsSection,
     #[serde(default)]
     grants: grants::GrantsSection,
+    #[serde(default)]
+    broker: broker::BrokerSection,
 }
 
 impl TryFrom<ConfigFile> for Config {
@@ -160,6 +171,7 @@ impl TryFrom<ConfigFile> for Config {
             vault,
             dns: DnsConfig::try_from(file.dns)?,
             grants: GrantsConfig::try_from(file.grants)?,
+            broker: BrokerConfig::try_from(file.broker)?,
         })
     }
 }

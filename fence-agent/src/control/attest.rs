@@ -117,6 +117,15 @@ pub fn attest(sock: BorrowedFd<'_>, accepted_boot_ns: u64) -> Result<Attested, A
     attest_by(sock, accepted_boot_ns, true)
 }
 
+/// The method this kernel gives [`attest`]: a socket pair of this process is asked for a
+/// pidfd of its peer.
+pub fn probe_method() -> Method {
+    match std::os::unix::net::UnixStream::pair() {
+        Ok((a, _b)) if getsockopt(&a.as_fd(), sockopt::PeerPidfd).is_ok() => Method::PeerPidfd,
+        _ => Method::StartTime,
+    }
+}
+
 /// CLOCK_BOOTTIME now, in nanoseconds. 0 if the clock cannot be read (never on Linux >= 2.6.39),
 /// with which the start-time method refuses every peer rather than accept one unchecked.
 pub fn boot_ns() -> u64 {

@@ -14,7 +14,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::service::ServiceHandle;
+use crate::{broker::Broker, service::ServiceHandle};
 pub use protocol::Request;
 
 /// Longest request accepted.
@@ -28,6 +28,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Peer {
     pub pid: u32,
     pub uid: u32,
+    pub gid: u32,
     /// The caller's cgroup v2 path, when attested.
     pub cgroup: Option<String>,
     /// The caller's executable, when attested.
@@ -69,8 +70,15 @@ pub enum Socket {
     Workload,
 }
 
-/// Accepts connections until `stop` is cancelled; every request goes to the policy service.
-pub async fn serve(listener: UnixListener, service: ServiceHandle, stop: CancellationToken, socket: Socket) {
+/// Accepts connections until `stop` is cancelled; every request goes to the policy service
+/// (secrets through the broker, which asks the service).
+pub async fn serve(
+    listener: UnixListener,
+    service: ServiceHandle,
+    broker: std::sync::Arc<Broker>,
+    stop: CancellationToken,
+    socket: Socket,
+) {
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
@@ -85,18 +93,25 @@ pub async fn serve(listener: UnixListener, service: ServiceHandle, stop: Cancell
             }
         };
         let service = service.clone();
+        let broker = broker.clone();
         let accepted_boot_ns = attest::boot_ns();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, service, socket, accepted_boot_ns).await {
+            if let Err(e) = handle(stream, service, &broker, socket, accepted_boot_ns).await {
                 tracing::debug!(error = %e, "control connection");
             }
         });
     }
 }
 
-async fn handle(stream: UnixStream, service: ServiceHandle, socket: Socket, accepted_boot_ns: u64) -> io::Result<()> {
+async fn handle(
+    stream: UnixStream,
+    service: ServiceHandle,
+    broker: &Broker,
+    socket: Socket,
+    accepted_boot_ns: u64,
+) -> io::Result<()> {
     let cred = stream.peer_cred()?;
-    let mut peer = Peer { pid: cred.pid().unwrap_or(0) as u32, uid: cred.uid(), ..Peer::default() };
+    let mut peer = Peer { pid: cred.pid().unwrap_or(0) as u32, uid: cred.uid(), gid: cred.gid(), ..Peer::default() };
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let limited = tokio::io::AsyncReadExt::take(BufReader::new(read), MAX_REQUEST);
@@ -105,7 +120,7 @@ async fn handle(stream: UnixStream, service: ServiceHandle, socket: Socket, acce
         limited.read_line(&mut line).await.map(|_| line)
     })
     .await;
-    let refuse = |why: String| protocol::encode::<()>(&Err(why));
+    let refuse = |why: String| zeroize::Zeroizing::new(protocol::encode::<()>(&Err(why)));
     let answer = match read {
         Err(_) => refuse(format!("no request within {} s", REQUEST_TIMEOUT.as_secs())),
         Ok(Err(e)) => refuse(format!("reading the request: {e}")),
@@ -113,7 +128,11 @@ async fn handle(stream: UnixStream, service: ServiceHandle, socket: Socket, acce
             Err(e) => refuse(e),
             Ok(request) if peer.pid == 0 => refuse(format!("no peer credentials for {request:?}")),
             Ok(request) if socket == Socket::Workload && !request.for_workloads() => refuse(
-                "this socket answers workloads' grant requests only; operators use the agent's control socket".into(),
+                "this socket answers workloads' grant and secret requests only; operators use the agent's control socket"
+                    .into(),
+            ),
+            Ok(Request::Secret(protocol::SecretOp::Get { .. })) if socket == Socket::Admin => refuse(
+                "secrets are handed out on the workload socket only ([control] workload_socket)".into(),
             ),
             Ok(request) if request.root_only() && peer.uid != 0 => refuse(root_only(&request)),
             // Who is asking, from the kernel (the pid pinned, or its start time checked against
@@ -123,11 +142,23 @@ async fn handle(stream: UnixStream, service: ServiceHandle, socket: Socket, acce
                     peer.cgroup = Some(a.cgroup.clone());
                     peer.exe = a.exe.as_ref().map(|e| e.display().to_string());
                     peer.pid = a.pid;
-                    service.control(request, peer).await
+                    match request {
+                        Request::Secret(op) => crate::broker::answer::answer(op, peer, &service, broker).await,
+                        request => zeroize::Zeroizing::new(service.control(request, peer).await),
+                    }
                 }
-                Err(e) => refuse(format!("cannot tell which process is asking: {e}")),
+                Err(e) => {
+                    let why = format!("cannot tell which process is asking: {e}");
+                    match request {
+                        Request::Secret(protocol::SecretOp::Get { name }) => {
+                            crate::broker::answer::unattested(&name, &peer, why, &service, broker)
+                        }
+                        _ => refuse(why),
+                    }
+                }
             },
-            Ok(request) => service.control(request, peer).await,
+            Ok(Request::Secret(op)) => crate::broker::answer::answer(op, peer, &service, broker).await,
+            Ok(request) => zeroize::Zeroizing::new(service.control(request, peer).await),
         },
     };
     write.write_all(&answer).await

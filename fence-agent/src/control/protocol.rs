@@ -11,6 +11,8 @@
 //! | `{"op":"grant-request","target":T,"ttl":SECONDS,"reason":R}` (+ `"identity"`: root only) | a fenced process, for its own identity; root | [`GrantReply`] |
 //! | `{"op":"grant-show","id":ID}`, `{"op":"grant-list"}` (+ `"identity"`) | root; a fenced process sees its own identity's | [`GrantReply`] |
 //! | `{"op":"grant-approve","id":ID}`, `grant-deny` / `grant-revoke` (+ `"reason"`) | root | [`GrantReply`] |
+//! | `{"op":"secret-get","name":NAME}` | a fenced process, for its own identity (workload socket) | `{"ok":true,"name":..,"kind":"kv","value":..}` or `{..,"kind":"dynamic","fields":{..},"lease_id":..,"ttl":SECONDS}` |
+//! | `{"op":"secret-revoke","name":NAME,"identity":ID}` | root | [`SecretRevoked`] |
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -24,6 +26,16 @@ pub enum Request {
     Dump,
     Dns,
     Grant(GrantOp),
+    Secret(SecretOp),
+}
+
+/// The broker's operations (see `fence-agent secret`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretOp {
+    /// The caller's own identity's secret `name`.
+    Get { name: String },
+    /// Ends the leases of `identity`'s secret `name` (root).
+    Revoke { name: String, identity: String },
 }
 
 /// The grant operations (see `fence-agent grant`).
@@ -71,6 +83,8 @@ struct Wire {
     reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
 }
 
 impl Wire {
@@ -81,6 +95,7 @@ impl Wire {
             ("ttl", self.ttl.is_some()),
             ("reason", self.reason.is_some()),
             ("id", self.id.is_some()),
+            ("name", self.name.is_some()),
         ];
         match present.iter().find(|(name, set)| *set && !allowed.contains(name)) {
             Some((name, _)) => Err(format!("op \"{op}\" takes no \"{name}\"")),
@@ -131,12 +146,33 @@ impl Wire {
     }
 }
 
+impl Wire {
+    fn secret(self) -> Result<SecretOp, String> {
+        let op = self.op.clone();
+        self.only(&op, &["name"])?;
+        let name = Wire::required(self.name, &op, "name")?;
+        match op.as_str() {
+            "secret-get" => match self.identity {
+                None => Ok(SecretOp::Get { name }),
+                Some(_) => {
+                    Err("op \"secret-get\" takes no \"identity\": a process gets its own identity's secrets".into())
+                }
+            },
+            "secret-revoke" => Ok(SecretOp::Revoke { name, identity: Wire::required(self.identity, &op, "identity")? }),
+            other => Err(format!("unknown op {other:?} (expected \"secret-get\" or \"secret-revoke\")")),
+        }
+    }
+}
+
 impl Request {
     /// Parses one request line; the error names the field and the reason.
     pub fn parse(line: &str) -> Result<Request, String> {
         let w: Wire = serde_json::from_str(line).map_err(|e| format!("not a valid request: {e}"))?;
         if w.op.starts_with("grant-") {
             return w.grant().map(Request::Grant);
+        }
+        if w.op.starts_with("secret-") {
+            return w.secret().map(Request::Secret);
         }
         w.only(&w.op, &[])?;
         let plain = |r: Request, op: &str, identity: Option<String>| match identity {
@@ -178,6 +214,10 @@ impl Request {
                 GrantOp::List { identity } => Wire { identity, ..wire("grant-list") },
                 GrantOp::Show { id } => Wire { id: Some(id), ..wire("grant-show") },
             },
+            Request::Secret(SecretOp::Get { name }) => Wire { name: Some(name.clone()), ..wire("secret-get") },
+            Request::Secret(SecretOp::Revoke { name, identity }) => {
+                Wire { name: Some(name.clone()), identity: Some(identity.clone()), ..wire("secret-revoke") }
+            }
         };
         let mut line = serde_json::to_vec(&w).unwrap_or_default();
         line.push(b'\n');
@@ -191,17 +231,22 @@ impl Request {
             self,
             Request::Enter { .. }
                 | Request::Grant(GrantOp::Request { .. } | GrantOp::List { .. } | GrantOp::Show { .. })
+                | Request::Secret(SecretOp::Get { .. })
         )
     }
 
     /// Whether the workload socket answers it.
     pub fn for_workloads(&self) -> bool {
-        matches!(self, Request::Grant(GrantOp::Request { .. } | GrantOp::List { .. } | GrantOp::Show { .. }))
+        matches!(
+            self,
+            Request::Grant(GrantOp::Request { .. } | GrantOp::List { .. } | GrantOp::Show { .. })
+                | Request::Secret(SecretOp::Get { .. })
+        )
     }
 
     /// Whether the caller's process must be attested (its cgroup read from the kernel).
     pub fn needs_attestation(&self) -> bool {
-        matches!(self, Request::Grant(_))
+        matches!(self, Request::Grant(_) | Request::Secret(SecretOp::Get { .. }))
     }
 }
 
@@ -241,6 +286,12 @@ pub struct GrantView {
     /// Operations the kernel allowed through it (active and ended grants).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uses: Option<u64>,
+}
+
+/// `secret-revoke`: the leases ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRevoked {
+    pub lease_ids: Vec<String>,
 }
 
 /// `enter`: the cgroup the caller was moved into.
@@ -426,6 +477,25 @@ mod tests {
         for r in
             [Request::Enter { identity: "a".into() }, Request::Identities, Request::Status, Request::Dump, Request::Dns]
         {
+            let line = r.to_line();
+            assert_eq!(Request::parse(std::str::from_utf8(&line).unwrap().trim()).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn secret_requests_parse_strictly() {
+        let get = Request::parse(r#"{"op":"secret-get","name":"db"}"#).unwrap();
+        assert_eq!(get, Request::Secret(SecretOp::Get { name: "db".into() }));
+        assert!(get.for_workloads() && get.needs_attestation() && !get.root_only());
+        let e = Request::parse(r#"{"op":"secret-get","name":"db","identity":"other"}"#).unwrap_err();
+        assert!(e.contains("its own identity"), "{e}");
+        assert!(Request::parse(r#"{"op":"secret-get"}"#).unwrap_err().contains("\"name\""));
+        assert!(Request::parse(r#"{"op":"secret-get","name":"db","ttl":5}"#).unwrap_err().contains("\"ttl\""));
+        let revoke = Request::parse(r#"{"op":"secret-revoke","name":"db","identity":"a"}"#).unwrap();
+        assert!(revoke.root_only() && !revoke.for_workloads() && !revoke.needs_attestation());
+        assert!(Request::parse(r#"{"op":"secret-revoke","name":"db"}"#).unwrap_err().contains("\"identity\""));
+        assert!(Request::parse(r#"{"op":"secret-put","name":"db"}"#).unwrap_err().contains("unknown op"));
+        for r in [get, revoke] {
             let line = r.to_line();
             assert_eq!(Request::parse(std::str::from_utf8(&line).unwrap().trim()).unwrap(), r);
         }

@@ -14,7 +14,7 @@ const TIOCSTI: u32 = 0x5412;
 use jiff::Timestamp;
 
 use super::{
-    decode::{DecodeError, DnsQueryEvent, Head, KernelEvent, components},
+    decode::{DecodeError, DnsQueryEvent, Head, KernelEvent, SecretEvent, components},
     directory::Directory,
     record::{
         Cgroup, Destination, Dns, ECS_VERSION, EVENT_SCHEMA_VERSION, Ecs, EventFields, Fence, FileFields, Host, Id,
@@ -40,7 +40,23 @@ pub fn build(event: &KernelEvent, dir: &Directory, host: &dyn HostView) -> Resul
         KernelEvent::Net(e) => net_record(e, &head, dir, host),
         KernelEvent::Object(e) => object_record(e, &head, dir, host),
         KernelEvent::Dns(e) => dns_record(e, &head, dir, host),
+        KernelEvent::Secret(e) => secret_record(e, &head, dir, host),
     })
+}
+
+/// A secret request the broker refused: the process that asked, and the secret's name as the
+/// target (`fence.target.kind: secret`).
+fn secret_record(e: &SecretEvent, head: &Head, dir: &Directory, host: &dyn HostView) -> Record {
+    let (timestamp, process, mut fence) = common(&e.header, head, dir, host);
+    if e.header.identity == fence_common::NO_IDENTITY {
+        fence.identity = String::new();
+        fence.policy_version = String::new();
+    }
+    fence.rule = "secrets".to_owned();
+    fence.target = Some(Target { kind: Cow::Borrowed("secret"), path: e.name.clone(), ..Target::default() });
+    let mut event = event_fields(head, "iam", "access", format!("secret {:?} refused: {}", e.name, e.why));
+    event.dataset = Cow::Borrowed("fence.enforcement");
+    record(timestamp, event, host, process, fence)
 }
 
 /// A refused (or, in audit mode, would-refuse) DNS query: the net record of the query to the

@@ -15,6 +15,17 @@ pub enum KernelEvent {
     Object(Box<ObjectEvent>),
     /// A query the agent's resolver refused (made in user space; never in the ring buffer).
     Dns(Box<DnsQueryEvent>),
+    /// A request the credential broker refused (made in user space; never in the ring buffer).
+    Secret(Box<SecretEvent>),
+}
+
+/// A secret request the broker refused: the header (kind `Secret`, operation `SecretGet`,
+/// mechanism `Broker`), the secret's name (never a value) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretEvent {
+    pub header: EventHeader,
+    pub name: String,
+    pub why: String,
 }
 
 /// A DNS query judged by the agent's resolver for a fenced identity: the header (kind
@@ -72,6 +83,7 @@ impl KernelEvent {
             KernelEvent::Net(e) => &e.header,
             KernelEvent::Object(e) => &e.header,
             KernelEvent::Dns(e) => &e.net.header,
+            KernelEvent::Secret(e) => &e.header,
         }
     }
 }
@@ -100,6 +112,8 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         EventKind::Exec | EventKind::File | EventKind::Unix | EventKind::Escape => read::<ObjectEvent>(bytes)
             .map(|e| KernelEvent::Object(Box::new(e)))
             .ok_or(DecodeError::Truncated { kind: header.kind, len: bytes.len(), expected: size_of::<ObjectEvent>() }),
+        // Made by the agent only: the kernel's programs never write it.
+        EventKind::Secret => Err(DecodeError::UnknownKind(header.kind)),
     }
 }
 

@@ -207,6 +207,7 @@ pub fn category(operation: Operation) -> &'static str {
         Operation::CgroupMigrate | Operation::CloneIntoCgroup | Operation::Bpf | Operation::SysctlWrite => {
             "configuration"
         }
+        Operation::SecretGet => "iam",
     }
 }
 

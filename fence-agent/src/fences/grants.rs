@@ -4,8 +4,9 @@
 //! and whether connections opened under an egress grant can be closed at its end (sock_diag
 //! SOCK_DESTROY, probed on a loopback connection of its own).
 
-use super::{Availability, FenceReport, IdentityInput, LoadContext, ReportContext, Unit, no_flags, no_host_entries};
-use crate::{kernel::MapEntry, policy::PolicyError};
+use super::{
+    Availability, FenceReport, LoadContext, ReportContext, Unit, no_flags, no_host_entries, no_identity_entries,
+};
 
 pub const UNIT: Unit = Unit {
     name: "grants",
@@ -16,7 +17,7 @@ pub const UNIT: Unit = Unit {
     report,
     flags: no_flags,
     compile_host: no_host_entries,
-    compile_identity,
+    compile_identity: no_identity_entries,
     keeps_expired: false,
 };
 
@@ -45,17 +46,6 @@ fn report(a: &Availability, _: &ReportContext<'_>) -> FenceReport {
             ),
             remedy: Some("a kernel built with CONFIG_INET_DIAG_DESTROY=y, and the agent with CAP_NET_ADMIN".into()),
         },
-        other => FenceReport {
-            fence: UNIT.name,
-            enforced: false,
-            mechanism: "unavailable".into(),
-            notes: other.reason().to_owned(),
-            remedy: None,
-        },
+        other => FenceReport::not_enforced(UNIT.name, other.reason()),
     }
-}
-
-/// Nothing per identity: a grant's rules are compiled by the fence they belong to.
-fn compile_identity(_: &IdentityInput<'_>, _: &mut Vec<MapEntry>) -> Result<(), PolicyError> {
-    Ok(())
 }

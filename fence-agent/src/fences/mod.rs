@@ -12,6 +12,7 @@
 //! | [`escape`] | no-way-out | lsm/task_alloc, ptrace_access_check, task_kill, bpf, file_ioctl, file_fcntl, file_send_sigiotask, lsm_cgroup/inode_permission (+ file_open) | |
 //! | [`sysctl`] | host-settings | cgroup/sysctl | |
 //! | [`grants`] | grants | (none: every fence's program checks a grant slot's end) | (`Grants`, `GrantUses`, not generational) |
+//! | [`secrets`] | secrets | (none: the agent's broker, its callers attested by the kernel) | |
 //! | [`bindings`] | unit-restarts | tp_btf/cgroup_mkdir | `Identities`, `Cgroups`, `Units` |
 //!
 //! A new fence is a new module here, its line in [`UNITS`], and its types in `fence-common`.
@@ -25,6 +26,7 @@ pub mod exec;
 pub mod files;
 pub mod grants;
 pub mod net;
+pub mod secrets;
 pub mod sysctl;
 pub mod unix;
 
@@ -47,6 +49,7 @@ pub const UNITS: &[&Unit] = &[
     &escape::UNIT,
     &sysctl::UNIT,
     &grants::UNIT,
+    &secrets::UNIT,
     &bindings::UNIT,
 ];
 
@@ -86,6 +89,11 @@ pub struct IdentityInput<'a> {
 /// No host-wide entries.
 pub fn no_host_entries(_: &Resolved, _: &mut Vec<MapEntry>) {}
 
+/// Nothing per identity (a unit without maps of its own).
+pub fn no_identity_entries(_: &IdentityInput<'_>, _: &mut Vec<MapEntry>) -> Result<(), PolicyError> {
+    Ok(())
+}
+
 /// No identity flags.
 pub fn no_flags(_: &Identity) -> u8 {
     0
@@ -111,6 +119,8 @@ pub enum Availability {
     CgroupHooksAndLsm,
     /// Ends judged on the kernel's clock; `Some(why)` when connections cannot be torn down.
     KernelClock(Option<String>),
+    /// Callers attested by the kernel; `Some(why)` when pid reuse is only narrowed.
+    Attested(Option<String>),
     /// Not enforced on this host, and why.
     Unavailable(String),
 }
@@ -143,6 +153,11 @@ impl FenceReport {
     /// An enforced row without a remedy.
     pub fn enforced(fence: &'static str, mechanism: &str, notes: &str) -> FenceReport {
         FenceReport { fence, enforced: true, mechanism: mechanism.into(), notes: notes.into(), remedy: None }
+    }
+
+    /// A row not enforced for `why`, with no remedy to offer.
+    pub fn not_enforced(fence: &'static str, why: &str) -> FenceReport {
+        FenceReport { fence, enforced: false, mechanism: "unavailable".into(), notes: why.into(), remedy: None }
     }
 
     /// A fence with no mechanism on this kernel: BPF LSM is the remedy.
@@ -305,6 +320,7 @@ mod tests {
                 ("no-way-out", Availability::Lsm),
                 ("host-settings", Availability::CgroupHooks),
                 ("grants", Availability::KernelClock(None)),
+                ("secrets", Availability::Attested(None)),
                 ("unit-restarts", Availability::Tracepoint),
             ],
             None,

@@ -96,15 +96,8 @@ pub fn record(action: Action, grant: &Grant, host: &str, now: Timestamp) -> Gran
         Phase::Revoked { by, reason, uses } => (None, None, Some(by.clone()), Some(reason.clone()), Some(*uses)),
     };
     GrantRecord {
-        timestamp: now.strftime("%Y-%m-%dT%H:%M:%S.%NZ").to_string(),
-        event: AuditEvent {
-            kind: "event",
-            category: ["iam"],
-            event_type: [action.event_type()],
-            action: action.as_str(),
-            module: "fence",
-            dataset: "fence.audit",
-        },
+        timestamp: crate::audit::timestamp(now),
+        event: AuditEvent::iam(action.as_str(), action.event_type()),
         host: Host { hostname: host.to_owned() },
         fence: GrantFence {
             schema_version: crate::events::record::EVENT_SCHEMA_VERSION,

@@ -21,7 +21,7 @@ pub use load::{Format, SourceDocument, load_paths, parse_document};
 pub use model::{Approval, Mode};
 pub use set::{
     BoundCgroup, EgressRule, ExecPolicy, ExecRule, GrantInForce, Grantable, Identity, PolicySet, PolicyVersion,
-    SelectorKind, UnixPolicy,
+    SecretSource, SecretSpec, SelectorKind, UnixPolicy,
 };
 pub use validate::{CgroupResolver, MANAGED_DIR, ResolveError, is_dynamic_loader, validate};
 

@@ -33,6 +33,12 @@
 //!         exec: [/usr/local/bin/deploy]
 //!         files: [/etc/deploy/token]
 //!         unix: [/run/docker.sock]
+//!     secrets:                 # handed out by the agent's broker (`fence-agent secret get NAME`)
+//!       - name: api-key
+//!         kv: {path: ai/openai, key: api_key}         # KV v2, in [broker] kv_mount
+//!       - name: db
+//!         dynamic: {role: database/creds/ai-readonly, ttl: 15m}
+//!         grant: prod-db       # only while that grant is in force; the lease ends with it
 //! ```
 //!
 //! These types only check shape (unknown fields, types); meaning is checked by `validate`.
@@ -80,6 +86,46 @@ pub struct IdentityDoc {
     /// Targets the identity may be granted for a while, on request (see `grants`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grants: Vec<GrantDoc>,
+    /// Credentials the broker hands this identity's processes (see `secrets`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretDoc>,
+}
+
+/// One credential an identity may obtain from the broker: exactly one of `kv` and `dynamic`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretDoc {
+    /// What a request names (`fence-agent secret get NAME`).
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv: Option<KvSecretDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic: Option<DynamicSecretDoc>,
+    /// A grantable target of this identity: the secret is obtainable only while a grant of it
+    /// is in force, and a dynamic lease ends with the grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
+}
+
+/// A value in the vault's KV v2 store.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KvSecretDoc {
+    /// The secret's path below the mount (`ai/openai`).
+    pub path: String,
+    /// The key within it (`api_key`).
+    pub key: String,
+}
+
+/// A credential a secrets engine makes for the asking (a lease).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicSecretDoc {
+    /// `MOUNT/creds/ROLE` (`database/creds/ai-readonly`).
+    pub role: String,
+    /// How long a lease lasts (`15m`); the agent's `[broker] max_ttl` caps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
 }
 
 /// One grantable target: rules written like standing ones, in force only while a grant of it

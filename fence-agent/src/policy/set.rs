@@ -42,6 +42,8 @@ pub struct Identity {
     /// The grants in force now (added by the policy service from its grant book, never by a
     /// document): compiled like standing rules, each tagged with its slot.
     pub grants_in_force: Vec<GrantInForce>,
+    /// What the broker may hand this identity's processes.
+    pub secrets: Vec<SecretSpec>,
     pub version: PolicyVersion,
     pub source: PathBuf,
 }
@@ -58,6 +60,42 @@ pub struct Grantable {
     pub exec: Vec<ExecRule>,
     pub files: Vec<PathGlob>,
     pub unix: UnixPolicy,
+}
+
+/// A credential the broker may hand an identity, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretSpec {
+    pub name: String,
+    pub source: SecretSource,
+    /// The grantable target that must be in force.
+    pub grant: Option<String>,
+}
+
+/// Where a secret comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// KV v2: `path` below the broker's mount, and the key within it.
+    Kv { path: String, key: String },
+    /// A secrets engine's credential endpoint (`database/creds/ai-readonly`) and the lease
+    /// asked for (`None`: the engine's default, capped by the broker).
+    Dynamic { path: String, ttl: Option<std::time::Duration> },
+}
+
+impl SecretSource {
+    /// `kv` or `dynamic`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SecretSource::Kv { .. } => "kv",
+            SecretSource::Dynamic { .. } => "dynamic",
+        }
+    }
+}
+
+impl Identity {
+    /// The secret `name`.
+    pub fn secret(&self, name: &str) -> Option<&SecretSpec> {
+        self.secrets.iter().find(|s| s.name == name)
+    }
 }
 
 /// A grant in force: its slot in the kernel's grant table and what it grants.

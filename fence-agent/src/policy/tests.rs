@@ -485,3 +485,55 @@ fn a_grant_in_force_joins_the_egress_rules_with_its_slot() {
     assert_eq!(id.egress[1].grant, 9);
     assert_eq!(id.egress[1].name, "grant:prod-db");
 }
+
+const SECRETS: &str = r#"
+    secrets:
+      - name: api-key
+        kv: {path: ai/openai, key: api_key}
+      - name: db
+        dynamic: {role: database/creds/ai-readonly, ttl: 15m}
+        grant: prod-db
+"#;
+
+#[test]
+fn secrets_validate_with_their_sources() {
+    let set = check(&format!("{GOOD}{GRANTS}{SECRETS}")).unwrap();
+    let id = &set.identities[0];
+    assert_eq!(
+        id.secret("api-key").unwrap().source,
+        crate::policy::SecretSource::Kv { path: "ai/openai".into(), key: "api_key".into() }
+    );
+    let db = id.secret("db").unwrap();
+    assert_eq!(
+        db.source,
+        crate::policy::SecretSource::Dynamic {
+            path: "database/creds/ai-readonly".into(),
+            ttl: Some(std::time::Duration::from_secs(900))
+        }
+    );
+    assert_eq!(db.grant.as_deref(), Some("prod-db"));
+}
+
+#[test]
+fn bad_secrets_name_the_secret_field_and_reason() {
+    let bad = |from: &str, to: &str| error_of(&format!("{GOOD}{GRANTS}{}", SECRETS.replace(from, to)));
+    let e = bad("grant: prod-db", "grant: nope");
+    assert!(e.contains("secrets[1].grant") && e.contains("no such target"), "{e}");
+    let e = bad("path: ai/openai", "path: ai/../sys");
+    assert!(e.contains("secrets[0].kv.path") && e.contains(".."), "{e}");
+    let e = bad("role: database/creds/ai-readonly", "role: database/roles/ai-readonly");
+    assert!(e.contains("secrets[1].dynamic.role") && e.contains("MOUNT/creds/ROLE"), "{e}");
+    let e = bad("ttl: 15m", "ttl: 0s");
+    assert!(e.contains("secrets[1].dynamic.ttl"), "{e}");
+    let e = bad("name: db", "name: api-key");
+    assert!(e.contains("secrets[1].name") && e.contains("another secret"), "{e}");
+    let e = bad(
+        "kv: {path: ai/openai, key: api_key}",
+        "kv: {path: ai/openai, key: api_key}\n        dynamic: {role: a/creds/b}",
+    );
+    assert!(e.contains("secrets[0]") && e.contains("exactly one"), "{e}");
+    let e = bad("key: api_key", "key: \"\"");
+    assert!(e.contains("secrets[0].kv.key"), "{e}");
+    let e = bad("kv: {path: ai/openai, key: api_key}", "kv: {path: ai/openai, key: api_key, mount: x}");
+    assert!(e.contains("mount"), "unknown fields are refused: {e}");
+}

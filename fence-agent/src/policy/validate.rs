@@ -23,6 +23,7 @@ use super::{
 use crate::names;
 
 mod grants;
+mod secrets;
 
 /// Looks cgroups up on the host. `fence-agent` uses the real cgroup2 mount; unit tests use a
 /// table.
@@ -142,6 +143,7 @@ fn identity(
     let file_exceptions = doc.files.as_ref().map(|f| globs(ctx, "files.allow", &f.allow, true)).unwrap_or_default();
     let unix = doc.unix.as_ref().map(|u| unix_policy(ctx, &u.allow));
     let grantable = grants::grantables(ctx, doc);
+    let secrets = secrets::secrets(ctx, doc, &grantable);
     if ctx.errors.len() != before {
         return None;
     }
@@ -160,6 +162,7 @@ fn identity(
         unix,
         grantable,
         grants_in_force: Vec::new(),
+        secrets,
         version: PolicyVersion::of(doc),
         source: ctx.file.to_owned(),
     })

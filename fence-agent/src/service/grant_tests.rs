@@ -50,11 +50,11 @@ fn with_grants(test: &str) -> (Fixture, FakeGrantMaps) {
 }
 
 fn fenced(cgroup: &str) -> Peer {
-    Peer { pid: 4242, uid: 1000, cgroup: Some(cgroup.into()), exe: Some("/usr/bin/agent".into()) }
+    Peer { pid: 4242, uid: 1000, gid: 1000, cgroup: Some(cgroup.into()), exe: Some("/usr/bin/agent".into()) }
 }
 
 fn root() -> Peer {
-    Peer { pid: 1, uid: 0, cgroup: Some("/".into()), exe: None }
+    Peer { pid: 1, uid: 0, gid: 0, cgroup: Some("/".into()), exe: None }
 }
 
 fn request(target: &str, ttl: u64, identity: Option<&str>) -> GrantOp {
@@ -158,7 +158,7 @@ fn requests_that_must_be_refused_are_refused_and_grant_nothing() {
     let e = refused(
         &mut f,
         request("db", 60, None),
-        Peer { pid: 7, uid: 1000, cgroup: Some("/user.slice".into()), exe: None },
+        Peer { pid: 7, uid: 1000, gid: 1000, cgroup: Some("/user.slice".into()), exe: None },
     );
     assert!(e.contains("only a fenced process"), "{e}");
     let e = refused(&mut f, request("db", 60, None), root());

@@ -65,8 +65,8 @@ impl Default for Grants {
     }
 }
 
-/// Who is asking, as far as grants care.
-enum Caller {
+/// Who is asking, as far as grants (and secrets) care.
+pub(super) enum Caller {
     /// A process of this identity.
     Fenced(String),
     /// Root on the host, not fenced.
@@ -203,7 +203,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
             .collect()
     }
 
-    fn caller(&self, peer: &Peer) -> Caller {
+    pub(super) fn caller(&self, peer: &Peer) -> Caller {
         let fenced = self.live.as_ref().and_then(|live| {
             let cgroup = peer.cgroup.as_deref()?;
             let id = Bindings::of(&live.compiled).identity_of(cgroup)?;

@@ -107,5 +107,15 @@ pub enum Message {
         version: u64,
         decision: Result<super::grant_vault::Signed, String>,
     },
+    /// The broker asks whether the (attested) caller may have secret `name`.
+    SecretTicket {
+        name: String,
+        peer: Peer,
+        reply: oneshot::Sender<Result<crate::broker::Ticket, super::secrets::Refusal>>,
+    },
+    /// A broker line for the audit log.
+    SecretAudit {
+        record: Box<crate::broker::audit::SecretRecord>,
+    },
     Stop,
 }

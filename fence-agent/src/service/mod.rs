@@ -23,6 +23,9 @@ pub mod learned;
 mod messages;
 mod queries;
 #[cfg(test)]
+mod secret_tests;
+mod secrets;
+#[cfg(test)]
 mod tests;
 mod vault;
 
@@ -32,6 +35,7 @@ use jiff::Timestamp;
 
 pub use apply::load_policy;
 pub use messages::{Change, Message, Outcome, PollOutcome, PollReport};
+pub use secrets::Refusal;
 pub use vault::{VaultInForce, VaultState};
 
 use crate::{
@@ -89,6 +93,8 @@ pub struct PolicyService<M> {
     dns: Option<dns::DnsState>,
     /// Just-in-time grants.
     grants: grants::Grants,
+    /// Where the broker's view of the policy is published (a broker runs).
+    broker_view: Option<tokio::sync::watch::Sender<crate::broker::BrokerView>>,
 }
 
 impl<M: PolicyMaps + 'static> PolicyService<M> {
@@ -113,7 +119,14 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
             handled: Handled::default(),
             dns: None,
             grants: grants::Grants::default(),
+            broker_view: None,
         }
+    }
+
+    /// Publishes the broker's view of the policy to `tx` from now on.
+    pub fn with_broker(&mut self, tx: tokio::sync::watch::Sender<crate::broker::BrokerView>) {
+        self.broker_view = Some(tx);
+        self.publish_broker_view();
     }
 
     /// Egress by name: the service keeps each identity's resolver and learned addresses.
@@ -152,8 +165,13 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
             }
             Message::GrantsPublished { ids } => self.grants_published(&ids),
             Message::GrantDecided { id, version, decision } => self.grant_decided(&id, version, decision),
+            Message::SecretTicket { name, peer, reply } => {
+                let _ = reply.send(self.secret_ticket(&name, &peer));
+            }
+            Message::SecretAudit { record } => self.audit_secret(&record),
             Message::Stop => return false,
         }
+        self.publish_broker_view();
         true
     }
 
@@ -192,6 +210,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
                 }
                 if self.until_next_grant().is_some_and(|d| d.is_zero()) {
                     self.grants_due();
+                    self.publish_broker_view();
                 }
             }
         })
@@ -291,6 +310,28 @@ impl ServiceHandle {
     /// The vault task has ended (a bug): say so in status and metrics.
     pub fn vault_stopped(&self, why: String) {
         let _ = self.tx.send(Message::VaultStopped { why });
+    }
+
+    /// Whether `peer` may have secret `name`: what the broker fetches, or why not.
+    pub async fn secret_ticket(&self, name: String, peer: Peer) -> Result<crate::broker::Ticket, secrets::Refusal> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let stopped = || secrets::Refusal {
+            identity: None,
+            kind: "",
+            why: "the agent is shutting down".into(),
+            needs_grant: false,
+            identity_id: 0,
+            policy_version: 0,
+        };
+        if self.tx.send(Message::SecretTicket { name, peer, reply }).is_err() {
+            return Err(stopped());
+        }
+        answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// A broker line for the audit log.
+    pub fn audit_secret(&self, record: crate::broker::audit::SecretRecord) {
+        let _ = self.tx.send(Message::SecretAudit { record: Box::new(record) });
     }
 
     /// Asks the service to stop after the messages already sent.

@@ -52,6 +52,8 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
             Request::Status => protocol::encode(&Ok(self.status())),
             Request::Dns => protocol::encode(&Ok(self.dns_reply())),
             Request::Grant(op) => protocol::encode(&self.grant_op(op, &peer)),
+            // The control server hands these to the broker.
+            Request::Secret(_) => protocol::encode::<()>(&Err("secrets are answered by the broker".into())),
             Request::Dump => protocol::encode(
                 &self
                     .kernel

@@ -103,7 +103,7 @@ impl VaultAgent {
         };
         let syncer = match VaultClient::new(cfg) {
             Ok(client) => Some(Syncer::new(
-                client,
+                std::sync::Arc::new(client),
                 verifier.clone(),
                 host.clone(),
                 cfg.full_resync,
@@ -141,6 +141,12 @@ impl VaultAgent {
             return None;
         }
         Some(cache)
+    }
+
+    /// The vault client (its login), for the credential broker; `None` when it could not be
+    /// set up.
+    pub fn client(&self) -> Option<std::sync::Arc<VaultClient>> {
+        self.syncer.as_ref().map(Syncer::shared_client)
     }
 
     /// Whether the polling task can run (the client could be set up).

@@ -209,7 +209,7 @@ struct Refusal {
 
 /// Polls the vault and produces the sets to apply.
 pub struct Syncer {
-    client: VaultClient,
+    client: std::sync::Arc<VaultClient>,
     verifier: Verifier,
     host: HostFacts,
     full_resync: Duration,
@@ -227,7 +227,7 @@ pub struct Syncer {
 
 impl Syncer {
     pub fn new(
-        client: VaultClient,
+        client: std::sync::Arc<VaultClient>,
         verifier: Verifier,
         host: HostFacts,
         full_resync: Duration,
@@ -249,6 +249,11 @@ impl Syncer {
 
     pub fn client(&self) -> &VaultClient {
         &self.client
+    }
+
+    /// The client, shared (the credential broker uses the same login).
+    pub fn shared_client(&self) -> std::sync::Arc<VaultClient> {
+        self.client.clone()
     }
 
     /// The signing keys documents are checked against.

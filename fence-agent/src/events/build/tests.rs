@@ -342,3 +342,41 @@ fn records_with_values_fence_does_not_write_are_refused() {
     e.header.verdict = 9;
     assert!(build(&KernelEvent::Net(e), &Directory::default(), &FakeHost).is_err());
 }
+
+#[test]
+fn broker_refusals_name_the_secret_never_a_value() {
+    use crate::events::decode::SecretEvent;
+    let header = EventHeader {
+        kind: EventKind::Secret as u8,
+        verdict: Verdict::Denied as u8,
+        operation: Operation::SecretGet as u8,
+        mechanism: Mechanism::Broker as u8,
+        reason: Reason::SecretNeedsGrant as u8,
+        identity: 7,
+        tgid: 42,
+        pid: 42,
+        ..Default::default()
+    };
+    let why = "secret \"db\" is given only while a grant of \"prod-db\" is in force".to_owned();
+    let e = SecretEvent { header, name: "db".into(), why: why.clone() };
+    let v = check_bypass(KernelEvent::Secret(Box::new(e)), &format!("secret \"db\" refused: {why}"), "secrets");
+    assert_eq!(v["fence"]["target"]["kind"], "secret");
+    assert_eq!(v["fence"]["target"]["path"], "db");
+    assert_eq!(v["fence"]["reason"], "secret-needs-grant");
+    assert_eq!(v["event"]["category"][0], "iam");
+    // An unfenced caller: no identity, still a valid record.
+    let header = EventHeader { identity: 0, reason: Reason::SecretNotAllowed as u8, ..header };
+    let why = "only a fenced process may ask".to_owned();
+    let e = SecretEvent { header, name: "db".into(), why: why.clone() };
+    let v = check_bypass(KernelEvent::Secret(Box::new(e)), &format!("secret \"db\" refused: {why}"), "secrets");
+    assert_eq!(v["fence"]["identity"], "");
+    // The kernel never writes such a record.
+    let bytes = unsafe_bytes(&header);
+    assert!(crate::events::decode::decode(&bytes).is_err());
+}
+
+fn unsafe_bytes(h: &EventHeader) -> Vec<u8> {
+    // SAFETY: EventHeader is a repr(C) record of integers; its bytes are plain data.
+    unsafe { std::slice::from_raw_parts((h as *const EventHeader).cast::<u8>(), std::mem::size_of::<EventHeader>()) }
+        .to_vec()
+}

@@ -29,6 +29,7 @@
 //! [`VaultConfig`] as [`Config::parse`](crate::config::Config::parse) checked it.
 
 mod auth;
+mod broker;
 mod http;
 mod kv;
 mod secret;
@@ -50,6 +51,7 @@ use tracing::warn;
 
 use self::auth::TokenState;
 pub use self::{
+    broker::{DynamicCredential, IdentityToken},
     kv::{KvMetadata, KvSecret, kv_api_path},
     secret::{Secret, read_credential},
     tls::SYSTEM_CA_BUNDLES,

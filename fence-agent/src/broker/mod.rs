@@ -1,0 +1,380 @@
+//! The credential broker: a fenced process asks for one of its identity's secrets (the
+//! policy's `secrets:`) over the workload socket; the policy service decides from the kernel's
+//! answer who is asking ([`Ticket`]); the broker fetches the value from the vault with a token
+//! it makes for that identity alone, and hands it back on the same connection.
+//!
+//! - One token per identity, made through `[broker] token_role` with only the identity's vault
+//!   policy (`policy_prefix` + name): a mapping mistake here cannot read another identity's
+//!   secrets, the vault refuses it.
+//! - KV values are kept `cache_ttl` (0: never), wiped when dropped.
+//! - A dynamic credential is leased to a token of its own, which lives as long as the lease may
+//!   (its ttl, capped by `max_ttl` and by the end of the grant it depends on): revoking that
+//!   token revokes the lease (the database user is dropped), and the vault does so by itself
+//!   when the token expires, with the agent stopped or killed. The broker revokes it at the
+//!   lease's end, when its grant ends or is revoked, when the identity leaves the policy, on
+//!   `secret revoke`, and when the agent stops (`revoke_on_shutdown`).
+//! - Values reach no log, event, metric, audit line, error, file or environment; the agent is
+//!   not dumpable.
+
+pub mod answer;
+pub mod audit;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use thiserror::Error;
+
+use crate::{
+    config::BrokerConfig,
+    policy::{SecretSource, SecretSpec},
+    vault::client::{Secret, VaultClient, VaultError},
+};
+
+/// A dynamic secret without a `ttl` in the policy gets this (capped by `max_ttl`).
+const DEFAULT_LEASE: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    #[error("the agent has no [vault] configured: it cannot hand out secrets")]
+    NoVault,
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error("the vault has no value at {mount}/{path} key {key:?} (KV v2) for secret {name:?}")]
+    NotFound { name: String, mount: String, path: String, key: String },
+    #[error("the grant of secret {0:?} ends in less than a second")]
+    GrantEnding(String),
+}
+
+/// What the policy service decided about a request: the caller's identity (attested by the
+/// kernel), the secret's specification, and the grant in force it depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    pub identity: String,
+    pub spec: SecretSpec,
+    /// The grant's id and how long it has left.
+    pub grant: Option<(String, Duration)>,
+}
+
+/// A dynamic credential the broker holds a lease of.
+#[derive(Debug)]
+pub struct Lease {
+    pub identity: String,
+    pub name: String,
+    pub lease_id: String,
+    pub fields: BTreeMap<String, Secret>,
+    pub grant: Option<String>,
+    /// Revoking it revokes the lease.
+    token: Secret,
+    made: Instant,
+    ends: Instant,
+}
+
+impl Lease {
+    /// Time left.
+    pub fn left(&self) -> Duration {
+        self.ends.saturating_duration_since(Instant::now())
+    }
+}
+
+/// What a request gets.
+#[derive(Debug)]
+pub enum Value {
+    Kv(Arc<Secret>),
+    Dynamic(Arc<Lease>),
+}
+
+#[derive(Debug)]
+pub struct Delivery {
+    pub value: Value,
+    /// From the cache, or a lease already held.
+    pub cached: bool,
+}
+
+/// A lease that ended, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    pub identity: String,
+    pub name: String,
+    pub lease_id: String,
+    pub grant: Option<String>,
+    pub why: String,
+    /// Its time was up (its ttl, its grant's end), as opposed to ended early.
+    pub on_time: bool,
+    /// Revoked in the vault (else the vault ends it when its token expires).
+    pub revoked: bool,
+}
+
+#[derive(Default)]
+struct State {
+    /// Each identity's token for KV reads, and when it was made.
+    tokens: HashMap<String, (Arc<Secret>, Instant, Duration)>,
+    /// KV values by (identity, secret name): where they were read from, and when.
+    kv: HashMap<(String, String), (SecretSource, Arc<Secret>, Instant)>,
+    /// Dynamic leases held, the newest of each (identity, secret name) last.
+    leases: Vec<Arc<Lease>>,
+}
+
+pub struct Broker {
+    vault: Option<Arc<VaultClient>>,
+    config: BrokerConfig,
+    hostname: String,
+    /// Where refusals go as events (the event writer's queue of agent-made events).
+    events: Option<crate::events::summary::AgentEvents>,
+    state: tokio::sync::Mutex<State>,
+}
+
+impl Broker {
+    pub fn new(
+        vault: Option<Arc<VaultClient>>,
+        config: BrokerConfig,
+        hostname: String,
+        events: Option<crate::events::summary::AgentEvents>,
+    ) -> Broker {
+        Broker { vault, config, hostname, events, state: tokio::sync::Mutex::new(State::default()) }
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    /// A `secret-refused` event for `refusal` of `peer`'s request for `name`.
+    pub fn refused(&self, refusal: &crate::service::Refusal, name: &str, peer: &crate::control::Peer) {
+        use fence_common::{EventHeader, EventKind, Mechanism, Operation, Reason, Verdict};
+        let Some(events) = &self.events else { return };
+        let mut comm = [0u8; 16];
+        if let Ok(c) = std::fs::read_to_string(format!("/proc/{}/comm", peer.pid)) {
+            let c = c.trim_end().as_bytes();
+            comm[..c.len().min(15)].copy_from_slice(&c[..c.len().min(15)]);
+        }
+        let header = EventHeader {
+            kind: EventKind::Secret as u8,
+            verdict: Verdict::Denied as u8,
+            operation: Operation::SecretGet as u8,
+            mechanism: Mechanism::Broker as u8,
+            identity: refusal.identity_id,
+            boot_ns: crate::grants::boot_ns(),
+            pid: peer.pid,
+            tgid: peer.pid,
+            uid: peer.uid,
+            gid: peer.gid,
+            policy_version: refusal.policy_version,
+            reason: if refusal.needs_grant { Reason::SecretNeedsGrant } else { Reason::SecretNotAllowed } as u8,
+            comm,
+            ..EventHeader::default()
+        };
+        let event = crate::events::decode::SecretEvent { header, name: name.to_owned(), why: refusal.why.clone() };
+        events.send(crate::events::decode::KernelEvent::Secret(Box::new(event)));
+    }
+
+    /// The value `ticket` asks for: from the cache or a lease held when still good, else
+    /// from the vault.
+    pub async fn fetch(&self, ticket: &Ticket) -> Result<Delivery, BrokerError> {
+        let vault = self.vault.as_deref().ok_or(BrokerError::NoVault)?;
+        let key = (ticket.identity.clone(), ticket.spec.name.clone());
+        match &ticket.spec.source {
+            SecretSource::Kv { path, key: field } => {
+                if !self.config.cache_ttl.is_zero() {
+                    let state = self.state.lock().await;
+                    if let Some((source, v, at)) = state.kv.get(&key)
+                        && *source == ticket.spec.source
+                        && at.elapsed() < self.config.cache_ttl
+                    {
+                        return Ok(Delivery { value: Value::Kv(v.clone()), cached: true });
+                    }
+                }
+                let token = self.identity_token(vault, &ticket.identity).await?;
+                let value = vault.kv_value_with(&token, &self.config.kv_mount, path, field).await?;
+                let value = Arc::new(value.ok_or_else(|| BrokerError::NotFound {
+                    name: ticket.spec.name.clone(),
+                    mount: self.config.kv_mount.clone(),
+                    path: path.clone(),
+                    key: field.clone(),
+                })?);
+                if !self.config.cache_ttl.is_zero() {
+                    self.state.lock().await.kv.insert(key, (ticket.spec.source.clone(), value.clone(), Instant::now()));
+                }
+                Ok(Delivery { value: Value::Kv(value), cached: false })
+            }
+            SecretSource::Dynamic { path, ttl } => {
+                {
+                    // A lease held with more than half its life left serves again.
+                    let state = self.state.lock().await;
+                    if let Some(l) = state.leases.iter().rev().find(|l| l.identity == key.0 && l.name == key.1)
+                        && l.left() > (l.ends - l.made) / 2
+                        && l.grant == ticket.grant.as_ref().map(|(id, _)| id.clone())
+                    {
+                        return Ok(Delivery { value: Value::Dynamic(l.clone()), cached: true });
+                    }
+                }
+                let mut life = ttl.unwrap_or(DEFAULT_LEASE).min(self.config.max_ttl);
+                if let Some((_, left)) = &ticket.grant {
+                    life = life.min(*left);
+                }
+                if life < Duration::from_secs(1) {
+                    return Err(BrokerError::GrantEnding(ticket.spec.name.clone()));
+                }
+                let display = format!("fence-{}-{}", ticket.identity, ticket.spec.name);
+                let made = Instant::now();
+                let token = vault
+                    .identity_token(&self.config.token_role, &self.config.policy_of(&ticket.identity), life, &display)
+                    .await?;
+                let credential = match vault.dynamic_with(&token.token, path).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = vault.revoke_token(&token.token).await;
+                        return Err(e.into());
+                    }
+                };
+                let life =
+                    life.min(token.ttl).min(if credential.lease_ttl.is_zero() { life } else { credential.lease_ttl });
+                let lease = Arc::new(Lease {
+                    identity: ticket.identity.clone(),
+                    name: ticket.spec.name.clone(),
+                    lease_id: credential.lease_id,
+                    fields: credential.fields,
+                    grant: ticket.grant.as_ref().map(|(id, _)| id.clone()),
+                    token: token.token,
+                    made,
+                    ends: made + life,
+                });
+                self.state.lock().await.leases.push(lease.clone());
+                Ok(Delivery { value: Value::Dynamic(lease), cached: false })
+            }
+        }
+    }
+
+    /// The identity's token for KV reads, made anew when two thirds of its life have passed.
+    async fn identity_token(&self, vault: &VaultClient, identity: &str) -> Result<Arc<Secret>, BrokerError> {
+        {
+            let state = self.state.lock().await;
+            if let Some((t, at, ttl)) = state.tokens.get(identity)
+                && at.elapsed() < *ttl * 2 / 3
+            {
+                return Ok(t.clone());
+            }
+        }
+        let made = Instant::now();
+        let display = format!("fence-{identity}");
+        let t = vault
+            .identity_token(&self.config.token_role, &self.config.policy_of(identity), self.config.token_ttl, &display)
+            .await?;
+        let token = Arc::new(t.token);
+        let old = self.state.lock().await.tokens.insert(identity.to_owned(), (token.clone(), made, t.ttl));
+        if let Some((old, _, _)) = old {
+            let _ = vault.revoke_token(&old).await;
+        }
+        Ok(token)
+    }
+
+    /// Ends the leases `which` selects (revoked in the vault), and forgets cached values of
+    /// identities no longer in `identities` when given.
+    pub async fn end_leases(&self, which: impl Fn(&Lease) -> Option<String>) -> Vec<Ended> {
+        self.end_leases_timed(|l| which(l).map(|why| (why, false))).await
+    }
+
+    /// As [`Broker::end_leases`]; `which` also says whether the lease's time was up.
+    async fn end_leases_timed(&self, which: impl Fn(&Lease) -> Option<(String, bool)>) -> Vec<Ended> {
+        let ending: Vec<(Arc<Lease>, (String, bool))> = {
+            let mut state = self.state.lock().await;
+            let mut out = Vec::new();
+            state.leases.retain(|l| match which(l) {
+                Some(why) => {
+                    out.push((l.clone(), why));
+                    false
+                }
+                None => true,
+            });
+            out
+        };
+        let mut ended = Vec::with_capacity(ending.len());
+        for (lease, (why, on_time)) in ending {
+            let revoked = match &self.vault {
+                Some(v) => match v.revoke_token(&lease.token).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(identity = %lease.identity, secret = %lease.name, lease_id = %lease.lease_id, error = %e, "revoking a lease failed; the vault ends it when its token expires");
+                        false
+                    }
+                },
+                None => false,
+            };
+            ended.push(Ended {
+                identity: lease.identity.clone(),
+                name: lease.name.clone(),
+                lease_id: lease.lease_id.clone(),
+                grant: lease.grant.clone(),
+                why,
+                on_time,
+                revoked,
+            });
+        }
+        ended
+    }
+
+    /// Leases past their end, those whose grant is no longer in force, those of identities (or
+    /// secrets) the policy no longer has: ended.
+    pub async fn sweep(&self, view: &BrokerView) -> Vec<Ended> {
+        let now = Instant::now();
+        let unused: Vec<Arc<Secret>> = {
+            let mut state = self.state.lock().await;
+            state.kv.retain(|(identity, name), _| view.secrets.contains(&(identity.clone(), name.clone())));
+            let gone: Vec<String> =
+                state.tokens.keys().filter(|i| !view.secrets.iter().any(|(o, _)| o == *i)).cloned().collect();
+            gone.iter().filter_map(|i| state.tokens.remove(i)).map(|(t, _, _)| t).collect()
+        };
+        if let Some(v) = &self.vault {
+            for t in unused {
+                let _ = v.revoke_token(&t).await;
+            }
+        }
+        self.end_leases_timed(|l| {
+            if l.ends <= now {
+                Some(("its time is up".to_owned(), true))
+            } else if let Some(g) = &l.grant
+                && !view.grants.contains(g)
+            {
+                Some((format!("grant {g} is no longer in force"), view.ended_on_time.contains(g)))
+            } else if !view.secrets.contains(&(l.identity.clone(), l.name.clone())) {
+                Some(("the policy no longer gives the identity this secret".to_owned(), false))
+            } else {
+                None
+            }
+        })
+        .await
+    }
+
+    /// At shutdown: every lease revoked (`revoke_on_shutdown`), every identity token too.
+    pub async fn shutdown(&self) -> Vec<Ended> {
+        let ended = if self.config.revoke_on_shutdown {
+            self.end_leases(|_| Some("the agent stopped".into())).await
+        } else {
+            vec![]
+        };
+        let tokens: Vec<Arc<Secret>> = self.state.lock().await.tokens.drain().map(|(_, (t, _, _))| t).collect();
+        if let Some(v) = &self.vault {
+            for t in tokens {
+                let _ = v.revoke_token(&t).await;
+            }
+        }
+        ended
+    }
+}
+
+/// What the broker needs to know of the policy service's state: the secrets each identity may
+/// have, and the grants in force (published by the service after every change).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BrokerView {
+    /// (identity, secret name).
+    pub secrets: BTreeSet<(String, String)>,
+    /// Ids of the grants in force.
+    pub grants: BTreeSet<String>,
+    /// Ids of grants that expired (rather than being revoked), recently.
+    pub ended_on_time: BTreeSet<String>,
+}
