@@ -4,7 +4,7 @@
 //! credential dies with the grant it depends on; no value reaches a log, an event, the audit
 //! log or the agent's environment.
 
-use std::{fs, process::Command, time::Duration};
+use std::{fs, os::unix::fs::MetadataExt as _, process::Command, time::Duration};
 
 use serde_json::{Value, json};
 
@@ -219,7 +219,12 @@ fn kv_own_identity_only() {
     );
     let a = TestCgroup::new("broker-kv-a");
     let b = TestCgroup::new("broker-kv-b");
-    let config = format!("{}[broker]\ncache_ttl = \"1h\"\n", setup.agent_config);
+    let files = crate::env::TempDir::new("broker-files");
+    let config = format!(
+        "{}[broker]\ncache_ttl = \"1h\"\nfiles_dir = {:?}\n",
+        setup.agent_config,
+        files.path("secrets").display().to_string()
+    );
     let agent = Agent::start_logged("broker-kv", "schema: 1\nidentities: []\n", &config, "trace");
     // bot-a's "wrong" is a mapping mistake in the policy: bot-b's path. The vault refuses it,
     // because bot-a's token carries bot-a's vault policy only.
@@ -267,6 +272,22 @@ fn kv_own_identity_only() {
     };
     assert_eq!(code, 0, "{err}");
     assert_eq!(fs::read_to_string(&file).unwrap(), value_a);
+
+    // To a file only bot-a may read: 0400, the caller's uid; bot-b (same uid) is refused it by
+    // the kernel, with an event.
+    let (code, out, err) =
+        agent_in(Some(&a), &["secret", "file", "key", "--socket", &agent.workload.display().to_string()]);
+    assert_eq!(code, 0, "{err}");
+    let path = out.trim().to_owned();
+    assert_eq!(path, files.path("secrets").join("bot-a").join("key").display().to_string());
+    let meta = fs::metadata(&path).expect("the secret file");
+    assert_eq!((meta.mode() & 0o777, meta.uid()), (0o400, nix::unistd::geteuid().as_raw()));
+    assert_eq!(fs::read_to_string(&path).unwrap(), value_a);
+    helper::run(Some(&a), &["open", &path]).assert_ok("bot-a reads its secret file");
+    let o = helper::run(Some(&b), &["open", &path]);
+    o.assert_eperm("bot-b opens bot-a's secret file");
+    let e = crate::kernel_fences::event_of(&agent, &o, "open");
+    assert_eq!(e["fence"]["reason"], "file-protected", "{e:#}");
 
     // The mapping mistake: refused by the vault (403), audited, and no value.
     let (code, out, err) = get(&agent, Some(&a), "wrong");
@@ -320,7 +341,10 @@ fn dynamic_postgres_ends_with_grant() {
     );
     broker_vault(&setup, &[("pg-bot", r#"path "database/creds/ai-readonly" { capabilities = ["read"] }"#)]);
     let cg = TestCgroup::new("broker-pg");
-    let agent = Agent::start_logged("broker-pg", "schema: 1\nidentities: []\n", &setup.agent_config, "trace");
+    let files = crate::env::TempDir::new("broker-pg-files");
+    let config =
+        format!("{}[broker]\nfiles_dir = {:?}\n", setup.agent_config, files.path("secrets").display().to_string());
+    let agent = Agent::start_logged("broker-pg", "schema: 1\nidentities: []\n", &config, "trace");
     let sections = format!(
         "    grants:\n      - {{name: db, egress: [{{to: [127.0.0.1], ports: [{}], protocol: tcp}}], approval: auto, max_ttl: 1h}}\n    \
          secrets:\n      - {{name: db, dynamic: {{role: database/creds/ai-readonly, ttl: 10m}}, grant: db}}\n",
@@ -364,6 +388,13 @@ fn dynamic_postgres_ends_with_grant() {
     );
     assert_eq!(code, 0, "{err}");
     pg.login(&user, &password).unwrap_or_else(|e| panic!("the credential logs in: {e}"));
+    let (code, out, err) = agent_in(
+        Some(&cg),
+        &["secret", "file", "db", "--field", "password", "--socket", &agent.workload.display().to_string()],
+    );
+    assert_eq!(code, 0, "{err}");
+    let file = out.trim().to_owned();
+    assert_eq!(fs::read_to_string(&file).unwrap(), password, "the lease held, the same credential");
     let issued = audit_lines(&agent, "secret-issued", "db");
     let lease_id = issued[0]["fence"]["secret"]["lease_id"].as_str().expect("a lease id").to_owned();
     assert!(lease_id.starts_with("database/creds/ai-readonly/"), "{lease_id}");
@@ -383,5 +414,6 @@ fn dynamic_postgres_ends_with_grant() {
     })
     .expect("the lease's end is audited");
     assert_eq!(ended[0]["fence"]["secret"]["lease_id"], lease_id.as_str(), "{:#}", ended[0]);
+    assert!(!std::path::Path::new(&file).exists(), "the secret file goes with its lease");
     assert_no_leak(&agent, &[&password]);
 }

@@ -15,7 +15,7 @@ use super::{
 use crate::{
     control::{
         Peer,
-        protocol::{self, SecretOp, SecretRevoked},
+        protocol::{self, SecretFile, SecretOp, SecretRevoked},
     },
     service::{Refusal, ServiceHandle},
 };
@@ -23,7 +23,8 @@ use crate::{
 /// The answer line to `op` from `peer` (attested for `Get`).
 pub async fn answer(op: SecretOp, peer: Peer, service: &ServiceHandle, broker: &Broker) -> Zeroizing<Vec<u8>> {
     match op {
-        SecretOp::Get { name } => get(name, peer, service, broker).await,
+        SecretOp::Get { name } => get(name, None, peer, service, broker).await,
+        SecretOp::File { name, field } => get(name, Some(field), peer, service, broker).await,
         SecretOp::Revoke { name, identity } => {
             let ended = broker
                 .end_leases(|l| {
@@ -72,7 +73,14 @@ fn refused(refusal: &Refusal, name: &str, peer: &Peer, service: &ServiceHandle, 
     refuse(refusal.why.clone())
 }
 
-async fn get(name: String, peer: Peer, service: &ServiceHandle, broker: &Broker) -> Zeroizing<Vec<u8>> {
+/// `secret-get` (`file`: `None`), or `secret-file` with the field asked for.
+async fn get(
+    name: String,
+    file: Option<Option<String>>,
+    peer: Peer,
+    service: &ServiceHandle,
+    broker: &Broker,
+) -> Zeroizing<Vec<u8>> {
     let requester = Some(Requester::of(&peer));
     let ticket = match service.secret_ticket(name.clone(), peer.clone()).await {
         Ok(t) => t,
@@ -86,7 +94,6 @@ async fn get(name: String, peer: Peer, service: &ServiceHandle, broker: &Broker)
                 Value::Dynamic(l) => (Some(l.lease_id.clone()), Some(l.left().as_secs())),
                 Value::Kv(_) => (None, None),
             };
-            tracing::info!(identity = %ticket.identity, secret = %name, kind, lease_id = lease_id.as_deref().unwrap_or(""), cached = delivery.cached, pid = peer.pid, "secret issued");
             let fields = SecretFields {
                 name: name.clone(),
                 kind,
@@ -97,6 +104,31 @@ async fn get(name: String, peer: Peer, service: &ServiceHandle, broker: &Broker)
                 requester,
                 why: None,
             };
+            let answer = match &file {
+                None => encode_value(&name, &delivery),
+                Some(field) => {
+                    match broker.write_file(&ticket, &delivery, field.as_deref(), peer.uid, peer.gid).await {
+                        Ok(path) => {
+                            let path = path.display().to_string();
+                            tracing::info!(identity = %ticket.identity, secret = %name, path = %path, uid = peer.uid, "secret file written");
+                            Zeroizing::new(protocol::encode(&Ok(SecretFile { path })))
+                        }
+                        Err(e) => {
+                            return fetch_failed(
+                                &name,
+                                &ticket,
+                                kind,
+                                fields.grant.clone(),
+                                fields.requester.clone(),
+                                &e,
+                                service,
+                                broker,
+                            );
+                        }
+                    }
+                }
+            };
+            tracing::info!(identity = %ticket.identity, secret = %name, kind, lease_id = fields.lease_id.as_deref().unwrap_or(""), cached = delivery.cached, pid = peer.pid, "secret issued");
             service.audit_secret(audit::record(
                 Action::Issued,
                 &ticket.identity,
@@ -104,28 +136,9 @@ async fn get(name: String, peer: Peer, service: &ServiceHandle, broker: &Broker)
                 broker.hostname(),
                 jiff::Timestamp::now(),
             ));
-            encode_value(&name, &delivery)
+            answer
         }
-        Err(e) => {
-            let why = format!("secret \"{name}\": {e}");
-            tracing::warn!(identity = %ticket.identity, secret = %name, error = %e, "secret could not be fetched");
-            let fields = SecretFields {
-                name: name.clone(),
-                kind,
-                grant,
-                requester,
-                why: Some(why.clone()),
-                ..SecretFields::default()
-            };
-            service.audit_secret(audit::record(
-                Action::Refused,
-                &ticket.identity,
-                fields,
-                broker.hostname(),
-                jiff::Timestamp::now(),
-            ));
-            refuse(why)
-        }
+        Err(e) => fetch_failed(&name, &ticket, kind, grant, requester, &e, service, broker),
     }
 }
 
@@ -202,4 +215,36 @@ fn encode_value(name: &str, d: &Delivery) -> Zeroizing<Vec<u8>> {
     }
     out.push(b'\n');
     out
+}
+
+/// The answer (and audit line) when the broker could not give what the policy allows.
+#[allow(clippy::too_many_arguments)]
+fn fetch_failed(
+    name: &str,
+    ticket: &super::Ticket,
+    kind: &'static str,
+    grant: Option<String>,
+    requester: Option<Requester>,
+    e: &super::BrokerError,
+    service: &ServiceHandle,
+    broker: &Broker,
+) -> Zeroizing<Vec<u8>> {
+    let why = format!("secret \"{name}\": {e}");
+    tracing::warn!(identity = %ticket.identity, secret = %name, error = %e, "secret could not be given");
+    let fields = SecretFields {
+        name: name.to_owned(),
+        kind,
+        grant,
+        requester,
+        why: Some(why.clone()),
+        ..SecretFields::default()
+    };
+    service.audit_secret(audit::record(
+        Action::Refused,
+        &ticket.identity,
+        fields,
+        broker.hostname(),
+        jiff::Timestamp::now(),
+    ));
+    refuse(why)
 }

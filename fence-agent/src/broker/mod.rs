@@ -18,6 +18,7 @@
 
 pub mod answer;
 pub mod audit;
+pub mod files;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -46,6 +47,12 @@ pub enum BrokerError {
     NotFound { name: String, mount: String, path: String, key: String },
     #[error("the grant of secret {0:?} ends in less than a second")]
     GrantEnding(String),
+    #[error("secret {name:?} has no field {field:?} (it has: {has})")]
+    NoField { name: String, field: String, has: String },
+    #[error("secret {0:?} is a single value (a KV secret): a field does not apply")]
+    NotFields(String),
+    #[error("writing the secret file {path}: {source}")]
+    File { path: String, source: std::io::Error },
 }
 
 /// What the policy service decided about a request: the caller's identity (attested by the
@@ -115,6 +122,17 @@ struct State {
     kv: HashMap<(String, String), (SecretSource, Arc<Secret>, Instant)>,
     /// Dynamic leases held, the newest of each (identity, secret name) last.
     leases: Vec<Arc<Lease>>,
+    /// Files written by `secret file`.
+    files: Vec<Written>,
+}
+
+/// A file `secret file` wrote.
+struct Written {
+    path: std::path::PathBuf,
+    identity: String,
+    name: String,
+    /// The lease it holds a credential of (removed at its end).
+    lease_id: Option<String>,
 }
 
 pub struct Broker {
@@ -273,6 +291,82 @@ impl Broker {
         Ok(token)
     }
 
+    /// The text `secret file` or `secret get --field` gives of `d`: a KV value, one field of
+    /// a dynamic credential, or all its fields as a JSON object (in a wiped buffer).
+    pub fn text_of(name: &str, d: &Delivery, field: Option<&str>) -> Result<zeroize::Zeroizing<Vec<u8>>, BrokerError> {
+        match (&d.value, field) {
+            (Value::Kv(v), None) => Ok(zeroize::Zeroizing::new(v.expose().as_bytes().to_vec())),
+            (Value::Kv(_), Some(_)) => Err(BrokerError::NotFields(name.to_owned())),
+            (Value::Dynamic(l), Some(f)) => match l.fields.get(f) {
+                Some(v) => Ok(zeroize::Zeroizing::new(v.expose().as_bytes().to_vec())),
+                None => Err(BrokerError::NoField {
+                    name: name.to_owned(),
+                    field: f.to_owned(),
+                    has: l.fields.keys().cloned().collect::<Vec<_>>().join(", "),
+                }),
+            },
+            (Value::Dynamic(l), None) => {
+                let plain: BTreeMap<&str, &str> = l.fields.iter().map(|(k, v)| (k.as_str(), v.expose())).collect();
+                // Sized up front: no reallocation leaves a copy behind.
+                let mut out = zeroize::Zeroizing::new(Vec::with_capacity(
+                    l.fields.iter().map(|(k, v)| (k.len() + v.expose().len()) * 6 + 8).sum::<usize>() + 2,
+                ));
+                serde_json::to_writer(&mut *out, &plain).map_err(|e| BrokerError::File {
+                    path: String::new(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// `secret file`: `d` written to `<files_dir>/<identity>/<name>[.<field>]`, 0400, owned by
+    /// `uid`:`gid`; removed with its lease (or when the identity loses the secret).
+    pub async fn write_file(
+        &self,
+        ticket: &Ticket,
+        d: &Delivery,
+        field: Option<&str>,
+        uid: u32,
+        gid: u32,
+    ) -> Result<std::path::PathBuf, BrokerError> {
+        let name = &ticket.spec.name;
+        let text = Broker::text_of(name, d, field)?;
+        let file = match field {
+            Some(f) => format!("{name}.{f}"),
+            None => name.clone(),
+        };
+        let dir = self.config.files_of(&ticket.identity);
+        let path = files::write(&dir, &file, &text, uid, gid)
+            .map_err(|source| BrokerError::File { path: dir.join(&file).display().to_string(), source })?;
+        let lease_id = match &d.value {
+            Value::Dynamic(l) => Some(l.lease_id.clone()),
+            Value::Kv(_) => None,
+        };
+        let mut state = self.state.lock().await;
+        state.files.retain(|w| w.path != path);
+        state.files.push(Written {
+            path: path.clone(),
+            identity: ticket.identity.clone(),
+            name: name.clone(),
+            lease_id,
+        });
+        Ok(path)
+    }
+
+    /// Removes the files `which` selects.
+    async fn remove_files(&self, which: impl Fn(&Written) -> bool) {
+        let gone: Vec<std::path::PathBuf> = {
+            let mut state = self.state.lock().await;
+            let (gone, kept): (Vec<Written>, Vec<Written>) = state.files.drain(..).partition(|w| which(w));
+            state.files = kept;
+            gone.into_iter().map(|w| w.path).collect()
+        };
+        for p in gone {
+            files::remove(&p);
+        }
+    }
+
     /// Ends the leases `which` selects (revoked in the vault), and forgets cached values of
     /// identities no longer in `identities` when given.
     pub async fn end_leases(&self, which: impl Fn(&Lease) -> Option<String>) -> Vec<Ended> {
@@ -315,6 +409,10 @@ impl Broker {
                 revoked,
             });
         }
+        if !ended.is_empty() {
+            let ids: BTreeSet<&str> = ended.iter().map(|e| e.lease_id.as_str()).collect();
+            self.remove_files(|w| w.lease_id.as_deref().is_some_and(|l| ids.contains(l))).await;
+        }
         ended
     }
 
@@ -334,6 +432,7 @@ impl Broker {
                 let _ = v.revoke_token(&t).await;
             }
         }
+        self.remove_files(|w| !view.secrets.contains(&(w.identity.clone(), w.name.clone()))).await;
         self.end_leases_timed(|l| {
             if l.ends <= now {
                 Some(("its time is up".to_owned(), true))
@@ -357,6 +456,7 @@ impl Broker {
         } else {
             vec![]
         };
+        self.remove_files(|_| true).await;
         let tokens: Vec<Arc<Secret>> = self.state.lock().await.tokens.drain().map(|(_, (t, _, _))| t).collect();
         if let Some(v) = &self.vault {
             for t in tokens {

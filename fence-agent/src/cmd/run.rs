@@ -238,6 +238,7 @@ async fn start(
         policy_paths: args.policy,
         hostname: hostname(),
         ids_path: config.persist.enabled.then(|| config.persist.state_dir.join("identity-ids.json")),
+        secret_files: config.vault.is_some().then(|| config.broker.files_dir.clone()),
     };
     let kernel = Generations::new(loader.take_policy_maps()?).context("reading the policy maps")?;
     let dns = dns_state(config, &plan, &mut loader, &handle, &agent_events_tx)?;
@@ -434,6 +435,22 @@ fn host_protection(config: &Config) -> crate::protect::HostProtection {
     let mut host = config.protection.clone();
     if let Ok(g) = PathGlob::parse(&config.control.socket.display().to_string()) {
         host.unix_deny.push(g);
+    }
+    // The broker's files: protected from every fenced identity but their owner's.
+    if config.vault.is_some() {
+        let dir = &config.broker.files_dir;
+        match broker::files::make_dir(dir) {
+            Ok(()) => match PathGlob::parse(&format!("{}/**", dir.display())) {
+                Ok(g) => host.files.push(g),
+                Err(e) => tracing::error!(dir = %dir.display(), error = %e, "broker.files_dir cannot be protected"),
+            },
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot make broker.files_dir: secret file will fail")
+            }
+        }
+        if !broker::files::on_tmpfs(dir) {
+            tracing::warn!(dir = %dir.display(), "broker.files_dir is not on a tmpfs: secret files would reach a disk");
+        }
     }
     host
 }

@@ -20,7 +20,7 @@ use crate::{
     config::{DEFAULT_SOCKET, DEFAULT_WORKLOAD_SOCKET},
     control::{
         CallError, Request, call,
-        protocol::{SecretOp, SecretRevoked},
+        protocol::{SecretFile, SecretOp, SecretRevoked},
     },
     vault::client::Secret,
 };
@@ -40,6 +40,14 @@ pub enum SecretCommand {
     /// the caller, e.g. `3>file` or a pipe) instead of stdout, without a newline. Exit codes:
     /// 0 printed, 1 the agent could not be asked, 2 refused.
     Get(GetArgs),
+    /// Write one of your identity's secrets to a file only your identity may read, and print
+    /// its path (from inside the fenced workload).
+    ///
+    /// The file is `<[broker] files_dir>/<identity>/<name>` (`.<field>` with --field), mode
+    /// 0400, owned by your uid; every other fenced identity is refused it by the kernel. It is
+    /// removed when its lease ends, when the identity loses the secret, and when the agent
+    /// stops. Exit codes as for `get`.
+    File(FileArgs),
     /// End the leases of an identity's dynamic secret now (root on the host): the vault
     /// revokes them (the database drops the user).
     Revoke(RevokeArgs),
@@ -61,6 +69,18 @@ pub struct GetArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct FileArgs {
+    /// The secret (a name in the identity's `secrets:`).
+    pub name: String,
+    /// One field of a dynamic secret (else all of them, as a JSON object).
+    #[arg(long)]
+    pub field: Option<String>,
+    /// The agent's workload socket.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_WORKLOAD_SOCKET)]
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Args)]
 pub struct RevokeArgs {
     /// The secret.
     pub name: String,
@@ -75,6 +95,23 @@ pub struct RevokeArgs {
 pub fn main(command: SecretCommand) -> anyhow::Result<ExitCode> {
     match command {
         SecretCommand::Get(a) => Ok(get(&a)),
+        SecretCommand::File(a) => {
+            let op = SecretOp::File { name: a.name, field: a.field };
+            Ok(match call::<SecretFile>(&a.socket, &Request::Secret(op)) {
+                Ok(f) => {
+                    println!("{}", f.path);
+                    ExitCode::SUCCESS
+                }
+                Err(CallError::Refused(why)) => {
+                    eprintln!("fence-agent: {why}");
+                    ExitCode::from(REFUSED)
+                }
+                Err(e) => {
+                    eprintln!("fence-agent: {e}");
+                    ExitCode::FAILURE
+                }
+            })
+        }
         SecretCommand::Revoke(a) => {
             let op = SecretOp::Revoke { name: a.name, identity: a.identity };
             match call::<SecretRevoked>(&a.socket, &Request::Secret(op)) {

@@ -9,9 +9,10 @@
 //! cache_ttl = "30s"                # a KV value is read again after this ("0s": never cached)
 //! max_ttl = "8h"                   # no dynamic lease lasts longer
 //! revoke_on_shutdown = true        # revoke the dynamic leases when the agent stops
+//! files_dir = "/run/fence/secrets" # `secret file` writes below it (keep it on a tmpfs)
 //! ```
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
@@ -24,6 +25,9 @@ pub struct BrokerConfig {
     pub cache_ttl: Duration,
     pub max_ttl: Duration,
     pub revoke_on_shutdown: bool,
+    /// `secret file` writes `<files_dir>/<identity>/<name>`: the whole directory is in the
+    /// host's protected set, each identity excepted for its own subdirectory.
+    pub files_dir: PathBuf,
 }
 
 impl Default for BrokerConfig {
@@ -36,6 +40,11 @@ impl BrokerConfig {
     /// The vault policy that limits identity `name`'s token to its own secrets.
     pub fn policy_of(&self, identity: &str) -> String {
         format!("{}{identity}", self.policy_prefix)
+    }
+
+    /// Where `secret file` writes identity `name`'s files.
+    pub fn files_of(&self, identity: &str) -> PathBuf {
+        self.files_dir.join(identity)
     }
 }
 
@@ -56,6 +65,8 @@ pub struct BrokerSection {
     max_ttl: String,
     #[serde(default = "default_true")]
     revoke_on_shutdown: bool,
+    #[serde(default = "default_files_dir")]
+    files_dir: PathBuf,
 }
 
 impl Default for BrokerSection {
@@ -68,6 +79,7 @@ impl Default for BrokerSection {
             cache_ttl: default_cache_ttl(),
             max_ttl: default_max_ttl(),
             revoke_on_shutdown: true,
+            files_dir: default_files_dir(),
         }
     }
 }
@@ -92,6 +104,9 @@ fn default_max_ttl() -> String {
 }
 fn default_true() -> bool {
     true
+}
+fn default_files_dir() -> PathBuf {
+    PathBuf::from("/run/fence/secrets")
 }
 
 /// A mount, role or policy name: what the vault accepts in a URL path segment and a policy
@@ -130,6 +145,9 @@ impl TryFrom<BrokerSection> for BrokerConfig {
         vault_name("kv_mount", &s.kv_mount, true)?;
         vault_name("token_role", &s.token_role, false)?;
         vault_name("policy_prefix", &s.policy_prefix, false)?;
+        if !s.files_dir.is_absolute() || s.files_dir.parent().is_none() {
+            return Err(format!("broker.files_dir: {} must be an absolute path below /", s.files_dir.display()));
+        }
         Ok(BrokerConfig {
             kv_mount: s.kv_mount,
             token_role: s.token_role,
@@ -138,6 +156,7 @@ impl TryFrom<BrokerSection> for BrokerConfig {
             cache_ttl: duration("cache_ttl", &s.cache_ttl, true)?,
             max_ttl: duration("max_ttl", &s.max_ttl, false)?,
             revoke_on_shutdown: s.revoke_on_shutdown,
+            files_dir: s.files_dir,
         })
     }
 }
@@ -161,6 +180,8 @@ mod tests {
         assert!(e.contains("broker.kv_mount"), "{e}");
         let e = Config::parse("[broker]\ntoken_ttl = \"0s\"").unwrap_err();
         assert!(e.contains("broker.token_ttl"), "{e}");
+        let e = Config::parse("[broker]\nfiles_dir = \"run/x\"").unwrap_err();
+        assert!(e.contains("broker.files_dir"), "{e}");
         assert!(Config::parse("[broker]\nwhatever = 1").unwrap_err().contains("unknown field"));
     }
 }

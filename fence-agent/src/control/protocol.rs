@@ -12,6 +12,7 @@
 //! | `{"op":"grant-show","id":ID}`, `{"op":"grant-list"}` (+ `"identity"`) | root; a fenced process sees its own identity's | [`GrantReply`] |
 //! | `{"op":"grant-approve","id":ID}`, `grant-deny` / `grant-revoke` (+ `"reason"`) | root | [`GrantReply`] |
 //! | `{"op":"secret-get","name":NAME}` | a fenced process, for its own identity (workload socket) | `{"ok":true,"name":..,"kind":"kv","value":..}` or `{..,"kind":"dynamic","fields":{..},"lease_id":..,"ttl":SECONDS}` |
+//! | `{"op":"secret-file","name":NAME}` (+ `"field"`) | a fenced process, for its own identity (workload socket) | [`SecretFile`]: the file written |
 //! | `{"op":"secret-revoke","name":NAME,"identity":ID}` | root | [`SecretRevoked`] |
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -34,6 +35,9 @@ pub enum Request {
 pub enum SecretOp {
     /// The caller's own identity's secret `name`.
     Get { name: String },
+    /// The same, written to a file only the caller's identity may read (one field of a
+    /// dynamic secret, or all of them as JSON).
+    File { name: String, field: Option<String> },
     /// Ends the leases of `identity`'s secret `name` (root).
     Revoke { name: String, identity: String },
 }
@@ -85,6 +89,8 @@ struct Wire {
     id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
 }
 
 impl Wire {
@@ -96,6 +102,7 @@ impl Wire {
             ("reason", self.reason.is_some()),
             ("id", self.id.is_some()),
             ("name", self.name.is_some()),
+            ("field", self.field.is_some()),
         ];
         match present.iter().find(|(name, set)| *set && !allowed.contains(name)) {
             Some((name, _)) => Err(format!("op \"{op}\" takes no \"{name}\"")),
@@ -149,9 +156,14 @@ impl Wire {
 impl Wire {
     fn secret(self) -> Result<SecretOp, String> {
         let op = self.op.clone();
-        self.only(&op, &["name"])?;
+        self.only(&op, if op == "secret-file" { &["name", "field"] } else { &["name"] })?;
         let name = Wire::required(self.name, &op, "name")?;
+        let own = |op: &str| format!("op \"{op}\" takes no \"identity\": a process gets its own identity's secrets");
         match op.as_str() {
+            "secret-file" => match self.identity {
+                None => Ok(SecretOp::File { name, field: self.field }),
+                Some(_) => Err(own(&op)),
+            },
             "secret-get" => match self.identity {
                 None => Ok(SecretOp::Get { name }),
                 Some(_) => {
@@ -159,7 +171,9 @@ impl Wire {
                 }
             },
             "secret-revoke" => Ok(SecretOp::Revoke { name, identity: Wire::required(self.identity, &op, "identity")? }),
-            other => Err(format!("unknown op {other:?} (expected \"secret-get\" or \"secret-revoke\")")),
+            other => {
+                Err(format!("unknown op {other:?} (expected \"secret-get\", \"secret-file\" or \"secret-revoke\")"))
+            }
         }
     }
 }
@@ -215,6 +229,9 @@ impl Request {
                 GrantOp::Show { id } => Wire { id: Some(id), ..wire("grant-show") },
             },
             Request::Secret(SecretOp::Get { name }) => Wire { name: Some(name.clone()), ..wire("secret-get") },
+            Request::Secret(SecretOp::File { name, field }) => {
+                Wire { name: Some(name.clone()), field: field.clone(), ..wire("secret-file") }
+            }
             Request::Secret(SecretOp::Revoke { name, identity }) => {
                 Wire { name: Some(name.clone()), identity: Some(identity.clone()), ..wire("secret-revoke") }
             }
@@ -231,7 +248,7 @@ impl Request {
             self,
             Request::Enter { .. }
                 | Request::Grant(GrantOp::Request { .. } | GrantOp::List { .. } | GrantOp::Show { .. })
-                | Request::Secret(SecretOp::Get { .. })
+                | Request::Secret(SecretOp::Get { .. } | SecretOp::File { .. })
         )
     }
 
@@ -240,13 +257,13 @@ impl Request {
         matches!(
             self,
             Request::Grant(GrantOp::Request { .. } | GrantOp::List { .. } | GrantOp::Show { .. })
-                | Request::Secret(SecretOp::Get { .. })
+                | Request::Secret(SecretOp::Get { .. } | SecretOp::File { .. })
         )
     }
 
     /// Whether the caller's process must be attested (its cgroup read from the kernel).
     pub fn needs_attestation(&self) -> bool {
-        matches!(self, Request::Grant(_) | Request::Secret(SecretOp::Get { .. }))
+        matches!(self, Request::Grant(_) | Request::Secret(SecretOp::Get { .. } | SecretOp::File { .. }))
     }
 }
 
@@ -286,6 +303,12 @@ pub struct GrantView {
     /// Operations the kernel allowed through it (active and ended grants).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uses: Option<u64>,
+}
+
+/// `secret-file`: the file written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretFile {
+    pub path: String,
 }
 
 /// `secret-revoke`: the leases ended.
@@ -495,7 +518,11 @@ mod tests {
         assert!(revoke.root_only() && !revoke.for_workloads() && !revoke.needs_attestation());
         assert!(Request::parse(r#"{"op":"secret-revoke","name":"db"}"#).unwrap_err().contains("\"identity\""));
         assert!(Request::parse(r#"{"op":"secret-put","name":"db"}"#).unwrap_err().contains("unknown op"));
-        for r in [get, revoke] {
+        let file = Request::parse(r#"{"op":"secret-file","name":"db","field":"password"}"#).unwrap();
+        assert_eq!(file, Request::Secret(SecretOp::File { name: "db".into(), field: Some("password".into()) }));
+        assert!(file.for_workloads() && file.needs_attestation());
+        assert!(Request::parse(r#"{"op":"secret-get","name":"db","field":"x"}"#).unwrap_err().contains("\"field\""));
+        for r in [get, revoke, file] {
             let line = r.to_line();
             assert_eq!(Request::parse(std::str::from_utf8(&line).unwrap().trim()).unwrap(), r);
         }

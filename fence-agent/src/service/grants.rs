@@ -119,6 +119,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
                 identity.put_in_force(in_force);
             }
         }
+        self.add_secret_file_exceptions(&mut out);
         out
     }
 

@@ -65,6 +65,9 @@ pub struct Deps {
     pub hostname: String,
     /// Where the identity numbering is kept across restarts (persistence on).
     pub ids_path: Option<PathBuf>,
+    /// The broker's `files_dir` (a broker with a vault runs): each identity with secrets is
+    /// excepted from its protection for its own subdirectory.
+    pub secret_files: Option<PathBuf>,
 }
 
 /// The views of the policy outside the kernel, kept in step with it.

@@ -12,6 +12,7 @@ use crate::{
     control::Peer,
     grants::{Phase, boot_ns},
     kernel::PolicyMaps,
+    policy::{PolicySet, glob::PathGlob},
 };
 
 /// Why a request is refused, for the caller, the audit line and the event.
@@ -91,6 +92,23 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
             }
         };
         Ok(Ticket { identity, spec: spec.clone(), grant })
+    }
+
+    /// Each identity with secrets may read its own directory of the broker's files (the whole
+    /// directory is in the host's protected set). The directory is made here, before it is
+    /// resolved, so that the exception is in the kernel before the first file.
+    pub(super) fn add_secret_file_exceptions(&self, set: &mut PolicySet) {
+        let Some(dir) = &self.deps.secret_files else { return };
+        for identity in set.identities.iter_mut().filter(|i| !i.secrets.is_empty() && !i.expired) {
+            let own = dir.join(&identity.name);
+            if let Err(e) = crate::broker::files::make_dir(&own) {
+                tracing::warn!(dir = %own.display(), error = %e, "cannot make an identity's secret file directory");
+            }
+            match PathGlob::parse(&format!("{}/**", own.display())) {
+                Ok(g) => identity.file_exceptions.push(g),
+                Err(e) => tracing::warn!(dir = %own.display(), error = %e, "secret file directory"),
+            }
+        }
     }
 
     /// One broker line in the audit log.

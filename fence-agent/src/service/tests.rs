@@ -75,6 +75,7 @@ pub(super) fn fixture(test: &str, with_vault: bool) -> Fixture {
         policy_paths: vec![policy],
         hostname: "test-host".into(),
         ids_path: None,
+        secret_files: None,
     };
     let views = Views {
         directory: Arc::new(std::sync::RwLock::new(Directory::default())),
