@@ -109,7 +109,12 @@ impl Agent {
         let events = events.map_or_else(|| dir.path("events.jsonl"), Path::to_path_buf);
         let config = dir.path("agent.toml");
         // The tests' own protected sets replace the host's defaults unless they say otherwise.
-        let protect = if extra_config.contains("[protect]") { "" } else { "[protect]\ndefaults = false\n" };
+        let mut protect =
+            if extra_config.contains("[protect]") { String::new() } else { "[protect]\ndefaults = false\n".to_owned() };
+        // The broker's files of a test agent stay in its directory, not the host's /run.
+        if !extra_config.contains("[broker]") {
+            protect.push_str(&format!("[broker]\nfiles_dir = {:?}\n", dir.path("secrets").display().to_string()));
+        }
         let split = if extra_config.starts_with('[') {
             0
         } else {

@@ -66,7 +66,7 @@ fn audit_lines(agent: &Agent, action: &str, name: &str) -> Vec<Value> {
         .collect()
 }
 
-fn identity(name: &str, cg: &TestCgroup, sections: &str) -> String {
+pub(crate) fn identity(name: &str, cg: &TestCgroup, sections: &str) -> String {
     format!(
         "  - name: {name}\n    owner: fence-tests\n    purpose: broker test\n    selectors: [{{cgroup: \"{}\"}}]\n{sections}",
         cg.rel
@@ -131,7 +131,7 @@ fn refusals_attested() {
 /// The vault side of the broker: the agent's AppRole may make tokens through the role
 /// `fence-broker`, whose tokens carry only `fence-identity-*` policies; each identity's
 /// policy reads its own paths.
-fn broker_vault(setup: &Setup, identities: &[(&str, &str)]) {
+pub(crate) fn broker_vault(setup: &Setup, identities: &[(&str, &str)]) {
     let bao = &setup.bao;
     bao.write_policy(
         "fence-agent",
@@ -156,9 +156,35 @@ path "auth/token/create/fence-broker" { capabilities = ["update"] }"#,
     }
 }
 
+/// OpenBao's database secrets engine over `pg`: the role `ai-readonly` makes login roles.
+pub(crate) fn database_engine(bao: &crate::bao::Bao, pg: &Postgres) {
+    bao.root("POST", "/v1/sys/mounts/database", Some(&json!({ "type": "database" })));
+    bao.root(
+        "POST",
+        "/v1/database/config/pg",
+        Some(&json!({
+            "plugin_name": "postgresql-database-plugin",
+            "connection_url": format!("postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/postgres?sslmode=disable", pg.port),
+            "username": pg.admin,
+            "password": pg.admin_password.expose(),
+            "allowed_roles": ["ai-readonly"],
+        })),
+    );
+    bao.root(
+        "POST",
+        "/v1/database/roles/ai-readonly",
+        Some(&json!({
+            "db_name": "pg",
+            "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"],
+            "default_ttl": "1h",
+            "max_ttl": "4h",
+        })),
+    );
+}
+
 /// Pushes `identities` (YAML list items) to the vault for this host and waits until the agent
 /// enforces them (`cg` has a fenced process's view).
-fn push(setup: &Setup, agent: &Agent, identities: &str, names: &[&str]) {
+pub(crate) fn push(setup: &Setup, agent: &Agent, identities: &str, names: &[&str]) {
     fs::write(setup.policies.join("broker.yaml"), format!("schema: 1\nidentities:\n{identities}")).unwrap();
     fs::write(
         setup.policies.join("assignments.yaml"),
@@ -316,29 +342,7 @@ fn kv_own_identity_only() {
 fn dynamic_postgres_ends_with_grant() {
     let pg = Postgres::start();
     let setup = Setup::new("broker-pg");
-    let bao = &setup.bao;
-    bao.root("POST", "/v1/sys/mounts/database", Some(&json!({ "type": "database" })));
-    bao.root(
-        "POST",
-        "/v1/database/config/pg",
-        Some(&json!({
-            "plugin_name": "postgresql-database-plugin",
-            "connection_url": format!("postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/postgres?sslmode=disable", pg.port),
-            "username": pg.admin,
-            "password": pg.admin_password.expose(),
-            "allowed_roles": ["ai-readonly"],
-        })),
-    );
-    bao.root(
-        "POST",
-        "/v1/database/roles/ai-readonly",
-        Some(&json!({
-            "db_name": "pg",
-            "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"],
-            "default_ttl": "1h",
-            "max_ttl": "4h",
-        })),
-    );
+    database_engine(&setup.bao, &pg);
     broker_vault(&setup, &[("pg-bot", r#"path "database/creds/ai-readonly" { capabilities = ["read"] }"#)]);
     let cg = TestCgroup::new("broker-pg");
     let files = crate::env::TempDir::new("broker-pg-files");

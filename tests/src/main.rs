@@ -5,6 +5,7 @@
 //! fence-tests run NAME             # one test, in this process
 //! fence-tests run-all [FILTER]     # every test, each in its own process, one at a time
 //! fence-tests dns-authority NAME=IP...  # a test DNS authority on 127.0.0.1 (for the bench)
+//! fence-tests bench-secrets COUNT       # the broker's latencies, as JSON (for the bench)
 //! ```
 //!
 //! Needs root, a cgroup2 mount and `fence-agent` next to this binary (or `$FENCE_AGENT`).
@@ -14,6 +15,7 @@ use std::{process::ExitCode, time::Duration};
 mod agent;
 mod bao;
 mod broker;
+mod broker_bench;
 mod bypass;
 mod chaos;
 mod dns;
@@ -90,6 +92,7 @@ fn main() -> ExitCode {
         }
         Some("helper") => helper::main(&args[1..]),
         Some("dns-authority") => dns::authority_main(&args[1..]),
+        Some("bench-secrets") => broker_bench::main(&args[1..]),
         _ => usage(),
     }
 }
@@ -97,7 +100,7 @@ fn main() -> ExitCode {
 fn usage() -> ExitCode {
     eprintln!(
         "usage: fence-tests list | run NAME | run-all [--kernel-log-on-failure] [FILTER] | helper ... | \
-         dns-authority NAME=IP..."
+         dns-authority NAME=IP... | bench-secrets COUNT"
     );
     ExitCode::from(2)
 }

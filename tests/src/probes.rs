@@ -17,6 +17,7 @@ pub fn perform(action: &str, args: &[&str]) -> Option<io::Result<Value>> {
         "tcp-hold" => Some(tcp_hold(args)),
         "connect-until-denied" => Some(connect_until_denied(args)),
         "request-after-exit" => Some(request_after_exit(args)),
+        "secret-rtt" => Some(secret_rtt(args)),
         _ => None,
     }
 }
@@ -116,4 +117,30 @@ fn request_after_exit(args: &[&str]) -> io::Result<Value> {
             Ok(json!({"exited": child.as_raw(), "answer": answer.trim()}))
         }
     }
+}
+
+/// `secret-rtt SOCKET NAME COUNT`: COUNT `secret-get` requests on the workload socket, one
+/// after the other, each on a new connection; the milliseconds of each round trip (the value
+/// itself is dropped unread beyond the answer's `ok`).
+fn secret_rtt(args: &[&str]) -> io::Result<Value> {
+    use std::io::{BufRead as _, Write as _};
+    let (Some(socket), Some(name)) = (args.first(), args.get(1)) else {
+        return Err(io::Error::other("secret-rtt SOCKET NAME COUNT"));
+    };
+    let count: usize = args.get(2).and_then(|c| c.parse().ok()).unwrap_or(1);
+    let line = format!("{}\n", json!({"op": "secret-get", "name": name}));
+    let mut ms = Vec::with_capacity(count);
+    for _ in 0..count {
+        let started = Instant::now();
+        let stream = std::os::unix::net::UnixStream::connect(socket)?;
+        (&stream).write_all(line.as_bytes())?;
+        let mut answer = String::new();
+        io::BufReader::new(&stream).read_line(&mut answer)?;
+        ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        if !answer.starts_with("{\"ok\":true") {
+            let why: Value = serde_json::from_str(&answer).unwrap_or(Value::Null);
+            return Err(io::Error::other(format!("refused: {}", why["error"])));
+        }
+    }
+    Ok(json!({"ms": ms}))
 }

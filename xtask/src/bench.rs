@@ -282,6 +282,9 @@ pub fn bench(opts: &Options<'_>) -> Result<ExitCode> {
         if wanted(f, &["just-in-time grants", "grants"]) {
             section(&mut report, "just-in-time grants", crate::bench_grants::grants(&env, opts.rounds));
         }
+        if wanted(f, &["credential broker", "secrets"]) {
+            section(&mut report, "credential broker", crate::bench_secrets::secrets(&env, opts.rounds));
+        }
         if wanted(f, &["vault propagation"]) {
             section(&mut report, "vault propagation", vault(&env));
         }

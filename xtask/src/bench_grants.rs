@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::{
     bench::Env,
     host::{Agent, helper},
-    report::{Spread, Table},
+    report::{Table, latency_row},
 };
 
 /// The granted target's address.
@@ -61,9 +61,7 @@ pub fn grants(env: &Env<'_>, rounds: u32) -> Result<Table> {
         ("approval (local root) to first allowed connect", &person),
         ("grant's end to first denied connect", &lag),
     ] {
-        let s = Spread::of(v).context("no samples")?;
-        let ms = |x: f64| format!("{x:.1} ms");
-        t.row(vec![what.into(), ms(s.median), ms(percentile(v, 0.99)), ms(percentile(v, 1.0))]);
+        t.row(latency_row(what, v).context("no samples")?);
     }
     Ok(t)
 }
@@ -124,11 +122,4 @@ fn end_to_denied(env: &Env<'_>, dir: &Path, to: &str) -> Result<f64> {
         thread::sleep(Duration::from_millis(20));
     }
     Ok(denied.saturating_sub(end) as f64 / 1e6)
-}
-
-fn percentile(v: &[f64], q: f64) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let i = ((s.len() as f64 - 1.0) * q).round() as usize;
-    s.get(i).copied().unwrap_or(0.0)
 }

@@ -9,6 +9,7 @@ mod bench;
 mod bench_dns;
 mod bench_grants;
 mod bench_scale;
+mod bench_secrets;
 mod bench_vault;
 mod demo;
 mod dist;

@@ -157,6 +157,21 @@ impl Machine {
 }
 
 /// The 1, 5 and 15 minute load averages.
+/// The `q` quantile of `v` (nearest rank; 1.0 is the maximum).
+pub fn percentile(v: &[f64], q: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let i = ((s.len() as f64 - 1.0) * q).round() as usize;
+    s.get(i).copied().unwrap_or(0.0)
+}
+
+/// A latency table's row: p50, p99 and max of `v` (milliseconds).
+pub fn latency_row(what: &str, v: &[f64]) -> Option<Vec<String>> {
+    let s = Spread::of(v)?;
+    let ms = |x: f64| format!("{x:.1} ms");
+    Some(vec![what.into(), ms(s.median), ms(percentile(v, 0.99)), ms(percentile(v, 1.0))])
+}
+
 pub fn loadavg() -> String {
     fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
