@@ -147,7 +147,6 @@ path "auth/token/create/fence-broker" { capabilities = ["update"] }"#,
         Some(&json!({
             "allowed_policies_glob": ["fence-identity-*"],
             "orphan": true,
-            "renewable": false,
             "token_explicit_max_ttl": "8h",
         })),
     );
@@ -351,7 +350,8 @@ fn dynamic_postgres_ends_with_grant() {
     let agent = Agent::start_logged("broker-pg", "schema: 1\nidentities: []\n", &config, "trace");
     let sections = format!(
         "    grants:\n      - {{name: db, egress: [{{to: [127.0.0.1], ports: [{}], protocol: tcp}}], approval: auto, max_ttl: 1h}}\n    \
-         secrets:\n      - {{name: db, dynamic: {{role: database/creds/ai-readonly, ttl: 10m}}, grant: db}}\n",
+         secrets:\n      - {{name: db, dynamic: {{role: database/creds/ai-readonly, ttl: 10m}}, grant: db}}\n      \
+         - {{name: short, dynamic: {{role: database/creds/ai-readonly, ttl: 4s}}}}\n",
         pg.port
     );
     push(&setup, &agent, &identity("pg-bot", &cg, &sections), &["pg-bot"]);
@@ -419,5 +419,26 @@ fn dynamic_postgres_ends_with_grant() {
     .expect("the lease's end is audited");
     assert_eq!(ended[0]["fence"]["secret"]["lease_id"], lease_id.as_str(), "{:#}", ended[0]);
     assert!(!std::path::Path::new(&file).exists(), "the secret file goes with its lease");
+
+    // A lease in use is renewed (the same credential past its ttl); one no longer asked for ends.
+    let short = |agent: &Agent| -> (String, String) {
+        let (code, out, err) = get(agent, Some(&cg), "short");
+        assert_eq!(code, 0, "{err}");
+        let v: Value = serde_json::from_str(out.trim()).expect("fields as JSON");
+        (v["username"].as_str().unwrap().to_owned(), v["password"].as_str().unwrap().to_owned())
+    };
+    let (user, password) = short(&agent);
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(7) {
+        assert_eq!(short(&agent).0, user, "the lease in use is the same lease, renewed");
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    pg.login(&user, &password).unwrap_or_else(|e| panic!("renewed past its 4 s ttl, it still logs in: {e}"));
+    let renewed = audit_lines(&agent, "secret-issued", "short");
+    assert!(renewed.iter().any(|l| l["fence"]["secret"]["renewed"] == true), "{renewed:#?}");
+    wait_for(wait(20), || pg.login(&user, &password).is_err().then_some(()))
+        .expect("no longer asked for, the lease ends and the user is gone");
+    wait_for(wait(10), || (!audit_lines(&agent, "secret-expired", "short").is_empty()).then_some(()))
+        .expect("its end is audited");
     assert_no_leak(&agent, &[&password]);
 }

@@ -101,6 +101,7 @@ async fn get(
                 ttl_seconds: ttl,
                 grant,
                 cached: delivery.cached,
+                renewed: delivery.renewed,
                 requester,
                 why: None,
             };

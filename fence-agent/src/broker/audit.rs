@@ -40,6 +40,9 @@ pub struct SecretFields {
     /// Served from the broker's cache (KV) or an existing lease.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub cached: bool,
+    /// A lease held, renewed by this request.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub renewed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requester: Option<Requester>,
     /// Why it was refused, or why a lease ended.

@@ -7,10 +7,11 @@
 //!   policy (`policy_prefix` + name): a mapping mistake here cannot read another identity's
 //!   secrets, the vault refuses it.
 //! - KV values are kept `cache_ttl` (0: never), wiped when dropped.
-//! - A dynamic credential is leased to a token of its own, which lives as long as the lease may
-//!   (its ttl, capped by `max_ttl` and by the end of the grant it depends on): revoking that
-//!   token revokes the lease (the database user is dropped), and the vault does so by itself
-//!   when the token expires, with the agent stopped or killed. The broker revokes it at the
+//! - A dynamic credential is leased to a token of its own, which lives one period (the
+//!   secret's ttl) and may be renewed up to `max_ttl` and the end of the grant it depends on:
+//!   revoking that token revokes the lease (the database user is dropped), and the vault does
+//!   so by itself when the token expires, with the agent stopped or killed. A request in the
+//!   second half of a period renews both by a period (in use); a lease no one asks for ends. The broker revokes it at the
 //!   lease's end, when its grant ends or is revoked, when the identity leaves the policy, on
 //!   `secret revoke`, and when the agent stops (`revoke_on_shutdown`).
 //! - Values reach no log, event, metric, audit line, error, file or environment; the agent is
@@ -31,7 +32,7 @@ use thiserror::Error;
 use crate::{
     config::BrokerConfig,
     policy::{SecretSource, SecretSpec},
-    vault::client::{Secret, VaultClient, VaultError},
+    vault::client::{Secret, TokenLife, VaultClient, VaultError},
 };
 
 /// A dynamic secret without a `ttl` in the policy gets this (capped by `max_ttl`).
@@ -75,14 +76,25 @@ pub struct Lease {
     pub grant: Option<String>,
     /// Revoking it revokes the lease.
     token: Secret,
-    made: Instant,
-    ends: Instant,
+    /// One period: the lease's ttl, what a renewal adds.
+    period: Duration,
+    /// The latest it may last (max_ttl, its grant's end).
+    hard_end: Instant,
+    ends: std::sync::Mutex<Instant>,
 }
 
 impl Lease {
+    fn ends(&self) -> Instant {
+        *self.ends.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn extend_to(&self, at: Instant) {
+        *self.ends.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = at;
+    }
+
     /// Time left.
     pub fn left(&self) -> Duration {
-        self.ends.saturating_duration_since(Instant::now())
+        self.ends().saturating_duration_since(Instant::now())
     }
 }
 
@@ -98,6 +110,8 @@ pub struct Delivery {
     pub value: Value,
     /// From the cache, or a lease already held.
     pub cached: bool,
+    /// A lease held, renewed for this request.
+    pub renewed: bool,
 }
 
 /// A lease that ended, for the audit log.
@@ -204,7 +218,7 @@ impl Broker {
                         && *source == ticket.spec.source
                         && at.elapsed() < self.config.cache_ttl
                     {
-                        return Ok(Delivery { value: Value::Kv(v.clone()), cached: true });
+                        return Ok(Delivery { value: Value::Kv(v.clone()), cached: true, renewed: false });
                     }
                 }
                 let token = self.identity_token(vault, &ticket.identity).await?;
@@ -218,28 +232,52 @@ impl Broker {
                 if !self.config.cache_ttl.is_zero() {
                     self.state.lock().await.kv.insert(key, (ticket.spec.source.clone(), value.clone(), Instant::now()));
                 }
-                Ok(Delivery { value: Value::Kv(value), cached: false })
+                Ok(Delivery { value: Value::Kv(value), cached: false, renewed: false })
             }
             SecretSource::Dynamic { path, ttl } => {
-                {
-                    // A lease held with more than half its life left serves again.
-                    let state = self.state.lock().await;
-                    if let Some(l) = state.leases.iter().rev().find(|l| l.identity == key.0 && l.name == key.1)
-                        && l.left() > (l.ends - l.made) / 2
-                        && l.grant == ticket.grant.as_ref().map(|(id, _)| id.clone())
-                    {
-                        return Ok(Delivery { value: Value::Dynamic(l.clone()), cached: true });
-                    }
-                }
-                let mut life = ttl.unwrap_or(DEFAULT_LEASE).min(self.config.max_ttl);
+                // One period of the lease (its ttl), and the latest it may be renewed to: the
+                // broker's max_ttl and the end of the grant it depends on.
+                let mut hard = self.config.max_ttl;
                 if let Some((_, left)) = &ticket.grant {
-                    life = life.min(*left);
+                    hard = hard.min(*left);
                 }
-                if life < Duration::from_secs(1) {
+                let period = ttl.unwrap_or(DEFAULT_LEASE).min(hard);
+                if period < Duration::from_secs(1) {
                     return Err(BrokerError::GrantEnding(ticket.spec.name.clone()));
+                }
+                let grant = ticket.grant.as_ref().map(|(id, _)| id.clone());
+                let held = {
+                    let state = self.state.lock().await;
+                    state
+                        .leases
+                        .iter()
+                        .rev()
+                        .find(|l| l.identity == key.0 && l.name == key.1 && l.grant == grant)
+                        .cloned()
+                };
+                if let Some(l) = held {
+                    let left = l.left();
+                    // More than half a period left: served again.
+                    if left > l.period / 2 {
+                        return Ok(Delivery { value: Value::Dynamic(l), cached: true, renewed: false });
+                    }
+                    // In use in its second half: renewed by a period, up to its hard end.
+                    let now = Instant::now();
+                    if !left.is_zero() && l.hard_end > now + left {
+                        match vault.renew_lease(&l.token, &l.lease_id, l.period).await {
+                            Ok(d) => {
+                                l.extend_to((now + d).min(l.hard_end));
+                                return Ok(Delivery { value: Value::Dynamic(l), cached: true, renewed: true });
+                            }
+                            Err(e) => {
+                                tracing::warn!(identity = %l.identity, secret = %l.name, lease_id = %l.lease_id, error = %e, "renewing a lease failed; a new one is made");
+                            }
+                        }
+                    }
                 }
                 let display = format!("fence-{}-{}", ticket.identity, ticket.spec.name);
                 let made = Instant::now();
+                let life = TokenLife { ttl: period, max: hard };
                 let token = vault
                     .identity_token(&self.config.token_role, &self.config.policy_of(&ticket.identity), life, &display)
                     .await?;
@@ -250,20 +288,24 @@ impl Broker {
                         return Err(e.into());
                     }
                 };
-                let life =
-                    life.min(token.ttl).min(if credential.lease_ttl.is_zero() { life } else { credential.lease_ttl });
+                let first = period.min(token.ttl).min(if credential.lease_ttl.is_zero() {
+                    period
+                } else {
+                    credential.lease_ttl
+                });
                 let lease = Arc::new(Lease {
                     identity: ticket.identity.clone(),
                     name: ticket.spec.name.clone(),
                     lease_id: credential.lease_id,
                     fields: credential.fields,
-                    grant: ticket.grant.as_ref().map(|(id, _)| id.clone()),
+                    grant,
                     token: token.token,
-                    made,
-                    ends: made + life,
+                    period,
+                    hard_end: made + hard,
+                    ends: std::sync::Mutex::new(made + first),
                 });
                 self.state.lock().await.leases.push(lease.clone());
-                Ok(Delivery { value: Value::Dynamic(lease), cached: false })
+                Ok(Delivery { value: Value::Dynamic(lease), cached: false, renewed: false })
             }
         }
     }
@@ -280,9 +322,8 @@ impl Broker {
         }
         let made = Instant::now();
         let display = format!("fence-{identity}");
-        let t = vault
-            .identity_token(&self.config.token_role, &self.config.policy_of(identity), self.config.token_ttl, &display)
-            .await?;
+        let life = TokenLife { ttl: self.config.token_ttl, max: self.config.token_ttl };
+        let t = vault.identity_token(&self.config.token_role, &self.config.policy_of(identity), life, &display).await?;
         let token = Arc::new(t.token);
         let old = self.state.lock().await.tokens.insert(identity.to_owned(), (token.clone(), made, t.ttl));
         if let Some((old, _, _)) = old {
@@ -434,7 +475,7 @@ impl Broker {
         }
         self.remove_files(|w| !view.secrets.contains(&(w.identity.clone(), w.name.clone()))).await;
         self.end_leases_timed(|l| {
-            if l.ends <= now {
+            if l.ends() <= now {
                 Some(("its time is up".to_owned(), true))
             } else if let Some(g) = &l.grant
                 && !view.grants.contains(g)

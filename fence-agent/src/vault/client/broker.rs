@@ -27,6 +27,13 @@ pub struct IdentityToken {
     pub ttl: Duration,
 }
 
+/// How long an identity token lives: `ttl`, renewable up to `max` when that is longer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenLife {
+    pub ttl: Duration,
+    pub max: Duration,
+}
+
 /// A dynamic credential: its fields (`username`, `password`...) and its lease.
 #[derive(Debug)]
 pub struct DynamicCredential {
@@ -37,14 +44,15 @@ pub struct DynamicCredential {
 
 impl VaultClient {
     /// `POST auth/token/create/{role}`: a token carrying only `policy` (and the vault's
-    /// `default`), living `ttl` at most, with the agent's token. A token that comes back with
+    /// `default`), living `ttl.ttl` (renewable up to `ttl.max` when that is longer), with the
+    /// agent's token. A token that comes back with
     /// any other policy is revoked and refused: the role would let a mapping mistake reach
     /// another identity's secrets.
     pub async fn identity_token(
         &self,
         role: &str,
         policy: &str,
-        ttl: Duration,
+        ttl: TokenLife,
         display_name: &str,
     ) -> Result<IdentityToken, VaultError> {
         #[derive(Deserialize)]
@@ -57,12 +65,12 @@ impl VaultClient {
             policies: Vec<String>,
         }
         let api = format!("auth/token/create/{}", escape_path(role)?);
-        let ttl_text = format!("{}s", ttl.as_secs().max(1));
+        let secs = |d: Duration| format!("{}s", d.as_secs().max(1));
         let body = serde_json::json!({
             "policies": [policy],
-            "ttl": ttl_text,
-            "explicit_max_ttl": ttl_text,
-            "renewable": false,
+            "ttl": secs(ttl.ttl),
+            "explicit_max_ttl": secs(ttl.max.max(ttl.ttl)),
+            "renewable": ttl.max > ttl.ttl,
             "display_name": display_name,
         });
         let agent = self.current_token().await?;
@@ -155,6 +163,41 @@ impl VaultClient {
             lease_id: leased.lease_id,
             lease_ttl: Duration::from_secs(leased.lease_duration),
         })
+    }
+
+    /// Renews `token` and the lease `lease_id` made with it by `increment`: the time both
+    /// live now (the vault caps it at the token's explicit max ttl and the role's max ttl).
+    pub async fn renew_lease(
+        &self,
+        token: &Secret,
+        lease_id: &str,
+        increment: Duration,
+    ) -> Result<Duration, VaultError> {
+        #[derive(Deserialize)]
+        struct Auth {
+            lease_duration: u64,
+        }
+        #[derive(Deserialize)]
+        struct Lease {
+            lease_duration: u64,
+        }
+        let inc = format!("{}s", increment.as_secs().max(1));
+        let api = "auth/token/renew-self";
+        let body = Bytes::from(serde_json::json!({ "increment": inc }).to_string());
+        let bytes = self
+            .call_raw(Method::POST, api, None, Some(token), Some(body))
+            .await
+            .map_err(|e| scrub_error(e, &[token]))?;
+        let token_left: Auth = parse_secretly(api, &bytes, "auth")?;
+        let api = "sys/leases/renew";
+        let body = Bytes::from(serde_json::json!({ "lease_id": lease_id, "increment": inc }).to_string());
+        let bytes = self
+            .call_raw(Method::PUT, api, None, Some(token), Some(body))
+            .await
+            .map_err(|e| scrub_error(e, &[token]))?;
+        let lease: Lease = serde_json::from_slice(&bytes)
+            .map_err(|_| VaultError::BadResponse { path: api.into(), why: "no lease_duration".into() })?;
+        Ok(Duration::from_secs(lease.lease_duration.min(token_left.lease_duration)))
     }
 
     /// `POST auth/token/revoke-self` with `token`: the token and every lease made with it end.

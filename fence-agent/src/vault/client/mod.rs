@@ -51,7 +51,7 @@ use tracing::warn;
 
 use self::auth::TokenState;
 pub use self::{
-    broker::{DynamicCredential, IdentityToken},
+    broker::{DynamicCredential, IdentityToken, TokenLife},
     kv::{KvMetadata, KvSecret, kv_api_path},
     secret::{Secret, read_credential},
     tls::SYSTEM_CA_BUNDLES,
