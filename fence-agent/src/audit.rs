@@ -42,6 +42,16 @@ pub struct Actor {
     pub name: Option<String>,
 }
 
+impl std::fmt::Display for Actor {
+    /// `pid 123 (systemctl), uid 0` for log lines.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.name {
+            Some(n) => write!(f, "pid {} ({n}), uid {}", self.pid, self.uid),
+            None => write!(f, "pid {}, uid {}", self.pid, self.uid),
+        }
+    }
+}
+
 impl Trigger {
     pub fn new(kind: &'static str) -> Trigger {
         Trigger { kind, by: None }
@@ -212,7 +222,7 @@ impl AuditLog {
             fs::DirBuilder::new().recursive(true).mode(0o750).create(dir).map_err(err)?;
         }
         let file = OpenOptions::new().append(true).create(true).mode(0o640).open(path).map_err(err)?;
-        set_append_only(&file);
+        set_append_only(path, &file);
         Ok(AuditLog { path: path.to_owned(), file })
     }
 
@@ -232,14 +242,27 @@ impl AuditLog {
     }
 }
 
-fn set_append_only(file: &File) {
-    append_only_flag(file, true);
+/// Makes the audit log append-only, or says why it is not: without `chattr +a` root (or
+/// anyone with CAP_LINUX_IMMUTABLE) can rewrite what it says.
+fn set_append_only(path: &Path, file: &File) {
+    match append_only_flag(file, true) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => tracing::warn!(
+            path = %path.display(),
+            "the audit log is NOT append-only: chattr +a needs CAP_LINUX_IMMUTABLE, which the agent does not have"
+        ),
+        Err(e) => tracing::warn!(
+            path = %path.display(),
+            error = %e,
+            "the audit log is NOT append-only: its file system does not take chattr +a"
+        ),
+    }
 }
 
 /// Sets or clears the file's append-only attribute (chattr +a / -a: FS_IOC_SETFLAGS with
-/// FS_APPEND_FL, which needs CAP_LINUX_IMMUTABLE); file systems without it (tmpfs) are left
-/// as they are. Clearing is for removing a log on purpose (uninstall, tests).
-pub fn append_only_flag(file: &File, on: bool) {
+/// FS_APPEND_FL, which needs CAP_LINUX_IMMUTABLE); file systems without it (tmpfs) answer
+/// ENOTTY or EOPNOTSUPP.
+pub fn append_only_flag(file: &File, on: bool) -> std::io::Result<()> {
     use std::os::fd::AsRawFd as _;
     const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
     const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
@@ -247,11 +270,17 @@ pub fn append_only_flag(file: &File, on: bool) {
     let mut flags: libc::c_long = 0;
     // SAFETY: ioctls on our own fd with a pointer to a local.
     unsafe {
-        if libc::ioctl(file.as_raw_fd(), FS_IOC_GETFLAGS, &mut flags) == 0 && (flags & FS_APPEND_FL != 0) != on {
+        if libc::ioctl(file.as_raw_fd(), FS_IOC_GETFLAGS, &mut flags) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if (flags & FS_APPEND_FL != 0) != on {
             flags ^= FS_APPEND_FL;
-            let _ = libc::ioctl(file.as_raw_fd(), FS_IOC_SETFLAGS, &flags);
+            if libc::ioctl(file.as_raw_fd(), FS_IOC_SETFLAGS, &flags) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

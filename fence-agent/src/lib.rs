@@ -30,6 +30,7 @@ pub mod grants;
 pub mod hold;
 pub mod host;
 pub mod kernel;
+pub mod logging;
 pub mod metrics;
 pub mod mountinfo;
 pub mod names;

@@ -112,6 +112,11 @@ enum Command {
     /// every host's status from the vault instead (agents write it to status/<host>).
     #[command(after_long_help = STATUS_HELP)]
     Status(cmd::status::StatusArgs),
+    /// Read the policy again and wait for the outcome (the unit's ExecReload).
+    ///
+    /// Exit 0: applied, or nothing changed; 2: refused (the errors are printed and the previous
+    /// policy stays in force); 1: the agent could not be asked. Root.
+    Reload(cmd::reload::ReloadArgs),
 }
 
 const STATUS_HELP: &str = "\
@@ -225,6 +230,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => cmd::logs::main(args),
         Command::Uninstall(args) => cmd::uninstall::main(args),
         Command::Status(args) => cmd::status::main(args),
+        Command::Reload(args) => cmd::reload::main(args),
     };
     match result {
         Ok(code) => code,
@@ -239,10 +245,17 @@ fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("FENCE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal as _;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stderr().is_terminal());
+    // Under systemd: priorities and one entry per line for the journal (see `logging`).
+    if fence_agent::logging::stderr_is_journal() {
+        let builder = builder.with_writer(fence_agent::logging::JournalStderr);
+        match format {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().init(),
+        }
+        return;
+    }
+    let builder = builder.with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -125,7 +125,7 @@ fn clear_append_only(dir: &Path) {
                 Ok(t) if t.is_dir() => clear_append_only(&e.path()),
                 Ok(t) if t.is_file() => {
                     if let Ok(f) = fs::File::open(e.path()) {
-                        fence_agent::audit::append_only_flag(&f, false);
+                        let _ = fence_agent::audit::append_only_flag(&f, false);
                     }
                 }
                 _ => {}

@@ -29,6 +29,7 @@ const CAPS: &[(&str, u32)] = &[
     ("CAP_DAC_OVERRIDE", 1),
     ("CAP_DAC_READ_SEARCH", 2),
     ("CAP_KILL", 5),
+    ("CAP_LINUX_IMMUTABLE", 9),
     ("CAP_NET_BIND_SERVICE", 10),
     ("CAP_NET_ADMIN", 12),
     ("CAP_SYS_PTRACE", 19),
@@ -105,6 +106,15 @@ impl Setup {
         let log = agent.stderr_text();
         if let Some(l) = log.lines().find(|l| l.contains("ERROR")) {
             return Err(format!("the agent logged an error: {l}"));
+        }
+        // The audit log is append-only wherever its file system takes chattr +a (not tmpfs).
+        let audit = std::fs::File::open(&agent.audit).map_err(|e| format!("the audit log: {e}"))?;
+        let mut flags: libc::c_long = 0;
+        // SAFETY: FS_IOC_GETFLAGS on our own fd, into a local.
+        if unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&audit), 0x8008_6601, &mut flags) } == 0
+            && flags & 0x20 == 0
+        {
+            return Err("the audit log is not append-only (chattr +a)".into());
         }
         let not_enforced: BTreeSet<String> = log
             .lines()

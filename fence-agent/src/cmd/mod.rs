@@ -8,6 +8,7 @@ pub mod grant;
 pub mod identities;
 pub mod logs;
 pub mod policy;
+pub mod reload;
 pub mod run;
 pub mod secret;
 pub mod status;

@@ -178,6 +178,7 @@ fn root_only(request: &Request) -> String {
     match request {
         Request::Identities => "only root may list identities",
         Request::Status => "only root may read the status",
+        Request::Reload => "only root may reload the policy",
         _ => "only root may ask this",
     }
     .to_owned()

@@ -8,6 +8,7 @@
 //! | `{"op":"status"}` | root | [`StatusReply`] |
 //! | `{"op":"dump"}` | root | [`DumpReply`]: the live policy maps, read back from the kernel |
 //! | `{"op":"dns"}` | root | [`DnsReply`]: egress by name, the addresses each identity learned |
+//! | `{"op":"reload"}` | root | [`Reloaded`] once applied (or unchanged); the refusal's errors otherwise |
 //! | `{"op":"grant-request","target":T,"ttl":SECONDS,"reason":R}` (+ `"identity"`: root only) | a fenced process, for its own identity; root | [`GrantReply`] |
 //! | `{"op":"grant-show","id":ID}`, `{"op":"grant-list"}` (+ `"identity"`) | root; a fenced process sees its own identity's | [`GrantReply`] |
 //! | `{"op":"grant-approve","id":ID}`, `grant-deny` / `grant-revoke` (+ `"reason"`) | root | [`GrantReply`] |
@@ -26,6 +27,8 @@ pub enum Request {
     Status,
     Dump,
     Dns,
+    /// The policy read again (as SIGHUP), answered once it is applied or refused.
+    Reload,
     Grant(GrantOp),
     Secret(SecretOp),
 }
@@ -200,8 +203,9 @@ impl Request {
             ("status", i) => plain(Request::Status, "status", i),
             ("dump", i) => plain(Request::Dump, "dump", i),
             ("dns", i) => plain(Request::Dns, "dns", i),
+            ("reload", i) => plain(Request::Reload, "reload", i),
             (other, _) => Err(format!(
-                "unknown op {other:?} (expected \"enter\", \"identities\", \"status\", \"dump\", \"dns\" or \"grant-...\")"
+                "unknown op {other:?} (expected \"enter\", \"identities\", \"status\", \"dump\", \"dns\", \"reload\", \"grant-...\" or \"secret-...\")"
             )),
         }
     }
@@ -214,6 +218,7 @@ impl Request {
             Request::Status => wire("status"),
             Request::Dump => wire("dump"),
             Request::Dns => wire("dns"),
+            Request::Reload => wire("reload"),
             Request::Grant(g) => match g.clone() {
                 GrantOp::Request { target, ttl_seconds, reason, identity } => Wire {
                     target: Some(target),
@@ -303,6 +308,16 @@ pub struct GrantView {
     /// Operations the kernel allowed through it (active and ended grants).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uses: Option<u64>,
+}
+
+/// `reload`: the policy in force after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reloaded {
+    /// `applied` or `unchanged`.
+    pub outcome: String,
+    /// The live policy's sequence number, when applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u64>,
 }
 
 /// `secret-file`: the file written.
@@ -498,7 +513,14 @@ mod tests {
         assert!(Request::parse(r#"{"op":"status","identity":"a"}"#).unwrap_err().contains("takes no"));
         assert!(Request::parse("not json").is_err());
         for r in
-            [Request::Enter { identity: "a".into() }, Request::Identities, Request::Status, Request::Dump, Request::Dns]
+            [
+                Request::Enter { identity: "a".into() },
+                Request::Identities,
+                Request::Status,
+                Request::Dump,
+                Request::Dns,
+                Request::Reload,
+            ]
         {
             let line = r.to_line();
             assert_eq!(Request::parse(std::str::from_utf8(&line).unwrap().trim()).unwrap(), r);

@@ -139,12 +139,12 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
     fn reload(&mut self, by: Option<Actor>) -> Result<Option<ApplyReport>, ApplyError> {
         let trigger = Trigger { kind: "reload", by };
         if let Some(set) = self.vault_set_in_force() {
-            tracing::info!(by = ?trigger.by, "SIGHUP: applying the vault's policy again (the local policy files are not used while it is in force)");
+            tracing::info!(by = %by_text(&trigger), "SIGHUP: applying the vault's policy again (the local policy files are not used while it is in force)");
             let source = self.live.as_ref().map_or(Source::Vault, |l| l.source);
             let (candidate, _) = self.vault_candidate(&set, source)?;
             return self.apply(candidate, trigger).map(Some);
         }
-        tracing::info!(by = ?trigger.by, "SIGHUP: reloading policy");
+        tracing::info!(by = %by_text(&trigger), "SIGHUP: reloading policy");
         let set = load_policy(&self.deps.policy_paths, &self.deps.cgroups)?;
         let candidate = Candidate { set, extra: Extra::default(), source: Source::Local, fresh: true };
         self.apply(candidate, trigger).map(Some)
@@ -401,4 +401,9 @@ pub fn mark_expired(set: &mut PolicySet, now: Timestamp) -> bool {
         }
     }
     changed
+}
+
+/// Who asked for a reload, for a log line.
+fn by_text(trigger: &Trigger) -> String {
+    trigger.by.as_ref().map_or_else(|| "unknown".to_owned(), ToString::to_string)
 }

@@ -52,6 +52,18 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
             Request::Status => protocol::encode(&Ok(self.status())),
             Request::Dns => protocol::encode(&Ok(self.dns_reply())),
             Request::Grant(op) => protocol::encode(&self.grant_op(op, &peer)),
+            Request::Reload => {
+                let by = crate::audit::Trigger::by("reload", peer.pid, peer.uid).by;
+                let outcome = self.change(super::Change::Reload { by });
+                self.grants_due();
+                protocol::encode(&match outcome {
+                    super::Outcome::Applied { sequence } => {
+                        Ok(protocol::Reloaded { outcome: "applied".into(), sequence: Some(sequence) })
+                    }
+                    super::Outcome::Unchanged => Ok(protocol::Reloaded { outcome: "unchanged".into(), sequence: None }),
+                    super::Outcome::Refused(why) => Err(why),
+                })
+            }
             // The control server hands these to the broker.
             Request::Secret(_) => protocol::encode::<()>(&Err("secrets are answered by the broker".into())),
             Request::Dump => protocol::encode(
