@@ -94,7 +94,10 @@ mod tests {
 
     #[test]
     fn one_prefixed_line_per_event() {
-        assert_eq!(journal_line(3, b"policy refused:\n  - a\n  - b\n"), b"<3>policy refused:\\n  - a\\n  - b\n".to_vec());
+        assert_eq!(
+            journal_line(3, b"policy refused:\n  - a\n  - b\n"),
+            b"<3>policy refused:\\n  - a\\n  - b\n".to_vec()
+        );
         assert_eq!(journal_line(6, b"applied"), b"<6>applied\n".to_vec());
         assert_eq!(priority(Level::WARN), 4);
         assert_eq!(priority(Level::TRACE), 7);

@@ -60,16 +60,21 @@ pub fn unattested(
 
 fn refused(refusal: &Refusal, name: &str, peer: &Peer, service: &ServiceHandle, broker: &Broker) -> Zeroizing<Vec<u8>> {
     let identity = refusal.identity.clone().unwrap_or_default();
+    // The event goes through the event rate limit; the audit line through the broker's gate.
+    broker.refused(refusal, name, peer);
+    let Some(left_out) = broker.audit_gate(&identity, name, &refusal.why) else {
+        return refuse(refusal.why.clone());
+    };
     tracing::warn!(identity = %identity, secret = %name, pid = peer.pid, uid = peer.uid, why = %refusal.why, "secret refused");
     let fields = SecretFields {
         name: name.to_owned(),
         kind: refusal.kind,
         requester: Some(Requester::of(peer)),
         why: Some(refusal.why.clone()),
+        left_out,
         ..SecretFields::default()
     };
     service.audit_secret(audit::record(Action::Refused, &identity, fields, broker.hostname(), jiff::Timestamp::now()));
-    broker.refused(refusal, name, peer);
     refuse(refusal.why.clone())
 }
 
@@ -104,6 +109,7 @@ async fn get(
                 renewed: delivery.renewed,
                 requester,
                 why: None,
+                left_out: 0,
             };
             let answer = match &file {
                 None => encode_value(&name, &delivery),
@@ -129,14 +135,23 @@ async fn get(
                     }
                 }
             };
-            tracing::info!(identity = %ticket.identity, secret = %name, kind, lease_id = fields.lease_id.as_deref().unwrap_or(""), cached = delivery.cached, pid = peer.pid, "secret issued");
-            service.audit_secret(audit::record(
-                Action::Issued,
-                &ticket.identity,
-                fields,
-                broker.hostname(),
-                jiff::Timestamp::now(),
-            ));
+            // A value served again is audited at most once a second (the others counted).
+            let gate = match (delivery.cached && !delivery.renewed, file.is_some()) {
+                (false, _) => Some(0),
+                (true, false) => broker.audit_gate(&ticket.identity, &name, "served again"),
+                (true, true) => broker.audit_gate(&ticket.identity, &name, "written again"),
+            };
+            if let Some(left_out) = gate {
+                let fields = SecretFields { left_out, ..fields };
+                tracing::info!(identity = %ticket.identity, secret = %name, kind, lease_id = fields.lease_id.as_deref().unwrap_or(""), cached = delivery.cached, pid = peer.pid, "secret issued");
+                service.audit_secret(audit::record(
+                    Action::Issued,
+                    &ticket.identity,
+                    fields,
+                    broker.hostname(),
+                    jiff::Timestamp::now(),
+                ));
+            }
             answer
         }
         Err(e) => fetch_failed(&name, &ticket, kind, grant, requester, &e, service, broker),
@@ -231,6 +246,7 @@ fn fetch_failed(
     broker: &Broker,
 ) -> Zeroizing<Vec<u8>> {
     let why = format!("secret \"{name}\": {e}");
+    let Some(left_out) = broker.audit_gate(&ticket.identity, name, &why) else { return refuse(why) };
     tracing::warn!(identity = %ticket.identity, secret = %name, error = %e, "secret could not be given");
     let fields = SecretFields {
         name: name.to_owned(),
@@ -238,6 +254,7 @@ fn fetch_failed(
         grant,
         requester,
         why: Some(why.clone()),
+        left_out,
         ..SecretFields::default()
     };
     service.audit_secret(audit::record(

@@ -48,6 +48,13 @@ pub struct SecretFields {
     /// Why it was refused, or why a lease ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
+    /// Lines like this one left out in the second before it (a workload asking in a loop).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub left_out: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The process that asked, as the kernel attested it.

@@ -38,6 +38,15 @@ use crate::{
 /// A dynamic secret without a `ttl` in the policy gets this (capped by `max_ttl`).
 const DEFAULT_LEASE: Duration = Duration::from_secs(3600);
 
+/// (identity, secret, what) of a repeated audit line.
+type GateKey = (String, String, String);
+
+/// Held while a lease is made or renewed.
+type MakingLock = Arc<tokio::sync::Mutex<()>>;
+
+/// Leases one identity may hold at once (each is a vault token and, say, a database user).
+pub const MAX_LEASES: usize = 32;
+
 #[derive(Debug, Error)]
 pub enum BrokerError {
     #[error("the agent has no [vault] configured: it cannot hand out secrets")]
@@ -54,6 +63,10 @@ pub enum BrokerError {
     NotFields(String),
     #[error("writing the secret file {path}: {source}")]
     File { path: String, source: std::io::Error },
+    #[error("secret files are off: {0} could not be made and protected at start (see the agent's log)")]
+    FilesUnprotected(String),
+    #[error("identity {0:?} holds {MAX_LEASES} leases already; a new one is made when one ends")]
+    TooManyLeases(String),
 }
 
 /// What the policy service decided about a request: the caller's identity (attested by the
@@ -71,6 +84,8 @@ pub struct Ticket {
 pub struct Lease {
     pub identity: String,
     pub name: String,
+    /// Where it came from: a lease whose secret the policy changed is not served again.
+    pub source: SecretSource,
     pub lease_id: String,
     pub fields: BTreeMap<String, Secret>,
     pub grant: Option<String>,
@@ -142,11 +157,16 @@ struct State {
 
 /// A file `secret file` wrote.
 struct Written {
-    path: std::path::PathBuf,
     identity: String,
+    /// Its name in the identity's directory.
+    file: String,
+    /// The secret's name and where it came from (removed when the policy changes either).
     name: String,
+    source: SecretSource,
     /// The lease it holds a credential of (removed at its end).
     lease_id: Option<String>,
+    /// The grant it was given under (removed at its end).
+    grant: Option<String>,
 }
 
 pub struct Broker {
@@ -155,7 +175,19 @@ pub struct Broker {
     hostname: String,
     /// Where refusals go as events (the event writer's queue of agent-made events).
     events: Option<crate::events::summary::AgentEvents>,
+    /// The policy service's latest view (grants in force), checked again before a lease or
+    /// file is handed over.
+    view: Option<tokio::sync::watch::Receiver<BrokerView>>,
+    /// `files_dir` was made, emptied and protected at start.
+    files_ready: bool,
     state: tokio::sync::Mutex<State>,
+    /// One lease (or renewal) made at a time per (identity, secret): concurrent requests
+    /// wait and share it, rather than each making a token and a database user.
+    making: std::sync::Mutex<HashMap<(String, String), MakingLock>>,
+    /// Repeated audit lines (refusals, values served again) at most once a second per
+    /// (identity, secret, action), the others counted into the next: a workload asking in a
+    /// loop cannot grow the audit log without bound.
+    audit_gate: std::sync::Mutex<HashMap<GateKey, (Instant, u64)>>,
 }
 
 impl Broker {
@@ -165,7 +197,62 @@ impl Broker {
         hostname: String,
         events: Option<crate::events::summary::AgentEvents>,
     ) -> Broker {
-        Broker { vault, config, hostname, events, state: tokio::sync::Mutex::new(State::default()) }
+        Broker {
+            vault,
+            config,
+            hostname,
+            events,
+            view: None,
+            files_ready: false,
+            state: tokio::sync::Mutex::new(State::default()),
+            making: std::sync::Mutex::new(HashMap::new()),
+            audit_gate: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether a repeated audit line for (`identity`, `name`, `what`: the refusal's reason, or
+    /// a value served again) is written now, and how many were left out since the last one;
+    /// `None`: leave this one out.
+    pub fn audit_gate(&self, identity: &str, name: &str, what: &str) -> Option<u64> {
+        let mut gate = self.audit_gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        if gate.len() > 4096 {
+            gate.retain(|_, (at, n)| *n > 0 || now.duration_since(*at) < Duration::from_secs(60));
+        }
+        let key = (identity.to_owned(), name.to_owned(), what.to_owned());
+        match gate.get_mut(&key) {
+            Some((at, left_out)) if now.duration_since(*at) < Duration::from_secs(1) => {
+                *left_out += 1;
+                None
+            }
+            Some((at, left_out)) => {
+                *at = now;
+                Some(std::mem::take(left_out))
+            }
+            None => {
+                gate.insert(key, (now, 0));
+                Some(0)
+            }
+        }
+    }
+
+    /// Follows the policy service's view, checked again before a lease is handed over.
+    pub fn with_view(mut self, view: tokio::sync::watch::Receiver<BrokerView>) -> Broker {
+        self.view = Some(view);
+        self
+    }
+
+    /// `files_dir` is ready (made, emptied, in the protected set): `secret file` may write.
+    pub fn with_files(mut self, ready: bool) -> Broker {
+        self.files_ready = ready;
+        self
+    }
+
+    /// The lock under which `key`'s lease is made or renewed.
+    fn making_lock(&self, key: &(String, String)) -> MakingLock {
+        let mut m = self.making.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.retain(|_, l| Arc::strong_count(l) > 1);
+        m.entry(key.clone()).or_default().clone()
     }
 
     pub fn config(&self) -> &BrokerConfig {
@@ -246,14 +333,19 @@ impl Broker {
                     return Err(BrokerError::GrantEnding(ticket.spec.name.clone()));
                 }
                 let grant = ticket.grant.as_ref().map(|(id, _)| id.clone());
-                let held = {
+                let lock = self.making_lock(&key);
+                let _making = lock.lock().await;
+                let (held, count) = {
                     let state = self.state.lock().await;
-                    state
+                    let held = state
                         .leases
                         .iter()
                         .rev()
-                        .find(|l| l.identity == key.0 && l.name == key.1 && l.grant == grant)
-                        .cloned()
+                        .find(|l| {
+                            l.identity == key.0 && l.name == key.1 && l.grant == grant && l.source == ticket.spec.source
+                        })
+                        .cloned();
+                    (held, state.leases.iter().filter(|l| l.identity == key.0).count())
                 };
                 if let Some(l) = held {
                     let left = l.left();
@@ -266,7 +358,7 @@ impl Broker {
                     if !left.is_zero() && l.hard_end > now + left {
                         match vault.renew_lease(&l.token, &l.lease_id, l.period).await {
                             Ok(d) => {
-                                l.extend_to((now + d).min(l.hard_end));
+                                l.extend_to(now + d.min(l.hard_end.saturating_duration_since(now)));
                                 return Ok(Delivery { value: Value::Dynamic(l), cached: true, renewed: true });
                             }
                             Err(e) => {
@@ -274,6 +366,9 @@ impl Broker {
                             }
                         }
                     }
+                }
+                if count >= MAX_LEASES {
+                    return Err(BrokerError::TooManyLeases(ticket.identity.clone()));
                 }
                 let display = format!("fence-{}-{}", ticket.identity, ticket.spec.name);
                 let made = Instant::now();
@@ -296,6 +391,7 @@ impl Broker {
                 let lease = Arc::new(Lease {
                     identity: ticket.identity.clone(),
                     name: ticket.spec.name.clone(),
+                    source: ticket.spec.source.clone(),
                     lease_id: credential.lease_id,
                     fields: credential.fields,
                     grant,
@@ -305,6 +401,12 @@ impl Broker {
                     ends: std::sync::Mutex::new(made + first),
                 });
                 self.state.lock().await.leases.push(lease.clone());
+                // The grant may have ended while the lease was made: it goes at once.
+                if !self.grant_in_force(lease.grant.as_deref()) {
+                    let id = lease.lease_id.clone();
+                    self.end_leases(|l| (l.lease_id == id).then(|| "its grant ended while it was made".into())).await;
+                    return Err(BrokerError::GrantEnding(ticket.spec.name.clone()));
+                }
                 Ok(Delivery { value: Value::Dynamic(lease), cached: false, renewed: false })
             }
         }
@@ -325,10 +427,10 @@ impl Broker {
         let life = TokenLife { ttl: self.config.token_ttl, max: self.config.token_ttl };
         let t = vault.identity_token(&self.config.token_role, &self.config.policy_of(identity), life, &display).await?;
         let token = Arc::new(t.token);
-        let old = self.state.lock().await.tokens.insert(identity.to_owned(), (token.clone(), made, t.ttl));
-        if let Some((old, _, _)) = old {
-            let _ = vault.revoke_token(&old).await;
-        }
+        // The vault's answer, bounded by what was asked. The token it replaces is not revoked:
+        // a request may still be reading with it, and it expires by itself (token_ttl).
+        let ttl = t.ttl.min(self.config.token_ttl);
+        self.state.lock().await.tokens.insert(identity.to_owned(), (token.clone(), made, ttl));
         Ok(token)
     }
 
@@ -377,34 +479,55 @@ impl Broker {
             Some(f) => format!("{name}.{f}"),
             None => name.clone(),
         };
-        let dir = self.config.files_of(&ticket.identity);
-        let path = files::write(&dir, &file, &text, uid, gid)
-            .map_err(|source| BrokerError::File { path: dir.join(&file).display().to_string(), source })?;
+        if !self.files_ready {
+            return Err(BrokerError::FilesUnprotected(self.config.files_dir.display().to_string()));
+        }
+        let files_dir = &self.config.files_dir;
+        let path = files::write(files_dir, &ticket.identity, &file, &text, uid, gid).map_err(|source| {
+            BrokerError::File { path: files_dir.join(&ticket.identity).join(&file).display().to_string(), source }
+        })?;
         let lease_id = match &d.value {
             Value::Dynamic(l) => Some(l.lease_id.clone()),
             Value::Kv(_) => None,
         };
+        let grant = ticket.grant.as_ref().map(|(id, _)| id.clone());
         let mut state = self.state.lock().await;
-        state.files.retain(|w| w.path != path);
+        state.files.retain(|w| !(w.identity == ticket.identity && w.file == file));
         state.files.push(Written {
-            path: path.clone(),
             identity: ticket.identity.clone(),
+            file,
             name: name.clone(),
+            source: ticket.spec.source.clone(),
             lease_id,
+            grant,
         });
+        drop(state);
+        // A grant that ended while the file was written takes it with it.
+        if !self.grant_in_force(ticket.grant.as_ref().map(|(id, _)| id.as_str())) {
+            self.remove_files(|w| w.identity == ticket.identity && w.name == *name).await;
+            return Err(BrokerError::GrantEnding(name.clone()));
+        }
         Ok(path)
     }
 
     /// Removes the files `which` selects.
     async fn remove_files(&self, which: impl Fn(&Written) -> bool) {
-        let gone: Vec<std::path::PathBuf> = {
+        let gone: Vec<Written> = {
             let mut state = self.state.lock().await;
             let (gone, kept): (Vec<Written>, Vec<Written>) = state.files.drain(..).partition(|w| which(w));
             state.files = kept;
-            gone.into_iter().map(|w| w.path).collect()
+            gone
         };
-        for p in gone {
-            files::remove(&p);
+        for w in gone {
+            files::remove(&self.config.files_dir, &w.identity, &w.file);
+        }
+    }
+
+    /// Whether `grant` (none: nothing to check) is in force in the service's latest view.
+    fn grant_in_force(&self, grant: Option<&str>) -> bool {
+        match (grant, &self.view) {
+            (Some(g), Some(view)) => view.borrow().grants.contains(g),
+            _ => true,
         }
     }
 
@@ -461,19 +584,19 @@ impl Broker {
     /// secrets) the policy no longer has: ended.
     pub async fn sweep(&self, view: &BrokerView) -> Vec<Ended> {
         let now = Instant::now();
-        let unused: Vec<Arc<Secret>> = {
-            let mut state = self.state.lock().await;
-            state.kv.retain(|(identity, name), _| view.secrets.contains(&(identity.clone(), name.clone())));
-            let gone: Vec<String> =
-                state.tokens.keys().filter(|i| !view.secrets.iter().any(|(o, _)| o == *i)).cloned().collect();
-            gone.iter().filter_map(|i| state.tokens.remove(i)).map(|(t, _, _)| t).collect()
+        let same = |identity: &str, name: &str, source: &SecretSource| {
+            view.secrets.get(&(identity.to_owned(), name.to_owned())).is_some_and(|s| s.source == *source)
         };
-        if let Some(v) = &self.vault {
-            for t in unused {
-                let _ = v.revoke_token(&t).await;
-            }
+        {
+            let mut state = self.state.lock().await;
+            state.kv.retain(|(identity, name), (source, _, _)| same(identity, name, source));
+            state.tokens.retain(|identity, _| view.secrets.keys().any(|(i, _)| i == identity));
         }
-        self.remove_files(|w| !view.secrets.contains(&(w.identity.clone(), w.name.clone()))).await;
+        // Files of a secret the policy changed or dropped, or of a grant no longer in force.
+        self.remove_files(|w| {
+            !same(&w.identity, &w.name, &w.source) || w.grant.as_ref().is_some_and(|g| !view.grants.contains(g))
+        })
+        .await;
         self.end_leases_timed(|l| {
             if l.ends() <= now {
                 Some(("its time is up".to_owned(), true))
@@ -481,8 +604,8 @@ impl Broker {
                 && !view.grants.contains(g)
             {
                 Some((format!("grant {g} is no longer in force"), view.ended_on_time.contains(g)))
-            } else if !view.secrets.contains(&(l.identity.clone(), l.name.clone())) {
-                Some(("the policy no longer gives the identity this secret".to_owned(), false))
+            } else if !same(&l.identity, &l.name, &l.source) {
+                Some(("the policy no longer gives the identity this secret (or changed it)".to_owned(), false))
             } else {
                 None
             }
@@ -512,8 +635,8 @@ impl Broker {
 /// have, and the grants in force (published by the service after every change).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BrokerView {
-    /// (identity, secret name).
-    pub secrets: BTreeSet<(String, String)>,
+    /// (identity, secret name) -> what the policy says of it now.
+    pub secrets: BTreeMap<(String, String), SecretSpec>,
     /// Ids of the grants in force.
     pub grants: BTreeSet<String>,
     /// Ids of grants that expired (rather than being revoked), recently.

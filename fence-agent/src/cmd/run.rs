@@ -232,13 +232,15 @@ async fn start(
         }
     };
     let views = Views { directory, files, watcher, audit: AuditLog::open(&config.audit.file)?, metrics };
+    let files = secret_files(config);
+    let files_ready = files.is_some();
     let deps = Deps {
         cgroups: cgroups.clone(),
-        host: host_protection(config),
+        host: host_protection(config, files.as_ref()),
         policy_paths: args.policy,
         hostname: hostname(),
         ids_path: config.persist.enabled.then(|| config.persist.state_dir.join("identity-ids.json")),
-        secret_files: config.vault.is_some().then(|| config.broker.files_dir.clone()),
+        secret_files: files.as_ref().map(|_| config.broker.files_dir.clone()),
     };
     let kernel = Generations::new(loader.take_policy_maps()?).context("reading the policy maps")?;
     let dns = dns_state(config, &plan, &mut loader, &handle, &agent_events_tx)?;
@@ -277,12 +279,16 @@ async fn start(
         (Some(va), Some(rx)) => va.spawn(handle.clone(), rx, stop.clone()),
         _ => None,
     };
-    let broker = Arc::new(Broker::new(
-        broker_vault,
-        config.broker.clone(),
-        vault.as_ref().map_or_else(hostname, |v| v.host.hostname.clone()),
-        Some(agent_events_tx.clone()),
-    ));
+    let broker = Arc::new(
+        Broker::new(
+            broker_vault,
+            config.broker.clone(),
+            vault.as_ref().map_or_else(hostname, |v| v.host.hostname.clone()),
+            Some(agent_events_tx.clone()),
+        )
+        .with_view(view.clone())
+        .with_files(files_ready),
+    );
     let broker_task = tokio::spawn(broker_loop(broker.clone(), handle.clone(), view, stop.clone()));
     let server =
         tokio::spawn(control::serve(listener, handle.clone(), broker.clone(), stop.clone(), control::Socket::Admin));
@@ -431,28 +437,38 @@ fn dns_metrics(metrics: &Metrics, dns: &DnsState) {
 
 /// The configured protected set; the agent's own socket is in the unix default-deny set
 /// (fenced processes have no business with the agent).
-fn host_protection(config: &Config) -> crate::protect::HostProtection {
+fn host_protection(config: &Config, secret_files: Option<&PathGlob>) -> crate::protect::HostProtection {
     let mut host = config.protection.clone();
     if let Ok(g) = PathGlob::parse(&config.control.socket.display().to_string()) {
         host.unix_deny.push(g);
     }
     // The broker's files: protected from every fenced identity but their owner's.
-    if config.vault.is_some() {
-        let dir = &config.broker.files_dir;
-        match broker::files::make_dir(dir) {
-            Ok(()) => match PathGlob::parse(&format!("{}/**", dir.display())) {
-                Ok(g) => host.files.push(g),
-                Err(e) => tracing::error!(dir = %dir.display(), error = %e, "broker.files_dir cannot be protected"),
-            },
-            Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot make broker.files_dir: secret file will fail")
+    host.files.extend(secret_files.cloned());
+    host
+}
+
+/// The broker's `files_dir` (with a vault): made (root's, 0711), emptied of what an earlier
+/// run left, and its glob for the protected set; `None` (secret file off, said in the log)
+/// when any of it fails.
+fn secret_files(config: &Config) -> Option<PathGlob> {
+    config.vault.as_ref()?;
+    let dir = &config.broker.files_dir;
+    let ready = broker::files::make_dir(dir)
+        .and_then(|()| broker::files::purge(dir))
+        .map_err(|e| e.to_string())
+        .and_then(|()| PathGlob::parse(&format!("{}/**", dir.display())).map_err(|e| e.to_string()));
+    match ready {
+        Ok(g) => {
+            if !broker::files::on_tmpfs(dir) {
+                tracing::warn!(dir = %dir.display(), "broker.files_dir is not on a tmpfs: secret files would reach a disk");
             }
+            Some(g)
         }
-        if !broker::files::on_tmpfs(dir) {
-            tracing::warn!(dir = %dir.display(), "broker.files_dir is not on a tmpfs: secret files would reach a disk");
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "broker.files_dir cannot be made and protected: secret file is off");
+            None
         }
     }
-    host
 }
 
 fn hostname() -> String {

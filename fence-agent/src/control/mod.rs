@@ -19,6 +19,8 @@ pub use protocol::Request;
 
 /// Longest request accepted.
 const MAX_REQUEST: u64 = 4096;
+/// Connections answered at once on one socket.
+const MAX_CONNECTIONS: usize = 64;
 /// Time a client has to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -79,7 +81,11 @@ pub async fn serve(
     stop: CancellationToken,
     socket: Socket,
 ) {
+    // At most this many connections answered at once per socket; the next wait in the
+    // listen backlog (a workload opening thousands cannot make the agent run thousands).
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
             a = listener.accept() => a,
@@ -96,6 +102,7 @@ pub async fn serve(
         let broker = broker.clone();
         let accepted_boot_ns = attest::boot_ns();
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = handle(stream, service, &broker, socket, accepted_boot_ns).await {
                 tracing::debug!(error = %e, "control connection");
             }
@@ -131,9 +138,11 @@ async fn handle(
                 "this socket answers workloads' grant and secret requests only; operators use the agent's control socket"
                     .into(),
             ),
-            Ok(Request::Secret(protocol::SecretOp::Get { .. })) if socket == Socket::Admin => refuse(
-                "secrets are handed out on the workload socket only ([control] workload_socket)".into(),
-            ),
+            Ok(Request::Secret(protocol::SecretOp::Get { .. } | protocol::SecretOp::File { .. }))
+                if socket == Socket::Admin =>
+            {
+                refuse("secrets are handed out on the workload socket only ([control] workload_socket)".into())
+            }
             Ok(request) if request.root_only() && peer.uid != 0 => refuse(root_only(&request)),
             // Who is asking, from the kernel (the pid pinned, or its start time checked against
             // the accept), for the requests that need it only: the others do not read /proc.
@@ -150,9 +159,9 @@ async fn handle(
                 Err(e) => {
                     let why = format!("cannot tell which process is asking: {e}");
                     match request {
-                        Request::Secret(protocol::SecretOp::Get { name }) => {
-                            crate::broker::answer::unattested(&name, &peer, why, &service, broker)
-                        }
+                        Request::Secret(
+                            protocol::SecretOp::Get { name } | protocol::SecretOp::File { name, .. },
+                        ) => crate::broker::answer::unattested(&name, &peer, why, &service, broker),
                         _ => refuse(why),
                     }
                 }

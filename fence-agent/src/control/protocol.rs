@@ -22,7 +22,9 @@ use crate::{kernel::EntryView, policy::Mode, vault::agent::SyncStatus};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    Enter { identity: String },
+    Enter {
+        identity: String,
+    },
     Identities,
     Status,
     Dump,
@@ -161,6 +163,18 @@ impl Wire {
         let op = self.op.clone();
         self.only(&op, if op == "secret-file" { &["name", "field"] } else { &["name"] })?;
         let name = Wire::required(self.name, &op, "name")?;
+        crate::names::check_name(&name).map_err(|why| format!("\"name\" is not a secret's name: {why}"))?;
+        if let Some(f) = &self.field
+            && (f.is_empty()
+                || f.len() > 128
+                || f.starts_with('.')
+                || f.contains('/')
+                || f.chars().any(char::is_control))
+        {
+            return Err(
+                "\"field\" must be 1 to 128 characters, without '/', control characters or a leading '.'".into()
+            );
+        }
         let own = |op: &str| format!("op \"{op}\" takes no \"identity\": a process gets its own identity's secrets");
         match op.as_str() {
             "secret-file" => match self.identity {
@@ -512,16 +526,14 @@ mod tests {
         assert!(Request::parse(r#"{"op":"identities","x":1}"#).unwrap_err().contains("unknown field `x`"));
         assert!(Request::parse(r#"{"op":"status","identity":"a"}"#).unwrap_err().contains("takes no"));
         assert!(Request::parse("not json").is_err());
-        for r in
-            [
-                Request::Enter { identity: "a".into() },
-                Request::Identities,
-                Request::Status,
-                Request::Dump,
-                Request::Dns,
-                Request::Reload,
-            ]
-        {
+        for r in [
+            Request::Enter { identity: "a".into() },
+            Request::Identities,
+            Request::Status,
+            Request::Dump,
+            Request::Dns,
+            Request::Reload,
+        ] {
             let line = r.to_line();
             assert_eq!(Request::parse(std::str::from_utf8(&line).unwrap().trim()).unwrap(), r);
         }
@@ -540,6 +552,8 @@ mod tests {
         assert!(revoke.root_only() && !revoke.for_workloads() && !revoke.needs_attestation());
         assert!(Request::parse(r#"{"op":"secret-revoke","name":"db"}"#).unwrap_err().contains("\"identity\""));
         assert!(Request::parse(r#"{"op":"secret-put","name":"db"}"#).unwrap_err().contains("unknown op"));
+        assert!(Request::parse(r#"{"op":"secret-get","name":"a\nforged log line"}"#).unwrap_err().contains("name"));
+        assert!(Request::parse(r#"{"op":"secret-file","name":"db","field":"../x"}"#).unwrap_err().contains("field"));
         let file = Request::parse(r#"{"op":"secret-file","name":"db","field":"password"}"#).unwrap();
         assert_eq!(file, Request::Secret(SecretOp::File { name: "db".into(), field: Some("password".into()) }));
         assert!(file.for_workloads() && file.needs_attestation());

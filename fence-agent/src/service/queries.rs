@@ -32,6 +32,11 @@ pub enum EnterError {
     Move { pid: u32, path: String, source: std::io::Error },
     #[error("the agent has no policy applied yet")]
     NoPolicy,
+    #[error(
+        "identity \"{0}\" has secrets or grantable targets: entering it gives abilities, so only root may start \
+         processes in it"
+    )]
+    Privileged(String),
 }
 
 impl<M: PolicyMaps + 'static> PolicyService<M> {
@@ -39,7 +44,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
     pub(super) fn control(&mut self, request: Request, peer: Peer) -> Vec<u8> {
         match request {
             Request::Enter { identity } => {
-                let answer = self.enter(&identity, peer.pid).map(|cgroup| Entered { cgroup });
+                let answer = self.enter(&identity, peer.pid, peer.uid).map(|cgroup| Entered { cgroup });
                 match &answer {
                     Ok(e) => {
                         tracing::info!(identity = %identity, pid = peer.pid, uid = peer.uid, cgroup = %e.cgroup, "process entered identity")
@@ -125,7 +130,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
     }
 
     /// Moves process `pid` into identity `name`'s managed cgroup; returns the cgroup path.
-    pub fn enter(&self, name: &str, pid: u32) -> Result<String, EnterError> {
+    pub fn enter(&self, name: &str, pid: u32, uid: u32) -> Result<String, EnterError> {
         let live = self.live.as_ref().ok_or(EnterError::NoPolicy)?;
         let identity =
             live.set.identities.iter().find(|i| i.name == name).ok_or_else(|| EnterError::Unknown(name.to_owned()))?;
@@ -136,6 +141,11 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
             .ok_or_else(|| EnterError::NotManaged(name.to_owned()))?;
         if identity.expired {
             return Err(EnterError::Expired(name.to_owned()));
+        }
+        // Entering a fence only takes abilities away, unless the identity has some to give: its
+        // secrets (the broker hands them to its processes) or grants (its processes may ask).
+        if uid != 0 && (!identity.secrets.is_empty() || !identity.grantable.is_empty()) {
+            return Err(EnterError::Privileged(name.to_owned()));
         }
         let bindings = Bindings::of(&live.compiled);
         if let Some(current) = crate::cgroup::Cgroups::path_of_process(&pid.to_string())

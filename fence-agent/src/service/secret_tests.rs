@@ -17,7 +17,7 @@ identities:
   - name: a
     owner: tests
     purpose: secrets
-    selectors: [{cgroup: /a}]
+    selectors: [{cgroup: /a}, {managed: true}]
     grants:
       - name: db
         egress: [{to: [10.9.9.9], ports: [5432], protocol: tcp}]
@@ -70,9 +70,13 @@ fn a_fenced_caller_gets_tickets_for_its_own_identity_only() {
     assert_eq!(grant, id);
     assert!(left <= Duration::from_secs(600) && left > Duration::from_secs(590), "{left:?}");
     assert!(s.broker_view().grants.contains(&id));
-    assert!(s.broker_view().secrets.contains(&("a".to_owned(), "pg".to_owned())));
+    assert!(s.broker_view().secrets.contains_key(&("a".to_owned(), "pg".to_owned())));
 
     s.grant_op(GrantOp::Revoke { id: id.clone(), reason: "done".into() }, &peer("/", 0)).unwrap();
+
+    // Entering an identity with secrets gives them: only root may start processes in it.
+    let e = s.enter("a", 4242, 1000).unwrap_err();
+    assert!(matches!(e, super::queries::EnterError::Privileged(_)), "{e}");
     assert!(s.secret_ticket("pg", &peer("/a", 1000)).unwrap_err().needs_grant);
     assert!(!s.broker_view().grants.contains(&id));
 }

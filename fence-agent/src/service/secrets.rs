@@ -123,7 +123,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
         let mut view = BrokerView::default();
         if let Some(live) = &self.live {
             for i in live.set.identities.iter().filter(|i| !i.expired) {
-                view.secrets.extend(i.secrets.iter().map(|s| (i.name.clone(), s.name.clone())));
+                view.secrets.extend(i.secrets.iter().map(|s| ((i.name.clone(), s.name.clone()), s.clone())));
             }
         }
         view.grants = self.grants.book.active().map(|(g, _)| g.id.clone()).collect();

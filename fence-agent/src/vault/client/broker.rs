@@ -17,6 +17,9 @@ use super::{
     secret::{Secret, parse_secretly, scrub_error, secret_field},
 };
 
+/// The longest duration taken from a vault answer (a year).
+const MAX_SECONDS: u64 = 366 * 86_400;
+
 /// A token the broker made for one identity.
 #[derive(Debug)]
 pub struct IdentityToken {
@@ -61,7 +64,7 @@ impl VaultClient {
             client_token: Secret,
             accessor: String,
             lease_duration: u64,
-            #[serde(default)]
+            /// Required: a token of unknown policies is not accepted.
             policies: Vec<String>,
         }
         let api = format!("auth/token/create/{}", escape_path(role)?);
@@ -82,7 +85,8 @@ impl VaultClient {
         let token = IdentityToken {
             token: auth.client_token,
             accessor: auth.accessor,
-            ttl: Duration::from_secs(auth.lease_duration),
+            // Bounded: a hostile answer cannot make the agent overflow its clock arithmetic.
+            ttl: Duration::from_secs(auth.lease_duration.min(MAX_SECONDS)),
         };
         if let Some(other) = auth.policies.iter().find(|p| *p != policy && *p != "default") {
             let _ = self.revoke_token(&token.token).await;
@@ -161,7 +165,7 @@ impl VaultClient {
         Ok(DynamicCredential {
             fields: leased.data.iter().map(|(k, v)| (k.clone(), raw_secret(v))).collect(),
             lease_id: leased.lease_id,
-            lease_ttl: Duration::from_secs(leased.lease_duration),
+            lease_ttl: Duration::from_secs(leased.lease_duration.min(MAX_SECONDS)),
         })
     }
 
@@ -197,7 +201,7 @@ impl VaultClient {
             .map_err(|e| scrub_error(e, &[token]))?;
         let lease: Lease = serde_json::from_slice(&bytes)
             .map_err(|_| VaultError::BadResponse { path: api.into(), why: "no lease_duration".into() })?;
-        Ok(Duration::from_secs(lease.lease_duration.min(token_left.lease_duration)))
+        Ok(Duration::from_secs(lease.lease_duration.min(token_left.lease_duration).min(MAX_SECONDS)))
     }
 
     /// `POST auth/token/revoke-self` with `token`: the token and every lease made with it end.
