@@ -98,6 +98,8 @@ pub struct PolicyService<M> {
     grants: grants::Grants,
     /// Where the broker's view of the policy is published (a broker runs).
     broker_view: Option<tokio::sync::watch::Sender<crate::broker::BrokerView>>,
+    /// The status line last sent to systemd.
+    status_line: String,
 }
 
 impl<M: PolicyMaps + 'static> PolicyService<M> {
@@ -123,6 +125,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
             dns: None,
             grants: grants::Grants::default(),
             broker_view: None,
+            status_line: String::new(),
         }
     }
 
@@ -175,7 +178,18 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
             Message::Stop => return false,
         }
         self.publish_broker_view();
+        self.publish_status();
         true
+    }
+
+    /// Tells systemd the status line when it changed (`systemctl status`; nothing without
+    /// NOTIFY_SOCKET).
+    fn publish_status(&mut self) {
+        let line = self.status_line();
+        if line != self.status_line {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&line)]);
+            self.status_line = line;
+        }
     }
 
     /// Runs the service on its own thread, taking messages from `inbox`, until
@@ -184,6 +198,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
     pub fn spawn(mut self, inbox: Inbox) -> std::io::Result<thread::JoinHandle<()>> {
         let rx = inbox.0;
         thread::Builder::new().name("fence-policy".into()).spawn(move || {
+            self.publish_status();
             let mut swept = std::time::Instant::now();
             loop {
                 let due = self.until_next_expiry().min(self.until_next_grant().unwrap_or(IDLE_WAIT));
@@ -208,6 +223,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
                 }
                 if self.next_expiry().is_some() && self.until_next_expiry().is_zero() {
                     self.change(Change::Expiry);
+                    self.publish_status();
                     // Grants of an identity that just expired end with it.
                     self.grants_due();
                 }

@@ -129,6 +129,34 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
         }
     }
 
+    /// The one line `systemctl status` shows (sd_notify STATUS=): what is enforced, from where,
+    /// and what went wrong since start.
+    pub fn status_line(&self) -> String {
+        let r = self.status();
+        let live = r.policy.iter().filter(|p| !p.expired).count();
+        let expired = r.policy.len() - live;
+        let mut line = format!("enforcing {live} identities");
+        if expired > 0 {
+            line.push_str(&format!(" and {expired} expired (deny-all)"));
+        }
+        match r.sequence {
+            Some(seq) => line.push_str(&format!(", {} policy, sequence {seq}", r.source.as_str())),
+            None => line.push_str(", no policy applied yet"),
+        }
+        if let Some(v) = &r.vault
+            && v.consecutive_failures > 0
+        {
+            line.push_str(&format!("; vault sync FAILING ({} polls)", v.consecutive_failures));
+        }
+        if r.handled.refused > 0 {
+            line.push_str(&format!(
+                "; {} policy change(s) refused since start (journalctl -u fence-agent -p err)",
+                r.handled.refused
+            ));
+        }
+        line
+    }
+
     /// Moves process `pid` into identity `name`'s managed cgroup; returns the cgroup path.
     pub fn enter(&self, name: &str, pid: u32, uid: u32) -> Result<String, EnterError> {
         let live = self.live.as_ref().ok_or(EnterError::NoPolicy)?;

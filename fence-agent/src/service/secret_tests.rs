@@ -80,3 +80,16 @@ fn a_fenced_caller_gets_tickets_for_its_own_identity_only() {
     assert!(s.secret_ticket("pg", &peer("/a", 1000)).unwrap_err().needs_grant);
     assert!(!s.broker_view().grants.contains(&id));
 }
+
+#[test]
+fn the_status_line_says_what_is_enforced_and_what_was_refused() {
+    let mut f = fixture("status-line", false);
+    fs::write(&f.service.deps.policy_paths[0], POLICY).unwrap();
+    start_local(&mut f);
+    let line = f.service.status_line();
+    assert!(line.starts_with("enforcing 2 identities, local policy, sequence"), "{line}");
+    fs::write(&f.service.deps.policy_paths[0], "schema: 1\nidentities:\n  - name: broken\n").unwrap();
+    let _ = f.service.change(super::Change::Reload { by: None });
+    let line = f.service.status_line();
+    assert!(line.contains("1 policy change(s) refused since start"), "{line}");
+}
