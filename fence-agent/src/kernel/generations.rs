@@ -32,13 +32,27 @@ impl<M: PolicyMaps> Generations<M> {
     /// Makes `entries` the live policy. On error the previous policy stays live and untouched
     /// (the half-written generation is cleared again).
     pub fn apply(&mut self, entries: &[MapEntry]) -> Result<ApplyReport, MapsError> {
+        self.apply_following(entries, &|_| None)
+    }
+
+    /// [`Generations::apply`], binding each unit's cgroup as it is just before the flip
+    /// (`current`: a unit path's cgroup id now). A unit restarted while this apply ran (its
+    /// new cgroup made after the policy was resolved, or bound by the kernel in this
+    /// generation before it was cleared) is bound here; one made after this look finds the
+    /// unit's path in this generation, and the kernel binds it (`tp_btf/cgroup_mkdir`).
+    pub fn apply_following(
+        &mut self,
+        entries: &[MapEntry],
+        current: &dyn Fn(&str) -> Option<u64>,
+    ) -> Result<ApplyReport, MapsError> {
         let next = 1 - self.live;
         // Leftovers of an interrupted apply, or of the generation before last.
         self.clear(next)?;
-        let flipped = self.write(next, entries).and_then(|()| {
-            let state = ActiveState { generation: next, abi: ABI_VERSION, sequence: self.sequence + 1 };
-            self.maps.set_active(state)
-        });
+        let flipped =
+            self.write(next, entries).and_then(|()| self.follow_units(next, entries, current)).and_then(|()| {
+                let state = ActiveState { generation: next, abi: ABI_VERSION, sequence: self.sequence + 1 };
+                self.maps.set_active(state)
+            });
         if let Err(e) = flipped {
             if let Err(clear) = self.clear(next) {
                 tracing::warn!(error = %clear, "clearing a half-written policy generation failed; it is not live");
@@ -89,6 +103,22 @@ impl<M: PolicyMaps> Generations<M> {
         Ok(())
     }
 
+    fn follow_units(
+        &mut self,
+        g: u32,
+        entries: &[MapEntry],
+        current: &dyn Fn(&str) -> Option<u64>,
+    ) -> Result<(), MapsError> {
+        for e in entries {
+            if let MapEntry::Unit { path, identity } = e
+                && let Some(cgroup_id) = current(path)
+            {
+                self.maps.insert(g, &MapEntry::Cgroup { cgroup_id, identity: *identity })?;
+            }
+        }
+        Ok(())
+    }
+
     fn clear(&mut self, g: u32) -> Result<(), MapsError> {
         for map in Map::POLICY {
             self.maps.clear(map, g)?;
@@ -116,6 +146,17 @@ mod tests {
         assert_eq!((r.generation, r.sequence), (0, 2));
         assert_eq!(k.dump_live().unwrap(), vec![cgroup(2, 1), cgroup(3, 2)]);
         assert!(k.maps().generation(1).is_empty(), "the old generation is cleared");
+    }
+
+    #[test]
+    fn a_unit_restarted_during_an_apply_is_bound_in_the_new_generation() {
+        let mut k = Generations::new(FakeMaps::default()).unwrap();
+        let unit = MapEntry::Unit { path: "/s.slice/u.service".into(), identity: 5 };
+        // The policy was resolved while the unit had no cgroup; it has one (id 77) now.
+        k.apply_following(std::slice::from_ref(&unit), &|p| (p == "/s.slice/u.service").then_some(77)).unwrap();
+        let live = k.dump_live().unwrap();
+        assert!(live.contains(&cgroup(77, 5)), "{live:?}");
+        assert!(live.contains(&unit), "{live:?}");
     }
 
     #[test]

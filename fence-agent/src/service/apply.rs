@@ -281,7 +281,9 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
             Some(Ok(group)) => Some(group),
             None => None,
         };
-        let report = match self.kernel.apply(&compiled.entries) {
+        let cgroups = self.deps.cgroups.clone();
+        let current = move |path: &str| crate::cgroup::id_of(&cgroups.dir(path)).ok();
+        let report = match self.kernel.apply_following(&compiled.entries, &current) {
             Ok(r) => r,
             Err(e) => {
                 drop(prepared);
