@@ -264,23 +264,35 @@ fn set_append_only(path: &Path, file: &File) {
 /// ENOTTY or EOPNOTSUPP.
 pub fn append_only_flag(file: &File, on: bool) -> std::io::Result<()> {
     use std::os::fd::AsRawFd as _;
-    const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
     const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
-    const FS_APPEND_FL: libc::c_long = 0x20;
-    let mut flags: libc::c_long = 0;
-    // SAFETY: ioctls on our own fd with a pointer to a local.
-    unsafe {
-        if libc::ioctl(file.as_raw_fd(), FS_IOC_GETFLAGS, &mut flags) != 0 {
+    let mut flags = inode_flags(file)?;
+    if (flags & FS_APPEND_FL != 0) != on {
+        flags ^= FS_APPEND_FL;
+        // SAFETY: an ioctl on our own fd with a pointer to a local.
+        if unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_SETFLAGS, &flags) } != 0 {
             return Err(std::io::Error::last_os_error());
-        }
-        if (flags & FS_APPEND_FL != 0) != on {
-            flags ^= FS_APPEND_FL;
-            if libc::ioctl(file.as_raw_fd(), FS_IOC_SETFLAGS, &flags) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
         }
     }
     Ok(())
+}
+
+const FS_APPEND_FL: libc::c_long = 0x20;
+
+/// Whether the file is append-only (lsattr's `a`); an error on file systems without inode
+/// flags (tmpfs).
+pub fn is_append_only(file: &File) -> std::io::Result<bool> {
+    inode_flags(file).map(|f| f & FS_APPEND_FL != 0)
+}
+
+fn inode_flags(file: &File) -> std::io::Result<libc::c_long> {
+    use std::os::fd::AsRawFd as _;
+    const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
+    let mut flags: libc::c_long = 0;
+    // SAFETY: an ioctl on our own fd with a pointer to a local.
+    if unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_GETFLAGS, &mut flags) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(flags)
 }
 
 #[cfg(test)]
