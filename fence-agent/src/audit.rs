@@ -14,7 +14,11 @@ use jiff::Timestamp;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::policy::{Identity, PolicySet};
+pub use crate::events::record::Host;
+use crate::{
+    events::record::{Agent, Ecs},
+    policy::{Identity, PolicySet},
+};
 
 #[derive(Debug, Error)]
 pub enum AuditError {
@@ -65,11 +69,28 @@ impl Trigger {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct AuditRecord {
+    #[serde(flatten)]
+    pub head: Head,
+    pub event: AuditEvent,
+    pub fence: AuditFence,
+}
+
+/// What every audit line (identity, grant and secret lines) starts with: `@timestamp`,
+/// `message`, `ecs.version`, `agent.*` and `host.*`. Schema: `schema/audit.schema.json`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Head {
     #[serde(rename = "@timestamp")]
     pub timestamp: String,
-    pub event: AuditEvent,
+    pub message: String,
+    pub ecs: Ecs,
+    pub agent: Agent,
     pub host: Host,
-    pub fence: AuditFence,
+}
+
+impl Head {
+    pub fn new(now: Timestamp, host: &str, message: String) -> Head {
+        Head { timestamp: timestamp(now), message, ecs: Ecs::CURRENT, agent: Agent::CURRENT, host: Host::named(host) }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -100,11 +121,6 @@ impl AuditEvent {
 /// An audit line's `@timestamp`.
 pub fn timestamp(now: Timestamp) -> String {
     now.strftime("%Y-%m-%dT%H:%M:%S.%NZ").to_string()
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Host {
-    pub hostname: String,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -188,10 +204,11 @@ fn record(
         owner_uid: m.uid(),
         modified: Timestamp::from_second(m.mtime()).map(|t| t.to_string()).unwrap_or_default(),
     });
+    let by = trigger.by.as_ref().map(|a| format!(" by {a}")).unwrap_or_default();
+    let message = format!("{action} {} ({}{by})", identity.name, trigger.kind);
     AuditRecord {
-        timestamp: timestamp(now),
+        head: Head::new(now, host, message),
         event: AuditEvent::iam(action, event_type),
-        host: Host { hostname: host.to_owned() },
         fence: AuditFence {
             schema_version: crate::events::record::EVENT_SCHEMA_VERSION,
             identity: identity.name.clone(),
@@ -335,5 +352,84 @@ mod tests {
         let r = changes(Some(&second), &third, &Trigger::new("expiry"), "h", now);
         assert_eq!(actions(&r), vec![("identity-expired", "a".into())]);
         assert!(changes(Some(&third), &third, &t, "h", now).is_empty(), "no change, no record");
+    }
+
+    /// Every kind of audit line validates against `schema/audit.schema.json` and uses only
+    /// field names of the ECS version it declares; the schema refuses a line that breaks it.
+    #[test]
+    fn audit_lines_follow_their_schema_and_ecs() {
+        use crate::{
+            broker::audit as secrets,
+            grants::{
+                audit as grants,
+                book::{Grant, Phase, Requester},
+            },
+        };
+        let schema: serde_json::Value = serde_json::from_str(include_str!("../schema/audit.schema.json")).unwrap();
+        let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
+        let now = Timestamp::UNIX_EPOCH;
+        let first = PolicySet { identities: vec![identity("a", 1, false)] };
+        let second = PolicySet { identities: vec![identity("a", 2, true), identity("b", 1, false)] };
+        let mut lines: Vec<serde_json::Value> = changes(None, &first, &Trigger::new("startup"), "h", now)
+            .into_iter()
+            .chain(changes(Some(&first), &second, &Trigger::by("reload", 1, 0), "h", now))
+            .chain(changes(Some(&second), &PolicySet { identities: vec![] }, &Trigger::new("file-change"), "h", now))
+            .map(|r| serde_json::to_value(r).unwrap())
+            .collect();
+        let requester =
+            Requester { pid: 7, uid: 1000, executable: Some("/usr/bin/app".into()), cgroup: Some("/w".into()) };
+        let mut grant = Grant {
+            id: "g-1".into(),
+            identity: "a".into(),
+            target: "prod-db".into(),
+            reason: "ticket 1".into(),
+            ttl_seconds: 1800,
+            approval: crate::policy::Approval::Auto,
+            requested_at: "2026-11-30T00:00:00Z".into(),
+            requested_boot_ns: 1,
+            requester: requester.clone(),
+            phase: Phase::Pending,
+            ended_at: None,
+            published: false,
+            decided_version: None,
+            decided_serial: None,
+            approved_by: None,
+        };
+        lines.push(serde_json::to_value(grants::record(grants::Action::Requested, &grant, "h", now)).unwrap());
+        grant.phase = Phase::Active { slot: 1, expires_boot_ns: 9, expires_at: "…".into(), approver: "auto".into() };
+        lines.push(serde_json::to_value(grants::record(grants::Action::Active, &grant, "h", now)).unwrap());
+        grant.phase = Phase::Revoked { by: "root".into(), reason: "done".into(), uses: 3 };
+        lines.push(serde_json::to_value(grants::record(grants::Action::Revoked, &grant, "h", now)).unwrap());
+        lines.push(serde_json::to_value(grants::record(grants::Action::DecisionRefused, &grant, "h", now)).unwrap());
+        let issued = secrets::SecretFields {
+            name: "db".into(),
+            kind: "dynamic",
+            lease_id: Some("database/creds/r/x".into()),
+            ttl_seconds: Some(60),
+            requester: Some(secrets::Requester { pid: 7, uid: 1000, executable: None, cgroup: None }),
+            ..Default::default()
+        };
+        lines.push(serde_json::to_value(secrets::record(secrets::Action::Issued, "a", issued, "h", now)).unwrap());
+        let refused = secrets::SecretFields { name: "db".into(), why: Some("not fenced".into()), ..Default::default() };
+        lines.push(serde_json::to_value(secrets::record(secrets::Action::Refused, "", refused, "h", now)).unwrap());
+        assert_eq!(lines.len(), 12, "{lines:#?}");
+        for line in &lines {
+            let errors: Vec<String> =
+                validator.iter_errors(line).map(|e| format!("{e} at {}", e.instance_path())).collect();
+            assert!(errors.is_empty(), "{line:#}\n{errors:#?}");
+            assert_eq!(crate::events::record::fields_not_in_ecs(line), Vec::<String>::new(), "{line:#}");
+            assert!(!line["message"].as_str().unwrap().is_empty());
+        }
+        let mut unknown_action = lines[0].clone();
+        unknown_action["event"]["action"] = "identity-borrowed".into();
+        let mut grant_without_id = lines[7].clone();
+        grant_without_id["fence"]["grant"].as_object_mut().unwrap().remove("id");
+        let mut secret_value = lines[10].clone();
+        secret_value["fence"]["secret"]["value"] = "hunter2".into();
+        let mut other_action = lines[0].clone();
+        other_action["event"]["action"] = "policy-changed".into();
+        for bad in [unknown_action, grant_without_id, secret_value, other_action] {
+            assert!(!validator.is_valid(&bad), "the schema should refuse {bad:#}");
+        }
     }
 }

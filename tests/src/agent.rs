@@ -49,6 +49,8 @@ pub struct Agent {
     pub config: PathBuf,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
+    /// Event lines already checked by [`Agent::events`].
+    checked: std::sync::atomic::AtomicUsize,
 }
 
 impl Agent {
@@ -186,6 +188,7 @@ impl Agent {
             config,
             stdout,
             stderr,
+            checked: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -275,9 +278,23 @@ impl Agent {
         self.stderr_text()
     }
 
-    /// Event lines in the event file, parsed.
+    /// Event lines in the event file, parsed; each new one checked against the schema and
+    /// the ECS field list ([`crate::schema::check_event`]).
+    #[track_caller]
     pub fn events(&self) -> Vec<Value> {
-        read_jsonl(&self.events)
+        let lines = read_jsonl(&self.events);
+        let from = self.checked.load(std::sync::atomic::Ordering::Relaxed).min(lines.len());
+        lines[from..].iter().for_each(crate::schema::check_event);
+        self.checked.store(lines.len(), std::sync::atomic::Ordering::Relaxed);
+        lines
+    }
+
+    /// Lines of the audit log, parsed, each checked against the audit schema and ECS.
+    #[track_caller]
+    pub fn audit_lines(&self) -> Vec<Value> {
+        let lines = read_jsonl(&self.audit);
+        lines.iter().for_each(crate::schema::check_audit);
+        lines
     }
 
     /// Waits until an event matches `pred` and returns it.

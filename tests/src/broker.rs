@@ -9,7 +9,7 @@ use std::{fs, os::unix::fs::MetadataExt as _, process::Command, time::Duration};
 use serde_json::{Value, json};
 
 use crate::{
-    agent::{Agent, agent_binary, read_jsonl},
+    agent::{Agent, agent_binary},
     bao::random_hex,
     env::{TestCgroup, slow_factor, wait_for},
     harness::Test,
@@ -60,7 +60,8 @@ fn refused_event(agent: &Agent, name: &str, pred: impl Fn(&Value) -> bool) -> Va
 }
 
 fn audit_lines(agent: &Agent, action: &str, name: &str) -> Vec<Value> {
-    read_jsonl(&agent.audit)
+    agent
+        .audit_lines()
         .into_iter()
         .filter(|l| l["event"]["action"] == action && l["fence"]["secret"]["name"] == name)
         .collect()

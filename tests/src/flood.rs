@@ -26,19 +26,11 @@ pub const TESTS: &[Test] = &[
     Test { name: "flood_audit_and_enforce_same_rules", run: audit_and_enforce_same_rules },
 ];
 
-const SCHEMA: &str = include_str!("../../fence-agent/schema/event.schema.json");
-
-/// Every line of `path` validates against the event schema; returns the lines.
+/// Every line of `path` validates against the event schema and ECS; returns the lines.
 #[track_caller]
 pub fn validated_lines(path: &Path) -> Vec<Value> {
-    let schema: Value = serde_json::from_str(SCHEMA).expect("the schema is JSON");
-    let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
     let lines = read_jsonl(path);
-    for line in &lines {
-        let errors: Vec<String> =
-            validator.iter_errors(line).map(|e| format!("{e} at {}", e.instance_path())).collect();
-        assert!(errors.is_empty(), "an event line does not validate against the schema: {errors:?}\n{line}");
-    }
+    lines.iter().for_each(crate::schema::check_event);
     lines
 }
 

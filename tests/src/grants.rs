@@ -16,7 +16,7 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    agent::{Agent, agent_binary, read_jsonl},
+    agent::{Agent, agent_binary},
     env::{TempDir, TestCgroup, slow_factor, test_tier, wait_for},
     harness::Test,
     helper::{self, Outcome},
@@ -79,7 +79,8 @@ fn grant_cli(agent: &Agent, cg: Option<&TestCgroup>, args: &[&str]) -> Cli {
 
 /// The grant lifecycle actions of the audit log for grant `id`.
 fn audited(agent: &Agent, id: &str) -> Vec<String> {
-    read_jsonl(&agent.audit)
+    agent
+        .audit_lines()
         .into_iter()
         .filter(|l| l["fence"]["grant"]["id"] == id)
         .filter_map(|l| l["event"]["action"].as_str().map(str::to_owned))

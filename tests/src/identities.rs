@@ -6,7 +6,7 @@ use std::{fs, net::TcpListener, process::Command, time::Duration};
 use serde_json::Value;
 
 use crate::{
-    agent::{Agent, agent_binary, read_jsonl},
+    agent::{Agent, agent_binary},
     env::{TempDir, TestCgroup, mechanism, slow_factor, wait_for},
     harness::{Test, skip},
     helper::{self, Outcome},
@@ -225,12 +225,13 @@ fn expires_while_running() {
     let e = agent.wait_event("for the expired identity's denial", |e| e["process"]["pid"] == denied.pid);
     assert_eq!(e["fence"]["rule"], "identity-expired");
     wait_for(Duration::from_secs(5), || {
-        read_jsonl(&agent.audit)
+        agent
+            .audit_lines()
             .iter()
             .any(|r| r["event"]["action"] == "identity-expired" && r["fence"]["trigger"]["kind"] == "expiry")
             .then_some(())
     })
-    .unwrap_or_else(|| panic!("no expiry in the audit log: {:#?}", read_jsonl(&agent.audit)));
+    .unwrap_or_else(|| panic!("no expiry in the audit log: {:#?}", agent.audit_lines()));
 }
 
 fn lifecycle_audit_log() {
@@ -240,7 +241,7 @@ fn lifecycle_audit_log() {
     let b = identity("beta", &format!("      - cgroup: {}\n", cg_b.rel), "", 9);
     let agent = Agent::start("audit", &policy(&[a(80), b.clone()]));
     let records = wait_for(Duration::from_secs(5), || {
-        let r = read_jsonl(&agent.audit);
+        let r = agent.audit_lines();
         (r.len() >= 2).then_some(r)
     })
     .expect("creation records");
@@ -259,7 +260,7 @@ fn lifecycle_audit_log() {
     fs::write(&agent.policy, policy(&[a(443), c])).unwrap();
     agent.reload();
     let records = wait_for(Duration::from_secs(5), || {
-        let r = read_jsonl(&agent.audit);
+        let r = agent.audit_lines();
         (r.len() >= 5).then_some(r)
     })
     .expect("change records");

@@ -32,6 +32,7 @@ mod net;
 mod persist;
 mod postgres;
 mod probes;
+mod schema;
 mod service;
 mod vault_client;
 mod vault_grants;

@@ -94,7 +94,7 @@ fn assert_net_event(e: &Value, cg: &TestCgroup, o: &Outcome, x: Expect<'_>) {
     assert_eq!(e["fence"]["operation"], op, "{}", ctx());
     assert_eq!(e["process"]["pid"], o.pid, "{}", ctx());
     assert_eq!(e["process"]["thread"]["id"], o.pid, "{}", ctx());
-    assert_eq!(e["process"]["user"]["id"], nix::unistd::getuid().as_raw().to_string(), "{}", ctx());
+    assert_eq!(e["process"]["real_user"]["id"], nix::unistd::getuid().as_raw().to_string(), "{}", ctx());
     assert_eq!(e["process"]["name"], "fence-tests", "{}", ctx());
     assert_eq!(e["fence"]["cgroup"]["id"], cg.id(), "{}", ctx());
     assert_eq!(e["network"]["type"], family, "{}", ctx());

@@ -12,7 +12,7 @@ use fence_agent::vault::{
 use serde_json::Value;
 
 use crate::{
-    agent::{Agent, agent_binary, read_jsonl},
+    agent::{Agent, agent_binary},
     env::{TestCgroup, slow_factor, wait_for},
     harness::Test,
     helper,
@@ -43,7 +43,8 @@ fn grant_state(agent: &Agent, id: &str) -> String {
 }
 
 fn refusals(agent: &Agent, id: &str) -> usize {
-    read_jsonl(&agent.audit)
+    agent
+        .audit_lines()
         .iter()
         .filter(|l| l["fence"]["grant"]["id"] == id && l["event"]["action"] == "grant-decision-refused")
         .count()
@@ -123,7 +124,8 @@ fn console_approval() {
     assert_eq!(code, 0, "approve: {out}{err}");
     wait_for(wait(15), || (grant_state(&agent, &id) == "active").then_some(())).expect("approved through the vault");
     helper::run(Some(&cg), &["tcp-connect", &to]).assert_ok("the target, granted by the console");
-    let approved_line = read_jsonl(&agent.audit)
+    let approved_line = agent
+        .audit_lines()
         .into_iter()
         .find(|l| l["fence"]["grant"]["id"] == id.as_str() && l["event"]["action"] == "grant-approved")
         .expect("the approval is audited");

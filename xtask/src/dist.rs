@@ -33,6 +33,7 @@ const DEB_FILES: &[(&str, &str, u32)] = &[
     ("README.md", "usr/share/doc/fence-agent/README.md", 0o644),
     ("examples/policy.yaml", "usr/share/doc/fence-agent/examples/policy.yaml", 0o644),
     ("fence-agent/schema/event.schema.json", "usr/share/doc/fence-agent/event.schema.json", 0o644),
+    ("fence-agent/schema/audit.schema.json", "usr/share/doc/fence-agent/audit.schema.json", 0o644),
     ("fence-agent/packaging/debian/postinst", "DEBIAN/postinst", 0o755),
     ("fence-agent/packaging/debian/prerm", "DEBIAN/prerm", 0o755),
     ("fence-agent/packaging/debian/postrm", "DEBIAN/postrm", 0o755),
@@ -75,6 +76,7 @@ pub fn dist() -> Result<Dist> {
     )?;
     install(&root.join("README.md"), &top.join("README.md"), 0o644)?;
     install(&root.join("fence-agent/schema/event.schema.json"), &top.join("event.schema.json"), 0o644)?;
+    install(&root.join("fence-agent/schema/audit.schema.json"), &top.join("audit.schema.json"), 0o644)?;
     let tarball = out.join(format!("{name}.tar.gz"));
     run(Command::new("tar")
         .args(["--owner=0", "--group=0", "--numeric-owner", "--sort=name", "-czf"])

@@ -5,15 +5,14 @@
 use jiff::Timestamp;
 use serde::Serialize;
 
-use crate::audit::{AuditEvent, Host};
+use crate::audit::{AuditEvent, Head};
 
 /// One broker line.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SecretRecord {
-    #[serde(rename = "@timestamp")]
-    pub timestamp: String,
+    #[serde(flatten)]
+    pub head: Head,
     pub event: AuditEvent,
-    pub host: Host,
     pub fence: SecretFence,
 }
 
@@ -106,10 +105,14 @@ impl Action {
 
 /// The line for `action`.
 pub fn record(action: Action, identity: &str, fields: SecretFields, host: &str, now: Timestamp) -> SecretRecord {
+    let whom = if identity.is_empty() { "an unfenced process".to_owned() } else { identity.to_owned() };
+    let message = match &fields.why {
+        Some(why) => format!("{} {:?} for {whom}: {why}", action.as_str(), fields.name),
+        None => format!("{} {:?} for {whom}", action.as_str(), fields.name),
+    };
     SecretRecord {
-        timestamp: crate::audit::timestamp(now),
+        head: Head::new(now, host, message),
         event: AuditEvent::iam(action.as_str(), action.event_type()),
-        host: Host { hostname: host.to_owned() },
         fence: SecretFence {
             schema_version: crate::events::record::EVENT_SCHEMA_VERSION,
             identity: identity.to_owned(),

@@ -514,6 +514,7 @@ fn event_reader(
         .context("watching the event ring buffer")?;
     if let Some(run) = run {
         reader.save_counts(CountsFile { path: config.persist.state_dir.join("event-counts.json"), run: run.name() });
+        reader.sequence_file(config.persist.state_dir.join("event-sequence"));
     }
     Ok(reader)
 }

@@ -17,8 +17,8 @@ use super::{
     decode::{DecodeError, DnsQueryEvent, Head, KernelEvent, SecretEvent, components},
     directory::Directory,
     record::{
-        Cgroup, Destination, Dns, ECS_VERSION, EVENT_SCHEMA_VERSION, Ecs, EventFields, Fence, FileFields, Host, Id,
-        Name, Network, Parent, Process, Question, Record, Target, Thread, category,
+        Agent, Cgroup, Destination, Dns, EVENT_SCHEMA_VERSION, Ecs, EventFields, Fence, FileFields, Host, Id, Name,
+        Network, Parent, Process, Question, Record, Rule, Target, Thread, categories,
     },
 };
 use crate::{policy::Mode, resolve::ObjectId};
@@ -54,7 +54,8 @@ fn secret_record(e: &SecretEvent, head: &Head, dir: &Directory, host: &dyn HostV
     }
     fence.rule = "secrets".to_owned();
     fence.target = Some(Target { kind: Cow::Borrowed("secret"), path: e.name.clone(), ..Target::default() });
-    let mut event = event_fields(head, "iam", "access", format!("secret {:?} refused: {}", e.name, e.why));
+    let iam = vec![Cow::Borrowed("iam"), Cow::Borrowed("intrusion_detection")];
+    let mut event = event_fields(head, iam, "info", format!("secret {:?} refused: {}", e.name, e.why));
     event.dataset = Cow::Borrowed("fence.enforcement");
     record(timestamp, event, host, process, fence)
 }
@@ -65,16 +66,19 @@ fn dns_record(e: &DnsQueryEvent, head: &Head, dir: &Directory, host: &dyn HostVi
     let mut r = net_record(&e.net, head, dir, host);
     r.event.reason = format!("no egress rule of the identity names {} (query type {})", e.name, e.qtype);
     r.event.event_type = vec![Cow::Borrowed("protocol"), r.event.event_type[1].clone()];
+    r.message = message(&r.fence.identity, &r.event.reason);
     r.dns = Some(Dns { question: Question { name: e.name.clone(), question_type: e.qtype.clone() } });
     r
 }
 
-/// `event.*` of an enforcement record.
-fn event_fields(head: &Head, category: &'static str, kind: &'static str, reason: String) -> EventFields {
+/// `event.*` of an enforcement record (`id` and `sequence` are given as it is written).
+fn event_fields(head: &Head, category: Vec<Name>, kind: &'static str, reason: String) -> EventFields {
     let denied = matches!(head.verdict, Verdict::Denied | Verdict::Killed);
     EventFields {
+        id: String::new(),
+        sequence: 0,
         kind: Cow::Borrowed("alert"),
-        category: vec![Cow::Borrowed(category)],
+        category,
         event_type: vec![Cow::Borrowed(kind), Cow::Borrowed(if denied { "denied" } else { "allowed" })],
         action: Cow::Borrowed(head.operation.as_str()),
         outcome: Cow::Borrowed(if denied { "failure" } else { "success" }),
@@ -87,16 +91,24 @@ fn event_fields(head: &Head, category: &'static str, kind: &'static str, reason:
 fn record(timestamp: String, event: EventFields, host: &dyn HostView, process: Process, fence: Fence) -> Record {
     Record {
         timestamp,
-        ecs: Ecs { version: Cow::Borrowed(ECS_VERSION) },
+        message: message(&fence.identity, &event.reason),
+        ecs: Ecs::CURRENT,
+        agent: Agent::CURRENT,
         event,
-        host: Host { hostname: host.hostname().to_owned() },
+        host: Host::named(host.hostname()),
         process,
         destination: None,
         network: None,
         file: None,
         dns: None,
+        rule: Some(Rule { name: fence.rule.clone() }),
         fence,
     }
+}
+
+/// `message`: who, and why.
+fn message(identity: &str, reason: &str) -> String {
+    if identity.is_empty() { format!("unfenced process: {reason}") } else { format!("{identity}: {reason}") }
 }
 
 fn common(h: &EventHeader, head: &Head, dir: &Directory, host: &dyn HostView) -> (String, Process, Fence) {
@@ -104,8 +116,9 @@ fn common(h: &EventHeader, head: &Head, dir: &Directory, host: &dyn HostView) ->
     let entry = dir.identity(h.identity);
     let policy_version = match entry {
         Some(e) if e.version.short_id() == h.policy_version => e.version.to_string(),
-        // The event predates the identity's current version: give what the kernel knew.
-        _ => format!("sha256:{:08x}…", h.policy_version),
+        // The event predates the identity's current version: what the kernel knew, the
+        // digest's first 8 hex digits (abbreviated as git abbreviates, no mark).
+        _ => format!("sha256:{:08x}", h.policy_version),
     };
     let process = Process {
         pid: h.tgid,
@@ -113,8 +126,8 @@ fn common(h: &EventHeader, head: &Head, dir: &Directory, host: &dyn HostView) ->
         name: comm(&h.comm),
         executable: host.executable(h.tgid),
         parent: (h.ppid != 0).then_some(Parent { pid: h.ppid }),
-        user: Id { id: h.uid.to_string() },
-        group: Id { id: h.gid.to_string() },
+        real_user: Id { id: h.uid.to_string() },
+        real_group: Id { id: h.gid.to_string() },
     };
     let cgroup_path = dir.cgroup_path(h.cgroup_id).map(str::to_owned).or_else(|| host.cgroup_path(h.tgid));
     let fence = Fence {
@@ -190,7 +203,7 @@ fn net_record(e: &NetEvent, head: &Head, dir: &Directory, host: &dyn HostView) -
         ),
     };
     let kind = if head.operation == Operation::Socket { "start" } else { "connection" };
-    let event = event_fields(head, category(head.operation), kind, why);
+    let event = event_fields(head, categories(head.operation), kind, why);
     let network = Network { family: Cow::Borrowed(family), transport, iana_number: e.protocol.to_string() };
     Record { destination, network: Some(network), ..record(timestamp, event, host, process, fence) }
 }
@@ -285,7 +298,7 @@ fn object_record(e: &ObjectEvent, head: &Head, dir: &Directory, host: &dyn HostV
         fs_relative,
         ..Target::default()
     });
-    let event = event_fields(head, category(head.operation), event_type, why);
+    let event = event_fields(head, categories(head.operation), event_type, why);
     let file = Some(FileFields { path, name: file_name, inode, device });
     Record { file, ..record(timestamp, event, host, process, fence) }
 }
@@ -372,7 +385,7 @@ fn escape_record(
     fence.rule = if head.operation == Operation::SysctlWrite { "host-settings" } else { "no-way-out" }.to_owned();
     fence.target = Some(target);
     let reason = format!("{} {why}", if denied { "denied" } else { "would deny" });
-    let event = event_fields(head, category(head.operation), "change", reason);
+    let event = event_fields(head, categories(head.operation), "change", reason);
     record(timestamp, event, host, process, fence)
 }
 

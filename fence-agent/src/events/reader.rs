@@ -25,6 +25,7 @@ use super::{
     SharedDirectory, Sinks,
     build::{HostView, build},
     decode::{KernelEvent, decode},
+    sequence::Sequencer,
     summary::{
         AgentEventsRx, Growth, KernelStats, Limiter, RateLimit, ReportedCounts, SummaryRecord, Tracker, USER_SPACE,
         cause, dropped_record, suppressed_record,
@@ -125,6 +126,7 @@ pub struct EventReader {
     /// When the last summary was written (the start, before the first).
     last_summary: Instant,
     counts_file: Option<CountsFile>,
+    sequence: Sequencer,
     metrics: Option<Metrics>,
     /// Records the agent could not decode (never expected; counted, not fatal).
     pub undecodable: u64,
@@ -153,10 +155,16 @@ impl EventReader {
             interval: flood.interval,
             last_summary: Instant::now(),
             counts_file: None,
+            sequence: Sequencer::in_memory(),
             metrics,
             undecodable: 0,
             written: 0,
         })
+    }
+
+    /// Numbers the records in the boot's sequence, reserved in `file` (see [`Sequencer`]).
+    pub fn sequence_file(&mut self, file: PathBuf) {
+        self.sequence = Sequencer::persistent(file);
     }
 
     /// Saves what is reported of this run's kernel counts at `file` after every summary.
@@ -288,20 +296,21 @@ impl EventReader {
                     *n,
                 );
             }
-            self.write_summary(&record);
+            self.write_summary(record);
         }
         for (cause, n) in &growth.dropped {
             tracing::warn!(cause, count = n, "events were lost");
             if let Some(m) = &self.metrics {
                 m.dropped(cause, *n);
             }
-            self.write_summary(&dropped_record(now, &hostname, cause, *n, interval));
+            self.write_summary(dropped_record(now, &hostname, cause, *n, interval));
         }
         !growth.suppressed.is_empty() || !growth.dropped.is_empty()
     }
 
-    fn write_summary(&mut self, record: &SummaryRecord) {
-        match serde_json::to_string(record) {
+    fn write_summary(&mut self, mut record: SummaryRecord) {
+        (record.event.id, record.event.sequence) = self.sequence.take();
+        match serde_json::to_string(&record) {
             Ok(line) => {
                 let fields = super::sink::LineFields {
                     identity: record.fence.identity.as_deref().unwrap_or_default(),
@@ -380,7 +389,7 @@ impl EventReader {
             let directory = self.directory.read().unwrap_or_else(|p| p.into_inner());
             build(event, &directory, &self.host)
         };
-        let record = match record {
+        let mut record = match record {
             Ok(r) => r,
             Err(e) => {
                 self.undecodable += 1;
@@ -394,6 +403,7 @@ impl EventReader {
         if let Some(m) = &self.metrics {
             m.event(&record.fence.identity, record.fence.operation.as_str(), record.fence.verdict.as_str());
         }
+        (record.event.id, record.event.sequence) = self.sequence.take();
         match serde_json::to_string(&record) {
             Ok(line) => {
                 if let Err(errors) = self.sinks.write_event(&line, &super::sink::LineFields::of(&record)) {

@@ -1,8 +1,10 @@
 //! The event record written to sinks, and read back by `fence-agent logs`: one JSON object per
-//! line, field names after the Elastic Common Schema (ECS 8.x: `@timestamp`, `event.*`,
-//! `process.*`, `destination.*`, `network.*`, `host.*`), with fence's own fields under
-//! `fence.*`. See README "Events" and `schema/event.schema.json`. Records are built in
-//! [`super::build`]; summaries in [`super::summary`].
+//! line, field names from the Elastic Common Schema version the record declares
+//! ([`ECS_VERSION`]; every name is checked against `schema/ecs-8.17.0-fields.txt` by the
+//! tests), with fence's own fields under `fence.*`. See README "Events" and
+//! `schema/event.schema.json`. Records are built in [`super::build`]; summaries in
+//! [`super::summary`]; `event.id` and `event.sequence` are given by [`super::sequence`] as
+//! the record is written.
 
 use std::borrow::Cow;
 
@@ -13,7 +15,10 @@ use crate::policy::Mode;
 
 /// Version of the `fence.*` part of the record.
 pub const EVENT_SCHEMA_VERSION: u32 = 1;
-pub const ECS_VERSION: &str = "8.11.0";
+/// The ECS version whose field names the records use (`process.group.id` is 8.14 or later).
+pub const ECS_VERSION: &str = "8.17.0";
+/// `agent.type` of every record: what wrote it (`agent.version` is the agent's version).
+pub const AGENT_TYPE: &str = "fence";
 
 /// A name from a fixed vocabulary: borrowed when written, owned when read back.
 pub type Name = Cow<'static, str>;
@@ -22,7 +27,12 @@ pub type Name = Cow<'static, str>;
 pub struct Record {
     #[serde(rename = "@timestamp")]
     pub timestamp: String,
+    /// One line for people: the identity and `event.reason`.
+    #[serde(default)]
+    pub message: String,
     pub ecs: Ecs,
+    #[serde(default)]
+    pub agent: Agent,
     pub event: EventFields,
     pub host: Host,
     pub process: Process,
@@ -36,7 +46,35 @@ pub struct Record {
     /// The question of a DNS query event (ECS `dns.*`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<Dns>,
+    /// The rule that decided (`rule.name`, the same as `fence.rule`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<Rule>,
     pub fence: Fence,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Rule {
+    pub name: String,
+}
+
+/// ECS `agent.*`: what wrote the record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Agent {
+    #[serde(rename = "type")]
+    pub agent_type: Name,
+    pub version: Name,
+}
+
+impl Agent {
+    pub const CURRENT: Agent =
+        Agent { agent_type: Cow::Borrowed(AGENT_TYPE), version: Cow::Borrowed(env!("CARGO_PKG_VERSION")) };
+}
+
+impl Default for Agent {
+    /// A line read back from a version that did not write `agent.*`.
+    fn default() -> Agent {
+        Agent { agent_type: Cow::Borrowed(AGENT_TYPE), version: Cow::Borrowed("") }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -73,6 +111,13 @@ impl Ecs {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EventFields {
+    /// Unique across hosts and boots: the boot's id and the sequence (set as it is written).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    /// The record's number in the events this host's agents wrote since boot: strictly
+    /// increasing, across agent restarts (a restart may skip numbers, never repeats one).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sequence: u64,
     pub kind: Name,
     pub category: Vec<Name>,
     #[serde(rename = "type")]
@@ -88,6 +133,19 @@ pub struct EventFields {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Host {
     pub hostname: String,
+    /// The same as `hostname` (ECS recommends `host.name` for correlation).
+    #[serde(default)]
+    pub name: String,
+}
+
+impl Host {
+    pub fn named(hostname: &str) -> Host {
+        Host { hostname: hostname.to_owned(), name: hostname.to_owned() }
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -102,8 +160,11 @@ pub struct Process {
     /// The parent process (ECS `process.parent.pid`), when the kernel could read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<Parent>,
-    pub user: Id,
-    pub group: Id,
+    /// The task's real user and group ids (what `bpf_get_current_uid_gid` reads).
+    #[serde(alias = "user")]
+    pub real_user: Id,
+    #[serde(alias = "group")]
+    pub real_group: Id,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -192,6 +253,15 @@ pub struct Cgroup {
     pub path: Option<String>,
 }
 
+/// The ECS categories of an operation's enforcement records: its own, and for the categories
+/// whose expected types do not include `denied`/`allowed`, `intrusion_detection`, which does.
+pub fn categories(operation: Operation) -> Vec<Name> {
+    match category(operation) {
+        "network" => vec![Cow::Borrowed("network")],
+        own => vec![Cow::Borrowed(own), Cow::Borrowed("intrusion_detection")],
+    }
+}
+
 /// The ECS category of an operation's events (`event.category`).
 pub fn category(operation: Operation) -> &'static str {
     match operation {
@@ -209,6 +279,34 @@ pub fn category(operation: Operation) -> &'static str {
         }
         Operation::SecretGet => "iam",
     }
+}
+
+/// Every field name of the ECS version the records declare (`schema/ecs-8.17.0-fields.txt`).
+const ECS_FIELDS: &str = include_str!("../../schema/ecs-8.17.0-fields.txt");
+
+/// The field names of a written line (every leaf outside `fence.*`) that the ECS version it
+/// declares does not define, or all of them if it declares another version. For the tests,
+/// which check every line the agent writes.
+pub fn fields_not_in_ecs(line: &serde_json::Value) -> Vec<String> {
+    fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        match v.as_object() {
+            Some(map) => {
+                for (k, v) in map {
+                    let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    leaves(&name, v, out);
+                }
+            }
+            None => out.push(prefix.to_owned()),
+        }
+    }
+    let mut names = Vec::new();
+    leaves("", line, &mut names);
+    if line["ecs"]["version"] != ECS_VERSION {
+        return names;
+    }
+    let known: std::collections::HashSet<&str> =
+        ECS_FIELDS.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).collect();
+    names.into_iter().filter(|n| !n.starts_with("fence.") && !known.contains(n.as_str())).collect()
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use fence_common::{EventLimit, Operation, RateKey, RateState, Verdict, counter};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::record::{EVENT_SCHEMA_VERSION, Ecs, EventFields, Host, Name, category};
+use super::record::{Agent, EVENT_SCHEMA_VERSION, Ecs, EventFields, Host, Name, category};
 
 /// The configured event rate limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +139,12 @@ pub const ACTION_DROPPED: &str = "events-dropped";
 pub struct SummaryRecord {
     #[serde(rename = "@timestamp")]
     pub timestamp: String,
+    /// `event.reason`, for people.
+    #[serde(default)]
+    pub message: String,
     pub ecs: Ecs,
+    #[serde(default)]
+    pub agent: Agent,
     pub event: EventFields,
     pub host: Host,
     pub fence: SummaryFence,
@@ -183,8 +188,12 @@ fn summary(
 ) -> SummaryRecord {
     SummaryRecord {
         timestamp: at.to_string(),
+        message: reason.clone(),
         ecs: Ecs::CURRENT,
+        agent: Agent::CURRENT,
         event: EventFields {
+            id: String::new(),
+            sequence: 0,
             kind: Cow::Borrowed("metric"),
             category: vec![Cow::Borrowed(category)],
             event_type: vec![Cow::Borrowed("info")],
@@ -194,7 +203,7 @@ fn summary(
             dataset: Cow::Borrowed("fence.enforcement"),
             reason,
         },
-        host: Host { hostname: hostname.to_owned() },
+        host: Host::named(hostname),
         fence,
     }
 }

@@ -6,15 +6,14 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use super::{Grant, Phase};
-use crate::audit::{AuditEvent, Host};
+use crate::audit::{AuditEvent, Head};
 
 /// One grant lifecycle line.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct GrantRecord {
-    #[serde(rename = "@timestamp")]
-    pub timestamp: String,
+    #[serde(flatten)]
+    pub head: Head,
     pub event: AuditEvent,
-    pub host: Host,
     pub fence: GrantFence,
 }
 
@@ -59,6 +58,9 @@ pub enum Action {
     Active,
     Expired,
     Revoked,
+    /// A console decision from the vault that the agent refused (bad signature, stale,
+    /// replayed): the grant stays as it was.
+    DecisionRefused,
 }
 
 impl Action {
@@ -70,6 +72,7 @@ impl Action {
             Action::Active => "grant-active",
             Action::Expired => "grant-expired",
             Action::Revoked => "grant-revoked",
+            Action::DecisionRefused => "grant-decision-refused",
         }
     }
 
@@ -78,7 +81,7 @@ impl Action {
         match self {
             Action::Requested => "creation",
             Action::Approved | Action::Active => "allowed",
-            Action::Denied => "denied",
+            Action::Denied | Action::DecisionRefused => "denied",
             Action::Expired | Action::Revoked => "end",
         }
     }
@@ -95,10 +98,10 @@ pub fn record(action: Action, grant: &Grant, host: &str, now: Timestamp) -> Gran
         Phase::Expired { uses } => (None, None, None, None, Some(*uses)),
         Phase::Revoked { by, reason, uses } => (None, None, Some(by.clone()), Some(reason.clone()), Some(*uses)),
     };
+    let message = format!("{} {}: {} for {}", action.as_str(), grant.id, grant.target, grant.identity);
     GrantRecord {
-        timestamp: crate::audit::timestamp(now),
+        head: Head::new(now, host, message),
         event: AuditEvent::iam(action.as_str(), action.event_type()),
-        host: Host { hostname: host.to_owned() },
         fence: GrantFence {
             schema_version: crate::events::record::EVENT_SCHEMA_VERSION,
             identity: grant.identity.clone(),

@@ -146,8 +146,9 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
 
     fn audit_refused_decision(&mut self, id: &str, why: &str) {
         let Some(g) = self.grants.book.get(id) else { return };
-        let mut record = crate::grants::audit::record(Action::Denied, g, &self.deps.hostname, Timestamp::now());
-        record.event.action = "grant-decision-refused";
+        let mut record =
+            crate::grants::audit::record(Action::DecisionRefused, g, &self.deps.hostname, Timestamp::now());
+        record.head.message = format!("{}: {why}", record.head.message);
         record.fence.grant.why = Some(why.to_owned());
         if let Err(e) = self.views.audit.line(&record) {
             tracing::error!(error = %e, "writing the grant audit line failed");

@@ -23,6 +23,17 @@ impl HostView for FakeHost {
     }
 }
 
+/// A record as the writer writes it: numbered by a [`Sequencer`].
+pub(crate) fn as_written<T: serde::Serialize>(record: T) -> serde_json::Value {
+    let mut v = serde_json::to_value(record).unwrap();
+    let (id, sequence) = crate::events::sequence::Sequencer::in_memory().take();
+    v["event"]["id"] = id.into();
+    v["event"]["sequence"] = sequence.into();
+    v
+}
+
+pub(crate) use crate::events::record::fields_not_in_ecs as not_in_ecs;
+
 fn directory(version: PolicyVersion) -> Directory {
     let mut d = Directory::default();
     d.update(&CompiledPolicy {
@@ -77,7 +88,14 @@ fn a_denied_connect_has_every_field() {
     assert_eq!(v["process"]["pid"], 10);
     assert_eq!(v["process"]["thread"]["id"], 11);
     assert_eq!(v["process"]["name"], "curl");
-    assert_eq!(v["process"]["user"]["id"], "1000");
+    assert_eq!(v["process"]["real_user"]["id"], "1000");
+    assert_eq!(v["process"]["real_group"]["id"], "1000");
+    assert_eq!(v["host"]["name"], "host-a");
+    assert_eq!(v["agent"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["rule"]["name"], "default-deny");
+    assert_eq!(v["message"], "ci-bot: no egress rule allows tcp to 10.0.0.1:22");
+    assert_eq!(v["event"]["category"], serde_json::json!(["network"]));
+    assert_eq!(v["event"]["type"], serde_json::json!(["connection", "denied"]));
     assert_eq!(v["destination"]["ip"], "10.0.0.1");
     assert_eq!(v["destination"]["port"], 22);
     assert_eq!(v["network"]["transport"], "tcp");
@@ -108,7 +126,7 @@ fn an_audit_event_is_a_would_deny_that_succeeded() {
     assert_eq!(v["destination"]["ip"], "::ffff:127.0.0.1");
     assert_eq!(v["event"]["reason"], "no egress rule allows udp to [::ffff:127.0.0.1]:53");
     // Older policy version than the directory knows: the kernel's short id is reported.
-    assert_eq!(v["fence"]["policy_version"], "sha256:deadbeef…");
+    assert_eq!(v["fence"]["policy_version"], "sha256:deadbeef");
 }
 
 /// The records the agent writes validate against the published JSON Schema, and the
@@ -172,19 +190,28 @@ fn records_validate_against_the_json_schema() {
         _pad: [0; 2],
     };
     let records = [
-        serde_json::to_value(build(&KernelEvent::Net(net), &dir, &FakeHost).unwrap()).unwrap(),
-        serde_json::to_value(build(&KernelEvent::Net(audit), &dir, &FakeHost).unwrap()).unwrap(),
-        serde_json::to_value(build(&KernelEvent::Object(Box::new(exec)), &dir, &FakeHost).unwrap()).unwrap(),
-        serde_json::to_value(build(&KernelEvent::Object(Box::new(file)), &dir, &FakeHost).unwrap()).unwrap(),
-        serde_json::to_value(suppressed_record(at, "h", key, Some("ci-bot"), 12, std::time::Duration::from_secs(10)))
-            .unwrap(),
-        serde_json::to_value(dropped_record(at, "h", cause::RING_BUFFER_FULL, 3, std::time::Duration::from_secs(10)))
-            .unwrap(),
+        as_written(build(&KernelEvent::Net(net), &dir, &FakeHost).unwrap()),
+        as_written(build(&KernelEvent::Net(audit), &dir, &FakeHost).unwrap()),
+        as_written(build(&KernelEvent::Object(Box::new(exec)), &dir, &FakeHost).unwrap()),
+        as_written(build(&KernelEvent::Object(Box::new(file)), &dir, &FakeHost).unwrap()),
+        as_written(suppressed_record(at, "h", key, Some("ci-bot"), 12, std::time::Duration::from_secs(10))),
+        as_written(dropped_record(at, "h", cause::RING_BUFFER_FULL, 3, std::time::Duration::from_secs(10))),
     ];
     for r in &records {
         let errors: Vec<String> = validator.iter_errors(r).map(|e| format!("{} at {}", e, e.instance_path())).collect();
         assert!(errors.is_empty(), "{r:#}\n{errors:#?}");
+        assert_eq!(not_in_ecs(r), Vec::<String>::new(), "{r:#}");
     }
+    // File and process records carry intrusion_detection, whose expected types include denied.
+    assert_eq!(records[3]["event"]["category"], serde_json::json!(["file", "intrusion_detection"]));
+    assert_eq!(records[3]["event"]["type"], serde_json::json!(["access", "denied"]));
+    assert_eq!(records[2]["event"]["category"], serde_json::json!(["process", "intrusion_detection"]));
+    // A field the declared ECS version does not define is found.
+    let mut not_ecs = records[0].clone();
+    not_ecs["process"]["group"] = serde_json::json!({"id": "0"});
+    assert_eq!(not_in_ecs(&not_ecs), Vec::<String>::new(), "process.group.id is in ECS 8.17");
+    not_ecs["process"]["gid"] = 0.into();
+    assert_eq!(not_in_ecs(&not_ecs), vec!["process.gid".to_owned()]);
     // What the schema refuses.
     let mut no_identity = records[0].clone();
     no_identity["fence"].as_object_mut().unwrap().remove("identity");
@@ -238,9 +265,10 @@ fn check_bypass(event: KernelEvent, reason: &str, rule: &str) -> serde_json::Val
     let schema: serde_json::Value = serde_json::from_str(include_str!("../../../schema/event.schema.json")).unwrap();
     let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
     let dir = directory(PolicyVersion([0xab; 32]));
-    let v = serde_json::to_value(build(&event, &dir, &FakeHost).unwrap()).unwrap();
+    let v = as_written(build(&event, &dir, &FakeHost).unwrap());
     let errors: Vec<String> = validator.iter_errors(&v).map(|e| format!("{} at {}", e, e.instance_path())).collect();
     assert!(errors.is_empty(), "{v:#}\n{errors:#?}");
+    assert_eq!(not_in_ecs(&v), Vec::<String>::new(), "{v:#}");
     assert_eq!(v["event"]["reason"].as_str().unwrap(), reason, "{v:#}");
     assert_eq!(v["fence"]["rule"], rule, "{v:#}");
     v
