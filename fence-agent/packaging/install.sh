@@ -26,7 +26,13 @@ case "${1:-}" in
     [ -e /etc/fence/agent.toml ] || install -m 0644 "$here/etc/agent.toml" /etc/fence/agent.toml
     [ -e /etc/fence/policy.d/00-default.yaml ] || install -m 0644 "$here/etc/policy.d/00-default.yaml" /etc/fence/policy.d/
     install -d -m 0700 /var/lib/fence
-    install -d -m 0750 /var/log/fence
+    # Logs readable by the adm group, as the .deb does (setgid: new files are group adm).
+    if getent group adm >/dev/null; then
+        install -d -m 2750 -g adm /var/log/fence
+        find /var/log/fence -maxdepth 1 -type f -exec chgrp adm {} + 2>/dev/null || true
+    else
+        install -d -m 0750 /var/log/fence
+    fi
     systemctl daemon-reload
     systemctl try-restart fence-agent.service
     echo "installed $bin and $unit; start it with: systemctl enable --now fence-agent"
