@@ -16,6 +16,7 @@ fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?);
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     let object = out_dir.join("fence");
+    commit();
     println!("cargo::rerun-if-changed=../fence-ebpf/src");
     println!("cargo::rerun-if-changed=../fence-ebpf/Cargo.toml");
     println!("cargo::rerun-if-changed=../fence-common/src");
@@ -44,4 +45,32 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `FENCE_COMMIT` for `--version`: the commit the build is of, from git (or the FENCE_COMMIT
+/// environment variable, for builds outside a checkout), else `unknown`. Rebuilt when the
+/// checkout moves to another commit.
+fn commit() {
+    println!("cargo::rerun-if-env-changed=FENCE_COMMIT");
+    let git = |args: &[&str]| -> Option<String> {
+        let out = std::process::Command::new("git").args(args).output().ok()?;
+        let text = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+        (out.status.success() && !text.is_empty()).then_some(text)
+    };
+    let id = env::var("FENCE_COMMIT")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo::rustc-env=FENCE_COMMIT={id}");
+    // HEAD, the branch it names and packed-refs: a new commit or checkout changes one of them.
+    let mut watched = vec!["HEAD".to_owned(), "packed-refs".to_owned()];
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watched.push(branch);
+    }
+    for name in watched {
+        if let Some(path) = git(&["rev-parse", "--git-path", &name]) {
+            println!("cargo::rerun-if-changed={path}");
+        }
+    }
 }

@@ -2,12 +2,12 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 use fence_agent::cmd;
 
 #[derive(Debug, Parser)]
-#[command(name = "fence-agent", version, about = "Ring-fences non-human identities with eBPF")]
+#[command(name = "fence-agent", version = VERSION, about = "Ring-fences non-human identities with eBPF")]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -117,7 +117,21 @@ enum Command {
     /// Exit 0: applied, or nothing changed; 2: refused (the errors are printed and the previous
     /// policy stays in force); 1: the agent could not be asked. Root.
     Reload(cmd::reload::ReloadArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    ///
+    /// The package installs them where each shell looks; for another install:
+    /// `fence-agent completions bash > /etc/bash_completion.d/fence-agent`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (fence-agent.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Manpages { dir: std::path::PathBuf },
 }
+
+/// `--version`: the release and the commit it was built from (`unknown` outside a git checkout).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("FENCE_COMMIT"), ")");
 
 const STATUS_HELP: &str = "\
 Exit status:
@@ -231,6 +245,13 @@ fn main() -> ExitCode {
         Command::Uninstall(args) => cmd::uninstall::main(args),
         Command::Status(args) => cmd::status::main(args),
         Command::Reload(args) => cmd::reload::main(args),
+        Command::Completions { shell } => {
+            use std::io::Write as _;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "fence-agent", &mut script);
+            std::io::stdout().write_all(&script).map(|()| ExitCode::SUCCESS).map_err(anyhow::Error::from)
+        }
+        Command::Manpages { dir } => manpages(&dir),
     };
     match result {
         Ok(code) => code,
@@ -239,6 +260,42 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The manual pages of the command and of every subcommand (`fence-agent-grant-request.1`, ...).
+fn manpages(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use anyhow::Context as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut written = 0;
+    write_pages(&cmd, ("fence-agent", "fence-agent"), dir, &mut written)?;
+    eprintln!("{written} manual pages in {}", dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The page of `cmd`, named (`fence-agent-grant-request`, `fence-agent grant request`).
+fn write_pages(
+    cmd: &clap::Command,
+    (name, bin): (&str, &str),
+    dir: &std::path::Path,
+    written: &mut usize,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    if cmd.is_hide_set() {
+        return Ok(());
+    }
+    let page = cmd.clone().name(name.to_owned()).bin_name(bin.to_owned());
+    let mut out = Vec::new();
+    clap_mangen::Man::new(page).render(&mut out)?;
+    let path = dir.join(format!("{name}.1"));
+    std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+    *written += 1;
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let sub_name = sub.get_name();
+        write_pages(sub, (&format!("{name}-{sub_name}"), &format!("{bin} {sub_name}")), dir, written)?;
+    }
+    Ok(())
 }
 
 fn init_tracing(format: LogFormat) {
