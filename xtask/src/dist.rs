@@ -37,6 +37,8 @@ const DEB_FILES: &[(&str, &str, u32)] = &[
     ("fence-agent/packaging/debian/postinst", "DEBIAN/postinst", 0o755),
     ("fence-agent/packaging/debian/prerm", "DEBIAN/prerm", 0o755),
     ("fence-agent/packaging/debian/postrm", "DEBIAN/postrm", 0o755),
+    ("fence-agent/packaging/debian/copyright", "usr/share/doc/fence-agent/copyright", 0o644),
+    ("fence-agent/packaging/debian/lintian-overrides", "usr/share/lintian/overrides/fence-agent", 0o644),
 ];
 
 const CONFFILES: &str = "/etc/fence/agent.toml\n/etc/fence/policy.d/00-default.yaml\n";
@@ -51,12 +53,20 @@ pub fn dist() -> Result<Dist> {
     step(format!("packaging fence-agent {version} (.deb)"));
     let stage = out.join("deb-root");
     let _ = fs::remove_dir_all(&stage);
-    install(&art.agent, &stage.join("usr/bin/fence-agent"), 0o755)?;
+    // Stripped (lintian: unstripped-binary-or-object): 16.7 MB with symbols.
+    let bin = stage.join("usr/bin/fence-agent");
+    fs::create_dir_all(bin.parent().context("usr/bin")?)?;
+    run(Command::new("strip").args(["--strip-all", "-o"]).arg(&bin).arg(&art.agent))?;
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))?;
     for (from, to, mode) in DEB_FILES {
         install(&root.join(from), &stage.join(to), *mode)?;
     }
     generated_docs(&art.agent, &stage)?;
+    let changelog = stage.join("usr/share/doc/fence-agent/changelog.gz");
+    install(&root.join("fence-agent/packaging/debian/changelog"), &changelog.with_extension(""), 0o644)?;
+    run(Command::new("gzip").args(["-9n"]).arg(changelog.with_extension("")))?;
     fs::write(stage.join("DEBIAN/conffiles"), CONFFILES)?;
+    fs::write(stage.join("DEBIAN/md5sums"), md5sums(&stage)?)?;
     fs::write(stage.join("DEBIAN/control"), control(&version, installed_size_kib(&stage)?))?;
     let deb = out.join(format!("fence-agent_{version}_amd64.deb"));
     run(Command::new("dpkg-deb").args(["--root-owner-group", "-Zgzip", "--build"]).arg(&stage).arg(&deb))?;
@@ -153,6 +163,35 @@ fn install(from: &Path, to: &Path, mode: u32) -> Result<()> {
     fs::copy(from, to).with_context(|| format!("copying {}", from.display()))?;
     fs::set_permissions(to, fs::Permissions::from_mode(mode))?;
     Ok(())
+}
+
+/// DEBIAN/md5sums: every file of the package but DEBIAN/, sorted, as md5sum prints them.
+fn md5sums(stage: &Path) -> Result<String> {
+    fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
+        for e in fs::read_dir(dir)? {
+            let path = e?.path();
+            if path.is_dir() {
+                walk(&path, files)?;
+            } else {
+                files.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    for e in fs::read_dir(stage)? {
+        let path = e?.path();
+        if path.is_dir() && path.file_name().is_some_and(|n| n != "DEBIAN") {
+            walk(&path, &mut files)?;
+        }
+    }
+    let mut relative: Vec<String> =
+        files.iter().map(|f| f.strip_prefix(stage).map(|p| p.display().to_string())).collect::<Result<_, _>>()?;
+    relative.sort();
+    if relative.is_empty() {
+        return Ok(String::new());
+    }
+    output(Command::new("md5sum").args(&relative).current_dir(stage))
 }
 
 fn installed_size_kib(dir: &Path) -> Result<u64> {

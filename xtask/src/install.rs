@@ -103,6 +103,26 @@ pub fn ensure_root() -> Result<()> {
     Ok(())
 }
 
+/// lintian on the package, as a result line: no error or warning but those its overrides
+/// (`usr/share/lintian/overrides/fence-agent`, each with its reason) name.
+fn lintian(deb: &Path) -> String {
+    let out =
+        Command::new("lintian").args(["--fail-on", "error,warning", "--tag-display-limit", "0"]).arg(deb).output();
+    match out {
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let tags: Vec<&str> = text.lines().filter(|l| l.starts_with("E:") || l.starts_with("W:")).collect();
+            if o.status.success() && tags.is_empty() {
+                let info = text.lines().filter(|l| l.starts_with("I:") || l.starts_with("P:")).count();
+                format!("FENCE-RESULT\tinstall_lintian\tPASS\tno errors or warnings ({info} informational tags)")
+            } else {
+                format!("FENCE-RESULT\tinstall_lintian\tFAIL\t{} ({})", tags.join("; "), o.status)
+            }
+        }
+        Err(e) => format!("FENCE-RESULT\tinstall_lintian\tFAIL\tlintian could not run: {e}"),
+    }
+}
+
 /// Boots the guest with the package and the checks; returns the console lines.
 pub fn run_tests(dist: &Dist, work: &Path) -> Result<Vec<String>> {
     let overlay = work.join("overlay");
@@ -137,7 +157,9 @@ pub fn run_tests(dist: &Dist, work: &Path) -> Result<Vec<String>> {
     let base = base_archive();
     let guest =
         Guest { initrds: &[&base, &extra], append, memory_mib: 2048, done: "FENCE-INSTALL-DONE", timeout: TIMEOUT };
+    let lintian = lintian(&dist.deb);
     let (mut lines, done) = boot(&guest)?;
+    lines.push(lintian);
     if !done {
         lines.push(format!(
             "FENCE-RESULT\tinstall-run\tFAIL\tthe guest did not finish its checks within {TIMEOUT:?} (console above)"

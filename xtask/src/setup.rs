@@ -26,6 +26,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("cpio", "packing the vm tier's initramfs"),
     ("iproute2", "network namespaces and `ip` in tests"),
     ("debootstrap", "the install tier's Debian root"),
+    ("lintian", "the install tier checks the .deb with it"),
     ("prometheus", "promtool checks the /metrics output in the unit tier"),
     ("postgresql", "the broker's tests: a real PostgreSQL behind OpenBao's database secrets engine, and psql"),
 ];
