@@ -22,7 +22,16 @@ pub struct UninstallArgs {
     /// Agent configuration (TOML). Default: /etc/fence/agent.toml if it exists.
     #[arg(long, short = 'c', value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Keep what must outlive a reinstall in state_dir: the vault's last-known-good policy
+    /// and its rollback floor (policy-cache.json) and the boot's event sequence. The rest of
+    /// state_dir (grants, identity ids, event counts: they describe the enforcement being
+    /// removed) goes. The package's removal uses it; its purge removes state_dir.
+    #[arg(long)]
+    pub keep_state: bool,
 }
+
+/// What `--keep-state` keeps in state_dir.
+const KEPT_STATE: &[&str] = &["policy-cache.json", "event-sequence"];
 
 pub fn main(args: UninstallArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.as_deref())?;
@@ -64,7 +73,23 @@ pub fn main(args: UninstallArgs) -> anyhow::Result<ExitCode> {
             remove_dir(&managed, &mut left);
         }
     }
-    for path in [&config.persist.state_dir, &config.control.socket] {
+    let state_dir = &config.persist.state_dir;
+    if args.keep_state && state_dir.is_dir() {
+        for e in fs::read_dir(state_dir).into_iter().flatten().flatten() {
+            let kept = e.file_name().to_str().is_some_and(|n| KEPT_STATE.contains(&n));
+            if !kept {
+                let path = e.path();
+                let removed = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+                match removed {
+                    Ok(()) => println!("removed {}", path.display()),
+                    Err(e) => left.push(format!("{}: {e}", path.display())),
+                }
+            }
+        }
+        println!("kept {} ({}) until the package is purged", state_dir.display(), KEPT_STATE.join(", "));
+    }
+    let remove_state = (!args.keep_state).then_some(state_dir);
+    for path in remove_state.into_iter().chain([&config.control.socket]) {
         if path.is_dir() {
             match fs::remove_dir_all(path) {
                 Ok(()) => println!("removed {}", path.display()),
