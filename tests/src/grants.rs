@@ -143,6 +143,16 @@ fn egress_requested_expired_revoked_refused() {
     let listed = grant_cli(&agent, None, &["list", "--json"]);
     let uses = serde_json::from_str::<Value>(&listed.out).expect("list JSON")[0]["uses"].as_u64();
     assert!(uses.is_some_and(|u| u >= 1), "the kernel counts uses: {}", listed.out);
+    // `identities --json`: the grant in force and the grantable target as values.
+    let out =
+        Command::new(agent_binary()).args(["identities", "--json", "--socket"]).arg(&agent.socket).output().unwrap();
+    let ids: Value = serde_json::from_slice(&out.stdout).expect("identities JSON");
+    let a = ids.as_array().unwrap().iter().find(|i| i["name"] == "grant-a").expect("grant-a listed");
+    assert_eq!(a["granted"][0]["id"], id.as_str(), "{a:#}");
+    assert_eq!(a["granted"][0]["target"], "db", "{a:#}");
+    assert!(a["granted"][0]["seconds_left"].as_u64().is_some_and(|s| s <= ttl), "{a:#}");
+    assert_eq!(a["grantable"][0]["name"], "db", "{a:#}");
+    assert_eq!(a["grantable"][0]["approval"], "auto", "{a:#}");
 
     // The kernel ends it on time; the audit log has the whole life.
     eventually("the grant's end", ttl + 10, || connect(&cg, &db_addr).errno == Some(libc::EPERM));

@@ -328,6 +328,11 @@ fn listing() {
     assert_eq!(i["selectors"][0]["cgroup"], cg.rel);
     assert_eq!(i["selectors"][0]["cgroup_id"], cg.id());
     assert_eq!(i["selectors"][1]["kind"], "managed");
+    // Structured values, not display strings.
+    assert_eq!(i["standing"]["file_exceptions"], 0, "{i:#}");
+    assert_eq!(i["standing"]["egress"].as_array().map(Vec::len), Some(1), "{i:#}");
+    assert!(i["exec_programs"].is_null() && i["standing"]["unix_allow"].is_null(), "{i:#}");
+    assert_eq!(i["granted"], serde_json::json!([]), "{i:#}");
     let text = Command::new(agent_binary()).args(["identities", "--socket"]).arg(&agent.socket).output().unwrap();
     assert!(
         String::from_utf8_lossy(&text.stdout).contains("listed  [enforce]"),

@@ -52,13 +52,15 @@ fn print_identity(i: &IdentityStatus) {
     println!("{}  [{state}]  {} process(es)", i.name, i.processes);
     println!("    owner: {}   purpose: {}", i.owner, i.purpose);
     println!("    policy: {}   expires: {}", i.policy_version, or_dash(&i.expires));
-    println!("    exec: {}   unix: {}   egress rules: {}", i.exec, i.unix, i.egress_rules);
+    let exec = i.exec_programs.map_or("unrestricted".to_owned(), |n| format!("allow-list ({n} programs)"));
+    let unix = if i.standing.unix_allow.is_some() { "allow-list" } else { "host default-deny" };
+    println!("    exec: {exec}   unix: {unix}   egress rules: {}", i.egress_rules);
     println!("    standing: {}", i.standing);
     for g in &i.grantable {
         println!("    grantable: {g}");
     }
     for g in &i.granted {
-        println!("    GRANTED: {g}");
+        println!("    GRANTED: {} {} ({}s left)", g.id, g.target, g.seconds_left);
     }
     for sel in &i.selectors {
         let id = sel.cgroup_id.map_or("not present".to_owned(), |id| format!("id {id}"));

@@ -374,18 +374,26 @@ pub struct IdentityStatus {
     pub selectors: Vec<SelectorStatus>,
     pub processes: usize,
     pub egress_rules: usize,
-    /// The standing reach, one line (see `grants::reach`).
+    /// What the identity holds without a grant (`Display`: the reviewer's line).
+    pub standing: crate::grants::reach::Standing,
+    /// What may be granted, per target.
     #[serde(default)]
-    pub standing: String,
-    /// What may be granted, one line per target.
+    pub grantable: Vec<crate::grants::reach::GrantableTarget>,
+    /// Grants in force now.
     #[serde(default)]
-    pub grantable: Vec<String>,
-    /// Grants in force now: `id target (Ns left)`.
-    #[serde(default)]
-    pub granted: Vec<String>,
-    pub exec: String,
-    pub unix: String,
-    pub file_exceptions: usize,
+    pub granted: Vec<GrantInForce>,
+    /// Programs the exec allow-list resolved to on this host; absent: exec is not restricted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_programs: Option<usize>,
+}
+
+/// A grant in force (`identities`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantInForce {
+    pub id: String,
+    pub target: String,
+    /// Until the kernel ends it.
+    pub seconds_left: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

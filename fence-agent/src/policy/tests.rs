@@ -458,6 +458,33 @@ fn grantable_targets_validate_with_their_defaults() {
     assert_eq!(id.egress.len(), 1, "grantable rules are not standing");
 }
 
+/// `identities --json` gets the reach as values; the reviewer's lines are their `Display`.
+#[test]
+fn standing_and_grantable_reach_are_values_with_a_line() {
+    use crate::grants::reach::{GrantableTarget, Standing};
+    let set = check(&format!("{GOOD}{GRANTS}")).unwrap();
+    let id = &set.identities[0];
+    let standing = Standing::of(id);
+    assert_eq!(standing.egress.len(), 1, "{standing:?}");
+    assert_eq!(
+        standing.to_string(),
+        format!("egress {}; exec unrestricted; files no exceptions; unix host default-deny", standing.egress[0])
+    );
+    let db = GrantableTarget::of(id.grantable("prod-db").unwrap());
+    assert_eq!((db.approval.as_str(), db.max_ttl_seconds), ("auto", Some(3600)));
+    assert_eq!(db.to_string(), format!("prod-db (auto, max 1h): egress {}", db.egress[0]));
+    assert!(db.egress[0].starts_with("10.1.2.3/32 5432/tcp"), "{db:?}");
+    let creds = GrantableTarget::of(id.grantable("creds").unwrap());
+    assert_eq!(creds.unix, vec!["/run/docker.sock".to_owned(), "@bus".to_owned()]);
+    assert_eq!(
+        creds.to_string(),
+        "creds (console, max the host's cap): files /etc/deploy/token; unix /run/docker.sock, @bus"
+    );
+    let json = serde_json::to_value(&creds).unwrap();
+    assert_eq!(json["files"], serde_json::json!(["/etc/deploy/token"]));
+    assert!(json.get("max_ttl_seconds").is_none() && json.get("egress").is_none(), "{json}");
+}
+
 #[test]
 fn bad_grants_name_the_grant_field_and_reason() {
     let bad = |from: &str, to: &str| error_of(&format!("{GOOD}{}", GRANTS.replace(from, to)));

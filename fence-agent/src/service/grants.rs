@@ -188,7 +188,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
     }
 
     /// The grants in force for `identity`: `g-… db (540s left)`.
-    pub(super) fn granted_lines(&self, identity: &str) -> Vec<String> {
+    pub(super) fn granted(&self, identity: &str) -> Vec<crate::control::protocol::GrantInForce> {
         let now = boot_ns();
         self.grants
             .book
@@ -199,7 +199,11 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
                     Phase::Active { expires_boot_ns, .. } => expires_boot_ns.saturating_sub(now) / 1_000_000_000,
                     _ => 0,
                 };
-                format!("{} {} ({left}s left)", g.id, g.target)
+                crate::control::protocol::GrantInForce {
+                    id: g.id.clone(),
+                    target: g.target.clone(),
+                    seconds_left: left,
+                }
             })
             .collect()
     }

@@ -228,15 +228,10 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
                     processes: selectors.iter().map(|s| s.processes).sum(),
                     selectors,
                     egress_rules: i.egress.len(),
-                    standing: crate::grants::reach::standing(i),
-                    grantable: i.grantable.iter().map(crate::grants::reach::grantable).collect(),
-                    granted: self.granted_lines(&i.name),
-                    exec: i
-                        .exec
-                        .as_ref()
-                        .map_or("unrestricted".into(), |_| format!("allow-list ({programs} programs)")),
-                    unix: if i.unix.is_some() { "allow-list".into() } else { "host default-deny".into() },
-                    file_exceptions: i.file_exceptions.len(),
+                    standing: crate::grants::reach::Standing::of(i),
+                    grantable: i.grantable.iter().map(crate::grants::reach::GrantableTarget::of).collect(),
+                    granted: self.granted(&i.name),
+                    exec_programs: i.exec.as_ref().map(|_| programs),
                 }
             })
             .collect()
