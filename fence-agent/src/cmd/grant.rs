@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 
 use crate::{
     cmd::console::VaultArgs,
-    config::{DEFAULT_SOCKET, DEFAULT_WORKLOAD_SOCKET},
+    config::DEFAULT_WORKLOAD_SOCKET,
     control::{
         CallError, Request, call,
         protocol::{GrantOp, GrantReply, GrantView},
@@ -54,17 +54,31 @@ pub enum GrantCommand {
 /// The operators' socket (approve, deny, revoke).
 #[derive(Debug, Args)]
 pub struct Socket {
-    /// The agent's control socket.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
-    pub socket: PathBuf,
+    /// The agent's control socket (default: `[control] socket` of /etc/fence/agent.toml, else
+    /// /run/fence/agent.sock).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
 }
 
 /// The workloads' socket (request, list, show): reachable from inside a fence.
 #[derive(Debug, Args)]
 pub struct WorkloadSocket {
-    /// The agent's workload socket.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_WORKLOAD_SOCKET)]
-    pub socket: PathBuf,
+    /// The agent's workload socket (default /run/fence/workload.sock; a workload does not
+    /// read the agent's configuration, which may be among the files fenced from it).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+impl Socket {
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        crate::cmd::socket_of(self.socket.clone(), None, crate::cmd::SocketKind::Control)
+    }
+}
+
+impl WorkloadSocket {
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        Ok(self.socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_WORKLOAD_SOCKET)))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -148,7 +162,7 @@ pub fn main(command: GrantCommand) -> anyhow::Result<ExitCode> {
         GrantCommand::Approve(a) => decide(a, Verdict::Approve),
         GrantCommand::Deny(a) => decide(a, Verdict::Deny),
         GrantCommand::Revoke(a) => decide(a, Verdict::Revoke),
-        GrantCommand::Show(a) => one(&a.socket.socket, GrantOp::Show { id: a.id }, a.json),
+        GrantCommand::Show(a) => one(&a.socket.path()?, GrantOp::Show { id: a.id }, a.json),
         GrantCommand::List(a) => list(a),
     }
 }
@@ -172,7 +186,7 @@ fn decide(a: DecideArgs, verdict: Verdict) -> anyhow::Result<ExitCode> {
         Verdict::Deny => GrantOp::Deny { id: a.id, reason: a.reason },
         Verdict::Revoke => GrantOp::Revoke { id: a.id, reason: a.reason },
     };
-    one(&a.socket.socket, op, a.json)
+    one(&a.socket.path()?, op, a.json)
 }
 
 /// Calls the agent; a refusal is exit 2 with the agent's reason, no answer exit 1.
@@ -202,7 +216,8 @@ fn one(socket: &std::path::Path, op: GrantOp, json: bool) -> anyhow::Result<Exit
 fn request(a: RequestArgs) -> anyhow::Result<ExitCode> {
     let op =
         GrantOp::Request { target: a.target, ttl_seconds: a.ttl.as_secs(), reason: a.reason, identity: a.identity };
-    let reply = match ask(&a.socket.socket, op) {
+    let socket = a.socket.path()?;
+    let reply = match ask(&socket, op) {
         Ok(r) => r,
         Err(code) => return Ok(code),
     };
@@ -213,7 +228,7 @@ fn request(a: RequestArgs) -> anyhow::Result<ExitCode> {
         let until = Instant::now() + limit;
         while grant.grant.phase == Phase::Pending && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(500));
-            match ask(&a.socket.socket, GrantOp::Show { id: grant.grant.id.clone() }) {
+            match ask(&socket, GrantOp::Show { id: grant.grant.id.clone() }) {
                 Ok(r) => grant = r.grants.into_iter().next_back().unwrap_or(grant),
                 Err(code) => return Ok(code),
             }
@@ -231,7 +246,7 @@ fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
     if let Some(config) = a.config {
         return crate::cmd::console::grants::list(&VaultArgs { config: Some(config) }, a.json);
     }
-    let reply = match ask(&a.socket.socket, GrantOp::List { identity: a.identity }) {
+    let reply = match ask(&a.socket.path()?, GrantOp::List { identity: a.identity }) {
         Ok(r) => r,
         Err(code) => return Ok(code),
     };
