@@ -63,14 +63,20 @@ fn commit() {
         .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
         .unwrap_or_else(|| "unknown".into());
     println!("cargo::rustc-env=FENCE_COMMIT={id}");
-    // HEAD, the branch it names and packed-refs: a new commit or checkout changes one of them.
-    let mut watched = vec!["HEAD".to_owned(), "packed-refs".to_owned()];
-    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
-        watched.push(branch);
-    }
-    for name in watched {
-        if let Some(path) = git(&["rev-parse", "--git-path", &name]) {
-            println!("cargo::rerun-if-changed={path}");
+    // HEAD, packed-refs and the branch HEAD names: a new commit or checkout changes one of
+    // them. Only paths that exist (cargo reruns the script every time for one that does not);
+    // a branch whose ref is packed is watched by its directory, where a new commit writes it.
+    let path_of = |name: &str| git(&["rev-parse", "--git-path", name]).map(PathBuf::from);
+    let mut watched: Vec<PathBuf> =
+        ["HEAD", "packed-refs"].into_iter().filter_map(path_of).filter(|p| p.exists()).collect();
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]).and_then(|b| path_of(&b)) {
+        if branch.exists() {
+            watched.push(branch);
+        } else {
+            watched.extend(branch.parent().filter(|d| d.exists()).map(PathBuf::from));
         }
+    }
+    for path in watched {
+        println!("cargo::rerun-if-changed={}", path.display());
     }
 }
