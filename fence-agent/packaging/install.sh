@@ -4,13 +4,17 @@
 #   sudo ./install.sh              install or upgrade (a running agent is restarted;
 #                                  its pinned programs enforce until the new one takes over)
 #   sudo ./install.sh --uninstall  stop, lift enforcement, remove binary and unit
-#   sudo ./install.sh --purge      as --uninstall, and remove /etc/fence and the logs
+#   sudo ./install.sh --purge      as --uninstall, and remove the shipped configuration, the
+#                                  state and the logs (policy files you added stay, as with
+#                                  the .deb)
 #
 # The agent is not started on a fresh install: `systemctl enable --now fence-agent`.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 bin=/usr/local/bin/fence-agent
-unit=/etc/systemd/system/fence-agent.service
+# /usr/local/lib/systemd/system: where systemd looks for units installed by the local
+# administrator (the .deb's is /lib/systemd/system); /etc/systemd/system stays the admin's.
+unit=/usr/local/lib/systemd/system/fence-agent.service
 
 die() { echo "install.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root"
@@ -19,11 +23,14 @@ die() { echo "install.sh: $*" >&2; exit 1; }
 case "${1:-}" in
 "")
     install -D -m 0755 "$here/fence-agent" "$bin"
+    install -d -m 0755 "$(dirname "$unit")"
     sed "s#/usr/bin/fence-agent#$bin#g" "$here/fence-agent.service" > "$unit.tmp"
+    chmod 0644 "$unit.tmp"
     mv "$unit.tmp" "$unit"
     install -d -m 0755 /etc/fence /etc/fence/policy.d
-    # Configuration is never overwritten.
-    [ -e /etc/fence/agent.toml ] || install -m 0644 "$here/etc/agent.toml" /etc/fence/agent.toml
+    # Configuration is never overwritten; agent.toml is 0640 as in the .deb (it can carry
+    # vault settings).
+    [ -e /etc/fence/agent.toml ] || install -m 0640 "$here/etc/agent.toml" /etc/fence/agent.toml
     [ -e /etc/fence/policy.d/00-default.yaml ] || install -m 0644 "$here/etc/policy.d/00-default.yaml" /etc/fence/policy.d/
     install -d -m 0700 /var/lib/fence
     # Logs readable by the adm group, as the .deb does (setgid: new files are group adm).
@@ -48,7 +55,10 @@ case "${1:-}" in
         if command -v chattr >/dev/null 2>&1 && [ -d /var/log/fence ]; then
             find /var/log/fence -type f -exec chattr -a {} + 2>/dev/null || true
         fi
-        rm -rf /etc/fence /var/log/fence /var/lib/fence
+        rm -rf /var/log/fence /var/lib/fence
+        # The shipped configuration goes; policy files the administrator added stay.
+        rm -f /etc/fence/agent.toml /etc/fence/policy.d/00-default.yaml
+        rmdir /etc/fence/policy.d /etc/fence 2>/dev/null || true
     fi
     echo "fence-agent removed"
     ;;

@@ -45,58 +45,106 @@ const CONFFILES: &str = "/etc/fence/agent.toml\n/etc/fence/policy.d/00-default.y
 
 pub fn dist() -> Result<Dist> {
     let art = build_static()?;
-    let root = workspace_root();
-    let version = version()?;
-    let out = target_dir()?.join("dist");
-    fs::create_dir_all(&out)?;
-
-    step(format!("packaging fence-agent {version} (.deb)"));
-    let stage = out.join("deb-root");
-    let _ = fs::remove_dir_all(&stage);
-    // Stripped (lintian: unstripped-binary-or-object): 16.7 MB with symbols.
-    let bin = stage.join("usr/bin/fence-agent");
-    fs::create_dir_all(bin.parent().context("usr/bin")?)?;
-    run(Command::new("strip").args(["--strip-all", "-o"]).arg(&bin).arg(&art.agent))?;
-    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))?;
-    for (from, to, mode) in DEB_FILES {
-        install(&root.join(from), &stage.join(to), *mode)?;
-    }
-    generated_docs(&art.agent, &stage)?;
-    let changelog = stage.join("usr/share/doc/fence-agent/changelog.gz");
-    install(&root.join("fence-agent/packaging/debian/changelog"), &changelog.with_extension(""), 0o644)?;
-    run(Command::new("gzip").args(["-9n"]).arg(changelog.with_extension("")))?;
-    fs::write(stage.join("DEBIAN/conffiles"), CONFFILES)?;
-    fs::write(stage.join("DEBIAN/md5sums"), md5sums(&stage)?)?;
-    fs::write(stage.join("DEBIAN/control"), control(&version, installed_size_kib(&stage)?))?;
-    let deb = out.join(format!("fence-agent_{version}_amd64.deb"));
-    run(Command::new("dpkg-deb").args(["--root-owner-group", "-Zgzip", "--build"]).arg(&stage).arg(&deb))?;
-
-    step(format!("packaging fence-agent {version} (tarball with install.sh)"));
-    let name = format!("fence-agent-{version}-x86_64-linux");
-    let tar_stage = out.join("tar-root");
-    let _ = fs::remove_dir_all(&tar_stage);
-    let top = tar_stage.join(&name);
-    install(&art.agent, &top.join("fence-agent"), 0o755)?;
-    install(&root.join("fence-agent/packaging/install.sh"), &top.join("install.sh"), 0o755)?;
-    install(&root.join("fence-agent/packaging/fence-agent.service"), &top.join("fence-agent.service"), 0o644)?;
-    install(&root.join("fence-agent/packaging/agent.toml"), &top.join("etc/agent.toml"), 0o640)?;
-    install(
-        &root.join("fence-agent/packaging/policy.d/00-default.yaml"),
-        &top.join("etc/policy.d/00-default.yaml"),
-        0o644,
-    )?;
-    install(&root.join("README.md"), &top.join("README.md"), 0o644)?;
-    install(&root.join("fence-agent/schema/event.schema.json"), &top.join("event.schema.json"), 0o644)?;
-    install(&root.join("fence-agent/schema/audit.schema.json"), &top.join("audit.schema.json"), 0o644)?;
-    let tarball = out.join(format!("{name}.tar.gz"));
-    run(Command::new("tar")
-        .args(["--owner=0", "--group=0", "--numeric-owner", "--sort=name", "-czf"])
-        .arg(&tarball)
-        .arg("-C")
-        .arg(&tar_stage)
-        .arg(&name))?;
-    println!("{}\n{}", deb.display(), tarball.display());
+    let p = Packaging {
+        root: workspace_root(),
+        version: version()?,
+        epoch: source_date_epoch()?,
+        out: target_dir()?.join("dist"),
+        agent: art.agent.clone(),
+    };
+    fs::create_dir_all(&p.out)?;
+    let deb = p.deb()?;
+    let tarball = p.tarball()?;
+    let sbom = p.out.join(format!("fence-agent-{}.cdx.json", p.version));
+    fs::write(&sbom, sbom_json(&p.version)?)?;
+    // SHA256SUMS beside the artefacts (`sha256sum -c SHA256SUMS` in target/dist).
+    let names: Vec<String> = [&deb, &tarball, &sbom]
+        .iter()
+        .map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).context("artefact name"))
+        .collect::<Result<_>>()?;
+    fs::write(p.out.join("SHA256SUMS"), output(Command::new("sha256sum").args(&names).current_dir(&p.out))?)?;
+    println!("{}\n{}\n{}\n{}", deb.display(), tarball.display(), sbom.display(), p.out.join("SHA256SUMS").display());
     Ok(Dist { deb, tarball, tests: art.tests })
+}
+
+/// What both artefacts are made from.
+struct Packaging {
+    root: PathBuf,
+    version: String,
+    /// SOURCE_DATE_EPOCH: the time every packaged file carries.
+    epoch: u64,
+    out: PathBuf,
+    agent: PathBuf,
+}
+
+impl Packaging {
+    /// The agent, stripped (lintian: unstripped-binary-or-object; 16.7 MB with symbols).
+    fn stripped_agent(&self, to: &Path) -> Result<()> {
+        fs::create_dir_all(to.parent().context("destination has a parent")?)?;
+        run(Command::new("strip").args(["--strip-all", "-o"]).arg(to).arg(&self.agent))?;
+        fs::set_permissions(to, fs::Permissions::from_mode(0o755))?;
+        Ok(())
+    }
+
+    fn deb(&self) -> Result<PathBuf> {
+        step(format!("packaging fence-agent {} (.deb)", self.version));
+        let stage = self.out.join("deb-root");
+        let _ = fs::remove_dir_all(&stage);
+        self.stripped_agent(&stage.join("usr/bin/fence-agent"))?;
+        for (from, to, mode) in DEB_FILES {
+            install(&self.root.join(from), &stage.join(to), *mode)?;
+        }
+        generated_docs(&self.agent, &stage)?;
+        let changelog = stage.join("usr/share/doc/fence-agent/changelog");
+        install(&self.root.join("fence-agent/packaging/debian/changelog"), &changelog, 0o644)?;
+        run(Command::new("gzip").args(["-9n"]).arg(&changelog))?;
+        fs::write(stage.join("DEBIAN/conffiles"), CONFFILES)?;
+        fs::write(stage.join("DEBIAN/md5sums"), md5sums(&stage)?)?;
+        fs::write(stage.join("DEBIAN/control"), control(&self.version, installed_size_kib(&stage)?))?;
+        let deb = self.out.join(format!("fence-agent_{}_amd64.deb", self.version));
+        // SOURCE_DATE_EPOCH: dpkg-deb clamps every member's mtime to it (reproducible bytes).
+        run(Command::new("dpkg-deb")
+            .env("SOURCE_DATE_EPOCH", self.epoch.to_string())
+            .args(["--root-owner-group", "-Zgzip", "--build"])
+            .arg(&stage)
+            .arg(&deb))?;
+        Ok(deb)
+    }
+
+    fn tarball(&self) -> Result<PathBuf> {
+        step(format!("packaging fence-agent {} (tarball with install.sh)", self.version));
+        let name = format!("fence-agent-{}-x86_64-linux", self.version);
+        let tar_stage = self.out.join("tar-root");
+        let _ = fs::remove_dir_all(&tar_stage);
+        let top = tar_stage.join(&name);
+        self.stripped_agent(&top.join("fence-agent"))?;
+        let files = [
+            ("fence-agent/packaging/install.sh", "install.sh", 0o755),
+            ("fence-agent/packaging/fence-agent.service", "fence-agent.service", 0o644),
+            ("fence-agent/packaging/agent.toml", "etc/agent.toml", 0o640),
+            ("fence-agent/packaging/policy.d/00-default.yaml", "etc/policy.d/00-default.yaml", 0o644),
+            ("README.md", "README.md", 0o644),
+            ("fence-agent/schema/event.schema.json", "event.schema.json", 0o644),
+            ("fence-agent/schema/audit.schema.json", "audit.schema.json", 0o644),
+        ];
+        for (from, to, mode) in files {
+            install(&self.root.join(from), &top.join(to), mode)?;
+        }
+        // Every entry at SOURCE_DATE_EPOCH, sorted, owned by 0, and gzip without a name or time.
+        let tar = self.out.join(format!("{name}.tar"));
+        run(Command::new("tar")
+            .args(["--owner=0", "--group=0", "--numeric-owner", "--sort=name", "--format=gnu"])
+            .arg(format!("--mtime=@{}", self.epoch))
+            .arg("-cf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(&tar_stage)
+            .arg(&name))?;
+        let tarball = self.out.join(format!("{name}.tar.gz"));
+        let _ = fs::remove_file(&tarball);
+        run(Command::new("gzip").args(["-9n"]).arg(&tar))?;
+        Ok(tarball)
+    }
 }
 
 /// Where each shell looks for a package's completions (under the package root).
@@ -125,6 +173,81 @@ fn generated_docs(agent: &Path, stage: &Path) -> Result<()> {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
     }
     Ok(())
+}
+
+/// A CycloneDX 1.5 SBOM of what the agent binary is built from: every crate reachable from
+/// fence-agent through normal (not build or dev) dependencies on the release target, from
+/// `cargo metadata`. No timestamp or serial number, so that it is reproducible too.
+fn sbom_json(version: &str) -> Result<String> {
+    let out = output(
+        Command::new("cargo")
+            .args(["metadata", "--format-version", "1", "--locked", "--filter-platform", "x86_64-unknown-linux-gnu"])
+            .current_dir(workspace_root()),
+    )?;
+    let meta: serde_json::Value = serde_json::from_str(&out)?;
+    let packages = meta["packages"].as_array().context("cargo metadata: packages")?;
+    let nodes = meta["resolve"]["nodes"].as_array().context("cargo metadata: resolve")?;
+    let root = packages
+        .iter()
+        .find(|p| p["name"] == "fence-agent")
+        .and_then(|p| p["id"].as_str())
+        .context("cargo metadata has no fence-agent")?;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo = vec![root.to_owned()];
+    while let Some(id) = todo.pop() {
+        let Some(node) = nodes.iter().find(|n| n["id"] == id.as_str()) else { continue };
+        for dep in node["deps"].as_array().into_iter().flatten() {
+            let normal = dep["dep_kinds"].as_array().into_iter().flatten().any(|k| k["kind"].is_null());
+            if let Some(pkg) = dep["pkg"].as_str().filter(|_| normal)
+                && seen.insert(pkg.to_owned())
+            {
+                todo.push(pkg.to_owned());
+            }
+        }
+    }
+    let mut components: Vec<serde_json::Value> = packages
+        .iter()
+        .filter(|p| p["id"].as_str().is_some_and(|id| seen.contains(id)))
+        .map(|p| {
+            let (name, v) = (p["name"].as_str().unwrap_or_default(), p["version"].as_str().unwrap_or_default());
+            serde_json::json!({
+                "type": "library",
+                "name": name,
+                "version": v,
+                "purl": format!("pkg:cargo/{name}@{v}"),
+                "licenses": p["license"].as_str().map(|l| vec![serde_json::json!({"expression": l})]).unwrap_or_default(),
+            })
+        })
+        .collect();
+    components
+        .sort_by(|a, b| (a["name"].as_str(), a["version"].as_str()).cmp(&(b["name"].as_str(), b["version"].as_str())));
+    let bom = serde_json::json!({
+        "bomFormat": "CycloneDX",
+        "specVersion": "1.5",
+        "version": 1,
+        "metadata": {
+            "component": {"type": "application", "name": "fence-agent", "version": version,
+                          "purl": format!("pkg:cargo/fence-agent@{version}")}
+        },
+        "components": components,
+    });
+    Ok(serde_json::to_string_pretty(&bom)? + "\n")
+}
+
+/// The time every packaged file carries: SOURCE_DATE_EPOCH if set, else the commit's time
+/// (so that two builds of one commit give the same bytes), else 0.
+fn source_date_epoch() -> Result<u64> {
+    if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
+        return v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"));
+    }
+    let commit_time = Command::new("git")
+        .args(["log", "-1", "--format=%ct"])
+        .current_dir(workspace_root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok());
+    Ok(commit_time.unwrap_or(0))
 }
 
 fn version() -> Result<String> {

@@ -317,6 +317,8 @@ impl EventReader {
                     verdict: record.fence.verdict.map_or("", |v| v.as_str()),
                     operation: record.fence.operation.map_or("", |o| o.as_str()),
                     action: &record.event.action,
+                    category: record.event.category.first().map_or("", |c| c.as_ref()),
+                    pid: 0,
                 };
                 if let Err(errors) = self.sinks.write_event(&line, &fields) {
                     for e in errors {

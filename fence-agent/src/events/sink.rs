@@ -43,7 +43,22 @@ pub struct LineFields<'a> {
     pub operation: &'a str,
     /// `event.action`: the operation, or `events-suppressed` / `events-dropped`.
     pub action: &'a str,
+    /// The first `event.category` (network, file, process, configuration, iam, host).
+    pub category: &'a str,
+    /// `process.pid` of an enforcement record (0: none); the journal's `OBJECT_PID`.
+    pub pid: u32,
 }
+
+/// The journal's `MESSAGE_ID` of each kind of record (`journalctl MESSAGE_ID=...`).
+pub const MESSAGE_IDS: &[(&str, &str)] = &[
+    ("network", "1ded2c976b3c4dae8e0a78a524f31906"),
+    ("file", "c454fb6f1b524dfc9afa5064e7467907"),
+    ("process", "441419c413604ede90f41322f0ccb941"),
+    ("configuration", "7839324395ac41db9a057c671e4698ea"),
+    ("iam", "3efa136e06414a66ad7e69724782917c"),
+    ("events-suppressed", "c86ca90a306e4fa899d51ec47fa608e8"),
+    ("events-dropped", "10dd9d8258264427b4f7cb61ed2fba5c"),
+];
 
 impl<'a> LineFields<'a> {
     /// The fields of an enforcement record.
@@ -53,7 +68,15 @@ impl<'a> LineFields<'a> {
             verdict: record.fence.verdict.as_str(),
             operation: record.fence.operation.as_str(),
             action: &record.event.action,
+            category: record.event.category.first().map_or("", |c| c.as_ref()),
+            pid: record.process.pid,
         }
+    }
+
+    /// `MESSAGE_ID`: per kind of summary, else per category of the enforcement record.
+    pub fn message_id(&self) -> &'static str {
+        let kind = if self.action.starts_with("events-") { self.action } else { self.category };
+        MESSAGE_IDS.iter().find(|(k, _)| *k == kind).map_or("", |(_, id)| id)
     }
 
     /// syslog priority: 4 (warning) for what was denied or killed, 5 (notice) for would-deny
@@ -288,10 +311,15 @@ fn stream_is(value: &str, dev: u64, ino: u64) -> bool {
 fn journal_entry(json: &str, f: &LineFields<'_>) -> Vec<u8> {
     let mut buf = Vec::with_capacity(json.len() + 160);
     let priority = f.priority().to_string();
+    let pid = if f.pid == 0 { String::new() } else { f.pid.to_string() };
     let fields = [
         ("MESSAGE", json),
+        ("MESSAGE_ID", f.message_id()),
         ("PRIORITY", priority.as_str()),
         ("SYSLOG_IDENTIFIER", "fence-agent"),
+        // journald adds the process's own fields (OBJECT_COMM, OBJECT_EXE, ...) from a
+        // privileged sender.
+        ("OBJECT_PID", pid.as_str()),
         ("FENCE_IDENTITY", f.identity),
         ("FENCE_VERDICT", f.verdict),
         ("FENCE_OPERATION", f.operation),
@@ -322,8 +350,14 @@ mod tests {
         tempfile::tempdir().unwrap()
     }
 
-    const FIELDS: LineFields<'static> =
-        LineFields { identity: "ci-runner", verdict: "denied", operation: "connect", action: "connect" };
+    const FIELDS: LineFields<'static> = LineFields {
+        identity: "ci-runner",
+        verdict: "denied",
+        operation: "connect",
+        action: "connect",
+        category: "network",
+        pid: 42,
+    };
 
     #[test]
     fn appends_and_never_truncates() {
@@ -414,8 +448,9 @@ mod tests {
         let entry = String::from_utf8(journal_entry("{\"x\":1}", &FIELDS)).unwrap();
         assert_eq!(
             entry,
-            "MESSAGE={\"x\":1}\nPRIORITY=4\nSYSLOG_IDENTIFIER=fence-agent\nFENCE_IDENTITY=ci-runner\n\
-             FENCE_VERDICT=denied\nFENCE_OPERATION=connect\nFENCE_EVENT_ACTION=connect\n"
+            "MESSAGE={\"x\":1}\nMESSAGE_ID=1ded2c976b3c4dae8e0a78a524f31906\nPRIORITY=4\n\
+             SYSLOG_IDENTIFIER=fence-agent\nOBJECT_PID=42\nFENCE_IDENTITY=ci-runner\nFENCE_VERDICT=denied\n\
+             FENCE_OPERATION=connect\nFENCE_EVENT_ACTION=connect\n"
         );
         let would = LineFields { verdict: "would-deny", ..FIELDS };
         assert_eq!(would.priority(), 5);
@@ -424,7 +459,15 @@ mod tests {
         assert_eq!(summary.priority(), 5);
         let dropped = LineFields { action: "events-dropped", ..LineFields::default() };
         let entry = String::from_utf8(journal_entry("{}", &dropped)).unwrap();
-        assert_eq!(entry, "MESSAGE={}\nPRIORITY=5\nSYSLOG_IDENTIFIER=fence-agent\nFENCE_EVENT_ACTION=events-dropped\n");
+        assert_eq!(
+            entry,
+            "MESSAGE={}\nMESSAGE_ID=10dd9d8258264427b4f7cb61ed2fba5c\nPRIORITY=5\nSYSLOG_IDENTIFIER=fence-agent\n\
+             FENCE_EVENT_ACTION=events-dropped\n"
+        );
+        // Every kind has its own id.
+        let ids: std::collections::BTreeSet<&str> = MESSAGE_IDS.iter().map(|(_, id)| *id).collect();
+        assert_eq!(ids.len(), MESSAGE_IDS.len());
+        assert!(ids.iter().all(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())));
         // A value with a newline: binary form.
         let entry = journal_entry("a\nb", &LineFields::default());
         let mut want = b"MESSAGE\n".to_vec();
@@ -454,7 +497,8 @@ mod tests {
         let mut buf = vec![0u8; 4096];
         let n = receiver.recv(&mut buf).unwrap();
         let got = String::from_utf8_lossy(&buf[..n]);
-        assert!(got.starts_with("MESSAGE={\"x\":1}\nPRIORITY=4\n"), "{got}");
+        assert!(got.starts_with("MESSAGE={\"x\":1}\nMESSAGE_ID="), "{got}");
+        assert!(got.contains("\nPRIORITY=4\n"), "{got}");
         assert!(got.contains("\nFENCE_IDENTITY=ci-runner\n"), "{got}");
         assert!(out.is_empty(), "sent to the journal, not stdout");
         // Too large for one datagram (EMSGSIZE): the line goes to stdout, whole.
