@@ -136,7 +136,7 @@ const TEXT: &str = "text/plain; charset=utf-8";
 /// The response to `request`; hyper leaves the body out for HEAD requests.
 fn respond<B>(request: &Request<B>, metrics: &Metrics) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match route(request.method(), request.uri().path()) {
-        Route::Metrics => (StatusCode::OK, CONTENT_TYPE, Bytes::from(metrics.render())),
+        Route::Metrics => (StatusCode::OK, CONTENT_TYPE, Bytes::from(metrics.scrape())),
         Route::Index => (StatusCode::OK, "text/html; charset=utf-8", Bytes::from_static(INDEX.as_bytes())),
         Route::NotFound => (StatusCode::NOT_FOUND, TEXT, Bytes::from_static(b"404 Not Found: try /metrics\n")),
         Route::MethodNotAllowed => {

@@ -35,6 +35,10 @@
 //! | `fence_dns_answers_held_total`, `fence_dns_answer_hold_seconds_total`, `fence_dns_answer_hold_max_seconds` | counter, counter, gauge | | allowed answers held until their addresses were in the kernel, the time held, the longest hold |
 //! | `fence_dns_evictions_total`, `fence_dns_learned_addresses` | counter, gauge | | learned addresses evicted by the caps; learned addresses held |
 //!
+//! and the standard `process_*` families of the agent itself (`process_cpu_seconds_total`,
+//! `process_resident_memory_bytes`, `process_virtual_memory_bytes`, `process_open_fds`,
+//! `process_max_fds`, `process_start_time_seconds`; `metrics/process.rs`).
+//!
 //! A family with no series yet is not rendered at all (no `# HELP`/`# TYPE` lines either), and
 //! the series of a family come in no particular order.
 //!
@@ -54,6 +58,7 @@
 
 pub mod dns;
 mod http;
+mod process;
 #[cfg(test)]
 mod tests;
 
@@ -478,6 +483,13 @@ impl Metrics {
             tracing::error!(error = %e, "metrics: encoding failed");
         }
         drop(side);
+        out
+    }
+
+    /// What `GET /metrics` answers: [`Metrics::render`] and the agent's `process_*` families.
+    pub fn scrape(&self) -> String {
+        let mut out = self.render();
+        process::append(&mut out);
         out
     }
 }

@@ -366,7 +366,8 @@ fn shared_between_threads() {
 /// exposition: no error, and no problem reported for any of our families.
 #[test]
 fn promtool_accepts_the_exposition() {
-    let text = populated("we\"ird\\name\nx \u{e9}").render();
+    let text = populated("we\"ird\\name\nx \u{e9}").scrape();
+    assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
     assert!(text.contains(r#"identity="we\"ird\\name\nx é""#), "{text}");
     let (ok, out) = promtool_check(&text);
     assert!(ok && out.trim().is_empty(), "promtool check metrics:\n{out}\non:\n{text}");
