@@ -205,7 +205,12 @@ async fn start(
     let (agent_events_tx, agent_events) = AgentEvents::new().context("the agent's event queue")?;
     let metrics = Metrics::new();
     if let Some(addr) = config.metrics.listen {
-        metrics::start(addr, metrics.clone()).await.with_context(|| format!("metrics.listen = {addr}"))?;
+        let started = if config.metrics.allow_remote {
+            metrics::start_remote(addr, metrics.clone()).await
+        } else {
+            metrics::start(addr, metrics.clone()).await
+        };
+        started.with_context(|| format!("metrics.listen = {addr}"))?;
         tracing::info!(%addr, "metrics served (Prometheus text format) at /metrics");
     }
     log_mechanisms(&plan, &metrics);

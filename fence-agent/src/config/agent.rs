@@ -37,27 +37,39 @@ impl Default for PersistConfig {
     }
 }
 
-/// Prometheus metrics over HTTP (see `metrics`): off unless `listen` is set, and only ever on a
-/// loopback address.
+/// Prometheus metrics over HTTP (see `metrics`): off unless `listen` is set, and only on a
+/// loopback address unless `allow_remote` says otherwise.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// `"127.0.0.1:9477"` or `"[::1]:9477"`: an address of 127.0.0.0/8 or ::1 and a port (not 0).
-    #[serde(default, deserialize_with = "loopback_listen")]
+    #[serde(default, deserialize_with = "listen_addr")]
     pub listen: Option<SocketAddr>,
+    /// Serve on a non-loopback `listen` address too: no TLS, no authentication (the agent warns
+    /// at start); for a scraper that cannot run on the host.
+    #[serde(default)]
+    pub allow_remote: bool,
 }
 
-fn loopback_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+impl MetricsConfig {
+    /// A non-loopback `listen` needs `allow_remote`.
+    pub fn check(&self) -> Result<(), String> {
+        match self.listen {
+            Some(addr) if !addr.ip().is_loopback() && !self.allow_remote => Err(format!(
+                "metrics.listen: {addr} is not a loopback address (metrics are served only on loopback unless \
+                 metrics.allow_remote = true; there is no TLS or authentication)"
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn listen_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
     use serde::de::Error as _;
     let text = String::deserialize(d)?;
     let addr: SocketAddr = text.parse().map_err(|_| {
         D::Error::custom(format!("{text:?} is not an IP address and port (e.g. \"127.0.0.1:9477\" or \"[::1]:9477\")"))
     })?;
-    if !addr.ip().is_loopback() {
-        return Err(D::Error::custom(format!(
-            "{addr} is not a loopback address (metrics are served only on loopback)"
-        )));
-    }
     if addr.port() == 0 {
         return Err(D::Error::custom(format!("{addr} has no port (port 0 would be a random one no scraper knows)")));
     }

@@ -37,7 +37,8 @@
 //! state_dir = "/var/lib/fence"
 //!
 //! [metrics]                                  # Prometheus metrics; off when absent
-//! listen = "127.0.0.1:9477"                  # loopback only (127.0.0.0/8 or [::1])
+//! listen = "127.0.0.1:9477"                  # loopback (127.0.0.0/8 or [::1]) ...
+//! allow_remote = false                       # ... unless true: any address, no TLS/auth (warned)
 //!
 //! [dns]                                      # egress by name (see `dns`)
 //! enabled = true                             # steer fenced identities' DNS to the agent
@@ -159,6 +160,7 @@ impl TryFrom<ConfigFile> for Config {
         if let Some(events) = &file.events.file {
             logs.push(("events.file", events.as_path()));
         }
+        file.metrics.check()?;
         let protection =
             protect::host_protection(&file.protect, &file.unix, vault.as_ref(), &file.persist.state_dir, &logs)?;
         Ok(Config {

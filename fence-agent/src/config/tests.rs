@@ -98,7 +98,13 @@ fn metrics_are_off_by_default_and_served_only_on_loopback() {
         assert_eq!(c.metrics.listen, Some(ok.parse().unwrap()));
     }
     let e = Config::parse("[metrics]\nlisten = \"10.0.0.5:9477\"\n").unwrap_err();
-    assert_eq!(e, "metrics.listen: 10.0.0.5:9477 is not a loopback address (metrics are served only on loopback)");
+    assert_eq!(
+        e,
+        "metrics.listen: 10.0.0.5:9477 is not a loopback address (metrics are served only on loopback unless \
+         metrics.allow_remote = true; there is no TLS or authentication)"
+    );
+    let c = Config::parse("[metrics]\nlisten = \"10.0.0.5:9477\"\nallow_remote = true\n").unwrap();
+    assert_eq!((c.metrics.listen, c.metrics.allow_remote), (Some("10.0.0.5:9477".parse().unwrap()), true));
     for bad in ["0.0.0.0:9477", "[::]:9477", "[::ffff:127.0.0.1]:9477", "192.168.1.1:80"] {
         let e = Config::parse(&format!("[metrics]\nlisten = \"{bad}\"\n")).unwrap_err();
         assert!(e.starts_with("metrics.listen: ") && e.contains("is not a loopback address"), "{e}");

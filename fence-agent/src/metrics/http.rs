@@ -57,9 +57,28 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
 /// a task of its own; abort the handle to stop.
 pub async fn start(addr: SocketAddr, metrics: Metrics) -> Result<JoinHandle<()>, MetricsError> {
     let listener = bind(addr).await?;
+    Ok(spawn(listener, addr, metrics))
+}
+
+/// [`start`] on any address (`[metrics] allow_remote = true`), with a warning when it is not a
+/// loopback one: there is no TLS and no authentication on this listener.
+pub async fn start_remote(addr: SocketAddr, metrics: Metrics) -> Result<JoinHandle<()>, MetricsError> {
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            address = %addr,
+            "metrics are served to the network without TLS or authentication: any host that reaches this port \
+             reads identity names, policy versions and event counts (put a TLS proxy with authentication or a \
+             firewall in front)"
+        );
+    }
+    let listener = TcpListener::bind(addr).await.map_err(|source| MetricsError::Listen { addr, source })?;
+    Ok(spawn(listener, addr, metrics))
+}
+
+fn spawn(listener: TcpListener, addr: SocketAddr, metrics: Metrics) -> JoinHandle<()> {
     let local = listener.local_addr().unwrap_or(addr);
     tracing::info!(address = %local, "metrics served on http://{local}/metrics");
-    Ok(tokio::spawn(serve(listener, metrics)))
+    tokio::spawn(serve(listener, metrics))
 }
 
 /// Accepts connections until the task is cancelled; one task per connection, at most 16 at

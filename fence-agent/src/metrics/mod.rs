@@ -76,7 +76,7 @@ use prometheus_client::{
 };
 use thiserror::Error;
 
-pub use self::http::{bind, serve, start};
+pub use self::http::{bind, serve, start, start_remote};
 use crate::fences::FenceReport;
 
 /// The causes of `fence_events_dropped_total`, present at 0 from the start.

@@ -545,6 +545,9 @@ async fn only_loopback_is_served() {
     let addr = taken.local_addr().unwrap();
     let e = start(addr, Metrics::new()).await.unwrap_err();
     assert!(e.to_string().starts_with(&format!("metrics: cannot listen on {addr}: ")), "{e}");
+    // `allow_remote`: any address (bound only; no traffic leaves loopback).
+    let remote = crate::metrics::start_remote("0.0.0.0:0".parse().unwrap(), Metrics::new()).await.unwrap();
+    remote.abort();
 }
 
 /// What a host without BTF reports: egress by cgroup hooks, file opens by fanotify, nothing else.
