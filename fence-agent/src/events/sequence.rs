@@ -3,8 +3,10 @@
 //! and see gaps. The numbers are reserved in blocks in a small file in the state directory
 //! (`<boot id> <first number not yet reserved>`): a run writes the file before it uses a block,
 //! so a run that is killed loses the rest of its block (a gap) but the next run never repeats
-//! a number. A new boot (another boot id) starts at 1. `event.id` is `<boot id>-<sequence>`:
-//! unique across hosts and boots without coordination.
+//! a number. A new boot (another boot id) starts at 1. `event.id` is
+//! `<boot id>-<run>-<sequence>`, `<run>` random per agent run: unique across hosts, boots and
+//! runs without coordination, even where the sequence cannot be kept (persistence off, the
+//! file unreadable or unwritable) and starts again.
 
 use std::{
     fs,
@@ -19,6 +21,8 @@ const BLOCK: u64 = 1 << 16;
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
 pub struct Sequencer {
+    /// `<boot id>-<run>`: the prefix of every `event.id` of this run.
+    prefix: String,
     boot_id: String,
     next: u64,
     /// The first number not covered by the reservation on disk.
@@ -31,7 +35,8 @@ pub struct Sequencer {
 impl Sequencer {
     /// A sequence kept in memory only (numbers repeat after a restart).
     pub fn in_memory() -> Sequencer {
-        Sequencer { boot_id: boot_id(), next: 1, reserved: u64::MAX, file: None, failed: false }
+        let boot_id = boot_id();
+        Sequencer { prefix: prefix(&boot_id), boot_id, next: 1, reserved: u64::MAX, file: None, failed: false }
     }
 
     /// A sequence that continues where the boot's last run left off, reserved in `file`.
@@ -48,7 +53,7 @@ impl Sequencer {
                 1
             }
         };
-        Sequencer { boot_id, next, reserved: next, file: Some(file), failed: false }
+        Sequencer { prefix: prefix(&boot_id), boot_id, next, reserved: next, file: Some(file), failed: false }
     }
 
     /// The next record's (`event.id`, `event.sequence`).
@@ -58,7 +63,7 @@ impl Sequencer {
         }
         let n = self.next;
         self.next += 1;
-        (format!("{}-{n}", self.boot_id), n)
+        (format!("{}-{n}", self.prefix), n)
     }
 
     fn reserve(&mut self) {
@@ -91,13 +96,31 @@ fn parse(text: &str, boot_id: &str) -> Option<u64> {
     Some(if boot == boot_id { upto.max(1) } else { 1 })
 }
 
+/// `<boot id>-<run>`, `<run>` 8 random hex digits (the kernel's random UUID source).
+fn prefix(boot_id: &str) -> String {
+    let run: String = fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .unwrap_or_default()
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(8)
+        .collect();
+    let run = if run.len() == 8 { run } else { format!("{:08x}", std::process::id()) };
+    format!("{boot_id}-{run}")
+}
+
 fn boot_id() -> String {
     fs::read_to_string(BOOT_ID).map(|s| s.trim().to_owned()).unwrap_or_else(|_| "no-boot-id".to_owned())
 }
 
 fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp)?;
+    // A fresh file, never through a link someone left at the name.
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f =
+        fs::OpenOptions::new().write(true).create_new(true).custom_flags(libc::O_NOFOLLOW).mode(0o644).open(&tmp)?;
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     fs::rename(&tmp, path)
@@ -114,7 +137,11 @@ mod tests {
         let mut first = Sequencer::persistent(file.clone());
         let (id, n) = first.take();
         assert_eq!(n, 1);
-        assert!(id.ends_with("-1") && id.len() > 30, "{id}");
+        assert!(id.ends_with("-1") && id.len() > 40, "{id}");
+        // Two runs of one boot: ids differ even where the numbers are the same.
+        let (other, m) = Sequencer::in_memory().take();
+        assert_eq!(m, 1);
+        assert_ne!(other, Sequencer::in_memory().take().0);
         for _ in 0..10 {
             first.take();
         }

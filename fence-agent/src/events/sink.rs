@@ -45,7 +45,7 @@ pub struct LineFields<'a> {
     pub action: &'a str,
     /// The first `event.category` (network, file, process, configuration, iam, host).
     pub category: &'a str,
-    /// `process.pid` of an enforcement record (0: none); the journal's `OBJECT_PID`.
+    /// `process.pid` of an enforcement record (0: none); the journal's `FENCE_PID`.
     pub pid: u32,
 }
 
@@ -317,9 +317,9 @@ fn journal_entry(json: &str, f: &LineFields<'_>) -> Vec<u8> {
         ("MESSAGE_ID", f.message_id()),
         ("PRIORITY", priority.as_str()),
         ("SYSLOG_IDENTIFIER", "fence-agent"),
-        // journald adds the process's own fields (OBJECT_COMM, OBJECT_EXE, ...) from a
-        // privileged sender.
-        ("OBJECT_PID", pid.as_str()),
+        // Not OBJECT_PID: journald would add the process's command line (OBJECT_CMDLINE),
+        // where workloads pass tokens, and a replayed event's pid may be reused by then.
+        ("FENCE_PID", pid.as_str()),
         ("FENCE_IDENTITY", f.identity),
         ("FENCE_VERDICT", f.verdict),
         ("FENCE_OPERATION", f.operation),
@@ -449,7 +449,7 @@ mod tests {
         assert_eq!(
             entry,
             "MESSAGE={\"x\":1}\nMESSAGE_ID=1ded2c976b3c4dae8e0a78a524f31906\nPRIORITY=4\n\
-             SYSLOG_IDENTIFIER=fence-agent\nOBJECT_PID=42\nFENCE_IDENTITY=ci-runner\nFENCE_VERDICT=denied\n\
+             SYSLOG_IDENTIFIER=fence-agent\nFENCE_PID=42\nFENCE_IDENTITY=ci-runner\nFENCE_VERDICT=denied\n\
              FENCE_OPERATION=connect\nFENCE_EVENT_ACTION=connect\n"
         );
         let would = LineFields { verdict: "would-deny", ..FIELDS };
