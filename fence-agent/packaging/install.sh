@@ -15,6 +15,10 @@ bin=/usr/local/bin/fence-agent
 # /usr/local/lib/systemd/system: where systemd looks for units installed by the local
 # administrator (the .deb's is /lib/systemd/system); /etc/systemd/system stays the admin's.
 unit=/usr/local/lib/systemd/system/fence-agent.service
+tmpfiles=/usr/local/lib/tmpfiles.d/fence-agent.conf
+# Where earlier versions put the unit; removed when it is ours (it would shadow the new one).
+old_unit=/etc/systemd/system/fence-agent.service
+ours() { [ -f "$1" ] && grep -q 'fence-agent run' "$1"; }
 
 die() { echo "install.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root"
@@ -23,6 +27,12 @@ die() { echo "install.sh: $*" >&2; exit 1; }
 case "${1:-}" in
 "")
     install -D -m 0755 "$here/fence-agent" "$bin"
+    enabled=$(systemctl is-enabled fence-agent.service 2>/dev/null || true)
+    if ours "$old_unit"; then
+        systemctl disable fence-agent.service >/dev/null 2>&1 || true
+        rm -f "$old_unit"
+    fi
+    install -D -m 0644 "$here/fence-agent.tmpfiles.conf" "$tmpfiles"
     install -d -m 0755 "$(dirname "$unit")"
     sed "s#/usr/bin/fence-agent#$bin#g" "$here/fence-agent.service" > "$unit.tmp"
     chmod 0644 "$unit.tmp"
@@ -41,15 +51,24 @@ case "${1:-}" in
         install -d -m 0750 /var/log/fence
     fi
     systemctl daemon-reload
+    # An agent that was enabled at the old unit path is enabled at the new one.
+    if [ "$enabled" = enabled ]; then
+        systemctl enable fence-agent.service >/dev/null 2>&1
+    fi
     systemctl try-restart fence-agent.service
     echo "installed $bin and $unit; start it with: systemctl enable --now fence-agent"
     ;;
 --uninstall|--purge)
     systemctl disable --now fence-agent.service 2>/dev/null || true
     if [ -x "$bin" ]; then
-        "$bin" uninstall --config /etc/fence/agent.toml || echo "install.sh: uninstall left the items above in place" >&2
+        # Like the .deb: the vault's last-known-good policy and rollback floor stay until --purge.
+        "$bin" uninstall --keep-state --config /etc/fence/agent.toml \
+            || echo "install.sh: uninstall left the items above in place" >&2
     fi
-    rm -f "$bin" "$unit"
+    rm -f "$bin" "$unit" "$tmpfiles"
+    if ours "$old_unit"; then
+        rm -f "$old_unit"
+    fi
     systemctl daemon-reload
     if [ "$1" = --purge ]; then
         if command -v chattr >/dev/null 2>&1 && [ -d /var/log/fence ]; then

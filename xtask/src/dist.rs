@@ -39,6 +39,7 @@ const DEB_FILES: &[(&str, &str, u32)] = &[
     ("fence-agent/packaging/debian/postrm", "DEBIAN/postrm", 0o755),
     ("fence-agent/packaging/debian/copyright", "usr/share/doc/fence-agent/copyright", 0o644),
     ("fence-agent/packaging/debian/lintian-overrides", "usr/share/lintian/overrides/fence-agent", 0o644),
+    ("fence-agent/packaging/tmpfiles.conf", "usr/lib/tmpfiles.d/fence-agent.conf", 0o644),
 ];
 
 const CONFFILES: &str = "/etc/fence/agent.toml\n/etc/fence/policy.d/00-default.yaml\n";
@@ -121,6 +122,7 @@ impl Packaging {
         let files = [
             ("fence-agent/packaging/install.sh", "install.sh", 0o755),
             ("fence-agent/packaging/fence-agent.service", "fence-agent.service", 0o644),
+            ("fence-agent/packaging/tmpfiles.conf", "fence-agent.tmpfiles.conf", 0o644),
             ("fence-agent/packaging/agent.toml", "etc/agent.toml", 0o640),
             ("fence-agent/packaging/policy.d/00-default.yaml", "etc/policy.d/00-default.yaml", 0o644),
             ("README.md", "README.md", 0o644),
@@ -272,6 +274,7 @@ fn control(version: &str, size_kib: u64) -> String {
          Section: admin\n\
          Priority: optional\n\
          Installed-Size: {size_kib}\n\
+         Depends: init-system-helpers (>= 1.54~)\n\
          Recommends: systemd\n\
          Homepage: https://example.invalid/fence\n\
          Description: eBPF ring-fence for non-human identities\n \
