@@ -100,21 +100,30 @@ pub struct AuditEvent {
     #[serde(rename = "type")]
     pub event_type: [&'static str; 1],
     pub action: &'static str,
+    /// `success`, or `failure` for what was denied or refused.
+    pub outcome: &'static str,
     pub module: &'static str,
     pub dataset: &'static str,
 }
 
 impl AuditEvent {
-    /// An audit line's `event.*`: category `iam`, module `fence`, dataset `fence.audit`.
+    /// An audit line's `event.*`: category `iam` (whose expected types are admin, change,
+    /// creation, deletion, group, info and user), module `fence`, dataset `fence.audit`.
     pub fn iam(action: &'static str, event_type: &'static str) -> AuditEvent {
         AuditEvent {
             kind: "event",
             category: ["iam"],
             event_type: [event_type],
             action,
+            outcome: "success",
             module: "fence",
             dataset: "fence.audit",
         }
+    }
+
+    /// The same, for what was denied or refused (`event.outcome: failure`).
+    pub fn iam_failure(action: &'static str, event_type: &'static str) -> AuditEvent {
+        AuditEvent { outcome: "failure", ..AuditEvent::iam(action, event_type) }
     }
 }
 
@@ -418,6 +427,7 @@ mod tests {
                 validator.iter_errors(line).map(|e| format!("{e} at {}", e.instance_path())).collect();
             assert!(errors.is_empty(), "{line:#}\n{errors:#?}");
             assert_eq!(crate::events::record::fields_not_in_ecs(line), Vec::<String>::new(), "{line:#}");
+            assert_eq!(crate::events::record::types_not_expected(line), Vec::<String>::new(), "{line:#}");
             assert!(!line["message"].as_str().unwrap().is_empty());
         }
         let mut unknown_action = lines[0].clone();

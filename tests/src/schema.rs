@@ -31,4 +31,9 @@ fn check(what: &str, validator: &jsonschema::Validator, line: &Value) {
     assert!(errors.is_empty(), "an {what} line does not validate against its schema: {errors:?}\n{line}");
     let unknown = fence_agent::events::record::fields_not_in_ecs(line);
     assert!(unknown.is_empty(), "an {what} line uses fields its ECS version does not define: {unknown:?}\n{line}");
+    let unexpected = fence_agent::events::record::types_not_expected(line);
+    assert!(
+        unexpected.is_empty(),
+        "an {what} line has event types its categories do not expect: {unexpected:?}\n{line}"
+    );
 }

@@ -94,11 +94,12 @@ impl Action {
         }
     }
 
-    fn event_type(self) -> &'static str {
+    /// ECS `event.*` for the `iam` category: a type it expects, and the outcome.
+    fn event(self) -> AuditEvent {
         match self {
-            Action::Issued => "access",
-            Action::Refused => "denied",
-            Action::Expired | Action::Revoked => "end",
+            Action::Issued => AuditEvent::iam(self.as_str(), "info"),
+            Action::Refused => AuditEvent::iam_failure(self.as_str(), "info"),
+            Action::Expired | Action::Revoked => AuditEvent::iam(self.as_str(), "deletion"),
         }
     }
 }
@@ -112,7 +113,7 @@ pub fn record(action: Action, identity: &str, fields: SecretFields, host: &str, 
     };
     SecretRecord {
         head: Head::new(now, host, message),
-        event: AuditEvent::iam(action.as_str(), action.event_type()),
+        event: action.event(),
         fence: SecretFence {
             schema_version: crate::events::record::EVENT_SCHEMA_VERSION,
             identity: identity.to_owned(),

@@ -309,6 +309,41 @@ pub fn fields_not_in_ecs(line: &serde_json::Value) -> Vec<String> {
     names.into_iter().filter(|n| !n.starts_with("fence.") && !known.contains(n.as_str())).collect()
 }
 
+/// For the categories fence uses, the `event.type` values ECS 8.17 expects with them
+/// (`allowed_values[].expected_event_types` of `event.category` in the ECS repository).
+const EXPECTED_TYPES: &[(&str, &[&str])] = &[
+    ("configuration", &["access", "change", "creation", "deletion", "info"]),
+    ("file", &["access", "change", "creation", "deletion", "info"]),
+    ("host", &["access", "change", "end", "info", "start"]),
+    ("iam", &["admin", "change", "creation", "deletion", "group", "info", "user"]),
+    ("intrusion_detection", &["allowed", "denied", "info"]),
+    ("network", &["access", "allowed", "connection", "denied", "end", "info", "protocol", "start"]),
+    ("process", &["access", "change", "end", "info", "start"]),
+];
+
+/// The `event.type` values of a line that none of its `event.category` values expects (and
+/// categories fence does not know), for the tests.
+pub fn types_not_expected(line: &serde_json::Value) -> Vec<String> {
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_owned)).collect()
+    };
+    let categories = strings(&line["event"]["category"]);
+    let mut wrong: Vec<String> = categories
+        .iter()
+        .filter(|c| !EXPECTED_TYPES.iter().any(|(k, _)| k == c))
+        .map(|c| format!("category {c}"))
+        .collect();
+    for t in strings(&line["event"]["type"]) {
+        let expected = EXPECTED_TYPES
+            .iter()
+            .any(|(c, types)| categories.contains(&(*c).to_owned()) && types.contains(&t.as_str()));
+        if !expected {
+            wrong.push(format!("type {t} with {categories:?}"));
+        }
+    }
+    wrong
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::Value;

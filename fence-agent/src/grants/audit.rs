@@ -76,13 +76,14 @@ impl Action {
         }
     }
 
-    /// ECS `event.type` for the `iam` category.
-    fn event_type(self) -> &'static str {
+    /// ECS `event.*` for the `iam` category: a type it expects, and the outcome.
+    fn event(self) -> AuditEvent {
         match self {
-            Action::Requested => "creation",
-            Action::Approved | Action::Active => "allowed",
-            Action::Denied | Action::DecisionRefused => "denied",
-            Action::Expired | Action::Revoked => "end",
+            Action::Requested => AuditEvent::iam(self.as_str(), "creation"),
+            Action::Approved | Action::Active => AuditEvent::iam(self.as_str(), "change"),
+            Action::Denied => AuditEvent::iam_failure(self.as_str(), "change"),
+            Action::DecisionRefused => AuditEvent::iam_failure(self.as_str(), "info"),
+            Action::Expired | Action::Revoked => AuditEvent::iam(self.as_str(), "deletion"),
         }
     }
 }
@@ -101,7 +102,7 @@ pub fn record(action: Action, grant: &Grant, host: &str, now: Timestamp) -> Gran
     let message = format!("{} {}: {} for {}", action.as_str(), grant.id, grant.target, grant.identity);
     GrantRecord {
         head: Head::new(now, host, message),
-        event: AuditEvent::iam(action.as_str(), action.event_type()),
+        event: action.event(),
         fence: GrantFence {
             schema_version: crate::events::record::EVENT_SCHEMA_VERSION,
             identity: grant.identity.clone(),

@@ -201,6 +201,7 @@ fn records_validate_against_the_json_schema() {
         let errors: Vec<String> = validator.iter_errors(r).map(|e| format!("{} at {}", e, e.instance_path())).collect();
         assert!(errors.is_empty(), "{r:#}\n{errors:#?}");
         assert_eq!(not_in_ecs(r), Vec::<String>::new(), "{r:#}");
+        assert_eq!(crate::events::record::types_not_expected(r), Vec::<String>::new(), "{r:#}");
     }
     // File and process records carry intrusion_detection, whose expected types include denied.
     assert_eq!(records[3]["event"]["category"], serde_json::json!(["file", "intrusion_detection"]));
@@ -269,6 +270,7 @@ fn check_bypass(event: KernelEvent, reason: &str, rule: &str) -> serde_json::Val
     let errors: Vec<String> = validator.iter_errors(&v).map(|e| format!("{} at {}", e, e.instance_path())).collect();
     assert!(errors.is_empty(), "{v:#}\n{errors:#?}");
     assert_eq!(not_in_ecs(&v), Vec::<String>::new(), "{v:#}");
+    assert_eq!(crate::events::record::types_not_expected(&v), Vec::<String>::new(), "{v:#}");
     assert_eq!(v["event"]["reason"].as_str().unwrap(), reason, "{v:#}");
     assert_eq!(v["fence"]["rule"], rule, "{v:#}");
     v
