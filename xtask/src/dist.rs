@@ -99,6 +99,7 @@ impl Packaging {
         let changelog = stage.join("usr/share/doc/fence-agent/changelog");
         install(&self.root.join("fence-agent/packaging/debian/changelog"), &changelog, 0o644)?;
         run(Command::new("gzip").args(["-9n"]).arg(&changelog))?;
+        directories_0755(&stage)?;
         fs::write(stage.join("DEBIAN/conffiles"), CONFFILES)?;
         fs::write(stage.join("DEBIAN/md5sums"), md5sums(&stage)?)?;
         fs::write(stage.join("DEBIAN/control"), control(&self.version, installed_size_kib(&stage)?))?;
@@ -132,6 +133,7 @@ impl Packaging {
         for (from, to, mode) in files {
             install(&self.root.join(from), &top.join(to), mode)?;
         }
+        directories_0755(&tar_stage)?;
         // Every entry at SOURCE_DATE_EPOCH, sorted, owned by 0, and gzip without a name or time.
         let tar = self.out.join(format!("{name}.tar"));
         run(Command::new("tar")
@@ -288,6 +290,19 @@ fn install(from: &Path, to: &Path, mode: u32) -> Result<()> {
     fs::create_dir_all(to.parent().context("destination has a parent")?)?;
     fs::copy(from, to).with_context(|| format!("copying {}", from.display()))?;
     fs::set_permissions(to, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// Every directory under `dir` (and `dir`) 0755, whatever the builder's umask made them: the
+/// package's bytes and lintian's view must not depend on it.
+fn directories_0755(dir: &Path) -> Result<()> {
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            directories_0755(&e.path())?;
+        }
+    }
     Ok(())
 }
 
