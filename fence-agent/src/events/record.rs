@@ -304,8 +304,8 @@ pub fn fields_not_in_ecs(line: &serde_json::Value) -> Vec<String> {
     if line["ecs"]["version"] != ECS_VERSION {
         return names;
     }
-    let known: std::collections::HashSet<&str> =
-        ECS_FIELDS.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).collect();
+    static KNOWN: std::sync::OnceLock<std::collections::HashSet<&str>> = std::sync::OnceLock::new();
+    let known = KNOWN.get_or_init(|| ECS_FIELDS.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).collect());
     names.into_iter().filter(|n| !n.starts_with("fence.") && !known.contains(n.as_str())).collect()
 }
 

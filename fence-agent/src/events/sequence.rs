@@ -8,12 +8,7 @@
 //! runs without coordination, even where the sequence cannot be kept (persistence off, the
 //! file unreadable or unwritable) and starts again.
 
-use std::{
-    fs,
-    io::{self, Write as _},
-    os::unix::fs::OpenOptionsExt as _,
-    path::{Path, PathBuf},
-};
+use std::{fs, io, path::PathBuf};
 
 /// Numbers reserved at a time: one small file write per this many records.
 const BLOCK: u64 = 1 << 16;
@@ -72,7 +67,7 @@ impl Sequencer {
             self.reserved = u64::MAX;
             return;
         };
-        match write_atomically(file, &format!("{} {upto}\n", self.boot_id)) {
+        match crate::persist::write_private(file, format!("{} {upto}\n", self.boot_id).as_bytes()) {
             Ok(()) => self.failed = false,
             Err(e) if !self.failed => {
                 self.failed = true;
@@ -110,20 +105,6 @@ fn prefix(boot_id: &str) -> String {
 
 fn boot_id() -> String {
     fs::read_to_string(BOOT_ID).map(|s| s.trim().to_owned()).unwrap_or_else(|_| "no-boot-id".to_owned())
-}
-
-fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    // A fresh file, never through a link someone left at the name.
-    match fs::remove_file(&tmp) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let mut f =
-        fs::OpenOptions::new().write(true).create_new(true).custom_flags(libc::O_NOFOLLOW).mode(0o644).open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
@@ -170,7 +151,10 @@ mod tests {
 
     #[test]
     fn an_unwritable_file_still_numbers_the_records() {
-        let mut s = Sequencer::persistent(PathBuf::from("/nonexistent-dir/event-sequence"));
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_dir = dir.path().join("file");
+        fs::write(&not_a_dir, "").unwrap();
+        let mut s = Sequencer::persistent(not_a_dir.join("event-sequence"));
         assert_eq!(s.take().1, 1);
         assert_eq!(s.take().1, 2);
         assert_eq!(Sequencer::in_memory().take().1, 1);
