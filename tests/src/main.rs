@@ -18,6 +18,7 @@ mod broker;
 mod broker_bench;
 mod bypass;
 mod chaos;
+mod chaos_log;
 mod dns;
 mod env;
 mod fastpath;
