@@ -50,6 +50,23 @@ impl Watcher {
 
     /// Watches exactly `dirs` and `files` (adds new ones, drops the rest).
     pub fn set(&mut self, dirs: &BTreeSet<PathBuf>, files: &BTreeSet<PathBuf>) {
+        let mut by_wd = self.by_wd.lock().unwrap_or_else(|p| p.into_inner());
+        self.watches.retain(|path, wd| {
+            let keep = dirs.contains(path) || files.contains(path);
+            if !keep {
+                let _ = self.inotify.rm_watch(*wd);
+                by_wd.remove(wd);
+            }
+            keep
+        });
+        drop(by_wd);
+        self.add(dirs, files);
+    }
+
+    /// Also watches `dirs` and `files`; the directories newly watched (a pinned file's
+    /// directory for a newly watched file), which changes made before now may have passed
+    /// unseen.
+    pub fn add(&mut self, dirs: &BTreeSet<PathBuf>, files: &BTreeSet<PathBuf>) -> BTreeSet<PathBuf> {
         let dir_mask = AddWatchFlags::IN_CREATE
             | AddWatchFlags::IN_DELETE
             | AddWatchFlags::IN_MOVED_FROM
@@ -62,17 +79,10 @@ impl Watcher {
         // On the inode: any write, by any name, or a truncate/attribute change.
         let file_mask = AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_ATTRIB;
         let mut by_wd = self.by_wd.lock().unwrap_or_else(|p| p.into_inner());
-        self.watches.retain(|path, wd| {
-            let keep = dirs.contains(path) || files.contains(path);
-            if !keep {
-                let _ = self.inotify.rm_watch(*wd);
-                by_wd.remove(wd);
-            }
-            keep
-        });
         let wanted = dirs.iter().map(|d| (d, dir_mask, d.as_path())).chain(
             files.iter().filter(|f| !dirs.contains(*f)).map(|f| (f, file_mask, f.parent().unwrap_or(f.as_path()))),
         );
+        let mut added = BTreeSet::new();
         for (path, mask, report) in wanted {
             if self.watches.contains_key(path) {
                 continue;
@@ -81,10 +91,12 @@ impl Watcher {
                 Ok(wd) => {
                     self.watches.insert(path.clone(), wd);
                     by_wd.insert(wd, report.to_owned());
+                    added.insert(report.to_owned());
                 }
                 Err(e) => tracing::debug!(path = %path.display(), error = %e, "cannot watch"),
             }
         }
+        added
     }
 
     pub fn len(&self) -> usize {
@@ -147,5 +159,32 @@ fn read_loop(inotify: &Inotify, names: &Watches, service: &ServiceHandle) {
         {
             service.notify(Change::Files(dirs));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_reports_only_what_it_starts_watching() {
+        let tmp = std::env::temp_dir().join(format!("fence-watch-test-{}", std::process::id()));
+        let (a, b) = (tmp.join("a"), tmp.join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        std::fs::write(b.join("prog"), "x").unwrap();
+        let (handle, _inbox) = crate::service::channel();
+        let mut w = Watcher::start(handle).unwrap();
+        let dirs = BTreeSet::from([a.clone()]);
+        let files = BTreeSet::from([b.join("prog")]);
+        // A new directory is reported as itself, a new file watch as its directory.
+        assert_eq!(w.add(&dirs, &files), BTreeSet::from([a.clone(), b.clone()]));
+        assert!(w.add(&dirs, &files).is_empty(), "already watched");
+        // One that cannot be watched is not reported (it was not read as watched).
+        assert!(w.add(&BTreeSet::from([tmp.join("missing")]), &BTreeSet::new()).is_empty());
+        w.set(&BTreeSet::new(), &files);
+        assert_eq!(w.len(), 1);
+        assert_eq!(w.add(&dirs, &files), BTreeSet::from([a]));
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

@@ -269,6 +269,22 @@ impl Agent {
         .unwrap_or_else(|| panic!("the agent handled no policy change past {before}:\n{}", self.stderr_text()))
     }
 
+    /// Waits until the agent has finished a change past `before` and then no further one for
+    /// a while (a burst of file changes may be reported in several parts under load).
+    pub fn wait_settled(&self, before: u64) -> StatusReply {
+        let mut last = self.wait_handled(before);
+        let quiet = Duration::from_millis(750 * u64::from(slow_factor()));
+        for _ in 0..20 {
+            std::thread::sleep(quiet);
+            let Ok(now) = self.try_status() else { continue };
+            if now.handled.total() == last.handled.total() {
+                return now;
+            }
+            last = now;
+        }
+        panic!("the agent kept handling policy changes:\n{}", self.stderr_text())
+    }
+
     /// Sends SIGHUP and waits until the policy service has finished the reload (applied,
     /// unchanged or refused); returns the agent's log, which says what happened.
     pub fn reload(&self) -> String {

@@ -179,7 +179,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
         let candidate = Candidate { set, extra: live.extra.clone(), source: live.source, fresh: false };
         let host = self.host_with(&candidate.extra);
         let effective = self.effective(&candidate.set);
-        let mut resolved = self.resolver.resolve(&effective, &host, self.deps.cgroups.root());
+        let mut resolved = self.resolve_watched(&effective, &host);
         self.held.update(&mut resolved);
         if !edited && self.live.as_ref().is_some_and(|l| l.resolved == resolved) {
             return Ok(None);
@@ -191,6 +191,23 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
     pub fn next_expiry(&self) -> Option<Timestamp> {
         let live = self.live.as_ref()?;
         live.set.identities.iter().filter(|i| !i.expired).filter_map(|i| i.expires).min()
+    }
+
+    /// Resolves `effective` on this host, with every directory it read watched before the
+    /// result is used. A directory watched for the first time is read again once its watch is
+    /// in place: a file created in it between the first read and the watch would otherwise
+    /// go unseen until something else changed there. What the second read finds new was
+    /// created under a directory already watched, so it is reported and resolved in turn.
+    fn resolve_watched(&mut self, effective: &PolicySet, host: &HostProtection) -> Resolved {
+        let mut resolved = self.resolver.resolve(effective, host, self.deps.cgroups.root());
+        if let Some(w) = &mut self.views.watcher {
+            let new = w.add(&resolved.watch, &resolved.watch_files);
+            if !new.is_empty() {
+                self.resolver.invalidate(&new);
+                resolved = self.resolver.resolve(effective, host, self.deps.cgroups.root());
+            }
+        }
+        resolved
     }
 
     /// The configured protected set plus `extra`.
@@ -208,7 +225,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
         }
         let host = self.host_with(&candidate.extra);
         let effective = self.effective(&candidate.set);
-        let mut resolved = self.resolver.resolve(&effective, &host, self.deps.cgroups.root());
+        let mut resolved = self.resolve_watched(&effective, &host);
         let checkpoint = self.held.checkpoint();
         self.held.update(&mut resolved);
         let result = self.apply_resolved(candidate, effective, resolved, trigger);
