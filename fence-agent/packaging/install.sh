@@ -15,6 +15,7 @@ bin=/usr/local/bin/fence-agent
 # /usr/local/lib/systemd/system: where systemd looks for units installed by the local
 # administrator (the .deb's is /lib/systemd/system); /etc/systemd/system stays the admin's.
 unit=/usr/local/lib/systemd/system/fence-agent.service
+workloads_unit=/usr/local/lib/systemd/system/fence-workloads.service
 tmpfiles=/usr/local/lib/tmpfiles.d/fence-agent.conf
 # Where earlier versions put the unit; removed when it is ours (it would shadow the new one).
 old_unit=/etc/systemd/system/fence-agent.service
@@ -37,7 +38,8 @@ case "${1:-}" in
     sed "s#/usr/bin/fence-agent#$bin#g" "$here/fence-agent.service" > "$unit.tmp"
     chmod 0644 "$unit.tmp"
     mv "$unit.tmp" "$unit"
-    install -d -m 0755 /etc/fence /etc/fence/policy.d
+    install -m 0644 "$here/fence-workloads.service" "$workloads_unit"
+    install -d -m 0755 /etc/fence /etc/fence/policy.d /etc/fence/agent.d
     # Configuration is never overwritten; agent.toml is 0640 as in the .deb (it can carry
     # vault settings).
     [ -e /etc/fence/agent.toml ] || install -m 0640 "$here/etc/agent.toml" /etc/fence/agent.toml
@@ -65,7 +67,16 @@ case "${1:-}" in
         "$bin" uninstall --keep-state --config /etc/fence/agent.toml \
             || echo "install.sh: uninstall left the items above in place" >&2
     fi
-    rm -f "$bin" "$unit" "$tmpfiles"
+    # As the .deb: workloads started with `fence-agent exec` are not ended; while any runs,
+    # fence-workloads.service stays.
+    n=$(find /sys/fs/cgroup/fence.slice/fence-workloads.service -mindepth 2 -name cgroup.procs \
+        -exec cat {} + 2>/dev/null | wc -l)
+    if [ "$n" = 0 ]; then
+        systemctl stop fence-workloads.service 2>/dev/null || true
+    else
+        echo "install.sh: $n process(es) started with fence-agent exec still run (unfenced now) in fence-workloads.service; 'systemctl stop fence-workloads.service' ends them" >&2
+    fi
+    rm -f "$bin" "$unit" "$workloads_unit" "$tmpfiles"
     if ours "$old_unit"; then
         rm -f "$old_unit"
     fi
@@ -77,7 +88,7 @@ case "${1:-}" in
         rm -rf /var/log/fence /var/lib/fence
         # The shipped configuration goes; policy files the administrator added stay.
         rm -f /etc/fence/agent.toml /etc/fence/policy.d/00-default.yaml
-        rmdir /etc/fence/policy.d /etc/fence 2>/dev/null || true
+        rmdir /etc/fence/agent.d /etc/fence/policy.d /etc/fence 2>/dev/null || true
     fi
     echo "fence-agent removed"
     ;;

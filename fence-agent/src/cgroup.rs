@@ -54,6 +54,8 @@ pub fn process_count(dir: &Path) -> usize {
 #[derive(Debug, Clone)]
 pub struct Cgroups {
     root: PathBuf,
+    /// `[managed] cgroup_parent`.
+    managed_parent: Option<String>,
 }
 
 impl Cgroups {
@@ -62,16 +64,23 @@ impl Cgroups {
         let path = Path::new("/proc/self/mountinfo");
         let text = fs::read_to_string(path).map_err(|source| CgroupError::Read { path: path.to_owned(), source })?;
         let root = crate::mountinfo::MountInfo::parse(&text).mount_of("cgroup2").ok_or(CgroupError::NoCgroup2)?;
-        Ok(Cgroups { root })
+        Ok(Cgroups { root, managed_parent: None })
     }
 
     /// A hierarchy mounted at `root` (tests use a directory that looks like one).
     pub fn at(root: PathBuf) -> Cgroups {
-        Cgroups { root }
+        Cgroups { root, managed_parent: None }
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Managed identities' cgroups below `parent` (`[managed] cgroup_parent`) rather than
+    /// below the agent's own cgroup.
+    pub fn with_managed_parent(mut self, parent: Option<String>) -> Cgroups {
+        self.managed_parent = parent;
+        self
     }
 
     /// Absolute directory of a cgroup path relative to the mount (`/a/b`).
@@ -102,6 +111,10 @@ impl CgroupResolver for Cgroups {
 
     fn own_cgroup(&self) -> Option<String> {
         Cgroups::path_of_process("self")
+    }
+
+    fn managed_parent(&self) -> Option<&str> {
+        self.managed_parent.as_deref()
     }
 
     fn find_unit(&self, unit: &str) -> Vec<String> {

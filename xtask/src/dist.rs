@@ -28,6 +28,7 @@ pub struct Dist {
 /// Files of the package: (source under fence-agent/packaging or the workspace, destination, mode).
 const DEB_FILES: &[(&str, &str, u32)] = &[
     ("fence-agent/packaging/fence-agent.service", "lib/systemd/system/fence-agent.service", 0o644),
+    ("fence-agent/packaging/fence-workloads.service", "lib/systemd/system/fence-workloads.service", 0o644),
     ("fence-agent/packaging/agent.toml", "etc/fence/agent.toml", 0o640),
     ("fence-agent/packaging/policy.d/00-default.yaml", "etc/fence/policy.d/00-default.yaml", 0o644),
     ("README.md", "usr/share/doc/fence-agent/README.md", 0o644),
@@ -99,6 +100,9 @@ impl Packaging {
         let changelog = stage.join("usr/share/doc/fence-agent/changelog");
         install(&self.root.join("fence-agent/packaging/debian/changelog"), &changelog, 0o644)?;
         run(Command::new("gzip").args(["-9n"]).arg(&changelog))?;
+        // Drop-in configuration files (`agent.d/*.toml`, read after agent.toml): the
+        // administrator's or a fleet tool's, none shipped.
+        fs::create_dir_all(stage.join("etc/fence/agent.d"))?;
         directories_0755(&stage)?;
         fs::write(stage.join("DEBIAN/conffiles"), CONFFILES)?;
         fs::write(stage.join("DEBIAN/md5sums"), md5sums(&stage)?)?;
@@ -123,6 +127,7 @@ impl Packaging {
         let files = [
             ("fence-agent/packaging/install.sh", "install.sh", 0o755),
             ("fence-agent/packaging/fence-agent.service", "fence-agent.service", 0o644),
+            ("fence-agent/packaging/fence-workloads.service", "fence-workloads.service", 0o644),
             ("fence-agent/packaging/tmpfiles.conf", "fence-agent.tmpfiles.conf", 0o644),
             ("fence-agent/packaging/agent.toml", "etc/agent.toml", 0o640),
             ("fence-agent/packaging/policy.d/00-default.yaml", "etc/policy.d/00-default.yaml", 0o644),

@@ -145,7 +145,9 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let cgroups = if args.offline { None } else { Some(Cgroups::discover()?) };
+    // Managed identities' cgroups are named as the agent of this host would make them.
+    let managed_parent = crate::config::Config::load(None).ok().and_then(|c| c.managed.cgroup_parent);
+    let cgroups = if args.offline { None } else { Some(Cgroups::discover()?.with_managed_parent(managed_parent)) };
     let result = load_paths(&args.paths).and_then(|docs| {
         let resolver = cgroups.as_ref().map(|c| c as &dyn CgroupResolver);
         let set = validate(&docs, resolver, Timestamp::now())?;

@@ -75,7 +75,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let cgroups = Cgroups::discover()?;
+    let cgroups = Cgroups::discover()?.with_managed_parent(config.managed.cgroup_parent.clone());
     // Invalid local policy files stop the agent, unless a vault is configured: then its
     // last-known-good cache may be the policy at start (checked once the kernel side is up).
     let local = load_policy(&args.policy, &cgroups);

@@ -124,3 +124,32 @@ impl Default for AuditConfig {
         AuditConfig { file: default_audit_file() }
     }
 }
+
+/// Where the cgroups of managed identities (`managed: true`, the workloads of `fence-agent
+/// exec`) are made.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ManagedConfig {
+    /// A cgroup path from the cgroup2 root that must exist, e.g. the packaged
+    /// `/fence.slice/fence-workloads.service`: the workloads are charged to it, not to the
+    /// agent, and outlive agent restarts. Unset: below the agent's own cgroup (which then
+    /// needs `Delegate=yes` under systemd).
+    #[serde(default, deserialize_with = "cgroup_parent")]
+    pub cgroup_parent: Option<String>,
+}
+
+fn cgroup_parent<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    use serde::de::Error as _;
+    let text = String::deserialize(d)?;
+    let parts: Vec<&str> = text.split('/').filter(|p| !p.is_empty()).collect();
+    if !text.starts_with('/') {
+        return Err(D::Error::custom(format!("{text:?} is not a cgroup path from the root (it starts with /)")));
+    }
+    if parts.is_empty() {
+        return Err(D::Error::custom("the root cgroup holds every process of the host; name a cgroup below it"));
+    }
+    if parts.iter().any(|p| *p == "." || *p == ".." || p.contains('\n')) {
+        return Err(D::Error::custom(format!("{text:?}: '.' and '..' are not allowed in cgroup paths")));
+    }
+    Ok(Some(format!("/{}", parts.join("/"))))
+}

@@ -70,6 +70,7 @@
 mod agent;
 mod broker;
 mod dns;
+pub mod dropin;
 mod events;
 mod grants;
 mod protect;
@@ -87,7 +88,10 @@ use serde::Deserialize;
 use thiserror::Error;
 
 pub use self::{
-    agent::{AuditConfig, ControlConfig, DEFAULT_SOCKET, DEFAULT_WORKLOAD_SOCKET, MetricsConfig, PersistConfig},
+    agent::{
+        AuditConfig, ControlConfig, DEFAULT_SOCKET, DEFAULT_WORKLOAD_SOCKET, ManagedConfig, MetricsConfig,
+        PersistConfig,
+    },
     broker::BrokerConfig,
     dns::{DnsConfig, RefuseWith},
     events::{
@@ -121,6 +125,7 @@ pub struct Config {
     pub dns: DnsConfig,
     pub grants: GrantsConfig,
     pub broker: BrokerConfig,
+    pub managed: ManagedConfig,
 }
 
 /// The file as written; [`Config::parse`] checks it into a [`Config`].
@@ -149,6 +154,8 @@ struct ConfigFile {
     grants: grants::GrantsSection,
     #[serde(default)]
     broker: broker::BrokerSection,
+    #[serde(default)]
+    managed: ManagedConfig,
 }
 
 impl TryFrom<ConfigFile> for Config {
@@ -174,6 +181,7 @@ impl TryFrom<ConfigFile> for Config {
             dns: DnsConfig::try_from(file.dns)?,
             grants: GrantsConfig::try_from(file.grants)?,
             broker: BrokerConfig::try_from(file.broker)?,
+            managed: file.managed,
         })
     }
 }
@@ -204,15 +212,40 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads `path`, or the default path if it exists, or returns the defaults.
+    /// Reads `path`, or the default path if it exists, or returns the defaults; then the
+    /// drop-in files beside it ([`dropin`]: `agent.d/*.toml`), in name order.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let path = match path {
             Some(p) => p.to_owned(),
             None if Path::new(DEFAULT_PATH).exists() => PathBuf::from(DEFAULT_PATH),
             None => return Ok(Config::default()),
         };
-        let text = fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-        Config::parse(&text).map_err(|message| ConfigError::Invalid { path, message })
+        let read = |p: &Path| fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_owned(), source });
+        let text = read(&path)?;
+        let dropins = dropin::files(&dropin::dir_of(&path))?;
+        if dropins.is_empty() {
+            return Config::parse(&text).map_err(|message| ConfigError::Invalid { path, message });
+        }
+        let table = |p: &Path, text: &str| {
+            text.parse::<toml::Table>().map_err(|e| ConfigError::Invalid { path: p.to_owned(), message: e.to_string() })
+        };
+        let mut merged = table(&path, &text)?;
+        for f in &dropins {
+            dropin::merge(&mut merged, table(f, &read(f)?)?);
+        }
+        Config::from_table(merged).map_err(|message| {
+            let names: Vec<String> = dropins.iter().map(|f| f.display().to_string()).collect();
+            ConfigError::Invalid { path, message: format!("{message} (with the drop-ins {})", names.join(", ")) }
+        })
+    }
+
+    /// Checks a configuration already read into a table (a file and its drop-ins, merged).
+    fn from_table(table: toml::Table) -> Result<Config, String> {
+        let file: ConfigFile = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let path = e.path().to_string();
+            format!("{path}: {}", e.into_inner().message().trim())
+        })?;
+        Config::try_from(file)
     }
 
     /// Parses and checks a configuration file's text. The error names the field and says why.

@@ -326,4 +326,42 @@ fn the_packaged_config_parses() {
     let c = Config::parse(include_str!("../../packaging/agent.toml")).expect("packaging/agent.toml");
     assert_eq!(c.control.workload_socket, std::path::PathBuf::from(crate::config::DEFAULT_WORKLOAD_SOCKET));
     assert_eq!(c.grants.max_ttl.as_secs(), 8 * 3600);
+    // Events go to one place by default (the file): shipping both would count each twice.
+    assert!(!c.events.stdout && c.events.file.is_some(), "{:?}", c.events);
+    assert_eq!(c.managed.cgroup_parent.as_deref(), Some("/fence.slice/fence-workloads.service"));
+}
+
+#[test]
+fn managed_cgroup_parent_is_a_path_below_the_root() {
+    let c = Config::parse("[managed]\ncgroup_parent = \"/fence.slice//w.service/\"\n").unwrap();
+    assert_eq!(c.managed.cgroup_parent.as_deref(), Some("/fence.slice/w.service"));
+    for (bad, why) in [("\"/\"", "root cgroup"), ("\"a/b\"", "from the root"), ("\"/a/../b\"", "'..'")] {
+        let e = Config::parse(&format!("[managed]\ncgroup_parent = {bad}\n")).unwrap_err();
+        assert!(e.starts_with("managed.cgroup_parent: ") && e.contains(why), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn drop_ins_merge_tables_and_replace_values_in_name_order() {
+    let dir = std::env::temp_dir().join(format!("fence-dropin-test-{}", std::process::id()));
+    let d = dir.join("agent.d");
+    std::fs::create_dir_all(&d).unwrap();
+    let main = dir.join("agent.toml");
+    std::fs::write(&main, "[events]\nstdout = false\nfile = \"/var/log/fence/events.jsonl\"\nrate_limit = 50\n")
+        .unwrap();
+    std::fs::write(d.join("20-b.toml"), "[events]\nrate_limit = 7\n").unwrap();
+    std::fs::write(d.join("10-a.toml"), "[events]\nstdout = true\nrate_limit = 3\n").unwrap();
+    std::fs::write(d.join("30-c.toml.dpkg-old"), "not toml at all [").unwrap();
+    let c = Config::load(Some(&main)).unwrap();
+    assert!(c.events.stdout, "10-a turns stdout on");
+    assert_eq!(c.events.rate_limit, 7, "20-b comes after 10-a");
+    assert_eq!(c.events.file.as_deref(), Some(Path::new("/var/log/fence/events.jsonl")), "kept from agent.toml");
+    // A bad drop-in names itself; a bad value names the field and says drop-ins were read.
+    std::fs::write(d.join("40-d.toml"), "[events\n").unwrap();
+    let e = Config::load(Some(&main)).unwrap_err().to_string();
+    assert!(e.contains("40-d.toml"), "{e}");
+    std::fs::write(d.join("40-d.toml"), "[events]\nkeep = \"many\"\n").unwrap();
+    let e = Config::load(Some(&main)).unwrap_err().to_string();
+    assert!(e.contains("events.keep") && e.contains("drop-ins"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

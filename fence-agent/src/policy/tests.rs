@@ -15,6 +15,7 @@ struct Table {
     root: PathBuf,
     ids: HashMap<&'static str, u64>,
     own: Option<String>,
+    managed: Option<String>,
 }
 
 impl CgroupResolver for Table {
@@ -26,6 +27,9 @@ impl CgroupResolver for Table {
     }
     fn own_cgroup(&self) -> Option<String> {
         self.own.clone()
+    }
+    fn managed_parent(&self) -> Option<&str> {
+        self.managed.as_deref()
     }
     fn find_unit(&self, unit: &str) -> Vec<String> {
         self.ids.keys().filter(|p| p.rsplit('/').next() == Some(unit)).map(|p| p.to_string()).collect()
@@ -42,7 +46,34 @@ fn table() -> Table {
             ("/system.slice/agent.service", 13),
         ]),
         own: Some("/system.slice/agent.service".into()),
+        managed: None,
     }
+}
+
+#[test]
+fn managed_cgroups_go_below_the_configured_parent_or_the_agent() {
+    let text =
+        "schema: 1\nidentities:\n  - name: bot\n    owner: o\n    purpose: p\n    selectors: [{managed: true}]\n";
+    let doc = || parse(text, Format::Yaml).unwrap();
+    let path = |set: PolicySet| set.identities[0].cgroups[0].path.clone();
+    assert_eq!(
+        path(validate(&[doc()], Some(&table()), now()).unwrap()),
+        "/system.slice/agent.service/fence-managed/bot"
+    );
+    let mut t = table();
+    t.ids.insert("/fence.slice/fence-workloads.service", 20);
+    t.managed = Some("/fence.slice/fence-workloads.service".into());
+    assert_eq!(
+        path(validate(&[doc()], Some(&t), now()).unwrap()),
+        "/fence.slice/fence-workloads.service/fence-managed/bot"
+    );
+    // A parent that is not there is an error naming the selector and the setting.
+    t.managed = Some("/fence.slice/gone.service".into());
+    let e = validate(&[doc()], Some(&t), now()).unwrap_err().to_string();
+    assert!(
+        e.contains("selectors[0].managed") && e.contains("/fence.slice/gone.service") && e.contains("cgroup_parent"),
+        "{e}"
+    );
 }
 
 fn now() -> Timestamp {

@@ -36,9 +36,15 @@ pub trait CgroupResolver {
     fn own_cgroup(&self) -> Option<String>;
     /// The cgroup paths of a systemd unit currently on the host (normally one).
     fn find_unit(&self, unit: &str) -> Vec<String>;
+    /// The configured parent of managed identities' cgroups (`[managed] cgroup_parent`);
+    /// `None`: the agent's own cgroup.
+    fn managed_parent(&self) -> Option<&str> {
+        None
+    }
 }
 
-/// Where managed identities' cgroups live, below the agent's own cgroup.
+/// Where managed identities' cgroups live, below their parent (the agent's own cgroup, or
+/// `[managed] cgroup_parent`).
 pub const MANAGED_DIR: &str = "fence-managed";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,8 +256,31 @@ fn selector(
         );
         return None;
     }
-    let path = match resolver.and_then(|r| r.own_cgroup()) {
-        Some(own) => format!("{}/{MANAGED_DIR}/{identity}", own.trim_end_matches('/')),
+    let parent = match resolver {
+        Some(r) => match r.managed_parent() {
+            Some(parent) => match r.resolve(parent) {
+                Ok(_) => Some(parent.to_owned()),
+                Err(e) => {
+                    let why = match e {
+                        ResolveError::NotFound => {
+                            "it does not exist (under systemd: is fence-workloads.service running?)".to_owned()
+                        }
+                        ResolveError::Other(why) => why,
+                    };
+                    let path = parent.to_owned();
+                    let why = format!(
+                        "the parent of managed cgroups ([managed] cgroup_parent in the agent's configuration): {why}"
+                    );
+                    ctx.push(&format!("{base}.managed"), PolicyErrorKind::CgroupUnusable { path, why });
+                    return None;
+                }
+            },
+            None => r.own_cgroup(),
+        },
+        None => None,
+    };
+    let path = match parent {
+        Some(p) => format!("{}/{MANAGED_DIR}/{identity}", p.trim_end_matches('/')),
         None => format!("/<agent>/{MANAGED_DIR}/{identity}"),
     };
     Some(BoundCgroup { path, id: None, kind: SelectorKind::Managed })
