@@ -173,7 +173,11 @@ fn flood_rate_limit_summaries_add_up() {
     assert_eq!(series(&m, &format!("fence_events_total{labels}")), written, "events_total against the log:\n{m}");
     assert_eq!(series(&m, &format!("fence_events_suppressed_total{labels}")), suppressed, "suppressed against the log");
     assert_eq!(series(&m, r#"fence_events_dropped_total{cause="ring-buffer-full"}"#), 0);
-    assert!(m.contains("fence_mechanism_active{"), "mechanism gauges:\n{m}");
+    // The mechanism gauges are labelled with the events' own fence.mechanism values.
+    let denial = lines.iter().find(|l| l["event"]["action"] == "connect").expect("a connect event");
+    let mechanism = denial["fence"]["mechanism"].as_str().expect("fence.mechanism");
+    let gauge = format!("fence_mechanism_active{{fence=\"egress\",mechanism=\"{mechanism}\"}}");
+    assert_eq!(series(&m, &gauge), 1, "{gauge} (the events' fence.mechanism) in:\n{m}");
     assert!(series(&m, "fence_policy_applies_total") >= 1);
     promtool_accepts(&m);
 

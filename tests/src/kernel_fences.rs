@@ -79,10 +79,19 @@ fn doctor_reports_each_fence_mechanism() {
     // Grants end on the kernel clock everywhere; both test kernels can close connections.
     assert_eq!(row("grants")["enforced"], true, "{d:#}");
     assert!(row("grants")["notes"].as_str().unwrap_or_default().contains("SOCK_DESTROY"), "{d:#}");
+    // Each row names the fence.mechanism values its events carry (the metric's labels).
+    let events = |f: &str| -> Vec<String> {
+        row(f)["events"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    assert!(events("egress").contains(&"cgroup/connect4".to_owned()), "{d:#}");
     if lsm["loads"] == true {
         for f in ["exec", "credential-files", "unix-sockets"] {
             assert_eq!(row(f)["enforced"], true, "{f} with BPF LSM: {d:#}");
             assert!(row(f)["mechanism"].as_str().unwrap().starts_with("lsm/"), "{f}: {d:#}");
+            assert!(!events(f).is_empty() && events(f).iter().all(|m| m.starts_with("lsm/")), "{f}: {d:#}");
         }
     } else {
         let why = lsm["detail"].as_str().unwrap_or_default();
@@ -95,6 +104,8 @@ fn doctor_reports_each_fence_mechanism() {
         let exec = row("exec");
         assert!(exec["mechanism"].as_str().unwrap().contains("SIGKILL") || exec["enforced"] == false, "{d:#}");
         assert!(!row("credential-files")["mechanism"].as_str().unwrap().starts_with("lsm/"), "{d:#}");
+        assert_eq!(events("credential-files"), ["fanotify/open_perm"], "{d:#}");
+        assert!(events("unix-sockets").is_empty(), "not enforced: no event values: {d:#}");
     }
     // This machine's own kernel refuses BPF LSM programs (see PLATFORM.md); Debian's allows them.
     match std::env::var("FENCE_TEST_TIER").as_deref() {

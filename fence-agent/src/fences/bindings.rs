@@ -49,6 +49,7 @@ fn report(a: &Availability, _: &ReportContext<'_>) -> FenceReport {
                 other.reason()
             ),
             remedy: None,
+            events: Vec::new(),
         },
     }
 }

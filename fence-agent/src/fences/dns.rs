@@ -6,6 +6,7 @@
 //! turned on only when these programs loaded: without them resolvers would drop the replies.
 
 use aya_obj::generated::bpf_attach_type;
+use fence_common::events::Mechanism;
 use fence_common::{Operation, programs};
 
 use super::{Availability, FenceReport, IdentityInput, LoadContext, ReportContext, Unit, no_flags, no_host_entries};
@@ -53,13 +54,15 @@ fn report(a: &Availability, _: &ReportContext<'_>) -> FenceReport {
             MECHANISM,
             "fenced DNS (UDP/TCP port 53, any server) answered by the agent per identity: names the policy does not \
              allow are refused and never leave the host; addresses of allowed names are allowed until their TTL ends",
-        ),
+        )
+        .with_events(&[Mechanism::Resolver]),
         other => FenceReport {
             fence: UNIT.name,
             enforced: false,
             mechanism: "unavailable".into(),
             notes: format!("{}: DNS names in egress rules allow nothing; DNS is ordinary egress", other.reason()),
             remedy: Some("a kernel with cgroup recvmsg and getpeername hooks (5.8 or later)".into()),
+            events: Vec::new(),
         },
     }
 }

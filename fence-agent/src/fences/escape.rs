@@ -3,6 +3,7 @@
 //! clone3 into another cgroup), trace or signal processes outside it, or use bpf(2). Needs BPF
 //! LSM, including for file_open.
 
+use fence_common::events::Mechanism;
 use fence_common::{Operation, programs};
 
 use super::{
@@ -59,6 +60,17 @@ fn load(ctx: &mut LoadContext<'_>) -> Availability {
     }
 }
 
+/// The event mechanism values of [`LSM_HOOKS`].
+const LSM_EVENTS: &[Mechanism] = &[
+    Mechanism::LsmFileOpen,
+    Mechanism::LsmTaskAlloc,
+    Mechanism::LsmPtrace,
+    Mechanism::LsmTaskKill,
+    Mechanism::LsmBpf,
+    Mechanism::LsmFileIoctl,
+    Mechanism::LsmFileFcntl,
+    Mechanism::LsmFileSendSigiotask,
+];
 const LSM_HOOKS: &str =
     "lsm/file_open+task_alloc+ptrace_access_check+task_kill+bpf+file_ioctl+file_fcntl+file_send_sigiotask";
 
@@ -71,7 +83,8 @@ fn report(a: &Availability, ctx: &ReportContext<'_>) -> FenceReport {
              pulling a process in, or through a cgroup.procs descriptor opened before it was fenced), clone3 into \
              another cgroup, trace or signal processes outside its identity (the agent included, wherever it is; \
              SIGIO and SIGURG included), push input into a terminal (TIOCSTI), or use bpf(2)",
-        ),
+        )
+        .with_events(&[LSM_EVENTS, &[Mechanism::LsmCgroupInodePermission]].concat()),
         Availability::LsmPartly(gap) => FenceReport {
             fence: UNIT.name,
             enforced: true,
@@ -82,6 +95,7 @@ fn report(a: &Availability, ctx: &ReportContext<'_>) -> FenceReport {
                  but {gap}"
             ),
             remedy: Some("Linux 6.0 or later runs lsm_cgroup programs".into()),
+            events: LSM_EVENTS.to_vec(),
         },
         other => FenceReport::unavailable(
             UNIT.name,

@@ -2,6 +2,7 @@
 //! (`bprm_check_security`); without it, a `tp_btf/sched_process_exec` program kills the task
 //! before its first instruction.
 
+use fence_common::events::Mechanism;
 use std::collections::HashSet;
 
 use fence_common::{IDENTITY_EXEC_ALLOWLIST, IDENTITY_FILELESS_OK, Map, Operation, programs};
@@ -44,7 +45,8 @@ fn report(a: &Availability, ctx: &ReportContext<'_>) -> FenceReport {
             UNIT.name,
             "lsm/bprm_check_security",
             "refused with EPERM; scripts and their interpreters both checked",
-        ),
+        )
+        .with_events(&[Mechanism::LsmBprmCheck]),
         Availability::TracepointKill => FenceReport {
             fence: UNIT.name,
             enforced: true,
@@ -53,6 +55,7 @@ fn report(a: &Availability, ctx: &ReportContext<'_>) -> FenceReport {
                     EPERM); a #! script is judged by its interpreter only"
                 .into(),
             remedy: Some(ctx.lsm_remedy()),
+            events: vec![Mechanism::TpSchedProcessExec],
         },
         other => FenceReport::unavailable(UNIT.name, other.reason().to_owned(), ctx),
     }

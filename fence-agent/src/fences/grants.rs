@@ -45,6 +45,7 @@ fn report(a: &Availability, _: &ReportContext<'_>) -> FenceReport {
                 "grants end on time, but TCP connections opened under an egress grant stay open at its end: {why}"
             ),
             remedy: Some("a kernel built with CONFIG_INET_DIAG_DESTROY=y, and the agent with CAP_NET_ADMIN".into()),
+            events: Vec::new(),
         },
         other => FenceReport::not_enforced(UNIT.name, other.reason()),
     }

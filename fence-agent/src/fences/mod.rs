@@ -30,7 +30,7 @@ pub mod secrets;
 pub mod sysctl;
 pub mod unix;
 
-use fence_common::{Map, Operation};
+use fence_common::{Map, Mechanism, Operation};
 use serde::Serialize;
 
 use crate::{
@@ -147,22 +147,57 @@ pub struct FenceReport {
     pub notes: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remedy: Option<String>,
+    /// The `fence.mechanism` values of the events this fence's mechanism here reports (also
+    /// the `mechanism` labels of `fence_mechanism_active`); empty for fences that log none.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "mechanism_names")]
+    pub events: Vec<Mechanism>,
+}
+
+fn mechanism_names<S: serde::Serializer>(list: &[Mechanism], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(list.iter().map(|m| m.as_str()))
 }
 
 impl FenceReport {
     /// An enforced row without a remedy.
     pub fn enforced(fence: &'static str, mechanism: &str, notes: &str) -> FenceReport {
-        FenceReport { fence, enforced: true, mechanism: mechanism.into(), notes: notes.into(), remedy: None }
+        FenceReport {
+            fence,
+            enforced: true,
+            mechanism: mechanism.into(),
+            notes: notes.into(),
+            remedy: None,
+            events: Vec::new(),
+        }
+    }
+
+    /// This row with the event mechanism values its fence reports.
+    pub fn with_events(mut self, events: &[Mechanism]) -> FenceReport {
+        self.events = events.to_vec();
+        self
     }
 
     /// A row not enforced for `why`, with no remedy to offer.
     pub fn not_enforced(fence: &'static str, why: &str) -> FenceReport {
-        FenceReport { fence, enforced: false, mechanism: "unavailable".into(), notes: why.into(), remedy: None }
+        FenceReport {
+            fence,
+            enforced: false,
+            mechanism: "unavailable".into(),
+            notes: why.into(),
+            remedy: None,
+            events: Vec::new(),
+        }
     }
 
     /// A fence with no mechanism on this kernel: BPF LSM is the remedy.
     pub fn unavailable(fence: &'static str, notes: String, ctx: &ReportContext<'_>) -> FenceReport {
-        FenceReport { fence, enforced: false, mechanism: "unavailable".into(), notes, remedy: Some(ctx.lsm_remedy()) }
+        FenceReport {
+            fence,
+            enforced: false,
+            mechanism: "unavailable".into(),
+            notes,
+            remedy: Some(ctx.lsm_remedy()),
+            events: Vec::new(),
+        }
     }
 }
 
@@ -328,6 +363,40 @@ mod tests {
         for r in p.report(None) {
             assert!(r.enforced && r.remedy.is_none(), "{r:?}");
         }
+    }
+
+    #[test]
+    fn every_event_mechanism_is_reported_by_a_fence_on_some_kernel() {
+        let fallback = plan(
+            &[
+                ("egress", Availability::CgroupHooks),
+                ("exec", Availability::TracepointKill),
+                ("credential-files", Availability::Fanotify),
+            ],
+            None,
+        );
+        let lsm = plan(
+            &[
+                ("egress", Availability::CgroupHooksAndLsm),
+                ("dns", Availability::CgroupHooks),
+                ("exec", Availability::Lsm),
+                ("credential-files", Availability::Lsm),
+                ("unix-sockets", Availability::Lsm),
+                ("no-way-out", Availability::Lsm),
+                ("host-settings", Availability::CgroupHooks),
+                ("secrets", Availability::Attested(None)),
+            ],
+            None,
+        );
+        let mut seen: Vec<Mechanism> =
+            [fallback, lsm].iter().flat_map(|p| p.report(None)).flat_map(|r| r.events).collect();
+        seen.sort_by_key(|m| *m as u8);
+        seen.dedup();
+        let mut all = Mechanism::ALL.to_vec();
+        all.sort_by_key(|m| *m as u8);
+        assert_eq!(seen, all, "the metric's mechanism labels cover every fence.mechanism value of events");
+        // Not enforced: no event values.
+        assert!(plan(&[], None).report(None).iter().all(|r| r.events.is_empty()));
     }
 
     #[test]

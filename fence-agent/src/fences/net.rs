@@ -6,6 +6,7 @@
 //! longest matching prefix, so each prefix's entry carries the port rules of every rule whose
 //! network contains it (a /16 inside an allowed /8 keeps the /8's ports).
 
+use fence_common::events::Mechanism;
 use std::collections::BTreeMap;
 
 use aya_obj::generated::bpf_attach_type;
@@ -58,6 +59,15 @@ fn load(ctx: &mut LoadContext<'_>) -> Availability {
     }
 }
 
+/// The event mechanism values of the cgroup hooks ([`MECHANISM`]).
+const CGROUP_EVENTS: &[Mechanism] = &[
+    Mechanism::CgroupConnect4,
+    Mechanism::CgroupConnect6,
+    Mechanism::CgroupSendmsg4,
+    Mechanism::CgroupSendmsg6,
+    Mechanism::CgroupSockCreate,
+    Mechanism::CgroupSkbEgress,
+];
 const MECHANISM: &str = "cgroup/connect4+connect6+sendmsg4+sendmsg6+sock_create+cgroup_skb/egress";
 
 fn report(a: &Availability, ctx: &ReportContext<'_>) -> FenceReport {
@@ -67,7 +77,8 @@ fn report(a: &Availability, ctx: &ReportContext<'_>) -> FenceReport {
             &format!("{MECHANISM}+lsm/socket_create"),
             "TCP/UDP allow-lists per identity; source-routed packets dropped; raw, ICMP, SCTP sockets and every \
              family but inet, inet6, unix and netlink (packet, XDP, vsock...) refused",
-        ),
+        )
+        .with_events(&[CGROUP_EVENTS, &[Mechanism::LsmSocketCreate]].concat()),
         Availability::CgroupHooks => FenceReport {
             fence: UNIT.name,
             enforced: true,
@@ -76,6 +87,7 @@ fn report(a: &Availability, ctx: &ReportContext<'_>) -> FenceReport {
                     socket families other than inet/inet6 (packet, XDP, vsock...) NOT refused without BPF LSM"
                 .into(),
             remedy: Some(ctx.lsm_remedy()),
+            events: CGROUP_EVENTS.to_vec(),
         },
         other => FenceReport::unavailable(UNIT.name, other.reason().to_owned(), ctx),
     }

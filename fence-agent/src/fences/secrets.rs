@@ -4,6 +4,7 @@
 //! refusals are this unit's events (`secret-get`).
 
 use fence_common::Operation;
+use fence_common::events::Mechanism;
 
 use super::{
     Availability, FenceReport, LoadContext, ReportContext, Unit, no_flags, no_host_entries, no_identity_entries,
@@ -40,6 +41,7 @@ fn report(a: &Availability, _: &ReportContext<'_>) -> FenceReport {
     match a {
         Availability::Attested(None) => {
             FenceReport::enforced(UNIT.name, "broker, caller attested by the kernel (SO_PEERPIDFD)", NOTES)
+                .with_events(&[Mechanism::Broker])
         }
         Availability::Attested(Some(why)) => FenceReport {
             fence: UNIT.name,
@@ -47,6 +49,7 @@ fn report(a: &Availability, _: &ReportContext<'_>) -> FenceReport {
             mechanism: "broker, caller attested by the kernel (SO_PEERCRED and start time)".into(),
             notes: format!("{NOTES}; {why}"),
             remedy: Some("Linux 6.5 or later (SO_PEERPIDFD)".into()),
+            events: vec![Mechanism::Broker],
         },
         other => FenceReport::not_enforced(UNIT.name, other.reason()),
     }

@@ -2,6 +2,7 @@
 //! kernel). A fenced root could otherwise point `kernel.core_pattern` at a pipe or
 //! `kernel.modprobe` at a program of its own, which the kernel then runs outside the fence.
 
+use fence_common::events::Mechanism;
 use fence_common::{Operation, programs};
 
 use super::{Availability, FenceReport, IdentityInput, LoadContext, ReportContext, Unit, no_flags, no_host_entries};
@@ -33,7 +34,8 @@ fn report(a: &Availability, ctx: &ReportContext<'_>) -> FenceReport {
             UNIT.name,
             "cgroup/sysctl",
             "fenced processes, even root, cannot write sysctls (kernel.core_pattern, kernel.modprobe...)",
-        ),
+        )
+        .with_events(&[Mechanism::CgroupSysctl]),
         other => FenceReport {
             fence: UNIT.name,
             enforced: false,
@@ -43,6 +45,7 @@ fn report(a: &Availability, ctx: &ReportContext<'_>) -> FenceReport {
                 other.reason()
             ),
             remedy: Some(ctx.lsm_remedy()),
+            events: Vec::new(),
         },
     }
 }

@@ -3,6 +3,7 @@
 //! LSM (`unix_stream_connect`, `unix_may_send`); the cgroup `connect_unix` hooks (kernel
 //! >= 6.7) are not known to aya 0.16.
 
+use fence_common::events::Mechanism;
 use fence_common::{IDENTITY_UNIX_ALLOWLIST, Map, Operation, programs};
 
 use super::{Availability, FenceReport, IdentityInput, LoadContext, ReportContext, Unit};
@@ -33,6 +34,7 @@ fn report(a: &Availability, ctx: &ReportContext<'_>) -> FenceReport {
     match a {
         Availability::Lsm => {
             FenceReport::enforced(UNIT.name, "lsm/unix_stream_connect+unix_may_send", "refused with EPERM")
+                .with_events(&[Mechanism::LsmUnixStreamConnect, Mechanism::LsmUnixMaySend])
         }
         other => FenceReport::unavailable(
             UNIT.name,

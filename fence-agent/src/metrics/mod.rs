@@ -16,7 +16,7 @@
 //! | `fence_identity_info`                        | gauge   | `identity`, `policy_version`, `mode`| 1 per identity of the policy in force (the set is replaced on each apply) |
 //! | `fence_map_entries`                          | gauge   | `map`                               | entries in a BPF map |
 //! | `fence_map_capacity`                         | gauge   | `map`                               | the map's maximum number of entries |
-//! | `fence_mechanism_active`                     | gauge   | `fence`, `mechanism`                | 1 if the fence is enforced by that mechanism, 0 if not (one series per fence) |
+//! | `fence_mechanism_active`                     | gauge   | `fence`, `mechanism`                | 1 if the fence is enforced by that mechanism, 0 if not; `mechanism` is each `fence.mechanism` value of the fence's events (the doctor's mechanism for fences that log none) |
 //! | `fence_grants`                               | gauge   | `state`                             | just-in-time grants `pending` and `active` now (both present from the start) |
 //! | `fence_grants_ended_total`                   | counter | `state`                             | grants that ended: `expired`, `revoked`, `denied` (all present from the start) |
 //!
@@ -63,7 +63,6 @@ mod process;
 mod tests;
 
 use std::{
-    collections::HashMap,
     io,
     net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard, atomic::AtomicU64},
@@ -268,13 +267,10 @@ impl Families {
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// What the multi-series updates need besides the families; behind the lock that rendering
-/// takes too.
+/// The lock that updates of several series at once and rendering take, so that a scrape
+/// never sees half of such an update.
 #[derive(Debug, Default)]
-struct Side {
-    /// fence -> the mechanism of its one `fence_mechanism_active` series.
-    mechanisms: HashMap<String, String>,
-}
+struct Side;
 
 #[derive(Debug)]
 struct Inner {
@@ -385,32 +381,26 @@ impl Metrics {
         f.map_capacity.get_or_create(&labels).set(capacity);
     }
 
-    /// `fence_mechanism_active{fence,mechanism}`: one series per fence, so a fence whose
-    /// mechanism changes does not leave the old one behind.
-    pub fn mechanism(&self, fence: &str, mechanism: &str, active: bool) {
-        let mut side = self.lock();
-        self.set_mechanism(&mut side, fence, mechanism, active);
-    }
-
-    /// Every row of a [`crate::fences::Plan::report`], replacing the previous set.
+    /// `fence_mechanism_active{fence,mechanism}` from every row of a
+    /// [`crate::fences::Plan::report`], replacing the previous set: one series per event
+    /// mechanism value the fence reports (`fence.mechanism` in its events, so that a metric
+    /// and an event can be joined on it), or one with the doctor's mechanism for a fence that
+    /// logs no events.
     pub fn mechanisms(&self, rows: &[FenceReport]) {
-        let mut side = self.lock();
-        self.f().mechanism_active.clear();
-        side.mechanisms.clear();
-        for r in rows {
-            self.set_mechanism(&mut side, r.fence, &r.mechanism, r.enforced);
-        }
-    }
-
-    fn set_mechanism(&self, side: &mut Side, fence: &str, mechanism: &str, active: bool) {
+        let _side = self.lock();
         let family = &self.f().mechanism_active;
-        if let Some(old) = side.mechanisms.insert(fence.to_owned(), mechanism.to_owned())
-            && old != mechanism
-        {
-            family.remove(&MechanismLabels { fence: fence.to_owned(), mechanism: old });
+        family.clear();
+        for r in rows {
+            let labels: Vec<String> = match r.events.as_slice() {
+                [] => vec![r.mechanism.clone()],
+                events => events.iter().map(|m| m.as_str().to_owned()).collect(),
+            };
+            for mechanism in labels {
+                family
+                    .get_or_create(&MechanismLabels { fence: r.fence.to_owned(), mechanism })
+                    .set(i64::from(r.enforced));
+            }
         }
-        let labels = MechanismLabels { fence: fence.to_owned(), mechanism: mechanism.to_owned() };
-        family.get_or_create(&labels).set(i64::from(active));
     }
 
     /// `fence_grants{state}`: grants pending and active now.

@@ -89,8 +89,10 @@ fn populated(weird: &str) -> Metrics {
     m.policy_rejected();
     m.map_occupancy("IDENTITY_BY_CGROUP", 3, 4096);
     m.map_occupancy(weird, 1, 2);
-    m.mechanisms(&without_btf_plan().report(None));
-    m.mechanism(weird, weird, false);
+    let mut rows = without_btf_plan().report(None);
+    rows.push(crate::fences::FenceReport::not_enforced("weird", "w"));
+    rows.last_mut().unwrap().mechanism = weird.to_owned();
+    m.mechanisms(&rows);
     m.vault_sync_running(true);
     m.policy_source("vault");
     m.vault_sync_failed();
@@ -244,34 +246,27 @@ fn label_values_are_escaped() {
 }
 
 #[test]
-fn mechanism_gauge_one_series_per_fence() {
+fn mechanism_labels_are_the_event_values() {
     let m = Metrics::new();
-    m.mechanism("exec", "tp_btf/sched_process_exec + SIGKILL", true);
-    m.mechanism("exec", "lsm/bprm_check_security", true);
-    m.mechanism("unix-sockets", "unavailable", false);
-    m.mechanism("unix-sockets", "unavailable", true);
-    m.mechanism("unix-sockets", "unavailable", false);
-    let text = m.render();
-    assert_eq!(
-        sample_lines(&text, "fence_mechanism_active"),
-        [
-            "fence_mechanism_active{fence=\"exec\",mechanism=\"lsm/bprm_check_security\"} 1",
-            "fence_mechanism_active{fence=\"unix-sockets\",mechanism=\"unavailable\"} 0",
-        ]
-    );
     let rows = without_btf_plan().report(None);
     m.mechanisms(&rows);
     let lines = sample_lines(&m.render(), "fence_mechanism_active");
-    assert_eq!(lines.len(), rows.len());
-    assert!(lines.iter().any(|l| l.contains("fence=\"egress\"") && l.ends_with(" 1")));
-    assert!(lines.iter().any(|l| l.contains("fence=\"unix-sockets\"") && l.ends_with(" 0")));
-    assert!(lines.iter().any(|l| l.contains("fence=\"credential-files\",mechanism=\"fanotify")));
-    // A mechanism set after the report replaces that fence's series only.
-    m.mechanism("egress", "something else", false);
+    // A fence that logs events: one series per value its events carry in fence.mechanism.
+    for value in ["cgroup/connect4", "cgroup/sendmsg6", "cgroup/sock_create", "cgroup_skb/egress"] {
+        let line = format!("fence_mechanism_active{{fence=\"egress\",mechanism=\"{value}\"}} 1");
+        assert!(lines.contains(&line), "{line} in {lines:#?}");
+    }
+    assert!(
+        lines.contains(
+            &"fence_mechanism_active{fence=\"credential-files\",mechanism=\"fanotify/open_perm\"} 1".to_owned()
+        )
+    );
+    // Not enforced, or no events: the doctor's mechanism.
+    assert!(lines.contains(&"fence_mechanism_active{fence=\"unix-sockets\",mechanism=\"unavailable\"} 0".to_owned()));
+    // Every series is replaced by the next report.
+    m.mechanisms(&rows[..1]);
     let lines = sample_lines(&m.render(), "fence_mechanism_active");
-    assert_eq!(lines.len(), rows.len());
-    assert_eq!(lines.iter().filter(|l| l.contains("fence=\"egress\"")).count(), 1);
-    assert!(lines.contains(&"fence_mechanism_active{fence=\"egress\",mechanism=\"something else\"} 0".to_owned()));
+    assert!(lines.iter().all(|l| l.contains(&format!("fence=\"{}\"", rows[0].fence))), "{lines:#?}");
 }
 
 #[test]

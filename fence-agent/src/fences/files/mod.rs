@@ -5,6 +5,7 @@
 
 pub mod fanotify;
 
+use fence_common::events::Mechanism;
 use std::collections::BTreeMap;
 
 use fence_common::{Map, Operation, programs};
@@ -53,7 +54,15 @@ fn report(a: &Availability, ctx: &ReportContext<'_>) -> FenceReport {
             "opening refused with EPERM, and so are unlinking, renaming, hard-linking and truncating protected \
              files (and anything in bpffs, fence's pins), opening allowed programs for writing, and opening files \
              more than 32 directories deep",
-        ),
+        )
+        .with_events(&[
+            Mechanism::LsmFileOpen,
+            Mechanism::LsmInodeUnlink,
+            Mechanism::LsmInodeRmdir,
+            Mechanism::LsmInodeRename,
+            Mechanism::LsmInodeLink,
+            Mechanism::LsmPathTruncate,
+        ]),
         Availability::Fanotify => FenceReport {
             fence: UNIT.name,
             enforced: true,
@@ -64,6 +73,7 @@ fn report(a: &Availability, ctx: &ReportContext<'_>) -> FenceReport {
                     inode); a stalled decision is refused for fenced openers after 1 s"
                 .into(),
             remedy: Some(ctx.lsm_remedy()),
+            events: vec![Mechanism::Fanotify],
         },
         other => FenceReport::unavailable(UNIT.name, other.reason().to_owned(), ctx),
     }
