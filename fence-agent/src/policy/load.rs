@@ -30,7 +30,7 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<SourceDocument>, PolicyErrors
                 for file in files {
                     match read_one(&file) {
                         Ok(document) => docs.push(SourceDocument { path: file, document }),
-                        Err(e) => errors.push(e),
+                        Err(e) => errors.extend(e),
                     }
                 }
             }
@@ -63,8 +63,9 @@ fn expand(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
     Ok(files)
 }
 
-fn read_one(path: &Path) -> Result<PolicyDocument, PolicyError> {
-    let err = |kind| file_error(path, kind);
+/// One file's document, or every problem found in it.
+fn read_one(path: &Path) -> Result<PolicyDocument, Vec<PolicyError>> {
+    let err = |kind| vec![file_error(path, kind)];
     let meta = fs::metadata(path).map_err(|e| err(PolicyErrorKind::Unreadable(e.to_string())))?;
     if meta.len() > MAX_FILE_BYTES {
         return Err(err(PolicyErrorKind::Unreadable(format!(
@@ -80,7 +81,7 @@ fn read_one(path: &Path) -> Result<PolicyDocument, PolicyError> {
         Some("json") => Format::Json,
         _ => return Err(err(PolicyErrorKind::UnsupportedExtension)),
     };
-    parse_document(&text, format).map_err(err)
+    parse_document_all(&text, format).map_err(|kinds| kinds.into_iter().map(|k| file_error(path, k)).collect())
 }
 
 /// Policy file formats.
@@ -101,8 +102,50 @@ impl Format {
     }
 }
 
-/// Parses one document's text.
+/// Parses one document's text; the first problem found.
 pub fn parse_document(text: &str, format: Format) -> Result<PolicyDocument, PolicyErrorKind> {
+    parse_document_all(text, format).map_err(|mut all| all.swap_remove(0))
+}
+
+/// Parses one document's text; every problem the parsers let us find: a syntax error stops
+/// the parser, but shape errors are looked for in the document and in each identity apart,
+/// so that a file with mistakes in three identities gets three errors (the first of each).
+pub fn parse_document_all(text: &str, format: Format) -> Result<PolicyDocument, Vec<PolicyErrorKind>> {
+    parse_tree(text, format)
+        .map_err(|e| vec![e])
+        .and_then(|tree| typed::<PolicyDocument>(tree.clone(), "").map_err(|first| shape_errors(tree, first)))
+}
+
+/// Each shape error of `tree`, whose whole-document error was `first`: the document's with
+/// the identities left out, then each identity's.
+fn shape_errors(mut tree: serde_json::Value, first: PolicyErrorKind) -> Vec<PolicyErrorKind> {
+    let identities = tree.get_mut("identities").and_then(|i| i.as_array_mut()).map(std::mem::take);
+    let mut errors: Vec<PolicyErrorKind> = typed::<PolicyDocument>(tree, "").err().into_iter().collect();
+    for (i, identity) in identities.into_iter().flatten().enumerate() {
+        if let Err(e) = typed::<super::model::IdentityDoc>(identity, &format!("identities[{i}]")) {
+            errors.push(e);
+        }
+    }
+    if errors.is_empty() { vec![first] } else { errors }
+}
+
+/// `tree` as a `T`; an error names the field's path below `at`.
+fn typed<T: serde::de::DeserializeOwned>(tree: serde_json::Value, at: &str) -> Result<T, PolicyErrorKind> {
+    serde_path_to_error::deserialize(tree).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let path = match (at, path.as_str()) {
+            (_, ".") => at.to_owned(),
+            ("", p) => p.to_owned(),
+            (at, p) if p.starts_with('[') => format!("{at}{p}"),
+            (at, p) => format!("{at}.{p}"),
+        };
+        PolicyErrorKind::Schema(if path.is_empty() { inner } else { format!("{path}: {inner}") })
+    })
+}
+
+/// The generic tree of a document, its schema number checked.
+fn parse_tree(text: &str, format: Format) -> Result<serde_json::Value, PolicyErrorKind> {
     if text.trim().is_empty() {
         return Err(PolicyErrorKind::Empty);
     }
@@ -125,11 +168,7 @@ pub fn parse_document(text: &str, format: Format) -> Result<PolicyDocument, Poli
     {
         return Err(PolicyErrorKind::UnsupportedSchema { found, supported: super::SCHEMA_VERSION });
     }
-    serde_path_to_error::deserialize(tree).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        PolicyErrorKind::Schema(if path == "." { inner } else { format!("{path}: {inner}") })
-    })
+    Ok(tree)
 }
 
 /// TOML datetimes become strings (dates in policies are strings in every format).

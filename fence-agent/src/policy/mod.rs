@@ -17,7 +17,7 @@ mod tests;
 
 pub use dns::{DnsAllowance, NameError, NamePattern};
 pub use error::{PolicyError, PolicyErrorKind, PolicyErrors};
-pub use load::{Format, SourceDocument, load_paths, parse_document};
+pub use load::{Format, SourceDocument, load_paths, parse_document, parse_document_all};
 pub use model::{Approval, Mode};
 pub use set::{
     BoundCgroup, EgressRule, ExecPolicy, ExecRule, GrantInForce, Grantable, Identity, PolicySet, PolicyVersion,
