@@ -63,7 +63,16 @@ pub fn main(args: ExecArgs) -> anyhow::Result<ExitCode> {
             Err(e) => return refuse(&e.to_string()),
         };
     let expected = match call::<Entered>(&socket, &Request::Enter { identity: args.identity.clone() }) {
-        Ok(a) => a.cgroup,
+        Ok(Entered { cgroup, move_self: false }) => cgroup,
+        Ok(Entered { cgroup, move_self: true }) => {
+            let procs = Cgroups::discover().map(|c| c.dir(&cgroup).join("cgroup.procs"));
+            if let Err(e) =
+                procs.map_err(|e| e.to_string()).and_then(|p| std::fs::write(p, "0").map_err(|e| e.to_string()))
+            {
+                return refuse(&format!("moving into {cgroup}: {e}"));
+            }
+            cgroup
+        }
         Err(e) => return refuse(&e.to_string()),
     };
     // Trust, but verify: never run the command outside the fence.

@@ -350,6 +350,12 @@ pub struct SecretRevoked {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entered {
     pub cgroup: String,
+    /// The agent could not move the caller (root) and it moves itself: the kernel refuses a
+    /// mover with fewer capabilities than the moved task where the cpuset controller is on
+    /// (it checks CAP_SYS_NICE, which the agent's unit does not have). Root could move
+    /// itself anyway; every check of `enter` was made.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub move_self: bool,
 }
 
 /// `identities`.
@@ -574,10 +580,10 @@ mod tests {
 
     #[test]
     fn answers_round_trip_as_ok_or_error() {
-        let line = encode(&Ok(Entered { cgroup: "/a".into() }));
+        let line = encode(&Ok(Entered { cgroup: "/a".into(), move_self: false }));
         let text = std::str::from_utf8(&line).unwrap();
         assert_eq!(text, "{\"ok\":true,\"cgroup\":\"/a\"}\n");
-        assert_eq!(decode::<Entered>(text.trim()).unwrap(), Entered { cgroup: "/a".into() });
+        assert_eq!(decode::<Entered>(text.trim()).unwrap(), Entered { cgroup: "/a".into(), move_self: false });
         let line = encode::<Entered>(&Err("no identity \"x\"".into()));
         let text = std::str::from_utf8(&line).unwrap();
         assert_eq!(decode::<Entered>(text.trim()).unwrap_err().to_string(), "no identity \"x\"");

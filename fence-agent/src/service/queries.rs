@@ -44,7 +44,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
     pub(super) fn control(&mut self, request: Request, peer: Peer) -> Vec<u8> {
         match request {
             Request::Enter { identity } => {
-                let answer = self.enter(&identity, peer.pid, peer.uid).map(|cgroup| Entered { cgroup });
+                let answer = self.enter(&identity, peer.pid, peer.uid);
                 match &answer {
                     Ok(e) => {
                         tracing::info!(identity = %identity, pid = peer.pid, uid = peer.uid, cgroup = %e.cgroup, "process entered identity")
@@ -158,7 +158,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
     }
 
     /// Moves process `pid` into identity `name`'s managed cgroup; returns the cgroup path.
-    pub fn enter(&self, name: &str, pid: u32, uid: u32) -> Result<String, EnterError> {
+    pub fn enter(&self, name: &str, pid: u32, uid: u32) -> Result<Entered, EnterError> {
         let live = self.live.as_ref().ok_or(EnterError::NoPolicy)?;
         let identity =
             live.set.identities.iter().find(|i| i.name == name).ok_or_else(|| EnterError::Unknown(name.to_owned()))?;
@@ -185,8 +185,15 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
         let dir = self.deps.cgroups.dir(&managed.path);
         let moved =
             std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(dir.join("cgroup.procs"), pid.to_string()));
-        moved.map_err(|source| EnterError::Move { pid, path: managed.path.clone(), source })?;
-        Ok(managed.path.clone())
+        match moved {
+            Ok(()) => Ok(Entered { cgroup: managed.path.clone(), move_self: false }),
+            // Refused by the kernel for the agent but not for root itself (see
+            // `Entered::move_self`): the caller moves itself, then checks where it is.
+            Err(e) if e.raw_os_error() == Some(nix::libc::EPERM) && uid == 0 => {
+                Ok(Entered { cgroup: managed.path.clone(), move_self: true })
+            }
+            Err(source) => Err(EnterError::Move { pid, path: managed.path.clone(), source }),
+        }
     }
 
     /// Every identity of the live policy and its state on this host.
