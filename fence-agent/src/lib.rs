@@ -37,6 +37,7 @@ pub mod names;
 pub mod offsets;
 pub mod persist;
 pub mod policy;
+pub mod proc_status;
 pub mod protect;
 pub mod resolve;
 pub mod service;

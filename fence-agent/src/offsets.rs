@@ -46,6 +46,9 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
             .offset_of("kernfs_node", &["parent"])
             .or_else(|_| btf.offset_of("kernfs_node", &["__parent"]))?,
         kernfs_node_name: btf.offset_of("kernfs_node", &["name"])?,
+        task_cred: btf.offset_of("task_struct", &["cred"])?,
+        cred_euid: btf.offset_of("cred", &["euid", "val"])?,
+        cred_egid: btf.offset_of("cred", &["egid", "val"])?,
     })
 }
 
@@ -59,5 +62,6 @@ mod tests {
         let o = kernel_offsets(&btf).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(o.valid, 1);
         assert!(o.file_f_inode > 0 && o.dentry_d_name_name > o.dentry_d_parent);
+        assert!(o.task_cred > 0 && o.cred_egid > o.cred_euid, "{o:?}");
     }
 }

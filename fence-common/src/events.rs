@@ -305,8 +305,15 @@ pub struct EventHeader {
     pub comm: [u8; 16],
     /// Process id (tgid) of the acting task's parent; 0 if it could not be read.
     pub ppid: u32,
+    /// Effective user and group ids of the acting task (`uid`/`gid` are the real ones);
+    /// [`NO_ID`] if they could not be read.
+    pub euid: u32,
+    pub egid: u32,
     pub _pad2: u32,
 }
+
+/// An id the program could not read (`(uid_t)-1`, never a real id).
+pub const NO_ID: u32 = u32::MAX;
 
 /// A network decision.
 #[repr(C)]
@@ -448,14 +455,14 @@ pub mod counter {
 
 // Layout pins: a change on one side that is not mirrored fails to compile.
 const _: () = {
-    assert!(core::mem::size_of::<EventHeader>() == 72);
-    assert!(core::mem::size_of::<NetEvent>() == 96);
-    assert!(core::mem::offset_of!(NetEvent, addr) == 80);
+    assert!(core::mem::size_of::<EventHeader>() == 80);
+    assert!(core::mem::size_of::<NetEvent>() == 104);
+    assert!(core::mem::offset_of!(NetEvent, addr) == 88);
     assert!(core::mem::size_of::<EventLimit>() == 16);
     assert!(core::mem::size_of::<RateKey>() == 8);
     assert!(core::mem::size_of::<RateState>() == 16);
     assert!(core::mem::size_of::<DentryPath>() == 8 + COMPONENT_LEN * PATH_COMPONENTS);
-    assert!(core::mem::size_of::<ObjectEvent>() == 72 + 32 + NAME_LEN + 2 * (8 + COMPONENT_LEN * PATH_COMPONENTS));
+    assert!(core::mem::size_of::<ObjectEvent>() == 80 + 32 + NAME_LEN + 2 * (8 + COMPONENT_LEN * PATH_COMPONENTS));
 };
 
 #[cfg(test)]

@@ -60,6 +60,11 @@ pub struct KernelOffsets {
     pub kernfs_node_parent: u32,
     /// `kernfs_node.name`.
     pub kernfs_node_name: u32,
+    /// `task_struct.cred` (the task's subjective credentials for events: effective ids).
+    pub task_cred: u32,
+    /// `cred.euid` and `cred.egid` (`kuid_t`/`kgid_t`: the id at offset 0).
+    pub cred_euid: u32,
+    pub cred_egid: u32,
 }
 
 impl KernelOffsets {
@@ -102,7 +107,10 @@ impl KernelOffsets {
         inode_i_private: 0,
         kernfs_node_parent: 0,
         kernfs_node_name: 0,
+        task_cred: 0,
+        cred_euid: 0,
+        cred_egid: 0,
     };
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 148);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 160);

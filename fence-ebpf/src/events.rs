@@ -57,6 +57,7 @@ pub fn header(
         tgid: (pid_tgid >> 32) as u32,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         ppid: kernel::current_ppid(),
+        effective: kernel::current_effective_ids(),
     };
     head(who, kind, operation, mechanism, reason, actor)
 }
@@ -80,6 +81,7 @@ pub fn header_for_task(
         ppid: kernel::read::<u64>(task, o.task_real_parent)
             .and_then(|parent| kernel::read::<i32>(parent, o.task_tgid))
             .map_or(0, |p| p as u32),
+        effective: kernel::effective_ids(o, task),
     };
     head(who, kind, operation, mechanism, reason, actor)
 }
@@ -90,6 +92,8 @@ struct Actor {
     tgid: u32,
     comm: [u8; 16],
     ppid: u32,
+    /// Effective uid and gid.
+    effective: (u32, u32),
 }
 
 #[inline(always)]
@@ -120,6 +124,8 @@ fn head(
         _pad: [0; 3],
         comm: actor.comm,
         ppid: actor.ppid,
+        euid: actor.effective.0,
+        egid: actor.effective.1,
         _pad2: 0,
     }
 }

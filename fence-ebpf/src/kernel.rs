@@ -3,7 +3,7 @@
 //! goes through bpf_probe_read_kernel, so a wrong pointer yields `None`, never a fault.
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated::bpf_get_current_task};
-use fence_common::{DentryPath, KernelOffsets, PATH_COMPONENTS};
+use fence_common::{DentryPath, KernelOffsets, NO_ID, PATH_COMPONENTS};
 
 /// Set by the agent before loading. All zero, with `valid` 0, until then. Mutable as far as
 /// the compiler knows, so that it never folds the zero initialiser into the programs; read
@@ -149,6 +149,25 @@ pub fn fill_current_exe(o: &KernelOffsets, out: &mut DentryPath) {
     if let Some(d) = file_dentry(o, exe) {
         fill_path(o, d, out);
     }
+}
+
+/// The effective uid and gid of `task` ([`NO_ID`] each on a failed read).
+#[inline(always)]
+pub fn effective_ids(o: &KernelOffsets, task: u64) -> (u32, u32) {
+    match read::<u64>(task, o.task_cred) {
+        Some(cred) => {
+            (read::<u32>(cred, o.cred_euid).unwrap_or(NO_ID), read::<u32>(cred, o.cred_egid).unwrap_or(NO_ID))
+        }
+        None => (NO_ID, NO_ID),
+    }
+}
+
+/// The effective uid and gid of the current task ([`NO_ID`] without offsets).
+#[inline(always)]
+pub fn current_effective_ids() -> (u32, u32) {
+    let Some(o) = offsets() else { return (NO_ID, NO_ID) };
+    // SAFETY: helper without arguments.
+    effective_ids(o, unsafe { bpf_get_current_task() })
 }
 
 /// The process id (tgid) of the current task's parent; 0 without offsets or on a failed read.

@@ -95,6 +95,8 @@ fn assert_net_event(e: &Value, cg: &TestCgroup, o: &Outcome, x: Expect<'_>) {
     assert_eq!(e["process"]["pid"], o.pid, "{}", ctx());
     assert_eq!(e["process"]["thread"]["id"], o.pid, "{}", ctx());
     assert_eq!(e["process"]["real_user"]["id"], nix::unistd::getuid().as_raw().to_string(), "{}", ctx());
+    assert_eq!(e["process"]["user"]["id"], nix::unistd::geteuid().as_raw().to_string(), "{}", ctx());
+    assert_eq!(e["process"]["group"]["id"], nix::unistd::getegid().as_raw().to_string(), "{}", ctx());
     assert_eq!(e["process"]["name"], "fence-tests", "{}", ctx());
     assert_eq!(e["fence"]["cgroup"]["id"], cg.id(), "{}", ctx());
     assert_eq!(e["network"]["type"], family, "{}", ctx());
@@ -159,6 +161,13 @@ fn tcp_denied_port_eperm_one_event() {
     })
     .expect("events on stdout");
     assert_eq!(on_stdout.iter().filter(|e| to_port(e, port(&denied))).count(), 1, "events on stdout");
+    // A process whose effective uid is not its real one (a set-user-id program): the event
+    // names both, each under its ECS name.
+    let o = helper::run(Some(&cg), &["euid-connect", "65534", &s(denied.local_addr().unwrap())]);
+    o.assert_eperm("connect with effective uid 65534");
+    let e = agent.wait_event("for the connect with another effective uid", |e| e["process"]["pid"] == o.pid);
+    assert_eq!(e["process"]["user"]["id"], "65534", "effective uid: {e:#}");
+    assert_eq!(e["process"]["real_user"]["id"], nix::unistd::getuid().as_raw().to_string(), "real uid: {e:#}");
     // The allowed port still works.
     tcp_connect(Some(&cg), &s(allowed.local_addr().unwrap())).assert_ok("connect to the allowed port");
 }

@@ -18,8 +18,20 @@ pub fn perform(action: &str, args: &[&str]) -> Option<io::Result<Value>> {
         "connect-until-denied" => Some(connect_until_denied(args)),
         "request-after-exit" => Some(request_after_exit(args)),
         "secret-rtt" => Some(secret_rtt(args)),
+        "euid-connect" => Some(euid_connect(args)),
         _ => None,
     }
+}
+
+/// `euid-connect UID ADDR`: a TCP connect with effective uid UID (real and saved uids kept),
+/// as a set-user-id program would make it.
+fn euid_connect(args: &[&str]) -> io::Result<Value> {
+    use nix::unistd::{Uid, getresuid, setresuid};
+    let uid: u32 = args.first().and_then(|u| u.parse().ok()).ok_or_else(|| io::Error::other("missing uid"))?;
+    let ids = getresuid()?;
+    setresuid(ids.real, Uid::from_raw(uid), ids.saved)?;
+    TcpStream::connect_timeout(&addr(args.get(1))?, Duration::from_secs(5))?;
+    Ok(json!({}))
 }
 
 fn addr(a: Option<&&str>) -> io::Result<SocketAddr> {

@@ -241,6 +241,7 @@ impl Broker {
             let c = c.trim_end().as_bytes();
             comm[..c.len().min(15)].copy_from_slice(&c[..c.len().min(15)]);
         }
+        let status = crate::proc_status::Status::of(peer.pid);
         let header = EventHeader {
             kind: EventKind::Secret as u8,
             verdict: Verdict::Denied as u8,
@@ -250,8 +251,13 @@ impl Broker {
             boot_ns: crate::grants::boot_ns(),
             pid: peer.pid,
             tgid: peer.pid,
-            uid: peer.uid,
-            gid: peer.gid,
+            // The peer's credentials (SO_PEERCRED) are its effective ids; the real ones from
+            // /proc, if it is still there.
+            uid: status.uid,
+            gid: status.gid,
+            euid: peer.uid,
+            egid: peer.gid,
+            ppid: status.ppid,
             policy_version: refusal.policy_version,
             reason: if refusal.needs_grant { Reason::SecretNeedsGrant } else { Reason::SecretNotAllowed } as u8,
             comm,

@@ -7,7 +7,7 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
 };
 
-use fence_common::{EventHeader, EventKind, NAME_LEN, NetEvent, ObjectEvent, Operation, Reason, Verdict};
+use fence_common::{EventHeader, EventKind, NAME_LEN, NO_ID, NetEvent, ObjectEvent, Operation, Reason, Verdict};
 
 /// The terminal ioctl whose escape events name it (the other is TIOCLINUX).
 const TIOCSTI: u32 = 0x5412;
@@ -126,6 +126,8 @@ fn common(h: &EventHeader, head: &Head, dir: &Directory, host: &dyn HostView) ->
         name: comm(&h.comm),
         executable: host.executable(h.tgid),
         parent: (h.ppid != 0).then_some(Parent { pid: h.ppid }),
+        user: (h.euid != NO_ID).then(|| Id { id: h.euid.to_string() }),
+        group: (h.egid != NO_ID).then(|| Id { id: h.egid.to_string() }),
         real_user: Id { id: h.uid.to_string() },
         real_group: Id { id: h.gid.to_string() },
     };

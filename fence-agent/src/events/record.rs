@@ -149,6 +149,7 @@ fn is_zero(n: &u64) -> bool {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(from = "ProcessWire")]
 pub struct Process {
     /// Process id (the kernel's tgid).
     pub pid: u32,
@@ -160,11 +161,60 @@ pub struct Process {
     /// The parent process (ECS `process.parent.pid`), when the kernel could read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<Parent>,
+    /// The task's effective user and group ids (the ones permission checks use), when the
+    /// kernel could read them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<Id>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Id>,
     /// The task's real user and group ids (what `bpf_get_current_uid_gid` reads).
-    #[serde(alias = "user")]
     pub real_user: Id,
-    #[serde(alias = "group")]
     pub real_group: Id,
+}
+
+/// [`Process`] as read: lines written before effective ids were reported (ECS 8.11) had
+/// only the real ids, under `user` and `group`; they read as real ids, with no effective ones.
+#[derive(Deserialize)]
+struct ProcessWire {
+    pid: u32,
+    thread: Thread,
+    name: String,
+    #[serde(default)]
+    executable: Option<String>,
+    #[serde(default)]
+    parent: Option<Parent>,
+    #[serde(default)]
+    user: Option<Id>,
+    #[serde(default)]
+    group: Option<Id>,
+    #[serde(default)]
+    real_user: Option<Id>,
+    #[serde(default)]
+    real_group: Option<Id>,
+}
+
+impl From<ProcessWire> for Process {
+    fn from(w: ProcessWire) -> Process {
+        let (user, real_user) = match w.real_user {
+            Some(real) => (w.user, real),
+            None => (None, w.user.unwrap_or_default()),
+        };
+        let (group, real_group) = match w.real_group {
+            Some(real) => (w.group, real),
+            None => (None, w.group.unwrap_or_default()),
+        };
+        Process {
+            pid: w.pid,
+            thread: w.thread,
+            name: w.name,
+            executable: w.executable,
+            parent: w.parent,
+            user,
+            group,
+            real_user,
+            real_group,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -178,7 +228,7 @@ pub struct Thread {
     pub id: u32,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Id {
     pub id: String,
 }

@@ -141,6 +141,8 @@ impl Report for EventReport {
             reason: Reason::NameNotAllowed as u8,
             comm: who.comm,
             ppid: who.ppid,
+            euid: who.euid,
+            egid: who.egid,
             ..EventHeader::default()
         };
         let mut addr = [0u8; 16];

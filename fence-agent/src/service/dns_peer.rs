@@ -11,14 +11,25 @@ use std::{
 };
 
 /// What an event says about the process.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerProcess {
     pub tgid: u32,
     pub ppid: u32,
+    /// Real and effective ids ([`fence_common::NO_ID`] when unknown).
     pub uid: u32,
     pub gid: u32,
+    pub euid: u32,
+    pub egid: u32,
     pub comm: [u8; 16],
     pub cgroup_id: u64,
+}
+
+impl Default for PeerProcess {
+    /// Nothing known: no pid, and no id (never root's 0).
+    fn default() -> PeerProcess {
+        use fence_common::NO_ID;
+        PeerProcess { tgid: 0, ppid: 0, uid: NO_ID, gid: NO_ID, euid: NO_ID, egid: NO_ID, comm: [0; 16], cgroup_id: 0 }
+    }
 }
 
 /// The process of the socket bound to `peer` (`tcp`: a TCP socket, else UDP), among the
@@ -67,11 +78,7 @@ fn holds(pid: u32, target: &str) -> bool {
 }
 
 fn process(tgid: u32, cgroup: &Path) -> Option<PeerProcess> {
-    let status = fs::read_to_string(format!("/proc/{tgid}/status")).ok()?;
-    let field = |name: &str| -> Option<u32> {
-        let line = status.lines().find(|l| l.starts_with(name))?;
-        line[name.len()..].split_whitespace().next()?.parse().ok()
-    };
+    let status = crate::proc_status::Status::parse(&fs::read_to_string(format!("/proc/{tgid}/status")).ok()?);
     let mut comm = [0u8; 16];
     if let Ok(c) = fs::read_to_string(format!("/proc/{tgid}/comm")) {
         let c = c.trim_end().as_bytes();
@@ -80,9 +87,11 @@ fn process(tgid: u32, cgroup: &Path) -> Option<PeerProcess> {
     }
     Some(PeerProcess {
         tgid,
-        ppid: field("PPid:").unwrap_or(0),
-        uid: field("Uid:").unwrap_or(0),
-        gid: field("Gid:").unwrap_or(0),
+        ppid: status.ppid,
+        uid: status.uid,
+        gid: status.gid,
+        euid: status.euid,
+        egid: status.egid,
         comm,
         cgroup_id: fs::metadata(cgroup).map(|m| m.ino()).unwrap_or(0),
     })

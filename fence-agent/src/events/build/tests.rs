@@ -71,6 +71,8 @@ fn a_denied_connect_has_every_field() {
         _pad: [0; 3],
         comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
         ppid: 9,
+        euid: 0,
+        egid: 50,
         _pad2: 0,
     };
     let mut addr = [0; 16];
@@ -90,6 +92,9 @@ fn a_denied_connect_has_every_field() {
     assert_eq!(v["process"]["name"], "curl");
     assert_eq!(v["process"]["real_user"]["id"], "1000");
     assert_eq!(v["process"]["real_group"]["id"], "1000");
+    // A set-user-id program: the effective ids are not the real ones.
+    assert_eq!(v["process"]["user"]["id"], "0");
+    assert_eq!(v["process"]["group"]["id"], "50");
     assert_eq!(v["host"]["name"], "host-a");
     assert_eq!(v["agent"]["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(v["rule"]["name"], "default-deny");
@@ -163,6 +168,9 @@ fn records_validate_against_the_json_schema() {
             mechanism: Mechanism::TpSchedProcessExec as u8,
             reason: Reason::ExecNotAllowed as u8,
             identity: 7,
+            // Effective ids the kernel could not read: left out, never shown as root.
+            euid: fence_common::NO_ID,
+            egid: fence_common::NO_ID,
             ..Default::default()
         },
         dev: 8 << 20 | 1,
@@ -207,6 +215,9 @@ fn records_validate_against_the_json_schema() {
     assert_eq!(records[3]["event"]["category"], serde_json::json!(["file", "intrusion_detection"]));
     assert_eq!(records[3]["event"]["type"], serde_json::json!(["access", "denied"]));
     assert_eq!(records[2]["event"]["category"], serde_json::json!(["process", "intrusion_detection"]));
+    // Effective ids: present where read (0 here), left out where not.
+    assert_eq!(records[0]["process"]["user"]["id"], "0");
+    assert!(records[2]["process"].get("user").is_none() && records[2]["process"].get("group").is_none());
     // A field the declared ECS version does not define is found.
     let mut not_ecs = records[0].clone();
     not_ecs["process"]["group"] = serde_json::json!({"id": "0"});

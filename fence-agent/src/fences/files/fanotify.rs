@@ -431,15 +431,7 @@ fn event_record(
     facts: Facts,
     cgroups: &Cgroups,
 ) -> ObjectEvent {
-    let status = fs::read_to_string(format!("/proc/{tid}/status")).unwrap_or_default();
-    let field = |name: &str| -> u32 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let status = crate::proc_status::Status::of(tid as u32);
     let mut comm = [0u8; 16];
     let c = fs::read_to_string(format!("/proc/{tid}/comm")).unwrap_or_default();
     for (d, s) in comm.iter_mut().zip(c.trim_end().bytes().take(15)) {
@@ -458,14 +450,16 @@ fn event_record(
         boot_ns,
         cgroup_id,
         pid: tid as u32,
-        tgid: field("Tgid:"),
-        uid: field("Uid:"),
-        gid: field("Gid:"),
+        tgid: status.tgid,
+        uid: status.uid,
+        gid: status.gid,
         policy_version: policy.identities.get(&identity).map_or(0, |i| i.policy_version),
         reason: why as u8,
         _pad: [0; 3],
         comm,
-        ppid: field("PPid:"),
+        ppid: status.ppid,
+        euid: status.euid,
+        egid: status.egid,
         _pad2: 0,
     };
     let mut e = ObjectEvent {
