@@ -69,8 +69,11 @@ case "${1:-}" in
     fi
     # As the .deb: workloads started with `fence-agent exec` are not ended; while any runs,
     # fence-workloads.service stays.
-    n=$(find /sys/fs/cgroup/fence.slice/fence-workloads.service -mindepth 2 -name cgroup.procs \
-        -exec cat {} + 2>/dev/null | wc -l)
+    n=0
+    cg=$(systemctl show -p ControlGroup --value fence-workloads.service 2>/dev/null || true)
+    if [ -n "$cg" ] && [ -d "/sys/fs/cgroup$cg" ]; then
+        n=$(find "/sys/fs/cgroup$cg" -mindepth 2 -name cgroup.procs -exec cat {} + 2>/dev/null | wc -l)
+    fi
     if [ "$n" = 0 ]; then
         systemctl stop fence-workloads.service 2>/dev/null || true
     else

@@ -35,6 +35,20 @@ pub fn id_of(dir: &Path) -> io::Result<u64> {
     Ok(fs::metadata(dir)?.ino())
 }
 
+/// Makes a managed identity's cgroup `dir` (`<parent>/fence-managed/<identity>`) and its
+/// `fence-managed` directory where missing; never the parent, which belongs to the agent's
+/// unit or to `[managed] cgroup_parent` (a unit that is not running has none, and a cgroup
+/// made in its place would be outside systemd's knowledge).
+pub fn make_managed(dir: &Path) -> io::Result<()> {
+    for d in dir.parent().into_iter().chain([dir]) {
+        match fs::create_dir(d) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Processes in a cgroup and every cgroup below it.
 pub fn process_count(dir: &Path) -> usize {
     let own = fs::read_to_string(dir.join("cgroup.procs")).map(|s| s.lines().count()).unwrap_or(0);

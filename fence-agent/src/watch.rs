@@ -65,7 +65,9 @@ impl Watcher {
 
     /// Also watches `dirs` and `files`; the directories newly watched (a pinned file's
     /// directory for a newly watched file), which changes made before now may have passed
-    /// unseen.
+    /// unseen. A path already watched is asked for again: if it now names another inode (the
+    /// directory was removed or moved and made again), that one is watched and reported as new;
+    /// if it names nothing, its entry goes.
     pub fn add(&mut self, dirs: &BTreeSet<PathBuf>, files: &BTreeSet<PathBuf>) -> BTreeSet<PathBuf> {
         let dir_mask = AddWatchFlags::IN_CREATE
             | AddWatchFlags::IN_DELETE
@@ -84,16 +86,18 @@ impl Watcher {
         );
         let mut added = BTreeSet::new();
         for (path, mask, report) in wanted {
-            if self.watches.contains_key(path) {
-                continue;
-            }
+            // Watching an inode again gives its existing descriptor.
             match self.inotify.add_watch(path.as_path(), mask) {
+                Ok(wd) if self.watches.get(path) == Some(&wd) => {}
                 Ok(wd) => {
                     self.watches.insert(path.clone(), wd);
                     by_wd.insert(wd, report.to_owned());
                     added.insert(report.to_owned());
                 }
-                Err(e) => tracing::debug!(path = %path.display(), error = %e, "cannot watch"),
+                Err(e) => {
+                    self.watches.remove(path);
+                    tracing::debug!(path = %path.display(), error = %e, "cannot watch");
+                }
             }
         }
         added
@@ -184,6 +188,15 @@ mod tests {
         assert!(w.add(&BTreeSet::from([tmp.join("missing")]), &BTreeSet::new()).is_empty());
         w.set(&BTreeSet::new(), &files);
         assert_eq!(w.len(), 1);
+        assert_eq!(w.add(&dirs, &files), BTreeSet::from([a.clone()]));
+        // Removed and made again at the same path: another inode, watched and reported anew.
+        std::fs::remove_dir(&a).unwrap();
+        std::fs::create_dir(&a).unwrap();
+        assert_eq!(w.add(&dirs, &files), BTreeSet::from([a.clone()]));
+        // Gone: its entry goes, and it is reported when it comes back.
+        std::fs::remove_dir(&a).unwrap();
+        assert!(w.add(&dirs, &files).is_empty());
+        std::fs::create_dir(&a).unwrap();
         assert_eq!(w.add(&dirs, &files), BTreeSet::from([a]));
         std::fs::remove_dir_all(&tmp).unwrap();
     }

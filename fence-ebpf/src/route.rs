@@ -15,8 +15,8 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use fence_common::{
-    CacheKey, EventHeader, EventKind, IdentityKey, MAX_CGROUP_DEPTH, MODE_AUDIT, Mechanism, NO_IDENTITY, NetEvent,
-    Operation, Reason, Verdict,
+    CacheKey, EventHeader, EventKind, IdentityKey, MAX_CGROUP_DEPTH, MODE_AUDIT, Mechanism, NO_ID, NO_IDENTITY,
+    NetEvent, Operation, Reason, Verdict,
 };
 
 use crate::{
@@ -155,6 +155,11 @@ fn report(ctx: &SkBuffContext, protocol: u32, identity: u32, cgroup_id: u64, pol
         cgroup_id,
         policy_version,
         reason: Reason::SourceRouting as u8,
+        // A packet has no process here: no ids (never root's 0).
+        uid: NO_ID,
+        gid: NO_ID,
+        euid: NO_ID,
+        egid: NO_ID,
         ..EventHeader::default()
     };
     let protocol_byte = if family == 2 { ctx.load::<u8>(9).unwrap_or(0) } else { ctx.load::<u8>(6).unwrap_or(0) };

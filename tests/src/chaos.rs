@@ -35,8 +35,8 @@ use crate::{
 pub const TESTS: &[Test] = &[Test { name: "chaos_agent_killed_in_a_loop", run: agent_killed_in_a_loop }];
 
 /// Denied connects of a flood while no agent runs: more records than the event ring buffer
-/// holds (4 MiB, `fence_common::Map::Events`; a connect record takes 96 + 8 bytes, so about
-/// 40,000 fit), so that the kernel drops some and the log must count them.
+/// holds (4 MiB, `fence_common::Map::Events`; a connect record takes 104 + 8 bytes, so about
+/// 37,000 fit), so that the kernel drops some and the log must count them.
 const FLOOD: u64 = 60_000;
 
 /// The vault tests run in the host tier only (see main.rs).

@@ -84,6 +84,21 @@ fn exec_fenced_from_first_instruction() {
     let (_, out, err) =
         fence_exec(&agent, "runner", &[&me, "helper", "tcp-connect", &format!("127.0.0.1:{}", port(&allowed))]);
     assert_eq!(outcome(&out)["ok"], true, "the allowed port works through exec: {out} {err}");
+    // The managed cgroup is removed (as when the unit holding it restarts) and the next exec
+    // comes at once: it runs in a cgroup made again, bound and with the programs attached to
+    // it before the command starts, never unfenced.
+    let path = e["fence"]["cgroup"]["path"].as_str().unwrap().to_owned();
+    let dir = fence_agent::cgroup::Cgroups::discover().unwrap().dir(&path);
+    let old_id = fence_agent::cgroup::id_of(&dir).unwrap();
+    std::fs::remove_dir(&dir).unwrap_or_else(|e| panic!("removing {}: {e}", dir.display()));
+    let (code, out, err) =
+        fence_exec(&agent, "runner", &[&me, "helper", "tcp-connect", &format!("127.0.0.1:{}", port(&denied))]);
+    assert_eq!(code, Some(0), "{err}");
+    let r = outcome(&out);
+    assert_eq!(r["errno"], libc::EPERM, "first connect in the cgroup made again: {r} {err}");
+    let pid = r["pid"].as_u64().unwrap();
+    let e = agent.wait_event("for the connect in the cgroup made again", |e| e["process"]["pid"] == pid);
+    assert_ne!(e["fence"]["cgroup"]["id"], old_id, "a new cgroup: {e:#}");
 }
 
 fn exec_never_runs_unfenced() {

@@ -146,7 +146,13 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
 
 fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     // Managed identities' cgroups are named as the agent of this host would make them.
-    let managed_parent = crate::config::Config::load(None).ok().and_then(|c| c.managed.cgroup_parent);
+    let managed_parent = match crate::config::Config::load(None) {
+        Ok(c) => c.managed.cgroup_parent,
+        Err(e) => {
+            eprintln!("note: {e}; managed identities' cgroups are shown below this process's cgroup");
+            None
+        }
+    };
     let cgroups = if args.offline { None } else { Some(Cgroups::discover()?.with_managed_parent(managed_parent)) };
     let result = load_paths(&args.paths).and_then(|docs| {
         let resolver = cgroups.as_ref().map(|c| c as &dyn CgroupResolver);

@@ -148,8 +148,11 @@ fn cgroup_parent<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String
     if parts.is_empty() {
         return Err(D::Error::custom("the root cgroup holds every process of the host; name a cgroup below it"));
     }
-    if parts.iter().any(|p| *p == "." || *p == ".." || p.contains('\n')) {
+    if parts.iter().any(|p| *p == "." || *p == "..") {
         return Err(D::Error::custom(format!("{text:?}: '.' and '..' are not allowed in cgroup paths")));
+    }
+    if text.contains('\n') {
+        return Err(D::Error::custom(format!("{text:?}: a cgroup path has no line breaks")));
     }
     Ok(Some(format!("/{}", parts.join("/"))))
 }

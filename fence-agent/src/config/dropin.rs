@@ -3,6 +3,10 @@
 //! merged key by key into the same table of what was read before; any other value (a string,
 //! a number, a list) replaces it. Files not ending in `.toml` (editor and dpkg leftovers) are
 //! ignored. A fleet tool can so own one file without editing the packaged one.
+//!
+//! Like the configuration they amend, drop-ins must be owned by root (or by the user reading
+//! them) and writable by no one else, and so must their directory: a drop-in could otherwise
+//! turn enforcement off for whoever can write there.
 
 use std::{
     fs, io,
@@ -18,23 +22,50 @@ pub fn dir_of(path: &Path) -> PathBuf {
 
 /// The drop-in files of `dir`, in name order; none if it does not exist.
 pub fn files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
+    match fs::symlink_metadata(dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => return Err(ConfigError::Read { path: dir.to_owned(), source }),
-    };
+        Ok(m) => trusted(dir, &m)?,
+    }
+    let entries = fs::read_dir(dir).map_err(|source| ConfigError::Read { path: dir.to_owned(), source })?;
     let mut files = Vec::new();
     for e in entries {
         let e = e.map_err(|source| ConfigError::Read { path: dir.to_owned(), source })?;
         let path = e.path();
         let name = e.file_name();
         let name = name.to_string_lossy();
-        if name.ends_with(".toml") && !name.starts_with('.') && path.is_file() {
-            files.push(path);
+        if !name.ends_with(".toml") || name.starts_with('.') {
+            continue;
         }
+        let meta = fs::symlink_metadata(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        if !meta.is_file() {
+            return Err(ConfigError::Invalid {
+                path,
+                message: "a drop-in must be a regular file (not a link or a directory)".to_owned(),
+            });
+        }
+        trusted(&path, &meta)?;
+        files.push(path);
     }
     files.sort();
     Ok(files)
+}
+
+/// `path` is owned by root or this user and writable by no one else.
+fn trusted(path: &Path, meta: &fs::Metadata) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let me = nix::unistd::geteuid().as_raw();
+    let why = if meta.uid() != 0 && meta.uid() != me {
+        Some(format!("it is owned by uid {}, not root", meta.uid()))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!("it is writable by group or others (mode {:o})", meta.mode() & 0o7777))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(ConfigError::Invalid { path: path.to_owned(), message: format!("not read: {why}") }),
+        None => Ok(()),
+    }
 }
 
 /// `over` merged into `base`: tables key by key, everything else replaced.

@@ -215,13 +215,17 @@ impl Config {
     /// Reads `path`, or the default path if it exists, or returns the defaults; then the
     /// drop-in files beside it ([`dropin`]: `agent.d/*.toml`), in name order.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let path = match path {
-            Some(p) => p.to_owned(),
-            None if Path::new(DEFAULT_PATH).exists() => PathBuf::from(DEFAULT_PATH),
-            None => return Ok(Config::default()),
+        let (path, text) = match path {
+            Some(p) => (p.to_owned(), None),
+            None if Path::new(DEFAULT_PATH).exists() => (PathBuf::from(DEFAULT_PATH), None),
+            // No agent.toml: its drop-ins alone, over the defaults.
+            None => (PathBuf::from(DEFAULT_PATH), Some(String::new())),
         };
         let read = |p: &Path| fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_owned(), source });
-        let text = read(&path)?;
+        let text = match text {
+            Some(t) => t,
+            None => read(&path)?,
+        };
         let dropins = dropin::files(&dropin::dir_of(&path))?;
         if dropins.is_empty() {
             return Config::parse(&text).map_err(|message| ConfigError::Invalid { path, message });

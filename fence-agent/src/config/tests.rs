@@ -363,5 +363,19 @@ fn drop_ins_merge_tables_and_replace_values_in_name_order() {
     std::fs::write(d.join("40-d.toml"), "[events]\nkeep = \"many\"\n").unwrap();
     let e = Config::load(Some(&main)).unwrap_err().to_string();
     assert!(e.contains("events.keep") && e.contains("drop-ins"), "{e}");
+    // Writable by others, or a link: not read, and said so.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(d.join("40-d.toml"), "[events]\nkeep = 2\n").unwrap();
+    std::fs::set_permissions(d.join("40-d.toml"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let e = Config::load(Some(&main)).unwrap_err().to_string();
+    assert!(e.contains("40-d.toml") && e.contains("writable by group or others"), "{e}");
+    std::fs::set_permissions(d.join("40-d.toml"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::symlink(d.join("40-d.toml"), d.join("50-link.toml")).unwrap();
+    let e = Config::load(Some(&main)).unwrap_err().to_string();
+    assert!(e.contains("50-link.toml") && e.contains("regular file"), "{e}");
+    std::fs::remove_file(d.join("50-link.toml")).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = Config::load(Some(&main)).unwrap_err().to_string();
+    assert!(e.contains("agent.d") && e.contains("writable"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -128,8 +128,8 @@ fn common(h: &EventHeader, head: &Head, dir: &Directory, host: &dyn HostView) ->
         parent: (h.ppid != 0).then_some(Parent { pid: h.ppid }),
         user: (h.euid != NO_ID).then(|| Id { id: h.euid.to_string() }),
         group: (h.egid != NO_ID).then(|| Id { id: h.egid.to_string() }),
-        real_user: Id { id: h.uid.to_string() },
-        real_group: Id { id: h.gid.to_string() },
+        real_user: (h.uid != NO_ID).then(|| Id { id: h.uid.to_string() }),
+        real_group: (h.gid != NO_ID).then(|| Id { id: h.gid.to_string() }),
     };
     let cgroup_path = dir.cgroup_path(h.cgroup_id).map(str::to_owned).or_else(|| host.cgroup_path(h.tgid));
     let fence = Fence {

@@ -167,9 +167,11 @@ pub struct Process {
     pub user: Option<Id>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<Id>,
-    /// The task's real user and group ids (what `bpf_get_current_uid_gid` reads).
-    pub real_user: Id,
-    pub real_group: Id,
+    /// The task's real user and group ids (what `bpf_get_current_uid_gid` reads), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub real_user: Option<Id>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub real_group: Option<Id>,
 }
 
 /// [`Process`] as read: lines written before effective ids were reported (ECS 8.11) had
@@ -195,13 +197,15 @@ struct ProcessWire {
 
 impl From<ProcessWire> for Process {
     fn from(w: ProcessWire) -> Process {
-        let (user, real_user) = match w.real_user {
-            Some(real) => (w.user, real),
-            None => (None, w.user.unwrap_or_default()),
+        // Both or neither: written by this version. Only `user`: an earlier version's real id
+        // (or, rarely, a process whose real id could not be read: shown as the real one).
+        let (user, real_user) = match (w.user, w.real_user) {
+            (Some(user), None) => (None, Some(user)),
+            (user, real) => (user, real),
         };
-        let (group, real_group) = match w.real_group {
-            Some(real) => (w.group, real),
-            None => (None, w.group.unwrap_or_default()),
+        let (group, real_group) = match (w.group, w.real_group) {
+            (Some(group), None) => (None, Some(group)),
+            (group, real) => (group, real),
         };
         Process {
             pid: w.pid,

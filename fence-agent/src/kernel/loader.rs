@@ -96,6 +96,12 @@ pub trait Attacher: Send {
     fn attach(&mut self, point: &str) -> Result<(), LoadError>;
     /// Detaches every cgroup program from `point`.
     fn detach(&mut self, point: &str);
+    /// The points whose cgroup is no longer the one the programs were attached to (removed
+    /// and made again at the same path: a restarted unit's delegated subtree, say). Their
+    /// programs went with the old cgroup.
+    fn stale(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A global program's link.
@@ -116,8 +122,8 @@ pub struct Loader {
     attachments: Vec<Attachment>,
     /// The global programs' links, held for their `Drop`.
     global: Vec<HeldLink>,
-    /// Attach point -> its cgroup programs' links.
-    points: BTreeMap<String, Vec<CgroupLink>>,
+    /// Attach point -> its cgroup programs' links, and the id of the cgroup they are on.
+    points: BTreeMap<String, (u64, Vec<CgroupLink>)>,
     /// The cgroup2 mount, for attach points.
     cgroups: Option<Cgroups>,
     /// Where this run pins its links (persistence on).
@@ -518,12 +524,21 @@ impl Attacher for Loader {
             }
         }
         tracing::info!(point, programs = links.len(), "cgroup programs attached");
-        self.points.insert(point.to_owned(), links);
+        self.points.insert(point.to_owned(), (cgroup_id, links));
         Ok(())
     }
 
+    fn stale(&self) -> Vec<String> {
+        let Some(cgroups) = &self.cgroups else { return Vec::new() };
+        self.points
+            .iter()
+            .filter(|(point, (id, _))| crate::cgroup::id_of(&cgroups.dir(point)).ok() != Some(*id))
+            .map(|(point, _)| point.clone())
+            .collect()
+    }
+
     fn detach(&mut self, point: &str) {
-        let Some(links) = self.points.remove(point) else { return };
+        let Some((_, links)) = self.points.remove(point) else { return };
         for link in links {
             if let Err(e) = link.detach() {
                 tracing::warn!(point, error = %e, "detaching a cgroup program failed");

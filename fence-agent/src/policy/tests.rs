@@ -67,6 +67,15 @@ fn managed_cgroups_go_below_the_configured_parent_or_the_agent() {
         path(validate(&[doc()], Some(&t), now()).unwrap()),
         "/fence.slice/fence-workloads.service/fence-managed/bot"
     );
+    // Workloads started before the setting (an upgrade) stay bound where they run.
+    t.ids.insert("/system.slice/agent.service/fence-managed/bot", 21);
+    let set = validate(&[doc()], Some(&t), now()).unwrap();
+    let paths: Vec<&str> = set.identities[0].cgroups.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["/fence.slice/fence-workloads.service/fence-managed/bot", "/system.slice/agent.service/fence-managed/bot"]
+    );
+    assert_eq!(set.identities[0].cgroups[1].id, Some(21));
     // A parent that is not there is an error naming the selector and the setting.
     t.managed = Some("/fence.slice/gone.service".into());
     let e = validate(&[doc()], Some(&t), now()).unwrap_err().to_string();

@@ -142,8 +142,11 @@ fn identity(
     if doc.selectors.is_empty() {
         ctx.push("selectors", PolicyErrorKind::EmptyList);
     }
-    let cgroups: Vec<BoundCgroup> =
+    let mut cgroups: Vec<BoundCgroup> =
         doc.selectors.iter().enumerate().filter_map(|(i, s)| selector(ctx, i, s, &doc.name, resolver)).collect();
+    if let Some(legacy) = legacy_managed(&cgroups, &doc.name, resolver) {
+        cgroups.push(legacy);
+    }
     let egress: Vec<EgressRule> = doc.egress.iter().enumerate().filter_map(|(i, r)| egress_rule(ctx, i, r)).collect();
     let exec = doc.exec.as_ref().map(|e| exec_policy(ctx, e));
     let file_exceptions = doc.files.as_ref().map(|f| globs(ctx, "files.allow", &f.allow, true)).unwrap_or_default();
@@ -284,6 +287,24 @@ fn selector(
         None => format!("/<agent>/{MANAGED_DIR}/{identity}"),
     };
     Some(BoundCgroup { path, id: None, kind: SelectorKind::Managed })
+}
+
+/// Workloads of a managed identity started before `[managed] cgroup_parent` was set (an
+/// upgrade to the packaged configuration) still run in the identity's cgroup below the agent's
+/// own: while that cgroup is there it stays bound to the identity, so they stay fenced.
+fn legacy_managed(
+    cgroups: &[BoundCgroup],
+    identity: &str,
+    resolver: Option<&dyn CgroupResolver>,
+) -> Option<BoundCgroup> {
+    let r = resolver?;
+    r.managed_parent()?;
+    if !cgroups.iter().any(|c| c.kind == SelectorKind::Managed) {
+        return None;
+    }
+    let path = format!("{}/{MANAGED_DIR}/{identity}", r.own_cgroup()?.trim_end_matches('/'));
+    let id = r.resolve(&path).ok()?;
+    Some(BoundCgroup { path, id: Some(id), kind: SelectorKind::Cgroup })
 }
 
 const UNIT_SUFFIXES: &[&str] = &[".service", ".scope", ".slice", ".socket", ".mount", ".swap", ".timer", ".target"];

@@ -14,7 +14,6 @@ mod expand;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    fs,
     path::{Path, PathBuf},
 };
 
@@ -216,7 +215,7 @@ fn selector_cgroups(set: &PolicySet, cgroup_root: &Path, r: &mut Resolved) {
             match &cg.kind {
                 SelectorKind::Cgroup => continue,
                 SelectorKind::Managed => {
-                    if let Err(e) = fs::create_dir_all(&dir) {
+                    if let Err(e) = crate::cgroup::make_managed(&dir) {
                         r.warnings.push(format!(
                             "identity \"{}\": cannot create its cgroup {}: {e}",
                             identity.name,
@@ -370,6 +369,8 @@ fn tree_entries(cache: &mut Resolver, root: &Path, mounts: &Mounts, r: &mut Reso
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::MetadataExt as _;
+
+    use std::fs;
 
     use super::*;
 

@@ -196,16 +196,19 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
     /// Resolves `effective` on this host, with every directory it read watched before the
     /// result is used. A directory watched for the first time is read again once its watch is
     /// in place: a file created in it between the first read and the watch would otherwise
-    /// go unseen until something else changed there. What the second read finds new was
-    /// created under a directory already watched, so it is reported and resolved in turn.
+    /// go unseen until something else changed there. Directories that only the new read
+    /// finds are watched and read in turn, a few rounds; past that, each was created under a
+    /// directory already watched, whose event brings another resolution.
     fn resolve_watched(&mut self, effective: &PolicySet, host: &HostProtection) -> Resolved {
         let mut resolved = self.resolver.resolve(effective, host, self.deps.cgroups.root());
-        if let Some(w) = &mut self.views.watcher {
+        let Some(w) = &mut self.views.watcher else { return resolved };
+        for _ in 0..4 {
             let new = w.add(&resolved.watch, &resolved.watch_files);
-            if !new.is_empty() {
-                self.resolver.invalidate(&new);
-                resolved = self.resolver.resolve(effective, host, self.deps.cgroups.root());
+            if new.is_empty() {
+                break;
             }
+            self.resolver.invalidate(&new);
+            resolved = self.resolver.resolve(effective, host, self.deps.cgroups.root());
         }
         resolved
     }
@@ -354,10 +357,15 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
         Ok(report)
     }
 
-    /// Attaches the cgroup programs at the points of `wanted` not attached yet; the points it
+    /// Attaches the cgroup programs at the points of `wanted` not attached yet, or whose
+    /// cgroup was made again since (the old links went with the old cgroup); the points it
     /// attached, or those and the error (the caller detaches them).
     fn attach(&mut self, wanted: &std::collections::BTreeSet<String>) -> Result<Vec<String>, (Vec<String>, LoadError)> {
         let Some(a) = &mut self.attacher else { return Ok(Vec::new()) };
+        for p in a.stale() {
+            tracing::info!(point = %p, "the cgroup of an attach point was made again: attaching to the new one");
+            a.detach(&p);
+        }
         let have = a.points();
         let mut added = Vec::new();
         for p in wanted.iter().filter(|p| !have.contains(p)) {

@@ -33,6 +33,11 @@ pub enum EnterError {
     #[error("the agent has no policy applied yet")]
     NoPolicy,
     #[error(
+        "the cgroup {0} of the identity is not bound to it in the kernel (it was made again and the policy \
+         could not be applied to it); nothing was run"
+    )]
+    NotBound(String),
+    #[error(
         "identity \"{0}\" has secrets or grantable targets: entering it gives abilities, so only root may start \
          processes in it"
     )]
@@ -158,7 +163,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
     }
 
     /// Moves process `pid` into identity `name`'s managed cgroup; returns the cgroup path.
-    pub fn enter(&self, name: &str, pid: u32, uid: u32) -> Result<Entered, EnterError> {
+    pub fn enter(&mut self, name: &str, pid: u32, uid: u32) -> Result<Entered, EnterError> {
         let live = self.live.as_ref().ok_or(EnterError::NoPolicy)?;
         let identity =
             live.set.identities.iter().find(|i| i.name == name).ok_or_else(|| EnterError::Unknown(name.to_owned()))?;
@@ -182,17 +187,33 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
         {
             return Err(EnterError::AlreadyFenced(other.to_owned()));
         }
-        let dir = self.deps.cgroups.dir(&managed.path);
-        let moved =
-            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(dir.join("cgroup.procs"), pid.to_string()));
-        match moved {
-            Ok(()) => Ok(Entered { cgroup: managed.path.clone(), move_self: false }),
+        let path = managed.path.clone();
+        let dir = self.deps.cgroups.dir(&path);
+        let made = crate::cgroup::make_managed(&dir);
+        made.map_err(|source| EnterError::Move { pid, path: path.clone(), source })?;
+        // The cgroup may have been made again since the last apply (its parent unit restarted,
+        // taking the delegated subtree with it): the kernel must know the new one, and its
+        // programs be attached to it, before anything is moved in.
+        let bound = |s: &Self| {
+            let id = crate::cgroup::id_of(&dir).ok();
+            id.is_some() && s.live.as_ref().and_then(|l| l.resolved.cgroup_ids.get(&path)).copied() == id
+        };
+        if !bound(self) {
+            if let Err(e) = self.reapply(|_| false, crate::audit::Trigger::new("managed-cgroup")) {
+                tracing::error!(error = %e, cgroup = %path, "binding a managed cgroup made again failed");
+            }
+            if !bound(self) {
+                return Err(EnterError::NotBound(path));
+            }
+        }
+        match std::fs::write(dir.join("cgroup.procs"), pid.to_string()) {
+            Ok(()) => Ok(Entered { cgroup: path, move_self: false }),
             // Refused by the kernel for the agent but not for root itself (see
             // `Entered::move_self`): the caller moves itself, then checks where it is.
             Err(e) if e.raw_os_error() == Some(nix::libc::EPERM) && uid == 0 => {
-                Ok(Entered { cgroup: managed.path.clone(), move_self: true })
+                Ok(Entered { cgroup: path, move_self: true })
             }
-            Err(source) => Err(EnterError::Move { pid, path: managed.path.clone(), source }),
+            Err(source) => Err(EnterError::Move { pid, path, source }),
         }
     }
 

@@ -28,6 +28,10 @@ pub(super) struct Fixture {
 struct Attached {
     points: std::collections::BTreeSet<String>,
     fail_at: Option<String>,
+    /// Points whose cgroup was "made again".
+    stale: std::collections::BTreeSet<String>,
+    /// Every successful attach, in order.
+    log: Vec<String>,
 }
 
 struct FakeAttacher(Arc<std::sync::Mutex<Attached>>);
@@ -42,10 +46,15 @@ impl Attacher for FakeAttacher {
             return Err(crate::kernel::loader::LoadError::MissingProgram("injected"));
         }
         a.points.insert(point.to_owned());
+        a.stale.remove(point);
+        a.log.push(point.to_owned());
         Ok(())
     }
     fn detach(&mut self, point: &str) {
         self.0.lock().unwrap().points.remove(point);
+    }
+    fn stale(&self) -> Vec<String> {
+        self.0.lock().unwrap().stale.iter().cloned().collect()
     }
 }
 
@@ -306,4 +315,12 @@ fn cgroup_programs_follow_the_policy_and_a_failed_apply_detaches_what_it_attache
     f.service.kernel.maps_mut().fail_after = None;
     assert!(matches!(f.service.change(Change::Reload { by: None }), Outcome::Applied { .. }));
     assert_eq!(attached(&f), ["/b", "/c"]);
+    // b's cgroup is made again at the same path: the next apply attaches to the new one.
+    f.attached.lock().unwrap().stale.insert("/b".into());
+    let before = f.attached.lock().unwrap().log.len();
+    fs::write(&f.service.deps.policy_paths[0], identity("b", "again")).unwrap();
+    let outcome = f.service.change(Change::Reload { by: None });
+    assert!(matches!(outcome, Outcome::Applied { .. }), "{outcome:?}");
+    assert_eq!(attached(&f), ["/b"]);
+    assert_eq!(f.attached.lock().unwrap().log[before..], ["/b".to_owned()], "b attached again");
 }

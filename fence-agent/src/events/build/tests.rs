@@ -220,8 +220,8 @@ fn records_validate_against_the_json_schema() {
     assert!(records[2]["process"].get("user").is_none() && records[2]["process"].get("group").is_none());
     // A field the declared ECS version does not define is found.
     let mut not_ecs = records[0].clone();
-    not_ecs["process"]["group"] = serde_json::json!({"id": "0"});
-    assert_eq!(not_in_ecs(&not_ecs), Vec::<String>::new(), "process.group.id is in ECS 8.17");
+    not_ecs["process"]["saved_user"] = serde_json::json!({"id": "0"});
+    assert_eq!(not_in_ecs(&not_ecs), Vec::<String>::new(), "process.saved_user.id is in ECS 8.17");
     not_ecs["process"]["gid"] = 0.into();
     assert_eq!(not_in_ecs(&not_ecs), vec!["process.gid".to_owned()]);
     // What the schema refuses.
