@@ -184,3 +184,25 @@ fn toml_to_json(v: toml::Value) -> serde_json::Value {
         toml::Value::Table(t) => J::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shape_errors_are_reported_for_every_identity_of_a_file() {
+        let text = "schema: 1\nsurprise: 1\nidentities:\n  - name: a\n    owner: o\n    purpose: p\n    egress: [{to: [10.0.0.0/8], ports: [80]}]\n  - name: ok\n    owner: o\n    purpose: p\n    selectors: [{cgroup: /fence/a}]\n  - name: c\n    bogus: 1\n";
+        let errors: Vec<String> =
+            parse_document_all(text, Format::Yaml).unwrap_err().iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        assert!(errors[0].starts_with("surprise: unknown field"), "{errors:#?}");
+        assert!(errors[1].starts_with("identities[0].egress[0]: missing field `protocol`"), "{errors:#?}");
+        assert!(errors[2].starts_with("identities[2].bogus: unknown field"), "{errors:#?}");
+        // The single-error form gives the first; a syntax error stops the parser (one error).
+        assert!(parse_document(text, Format::Yaml).unwrap_err().to_string().starts_with("surprise"));
+        assert_eq!(parse_document_all("schema: 1\nidentities: [\n", Format::Yaml).unwrap_err().len(), 1);
+        // Identities that are not a list: the document's error alone.
+        let e = parse_document_all("schema: 1\nidentities: 3\n", Format::Yaml).unwrap_err();
+        assert!(e.len() == 1 && e[0].to_string().starts_with("identities: "), "{e:?}");
+    }
+}

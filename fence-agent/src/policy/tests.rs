@@ -50,41 +50,6 @@ fn table() -> Table {
     }
 }
 
-#[test]
-fn managed_cgroups_go_below_the_configured_parent_or_the_agent() {
-    let text =
-        "schema: 1\nidentities:\n  - name: bot\n    owner: o\n    purpose: p\n    selectors: [{managed: true}]\n";
-    let doc = || parse(text, Format::Yaml).unwrap();
-    let path = |set: PolicySet| set.identities[0].cgroups[0].path.clone();
-    assert_eq!(
-        path(validate(&[doc()], Some(&table()), now()).unwrap()),
-        "/system.slice/agent.service/fence-managed/bot"
-    );
-    let mut t = table();
-    t.ids.insert("/fence.slice/fence-workloads.service", 20);
-    t.managed = Some("/fence.slice/fence-workloads.service".into());
-    assert_eq!(
-        path(validate(&[doc()], Some(&t), now()).unwrap()),
-        "/fence.slice/fence-workloads.service/fence-managed/bot"
-    );
-    // Workloads started before the setting (an upgrade) stay bound where they run.
-    t.ids.insert("/system.slice/agent.service/fence-managed/bot", 21);
-    let set = validate(&[doc()], Some(&t), now()).unwrap();
-    let paths: Vec<&str> = set.identities[0].cgroups.iter().map(|c| c.path.as_str()).collect();
-    assert_eq!(
-        paths,
-        ["/fence.slice/fence-workloads.service/fence-managed/bot", "/system.slice/agent.service/fence-managed/bot"]
-    );
-    assert_eq!(set.identities[0].cgroups[1].id, Some(21));
-    // A parent that is not there is an error naming the selector and the setting.
-    t.managed = Some("/fence.slice/gone.service".into());
-    let e = validate(&[doc()], Some(&t), now()).unwrap_err().to_string();
-    assert!(
-        e.contains("selectors[0].managed") && e.contains("/fence.slice/gone.service") && e.contains("cgroup_parent"),
-        "{e}"
-    );
-}
-
 fn now() -> Timestamp {
     "2026-11-25T12:00:00Z".parse().unwrap()
 }
@@ -603,21 +568,4 @@ fn bad_secrets_name_the_secret_field_and_reason() {
     assert!(e.contains("secrets[0].kv.key"), "{e}");
     let e = bad("kv: {path: ai/openai, key: api_key}", "kv: {path: ai/openai, key: api_key, mount: x}");
     assert!(e.contains("mount"), "unknown fields are refused: {e}");
-}
-
-#[test]
-fn shape_errors_are_reported_for_every_identity_of_a_file() {
-    let text = "schema: 1\nsurprise: 1\nidentities:\n  - name: a\n    owner: o\n    purpose: p\n    egress: [{to: [10.0.0.0/8], ports: [80]}]\n  - name: ok\n    owner: o\n    purpose: p\n    selectors: [{cgroup: /fence/a}]\n  - name: c\n    bogus: 1\n";
-    let errors: Vec<String> =
-        parse_document_all(text, Format::Yaml).unwrap_err().iter().map(ToString::to_string).collect();
-    assert_eq!(errors.len(), 3, "{errors:#?}");
-    assert!(errors[0].starts_with("surprise: unknown field"), "{errors:#?}");
-    assert!(errors[1].starts_with("identities[0].egress[0]: missing field `protocol`"), "{errors:#?}");
-    assert!(errors[2].starts_with("identities[2].bogus: unknown field"), "{errors:#?}");
-    // The single-error form gives the first; a syntax error stops the parser (one error).
-    assert!(parse_document(text, Format::Yaml).unwrap_err().to_string().starts_with("surprise"));
-    assert_eq!(parse_document_all("schema: 1\nidentities: [\n", Format::Yaml).unwrap_err().len(), 1);
-    // Identities that are not a list: the document's error alone.
-    let e = parse_document_all("schema: 1\nidentities: 3\n", Format::Yaml).unwrap_err();
-    assert!(e.len() == 1 && e[0].to_string().starts_with("identities: "), "{e:?}");
 }

@@ -23,6 +23,7 @@ use super::{
 use crate::names;
 
 mod grants;
+mod managed;
 mod secrets;
 
 /// Looks cgroups up on the host. `fence-agent` uses the real cgroup2 mount; unit tests use a
@@ -144,7 +145,7 @@ fn identity(
     }
     let mut cgroups: Vec<BoundCgroup> =
         doc.selectors.iter().enumerate().filter_map(|(i, s)| selector(ctx, i, s, &doc.name, resolver)).collect();
-    if let Some(legacy) = legacy_managed(&cgroups, &doc.name, resolver) {
+    if let Some(legacy) = managed::legacy(&cgroups, &doc.name, resolver) {
         cgroups.push(legacy);
     }
     let egress: Vec<EgressRule> = doc.egress.iter().enumerate().filter_map(|(i, r)| egress_rule(ctx, i, r)).collect();
@@ -259,52 +260,7 @@ fn selector(
         );
         return None;
     }
-    let parent = match resolver {
-        Some(r) => match r.managed_parent() {
-            Some(parent) => match r.resolve(parent) {
-                Ok(_) => Some(parent.to_owned()),
-                Err(e) => {
-                    let why = match e {
-                        ResolveError::NotFound => {
-                            "it does not exist (under systemd: is fence-workloads.service running?)".to_owned()
-                        }
-                        ResolveError::Other(why) => why,
-                    };
-                    let path = parent.to_owned();
-                    let why = format!(
-                        "the parent of managed cgroups ([managed] cgroup_parent in the agent's configuration): {why}"
-                    );
-                    ctx.push(&format!("{base}.managed"), PolicyErrorKind::CgroupUnusable { path, why });
-                    return None;
-                }
-            },
-            None => r.own_cgroup(),
-        },
-        None => None,
-    };
-    let path = match parent {
-        Some(p) => format!("{}/{MANAGED_DIR}/{identity}", p.trim_end_matches('/')),
-        None => format!("/<agent>/{MANAGED_DIR}/{identity}"),
-    };
-    Some(BoundCgroup { path, id: None, kind: SelectorKind::Managed })
-}
-
-/// Workloads of a managed identity started before `[managed] cgroup_parent` was set (an
-/// upgrade to the packaged configuration) still run in the identity's cgroup below the agent's
-/// own: while that cgroup is there it stays bound to the identity, so they stay fenced.
-fn legacy_managed(
-    cgroups: &[BoundCgroup],
-    identity: &str,
-    resolver: Option<&dyn CgroupResolver>,
-) -> Option<BoundCgroup> {
-    let r = resolver?;
-    r.managed_parent()?;
-    if !cgroups.iter().any(|c| c.kind == SelectorKind::Managed) {
-        return None;
-    }
-    let path = format!("{}/{MANAGED_DIR}/{identity}", r.own_cgroup()?.trim_end_matches('/'));
-    let id = r.resolve(&path).ok()?;
-    Some(BoundCgroup { path, id: Some(id), kind: SelectorKind::Cgroup })
+    managed::managed(ctx, &base, identity, resolver)
 }
 
 const UNIT_SUFFIXES: &[&str] = &[".service", ".scope", ".slice", ".socket", ".mount", ".swap", ".timer", ".target"];
