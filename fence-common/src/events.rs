@@ -357,6 +357,15 @@ impl Default for DentryPath {
     }
 }
 
+/// A task just before its exec ([`crate::Map::ExecCaller`]): what the exec fallback's event
+/// names as the acting process, since the kernel reports after the exec.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecCaller {
+    pub comm: [u8; 16],
+    pub exe: DentryPath,
+}
+
 /// A decision about a file system object: an exec, a file open or a unix socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

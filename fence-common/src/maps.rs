@@ -102,12 +102,19 @@ pub enum Map {
     Grants,
     /// `PerCpuArray<u64>`: per grant slot, the operations allowed through it. Shared by every run.
     GrantUses,
+    /// `LruHashMap<u32, ExecCaller>`: thread id -> the command name and executable it had
+    /// just before its exec (`sched_prepare_exec`), for the exec fallback's event, which
+    /// the kernel makes after the exec.
+    ExecCaller,
+    /// `PerCpuArray<ExecCaller>`, one entry: where an `ExecCaller` is built (too big for the
+    /// BPF stack).
+    ExecScratch,
 }
 
 impl Map {
     /// Every map the object defines; the policy maps among them in the order a generation is
     /// written (bindings last: an identity is only reachable once its rules are in place).
-    pub const ALL: [Map; 24] = [
+    pub const ALL: [Map; 26] = [
         Map::Active,
         Map::Identities,
         Map::Net4,
@@ -132,6 +139,8 @@ impl Map {
         Map::Learned6,
         Map::Grants,
         Map::GrantUses,
+        Map::ExecCaller,
+        Map::ExecScratch,
     ];
 
     /// The policy maps (two generations), in [`Map::ALL`]'s order.
@@ -186,6 +195,8 @@ impl Map {
             Map::GrantUses => {
                 other("FENCE_GRANT_USES", MapKind::PerCpuArray, crate::grants::GRANT_SLOTS, "grant use counter")
             }
+            Map::ExecCaller => other("FENCE_EXEC_CALLER", MapKind::LruHash, 1_024, "exec caller"),
+            Map::ExecScratch => other("FENCE_EXEC_SCRATCH", MapKind::PerCpuArray, 1, "exec caller being built"),
         }
     }
 
@@ -213,7 +224,7 @@ mod tests {
         assert!(Map::POLICY.iter().all(|m| m.spec().policy));
         assert_eq!(Map::ALL.iter().filter(|m| m.spec().policy).count(), Map::POLICY.len());
         assert_eq!(Map::POLICY.last(), Some(&Map::Cgroups));
-        let mut names: [&str; 24] = Map::ALL.map(Map::name);
+        let mut names: [&str; 26] = Map::ALL.map(Map::name);
         names.sort();
         assert!(names.windows(2).all(|w| w[0] != w[1]), "map names are unique");
     }

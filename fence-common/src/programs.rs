@@ -15,6 +15,9 @@ pub const GETPEERNAME6: &str = "fence_getpeername6";
 pub const LSM_EXEC: &str = "fence_lsm_bprm_check";
 /// tp_btf/sched_process_exec: exec fence fallback (SIGKILL).
 pub const TP_EXEC: &str = "fence_tp_exec";
+/// tp_btf/sched_prepare_exec: with the fallback, keeps the exec'ing task's name and
+/// executable for its event (kernels 6.10 and later).
+pub const TP_PREPARE_EXEC: &str = "fence_tp_prepare_exec";
 /// lsm/file_open: credential-file fence (EPERM).
 pub const LSM_FILE_OPEN: &str = "fence_lsm_file_open";
 /// lsm/unix_stream_connect: unix-socket fence for stream sockets.
@@ -71,6 +74,7 @@ pub const ALL: &[&str] = &[
     GETPEERNAME6,
     LSM_EXEC,
     TP_EXEC,
+    TP_PREPARE_EXEC,
     LSM_FILE_OPEN,
     LSM_UNIX_STREAM,
     LSM_UNIX_DGRAM,

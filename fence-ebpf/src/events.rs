@@ -220,8 +220,12 @@ pub fn send_object(head: EventHeader, offsets: &KernelOffsets, fill: impl FnOnce
     e.name_len = 0;
     e.path.depth = 0;
     e.path.complete = 0;
+    e.actor_exe.depth = 0;
     fill(e);
-    kernel::fill_current_exe(offsets, &mut e.actor_exe);
+    // `fill` may name the actor's executable itself (the exec fallback: the one before the exec).
+    if e.actor_exe.depth == 0 {
+        kernel::fill_current_exe(offsets, &mut e.actor_exe);
+    }
     entry.submit(0);
     count(counter::EVENTS_SENT);
 }

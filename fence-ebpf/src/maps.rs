@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use fence_common::{
-    AbstractKey, ActiveState, CacheKey, CgroupKey, DnsResolver, DnsSteered, EventLimit, GrantState, IdentityInfo,
-    IdentityKey, InodeKey, Learned4Key, Learned6Key, LearnedRules, Map, Net4Key, Net6Key, NetRules, RateKey, RateState,
-    UnitKey,
+    AbstractKey, ActiveState, CacheKey, CgroupKey, DnsResolver, DnsSteered, EventLimit, ExecCaller, GrantState,
+    IdentityInfo, IdentityKey, InodeKey, Learned4Key, Learned6Key, LearnedRules, Map, Net4Key, Net6Key, NetRules,
+    RateKey, RateState, UnitKey,
 };
 
 /// The live policy generation (index 0). Written by the agent after a complete policy has been
@@ -116,6 +116,14 @@ pub static FENCE_GRANTS: Array<GrantState> = Array::with_max_entries(Map::Grants
 /// grant slot -> operations allowed through it, per CPU. Shared by every run.
 #[map]
 pub static FENCE_GRANT_USES: PerCpuArray<u64> = PerCpuArray::with_max_entries(Map::GrantUses.capacity(), 0);
+
+/// thread id -> its name and executable just before its exec (the exec fallback's caller).
+#[map]
+pub static FENCE_EXEC_CALLER: LruHashMap<u32, ExecCaller> = LruHashMap::with_max_entries(Map::ExecCaller.capacity(), 0);
+
+/// Where an `ExecCaller` is built.
+#[map]
+pub static FENCE_EXEC_SCRATCH: PerCpuArray<ExecCaller> = PerCpuArray::with_max_entries(Map::ExecScratch.capacity(), 0);
 
 /// Looks `key` up; the value is copied out.
 #[inline(always)]

@@ -173,7 +173,20 @@ fn assert_exec_event(agent: &Agent, o: &Outcome, mech: &str, reason: &str, file_
     let target = e["fence"]["target"]["path"].as_str().unwrap_or_default();
     assert!(target.ends_with(file_name), "target {target:?} should name {file_name}: {e:#}");
     assert!(e["process"]["executable"].as_str().is_some_and(|x| !x.is_empty()), "actor executable: {e:#}");
+    // The actor is the caller (the helper that called execve), as the README says: with BPF
+    // LSM, and with the fallback where the kernel has sched_prepare_exec (6.10 and later).
+    if lsm || kernel_keeps_exec_caller() {
+        assert_eq!(e["process"]["name"], "fence-tests", "the caller's name: {e:#}");
+        let exe = e["process"]["executable"].as_str().unwrap_or_default();
+        assert!(exe.ends_with("/fence-tests"), "the caller's executable, not {file_name}: {e:#}");
+    }
     e
+}
+
+/// Whether this kernel has the tracepoint the exec fallback keeps the caller with.
+fn kernel_keeps_exec_caller() -> bool {
+    std::fs::read("/sys/kernel/btf/vmlinux")
+        .is_ok_and(|btf| btf.windows(28).any(|w| w == b"btf_trace_sched_prepare_exec"))
 }
 
 fn exec_allowed_runs_other_programs_denied() {

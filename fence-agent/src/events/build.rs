@@ -223,7 +223,10 @@ fn object_path(dir: &Directory, id: ObjectId, dentries: &fence_common::DentryPat
 fn object_record(e: &ObjectEvent, head: &Head, dir: &Directory, host: &dyn HostView) -> Record {
     let h = &e.header;
     let (timestamp, mut process, mut fence) = common(h, head, dir, host);
-    if process.executable.is_none() && e.actor_exe.depth > 0 {
+    // The exec fallback reports after the exec: /proc then shows the new program, while the
+    // kernel's actor is what the task ran before it (where the kernel could keep it).
+    let after_exec = head.mechanism == fence_common::Mechanism::TpSchedProcessExec;
+    if (process.executable.is_none() || after_exec) && e.actor_exe.depth > 0 {
         let (names, complete) = components(&e.actor_exe);
         process.executable = Some(format!("{}{}", if complete { "/" } else { ".../" }, names.join("/")));
     }

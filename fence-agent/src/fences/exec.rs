@@ -32,7 +32,18 @@ fn load(ctx: &mut LoadContext<'_>) -> Availability {
         Err(e) => e,
     };
     match ctx.loader.load_tracepoint(programs::TP_EXEC, "sched_process_exec") {
-        Ok(()) => Availability::TracepointKill,
+        Ok(()) => {
+            // The event is made after the exec; what the task was before it (its name and
+            // executable) is kept where the kernel has a tracepoint before the point of no
+            // return (6.10 and later).
+            if let Err(e) = ctx.loader.load_tracepoint(programs::TP_PREPARE_EXEC, "sched_prepare_exec") {
+                tracing::info!(
+                    reason = %e,
+                    "exec fallback: no sched_prepare_exec tracepoint; exec events name the program after the exec"
+                );
+            }
+            Availability::TracepointKill
+        }
         Err(tp_error) => Availability::Unavailable(
             ctx.refused(&format!("BPF LSM refused ({lsm_error}); tp_btf refused ({tp_error})")),
         ),

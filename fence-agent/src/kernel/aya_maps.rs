@@ -172,7 +172,9 @@ impl PolicyMaps for AyaPolicyMaps {
             | Map::Learned4
             | Map::Learned6
             | Map::Grants
-            | Map::GrantUses => Ok(()),
+            | Map::GrantUses
+            | Map::ExecCaller
+            | Map::ExecScratch => Ok(()),
         }
     }
 
@@ -245,7 +247,9 @@ impl PolicyMaps for AyaPolicyMaps {
             | Map::Learned4
             | Map::Learned6
             | Map::Grants
-            | Map::GrantUses => Vec::new(),
+            | Map::GrantUses
+            | Map::ExecCaller
+            | Map::ExecScratch => Vec::new(),
         })
     }
 
