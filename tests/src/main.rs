@@ -21,6 +21,7 @@ mod chaos;
 mod chaos_log;
 mod dns;
 mod env;
+mod exec_checks;
 mod fastpath;
 mod flood;
 mod grants;
