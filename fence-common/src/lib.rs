@@ -34,7 +34,7 @@ pub use offsets::{KernelOffsets, globals};
 pub use policy::*;
 
 /// Version of the layouts in this crate. The agent refuses pinned state of another version.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// Deepest cgroup level (root = 0) at which the kernel looks for an identity binding.
 /// Identities bound deeper are rejected by validation.

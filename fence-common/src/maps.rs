@@ -40,6 +40,9 @@ pub enum Map {
     Active,
     /// `HashMap<CgroupKey, u32>`: cgroup id -> identity id.
     Cgroups,
+    /// `Array<Scope>`, one entry per generation: the subtrees that hold its bound cgroups;
+    /// tasks elsewhere are unfenced without an identity lookup.
+    Scope,
     /// `HashMap<IdentityKey, IdentityInfo>`: per-identity mode, flags and policy version.
     Identities,
     /// `HashMap<UnitKey, u32>`: cgroup paths of units followed by identity selectors; a cgroup
@@ -114,7 +117,7 @@ pub enum Map {
 impl Map {
     /// Every map the object defines; the policy maps among them in the order a generation is
     /// written (bindings last: an identity is only reachable once its rules are in place).
-    pub const ALL: [Map; 26] = [
+    pub const ALL: [Map; 27] = [
         Map::Active,
         Map::Identities,
         Map::Net4,
@@ -124,6 +127,7 @@ impl Map {
         Map::FileExcept,
         Map::Unix,
         Map::UnixAbstract,
+        Map::Scope,
         Map::Units,
         Map::Cgroups,
         Map::EventLimit,
@@ -144,8 +148,8 @@ impl Map {
     ];
 
     /// The policy maps (two generations), in [`Map::ALL`]'s order.
-    pub const POLICY: [Map; 10] = {
-        let mut out = [Map::Active; 10];
+    pub const POLICY: [Map; 11] = {
+        let mut out = [Map::Active; 11];
         let (mut n, mut i) = (0, 0);
         while i < Map::ALL.len() {
             if Map::ALL[i].spec().policy {
@@ -168,6 +172,7 @@ impl Map {
         match self {
             Map::Active => other("FENCE_ACTIVE", MapKind::Array, 1, "active generation"),
             Map::Cgroups => policy("FENCE_CGROUPS", MapKind::Hash, 16_384, "cgroup"),
+            Map::Scope => policy("FENCE_SCOPE", MapKind::Array, GENERATIONS, "generation's scope"),
             Map::Identities => policy("FENCE_IDENTITIES", MapKind::Hash, 8_192, "identity"),
             Map::Units => policy("FENCE_UNITS", MapKind::Hash, 4_096, "followed unit"),
             Map::Net4 => policy("FENCE_NET4", MapKind::LpmTrie, 65_536, "IPv4 prefix"),
@@ -224,7 +229,7 @@ mod tests {
         assert!(Map::POLICY.iter().all(|m| m.spec().policy));
         assert_eq!(Map::ALL.iter().filter(|m| m.spec().policy).count(), Map::POLICY.len());
         assert_eq!(Map::POLICY.last(), Some(&Map::Cgroups));
-        let mut names: [&str; 26] = Map::ALL.map(Map::name);
+        let mut names: [&str; 27] = Map::ALL.map(Map::name);
         names.sort();
         assert!(names.windows(2).all(|w| w[0] != w[1]), "map names are unique");
     }

@@ -8,6 +8,8 @@ unsafe impl aya::Pod for ActiveState {}
 // SAFETY: as above.
 unsafe impl aya::Pod for CgroupKey {}
 // SAFETY: as above.
+unsafe impl aya::Pod for Scope {}
+// SAFETY: as above.
 unsafe impl aya::Pod for CacheKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for IdentityKey {}

@@ -13,6 +13,34 @@ pub struct ActiveState {
     pub sequence: u64,
 }
 
+/// At most this many points in a [`Scope`]; a policy with more has [`SCOPE_ALL`].
+pub const SCOPE_POINTS: usize = 16;
+/// `Scope::count`: no filter; every task may be fenced (the identity lookup runs for all).
+pub const SCOPE_ALL: u32 = u32::MAX;
+
+/// One cgroup under which fenced tasks live: its id and its level (the root is level 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ScopePoint {
+    pub cgroup_id: u64,
+    pub level: u32,
+    pub _pad: u32,
+}
+
+/// Value of [`crate::Map::Scope`] at index `generation`: the cgroups whose subtrees hold every
+/// cgroup bound in that generation (the attach points). A task whose ancestor at a point's
+/// level is not that point is not fenced, and the hooks let it go after one array read and a
+/// helper call per point, without the identity lookup. Kept per generation so that it flips
+/// with the bindings it covers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Scope {
+    /// Points in use, or [`SCOPE_ALL`]. 0: nothing is fenced in this generation.
+    pub count: u32,
+    pub _pad: u32,
+    pub points: [ScopePoint; SCOPE_POINTS],
+}
+
 /// Key of [`crate::Map::Cgroups`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -243,6 +271,8 @@ impl Default for UnitKey {
 const _: () = {
     assert!(core::mem::size_of::<ActiveState>() == 16);
     assert!(core::mem::size_of::<CgroupKey>() == 16);
+    assert!(core::mem::size_of::<ScopePoint>() == 16);
+    assert!(core::mem::size_of::<Scope>() == 8 + 16 * SCOPE_POINTS);
     assert!(core::mem::size_of::<CacheKey>() == 16);
     assert!(core::mem::size_of::<IdentityKey>() == 8);
     assert!(core::mem::size_of::<IdentityInfo>() == 8);

@@ -38,8 +38,9 @@ pub fn fence_lsm_bprm_check(ctx: LsmContext) -> i32 {
     if previous != ALLOW {
         return previous;
     }
+    let Some(who) = identity::current() else { return ALLOW };
     let bprm: u64 = ctx.arg(0);
-    let Some(d) = judge(bprm) else { return ALLOW };
+    let Some(d) = judge(who, bprm) else { return ALLOW };
     report(&d, bprm, Mechanism::LsmBprmCheck, None, None);
     if d.who.audit() { ALLOW } else { EPERM }
 }
@@ -47,10 +48,12 @@ pub fn fence_lsm_bprm_check(ctx: LsmContext) -> i32 {
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn fence_tp_exec(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+    // Unfenced tasks (all but a few on a host) leave here, before any map write.
+    let Some(who) = identity::current() else { return 0 };
     let old_pid: i32 = ctx.arg(1);
     let bprm: u64 = ctx.arg(2);
     let caller = old_pid as u32;
-    let Some(d) = judge(bprm) else {
+    let Some(d) = judge(who, bprm) else {
         let _ = FENCE_EXEC_CALLER.remove(&caller);
         return 0;
     };
@@ -94,10 +97,9 @@ struct Denial {
     reason: Reason,
 }
 
-/// `Some` when the current task's exec of `bprm->file` is not allowed.
+/// `Some` when the exec of `bprm->file` by the current task (fenced as `who`) is not allowed.
 #[inline(always)]
-fn judge(bprm: u64) -> Option<Denial> {
-    let who = identity::current()?;
+fn judge(who: Fenced, bprm: u64) -> Option<Denial> {
     let flags = who.info.flags;
     if flags & (IDENTITY_EXEC_ALLOWLIST | IDENTITY_DENY_ALL) == 0 {
         return None;

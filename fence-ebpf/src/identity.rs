@@ -4,9 +4,13 @@ use aya_ebpf::helpers::{
     bpf_get_current_pid_tgid,
     generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
 };
-use fence_common::{CacheKey, CgroupKey, IdentityInfo, IdentityKey, MAX_CGROUP_DEPTH, MODE_AUDIT, NO_IDENTITY};
+use fence_common::{
+    CacheKey, CgroupKey, IdentityInfo, IdentityKey, MAX_CGROUP_DEPTH, MODE_AUDIT, NO_IDENTITY, SCOPE_ALL, SCOPE_POINTS,
+};
 
-use crate::maps::{FENCE_ACTIVE, FENCE_AGENT_TASKS, FENCE_CGROUPS, FENCE_IDENTITIES, FENCE_IDENTITY_CACHE};
+use crate::maps::{
+    FENCE_ACTIVE, FENCE_AGENT_TASKS, FENCE_CGROUPS, FENCE_IDENTITIES, FENCE_IDENTITY_CACHE, FENCE_SCOPE,
+};
 
 /// A fenced task's identity in the live generation.
 pub struct Fenced {
@@ -25,12 +29,16 @@ impl Fenced {
 }
 
 /// The identity of the current task, or `None` when it is not fenced. `None` is the only
-/// answer for tasks outside every bound cgroup, so hooks allow them without further work: one
-/// array read and one cache lookup once the task's cgroup has been seen under this policy.
+/// answer for tasks outside every bound cgroup, so hooks allow them without further work:
+/// outside the generation's scope, two array reads and a helper call per scope point; inside
+/// it, one cache lookup once the task's cgroup has been seen under this policy.
 #[inline(always)]
 pub fn current() -> Option<Fenced> {
     let active = FENCE_ACTIVE.get(0)?;
     let (generation, sequence) = (active.generation, active.sequence as u32);
+    if !in_scope(generation) {
+        return None;
+    }
     // SAFETY: helpers without pointer arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let key = CacheKey { cgroup_id, sequence, generation };
@@ -51,6 +59,30 @@ pub fn current() -> Option<Fenced> {
     // SAFETY: the value is copied out at once.
     let info = *unsafe { FENCE_IDENTITIES.get(&IdentityKey { generation, identity }) }?;
     Some(Fenced { generation, identity, cgroup_id, info })
+}
+
+/// Whether the current task's cgroup is in a subtree of `generation`'s scope (or the scope is
+/// [`SCOPE_ALL`]). A missing entry counts as in scope: the full lookup decides.
+#[inline(always)]
+fn in_scope(generation: u32) -> bool {
+    let Some(scope) = FENCE_SCOPE.get(generation) else { return true };
+    let count = scope.count;
+    if count == SCOPE_ALL {
+        return true;
+    }
+    let mut i = 0;
+    while i < SCOPE_POINTS {
+        if i as u32 >= count {
+            break;
+        }
+        let point = scope.points[i];
+        // SAFETY: helper without pointer arguments; 0 when the task's cgroup is shallower.
+        if unsafe { bpf_get_current_ancestor_cgroup_id(point.level as i32) } == point.cgroup_id {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 #[inline(always)]

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use fence_common::{
     AbstractKey, ActiveState, CacheKey, CgroupKey, DnsResolver, DnsSteered, EventLimit, ExecCaller, GrantState,
     IdentityInfo, IdentityKey, InodeKey, Learned4Key, Learned6Key, LearnedRules, Map, Net4Key, Net6Key, NetRules,
-    RateKey, RateState, UnitKey,
+    RateKey, RateState, Scope, UnitKey,
 };
 
 /// The live policy generation (index 0). Written by the agent after a complete policy has been
@@ -20,6 +20,11 @@ pub static FENCE_ACTIVE: Array<ActiveState> = Array::with_max_entries(Map::Activ
 /// (up to `MAX_CGROUP_DEPTH`) is in here; the deepest binding wins.
 #[map]
 pub static FENCE_CGROUPS: HashMap<CgroupKey, u32> = HashMap::with_max_entries(Map::Cgroups.capacity(), 0);
+
+/// Per generation (index), the subtrees that hold every cgroup bound in it: a task outside
+/// them is not fenced, and `identity::current` answers without the identity lookup.
+#[map]
+pub static FENCE_SCOPE: Array<Scope> = Array::with_max_entries(Map::Scope.capacity(), 0);
 
 /// identity id (+ generation) -> mode, flags and policy version.
 #[map]

@@ -1,6 +1,8 @@
 //! The unfenced fast path, counted by the kernel: fence's cgroup programs are attached at the
-//! attach points (the subtrees of bound cgroups), so a process elsewhere never runs them. The
-//! kernel's own BPF run counters show it; no timing is involved.
+//! attach points (the subtrees of bound cgroups), so a process elsewhere never runs them; the
+//! global programs (tracepoints, BPF LSM) run for it but leave at the scope check, before the
+//! identity lookup, which would leave its cgroup in the identity cache. The kernel's own BPF
+//! run counters and the cache's keys show it; no timing is involved.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -8,7 +10,10 @@ use std::{
     net::{TcpListener, UdpSocket},
 };
 
-use aya::programs::loaded_programs;
+use aya::{
+    maps::{HashMap as BpfHashMap, Map, MapData, loaded_maps},
+    programs::loaded_programs,
+};
 
 use crate::{
     agent::Agent,
@@ -28,14 +33,31 @@ const CGROUP_TYPES: [u32; 4] = [8, 9, 18, 23];
 
 /// Program ids the process holds (program and link descriptors), from /proc/PID/fdinfo.
 fn held_program_ids(pid: i32) -> BTreeSet<u32> {
+    held_ids(pid, "prog_id:")
+}
+
+/// Ids after `field` in the process's /proc/PID/fdinfo entries.
+fn held_ids(pid: i32, field: &str) -> BTreeSet<u32> {
     let mut ids = BTreeSet::new();
     for entry in fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("the agent's fdinfo").flatten() {
         let Ok(text) = fs::read_to_string(entry.path()) else { continue };
-        ids.extend(
-            text.lines().filter_map(|l| l.strip_prefix("prog_id:")).filter_map(|v| v.trim().parse::<u32>().ok()),
-        );
+        ids.extend(text.lines().filter_map(|l| l.strip_prefix(field)).filter_map(|v| v.trim().parse::<u32>().ok()));
     }
     ids
+}
+
+/// The cgroup ids in the agent's identity cache (`FENCE_IDENTITY_CACHE`: key cgroup id,
+/// sequence, generation): every cgroup some hook has asked "which identity?" about.
+fn cached_cgroups(pid: i32) -> BTreeSet<u64> {
+    let held = held_ids(pid, "map_id:");
+    let info = loaded_maps()
+        .flatten()
+        .find(|m| held.contains(&m.id()) && m.name_as_str().is_some_and(|n| "FENCE_IDENTITY_CACHE".starts_with(n)))
+        .expect("the agent holds FENCE_IDENTITY_CACHE");
+    let data = MapData::from_id(info.id()).expect("opening FENCE_IDENTITY_CACHE");
+    let map = Map::from_map_data(data).expect("FENCE_IDENTITY_CACHE as a map");
+    let cache: BpfHashMap<MapData, [u64; 2], u32> = BpfHashMap::try_from(map).expect("FENCE_IDENTITY_CACHE as a hash");
+    cache.keys().flatten().map(|k| k[0]).collect()
 }
 
 /// Run counts of the agent's cgroup programs, by name (another agent may run on the machine:
@@ -50,6 +72,43 @@ fn cgroup_program_runs(ids: &BTreeSet<u32>) -> BTreeMap<String, u64> {
     runs
 }
 
+/// Runs counted so far of the agent's programs that are not cgroup programs (tracepoints,
+/// BPF LSM: they run for every process on the host).
+fn global_program_runs(ids: &BTreeSet<u32>) -> u64 {
+    global_programs(ids).values().map(|&(runs, _)| runs).sum()
+}
+
+/// (runs, ns) so far of each of the agent's global programs, by name.
+fn global_programs(ids: &BTreeSet<u32>) -> BTreeMap<String, (u64, u64)> {
+    let mut out = BTreeMap::new();
+    for info in loaded_programs().flatten() {
+        if ids.contains(&info.id()) && !CGROUP_TYPES.contains(&(info.program_type() as u32)) {
+            let e = out.entry(info.name_as_str().unwrap_or("?").to_owned()).or_insert((0, 0));
+            e.0 += info.run_count();
+            e.1 += info.run_time().as_nanos() as u64;
+        }
+    }
+    out
+}
+
+/// What the global programs cost per call while `cg` runs a benchmark loop (`action`, `n`
+/// times), from the kernel's statistics: a figure for the log, not an assertion (programs
+/// that ran less than once per 10 operations are left out: other processes' calls).
+fn global_cost(ids: &BTreeSet<u32>, cg: &TestCgroup, action: &str, target: &str, n: u64) -> String {
+    let before = global_programs(ids);
+    helper::run(Some(cg), &[action, target, &n.to_string()]).assert_ok(action);
+    let after = global_programs(ids);
+    let mut parts = Vec::new();
+    for (name, &(runs, ns)) in &after {
+        let (r0, n0) = before.get(name).copied().unwrap_or((0, 0));
+        let (runs, ns) = (runs.saturating_sub(r0), ns.saturating_sub(n0));
+        if runs * 10 >= n && runs > 0 {
+            parts.push(format!("{name} {} ns/call", ns / runs));
+        }
+    }
+    if parts.is_empty() { "no global program".to_owned() } else { parts.join(", ") }
+}
+
 fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
     after.iter().map(|(k, a)| (k.clone(), a.saturating_sub(before.get(k).copied().unwrap_or(0)))).collect()
 }
@@ -59,6 +118,7 @@ fn unfenced_processes_run_no_cgroup_program() {
     let to = listener.local_addr().unwrap().to_string();
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let udp_to = udp.local_addr().unwrap().to_string();
+    let me = std::env::current_exe().expect("current_exe").display().to_string();
     let fenced = TestCgroup::new("fastpath-fenced");
     let unfenced = TestCgroup::new("fastpath-unfenced");
     let policy = format!(
@@ -71,6 +131,7 @@ fn unfenced_processes_run_no_cgroup_program() {
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
     let ids = held_program_ids(agent.pid().as_raw());
     let before = cgroup_program_runs(&ids);
+    let global_before = global_program_runs(&ids);
     assert!(!before.is_empty(), "the agent holds no cgroup programs: {ids:?}");
     // Unfenced, in a sibling of the fenced cgroup: sockets, datagrams, a sysctl.
     for action in [
@@ -78,6 +139,9 @@ fn unfenced_processes_run_no_cgroup_program() {
         vec!["udp-sendto", udp_to.as_str()],
         vec!["socket", "inet6", "tcp"],
         vec!["sysctl-rewrite", "kernel/domainname"],
+        // In the cgroup: a file opened, a program started (the global programs' hooks).
+        vec!["open", "/etc/hostname"],
+        vec!["exec", me.as_str(), "helper", "noop"],
     ] {
         helper::run(Some(&unfenced), &action).assert_ok("an unfenced workload");
     }
@@ -86,10 +150,34 @@ fn unfenced_processes_run_no_cgroup_program() {
         unfenced_runs.values().all(|&n| n == 0),
         "fence's cgroup programs ran for an unfenced process: {unfenced_runs:?}"
     );
+    // Global programs ran for those processes (each was exec'd), and none looked it up.
+    let global = global_program_runs(&ids) - global_before;
+    assert!(global > 0, "no global fence program ran: the check below would prove nothing");
+    let cached = cached_cgroups(agent.pid().as_raw());
+    assert!(
+        !cached.contains(&unfenced.id()),
+        "an unfenced cgroup ({}) was looked up (it is in the identity cache: {cached:?})",
+        unfenced.id()
+    );
     // The counters do count: the fenced cgroup runs them.
     let before = cgroup_program_runs(&ids);
     helper::run(Some(&fenced), &["tcp-connect", &to]).assert_eperm("a fenced connect");
     let fenced_runs = delta(&before, &cgroup_program_runs(&ids));
     assert!(fenced_runs.get("fence_connect4").is_some_and(|&n| n >= 1), "fenced: {fenced_runs:?}");
+    // And the cache does fill: a fenced cgroup is looked up.
+    let cached = cached_cgroups(agent.pid().as_raw());
+    assert!(cached.contains(&fenced.id()), "the fenced cgroup is not in the identity cache: {cached:?}");
     note(format!("unfenced: {unfenced_runs:?}; fenced: {fenced_runs:?}"));
+    // What an unfenced process pays at the global hooks on this kernel, and a fenced one.
+    let file = std::env::temp_dir().join(format!("fastpath-open.{}", std::process::id()));
+    fs::write(&file, "not a secret").unwrap();
+    let file_s = file.display().to_string();
+    for (cg, who) in [(&unfenced, "unfenced"), (&fenced, "fenced")] {
+        note(format!(
+            "{who}: open+close {}; fork+exec {}",
+            global_cost(&ids, cg, "bench-open", &file_s, 20_000),
+            global_cost(&ids, cg, "bench-exec", "/bin/true", 200),
+        ));
+    }
+    let _ = fs::remove_file(&file);
 }

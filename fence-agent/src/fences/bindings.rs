@@ -4,7 +4,7 @@
 //! program the agent binds a restarted unit's cgroup when it sees it (inotify), milliseconds
 //! later.
 
-use fence_common::{IdentityInfo, Map, programs};
+use fence_common::{IdentityInfo, Map, SCOPE_ALL, SCOPE_POINTS, Scope, ScopePoint, programs};
 
 use super::{Availability, FenceReport, IdentityInput, LoadContext, ReportContext, Unit, no_flags, no_host_entries};
 use crate::{
@@ -14,7 +14,7 @@ use crate::{
 
 pub const UNIT: Unit = Unit {
     name: "unit-restarts",
-    maps: &[Map::Identities, Map::Cgroups, Map::Units],
+    maps: &[Map::Identities, Map::Cgroups, Map::Units, Map::Scope],
     operations: &[],
     load,
     required: false,
@@ -108,6 +108,31 @@ pub fn attach_points(
     points.iter().filter(|p| !below_another(p)).cloned().collect()
 }
 
+/// The cgroup id of the root of the cgroup v2 hierarchy.
+const ROOT_CGROUP_ID: u64 = 1;
+
+/// The kernel's scope for attach points `points` (see [`Scope`]): each point's cgroup id and
+/// level. Every cgroup bound in the generation is at or below one of them, and so is every
+/// cgroup the kernel binds while it is live (a restarted unit's, below its parent). It is
+/// [`SCOPE_ALL`] (the identity lookup for every task, as without a scope) when the points
+/// cannot be named exactly: more than [`SCOPE_POINTS`] of them, a point whose id cannot be
+/// read (`id_of`: a path's cgroup id now), or a cgroup2 mount whose root is not the
+/// hierarchy's (in a cgroup namespace paths do not give the kernel's levels).
+pub fn scope(points: &std::collections::BTreeSet<String>, id_of: impl Fn(&str) -> Option<u64>) -> Scope {
+    let all = Scope { count: SCOPE_ALL, ..Scope::default() };
+    if points.len() > SCOPE_POINTS || id_of("/") != Some(ROOT_CGROUP_ID) {
+        return all;
+    }
+    let mut scope = Scope::default();
+    for (slot, p) in scope.points.iter_mut().zip(points) {
+        let Some(cgroup_id) = id_of(p) else { return all };
+        let level = p.split('/').filter(|c| !c.is_empty()).count() as u32;
+        *slot = ScopePoint { cgroup_id, level, _pad: 0 };
+    }
+    scope.count = points.len() as u32;
+    scope
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +143,33 @@ mod tests {
 
     fn bound(path: &str, kind: SelectorKind) -> BoundCgroup {
         BoundCgroup { path: path.into(), id: None, kind }
+    }
+
+    #[test]
+    fn scope_names_each_point_with_its_level_or_falls_back_to_all() {
+        let points = |ps: &[&str]| ps.iter().map(|p| (*p).to_owned()).collect::<std::collections::BTreeSet<_>>();
+        let ids = |p: &str| match p {
+            "/" => Some(1),
+            "/fence.slice" => Some(40),
+            "/a/b/c" => Some(77),
+            _ => None,
+        };
+        let s = scope(&points(&["/a/b/c", "/fence.slice"]), ids);
+        assert_eq!(s.count, 2);
+        assert_eq!((s.points[0].cgroup_id, s.points[0].level), (77, 3));
+        assert_eq!((s.points[1].cgroup_id, s.points[1].level), (40, 1));
+        // The root: level 0, every task in scope.
+        let s = scope(&points(&["/"]), ids);
+        assert_eq!((s.count, s.points[0].cgroup_id, s.points[0].level), (1, 1, 0));
+        // Nothing bound: nothing in scope.
+        assert_eq!(scope(&points(&[]), ids).count, 0);
+        // A point whose id cannot be read, too many points, a mount that is not the root.
+        assert_eq!(scope(&points(&["/gone"]), ids).count, SCOPE_ALL);
+        let many: Vec<String> = (0..=SCOPE_POINTS).map(|i| format!("/p{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(scope(&points(&many), |_| Some(1)).count, SCOPE_ALL);
+        let namespaced = |p: &str| if p == "/" { Some(9_001) } else { Some(5) };
+        assert_eq!(scope(&points(&["/x"]), namespaced).count, SCOPE_ALL);
     }
 
     #[test]

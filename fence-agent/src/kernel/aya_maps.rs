@@ -8,7 +8,7 @@ use aya::{
 };
 use fence_common::{
     AbstractKey, ActiveState, CgroupKey, IdentityInfo, IdentityKey, InodeKey, Map, NET_KEY_PREFIX_BITS, Net4Key,
-    Net6Key, NetRules, UnitKey, flags_of, grant_of, inode_value,
+    Net6Key, NetRules, Scope, UnitKey, flags_of, grant_of, inode_value,
 };
 
 use super::{MapEntry, MapsError, NetEntry, PolicyMaps};
@@ -29,6 +29,13 @@ impl AyaPolicyMaps {
             maps.insert(map, taken);
         }
         Ok(AyaPolicyMaps { maps })
+    }
+
+    fn set_scope(&mut self, g: u32, scope: &Scope) -> Result<(), MapsError> {
+        let map = Map::Scope;
+        let err = |source| MapsError::Map { map: map.name(), source };
+        let mut array: Array<&mut MapData, Scope> = Array::try_from(self.raw_mut(map)?).map_err(err)?;
+        array.set(g & 1, scope, 0).map_err(err)
     }
 
     fn raw(&self, map: Map) -> Result<&BpfMap, MapsError> {
@@ -147,6 +154,7 @@ impl PolicyMaps for AyaPolicyMaps {
             MapEntry::Cgroup { cgroup_id, identity } => {
                 self.put(map, &CgroupKey { cgroup_id: *cgroup_id, generation: g, _pad: 0 }, identity)
             }
+            MapEntry::Scope(scope) => self.set_scope(g, scope),
         }
     }
 
@@ -159,6 +167,8 @@ impl PolicyMaps for AyaPolicyMaps {
             Map::Net6 => self.clear_lpm::<Net6Key>(map, g),
             Map::Exec | Map::Protected | Map::FileExcept | Map::Unix => self.clear_hash::<InodeKey, u32>(map, g),
             Map::UnixAbstract => self.clear_hash::<AbstractKey, u32>(map, g),
+            // Nothing fenced: a generation that is not live is never read.
+            Map::Scope => self.set_scope(g, &Scope::default()),
             Map::Active
             | Map::EventLimit
             | Map::EventRate
@@ -234,6 +244,12 @@ impl PolicyMaps for AyaPolicyMaps {
                     MapEntry::UnixAbstract { identity: k.identity, name: k.name[..len].to_vec(), grant: grant_of(v) }
                 })
                 .collect(),
+            Map::Scope => {
+                let err = |source| MapsError::Map { map: map.name(), source };
+                let array: Array<&MapData, Scope> = Array::try_from(self.raw(map)?).map_err(err)?;
+                let scope = array.get(&(g & 1), 0).map_err(err)?;
+                if scope == Scope::default() { Vec::new() } else { vec![MapEntry::Scope(scope)] }
+            }
             Map::Active
             | Map::EventLimit
             | Map::EventRate

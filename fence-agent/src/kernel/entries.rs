@@ -1,6 +1,6 @@
 //! Typed entries of the policy maps.
 
-use fence_common::{IdentityInfo, Map, NetRules, PortRule};
+use fence_common::{IdentityInfo, Map, NetRules, PortRule, SCOPE_ALL, Scope};
 use serde::Serialize;
 
 use crate::resolve::ObjectId;
@@ -64,6 +64,8 @@ pub enum MapEntry {
         cgroup_id: u64,
         identity: u32,
     },
+    /// The generation's scope: the subtrees that hold its bound cgroups.
+    Scope(Scope),
 }
 
 impl MapEntry {
@@ -80,6 +82,7 @@ impl MapEntry {
             MapEntry::UnixAbstract { .. } => Map::UnixAbstract,
             MapEntry::Unit { .. } => Map::Units,
             MapEntry::Cgroup { .. } => Map::Cgroups,
+            MapEntry::Scope(_) => Map::Scope,
         }
     }
 
@@ -99,6 +102,7 @@ impl MapEntry {
             }
             (E::Unit { path: x, .. }, E::Unit { path: y, .. }) => x == y,
             (E::Cgroup { cgroup_id: x, .. }, E::Cgroup { cgroup_id: y, .. }) => x == y,
+            (E::Scope(_), E::Scope(_)) => true,
             _ => false,
         }
     }
@@ -144,6 +148,17 @@ impl MapEntry {
             MapEntry::Cgroup { cgroup_id, identity } => {
                 EntryView { key: Some(cgroup_id.to_string()), ..base(*identity) }
             }
+            MapEntry::Scope(scope) => EntryView {
+                value: Some(if scope.count == SCOPE_ALL {
+                    "all".to_owned()
+                } else {
+                    let n = (scope.count as usize).min(scope.points.len());
+                    let points: Vec<String> =
+                        scope.points[..n].iter().map(|p| format!("{}@{}", p.cgroup_id, p.level)).collect();
+                    points.join(" ")
+                }),
+                ..base(0)
+            },
         }
     }
 }

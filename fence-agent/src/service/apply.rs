@@ -11,9 +11,9 @@ use crate::{
     audit::{Actor, Trigger, changes},
     compile::{CompiledPolicy, compile},
     control::protocol::Source,
-    fences::bindings::attach_points,
+    fences::bindings::{attach_points, scope},
     fences::files::fanotify::FanotifyError,
-    kernel::{ApplyReport, MapsError, PolicyMaps, loader::LoadError},
+    kernel::{ApplyReport, MapEntry, MapsError, PolicyMaps, loader::LoadError},
     policy::{PolicyErrors, PolicySet, glob::PathGlob, load_paths, validate},
     protect::HostProtection,
     resolve::Resolved,
@@ -250,7 +250,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
         trigger: Trigger,
     ) -> Result<ApplyReport, ApplyError> {
         let ids_before = self.ids.clone();
-        let compiled = match compile(&effective, &resolved, &mut self.ids) {
+        let mut compiled = match compile(&effective, &resolved, &mut self.ids) {
             Ok(mut c) => {
                 c.grant_ends = self.grant_ends();
                 c
@@ -293,6 +293,9 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
                 return Err(e.into());
             }
         };
+        // Tasks outside these subtrees are unfenced in this generation without a lookup.
+        let cgroups = &self.deps.cgroups;
+        compiled.entries.push(MapEntry::Scope(scope(&wanted, |p| crate::cgroup::id_of(&cgroups.dir(p)).ok())));
         let prepared = match self.views.files.as_ref().map(|f| f.prepare(&compiled, &resolved, &self.held)) {
             Some(Err(e)) => {
                 undo(self, &added);
