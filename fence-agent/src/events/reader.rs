@@ -40,18 +40,26 @@ fn boot_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// How long an executable read from /proc is reused for further events of the same process.
+/// /proc is read when the event is written, not when it happened, so a name can already be
+/// that long late; a denial storm from one process reads it once per interval, not per line.
+const EXE_MEMO: Duration = Duration::from_millis(20);
+
 /// The live host, as events see it.
 pub struct LiveHost {
     hostname: String,
     /// Wall clock minus boot clock, in ns, refreshed for every batch.
     offset_ns: i128,
+    /// Executables by process id, read within [`EXE_MEMO`] of `memo_since`.
+    exe_memo: std::cell::RefCell<(Instant, std::collections::HashMap<u32, Option<String>>)>,
 }
 
 impl LiveHost {
     pub fn new() -> LiveHost {
         let hostname =
             nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".to_owned());
-        let mut h = LiveHost { hostname, offset_ns: 0 };
+        let memo = std::cell::RefCell::new((Instant::now(), std::collections::HashMap::new()));
+        let mut h = LiveHost { hostname, offset_ns: 0, exe_memo: memo };
         h.refresh_clock();
         h
     }
@@ -79,7 +87,14 @@ impl HostView for LiveHost {
         Timestamp::from_nanosecond(self.offset_ns + i128::from(boot_ns)).unwrap_or(Timestamp::UNIX_EPOCH)
     }
     fn executable(&self, tgid: u32) -> Option<String> {
-        fs::read_link(format!("/proc/{tgid}/exe")).ok().map(|p| p.display().to_string())
+        let mut memo = self.exe_memo.borrow_mut();
+        if memo.0.elapsed() > EXE_MEMO {
+            *memo = (Instant::now(), std::collections::HashMap::new());
+        }
+        memo.1
+            .entry(tgid)
+            .or_insert_with(|| fs::read_link(format!("/proc/{tgid}/exe")).ok().map(|p| p.display().to_string()))
+            .clone()
     }
     fn cgroup_path(&self, tgid: u32) -> Option<String> {
         crate::cgroup::Cgroups::path_of_process(&tgid.to_string())
@@ -305,6 +320,7 @@ impl EventReader {
             }
             self.write_summary(dropped_record(now, &hostname, cause, *n, interval));
         }
+        self.flush();
         !growth.suppressed.is_empty() || !growth.dropped.is_empty()
     }
 
@@ -321,15 +337,27 @@ impl EventReader {
                     pid: 0,
                 };
                 if let Err(errors) = self.sinks.write_event(&line, &fields) {
-                    for e in errors {
-                        tracing::error!(error = %e, "event sink");
-                        if let Some(m) = &self.metrics {
-                            m.dropped("sink-error", 1);
-                        }
-                    }
+                    self.sink_errors(errors);
                 }
             }
             Err(e) => tracing::error!(error = %e, "serialising a summary failed"),
+        }
+    }
+
+    /// Logs and counts what the sinks could not write.
+    fn sink_errors(&self, errors: Vec<super::sink::SinkError>) {
+        for e in errors {
+            tracing::error!(error = %e, "event sink");
+            if let (Some(m), super::sink::SinkError::Write { lines, .. }) = (&self.metrics, &e) {
+                m.dropped("sink-error", *lines);
+            }
+        }
+    }
+
+    /// Writes out the lines the sinks hold.
+    fn flush(&mut self) {
+        if let Err(e) = self.sinks.flush() {
+            self.sink_errors(vec![e]);
         }
     }
 
@@ -364,6 +392,7 @@ impl EventReader {
                 }
             }
         }
+        self.flush();
     }
 
     /// Writes every record of another ring buffer (an earlier run's); returns how many.
@@ -383,6 +412,7 @@ impl EventReader {
                 Err(e) => tracing::error!(error = %e, "undecodable event record from an earlier run"),
             }
         }
+        self.flush();
         n
     }
 
@@ -409,12 +439,7 @@ impl EventReader {
         match serde_json::to_string(&record) {
             Ok(line) => {
                 if let Err(errors) = self.sinks.write_event(&line, &super::sink::LineFields::of(&record)) {
-                    for e in errors {
-                        tracing::error!(error = %e, "event sink");
-                        if let Some(m) = &self.metrics {
-                            m.dropped("sink-error", 1);
-                        }
-                    }
+                    self.sink_errors(errors);
                 }
                 self.written += 1;
             }

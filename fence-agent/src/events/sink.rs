@@ -1,6 +1,9 @@
 //! Where event lines go: stdout (or, when stdout is the systemd journal, the journal's native
-//! socket with fields to filter on) and/or an append-only file rotated by size. Each line is
-//! written with a single write(2), so concurrent writers and readers never see half a line.
+//! socket with fields to filter on) and/or an append-only file rotated by size. Lines for the
+//! file are gathered and written whole, many to one write(2) (at most [`BATCH_BYTES`], and
+//! whenever the writer has emptied the ring buffer: [`Sinks::flush`]), so concurrent writers
+//! and readers never see half a line and a denial storm costs one system call per batch, not
+//! per line.
 //!
 //! Rotation (`[events] max_bytes`, `keep`): before a line would take the live file past
 //! `max_bytes` (and it is not empty), `<file>.<keep>` is removed, `<file>.N` renamed to
@@ -23,12 +26,15 @@ use thiserror::Error;
 use super::record::Record;
 use crate::config::EventsConfig;
 
+/// Lines for the file are written when this many bytes are waiting (or at [`Sinks::flush`]).
+pub const BATCH_BYTES: usize = 64 * 1024;
+
 #[derive(Debug, Error)]
 pub enum SinkError {
     #[error("cannot open event file {path}: {source}")]
     Open { path: PathBuf, source: io::Error },
-    #[error("writing to {sink} failed: {source}")]
-    Write { sink: String, source: io::Error },
+    #[error("writing to {sink} failed ({lines} lines lost): {source}")]
+    Write { sink: String, source: io::Error, lines: u64 },
 }
 
 /// What the journal gets besides the line itself (journald indexes these fields:
@@ -150,14 +156,26 @@ impl Sinks {
         if let Some(console) = &mut self.console
             && let Err(source) = console.write(&line, fields, &mut io::stdout().lock())
         {
-            errors.push(SinkError::Write { sink: "stdout".into(), source });
+            errors.push(SinkError::Write { sink: "stdout".into(), source, lines: 1 });
         }
         if let Some(f) = &mut self.file
-            && let Err(source) = f.write(line.as_bytes())
+            && let Err((source, lines)) = f.write(line.as_bytes())
         {
-            errors.push(SinkError::Write { sink: f.path.display().to_string(), source });
+            errors.push(SinkError::Write { sink: f.path.display().to_string(), source, lines });
         }
         if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+
+    /// Writes the lines waiting for the file.
+    pub fn flush(&mut self) -> Result<(), SinkError> {
+        match &mut self.file {
+            Some(f) => f.flush().map_err(|(source, lines)| SinkError::Write {
+                sink: f.path.display().to_string(),
+                source,
+                lines,
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -171,6 +189,17 @@ struct EventFile {
     /// The last rotation failed: retried once the file has grown by another `max_bytes`.
     failing: bool,
     retry_at: u64,
+    /// Whole lines not written yet, and how many.
+    pending: Vec<u8>,
+    pending_lines: u64,
+}
+
+impl Drop for EventFile {
+    fn drop(&mut self) {
+        if let Err((e, lines)) = self.flush() {
+            tracing::error!(file = %self.path.display(), error = %e, lines, "writing the last event lines failed");
+        }
+    }
 }
 
 impl EventFile {
@@ -181,13 +210,29 @@ impl EventFile {
         }
         let file = open_append(path).map_err(open_err)?;
         let size = file.metadata().map_err(open_err)?.len();
-        Ok(EventFile { path: path.to_owned(), file, size, rotation, failing: false, retry_at: 0 })
+        Ok(EventFile {
+            path: path.to_owned(),
+            file,
+            size,
+            rotation,
+            failing: false,
+            retry_at: 0,
+            pending: Vec::with_capacity(BATCH_BYTES + 4096),
+            pending_lines: 0,
+        })
     }
 
-    fn write(&mut self, line: &[u8]) -> io::Result<()> {
+    /// Adds `line` to the batch; rotation is decided per line, as if each were written at
+    /// once. An error: what failed and the lines it lost.
+    fn write(&mut self, line: &[u8]) -> Result<(), (io::Error, u64)> {
         let len = line.len() as u64;
         let max = self.rotation.max_bytes;
-        if max > 0 && self.size > 0 && self.size + len > max && (!self.failing || self.size >= self.retry_at) {
+        let size = self.size + self.pending.len() as u64;
+        if max > 0 && size > 0 && size + len > max && (!self.failing || size >= self.retry_at) {
+            // The lines before this one belong to the current file.
+            if let Err((e, lines)) = self.flush() {
+                return Err((e, lines + 1));
+            }
             match self.rotate() {
                 Ok(()) if self.failing => {
                     self.failing = false;
@@ -203,10 +248,27 @@ impl EventFile {
                 }
             }
         }
-        // One write(2): O_APPEND puts the whole line at the end.
-        self.file.write_all(line)?;
-        self.size += len;
+        self.pending.extend_from_slice(line);
+        self.pending_lines += 1;
+        if self.pending.len() >= BATCH_BYTES {
+            self.flush()?;
+        }
         Ok(())
+    }
+
+    /// Writes the waiting lines: one write(2) (O_APPEND puts them at the end together), or
+    /// more if the kernel takes part of it.
+    fn flush(&mut self) -> Result<(), (io::Error, u64)> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let written = self.file.write_all(&self.pending);
+        let lines = std::mem::take(&mut self.pending_lines);
+        if written.is_ok() {
+            self.size += self.pending.len() as u64;
+        }
+        self.pending.clear();
+        written.map_err(|e| (e, lines))
     }
 
     /// Shifts the rotated files up by one, the live file to `.1`, and opens a new live file.
@@ -387,6 +449,8 @@ mod tests {
         for n in 0..14 {
             s.write_event(&format!("{{\"n\":{n:02}}}"), &FIELDS).unwrap();
         }
+        // Lines wait for the writer's flush; rotation was decided line by line all the same.
+        s.flush().unwrap();
         let read = |p: &Path| fs::read_to_string(p).unwrap();
         assert_eq!(read(&path), "{\"n\":11}\n{\"n\":12}\n{\"n\":13}\n");
         assert_eq!(read(&rotated_path(&path, 1)), "{\"n\":08}\n{\"n\":09}\n{\"n\":10}\n");
@@ -398,10 +462,38 @@ mod tests {
         // A line larger than max_bytes goes to a file of its own, whole.
         let big = format!("{{\"big\":\"{}\"}}", "x".repeat(100));
         s.write_event(&big, &FIELDS).unwrap();
+        s.flush().unwrap();
         assert_eq!(read(&path), format!("{big}\n"));
         s.write_event("{\"n\":14}", &FIELDS).unwrap();
+        s.flush().unwrap();
         assert_eq!(read(&path), "{\"n\":14}\n");
         assert_eq!(read(&rotated_path(&path, 1)), format!("{big}\n"));
+    }
+
+    #[test]
+    fn lines_wait_for_the_flush_or_a_full_batch_and_none_is_lost_on_drop() {
+        let guard = temp_dir();
+        let path = guard.path().join("events.jsonl");
+        let read = || fs::read_to_string(&path).unwrap();
+        let mut s = Sinks::open(false, Some(&path)).unwrap();
+        s.write_event("{\"a\":1}", &FIELDS).unwrap();
+        assert_eq!(read(), "", "one line waits for the flush");
+        s.flush().unwrap();
+        assert_eq!(read(), "{\"a\":1}\n");
+        // A full batch is written without a flush, whole lines only.
+        let line = format!("{{\"x\":\"{}\"}}", "x".repeat(1000));
+        let mut n = 0;
+        while read().lines().count() == 1 {
+            s.write_event(&line, &FIELDS).unwrap();
+            n += 1;
+            assert!(n <= BATCH_BYTES / 1000 + 1, "a full batch was not written");
+        }
+        assert!(read().ends_with('\n'));
+        s.write_event("{\"last\":1}", &FIELDS).unwrap();
+        drop(s);
+        let all = read();
+        assert_eq!(all.lines().count(), n + 2);
+        assert!(all.ends_with("{\"last\":1}\n"));
     }
 
     #[test]
@@ -413,6 +505,7 @@ mod tests {
         for n in 0..100 {
             s.write_event(&format!("{{\"n\":{n}}}"), &FIELDS).unwrap();
         }
+        s.flush().unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap().lines().count(), 100);
         assert!(!rotated_path(&path, 1).exists());
     }
@@ -428,6 +521,7 @@ mod tests {
         for n in 0..6 {
             s.write_event(&format!("{{\"n\":{n}}}"), &FIELDS).unwrap();
         }
+        s.flush().unwrap();
         let live = fs::read_to_string(&path).unwrap();
         assert_eq!(live.lines().count(), 6, "every line is in the live file: {live}");
         // Once the obstacle is gone, the next due rotation succeeds.
@@ -435,6 +529,7 @@ mod tests {
         for n in 6..12 {
             s.write_event(&format!("{{\"n\":{n}}}"), &FIELDS).unwrap();
         }
+        s.flush().unwrap();
         let all: usize = [path.clone(), rotated_path(&path, 1), rotated_path(&path, 2)]
             .iter()
             .map(|p| fs::read_to_string(p).map(|t| t.lines().count()).unwrap_or(0))

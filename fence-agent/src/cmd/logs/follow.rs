@@ -319,6 +319,7 @@ mod tests {
         for n in 0..500 {
             let line = format!("{{\"n\":{n}}}");
             sinks.write_event(&line, &LineFields::default()).unwrap();
+            sinks.flush().unwrap();
             written.push(line);
             if n % 37 == 0 {
                 got.extend(read(&mut f));
