@@ -119,6 +119,9 @@ fn unfenced_processes_run_no_cgroup_program() {
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let udp_to = udp.local_addr().unwrap().to_string();
     let me = std::env::current_exe().expect("current_exe").display().to_string();
+    let file = std::env::temp_dir().join(format!("fastpath-open.{}", std::process::id()));
+    fs::write(&file, "not a secret").unwrap();
+    let file_s = file.display().to_string();
     let fenced = TestCgroup::new("fastpath-fenced");
     let unfenced = TestCgroup::new("fastpath-unfenced");
     let policy = format!(
@@ -140,7 +143,7 @@ fn unfenced_processes_run_no_cgroup_program() {
         vec!["socket", "inet6", "tcp"],
         vec!["sysctl-rewrite", "kernel/domainname"],
         // In the cgroup: a file opened, a program started (the global programs' hooks).
-        vec!["open", "/etc/hostname"],
+        vec!["open", file_s.as_str()],
         vec!["exec", me.as_str(), "helper", "noop"],
     ] {
         helper::run(Some(&unfenced), &action).assert_ok("an unfenced workload");
@@ -169,9 +172,6 @@ fn unfenced_processes_run_no_cgroup_program() {
     assert!(cached.contains(&fenced.id()), "the fenced cgroup is not in the identity cache: {cached:?}");
     note(format!("unfenced: {unfenced_runs:?}; fenced: {fenced_runs:?}"));
     // What an unfenced process pays at the global hooks on this kernel, and a fenced one.
-    let file = std::env::temp_dir().join(format!("fastpath-open.{}", std::process::id()));
-    fs::write(&file, "not a secret").unwrap();
-    let file_s = file.display().to_string();
     for (cg, who) in [(&unfenced, "unfenced"), (&fenced, "fenced")] {
         note(format!(
             "{who}: open+close {}; fork+exec {}",
