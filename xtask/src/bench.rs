@@ -7,7 +7,8 @@
 //!   to (what every other process on the host pays), and fenced with what it does allowed; in
 //!   rounds whose order rotates, the workload pinned to one CPU; median and interquartile
 //!   spread of the per-round ratios.
-//! - Policy size and agent scale ([`crate::bench_scale`]), the denial storm, egress by name
+//! - Policy size and agent scale ([`crate::bench_scale`]), the denial storm
+//!   ([`crate::bench_storm`]), egress by name
 //!   ([`crate::bench_dns`]), just-in-time grants ([`crate::bench_grants`]), vault propagation.
 //!
 //! Ratios and timings, not thresholds: nothing here passes or fails on timing.
@@ -16,17 +17,17 @@ use std::{
     collections::BTreeMap,
     net::{TcpListener, UdpSocket},
     os::unix::process::CommandExt as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, ExitCode},
     thread,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
     artifacts::{Artifacts, build_static},
-    host::{Agent, Cgroup, helper},
+    host::{Agent, Cgroup},
     kstats::{Cost, Programs, StatsEnabled, foreign_fence_programs},
     report::{Machine, Report, Spread, Table, loadavg},
     util::{require_root, step, target_dir},
@@ -274,7 +275,7 @@ pub fn bench(opts: &Options<'_>) -> Result<ExitCode> {
             section(&mut report, "agent scale", crate::bench_scale::agent_scale(&env, opts.rounds.min(3)));
         }
         if wanted(f, &["denial storm"]) {
-            section(&mut report, "denial storm", storm(&env));
+            section(&mut report, "denial storm", crate::bench_storm::storm(&env));
         }
         if wanted(f, &["egress by name", "dns"]) {
             section(&mut report, "egress by name", crate::bench_dns::dns(&env, opts.rounds));
@@ -562,141 +563,4 @@ fn ratios(env: &Env<'_>, selected: &[&Workload], rounds: u32) -> Result<Table> {
         t.row(row);
     }
     Ok(t)
-}
-
-/// Denial storm: the highest rate of denials whose events all reach the event file (no rate
-/// limit, nothing dropped), found by doubling, and the share lost at twice that rate.
-fn storm(env: &Env<'_>) -> Result<Table> {
-    const SECONDS: f64 = 2.0;
-    step("denial storm: events per second written to the file with zero drops (rate limit off)");
-    let art = env.art;
-    let mut t = Table::new(
-        "Denial storm",
-        format!(
-            "Fenced processes make denied connects at a paced rate for {SECONDS} s, doubling from 5,000/s, with the \
-             event rate limit off; lines counted in the event file. The generators share the machine with the agent."
-        ),
-        &["asked", "achieved", "denied", "written to the file", "lost"],
-    );
-    let cg = Cgroup::create("/fence-bench/storm")?;
-    let denied = TcpListener::bind("127.0.0.1:0")?;
-    let to = denied.local_addr()?.to_string();
-    let policy = format!(
-        "schema: 1\nidentities:\n  - name: storm\n    owner: xtask\n    purpose: benchmark\n    selectors: [{{cgroup: \"{}\"}}]\n    egress: []\n",
-        cg.rel
-    );
-    let dir = env.work.join("storm-agent");
-    let agent =
-        Agent::start(&art.agent, &dir, &policy, false, "rate_limit = 0\nmax_bytes = 0\nsummary_interval = 1\n")?;
-    // One step: `rate` denials per second for SECONDS; returns (achieved rate, attempts, lines,
-    // events counted as dropped).
-    let step_at = |rate: u64| -> Result<(f64, u64, u64, u64)> {
-        std::fs::write(&agent.events, "")?;
-        // One generator process tops out near 100k connects/s here; above 50k/s, two share it.
-        let generators: u64 = if rate > 50_000 { 2 } else { 1 };
-        let reports: Vec<Result<serde_json::Value>> = thread::scope(|s| {
-            let handles: Vec<_> = (0..generators)
-                .map(|_| {
-                    s.spawn(|| {
-                        let per = (rate / generators).to_string();
-                        helper(&art.tests, Some(&cg), &["connect-paced", &to, &per, &SECONDS.to_string()])
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| bail!("generator panicked"))).collect()
-        });
-        let (mut attempts, mut achieved) = (0, 0.0);
-        for r in reports {
-            let v = r?;
-            attempts += v["denied"].as_u64().context("denied")?;
-            achieved += v["rate"].as_f64().unwrap_or(0.0);
-        }
-        // Let the writer finish (it stops growing), then count.
-        let mut last = (u64::MAX, 0);
-        loop {
-            thread::sleep(Duration::from_millis(1500));
-            let n = connect_lines(&agent.events)?;
-            if n == last {
-                break;
-            }
-            last = n;
-        }
-        Ok((achieved, attempts, last.0, last.1))
-    };
-    let pct = |lost: u64, of: u64| format!("{:.1}%", 100.0 * lost as f64 / of.max(1) as f64);
-    let mut rate = 5_000u64;
-    let mut best: Option<f64> = None;
-    let mut limited_by_generator = false;
-    // The step that lost events (the doubling after the best: twice the best rate asked).
-    let mut overload = None;
-    let row = |t: &mut Table, asked: u64, (achieved, attempts, written, _): (f64, u64, u64, u64)| {
-        t.row(vec![
-            format!("{asked}/s"),
-            format!("{achieved:.0}/s"),
-            attempts.to_string(),
-            written.to_string(),
-            pct(attempts.saturating_sub(written), attempts),
-        ]);
-    };
-    for _ in 0..8 {
-        let result = step_at(rate)?;
-        let (achieved, attempts, written, _) = result;
-        eprintln!("    {rate}/s asked, {achieved:.0}/s achieved: {attempts} denied, {written} written");
-        row(&mut t, rate, result);
-        if written < attempts {
-            overload = Some(result);
-            break;
-        }
-        best = Some(achieved);
-        if achieved < rate as f64 * 0.9 {
-            limited_by_generator = true;
-            break;
-        }
-        rate *= 2;
-    }
-    let Some(best) = best else {
-        t.notes.push(format!("Events were dropped even at {rate}/s."));
-        return Ok(t);
-    };
-    t.notes.push(format!(
-        "**{best:.0} events/s written to the file with zero drops**{}.",
-        if limited_by_generator { " (the load generator's limit on this machine, not the agent's)" } else { "" }
-    ));
-    if !limited_by_generator {
-        let (achieved, attempts, written, counted) = match overload {
-            Some(r) => r,
-            None => {
-                let twice = (best * 2.0) as u64;
-                let r = step_at(twice)?;
-                row(&mut t, twice, r);
-                r
-            }
-        };
-        let lost = attempts.saturating_sub(written);
-        t.notes.push(format!(
-            "Asked for twice that ({achieved:.0}/s achieved), {} of events were dropped ({lost} of {attempts}); the \
-             `events-dropped` summaries count {counted}.",
-            pct(lost, attempts)
-        ));
-    }
-    drop(denied);
-    Ok(t)
-}
-
-/// Enforcement lines in the event file, and the events its `events-dropped` summaries count.
-fn connect_lines(path: &Path) -> Result<(u64, u64)> {
-    use std::io::BufRead as _;
-    let f = std::fs::File::open(path)?;
-    let (mut n, mut dropped) = (0, 0);
-    for line in std::io::BufReader::new(f).lines() {
-        let line = line?;
-        if line.contains("\"action\":\"connect\"") {
-            n += 1;
-        } else if line.contains("\"action\":\"events-dropped\"")
-            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-        {
-            dropped += v["fence"]["dropped"]["count"].as_u64().unwrap_or(0);
-        }
-    }
-    Ok((n, dropped))
 }

@@ -10,6 +10,7 @@ mod bench_dns;
 mod bench_grants;
 mod bench_scale;
 mod bench_secrets;
+mod bench_storm;
 mod bench_vault;
 mod demo;
 mod dist;
