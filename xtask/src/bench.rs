@@ -92,7 +92,12 @@ impl<'a> Env<'a> {
         let udp_port = udp.local_addr()?.port();
         let work = target_dir()?.join("fence-bench");
         std::fs::create_dir_all(&work)?;
-        let plain_file = work.join("plain-file");
+        // Outside the agents' directories: the agent watches its policy file's directory and
+        // every ancestor (inotify), and a file directly in a watched directory pays more per
+        // open and close than a file elsewhere on the host.
+        let plain_dir = target_dir()?.join("fence-bench-files");
+        std::fs::create_dir_all(&plain_dir)?;
+        let plain_file = plain_dir.join("plain-file");
         std::fs::write(&plain_file, "not a secret")?;
         let program = std::fs::canonicalize("/bin/true").context("/bin/true")?;
         let program = program.display().to_string();
