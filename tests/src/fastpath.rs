@@ -60,29 +60,13 @@ fn cached_cgroups(pid: i32) -> BTreeSet<u64> {
     cache.keys().flatten().map(|k| k[0]).collect()
 }
 
-/// Run counts of the agent's cgroup programs, by name (another agent may run on the machine:
-/// only the programs this one holds count).
-fn cgroup_program_runs(ids: &BTreeSet<u32>) -> BTreeMap<String, u64> {
-    let mut runs = BTreeMap::new();
-    for info in loaded_programs().flatten() {
-        if ids.contains(&info.id()) && CGROUP_TYPES.contains(&(info.program_type() as u32)) {
-            *runs.entry(info.name_as_str().unwrap_or("?").to_owned()).or_default() += info.run_count();
-        }
-    }
-    runs
-}
-
-/// Runs counted so far of the agent's programs that are not cgroup programs (tracepoints,
-/// BPF LSM: they run for every process on the host).
-fn global_program_runs(ids: &BTreeSet<u32>) -> u64 {
-    global_programs(ids).values().map(|&(runs, _)| runs).sum()
-}
-
-/// (runs, ns) so far of each of the agent's global programs, by name.
-fn global_programs(ids: &BTreeSet<u32>) -> BTreeMap<String, (u64, u64)> {
+/// (runs, ns) so far of each of the agent's programs, by name: its cgroup programs (`cgroup`)
+/// or the others (tracepoints, BPF LSM: they run for every process on the host). Another agent
+/// may run on the machine: only the programs this one holds count.
+fn program_stats(ids: &BTreeSet<u32>, cgroup: bool) -> BTreeMap<String, (u64, u64)> {
     let mut out = BTreeMap::new();
     for info in loaded_programs().flatten() {
-        if ids.contains(&info.id()) && !CGROUP_TYPES.contains(&(info.program_type() as u32)) {
+        if ids.contains(&info.id()) && CGROUP_TYPES.contains(&(info.program_type() as u32)) == cgroup {
             let e = out.entry(info.name_as_str().unwrap_or("?").to_owned()).or_insert((0, 0));
             e.0 += info.run_count();
             e.1 += info.run_time().as_nanos() as u64;
@@ -91,13 +75,23 @@ fn global_programs(ids: &BTreeSet<u32>) -> BTreeMap<String, (u64, u64)> {
     out
 }
 
+/// Run counts of the agent's cgroup programs, by name.
+fn cgroup_program_runs(ids: &BTreeSet<u32>) -> BTreeMap<String, u64> {
+    program_stats(ids, true).into_iter().map(|(name, (runs, _))| (name, runs)).collect()
+}
+
+/// Runs counted so far of the agent's global programs, together.
+fn global_program_runs(ids: &BTreeSet<u32>) -> u64 {
+    program_stats(ids, false).values().map(|&(runs, _)| runs).sum()
+}
+
 /// What the global programs cost per call while `cg` runs a benchmark loop (`action`, `n`
 /// times), from the kernel's statistics: a figure for the log, not an assertion (programs
 /// that ran less than once per 10 operations are left out: other processes' calls).
 fn global_cost(ids: &BTreeSet<u32>, cg: &TestCgroup, action: &str, target: &str, n: u64) -> String {
-    let before = global_programs(ids);
+    let before = program_stats(ids, false);
     helper::run(Some(cg), &[action, target, &n.to_string()]).assert_ok(action);
-    let after = global_programs(ids);
+    let after = program_stats(ids, false);
     let mut parts = Vec::new();
     for (name, &(runs, ns)) in &after {
         let (r0, n0) = before.get(name).copied().unwrap_or((0, 0));
