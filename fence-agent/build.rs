@@ -29,6 +29,14 @@ fn main() -> anyhow::Result<()> {
     // aya-build forwards the inner cargo's stderr as build warnings; keep only real diagnostics.
     // SAFETY: build scripts are single-threaded here.
     unsafe { env::set_var("CARGO_TERM_QUIET", "true") };
+    // No build-machine paths in the object's debug info (BTF line info names source files): the
+    // nested build uses the pinned nightly, whose cargo trims them (the sysroot's to
+    // /rustc/HASH, registry crates' to NAME-VERSION, the workspace's to relative paths).
+    // SAFETY: as above.
+    unsafe {
+        env::set_var("CARGO_UNSTABLE_TRIM_PATHS", "true");
+        env::set_var("CARGO_PROFILE_RELEASE_TRIM_PATHS", "all");
+    }
     aya_build::build_ebpf(
         [aya_build::Package { name: "fence-ebpf", root_dir: "../fence-ebpf", ..Default::default() }],
         aya_build::Toolchain::Custom(EBPF_TOOLCHAIN),

@@ -18,6 +18,21 @@ pub struct Artifacts {
     pub tests: PathBuf,
 }
 
+/// Static glibc, and the crates' source paths (panic locations) without this machine's cargo
+/// home, so that the binary does not depend on where it was built. The workspace's own crates
+/// are already named by relative paths.
+fn rustflags() -> String {
+    let mut flags = String::from("-C target-feature=+crt-static");
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    // The variable is split at white space: a home with a space keeps its paths.
+    if let Some(home) = home.as_deref().and_then(|h| h.to_str()).filter(|h| !h.contains(char::is_whitespace)) {
+        flags.push_str(&format!(" --remap-path-prefix={home}=/cargo"));
+    }
+    flags
+}
+
 /// Builds `fence-agent` and `fence-tests` (release, static glibc) and returns their paths, as
 /// cargo reports them (no assumed target/ layout).
 pub fn build_static() -> Result<Artifacts> {
@@ -25,8 +40,9 @@ pub fn build_static() -> Result<Artifacts> {
     let mut child = Command::new("cargo")
         .args(["build", "--release", "--locked", "--target", TARGET, "-p", "fence-agent", "-p", "fence-tests"])
         .args(["--message-format", "json-render-diagnostics"])
-        // Target-specific flags: they do not reach build scripts or the nested eBPF build.
-        .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "-C target-feature=+crt-static")
+        // Target-specific flags: they do not reach build scripts or the nested eBPF build (whose
+        // paths fence-agent's build.rs trims).
+        .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", rustflags())
         .current_dir(workspace_root())
         .stdout(Stdio::piped())
         .spawn()
