@@ -23,6 +23,8 @@ pub struct Dist {
     pub tarball: PathBuf,
     /// The static fence-tests binary built alongside (the install tier runs it in the guest).
     pub tests: PathBuf,
+    /// The unstripped agent the artefacts were packed from.
+    pub agent: PathBuf,
 }
 
 /// Files of the package: (source under fence-agent/packaging or the workspace, destination, mode).
@@ -47,12 +49,22 @@ const CONFFILES: &str = "/etc/fence/agent.toml\n/etc/fence/policy.d/00-default.y
 
 pub fn dist() -> Result<Dist> {
     let art = build_static()?;
+    let out = target_dir()?.join("dist");
+    let files = package(&art.agent, &out)?;
+    for f in &files {
+        println!("{}", f.display());
+    }
+    Ok(Dist { deb: files[0].clone(), tarball: files[1].clone(), tests: art.tests, agent: art.agent })
+}
+
+/// Packs the agent into `out`: the .deb, the tarball, the SBOM and SHA256SUMS, in that order.
+fn package(agent: &Path, out: &Path) -> Result<[PathBuf; 4]> {
     let p = Packaging {
         root: workspace_root(),
         version: version()?,
         epoch: source_date_epoch()?,
-        out: target_dir()?.join("dist"),
-        agent: art.agent.clone(),
+        out: out.to_owned(),
+        agent: agent.to_owned(),
     };
     fs::create_dir_all(&p.out)?;
     let deb = p.deb()?;
@@ -64,9 +76,42 @@ pub fn dist() -> Result<Dist> {
         .iter()
         .map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).context("artefact name"))
         .collect::<Result<_>>()?;
-    fs::write(p.out.join("SHA256SUMS"), output(Command::new("sha256sum").args(&names).current_dir(&p.out))?)?;
-    println!("{}\n{}\n{}\n{}", deb.display(), tarball.display(), sbom.display(), p.out.join("SHA256SUMS").display());
-    Ok(Dist { deb, tarball, tests: art.tests })
+    let sums = p.out.join("SHA256SUMS");
+    fs::write(&sums, output(Command::new("sha256sum").args(&names).current_dir(&p.out))?)?;
+    Ok([deb, tarball, sbom, sums])
+}
+
+/// The install tier's reproducibility check, as a result line: the same binary packed again,
+/// into another directory and at another time, gives the same bytes for every artefact. (The
+/// binary itself carries no build paths or times: see artifacts.rs and fence-agent/build.rs.)
+pub fn reproducible(dist: &Dist) -> String {
+    let first = dist.deb.parent().map(Path::to_path_buf).unwrap_or_default();
+    let again = match target_dir() {
+        Ok(t) => t.join("dist-again"),
+        Err(e) => return format!("FENCE-RESULT\tinstall_reproducible\tFAIL\t{e:#}"),
+    };
+    let _ = fs::remove_dir_all(&again);
+    let files = match package(&dist.agent, &again) {
+        Ok(f) => f,
+        Err(e) => return format!("FENCE-RESULT\tinstall_reproducible\tFAIL\tpacking again: {e:#}"),
+    };
+    let differ: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let name = f.file_name()?;
+            (fs::read(f).ok()? != fs::read(first.join(name)).ok()?).then(|| name.to_string_lossy().into_owned())
+        })
+        .collect();
+    let checked = files.iter().filter(|f| f.file_name().is_some_and(|n| first.join(n).exists())).count();
+    if differ.is_empty() && checked == files.len() {
+        format!("FENCE-RESULT\tinstall_reproducible\tPASS\t{checked} artefacts packed twice are byte-identical")
+    } else {
+        format!(
+            "FENCE-RESULT\tinstall_reproducible\tFAIL\tdiffer: {}; compared {checked} of {}",
+            differ.join(", "),
+            files.len()
+        )
+    }
 }
 
 /// What both artefacts are made from.
@@ -185,7 +230,8 @@ fn generated_docs(agent: &Path, stage: &Path) -> Result<()> {
 }
 
 /// A CycloneDX 1.5 SBOM of what the agent binary is built from: every crate reachable from
-/// fence-agent through normal (not build or dev) dependencies on the release target, from
+/// fence-agent or from its embedded eBPF object (fence-ebpf) through normal (not build or dev)
+/// dependencies on the release target, from
 /// `cargo metadata`. No timestamp or serial number, so that it is reproducible too.
 fn sbom_json(version: &str) -> Result<String> {
     let out = output(
@@ -196,13 +242,18 @@ fn sbom_json(version: &str) -> Result<String> {
     let meta: serde_json::Value = serde_json::from_str(&out)?;
     let packages = meta["packages"].as_array().context("cargo metadata: packages")?;
     let nodes = meta["resolve"]["nodes"].as_array().context("cargo metadata: resolve")?;
-    let root = packages
-        .iter()
-        .find(|p| p["name"] == "fence-agent")
-        .and_then(|p| p["id"].as_str())
-        .context("cargo metadata has no fence-agent")?;
-    let mut seen = std::collections::BTreeSet::new();
-    let mut todo = vec![root.to_owned()];
+    let id_of = |name: &str| {
+        packages
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["id"].as_str())
+            .with_context(|| format!("cargo metadata has no {name}"))
+    };
+    // fence-ebpf is built by fence-agent's build script and its object is part of the binary:
+    // it and what it is built from are components too.
+    let ebpf = id_of("fence-ebpf")?.to_owned();
+    let mut seen = std::collections::BTreeSet::from([ebpf.clone()]);
+    let mut todo = vec![id_of("fence-agent")?.to_owned(), ebpf];
     while let Some(id) = todo.pop() {
         let Some(node) = nodes.iter().find(|n| n["id"] == id.as_str()) else { continue };
         for dep in node["deps"].as_array().into_iter().flatten() {

@@ -158,8 +158,10 @@ pub fn run_tests(dist: &Dist, work: &Path) -> Result<Vec<String>> {
     let guest =
         Guest { initrds: &[&base, &extra], append, memory_mib: 2048, done: "FENCE-INSTALL-DONE", timeout: TIMEOUT };
     let lintian = lintian(&dist.deb);
+    let reproducible = crate::dist::reproducible(dist);
     let (mut lines, done) = boot(&guest)?;
     lines.push(lintian);
+    lines.push(reproducible);
     if !done {
         lines.push(format!(
             "FENCE-RESULT\tinstall-run\tFAIL\tthe guest did not finish its checks within {TIMEOUT:?} (console above)"
