@@ -16,6 +16,7 @@ use thiserror::Error;
 
 pub use crate::events::record::Host;
 use crate::{
+    chain::{Chain, Checkpoints, LogKind},
     events::record::{Agent, Ecs},
     policy::{Identity, PolicySet},
 };
@@ -233,10 +234,22 @@ fn record(
     }
 }
 
-/// The append-only audit file.
+/// The append-only audit file, each line linked to the one before (see [`crate::chain`]).
 pub struct AuditLog {
     path: PathBuf,
     file: File,
+    chain: Chain,
+}
+
+impl Drop for AuditLog {
+    /// A last checkpoint, so that the lines since the one before are signed too.
+    fn drop(&mut self) {
+        if self.chain.has_unsigned()
+            && let Err(e) = self.checkpoint("stop")
+        {
+            tracing::error!(error = %e, "writing the audit log's last checkpoint failed");
+        }
+    }
 }
 
 impl AuditLog {
@@ -247,9 +260,37 @@ impl AuditLog {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::DirBuilder::new().recursive(true).mode(0o750).create(dir).map_err(err)?;
         }
+        let chain = Chain::resume(LogKind::Audit, &[path.to_owned()]);
         let file = OpenOptions::new().append(true).create(true).mode(0o640).open(path).map_err(err)?;
         set_append_only(path, &file);
-        Ok(AuditLog { path: path.to_owned(), file })
+        Ok(AuditLog { path: path.to_owned(), file, chain })
+    }
+
+    /// Signs checkpoints of the log from now on (see [`Chain::with_checkpoints`]).
+    pub fn checkpoints(&mut self, checkpoints: Checkpoints) {
+        let chain = std::mem::replace(&mut self.chain, Chain::resume(LogKind::Audit, &[]));
+        self.chain = chain.with_checkpoints(checkpoints);
+    }
+
+    /// How long until a checkpoint is due (`None`: none is, nothing new to sign).
+    pub fn until_checkpoint(&self) -> Option<std::time::Duration> {
+        self.chain.until_checkpoint(std::time::Instant::now())
+    }
+
+    /// Writes a checkpoint if one is due.
+    pub fn checkpoint_if_due(&mut self) {
+        if self.chain.checkpoint_due(std::time::Instant::now())
+            && let Err(e) = self.checkpoint("interval")
+        {
+            tracing::error!(error = %e, "writing an audit log checkpoint failed");
+        }
+    }
+
+    fn checkpoint(&mut self, reason: &str) -> Result<(), AuditError> {
+        let Some(json) = self.chain.checkpoint(reason, Timestamp::now()) else { return Ok(()) };
+        self.append(&json)?;
+        self.chain.keep(reason);
+        Ok(())
     }
 
     pub fn write(&mut self, records: &[AuditRecord]) -> Result<(), AuditError> {
@@ -262,9 +303,15 @@ impl AuditLog {
 
     /// Appends one record as a JSON line.
     pub fn line<T: Serialize>(&mut self, record: &T) -> Result<(), AuditError> {
-        let mut line = serde_json::to_string(record).unwrap_or_default();
-        line.push('\n');
-        self.file.write_all(line.as_bytes()).map_err(|source| AuditError::Write { path: self.path.clone(), source })
+        let json = serde_json::to_string(record).unwrap_or_default();
+        self.append(&json)
+    }
+
+    /// Appends `json` with its link, in one write(2).
+    fn append(&mut self, json: &str) -> Result<(), AuditError> {
+        let mut line = Vec::with_capacity(json.len() + 128);
+        self.chain.seal(json, &mut line);
+        self.file.write_all(&line).map_err(|source| AuditError::Write { path: self.path.clone(), source })
     }
 }
 

@@ -16,6 +16,7 @@ pub mod audit;
 pub mod broker;
 pub mod btf;
 pub mod cgroup;
+pub mod chain;
 pub mod cmd;
 pub mod compile;
 pub mod config;

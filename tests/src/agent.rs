@@ -117,6 +117,11 @@ impl Agent {
         if !extra_config.contains("[broker]") {
             protect.push_str(&format!("[broker]\nfiles_dir = {:?}\n", dir.path("secrets").display().to_string()));
         }
+        // So does its state (the log-signing key, the logs' newest checkpoints): not the
+        // host's /var/lib/fence, shared by every agent a run starts.
+        if !extra_config.contains("[persist]") {
+            protect.push_str(&format!("[persist]\nstate_dir = {:?}\n", dir.path("state").display().to_string()));
+        }
         let split = if extra_config.starts_with('[') {
             0
         } else {
@@ -220,6 +225,11 @@ impl Agent {
 
     pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.as_ref().expect("agent running").id() as i32)
+    }
+
+    /// Stops the agent (SIGTERM, as systemd does) and waits for it; its files stay.
+    pub fn stop(&mut self) {
+        crate::env::stop_child(self.child.take());
     }
 
     pub fn try_exit_status(&mut self) -> Option<ExitStatus> {

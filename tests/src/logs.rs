@@ -88,8 +88,9 @@ fn follow_through_rotation() {
     let to = denied.local_addr().unwrap().to_string();
     let cg = TestCgroup::new("logs-follow");
     let policy = format!("schema: 1\nidentities:\n{}", identity("logs-follow", "enforce", &cg));
-    // About 1 KiB per event: a rotation every 8 or so, and room for ~400 in 50 files.
-    let agent = Agent::start_with("logs-follow", &policy, "max_bytes = 8192\nkeep = 50\nrate_limit = 0\n");
+    // About 1 KiB per event: a rotation every 6 or so (room is kept for the rotation's signed
+    // checkpoint), and room for ~1,200 in 200 files.
+    let mut agent = Agent::start_with("logs-follow", &policy, "max_bytes = 8192\nkeep = 200\nrate_limit = 0\n");
     let dir = TempDir::new("logs-follow-out");
     let out_path = dir.path("follower.out");
     let err_path = dir.path("follower.err");
@@ -124,9 +125,12 @@ fn follow_through_rotation() {
         )
     });
     assert_eq!(of_probe(&all), n, "one event per denied connect (rate_limit = 0)");
+    // The files' signed checkpoints (one per rotation) are not events: `logs` leaves them out.
+    let checkpoints = all.iter().filter(|l| l.contains(r#""action":"log-checkpoint""#)).count();
+    let all: Vec<String> = all.into_iter().filter(|l| !l.contains(r#""action":"log-checkpoint""#)).collect();
     let rotations = chain(&agent.events).len() - 1;
     assert!(rotations >= 3, "only {rotations} rotations");
-    assert!(rotations < 50, "{rotations} rotations: the oldest may have been removed; lower the load");
+    assert!(rotations < 200, "{rotations} rotations: the oldest may have been removed; lower the load");
     for f in chain(&agent.events) {
         assert!(fs::metadata(&f).unwrap().len() <= 8192, "{} is larger than max_bytes", f.display());
     }
@@ -154,7 +158,68 @@ fn follow_through_rotation() {
     let file = agent.events.display().to_string();
     assert_eq!(logs_ok(&["--json", "--file", &file]), all);
     assert_eq!(logs_ok(&["--json", "-n", "5", "--file", &file]), all[all.len() - 5..]);
+    assert!(checkpoints >= rotations, "{checkpoints} checkpoints for {rotations} rotations");
     note(format!("{n} denials through {rotations} rotations, every line once and in order"));
+    verify_tampering(&mut agent);
+}
+
+/// Tamper evidence on the files the agent wrote: the rotated set and the audit log verify as
+/// the agent left them; a copy with one line changed (a single space), removed, or moved, or
+/// with its end cut off, does not, and the report names where.
+fn verify_tampering(agent: &mut Agent) {
+    agent.stop();
+    let state = agent.config.parent().unwrap().join("state");
+    let verify = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new(agent_binary()).arg("logs").arg("verify").args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (code, text) = verify(&["-c".as_ref(), agent.config.as_os_str()]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(text.matches("OK: intact").count(), 2, "the event files and the audit log: {text}");
+    assert!(text.contains("vouches for line") && !text.contains("not yet signed"), "{text}");
+
+    let files = chain(&agent.events);
+    let originals: Vec<String> = files.iter().map(|f| fs::read_to_string(f).unwrap()).collect();
+    let copy = TempDir::new("logs-verify-copy");
+    let copies: Vec<PathBuf> = files.iter().map(|f| copy.path(f.file_name().unwrap().to_str().unwrap())).collect();
+    let key = state.join("log-signing.pub");
+    let kept = state.join("events-checkpoint.json");
+    let check = |what: &str, which: usize, edit: &dyn Fn(&mut Vec<String>)| {
+        for (i, (c, o)) in copies.iter().zip(&originals).enumerate() {
+            let mut lines: Vec<String> = o.lines().map(str::to_owned).collect();
+            if i == which {
+                edit(&mut lines);
+            }
+            fs::write(c, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+        }
+        let mut args: Vec<&std::ffi::OsStr> =
+            vec!["--key".as_ref(), key.as_os_str(), "--checkpoint".as_ref(), kept.as_os_str()];
+        // In the order a shell glob gives them.
+        let mut globbed = copies.clone();
+        globbed.sort();
+        args.extend(globbed.iter().map(|c| c.as_os_str()));
+        let (code, text) = verify(&args);
+        if what == "untouched" {
+            assert_eq!(code, Some(0), "{what}: {text}");
+        } else {
+            assert_eq!(code, Some(1), "{what} was not found: {text}");
+            assert!(text.contains("BROKEN"), "{what}: {text}");
+        }
+        text
+    };
+    check("untouched", 0, &|_| {});
+    let middle = files.len() / 2;
+    let name = copies[middle].display().to_string();
+    let text = check("a changed line", middle, &|l| l[2] = l[2].replacen(':', ": ", 1));
+    assert!(text.contains(&format!("{name} line 4")), "names the line after the changed one: {text}");
+    check("a removed line", middle, &|l| {
+        l.remove(2);
+    });
+    check("two lines swapped", middle, &|l| l.swap(1, 2));
+    let last = files.len() - 1;
+    let text = check("the end cut off", last, &|l| l.truncate(l.len().saturating_sub(2)));
+    assert!(text.contains("cut off the end") || text.contains("differs"), "{text}");
+    note(format!("logs verify: {} files intact; a changed, removed or moved line and a cut end found", files.len()));
 }
 
 fn filters_on_a_real_file() {

@@ -22,6 +22,7 @@ use crate::{
     broker::{self, Broker, BrokerView},
     btf::Btf,
     cgroup::Cgroups,
+    chain::{self, Checkpoints, LogKind, Signer},
     config::Config,
     control,
     dns::{self, Upstreams},
@@ -215,7 +216,11 @@ async fn start(
     }
     log_mechanisms(&plan, &metrics);
     let directory = Arc::new(RwLock::new(Directory::default()));
+    let signer = log_signer(config);
     let mut reader = event_reader(config, &mut loader, run.as_ref(), agent_events, directory.clone(), &metrics)?;
+    if let Some(s) = &signer {
+        reader.checkpoints(checkpoints(config, s, LogKind::Events));
+    }
     let (handle, inbox) = service::channel();
     let mut vault = config.vault.as_ref().map(|v| VaultAgent::new(v, &config.persist.state_dir, &hostname()));
     let cache = vault.as_mut().and_then(VaultAgent::cached);
@@ -236,7 +241,11 @@ async fn start(
             None
         }
     };
-    let views = Views { directory, files, watcher, audit: AuditLog::open(&config.audit.file)?, metrics };
+    let mut audit = AuditLog::open(&config.audit.file)?;
+    if let Some(s) = &signer {
+        audit.checkpoints(checkpoints(config, s, LogKind::Audit));
+    }
+    let views = Views { directory, files, watcher, audit, metrics };
     let files = secret_files(config);
     let files_ready = files.is_some();
     let deps = Deps {
@@ -473,6 +482,35 @@ fn secret_files(config: &Config) -> Option<PathGlob> {
             tracing::error!(dir = %dir.display(), error = %e, "broker.files_dir cannot be made and protected: secret file is off");
             None
         }
+    }
+}
+
+/// The key that signs the logs' checkpoints (see [`crate::chain`]), made the first time. The
+/// logs are still chained without it, but nothing vouches for their last lines.
+fn log_signer(config: &Config) -> Option<Arc<Signer>> {
+    match Signer::open(&config.persist.state_dir) {
+        Ok(s) => {
+            tracing::info!(key_id = s.key_id(), public_key = %config.persist.state_dir.join(chain::PUBLIC_FILE).display(), "log checkpoints are signed");
+            Some(Arc::new(s))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "log checkpoints are NOT signed: the logs are chained, but their last lines are not vouched for");
+            None
+        }
+    }
+}
+
+fn checkpoints(config: &Config, signer: &Arc<Signer>, log: LogKind) -> Checkpoints {
+    let log_file = match log {
+        LogKind::Events => config.events.file.clone().unwrap_or_default(),
+        LogKind::Audit => config.audit.file.clone(),
+    };
+    Checkpoints {
+        signer: signer.clone(),
+        interval: config.audit.checkpoint_interval,
+        state_file: log.checkpoint_file(&config.persist.state_dir),
+        log_file,
+        host: hostname(),
     }
 }
 

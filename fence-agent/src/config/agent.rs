@@ -113,15 +113,28 @@ impl Default for ControlConfig {
 pub struct AuditConfig {
     #[serde(default = "default_audit_file")]
     pub file: PathBuf,
+    /// Time between signed checkpoints of the audit log and of the event file, when lines
+    /// were added (and at rotation and stop): whole seconds, 1 to 86400 (`checkpoint_interval
+    /// = 300` in the file).
+    #[serde(default = "default_checkpoint_interval", deserialize_with = "checkpoint_interval")]
+    pub checkpoint_interval: std::time::Duration,
 }
 
 fn default_audit_file() -> PathBuf {
     PathBuf::from("/var/log/fence/audit.jsonl")
 }
 
+fn default_checkpoint_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(300)
+}
+
+fn checkpoint_interval<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+    super::seconds_in(d, 1, 86_400)
+}
+
 impl Default for AuditConfig {
     fn default() -> Self {
-        AuditConfig { file: default_audit_file() }
+        AuditConfig { file: default_audit_file(), checkpoint_interval: default_checkpoint_interval() }
     }
 }
 

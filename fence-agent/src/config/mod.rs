@@ -30,6 +30,7 @@
 //!
 //! [audit]
 //! file = "/var/log/fence/audit.jsonl"        # identity lifecycle events, append-only
+//! checkpoint_interval = 300                  # seconds between signed log checkpoints
 //!
 //! [persist]
 //! enabled = true                             # keep enforcing when the agent exits

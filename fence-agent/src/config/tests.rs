@@ -379,3 +379,13 @@ fn drop_ins_merge_tables_and_replace_values_in_name_order() {
     assert!(e.contains("agent.d") && e.contains("writable"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn checkpoint_interval_is_whole_seconds_within_a_day() {
+    assert_eq!(Config::default().audit.checkpoint_interval, secs(300));
+    assert_eq!(Config::parse("[audit]\ncheckpoint_interval = 60\n").unwrap().audit.checkpoint_interval, secs(60));
+    for bad in ["0", "86401", "\"5m\""] {
+        let e = Config::parse(&format!("[audit]\ncheckpoint_interval = {bad}\n")).unwrap_err().to_string();
+        assert!(e.contains("checkpoint_interval"), "{bad}: {e}");
+    }
+}

@@ -182,6 +182,11 @@ impl EventReader {
         self.sequence = Sequencer::persistent(file);
     }
 
+    /// Signs checkpoints of the event file (see [`crate::chain`]).
+    pub fn checkpoints(&mut self, checkpoints: crate::chain::Checkpoints) {
+        self.sinks.checkpoints(checkpoints);
+    }
+
     /// Saves what is reported of this run's kernel counts at `file` after every summary.
     pub fn save_counts(&mut self, file: CountsFile) {
         self.counts_file = Some(file);
@@ -202,7 +207,10 @@ impl EventReader {
     fn run(&mut self, stop: &EventFd) {
         let mut next_summary = Instant::now() + self.interval;
         loop {
-            let wait = next_summary.saturating_duration_since(Instant::now());
+            let mut wait = next_summary.saturating_duration_since(Instant::now());
+            if let Some(checkpoint) = self.sinks.until_checkpoint() {
+                wait = wait.min(checkpoint);
+            }
             let timeout = PollTimeout::try_from(wait.as_millis().min(60_000) as u32).unwrap_or(PollTimeout::MAX);
             let wake = self.agent_events.wake.clone();
             let (ring_ready, stopped) = {
@@ -228,6 +236,9 @@ impl EventReader {
             if summary_due(Instant::now(), next_summary, stopped) {
                 self.summarize();
                 next_summary = Instant::now() + self.interval;
+            }
+            if let Err(e) = self.sinks.checkpoint_if_due() {
+                self.sink_errors(vec![e]);
             }
             if stopped {
                 return;

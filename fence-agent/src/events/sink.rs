@@ -24,10 +24,17 @@ use std::{
 use thiserror::Error;
 
 use super::record::Record;
-use crate::config::EventsConfig;
+use crate::{
+    chain::{Chain, Checkpoints, LogKind},
+    config::EventsConfig,
+};
 
 /// Lines for the file are written when this many bytes are waiting (or at [`Sinks::flush`]).
 pub const BATCH_BYTES: usize = 64 * 1024;
+/// What a line's link (`fence.chain`) adds to it, about: `,"chain":{"seq":N,"prev":"<64 hex>"}`.
+const LINK_BYTES: u64 = 96;
+/// A checkpoint line, at most about (its signature, hashes, key id, times and a host name).
+const CHECKPOINT_BYTES: u64 = 1024;
 
 #[derive(Debug, Error)]
 pub enum SinkError {
@@ -159,11 +166,34 @@ impl Sinks {
             errors.push(SinkError::Write { sink: "stdout".into(), source, lines: 1 });
         }
         if let Some(f) = &mut self.file
-            && let Err((source, lines)) = f.write(line.as_bytes())
+            && let Err((source, lines)) = f.write(json)
         {
             errors.push(SinkError::Write { sink: f.path.display().to_string(), source, lines });
         }
         if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+
+    /// Signs checkpoints of the event file's chain from now on (see [`crate::chain`]).
+    pub fn checkpoints(&mut self, checkpoints: Checkpoints) {
+        if let Some(f) = &mut self.file {
+            let chain = std::mem::replace(&mut f.chain, Chain::resume(LogKind::Events, &[]));
+            f.chain = chain.with_checkpoints(checkpoints);
+        }
+    }
+
+    /// Writes the file's checkpoint if one is due (the writer calls this as it waits).
+    pub fn checkpoint_if_due(&mut self) -> Result<(), SinkError> {
+        match &mut self.file {
+            Some(f) if f.chain.checkpoint_due(std::time::Instant::now()) => f
+                .checkpoint_or_rotate("interval")
+                .map_err(|(source, lines)| SinkError::Write { sink: f.path.display().to_string(), source, lines }),
+            _ => Ok(()),
+        }
+    }
+
+    /// How long until the file's checkpoint is due (None: none is).
+    pub fn until_checkpoint(&self) -> Option<std::time::Duration> {
+        self.file.as_ref().and_then(|f| f.chain.until_checkpoint(std::time::Instant::now()))
     }
 
     /// Writes the lines waiting for the file.
@@ -192,10 +222,17 @@ struct EventFile {
     /// Whole lines not written yet, and how many.
     pending: Vec<u8>,
     pending_lines: u64,
+    /// Each line's link to the one before, across rotations and restarts.
+    chain: Chain,
 }
 
 impl Drop for EventFile {
     fn drop(&mut self) {
+        if self.chain.has_unsigned()
+            && let Err((e, _)) = self.checkpoint_or_rotate("stop")
+        {
+            tracing::error!(file = %self.path.display(), error = %e, "writing the event file's last checkpoint failed");
+        }
         if let Err((e, lines)) = self.flush() {
             tracing::error!(file = %self.path.display(), error = %e, lines, "writing the last event lines failed");
         }
@@ -208,9 +245,11 @@ impl EventFile {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::DirBuilder::new().recursive(true).mode(0o750).create(dir).map_err(open_err)?;
         }
+        let chain = Chain::resume(LogKind::Events, &[path.to_owned(), rotated_path(path, 1)]);
         let file = open_append(path).map_err(open_err)?;
         let size = file.metadata().map_err(open_err)?.len();
         Ok(EventFile {
+            chain,
             path: path.to_owned(),
             file,
             size,
@@ -222,17 +261,34 @@ impl EventFile {
         })
     }
 
-    /// Adds `line` to the batch; rotation is decided per line, as if each were written at
-    /// once. An error: what failed and the lines it lost.
-    fn write(&mut self, line: &[u8]) -> Result<(), (io::Error, u64)> {
-        let len = line.len() as u64;
+    /// Adds `json` (one JSON object) as a line, with its link, to the batch; rotation is
+    /// decided per line, as if each were written at once. An error: what failed and the lines
+    /// it lost.
+    fn write(&mut self, json: &str) -> Result<(), (io::Error, u64)> {
+        // The link adds the sequence number and a hash: about this much.
+        if let Err((e, lines)) = self.rotate_if_due(json.len() as u64 + LINK_BYTES) {
+            return Err((e, lines + 1));
+        }
+        self.chain.seal(json, &mut self.pending);
+        self.pending_lines += 1;
+        if self.pending.len() >= BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Rotates the file if `len` more bytes would take it past `max_bytes`. With checkpoints,
+    /// room for one is kept: the rotation's checkpoint, written into the file it closes, keeps
+    /// it within `max_bytes` too. Whether it rotated.
+    fn rotate_if_due(&mut self, len: u64) -> Result<bool, (io::Error, u64)> {
         let max = self.rotation.max_bytes;
         let size = self.size + self.pending.len() as u64;
-        if max > 0 && size > 0 && size + len > max && (!self.failing || size >= self.retry_at) {
-            // The lines before this one belong to the current file.
-            if let Err((e, lines)) = self.flush() {
-                return Err((e, lines + 1));
-            }
+        let reserve = if self.chain.signs() { CHECKPOINT_BYTES } else { 0 };
+        if max > 0 && size > 0 && size + len + reserve > max && (!self.failing || size >= self.retry_at) {
+            // The lines before this one belong to the current file, and a checkpoint vouches
+            // for them before it is rotated.
+            self.checkpoint("rotation")?;
+            self.flush()?;
             match self.rotate() {
                 Ok(()) if self.failing => {
                     self.failing = false;
@@ -245,15 +301,12 @@ impl EventFile {
                     }
                     self.failing = true;
                     self.retry_at = self.size.saturating_add(max);
+                    return Ok(false);
                 }
             }
+            return Ok(true);
         }
-        self.pending.extend_from_slice(line);
-        self.pending_lines += 1;
-        if self.pending.len() >= BATCH_BYTES {
-            self.flush()?;
-        }
-        Ok(())
+        Ok(false)
     }
 
     /// Writes the waiting lines: one write(2) (O_APPEND puts them at the end together), or
@@ -269,6 +322,25 @@ impl EventFile {
         }
         self.pending.clear();
         written.map_err(|e| (e, lines))
+    }
+
+    /// A checkpoint at the interval or the stop: unless the file is rotated first (whose own
+    /// checkpoint then vouches for everything), the same in the live file.
+    fn checkpoint_or_rotate(&mut self, reason: &str) -> Result<(), (io::Error, u64)> {
+        if self.rotate_if_due(0)? {
+            return Ok(());
+        }
+        self.checkpoint(reason)
+    }
+
+    /// Writes a checkpoint line for what is in the file (and the batch) and keeps it.
+    fn checkpoint(&mut self, reason: &str) -> Result<(), (io::Error, u64)> {
+        let Some(json) = self.chain.checkpoint(reason, jiff::Timestamp::now()) else { return Ok(()) };
+        self.chain.seal(&json, &mut self.pending);
+        self.pending_lines += 1;
+        self.flush()?;
+        self.chain.keep(reason);
+        Ok(())
     }
 
     /// Shifts the rotated files up by one, the live file to `.1`, and opens a new live file.

@@ -204,6 +204,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
                 let due = self.until_next_expiry().min(self.until_next_grant().unwrap_or(IDLE_WAIT));
                 let sweep_in = DNS_SWEEP.saturating_sub(swept.elapsed());
                 let wait = if self.dns.is_some() { due.min(sweep_in) } else { due };
+                let wait = self.views.audit.until_checkpoint().map_or(wait, |c| wait.min(c));
                 match rx.recv_timeout(wait) {
                     Ok(message) => {
                         if !self.handle(message) {
@@ -231,6 +232,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
                     self.grants_due();
                     self.publish_broker_view();
                 }
+                self.views.audit.checkpoint_if_due();
             }
         })
     }

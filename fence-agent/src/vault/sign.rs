@@ -149,6 +149,13 @@ impl SigningKey {
         PublicKey(self.0.verifying_key())
     }
 
+    /// Signs a message of another kind (base64 of the signature). `message` must start with
+    /// its own domain prefix, never `fence-policy-v1`, so that it cannot pass as a document.
+    pub fn sign_other(&self, message: &[u8]) -> String {
+        debug_assert!(!message.starts_with(DOMAIN));
+        BASE64.encode(self.0.sign(message).to_bytes())
+    }
+
     /// Signs `document` for `path` (relative to the prefix, e.g. `identities/ci-runner`) at
     /// `serial`.
     pub fn sign(&self, path: &str, serial: u64, document: &str) -> SignedDocument {
@@ -185,6 +192,13 @@ impl PublicKey {
             return Err("a weak key (small-order point)");
         }
         Ok(PublicKey(key))
+    }
+
+    /// Whether `signature` (base64) is this key's over `message` (see [`SigningKey::sign_other`]).
+    pub fn verifies_other(&self, message: &[u8], signature: &str) -> bool {
+        let Ok(bytes) = BASE64.decode(signature) else { return false };
+        let Ok(signature) = Signature::from_slice(&bytes) else { return false };
+        !message.starts_with(DOMAIN) && self.0.verify_strict(message, &signature).is_ok()
     }
 
     /// Hex of the first 8 bytes of SHA-256 of the key's 32 bytes.

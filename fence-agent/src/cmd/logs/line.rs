@@ -11,6 +11,11 @@ use crate::events::{
     summary::{ACTION_DROPPED, ACTION_SUPPRESSED, SummaryRecord},
 };
 
+/// Whether `raw` is one of the log's signed checkpoints (`event.action: log-checkpoint`).
+pub fn is_checkpoint(raw: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(raw).is_ok_and(|v| v["event"]["action"] == "log-checkpoint")
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Line {
     /// An enforcement event.

@@ -6,10 +6,11 @@
 
 mod filter;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 mod follow;
 mod format;
 mod line;
+pub mod verify;
 
 use std::{
     collections::VecDeque,
@@ -19,7 +20,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow};
-use clap::Args;
+use clap::{Args, Subcommand};
 use fence_common::Operation;
 use jiff::Timestamp;
 
@@ -35,7 +36,10 @@ use crate::config::Config;
 const POLL_MS: u16 = 200;
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct LogsArgs {
+    #[command(subcommand)]
+    pub command: Option<LogsCommand>,
     /// The event file. Default: `[events] file` of the configuration.
     #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
@@ -68,6 +72,38 @@ pub struct LogsArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum LogsCommand {
+    /// Check that log files hold the agent's lines, all of them, in order.
+    ///
+    /// Every line of the event file and of the audit log is linked to the one before it (its
+    /// number and the SHA-256 of that line), across rotations and restarts, and the agent
+    /// signs checkpoints with its own key (state directory, log-signing.key) every [audit]
+    /// checkpoint_interval, at rotation and at stop. This checks every link, every checkpoint
+    /// and its signature, a cut-short last line, and that the log reaches the newest
+    /// checkpoint the agent kept in its state directory (lines cut off the end). It reports
+    /// the first broken place and every other one (up to 20).
+    #[command(after_long_help = crate::cmd::logs::VERIFY_HELP)]
+    Verify(verify::VerifyArgs),
+}
+
+pub const VERIFY_HELP: &str = "\
+Files:
+  /var/lib/fence/log-signing.pub          the agent's public key (--key)
+  /var/lib/fence/events-checkpoint.json   the event file's newest checkpoint (--checkpoint)
+  /var/lib/fence/audit-checkpoint.json    the audit log's newest checkpoint
+
+Exit status:
+  0  every log checked is intact
+  1  a log is broken: a line changed, removed, inserted, reordered, or cut off the end
+  2  it could not be checked (no public key, a file that cannot be read, a kept
+     checkpoint that does not verify)
+
+Examples:
+  fence-agent logs verify
+  fence-agent logs verify /var/log/fence/events.jsonl*
+  fence-agent logs verify --key ed25519:... --checkpoint events-checkpoint.json copy/events.jsonl*";
+
 /// Turns matching lines into output.
 struct Printer {
     filter: Filter,
@@ -83,7 +119,10 @@ impl Printer {
             return None;
         }
         let Ok(line) = Line::parse(raw) else {
-            self.not_json += 1;
+            // The log's own signed checkpoints are not events.
+            if !line::is_checkpoint(raw) {
+                self.not_json += 1;
+            }
             return None;
         };
         if !self.filter.matches(&line) {
@@ -121,6 +160,9 @@ impl Output {
 }
 
 pub fn main(args: LogsArgs) -> anyhow::Result<ExitCode> {
+    if let Some(LogsCommand::Verify(v)) = args.command {
+        return verify::main(v);
+    }
     let path = match &args.file {
         Some(p) => p.clone(),
         None => {

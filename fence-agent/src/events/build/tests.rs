@@ -236,6 +236,29 @@ fn records_validate_against_the_json_schema() {
     for bad in [no_identity, bad_verdict, unknown_field, summary_without_count] {
         assert!(!validator.is_valid(&bad), "the schema should refuse {bad:#}");
     }
+    // The same records as the event file has them, each with its link to the one before, and
+    // a checkpoint among them (the chain's tests sign and check those): still valid, and they
+    // read back as records.
+    let mut chain = crate::chain::Chain::resume(crate::chain::LogKind::Events, &[]);
+    let mut sealed = Vec::new();
+    for event in [KernelEvent::Net(net), KernelEvent::Object(Box::new(exec))] {
+        let mut record = build(&event, &dir, &FakeHost).unwrap();
+        (record.event.id, record.event.sequence) = crate::events::sequence::Sequencer::in_memory().take();
+        chain.seal(&serde_json::to_string(&record).unwrap(), &mut sealed);
+    }
+    let summary = dropped_record(at, "h", cause::RING_BUFFER_FULL, 3, std::time::Duration::from_secs(10));
+    let mut summary = summary;
+    (summary.event.id, summary.event.sequence) = crate::events::sequence::Sequencer::in_memory().take();
+    chain.seal(&serde_json::to_string(&summary).unwrap(), &mut sealed);
+    for line in String::from_utf8(sealed).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["fence"]["chain"]["prev"].is_string(), "{line}");
+        let errors: Vec<String> =
+            validator.iter_errors(&v).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+        assert!(errors.is_empty(), "{v:#}\n{errors:#?}");
+        assert_eq!(not_in_ecs(&v), Vec::<String>::new(), "{v:#}");
+        crate::cmd::logs::Line::parse(line.as_bytes()).unwrap();
+    }
     // Every record reads back as what was written.
     for r in &records[..4] {
         let back: Record = serde_json::from_value(r.clone()).unwrap();

@@ -6,6 +6,11 @@ fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
+/// The file's text without the lines' links (the chain's own tests check those).
+fn unlinked(text: String) -> String {
+    text.lines().map(|l| crate::chain::unlinked(l) + "\n").collect()
+}
+
 const FIELDS: LineFields<'static> = LineFields {
     identity: "ci-runner",
     verdict: "denied",
@@ -28,7 +33,11 @@ fn appends_and_never_truncates() {
         let mut s = Sinks::open(false, Some(&path)).unwrap();
         s.write_event("{\"a\":2}", &FIELDS).unwrap();
     }
-    assert_eq!(fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"a\":2}\n");
+    assert_eq!(unlinked(fs::read_to_string(&path).unwrap()), "{\"a\":1}\n{\"a\":2}\n");
+    // The second writer went on with the first one's chain.
+    let text = fs::read_to_string(&path).unwrap();
+    let links: Vec<_> = text.lines().map(|l| crate::chain::link_of(l.as_bytes()).unwrap().seq).collect();
+    assert_eq!(links, [0, 1]);
 }
 
 #[test]
@@ -38,14 +47,14 @@ fn rotates_by_size_and_keeps_the_newest_files() {
     let path = dir.join("events.jsonl");
     // An existing live file counts towards the limit.
     fs::write(&path, "{\"n\":-1}\n").unwrap();
-    let mut s = Sinks::open_rotating(false, Some(&path), Rotation { max_bytes: 30, keep: 3 }).unwrap();
-    // Each line is 9 bytes with its newline: 3 per file.
+    let mut s = Sinks::open_rotating(false, Some(&path), Rotation { max_bytes: 310, keep: 3 }).unwrap();
+    // Each line is about 102 bytes with its link and newline: 3 per file.
     for n in 0..14 {
         s.write_event(&format!("{{\"n\":{n:02}}}"), &FIELDS).unwrap();
     }
     // Lines wait for the writer's flush; rotation was decided line by line all the same.
     s.flush().unwrap();
-    let read = |p: &Path| fs::read_to_string(p).unwrap();
+    let read = |p: &Path| unlinked(fs::read_to_string(p).unwrap());
     assert_eq!(read(&path), "{\"n\":11}\n{\"n\":12}\n{\"n\":13}\n");
     assert_eq!(read(&rotated_path(&path, 1)), "{\"n\":08}\n{\"n\":09}\n{\"n\":10}\n");
     assert_eq!(read(&rotated_path(&path, 2)), "{\"n\":05}\n{\"n\":06}\n{\"n\":07}\n");
@@ -54,7 +63,7 @@ fn rotates_by_size_and_keeps_the_newest_files() {
     use std::os::unix::fs::PermissionsExt as _;
     assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
     // A line larger than max_bytes goes to a file of its own, whole.
-    let big = format!("{{\"big\":\"{}\"}}", "x".repeat(100));
+    let big = format!("{{\"big\":\"{}\"}}", "x".repeat(400));
     s.write_event(&big, &FIELDS).unwrap();
     s.flush().unwrap();
     assert_eq!(read(&path), format!("{big}\n"));
@@ -68,7 +77,7 @@ fn rotates_by_size_and_keeps_the_newest_files() {
 fn lines_wait_for_the_flush_or_a_full_batch_and_none_is_lost_on_drop() {
     let guard = temp_dir();
     let path = guard.path().join("events.jsonl");
-    let read = || fs::read_to_string(&path).unwrap();
+    let read = || unlinked(fs::read_to_string(&path).unwrap());
     let mut s = Sinks::open(false, Some(&path)).unwrap();
     s.write_event("{\"a\":1}", &FIELDS).unwrap();
     assert_eq!(read(), "", "one line waits for the flush");
@@ -109,7 +118,7 @@ fn a_failed_rotation_loses_no_line() {
     let guard = temp_dir();
     let dir = guard.path().to_path_buf();
     let path = dir.join("events.jsonl");
-    let mut s = Sinks::open_rotating(false, Some(&path), Rotation { max_bytes: 20, keep: 2 }).unwrap();
+    let mut s = Sinks::open_rotating(false, Some(&path), Rotation { max_bytes: 225, keep: 2 }).unwrap();
     // `.2` is a non-empty directory: it cannot be removed, so rotation fails.
     fs::create_dir_all(rotated_path(&path, 2).join("x")).unwrap();
     for n in 0..6 {
@@ -200,4 +209,47 @@ fn journal_gets_datagrams_and_stdout_gets_what_it_refuses() {
     out.clear();
     console.write("{\"x\":2}\n", &FIELDS, &mut out).unwrap();
     assert_eq!(out, b"{\"x\":2}\n");
+}
+
+#[test]
+fn a_chained_file_set_verifies_across_rotations_and_restarts_within_max_bytes() {
+    use std::{sync::Arc, time::Duration};
+
+    use crate::chain::{Checkpoint, Checkpoints, LogKind, PUBLIC_FILE, Signer, verify::verify};
+    let guard = temp_dir();
+    let dir = guard.path();
+    let path = dir.join("events.jsonl");
+    let rotation = Rotation { max_bytes: 4096, keep: 30 };
+    let signer = Arc::new(Signer::open(dir).unwrap());
+    let checkpoints = || Checkpoints {
+        signer: signer.clone(),
+        interval: Duration::from_secs(300),
+        state_file: LogKind::Events.checkpoint_file(dir),
+        log_file: path.clone(),
+        host: "h".into(),
+    };
+    let pad = "x".repeat(100);
+    for (from, to) in [(0, 100), (100, 130)] {
+        let mut s = Sinks::open_rotating(false, Some(&path), rotation).unwrap();
+        s.checkpoints(checkpoints());
+        for n in from..to {
+            s.write_event(&format!(r#"{{"n":{n},"pad":"{pad}"}}"#), &FIELDS).unwrap();
+        }
+        s.flush().unwrap();
+        // Dropped: the stop checkpoint; the next one goes on with the chain.
+    }
+    let mut files: Vec<PathBuf> = (1..=30).rev().map(|n| rotated_path(&path, n)).filter(|p| p.exists()).collect();
+    assert!(files.len() >= 5, "rotated {} times", files.len());
+    files.push(path.clone());
+    for f in &files {
+        assert!(fs::metadata(f).unwrap().len() <= 4096, "{} is over max_bytes with its checkpoint", f.display());
+    }
+    let key = crate::vault::sign::PublicKey::parse(&fs::read_to_string(dir.join(PUBLIC_FILE)).unwrap()).unwrap();
+    let kept: Checkpoint =
+        serde_json::from_str(&fs::read_to_string(LogKind::Events.checkpoint_file(dir)).unwrap()).unwrap();
+    let r = verify(&files, Some(&key), Some(&kept)).unwrap();
+    assert!(r.intact(), "{:?}", r.findings);
+    assert_eq!(r.lines - r.checkpoints, 130, "every event line, once");
+    assert!(r.checkpoints as usize > files.len(), "a checkpoint per rotation and stop: {}", r.checkpoints);
+    assert_eq!((r.signed, r.after_last_checkpoint, r.unchained), (r.checkpoints, 0, 0));
 }

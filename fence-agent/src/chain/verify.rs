@@ -1,0 +1,208 @@
+//! Checking a log's chain and checkpoints (`fence-agent logs verify`). Pure over the files'
+//! bytes: the caller finds the files, the public key and the newest kept checkpoint.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+
+use super::{Checkpoint, GENESIS, Start, hex, line_hash, link_in};
+use crate::vault::sign::PublicKey;
+
+/// Something wrong, where it is.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Finding {
+    pub file: PathBuf,
+    /// 1-based line number in `file` (0: the file as a whole).
+    pub line: u64,
+    pub what: String,
+}
+
+/// What was checked and what was found.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub files: Vec<PathBuf>,
+    pub lines: u64,
+    /// Lines before the chain began (written before chaining): not covered.
+    pub unchained: u64,
+    /// The first and last chained line's number.
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    /// Checkpoints found, and how many of them verified.
+    pub checkpoints: u64,
+    pub signed: u64,
+    /// The newest checkpoint line (seq it vouches for).
+    pub last_checkpoint: Option<u64>,
+    /// Lines after the newest checkpoint: chained, but not yet signed.
+    pub after_last_checkpoint: u64,
+    /// The log (`events` or `audit`), from its checkpoints.
+    pub log: Option<String>,
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    pub fn intact(&self) -> bool {
+        self.findings.is_empty()
+    }
+}
+
+/// Orders a rotated set oldest first: `<file>.N` (the N-th newest) before `<file>.N-1`, the
+/// live file last; files of other names keep their place after those.
+pub fn oldest_first(files: &mut [PathBuf]) {
+    let rank = |p: &Path| -> u64 {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        match name.rsplit_once('.') {
+            Some((_, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => n.parse().unwrap_or(0),
+            _ => 0,
+        }
+    };
+    files.sort_by_key(|p| std::cmp::Reverse(rank(p)));
+}
+
+/// Checks `files` (oldest first) as one log: every link, every checkpoint's place and (with
+/// `key`) signature, and that the log reaches the newest `kept` checkpoint.
+pub fn verify(files: &[PathBuf], key: Option<&PublicKey>, kept: Option<&Checkpoint>) -> io::Result<Report> {
+    let mut r = Report { files: files.to_vec(), ..Report::default() };
+    // The line before: its number (None: it had no link) and hash.
+    let mut before: Option<(Option<u64>, [u8; 32])> = None;
+    let mut chained = false;
+    let mut kept_found: Option<bool> = None;
+    for path in files {
+        let bytes = fs::read(path)?;
+        let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+        // The piece after the last newline: empty for a whole file, else a line cut short.
+        let tail = lines.pop().unwrap_or_default();
+        for (i, line) in lines.iter().enumerate() {
+            let at = |what: String| Finding { file: path.clone(), line: i as u64 + 1, what };
+            r.lines += 1;
+            let hash = line_hash(line);
+            let value: Option<serde_json::Value> = serde_json::from_slice(line).ok();
+            let Some(link) = value.as_ref().and_then(link_in) else {
+                if chained {
+                    r.findings.push(at(
+                        "no chain link: a line inserted or rewritten by something other than the agent".into(),
+                    ));
+                } else {
+                    r.unchained += 1;
+                }
+                before = Some((None, hash));
+                continue;
+            };
+            match (link.start, before) {
+                (Some(start), _) => {
+                    if link.seq != 0 || link.prev != hex(&GENESIS) {
+                        r.findings.push(at(format!("a chain start ({}) that is not line 0", start.as_str())));
+                    }
+                    let first = r.lines == 1;
+                    let after_unchained = matches!(before, Some((None, _)));
+                    match start {
+                        Start::New if first => {}
+                        Start::Unchained if after_unchained || first => {}
+                        Start::New | Start::Unchained => r.findings.push(at(format!(
+                            "the chain starts again here ({}) after chained lines: lines were removed before it",
+                            start.as_str()
+                        ))),
+                        Start::Incomplete => r.findings.push(at(
+                            "the chain starts again here: the line before was cut short (a failed write or a truncation)".into(),
+                        )),
+                        Start::Truncated => r.findings.push(at(
+                            "the chain starts again here: the agent found the log shorter than its newest checkpoint (lines removed while it was stopped)".into(),
+                        )),
+                    }
+                }
+                (None, Some((prev_seq, prev_hash))) => {
+                    if let Some(p) = prev_seq
+                        && link.seq != p + 1
+                    {
+                        r.findings.push(at(format!(
+                            "line {} follows line {p}: lines were removed, inserted or reordered",
+                            link.seq
+                        )));
+                    } else if link.prev != hex(&prev_hash) {
+                        r.findings.push(at(format!(
+                            "line {} does not follow the line before it: that line was changed, or lines were removed, inserted or reordered",
+                            link.seq
+                        )));
+                    }
+                }
+                // The first line given is not a chain's first: older files were rotated away
+                // or not given. What they said cannot be checked; what follows can.
+                (None, None) => {}
+            }
+            chained = true;
+            r.first_seq.get_or_insert(link.seq);
+            r.last_seq = Some(link.seq);
+            r.after_last_checkpoint += 1;
+            if let Some(cp) = value.as_ref().and_then(checkpoint_in) {
+                r.checkpoints += 1;
+                r.log.get_or_insert_with(|| cp.log.clone());
+                let names_before = before.is_some_and(|(s, h)| s == Some(cp.seq) && hex(&h) == cp.hash);
+                if !names_before || cp.seq + 1 != link.seq {
+                    r.findings.push(at(format!("checkpoint for line {} is not right after that line", cp.seq)));
+                }
+                match key {
+                    Some(k) if cp.verifies(k) => r.signed += 1,
+                    Some(k) => r.findings.push(at(format!(
+                        "checkpoint for line {}: the signature does not verify with key {} (signed by {})",
+                        cp.seq,
+                        k.key_id(),
+                        cp.key_id
+                    ))),
+                    None => {}
+                }
+                r.last_checkpoint = Some(cp.seq);
+                r.after_last_checkpoint = 0;
+            }
+            if let Some(k) = kept
+                && k.seq == link.seq
+            {
+                kept_found = Some(kept_found.unwrap_or(false) || hex(&hash) == k.hash);
+            }
+            before = Some((Some(link.seq), hash));
+        }
+        if !tail.is_empty() {
+            r.lines += 1;
+            r.findings.push(Finding {
+                file: path.clone(),
+                line: lines.len() as u64 + 1,
+                what: "the last line is cut short (no newline): the file was truncated or a write failed".into(),
+            });
+        }
+    }
+    if let Some(k) = kept {
+        match (kept_found, r.last_seq) {
+            (Some(true), _) => {}
+            (Some(false), _) => r.findings.push(Finding {
+                file: PathBuf::new(),
+                line: 0,
+                what: format!("line {} differs from the newest checkpoint the agent kept ({})", k.seq, k.at),
+            }),
+            (None, Some(last)) if k.seq > last => r.findings.push(Finding {
+                file: PathBuf::new(),
+                line: 0,
+                what: format!(
+                    "the log ends at line {last}, before line {} that the agent's newest checkpoint ({}) vouches for: lines were cut off the end",
+                    k.seq, k.at
+                ),
+            }),
+            (None, None) if r.lines == 0 => r.findings.push(Finding {
+                file: PathBuf::new(),
+                line: 0,
+                what: format!("the log is empty, but the agent's newest checkpoint ({}) vouches for line {}", k.at, k.seq),
+            }),
+            // Before the first file given: rotated away.
+            _ => {}
+        }
+    }
+    Ok(r)
+}
+
+/// The checkpoint a line carries (`fence.checkpoint` of a `log-checkpoint` line).
+pub fn checkpoint_in(value: &serde_json::Value) -> Option<Checkpoint> {
+    if value.pointer("/event/action")?.as_str()? != "log-checkpoint" {
+        return None;
+    }
+    serde_json::from_value(value.pointer("/fence/checkpoint")?.clone()).ok()
+}
