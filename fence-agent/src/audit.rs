@@ -289,6 +289,7 @@ impl AuditLog {
     fn checkpoint(&mut self, reason: &str) -> Result<(), AuditError> {
         let Some(json) = self.chain.checkpoint(reason, Timestamp::now()) else { return Ok(()) };
         self.append(&json)?;
+        let _ = self.file.sync_data();
         self.chain.keep(reason);
         Ok(())
     }
@@ -311,7 +312,18 @@ impl AuditLog {
     fn append(&mut self, json: &str) -> Result<(), AuditError> {
         let mut line = Vec::with_capacity(json.len() + 128);
         self.chain.seal(json, &mut line);
-        self.file.write_all(&line).map_err(|source| AuditError::Write { path: self.path.clone(), source })
+        match self.file.write_all(&line) {
+            Ok(()) => {
+                // Identity, grant and secret lines are few: each is recorded at once.
+                self.chain.written();
+                self.chain.record_head();
+                Ok(())
+            }
+            Err(source) => {
+                self.chain.broken();
+                Err(AuditError::Write { path: self.path.clone(), source })
+            }
+        }
     }
 }
 

@@ -91,7 +91,13 @@ impl LogKind {
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    s
 }
 
 /// The hash a line is linked by: SHA-256 of its bytes without the newline.
@@ -110,9 +116,12 @@ pub enum Start {
     /// The log's last line was cut short (a write that failed half way): the chain cannot
     /// vouch for it.
     Incomplete,
-    /// The log ends before the newest checkpoint kept in the state directory: lines were
-    /// removed while the agent was not running.
+    /// The log ends before the last line the agent recorded writing (state directory): lines
+    /// were removed while the agent was not running.
     Truncated,
+    /// The log's end is not the last line the agent recorded writing: lines were changed or
+    /// added while it was not running (or it crashed between writing and recording).
+    Unvouched,
 }
 
 impl Start {
@@ -122,6 +131,7 @@ impl Start {
             Start::Unchained => "unchained",
             Start::Incomplete => "incomplete",
             Start::Truncated => "truncated",
+            Start::Unvouched => "unvouched",
         }
     }
 }
@@ -244,6 +254,60 @@ pub struct Checkpoints {
     pub host: String,
 }
 
+/// The last line the agent wrote to a log, recorded in the state directory after every write
+/// (`<log>-head`: one fixed-size record rewritten in place, not signed: only root reads or
+/// writes the state directory). At start the agent goes on from the log's end only if it is
+/// that line; `logs verify` checks the log still holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadRecord {
+    pub seq: u64,
+    pub hash: String,
+    /// Hex of the first 8 bytes of SHA-256 of the log's path (a log moved elsewhere by the
+    /// configuration is not measured against another's head).
+    pub file: String,
+}
+
+/// Size of the head record on disk.
+const HEAD_BYTES: usize = 128;
+/// The record of the last line written lags the log by at most this much (a crash in that
+/// window makes the next start a chain marked `unvouched`).
+pub const HEAD_EVERY: Duration = Duration::from_millis(50);
+
+impl HeadRecord {
+    pub fn path(kind: LogKind, state_dir: &Path) -> PathBuf {
+        state_dir.join(format!("{}-head", kind.as_str()))
+    }
+
+    pub fn file_id(log_file: &Path) -> String {
+        hex(&Sha256::digest(log_file.as_os_str().as_encoded_bytes())[..8])
+    }
+
+    pub fn read(path: &Path) -> io::Result<Option<HeadRecord>> {
+        let text = match fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut parts = text.split_whitespace();
+        let parsed = (|| {
+            let seq = parts.next()?.parse().ok()?;
+            let hash = parts.next().filter(|h| h.len() == 64)?.to_owned();
+            let file = parts.next()?.to_owned();
+            Some(HeadRecord { seq, hash, file })
+        })();
+        parsed.map(Some).ok_or_else(|| io::Error::other(format!("{}: not a head record", path.display())))
+    }
+
+    fn encode(&self) -> [u8; HEAD_BYTES] {
+        let mut buf = [b' '; HEAD_BYTES];
+        let text = format!("{} {} {}", self.seq, self.hash, self.file);
+        let n = text.len().min(HEAD_BYTES - 1);
+        buf[..n].copy_from_slice(&text.as_bytes()[..n]);
+        buf[HEAD_BYTES - 1] = b'\n';
+        buf
+    }
+}
+
 /// The chain of one log, as its writer keeps it.
 pub struct Chain {
     kind: LogKind,
@@ -255,8 +319,14 @@ pub struct Chain {
     unsigned: bool,
     /// The live file ends in a line cut short: the next line starts on a line of its own.
     newline_first: bool,
-    /// The number of the log's last whole, linked line, as found at start.
+    /// The number and hash of the log's last whole, linked line, as found at start.
     found_end: Option<u64>,
+    found_hash: Option<[u8; 32]>,
+    /// Where the last line written is recorded (with checkpoints), when it last was, and
+    /// whether lines were written since.
+    head: Option<(File, String)>,
+    head_at: Option<Instant>,
+    head_pending: bool,
     last_checkpoint: Instant,
     checkpoints: Option<Checkpoints>,
 }
@@ -273,6 +343,10 @@ impl Chain {
             unsigned: false,
             newline_first: false,
             found_end: None,
+            found_hash: None,
+            head: None,
+            head_at: None,
+            head_pending: false,
             last_checkpoint: Instant::now(),
             checkpoints: None,
         };
@@ -285,13 +359,14 @@ impl Chain {
                     chain.found_end = whole.as_deref().and_then(link_of).map(|l| l.seq);
                 }
                 Ok(Some(Tail::Line(line))) => match link_of(&line) {
-                    Some(link) => {
+                    Some(link) if link.seq < u64::MAX => {
                         chain.seq = link.seq + 1;
                         chain.prev = line_hash(&line);
                         chain.start = None;
                         chain.found_end = Some(link.seq);
+                        chain.found_hash = Some(chain.prev);
                     }
-                    None => chain.start = Some(Start::Unchained),
+                    _ => chain.start = Some(Start::Unchained),
                 },
                 Err(e) => {
                     tracing::error!(file = %path.display(), error = %e, "reading the log's last line failed; its chain starts afresh");
@@ -303,27 +378,91 @@ impl Chain {
         chain
     }
 
-    /// Signs checkpoints from now on. A log that ends before the newest kept checkpoint (lines
-    /// were cut off while the agent was stopped) starts a new chain marked `truncated`, and
-    /// the agent says so.
+    /// Signs checkpoints and records every write from now on. The chain goes on from the log's
+    /// end only if that is the last line the agent recorded writing; otherwise a new chain
+    /// starts, marked `truncated` (the log ends before it) or `unvouched` (another end), and
+    /// the agent says so. Without a record (first start with checkpoints) the newest kept
+    /// checkpoint is the reference.
     pub fn with_checkpoints(mut self, checkpoints: Checkpoints) -> Chain {
-        if let Ok(text) = fs::read_to_string(&checkpoints.state_file)
-            && let Ok(kept) = serde_json::from_str::<Checkpoint>(&text)
-            && kept.file.as_ref().is_none_or(|f| *f == checkpoints.log_file)
-        {
-            // The kept checkpoint names the log's last line when it was written.
-            if kept.log == self.kind.as_str() && self.found_end.is_none_or(|end| kept.seq > end) {
+        let state_dir = checkpoints.state_file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let head_path = HeadRecord::path(self.kind, &state_dir);
+        let file_id = HeadRecord::file_id(&checkpoints.log_file);
+        let recorded = match HeadRecord::read(&head_path) {
+            Ok(h) => h.filter(|h| h.file == file_id).map(|h| (h.seq, Some(h.hash))),
+            Err(e) => {
+                tracing::error!(error = %e, "the log's head record cannot be read; the kept checkpoint is the reference");
+                None
+            }
+        };
+        let reference = recorded.or_else(|| {
+            let kept = fs::read_to_string(&checkpoints.state_file).ok()?;
+            let kept = serde_json::from_str::<Checkpoint>(&kept).ok()?;
+            (kept.log == self.kind.as_str() && kept.file.as_ref().is_none_or(|f| *f == checkpoints.log_file))
+                .then_some((kept.seq, Some(kept.hash)))
+        });
+        if let Some((seq, hash)) = reference {
+            let same = self.found_end == Some(seq) && hash.as_deref() == self.found_hash.map(|h| hex(&h)).as_deref();
+            let verdict = if self.found_end.is_none_or(|end| end < seq) {
+                Some(Start::Truncated)
+            } else if !same && self.start != Some(Start::Incomplete) {
+                Some(Start::Unvouched)
+            } else {
+                None
+            };
+            if let Some(start) = verdict {
                 tracing::error!(
                     log = self.kind.as_str(),
-                    checkpoint_line = kept.seq,
+                    recorded_line = seq,
                     log_ends_at = ?self.found_end,
-                    "the log ends before its newest checkpoint: lines were removed while the agent was stopped; a new chain starts, marked truncated"
+                    start = start.as_str(),
+                    "the log's end is not the last line the agent wrote: lines were removed, changed or added while it was stopped; a new chain starts"
                 );
-                (self.seq, self.prev, self.start) = (0, GENESIS, Some(Start::Truncated));
+                (self.seq, self.prev, self.start) = (0, GENESIS, Some(start));
+            }
+        }
+        match fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(&head_path) {
+            Ok(f) => self.head = Some((f, file_id)),
+            Err(e) => {
+                tracing::error!(file = %head_path.display(), error = %e, "recording the log's last line is not possible")
             }
         }
         self.checkpoints = Some(checkpoints);
         self
+    }
+
+    /// Records that every line sealed so far is written (the writer calls it after a write):
+    /// at once if the last record is [`HEAD_EVERY`] old, else by [`Chain::record_head`] within
+    /// that time (a storm writes one record per interval, not one per batch).
+    pub fn written(&mut self) {
+        self.head_pending = true;
+        if self.head_at.is_none_or(|at| at.elapsed() >= HEAD_EVERY) {
+            self.record_head();
+        }
+    }
+
+    /// How long until a pending record of the last line is due (None: none pending).
+    pub fn until_head(&self) -> Option<Duration> {
+        self.head_pending.then(|| self.head_at.map_or(Duration::ZERO, |at| HEAD_EVERY.saturating_sub(at.elapsed())))
+    }
+
+    /// Writes the pending record of the last line written, now.
+    pub fn record_head(&mut self) {
+        if !std::mem::take(&mut self.head_pending) {
+            return;
+        }
+        self.head_at = Some(Instant::now());
+        let Some(seq) = self.seq.checked_sub(1) else { return };
+        let Some((file, id)) = &self.head else { return };
+        let record = HeadRecord { seq, hash: hex(&self.prev), file: id.clone() };
+        if let Err(e) = std::os::unix::fs::FileExt::write_all_at(file, &record.encode(), 0) {
+            tracing::error!(error = %e, "recording the log's last line failed");
+        }
+    }
+
+    /// A write failed part way: what follows starts on a line of its own, in a new chain
+    /// marked `incomplete` (the lines the chain counted were not all written).
+    pub fn broken(&mut self) {
+        (self.seq, self.prev, self.start, self.newline_first) = (0, GENESIS, Some(Start::Incomplete), true);
     }
 
     /// Appends `json` (one JSON object, no newline) with its link and a newline to `out`. The
@@ -340,15 +479,21 @@ impl Chain {
             None => (trimmed.strip_suffix('}').unwrap_or(trimmed), "}"),
         };
         out.extend_from_slice(body.as_bytes());
-        let empty = body.ends_with('{');
-        let start = self.start.take().map(|s| format!(",\"start\":\"{}\"", s.as_str())).unwrap_or_default();
-        let link = format!(
-            "{}\"chain\":{{\"seq\":{},\"prev\":\"{}\"{start}}}{closing}",
-            if empty { "" } else { "," },
-            self.seq,
-            hex(&self.prev)
-        );
-        out.extend_from_slice(link.as_bytes());
+        if !body.ends_with('{') {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"chain\":{\"seq\":");
+        out.extend_from_slice(self.seq.to_string().as_bytes());
+        out.extend_from_slice(b",\"prev\":\"");
+        out.extend_from_slice(hex(&self.prev).as_bytes());
+        out.push(b'"');
+        if let Some(start) = self.start.take() {
+            out.extend_from_slice(b",\"start\":\"");
+            out.extend_from_slice(start.as_str().as_bytes());
+            out.push(b'"');
+        }
+        out.push(b'}');
+        out.extend_from_slice(closing.as_bytes());
         self.prev = line_hash(&out[begin..]);
         out.push(b'\n');
         self.seq += 1;

@@ -1,6 +1,9 @@
 use std::{fs, path::PathBuf, sync::Arc, time::Duration};
 
-use super::{verify::verify, *};
+use super::{
+    verify::{Reference, verify},
+    *,
+};
 use crate::{audit::AuditLog, events::sink::rotated_path};
 
 /// A log written the way the writers do: lines sealed, a checkpoint line every `every` lines
@@ -38,6 +41,8 @@ impl Writer {
         self.chain.seal(json, &mut out);
         let mut f = fs::OpenOptions::new().append(true).create(true).open(self.log()).unwrap();
         io::Write::write_all(&mut f, &out).unwrap();
+        self.chain.written();
+        self.chain.record_head();
     }
 
     fn lines(&mut self, from: u64, to: u64) {
@@ -66,7 +71,8 @@ impl Writer {
     }
 
     fn check(&self, files: &[PathBuf]) -> verify::Report {
-        verify(files, Some(&self.key()), Some(&self.kept())).unwrap()
+        let head = HeadRecord::read(&HeadRecord::path(LogKind::Events, self.dir.path())).unwrap().unwrap();
+        verify(files, Some(&self.key()), &[Reference::kept(&self.kept()), Reference::head(&head)]).unwrap()
     }
 
     /// Rewrites the live file through `f` over its lines.
@@ -240,7 +246,18 @@ fn the_end_of_the_log_is_vouched_for_by_the_kept_checkpoint() {
     // An empty file.
     fs::write(w.log(), "").unwrap();
     let r = w.check(&[w.log()]);
-    assert!(what(&r).contains("the log is empty"), "{}", what(&r));
+    assert!(what(&r).contains("holds no linked line"), "{}", what(&r));
+}
+
+#[test]
+fn a_chain_without_a_signed_checkpoint_is_not_vouched_for() {
+    // What anyone could write: linked lines, no signature.
+    let mut w = Writer::new();
+    w.lines(0, 5);
+    let r = verify(&[w.log()], Some(&w.key()), &[]).unwrap();
+    assert!(what(&r).contains("no signed checkpoint"), "{}", what(&r));
+    w.checkpoint("interval");
+    assert!(verify(&[w.log()], Some(&w.key()), &[]).unwrap().intact());
 }
 
 #[test]
@@ -249,7 +266,7 @@ fn checkpoints_signed_by_another_key_or_altered_do_not_verify() {
     let other = tempfile::tempdir().unwrap();
     Signer::open(other.path()).unwrap();
     let other_key = PublicKey::parse(&fs::read_to_string(other.path().join(PUBLIC_FILE)).unwrap()).unwrap();
-    let r = verify(&[w.log()], Some(&other_key), None).unwrap();
+    let r = verify(&[w.log()], Some(&other_key), &[]).unwrap();
     assert_eq!(r.signed, 0);
     assert!(what(&r).contains("does not verify"), "{}", what(&r));
     // A checkpoint moved to vouch for another line: its signature no longer matches.
@@ -276,16 +293,57 @@ fn a_restarted_writer_goes_on_and_a_log_cut_while_it_was_stopped_is_marked() {
     assert!(text.lines().nth(12).unwrap().contains(r#""start":"truncated""#), "{text}");
     w.checkpoint("stop");
     let r = w.check(std::slice::from_ref(&log));
-    assert!(what(&r).contains("shorter than its newest checkpoint"), "{}", what(&r));
-    // A last line cut short: the next line starts on a line of its own, in a new chain.
+    assert!(what(&r).contains("shorter than what it had written"), "{}", what(&r));
+
+    // Linked lines forged onto the end while it was stopped (anyone can compute the links):
+    // it does not adopt them, and verify says so.
     let mut w = written();
-    w.lines(15, 17);
+    let mut forger = Chain::resume(LogKind::Events, &[w.log()]);
+    let mut forged = Vec::new();
+    forger.seal(&record(666), &mut forged);
+    fs::OpenOptions::new().append(true).open(w.log()).and_then(|mut f| io::Write::write_all(&mut f, &forged)).unwrap();
+    w = w.with_chain(|_, dir| resumed(dir));
+    assert_eq!(w.chain.next_seq(), 0, "a new chain");
+    w.lines(0, 1);
     let text = fs::read_to_string(w.log()).unwrap();
-    fs::write(w.log(), &text.as_bytes()[..text.len() - 10]).unwrap();
+    assert!(text.lines().last().unwrap().contains(r#""start":"unvouched""#), "{text}");
+    w.checkpoint("stop");
+    assert!(what(&w.check(&[w.log()])).contains("had not written last"));
+
+    // A crash in the middle of a write: the last line cut short, never recorded as written.
+    // The next line starts on a line of its own, in a new chain marked incomplete.
+    let mut w = written();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(w.log())
+        .and_then(|mut f| io::Write::write_all(&mut f, b"{\"n\":"))
+        .unwrap();
     w = w.with_chain(|_, dir| resumed(dir));
     w.lines(0, 1);
     let text = fs::read_to_string(w.log()).unwrap();
     assert!(text.lines().last().unwrap().contains(r#""start":"incomplete""#), "{text}");
+    // Deleting the record does not help: the kept checkpoint is the reference then.
+    let mut w = written();
+    w.edit(|l| l.truncate(12));
+    fs::remove_file(HeadRecord::path(LogKind::Events, w.dir.path())).unwrap();
+    w = w.with_chain(|_, dir| resumed(dir));
+    assert_eq!(w.chain.next_seq(), 0, "a new chain: the log ends before the kept checkpoint");
+}
+
+#[test]
+fn a_log_of_lines_without_links_or_signatures_is_not_vouched_for() {
+    let w = written();
+    let kept = Reference::kept(&w.kept());
+    // Replaced by unlinked lines.
+    fs::write(w.log(), format!("{}\n{}\n", record(1), record(2))).unwrap();
+    let r = verify(&[w.log()], Some(&w.key()), std::slice::from_ref(&kept)).unwrap();
+    assert!(what(&r).contains("no signed checkpoint") && what(&r).contains("holds no linked line"), "{}", what(&r));
+    let r = verify(&[w.log()], Some(&w.key()), &[]).unwrap();
+    assert!(what(&r).contains("no signed checkpoint"), "{}", what(&r));
+    // A line number that would overflow is a finding, not a crash.
+    let big = format!(r#"{{"fence":{{"chain":{{"seq":{},"prev":"{}"}}}}}}"#, u64::MAX, hex(&GENESIS));
+    fs::write(w.log(), format!("{big}\n{}\n", big.replace("\"seq\":18446744073709551615", "\"seq\":0"))).unwrap();
+    assert!(!verify(&[w.log()], Some(&w.key()), &[]).unwrap().intact());
 }
 
 #[test]
@@ -313,14 +371,14 @@ fn the_audit_log_is_chained_and_checkpointed_at_its_end() {
     }
     let key = PublicKey::parse(&fs::read_to_string(dir.path().join(PUBLIC_FILE)).unwrap()).unwrap();
     let kept: Checkpoint = serde_json::from_str(&fs::read_to_string(&kept).unwrap()).unwrap();
-    let r = verify(std::slice::from_ref(&path), Some(&key), Some(&kept)).unwrap();
+    let r = verify(std::slice::from_ref(&path), Some(&key), &[Reference::kept(&kept)]).unwrap();
     assert!(r.intact(), "{}", what(&r));
     assert_eq!((r.lines, r.checkpoints, r.log.as_deref()), (4, 2, Some("audit")));
     // The append-only file system flag aside (tmpfs), a rewritten line is found.
     let text = fs::read_to_string(&path).unwrap().replacen("a0", "b0", 1);
     let _ = crate::audit::append_only_flag(&fs::File::open(&path).unwrap(), false);
     fs::write(&path, text).unwrap();
-    assert!(!verify(&[path], Some(&key), Some(&kept)).unwrap().intact());
+    assert!(!verify(&[path], Some(&key), &[Reference::kept(&kept)]).unwrap().intact());
 }
 
 #[test]

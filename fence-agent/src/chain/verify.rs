@@ -61,14 +61,39 @@ pub fn oldest_first(files: &mut [PathBuf]) {
     files.sort_by_key(|p| std::cmp::Reverse(rank(p)));
 }
 
+/// A line the agent vouches for outside the log: its number and hash, and what says so.
+#[derive(Debug, Clone)]
+pub struct Reference {
+    pub seq: u64,
+    pub hash: String,
+    /// "the newest checkpoint the agent kept (TIME)", "the last line the agent recorded writing".
+    pub what: String,
+}
+
+impl Reference {
+    pub fn kept(cp: &Checkpoint) -> Reference {
+        Reference {
+            seq: cp.seq,
+            hash: cp.hash.clone(),
+            what: format!("the newest checkpoint the agent kept ({})", cp.at),
+        }
+    }
+
+    pub fn head(h: &super::HeadRecord) -> Reference {
+        Reference { seq: h.seq, hash: h.hash.clone(), what: "the last line the agent recorded writing".into() }
+    }
+}
+
 /// Checks `files` (oldest first) as one log: every link, every checkpoint's place and (with
-/// `key`) signature, and that the log reaches the newest `kept` checkpoint.
-pub fn verify(files: &[PathBuf], key: Option<&PublicKey>, kept: Option<&Checkpoint>) -> io::Result<Report> {
+/// `key`) signature, and that the log holds each of `refs` (lines cut off the end, a changed
+/// last line).
+pub fn verify(files: &[PathBuf], key: Option<&PublicKey>, refs: &[Reference]) -> io::Result<Report> {
     let mut r = Report { files: files.to_vec(), ..Report::default() };
     // The line before: its number (None: it had no link) and hash.
     let mut before: Option<(Option<u64>, [u8; 32])> = None;
     let mut chained = false;
-    let mut kept_found: Option<bool> = None;
+    // Per reference: None not seen, Some(matches).
+    let mut found: Vec<Option<bool>> = vec![None; refs.len()];
     for path in files {
         let bytes = fs::read(path)?;
         let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
@@ -108,13 +133,16 @@ pub fn verify(files: &[PathBuf], key: Option<&PublicKey>, kept: Option<&Checkpoi
                             "the chain starts again here: the line before was cut short (a failed write or a truncation)".into(),
                         )),
                         Start::Truncated => r.findings.push(at(
-                            "the chain starts again here: the agent found the log shorter than its newest checkpoint (lines removed while it was stopped)".into(),
+                            "the chain starts again here: the agent found the log shorter than what it had written (lines removed while it was stopped)".into(),
+                        )),
+                        Start::Unvouched => r.findings.push(at(
+                            "the chain starts again here: the agent found the log ending in lines it had not written last (changed or added while it was stopped, or a crash between a write and its record)".into(),
                         )),
                     }
                 }
                 (None, Some((prev_seq, prev_hash))) => {
                     if let Some(p) = prev_seq
-                        && link.seq != p + 1
+                        && p.checked_add(1) != Some(link.seq)
                     {
                         r.findings.push(at(format!(
                             "line {} follows line {p}: lines were removed, inserted or reordered",
@@ -139,7 +167,7 @@ pub fn verify(files: &[PathBuf], key: Option<&PublicKey>, kept: Option<&Checkpoi
                 r.checkpoints += 1;
                 r.log.get_or_insert_with(|| cp.log.clone());
                 let names_before = before.is_some_and(|(s, h)| s == Some(cp.seq) && hex(&h) == cp.hash);
-                if !names_before || cp.seq + 1 != link.seq {
+                if !names_before || cp.seq.checked_add(1) != Some(link.seq) {
                     r.findings.push(at(format!("checkpoint for line {} is not right after that line", cp.seq)));
                 }
                 match key {
@@ -155,10 +183,10 @@ pub fn verify(files: &[PathBuf], key: Option<&PublicKey>, kept: Option<&Checkpoi
                 r.last_checkpoint = Some(cp.seq);
                 r.after_last_checkpoint = 0;
             }
-            if let Some(k) = kept
-                && k.seq == link.seq
-            {
-                kept_found = Some(kept_found.unwrap_or(false) || hex(&hash) == k.hash);
+            for (f, k) in found.iter_mut().zip(refs) {
+                if k.seq == link.seq {
+                    *f = Some(f.unwrap_or(false) || hex(&hash) == k.hash);
+                }
             }
             before = Some((Some(link.seq), hash));
         }
@@ -171,27 +199,28 @@ pub fn verify(files: &[PathBuf], key: Option<&PublicKey>, kept: Option<&Checkpoi
             });
         }
     }
-    if let Some(k) = kept {
-        match (kept_found, r.last_seq) {
+    // Anyone can compute a chain of hashes: only a signature, or the agent's own record, says
+    // the agent wrote it.
+    if r.lines > 0 && r.checkpoints == 0 && !found.contains(&Some(true)) {
+        r.findings.push(Finding {
+            file: PathBuf::new(),
+            line: 0,
+            what: "no signed checkpoint: nothing vouches that the agent wrote these lines (it signs one every checkpoint_interval, at rotation and at stop)".into(),
+        });
+    }
+    let whole = |what: String| Finding { file: PathBuf::new(), line: 0, what };
+    for (f, k) in found.iter().zip(refs) {
+        match (f, r.last_seq) {
             (Some(true), _) => {}
-            (Some(false), _) => r.findings.push(Finding {
-                file: PathBuf::new(),
-                line: 0,
-                what: format!("line {} differs from the newest checkpoint the agent kept ({})", k.seq, k.at),
-            }),
-            (None, Some(last)) if k.seq > last => r.findings.push(Finding {
-                file: PathBuf::new(),
-                line: 0,
-                what: format!(
-                    "the log ends at line {last}, before line {} that the agent's newest checkpoint ({}) vouches for: lines were cut off the end",
-                    k.seq, k.at
-                ),
-            }),
-            (None, None) if r.lines == 0 => r.findings.push(Finding {
-                file: PathBuf::new(),
-                line: 0,
-                what: format!("the log is empty, but the agent's newest checkpoint ({}) vouches for line {}", k.at, k.seq),
-            }),
+            (Some(false), _) => r.findings.push(whole(format!("line {} differs from {}", k.seq, k.what))),
+            (None, Some(last)) if k.seq > last => r.findings.push(whole(format!(
+                "the log ends at line {last}, before line {} ({}): lines were cut off the end",
+                k.seq, k.what
+            ))),
+            (None, None) => r.findings.push(whole(format!(
+                "the log holds no linked line, but {} is line {}: it was emptied or replaced",
+                k.what, k.seq
+            ))),
             // Before the first file given: rotated away.
             _ => {}
         }

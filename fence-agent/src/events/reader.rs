@@ -240,6 +240,7 @@ impl EventReader {
             if let Err(e) = self.sinks.checkpoint_if_due() {
                 self.sink_errors(vec![e]);
             }
+            self.sinks.record_head_if_due();
             if stopped {
                 return;
             }

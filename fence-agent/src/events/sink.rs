@@ -32,7 +32,7 @@ use crate::{
 /// Lines for the file are written when this many bytes are waiting (or at [`Sinks::flush`]).
 pub const BATCH_BYTES: usize = 64 * 1024;
 /// What a line's link (`fence.chain`) adds to it, about: `,"chain":{"seq":N,"prev":"<64 hex>"}`.
-const LINK_BYTES: u64 = 96;
+const LINK_BYTES: u64 = 100;
 /// A checkpoint line, at most about (its signature, hashes, key id, times and a host name).
 const CHECKPOINT_BYTES: u64 = 1024;
 
@@ -191,9 +191,24 @@ impl Sinks {
         }
     }
 
-    /// How long until the file's checkpoint is due (None: none is).
+    /// How long until the file's checkpoint, or the record of its last line, is due (None:
+    /// neither is).
     pub fn until_checkpoint(&self) -> Option<std::time::Duration> {
-        self.file.as_ref().and_then(|f| f.chain.until_checkpoint(std::time::Instant::now()))
+        let f = self.file.as_ref()?;
+        let checkpoint = f.chain.until_checkpoint(std::time::Instant::now());
+        match (checkpoint, f.chain.until_head()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Writes the record of the file's last line if it is due.
+    pub fn record_head_if_due(&mut self) {
+        if let Some(f) = &mut self.file
+            && f.chain.until_head().is_some_and(|d| d.is_zero())
+        {
+            f.chain.record_head();
+        }
     }
 
     /// Writes the lines waiting for the file.
@@ -236,6 +251,7 @@ impl Drop for EventFile {
         if let Err((e, lines)) = self.flush() {
             tracing::error!(file = %self.path.display(), error = %e, lines, "writing the last event lines failed");
         }
+        self.chain.record_head();
     }
 }
 
@@ -319,6 +335,10 @@ impl EventFile {
         let lines = std::mem::take(&mut self.pending_lines);
         if written.is_ok() {
             self.size += self.pending.len() as u64;
+            self.chain.written();
+        } else {
+            // Some of the lines the chain counted may be missing, or cut short.
+            self.chain.broken();
         }
         self.pending.clear();
         written.map_err(|e| (e, lines))
@@ -339,6 +359,10 @@ impl EventFile {
         self.chain.seal(&json, &mut self.pending);
         self.pending_lines += 1;
         self.flush()?;
+        self.chain.record_head();
+        // On disk before the state directory says so (a power loss must not make the kept
+        // checkpoint name lines the disk never got).
+        let _ = self.file.sync_data();
         self.chain.keep(reason);
         Ok(())
     }

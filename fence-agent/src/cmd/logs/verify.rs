@@ -11,8 +11,8 @@ use clap::Args;
 
 use crate::{
     chain::{
-        self, Checkpoint, LogKind,
-        verify::{Report, oldest_first, verify},
+        self, Checkpoint, HeadRecord, LogKind,
+        verify::{Finding, Reference, Report, oldest_first, verify},
     },
     config::Config,
     events::sink::rotated_path,
@@ -34,8 +34,10 @@ pub struct VerifyArgs {
     /// `log-signing.pub` in the state directory ([persist] state_dir).
     #[arg(long, value_name = "KEY")]
     pub key: Option<String>,
-    /// The newest checkpoint the agent kept (`<log>-checkpoint.json` in the state directory by
-    /// default), which shows lines cut off the end of the log. `none` to check without it.
+    /// The newest checkpoint the agent kept, which shows lines cut off the end of the log.
+    /// Default, for the configured logs: `<log>-checkpoint.json` in the state directory (and
+    /// the agent's record of the last line it wrote, `<log>-head`); for FILEs (copies): none.
+    /// `none` to check without it.
     #[arg(long, value_name = "FILE")]
     pub checkpoint: Option<PathBuf>,
     /// Print the reports as JSON.
@@ -85,29 +87,45 @@ fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         vec![(files, None)]
     };
 
+    let live = args.files.is_empty();
     let mut reports = Vec::new();
     let mut broken = false;
     for (files, kind) in sets {
-        let report = verify(&files, Some(&key), None).map_err(|e| anyhow!("reading {}: {e}", names(&files)))?;
-        // The newest checkpoint kept for this log: named, or found by the log's kind.
-        let kind = kind.or(match report.log.as_deref() {
-            Some("events") => Some(LogKind::Events),
-            Some("audit") => Some(LogKind::Audit),
-            _ => None,
-        });
+        let kind = kind.or_else(|| kind_of(&files));
+        // What the agent vouches for outside the log, read before the log (which only grows
+        // after them): for the live logs its record of the last line written and its kept
+        // checkpoint; for copies, the checkpoint named with --checkpoint.
+        let head_path = kind.filter(|_| live).map(|k| HeadRecord::path(k, &state_dir));
+        let head = match &head_path {
+            Some(p) => HeadRecord::read(p).with_context(|| format!("reading {}", p.display()))?,
+            None => None,
+        };
         let kept_path = match &args.checkpoint {
             Some(p) if p.as_os_str() == "none" => None,
             Some(p) => Some(p.clone()),
-            None => kind.map(|k| k.checkpoint_file(&state_dir)),
+            None => kind.filter(|_| live).map(|k| k.checkpoint_file(&state_dir)),
         };
         let kept = match &kept_path {
             Some(p) => read_kept(p, &key, args.checkpoint.is_some())?,
             None => None,
         };
-        let report = match &kept {
-            Some(k) => verify(&files, Some(&key), Some(k)).map_err(|e| anyhow!("reading {}: {e}", names(&files)))?,
-            None => report,
-        };
+        let mut refs: Vec<Reference> = kept.iter().map(Reference::kept).collect();
+        refs.extend(head.iter().map(Reference::head));
+        let files: Vec<PathBuf> = files.into_iter().filter(|f| !live || f.exists()).collect();
+        let mut report = verify(&files, Some(&key), &refs).map_err(|e| anyhow!("reading {}: {e}", names(&files)))?;
+        // The agent keeps both once it has signed a checkpoint: gone means removed.
+        if live && report.checkpoints > 0 {
+            for (path, present) in [(&kept_path, kept.is_some()), (&head_path, head.is_some())] {
+                if let Some(p) = path.as_ref().filter(|_| !present) {
+                    report.findings.push(Finding {
+                        file: p.clone(),
+                        line: 0,
+                        what: "missing, though the log holds signed checkpoints: removed from the state directory"
+                            .into(),
+                    });
+                }
+            }
+        }
         broken |= !report.intact();
         if !args.json {
             print_text(&report, &key, kept.as_ref(), kept_path.as_deref());
@@ -120,8 +138,21 @@ fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     Ok(if broken { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
+/// The log a set is of, from its first line that says (`event.dataset`).
+fn kind_of(files: &[PathBuf]) -> Option<LogKind> {
+    let text = std::fs::read_to_string(files.first()?).ok()?;
+    text.lines().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        match v.pointer("/event/dataset")?.as_str()? {
+            "fence.audit" => Some(LogKind::Audit),
+            "fence.enforcement" => Some(LogKind::Events),
+            _ => None,
+        }
+    })
+}
+
 /// `<file>.<keep>` ... `<file>.1`, `<file>`: those that exist, oldest first.
-fn rotated_set(file: &Path, keep: u32) -> Vec<PathBuf> {
+pub(crate) fn rotated_set(file: &Path, keep: u32) -> Vec<PathBuf> {
     let mut set: Vec<PathBuf> = (1..=keep.max(1)).rev().map(|n| rotated_path(file, n)).filter(|p| p.exists()).collect();
     set.push(file.to_owned());
     set
