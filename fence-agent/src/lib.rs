@@ -31,6 +31,7 @@ pub mod grants;
 pub mod hold;
 pub mod host;
 pub mod kernel;
+pub mod learn;
 pub mod logging;
 pub mod metrics;
 pub mod mountinfo;

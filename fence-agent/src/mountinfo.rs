@@ -12,6 +12,8 @@ pub struct Mount {
     pub id: u64,
     pub major: u32,
     pub minor: u32,
+    /// The directory of the file system mounted here (`/` unless a bind mount of a part).
+    pub root: String,
     pub mount_point: PathBuf,
     pub fstype: String,
 }
@@ -33,6 +35,19 @@ impl MountInfo {
         MountInfo { mounts: text.lines().filter_map(parse_line).collect() }
     }
 
+    /// `path`, relative to the root of the file system on device `major:minor`, as a path from
+    /// `/` through a mount of the whole file system (None: not mounted whole here, or the
+    /// result does not exist).
+    pub fn absolute(&self, device: &str, path: &str) -> Option<PathBuf> {
+        let (major, minor) = device.split_once(':')?;
+        let (major, minor): (u32, u32) = (major.parse().ok()?, minor.parse().ok()?);
+        self.mounts
+            .iter()
+            .filter(|m| m.major == major && m.minor == minor && m.root == "/")
+            .map(|m| m.mount_point.join(path.trim_start_matches('/')))
+            .find(|p| p.symlink_metadata().is_ok())
+    }
+
     /// The first mount point of a file system type (`cgroup2`, `bpf`).
     pub fn mount_of(&self, fstype: &str) -> Option<PathBuf> {
         self.mounts.iter().find(|m| m.fstype == fstype).map(|m| m.mount_point.clone())
@@ -45,10 +60,10 @@ fn parse_line(line: &str) -> Option<Mount> {
     let id = f.next()?.parse().ok()?;
     let _parent = f.next()?;
     let (major, minor) = f.next()?.split_once(':')?;
-    let _root = f.next()?;
+    let root = unescape_octal(f.next()?);
     let mount_point = PathBuf::from(unescape_octal(f.next()?));
     let fstype = post.split(' ').next()?.to_owned();
-    Some(Mount { id, major: major.parse().ok()?, minor: minor.parse().ok()?, mount_point, fstype })
+    Some(Mount { id, major: major.parse().ok()?, minor: minor.parse().ok()?, root, mount_point, fstype })
 }
 
 /// mountinfo escapes space, tab, newline and backslash as \ooo.

@@ -29,6 +29,7 @@ mod harness;
 mod helper;
 mod identities;
 mod kernel_fences;
+mod learn;
 mod logs;
 mod net;
 mod persist;
@@ -58,6 +59,7 @@ fn all_tests() -> impl Iterator<Item = &'static harness::Test> {
         .chain(service::TESTS)
         .chain(flood::TESTS)
         .chain(logs::TESTS)
+        .chain(learn::TESTS)
         .chain(bypass::TESTS)
         .chain(fastpath::TESTS)
         .chain(dns::TESTS)

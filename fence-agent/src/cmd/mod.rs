@@ -12,6 +12,7 @@ pub mod reload;
 pub mod run;
 pub mod secret;
 pub mod status;
+pub mod suggest;
 pub mod uninstall;
 
 use std::path::{Path, PathBuf};

@@ -47,6 +47,18 @@ pub enum PolicyCommand {
     /// Show what `policy push` would change in the vault (exit status 1 if anything).
     #[command(after_long_help = DIFF_HELP)]
     Diff(crate::cmd::console::DiffArgs),
+    /// Write a least-privilege policy for an identity from what it was seen to do.
+    ///
+    /// Reads the identity's would-deny events (audit mode) and denials from the event file,
+    /// and prints the identity's policy (from --policy) with exactly that added, in mode
+    /// enforce: addresses as /32 or /128 with the ports and protocol seen, names as asked,
+    /// programs, protected files and unix sockets by full path. It never widens on its own (no
+    /// wider CIDR, no wildcard). A risk list at the top must be read before applying:
+    /// credential files, container and D-Bus sockets, cloud metadata, private and loopback
+    /// networks, programs in writable or temporary directories, interpreters, and what no
+    /// policy allows. The output validates (`policy check`).
+    #[command(after_long_help = crate::cmd::suggest::SUGGEST_HELP)]
+    Suggest(crate::cmd::suggest::SuggestArgs),
     /// Fetch the vault's documents into a directory (with .fence-vault.lock for push).
     ///
     /// Signatures are verified with the configuration's signing_keys; a document that fails
@@ -131,6 +143,7 @@ pub fn main(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
         PolicyCommand::Push(args) => crate::cmd::console::push(args),
         PolicyCommand::Diff(args) => crate::cmd::console::diff(args),
         PolicyCommand::Pull(args) => crate::cmd::console::pull(args),
+        PolicyCommand::Suggest(args) => crate::cmd::suggest::main(args),
     }
 }
 

@@ -28,7 +28,7 @@ pub use self::{
     filter::{Filter, VerdictFilter, parse_since},
     follow::Follower,
     format::format_text,
-    line::Line,
+    line::{Line, is_checkpoint},
 };
 use crate::config::Config;
 
