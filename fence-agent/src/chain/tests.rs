@@ -4,7 +4,7 @@ use super::{
     verify::{Reference, verify},
     *,
 };
-use crate::{audit::AuditLog, events::sink::rotated_path};
+use crate::{audit::AuditLog, events::sink::rotated_path, vault::sign::PublicKey};
 
 /// A log written the way the writers do: lines sealed, a checkpoint line every `every` lines
 /// (and kept), in `files` rotated by hand.
