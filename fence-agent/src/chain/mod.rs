@@ -42,7 +42,7 @@ use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
 pub use self::records::{Checkpoint, Checkpoints, HEAD_EVERY, HeadRecord, KEY_FILE, PUBLIC_FILE, Signer};
-use self::records::{CheckpointEvent, CheckpointFence, CheckpointLine};
+use self::records::{CheckpointFence, CheckpointLine};
 use crate::vault::sign::SignError;
 
 /// The `prev` of the first line of a chain.
@@ -377,7 +377,7 @@ impl Chain {
                     cp.key_id
                 ),
             ),
-            event: CheckpointEvent {
+            event: crate::audit::AuditEvent {
                 kind: "event",
                 category: ["configuration"],
                 event_type: ["info"],

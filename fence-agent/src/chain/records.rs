@@ -188,20 +188,8 @@ impl HeadRecord {
 pub(super) struct CheckpointLine {
     #[serde(flatten)]
     pub head: crate::audit::Head,
-    pub event: CheckpointEvent,
+    pub event: crate::audit::AuditEvent,
     pub fence: CheckpointFence,
-}
-
-#[derive(Serialize)]
-pub(super) struct CheckpointEvent {
-    pub kind: &'static str,
-    pub category: [&'static str; 1],
-    #[serde(rename = "type")]
-    pub event_type: [&'static str; 1],
-    pub action: &'static str,
-    pub outcome: &'static str,
-    pub module: &'static str,
-    pub dataset: &'static str,
 }
 
 #[derive(Serialize)]
