@@ -41,6 +41,7 @@ pub mod persist;
 pub mod policy;
 pub mod proc_status;
 pub mod protect;
+pub mod report;
 pub mod resolve;
 pub mod service;
 pub mod sockdiag;

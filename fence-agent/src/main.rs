@@ -94,6 +94,15 @@ enum Command {
     /// counted on stderr.
     #[command(after_long_help = LOGS_HELP)]
     Logs(cmd::logs::LogsArgs),
+    /// Evidence per control (AC-6, IA-5, SC-7, ISO 5.15/5.16, CC6.1, GDPR) from this host.
+    ///
+    /// Asks the running agent for its fences, identities and policy source, reads its event
+    /// file and audit log (denials by identity and kind, grants and their lifetimes, secrets
+    /// the broker delivered), checks the logs' hash chain and signatures, and scans the fenced
+    /// processes' environments for credentials (names only). Each finding is met, partial or
+    /// not met, with the reason. As root.
+    #[command(after_long_help = cmd::report::REPORT_HELP)]
+    Report(cmd::report::ReportArgs),
     /// Remove pinned enforcement, managed cgroups, state and the socket (agent stopped).
     ///
     /// What a stopped agent leaves behind with [persist] enabled keeps enforcing; this lifts
@@ -242,6 +251,7 @@ fn main() -> ExitCode {
         Command::Grant(command) => cmd::grant::main(command),
         Command::Secret(command) => cmd::secret::main(command),
         Command::Logs(args) => cmd::logs::main(args),
+        Command::Report(args) => cmd::report::main(args),
         Command::Uninstall(args) => cmd::uninstall::main(args),
         Command::Status(args) => cmd::status::main(args),
         Command::Reload(args) => cmd::reload::main(args),

@@ -128,6 +128,16 @@ impl Agent {
             extra_config.find("\n[").map_or(extra_config.len(), |i| i + 1)
         };
         let (events_keys, extra_config) = extra_config.split_at(split);
+        // An `[audit]` table of the test's joins the one written here.
+        let (audit_keys, extra_config) = match extra_config.find("[audit]\n") {
+            Some(at) => {
+                let body = &extra_config[at + "[audit]\n".len()..];
+                let end = body.find("\n[").map_or(body.len(), |i| i + 1);
+                let keys = format!("{}\n", body[..end].trim_end());
+                (keys, format!("{}{}", &extra_config[..at], &body[end..]))
+            }
+            None => (String::new(), extra_config.to_owned()),
+        };
         let mut events_keys = events_keys.to_owned();
         if !events_keys.contains("rate_limit") {
             events_keys.push_str("rate_limit = 0\n");
@@ -138,7 +148,7 @@ impl Agent {
         fs::write(
             &config,
             format!(
-                "[events]\nstdout = true\nfile = {:?}\n{events_keys}[control]\nsocket = {:?}\nworkload_socket = {:?}\n[audit]\nfile = {:?}\n{protect}{extra_config}",
+                "[events]\nstdout = true\nfile = {:?}\n{events_keys}[control]\nsocket = {:?}\nworkload_socket = {:?}\n[audit]\nfile = {:?}\n{audit_keys}{protect}{extra_config}",
                 events.display().to_string(),
                 socket.display().to_string(),
                 workload.display().to_string(),

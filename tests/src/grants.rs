@@ -29,7 +29,7 @@ pub const TESTS: &[Test] = &[
     Test { name: "grants_exec_and_file_and_agent_killed", run: exec_and_file_and_agent_killed },
 ];
 
-fn slow() -> u64 {
+pub(crate) fn slow() -> u64 {
     u64::from(slow_factor().max(1))
 }
 
@@ -38,15 +38,15 @@ fn connect(cg: &TestCgroup, addr: &str) -> Outcome {
 }
 
 /// What `fence-agent grant ...` run inside `cg` (or on the host) printed, and its exit code.
-struct Cli {
-    code: i32,
-    out: String,
-    err: String,
+pub(crate) struct Cli {
+    pub(crate) code: i32,
+    pub(crate) out: String,
+    pub(crate) err: String,
 }
 
 impl Cli {
     /// The grant of a `--json` answer.
-    fn grant(&self) -> Value {
+    pub(crate) fn grant(&self) -> Value {
         let v: Value =
             serde_json::from_str(&self.out).unwrap_or_else(|e| panic!("grant JSON ({e}): {}\n{}", self.out, self.err));
         v.as_array().and_then(|a| a.last().cloned()).unwrap_or_else(|| panic!("no grant in {}", self.out))
@@ -55,7 +55,7 @@ impl Cli {
 
 /// Runs `fence-agent grant ARGS` inside `cg` (moved there before exec, as a workload would
 /// run it), or unfenced.
-fn grant_cli(agent: &Agent, cg: Option<&TestCgroup>, args: &[&str]) -> Cli {
+pub(crate) fn grant_cli(agent: &Agent, cg: Option<&TestCgroup>, args: &[&str]) -> Cli {
     let admin = matches!(args.first(), Some(&("approve" | "deny" | "revoke")));
     let socket = if admin { &agent.socket } else { &agent.workload };
     let mut full: Vec<String> = vec!["grant".into()];
@@ -78,7 +78,7 @@ fn grant_cli(agent: &Agent, cg: Option<&TestCgroup>, args: &[&str]) -> Cli {
 }
 
 /// The grant lifecycle actions of the audit log for grant `id`.
-fn audited(agent: &Agent, id: &str) -> Vec<String> {
+pub(crate) fn audited(agent: &Agent, id: &str) -> Vec<String> {
     agent
         .audit_lines()
         .into_iter()
@@ -89,7 +89,7 @@ fn audited(agent: &Agent, id: &str) -> Vec<String> {
 
 /// Waits until `f` holds (within `secs` scaled by the slow factor).
 #[track_caller]
-fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+pub(crate) fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     if wait_for(Duration::from_secs(secs * slow()), || f().then_some(())).is_none() {
         panic!("{what}: did not happen in time");
     }

@@ -35,6 +35,7 @@ mod net;
 mod persist;
 mod postgres;
 mod probes;
+mod report;
 mod schema;
 mod service;
 mod vault_client;
@@ -60,6 +61,7 @@ fn all_tests() -> impl Iterator<Item = &'static harness::Test> {
         .chain(flood::TESTS)
         .chain(logs::TESTS)
         .chain(learn::TESTS)
+        .chain(report::TESTS)
         .chain(bypass::TESTS)
         .chain(fastpath::TESTS)
         .chain(dns::TESTS)

@@ -210,6 +210,45 @@ fn push_is_enforced_and_reported() {
         v.as_array()?.iter().any(|h| h["hostname"] == HOST && h["source"] == "vault").then_some(())
     });
     assert!(hosts.is_some(), "status --hosts shows this host");
+    // And publishes its compliance report, rewritten when the policy in force changes: the
+    // console's fleet view has this host with the vault's signed policy and the identity.
+    let published = wait_for(wait(20), || {
+        let out = Command::new(agent_binary())
+            .args(["report", "--hosts", "--json", "-c"])
+            .arg(&setup.console)
+            .output()
+            .ok()?;
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let r = v.as_array()?.iter().find(|r| r["host"] == HOST)?.clone();
+        let iso = r["controls"].as_array()?.iter().find(|c| c["control"] == "ISO 5.15")?.clone();
+        let findings = iso["findings"].as_array()?;
+        let policy = findings.iter().find(|f| f["subject"] == "policy")?;
+        (policy["status"] == "met" && findings.iter().any(|f| f["subject"] == "identity vault-bot"))
+            .then(|| (r.clone(), out.status.code()))
+    });
+    let (report, code) = published.expect("report --hosts shows this host's report with the vault's policy");
+    assert!(
+        report["evidence"]["policy"]["signatures"].as_str().is_some_and(|s| s.starts_with("verified")),
+        "{report:#}"
+    );
+    assert_eq!(report["controls"].as_array().map(Vec::len), Some(7), "{report:#}");
+    assert!(matches!(code, Some(0 | 3)), "report --hosts exit status {code:?}");
+    let md = Command::new(agent_binary())
+        .args(["report", "--hosts", "--markdown", "-c"])
+        .arg(&setup.console)
+        .output()
+        .unwrap();
+    let md = String::from_utf8_lossy(&md.stdout);
+    assert!(
+        md.contains("| Host | Generated | Overall | AC-6 | IA-5 | SC-7 | ISO 5.15 | ISO 5.16 | CC6.1 | GDPR 5(1)(c) |"),
+        "{md}"
+    );
+    assert!(md.contains(&format!("\n## fence compliance report: {HOST}\n")), "{md}");
+    // `status --hosts` still lists hosts only (not their report folders).
+    let out =
+        Command::new(agent_binary()).args(["status", "--hosts", "--json", "-c"]).arg(&setup.console).output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).expect("status --hosts JSON");
+    assert!(v.as_array().unwrap().iter().all(|h| h["hostname"].is_string()), "{v:#}");
     // The cache holds what is applied, root-only.
     let cache = setup.state.join("policy-cache.json");
     let mode = std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&cache).expect("the cache").permissions());

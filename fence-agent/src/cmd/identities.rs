@@ -69,17 +69,18 @@ fn print_identity(i: &IdentityStatus) {
     }
 }
 
-/// Credential-looking environment variables of one fenced process.
-#[derive(Debug, serde::Serialize)]
-struct EnvFinding {
-    identity: String,
-    pid: u32,
-    comm: String,
-    variables: Vec<crate::credscan::Finding>,
+/// Credential-looking environment variables of one fenced process (names and why, never values).
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct EnvFinding {
+    pub identity: String,
+    pub pid: u32,
+    pub comm: String,
+    pub variables: Vec<crate::credscan::Finding>,
 }
 
-/// `--check-env`: every process of every identity's cgroups, its environment scanned.
-fn check_env(identities: &[IdentityStatus], json: bool) -> anyhow::Result<ExitCode> {
+/// Every process of every identity's cgroups, its environment scanned; and how many processes
+/// were gone or unreadable.
+pub(crate) fn env_findings(identities: &[IdentityStatus]) -> anyhow::Result<(Vec<EnvFinding>, usize)> {
     let cgroups = crate::cgroup::Cgroups::discover()?;
     let proc_root = std::path::Path::new("/proc");
     let mut found = Vec::new();
@@ -106,6 +107,12 @@ fn check_env(identities: &[IdentityStatus], json: bool) -> anyhow::Result<ExitCo
             }
         }
     }
+    Ok((found, unreadable))
+}
+
+/// `--check-env`.
+fn check_env(identities: &[IdentityStatus], json: bool) -> anyhow::Result<ExitCode> {
+    let (found, unreadable) = env_findings(identities)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&found)?);
     } else {
@@ -122,7 +129,7 @@ fn check_env(identities: &[IdentityStatus], json: bool) -> anyhow::Result<ExitCo
     Ok(if found.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }
 
-fn why_text(why: crate::credscan::Why) -> String {
+pub(crate) fn why_text(why: crate::credscan::Why) -> String {
     serde_json::to_value(why)
         .ok()
         .map(|v| match v {

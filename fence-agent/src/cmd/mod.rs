@@ -9,6 +9,7 @@ pub mod identities;
 pub mod logs;
 pub mod policy;
 pub mod reload;
+pub mod report;
 pub mod run;
 pub mod secret;
 pub mod status;

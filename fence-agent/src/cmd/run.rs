@@ -214,7 +214,7 @@ async fn start(
         started.with_context(|| format!("metrics.listen = {addr}"))?;
         tracing::info!(%addr, "metrics served (Prometheus text format) at /metrics");
     }
-    log_mechanisms(&plan, &metrics);
+    let fence_rows = log_mechanisms(&plan, &metrics);
     let directory = Arc::new(RwLock::new(Directory::default()));
     let signer = log_signer(config);
     let mut reader = event_reader(config, &mut loader, run.as_ref(), agent_events, directory.clone(), &metrics)?;
@@ -223,6 +223,9 @@ async fn start(
     }
     let (handle, inbox) = service::channel();
     let mut vault = config.vault.as_ref().map(|v| VaultAgent::new(v, &config.persist.state_dir, &hostname()));
+    if let Some(v) = vault.as_mut() {
+        v.publish_reports(config);
+    }
     let cache = vault.as_mut().and_then(VaultAgent::cached);
     let (vault_state, in_force) = match &vault {
         Some(va) => {
@@ -255,6 +258,7 @@ async fn start(
         hostname: hostname(),
         ids_path: config.persist.enabled.then(|| config.persist.state_dir.join("identity-ids.json")),
         secret_files: files.as_ref().map(|_| config.broker.files_dir.clone()),
+        fences: fence_rows,
     };
     let kernel = Generations::new(loader.take_policy_maps()?).context("reading the policy maps")?;
     let dns = dns_state(config, &plan, &mut loader, &handle, &agent_events_tx)?;
@@ -518,17 +522,19 @@ fn hostname() -> String {
     nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default()
 }
 
-/// Logs each fence's mechanism (or why there is none) and sets the mechanism metric.
-fn log_mechanisms(plan: &fences::Plan, metrics: &Metrics) {
+/// Logs each fence's mechanism (or why there is none) and sets the mechanism metric; the
+/// rows, for `status`.
+fn log_mechanisms(plan: &fences::Plan, metrics: &Metrics) -> Vec<crate::control::protocol::FenceState> {
     let rows = plan.report(lsm_list().as_deref());
     metrics.mechanisms(&rows);
-    for row in rows {
+    for row in &rows {
         if row.enforced {
             tracing::info!(fence = row.fence, mechanism = %row.mechanism, notes = %row.notes, "fence enforced");
         } else {
             tracing::warn!(fence = row.fence, notes = %row.notes, remedy = row.remedy.as_deref().unwrap_or(""), "fence NOT ENFORCED on this host");
         }
     }
+    rows.iter().map(Into::into).collect()
 }
 
 /// The event writer over the kernel's ring buffer (pinned with persistence) and counters.

@@ -451,6 +451,33 @@ pub struct StatusReply {
     pub policy: Vec<PolicyStatus>,
     #[serde(default)]
     pub vault: Option<SyncStatus>,
+    /// Each fence and the mechanism enforcing it on this host since the agent started (the
+    /// doctor's rows, as the running agent loaded them).
+    #[serde(default)]
+    pub fences: Vec<FenceState>,
+}
+
+/// One fence of the running agent: enforced by which mechanism, or why not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceState {
+    pub fence: String,
+    pub enforced: bool,
+    pub mechanism: String,
+    pub notes: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remedy: Option<String>,
+}
+
+impl From<&crate::fences::FenceReport> for FenceState {
+    fn from(r: &crate::fences::FenceReport) -> FenceState {
+        FenceState {
+            fence: r.fence.to_owned(),
+            enforced: r.enforced,
+            mechanism: r.mechanism.clone(),
+            notes: r.notes.clone(),
+            remedy: r.remedy.clone(),
+        }
+    }
 }
 
 /// Counts of the policy changes the service has finished.

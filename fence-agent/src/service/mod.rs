@@ -68,6 +68,8 @@ pub struct Deps {
     /// The broker's `files_dir` (a broker with a vault runs): each identity with secrets is
     /// excepted from its protection for its own subdirectory.
     pub secret_files: Option<PathBuf>,
+    /// The fences and their mechanisms as loaded at start (`status`).
+    pub fences: Vec<crate::control::protocol::FenceState>,
 }
 
 /// The views of the policy outside the kernel, kept in step with it.

@@ -131,6 +131,7 @@ impl<M: PolicyMaps + 'static> PolicyService<M> {
                 })
                 .unwrap_or_default(),
             vault: self.vault.as_ref().map(|v| v.status.clone()),
+            fences: self.deps.fences.clone(),
         }
     }
 

@@ -85,6 +85,7 @@ pub(super) fn fixture(test: &str, with_vault: bool) -> Fixture {
         hostname: "test-host".into(),
         ids_path: None,
         secret_files: None,
+        fences: Vec::new(),
     };
     let views = Views {
         directory: Arc::new(std::sync::RwLock::new(Directory::default())),

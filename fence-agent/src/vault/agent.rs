@@ -2,7 +2,8 @@
 //! offered as the policy; then a task polls the vault, hands each new verified set to the
 //! policy service (which validates and applies it whole, or keeps what it has), reports every
 //! poll to the service (which keeps the status and the metrics), and writes the status it gets
-//! back to the vault as `status/<host>` for the console. It never applies anything itself.
+//! back to the vault as `status/<host>` for the console, with its compliance report
+//! (`status/<host>/report`). It never applies anything itself.
 
 use std::{collections::BTreeMap, path::Path, path::PathBuf, sync::Arc, time::Duration};
 
@@ -68,6 +69,8 @@ pub struct VaultAgent {
     pub cache_path: PathBuf,
     pub interval: Duration,
     syncer: Option<Syncer>,
+    /// Publishes this host's compliance report (see [`super::report`]).
+    publisher: Option<super::report::Publisher>,
 }
 
 impl VaultAgent {
@@ -122,6 +125,7 @@ impl VaultAgent {
             cache_path: state_dir.join("policy-cache.json"),
             interval: cfg.poll_interval,
             syncer,
+            publisher: None,
         }
     }
 
@@ -149,6 +153,11 @@ impl VaultAgent {
         self.syncer.as_ref().map(Syncer::shared_client)
     }
 
+    /// Publishes this host's compliance report to the vault, from the logs `config` names.
+    pub fn publish_reports(&mut self, config: &crate::config::Config) {
+        self.publisher = Some(super::report::Publisher::new(config.clone()));
+    }
+
     /// Whether the polling task can run (the client could be set up).
     pub fn can_sync(&self) -> bool {
         self.syncer.is_some()
@@ -163,10 +172,11 @@ impl VaultAgent {
     ) -> Option<tokio::task::JoinHandle<()>> {
         let mut syncer = self.syncer.take()?;
         let interval = self.interval;
+        let mut publisher = self.publisher.take();
         Some(tokio::spawn(async move {
             tokio::select! {
                 () = stop.cancelled() => {}
-                () = run(&mut syncer, &service, &in_force, interval) => {}
+                () = run(&mut syncer, &service, &in_force, interval, publisher.as_mut()) => {}
             }
         }))
     }
@@ -178,6 +188,7 @@ async fn run(
     service: &ServiceHandle,
     in_force: &watch::Receiver<Arc<VaultInForce>>,
     interval: Duration,
+    mut publisher: Option<&mut super::report::Publisher>,
 ) {
     // Failures to reach the vault back off; a refusal of what it holds does not (the fix is
     // picked up at the next poll), but is reported at every poll until the index moves.
@@ -217,6 +228,9 @@ async fn run(
         }
         if !failed_to_ask {
             super::grants::round(syncer, service).await;
+            if let Some(p) = publisher.as_deref_mut() {
+                p.poll(syncer.client(), service).await;
+            }
         }
         tokio::time::sleep(next_wait(interval, unreachable, BACKOFF_CAP, jitter())).await;
     }

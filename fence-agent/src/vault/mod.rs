@@ -7,5 +7,6 @@ pub mod cache;
 pub mod client;
 pub mod grants;
 pub mod layout;
+pub mod report;
 pub mod sign;
 pub mod sync;

@@ -9,6 +9,7 @@
 
 pub mod grants;
 mod push;
+pub mod reports;
 
 use std::{
     collections::BTreeMap,
@@ -438,7 +439,8 @@ pub fn hosts(args: &VaultArgs, json: bool) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         client.login().await?;
         let mut all = Vec::new();
-        for name in client.kv_list(STATUS_DIR).await? {
+        // `host/` is the folder of a host's report (`report --hosts`).
+        for name in client.kv_list(STATUS_DIR).await?.into_iter().filter(|n| !n.ends_with('/')) {
             if let Some(s) = client.kv_read(&format!("{STATUS_DIR}/{name}"), None).await? {
                 all.push(s.data);
             }

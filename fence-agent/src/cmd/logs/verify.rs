@@ -58,12 +58,39 @@ fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         Some(p) => Config::load(Some(p))?,
         None => Config::load(None).unwrap_or_default(),
     };
-    let state_dir = config.persist.state_dir.clone();
-    let key_text = match &args.key {
-        Some(k) if k.trim_start().starts_with("ed25519:") => k.clone(),
+    let key = public_key(&config, args.key.as_deref())?;
+    let live = args.files.is_empty();
+    let sets = if live {
+        configured_sets(&config)
+    } else {
+        let mut files = args.files.clone();
+        oldest_first(&mut files);
+        vec![(files, None)]
+    };
+    let mut reports = Vec::new();
+    let mut broken = false;
+    for (files, kind) in sets {
+        let checked = check_set(files, kind, live, args.checkpoint.as_deref(), &config.persist.state_dir, &key)?;
+        broken |= !checked.report.intact();
+        if !args.json {
+            print_text(&checked.report, &key, checked.kept.as_ref(), checked.kept_path.as_deref());
+        }
+        reports.push(checked.report);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    }
+    Ok(if broken { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// The agent's public key: `key` (a file holding `ed25519:<base64>`, or the key itself), else
+/// `log-signing.pub` in the configured state directory.
+pub(crate) fn public_key(config: &Config, key: Option<&str>) -> anyhow::Result<PublicKey> {
+    let key_text = match key {
+        Some(k) if k.trim_start().starts_with("ed25519:") => k.to_owned(),
         Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading the public key {path}"))?,
         None => {
-            let path = state_dir.join(chain::PUBLIC_FILE);
+            let path = config.persist.state_dir.join(chain::PUBLIC_FILE);
             std::fs::read_to_string(&path).map_err(|e| {
                 anyhow!(
                     "no public key to check the checkpoints with: {} ({e}); give --key (the agent writes it at start)",
@@ -72,70 +99,72 @@ fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             })?
         }
     };
-    let key = PublicKey::parse(&key_text).context("the public key")?;
+    PublicKey::parse(&key_text).context("the public key")
+}
 
-    let sets: Vec<(Vec<PathBuf>, Option<LogKind>)> = if args.files.is_empty() {
-        let mut sets = Vec::new();
-        if let Some(events) = &config.events.file {
-            sets.push((rotated_set(events, config.events.keep), Some(LogKind::Events)));
-        }
-        sets.push((vec![config.audit.file.clone()], Some(LogKind::Audit)));
-        sets
-    } else {
-        let mut files = args.files.clone();
-        oldest_first(&mut files);
-        vec![(files, None)]
+/// The configured logs: the event file with its rotated files (when set), then the audit log.
+pub(crate) fn configured_sets(config: &Config) -> Vec<(Vec<PathBuf>, Option<LogKind>)> {
+    let mut sets = Vec::new();
+    if let Some(events) = &config.events.file {
+        sets.push((rotated_set(events, config.events.keep), Some(LogKind::Events)));
+    }
+    sets.push((vec![config.audit.file.clone()], Some(LogKind::Audit)));
+    sets
+}
+
+/// One log checked, with the kept checkpoint it was checked against.
+pub(crate) struct Checked {
+    pub report: Report,
+    pub kept: Option<Checkpoint>,
+    pub kept_path: Option<PathBuf>,
+}
+
+/// Checks one log's `files` (oldest first). `live`: the agent's own logs, checked against its
+/// record of the last line written and its kept checkpoint in `state_dir` (or `checkpoint`);
+/// else copies, checked against `checkpoint` only.
+pub(crate) fn check_set(
+    files: Vec<PathBuf>,
+    kind: Option<LogKind>,
+    live: bool,
+    checkpoint: Option<&Path>,
+    state_dir: &Path,
+    key: &PublicKey,
+) -> anyhow::Result<Checked> {
+    let kind = kind.or_else(|| kind_of(&files));
+    // What the agent vouches for outside the log, read before the log (which only grows
+    // after them): for the live logs its record of the last line written and its kept
+    // checkpoint; for copies, the checkpoint named with --checkpoint.
+    let head_path = kind.filter(|_| live).map(|k| HeadRecord::path(k, state_dir));
+    let head = match &head_path {
+        Some(p) => HeadRecord::read(p).with_context(|| format!("reading {}", p.display()))?,
+        None => None,
     };
-
-    let live = args.files.is_empty();
-    let mut reports = Vec::new();
-    let mut broken = false;
-    for (files, kind) in sets {
-        let kind = kind.or_else(|| kind_of(&files));
-        // What the agent vouches for outside the log, read before the log (which only grows
-        // after them): for the live logs its record of the last line written and its kept
-        // checkpoint; for copies, the checkpoint named with --checkpoint.
-        let head_path = kind.filter(|_| live).map(|k| HeadRecord::path(k, &state_dir));
-        let head = match &head_path {
-            Some(p) => HeadRecord::read(p).with_context(|| format!("reading {}", p.display()))?,
-            None => None,
-        };
-        let kept_path = match &args.checkpoint {
-            Some(p) if p.as_os_str() == "none" => None,
-            Some(p) => Some(p.clone()),
-            None => kind.filter(|_| live).map(|k| k.checkpoint_file(&state_dir)),
-        };
-        let kept = match &kept_path {
-            Some(p) => read_kept(p, &key, args.checkpoint.is_some())?,
-            None => None,
-        };
-        let mut refs: Vec<Reference> = kept.iter().map(Reference::kept).collect();
-        refs.extend(head.iter().map(Reference::head));
-        let files: Vec<PathBuf> = files.into_iter().filter(|f| !live || f.exists()).collect();
-        let mut report = verify(&files, Some(&key), &refs).map_err(|e| anyhow!("reading {}: {e}", names(&files)))?;
-        // The agent keeps both once it has signed a checkpoint: gone means removed.
-        if live && report.checkpoints > 0 {
-            for (path, present) in [(&kept_path, kept.is_some()), (&head_path, head.is_some())] {
-                if let Some(p) = path.as_ref().filter(|_| !present) {
-                    report.findings.push(Finding {
-                        file: p.clone(),
-                        line: 0,
-                        what: "missing, though the log holds signed checkpoints: removed from the state directory"
-                            .into(),
-                    });
-                }
+    let kept_path = match checkpoint {
+        Some(p) if p.as_os_str() == "none" => None,
+        Some(p) => Some(p.to_owned()),
+        None => kind.filter(|_| live).map(|k| k.checkpoint_file(state_dir)),
+    };
+    let kept = match &kept_path {
+        Some(p) => read_kept(p, key, checkpoint.is_some())?,
+        None => None,
+    };
+    let mut refs: Vec<Reference> = kept.iter().map(Reference::kept).collect();
+    refs.extend(head.iter().map(Reference::head));
+    let files: Vec<PathBuf> = files.into_iter().filter(|f| !live || f.exists()).collect();
+    let mut report = verify(&files, Some(key), &refs).map_err(|e| anyhow!("reading {}: {e}", names(&files)))?;
+    // The agent keeps both once it has signed a checkpoint: gone means removed.
+    if live && report.checkpoints > 0 {
+        for (path, present) in [(&kept_path, kept.is_some()), (&head_path, head.is_some())] {
+            if let Some(p) = path.as_ref().filter(|_| !present) {
+                report.findings.push(Finding {
+                    file: p.clone(),
+                    line: 0,
+                    what: "missing, though the log holds signed checkpoints: removed from the state directory".into(),
+                });
             }
         }
-        broken |= !report.intact();
-        if !args.json {
-            print_text(&report, &key, kept.as_ref(), kept_path.as_deref());
-        }
-        reports.push(report);
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
-    }
-    Ok(if broken { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(Checked { report, kept, kept_path })
 }
 
 /// The log a set is of, from its first line that says (`event.dataset`).

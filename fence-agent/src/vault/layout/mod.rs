@@ -76,6 +76,15 @@ pub fn identity_path(name: &str) -> Result<String, LayoutError> {
     Ok(format!("{IDENTITIES_DIR}/{name}"))
 }
 
+/// The KV path (relative to the prefix) of a host's compliance report:
+/// `status/<hostname>/report` (beside its status, so that the agents' vault policy covers it).
+pub fn report_path(hostname: &str) -> Result<String, LayoutError> {
+    Ok(format!("{}/{REPORT}", status_path(hostname)?))
+}
+
+/// The last path component of a host's report (see [`report_path`]).
+pub const REPORT: &str = "report";
+
 /// The KV path (relative to the prefix) of a host's status: `status/<hostname>`.
 pub fn status_path(hostname: &str) -> Result<String, LayoutError> {
     names::check_host_name(hostname).map_err(|why| LayoutError::InvalidHostName { name: hostname.to_owned(), why })?;

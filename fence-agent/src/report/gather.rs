@@ -1,0 +1,141 @@
+//! The [`Inputs`] of a report on this host, from the agent's answers (status, identities) and
+//! its files: the event file and audit log (read for the period), the logs' check (as `logs
+//! verify` makes it), the identities' processes' environments (names only). Used by
+//! `fence-agent report` and by the agent when it publishes its report to the vault.
+
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use thiserror::Error;
+
+use super::{EnvCredentials, Inputs, LogEvidence, LogIntegrity};
+use crate::{
+    cmd::{
+        identities::{env_findings, why_text},
+        logs::verify::{check_set, configured_sets, public_key, rotated_set},
+    },
+    config::Config,
+    control::protocol::{IdentityStatus, StatusReply},
+};
+
+#[derive(Debug, Error)]
+pub enum GatherError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+}
+
+/// The report's inputs on this host.
+pub fn local(
+    config: &Config,
+    host: String,
+    status: StatusReply,
+    identities: Vec<IdentityStatus>,
+    since: Option<Timestamp>,
+) -> Result<Inputs, GatherError> {
+    let logs = read_logs(config, since)?;
+    Ok(Inputs {
+        host,
+        generated: Timestamp::now().to_string(),
+        since: since.map(|s| s.to_string()),
+        env: env_scan(&identities),
+        integrity: integrity(config),
+        event_file: config.events.file.is_some(),
+        retention: (config.events.max_bytes, config.events.keep),
+        status,
+        identities,
+        logs,
+    })
+}
+
+/// This host's name as the report gives it: the vault's name for it, else the kernel's.
+pub fn host_name(status: &StatusReply) -> String {
+    status
+        .vault
+        .as_ref()
+        .map(|v| v.hostname.clone())
+        .or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()))
+        .unwrap_or_default()
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, GatherError> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(GatherError::Read { path: path.to_owned(), source }),
+    }
+}
+
+/// The event file (with its rotated files) and the audit log, lines of the period counted.
+fn read_logs(config: &Config, since: Option<Timestamp>) -> Result<LogEvidence, GatherError> {
+    let mut logs = LogEvidence::default();
+    if let Some(events) = &config.events.file {
+        for file in rotated_set(events, config.events.keep) {
+            for raw in read(&file)?.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                logs.event_line(raw, since);
+            }
+        }
+    }
+    for raw in read(&config.audit.file)?.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        logs.audit_line(raw, since);
+    }
+    Ok(logs)
+}
+
+/// Each configured log checked as `logs verify` checks it (against the agent's key, its kept
+/// checkpoint and its record of the last line written).
+fn integrity(config: &Config) -> Vec<LogIntegrity> {
+    let key = public_key(config, None);
+    configured_sets(config)
+        .into_iter()
+        .map(|(files, kind)| {
+            let log = kind.map_or("log", |k| k.as_str()).to_owned();
+            let count = files.iter().filter(|f| f.exists()).count();
+            let unchecked = |problem: String| LogIntegrity {
+                log: log.clone(),
+                files: count,
+                lines: 0,
+                signed_checkpoints: 0,
+                unsigned_tail: 0,
+                intact: None,
+                problem: Some(problem),
+            };
+            let key = match &key {
+                Ok(k) => k,
+                Err(e) => return unchecked(format!("{e:#}")),
+            };
+            match check_set(files, kind, true, None, &config.persist.state_dir, key) {
+                Ok(c) => {
+                    let r = c.report;
+                    LogIntegrity {
+                        log,
+                        files: r.files.len(),
+                        lines: r.lines,
+                        signed_checkpoints: r.signed,
+                        unsigned_tail: r.after_last_checkpoint,
+                        intact: Some(r.intact()),
+                        problem: r.findings.first().map(|f| match f.line {
+                            0 => format!("{}: {}", f.file.display(), f.what),
+                            n => format!("{} line {n}: {}", f.file.display(), f.what),
+                        }),
+                    }
+                }
+                Err(e) => unchecked(format!("{e:#}")),
+            }
+        })
+        .collect()
+}
+
+/// Credential-looking variables of the identities' processes: names, why, where.
+fn env_scan(identities: &[IdentityStatus]) -> Result<Vec<EnvCredentials>, String> {
+    let (found, _) = env_findings(identities).map_err(|e| format!("{e:#}"))?;
+    let mut out: Vec<EnvCredentials> = Vec::new();
+    for f in found {
+        let vars =
+            f.variables.iter().map(|v| format!("{} ({}) in pid {} ({})", v.name, why_text(v.why), f.pid, f.comm));
+        match out.iter_mut().find(|e| e.identity == f.identity) {
+            Some(e) => e.variables.extend(vars),
+            None => out.push(EnvCredentials { identity: f.identity.clone(), variables: vars.collect() }),
+        }
+    }
+    Ok(out)
+}
