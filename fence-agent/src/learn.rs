@@ -30,6 +30,9 @@ pub struct Observed {
     pub egress: BTreeMap<(Proto, IpAddr), BTreeSet<u16>>,
     /// Names it asked its resolver for and was (or would have been) refused.
     pub names: BTreeSet<String>,
+    /// Address → the names that resolved to it (audit-mode DNS events carry the answer):
+    /// connects to it are the name's, not the address's.
+    pub resolved: BTreeMap<IpAddr, BTreeSet<String>>,
     pub exec: BTreeSet<String>,
     pub files: BTreeSet<String>,
     pub unix: BTreeSet<String>,
@@ -87,17 +90,16 @@ impl Observed {
                 if let Some(d) = &r.destination
                     && let Ok(ip) = d.ip.parse::<IpAddr>()
                 {
-                    // IPv4-mapped IPv6 is judged by the IPv4 rules.
-                    let ip = match ip {
-                        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-                        v4 => v4,
-                    };
-                    self.egress.entry((proto, ip)).or_default().insert(d.port);
+                    self.egress.entry((proto, unmapped(ip))).or_default().insert(d.port);
                 }
             }
             (Operation::DnsQuery, Reason::NameNotAllowed) => {
                 if let Some(d) = &r.dns {
-                    self.names.insert(d.question.name.trim_end_matches('.').to_ascii_lowercase());
+                    let name = d.question.name.trim_end_matches('.').to_ascii_lowercase();
+                    for ip in d.resolved_ip.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
+                        self.resolved.entry(unmapped(ip)).or_default().insert(name.clone());
+                    }
+                    self.names.insert(name);
                 }
             }
             (Operation::Exec, Reason::ExecNotAllowed) => path_into(&mut self.exec, target),
@@ -137,44 +139,60 @@ pub fn suggest(base: &IdentityDoc, seen: &Observed) -> (IdentityDoc, Vec<Risk>) 
     doc.mode = Mode::Enforce;
     let mut risks = BTreeSet::new();
 
-    // Egress: addresses with the same protocol and ports share a rule. Names go in a rule of
-    // their own per protocol, with the ports their identity connected to by address (the
-    // addresses a name resolves to are learned from its answers, not from events).
+    // Egress: a connect to an address a name resolved to is the name's (its rule learns the
+    // address from the answer when enforcing); others are the address's, as /32 or /128.
+    // Destinations with the same protocol and ports share a rule.
+    let mut by_name: BTreeMap<(Proto, String), BTreeSet<u16>> = BTreeMap::new();
     let mut by_ports: BTreeMap<(Proto, Vec<u16>), Vec<IpAddr>> = BTreeMap::new();
     for ((proto, ip), ports) in &seen.egress {
-        by_ports.entry((*proto, ports.iter().copied().collect())).or_default().push(*ip);
-        if let Some(why) = address_risk(*ip) {
-            risks.insert(Risk { what: format!("egress to {ip} ({})", proto_str(*proto)), why });
+        match seen.resolved.get(ip) {
+            Some(names) => {
+                for name in names {
+                    by_name.entry((*proto, name.clone())).or_default().extend(ports);
+                    if let Some(why) = address_risk(*ip) {
+                        risks.insert(Risk { what: format!("egress to {name}, which resolved to {ip}"), why });
+                    }
+                }
+            }
+            None => {
+                by_ports.entry((*proto, ports.iter().copied().collect())).or_default().push(*ip);
+                if let Some(why) = address_risk(*ip) {
+                    risks.insert(Risk { what: format!("egress to {ip} ({})", proto_str(*proto)), why });
+                }
+            }
         }
     }
-    for (n, ((proto, ports), ips)) in by_ports.into_iter().enumerate() {
-        doc.egress.push(EgressDoc {
-            name: Some(format!("learned-{}-{}", proto_str(proto), n + 1)),
-            to: ips.iter().map(|ip| host_cidr(*ip)).collect(),
-            ports: ports.iter().map(|p| PortDoc::Number(i64::from(*p))).collect(),
-            protocol: match proto {
-                Proto::Tcp => Protocol::Tcp,
-                Proto::Udp => Protocol::Udp,
-            },
-        });
+    let mut rules: BTreeMap<(Proto, Vec<u16>), Vec<String>> = BTreeMap::new();
+    for ((proto, ports), ips) in by_ports {
+        rules.entry((proto, ports)).or_default().extend(ips.iter().map(|ip| host_cidr(*ip)));
     }
-    if !seen.names.is_empty() {
-        let ports: BTreeSet<u16> = seen.egress.values().flatten().copied().collect();
-        let ports: Vec<PortDoc> = if ports.is_empty() {
-            vec![PortDoc::Number(443)]
-        } else {
-            ports.iter().map(|p| PortDoc::Number(i64::from(*p))).collect()
-        };
+    let mut names_rules: BTreeMap<(Proto, Vec<u16>), Vec<String>> = BTreeMap::new();
+    for ((proto, name), ports) in by_name {
+        names_rules.entry((proto, ports.into_iter().collect())).or_default().push(name);
+    }
+    // Names asked for whose addresses no connect was seen to (enforce mode, or an answer
+    // not used): they need a rule to be resolved at all; its port is a guess.
+    let connected: BTreeSet<&String> = names_rules.values().flatten().collect();
+    let unused: Vec<String> = seen.names.iter().filter(|n| !connected.contains(n)).cloned().collect();
+    if !unused.is_empty() {
         risks.insert(Risk {
-            what: format!("names {}", seen.names.iter().cloned().collect::<Vec<_>>().join(", ")),
-            why: "the ports of the rule naming them are every port seen (or 443): narrow them to what each name needs",
+            what: format!("names {}", unused.join(", ")),
+            why: "no connect to what they resolved to was seen: their rule gets port 443 as a guess; narrow or remove it",
         });
-        doc.egress.push(EgressDoc {
-            name: Some("learned-names".into()),
-            to: seen.names.iter().cloned().collect(),
-            ports,
-            protocol: Protocol::Tcp,
-        });
+        names_rules.entry((Proto::Tcp, vec![443])).or_default().extend(unused);
+    }
+    for (kind, list) in [("", rules), ("names-", names_rules)] {
+        for (n, ((proto, ports), to)) in list.into_iter().enumerate() {
+            doc.egress.push(EgressDoc {
+                name: Some(format!("learned-{kind}{}-{}", proto_str(proto), n + 1)),
+                to,
+                ports: ports.iter().map(|p| PortDoc::Number(i64::from(*p))).collect(),
+                protocol: match proto {
+                    Proto::Tcp => Protocol::Tcp,
+                    Proto::Udp => Protocol::Udp,
+                },
+            });
+        }
     }
 
     // Programs: only where exec is restricted (no list: every program may already run).
@@ -228,6 +246,14 @@ fn proto_str(p: Proto) -> &'static str {
     match p {
         Proto::Tcp => "tcp",
         Proto::Udp => "udp",
+    }
+}
+
+/// IPv4-mapped IPv6 as the IPv4 address (the IPv4 rules judge it).
+fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
     }
 }
 

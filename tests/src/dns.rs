@@ -30,13 +30,13 @@ pub const TESTS: &[Test] = &[
 ];
 
 /// The test authority, served on its own runtime for as long as it lives.
-struct Upstream {
-    authority: Authority,
+pub(crate) struct Upstream {
+    pub(crate) authority: Authority,
     _runtime: tokio::runtime::Runtime,
 }
 
 impl Upstream {
-    fn start(records: Vec<Record>) -> Upstream {
+    pub(crate) fn start(records: Vec<Record>) -> Upstream {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -96,13 +96,13 @@ fn rule(names: &[&str], port: u16) -> String {
     format!("      - to: [{}]\n        ports: [{port}]\n        protocol: tcp\n", to.join(", "))
 }
 
-fn query(cg: Option<&TestCgroup>, server: &str, name: &str, qtype: &str) -> Outcome {
+pub(crate) fn query(cg: Option<&TestCgroup>, server: &str, name: &str, qtype: &str) -> Outcome {
     helper::run(cg, &["dns-query", server, name, qtype])
 }
 
 /// The answer's addresses; asserts the query was answered with `rcode`.
 #[track_caller]
-fn answered(o: &Outcome, rcode: u64, what: &str) -> Vec<String> {
+pub(crate) fn answered(o: &Outcome, rcode: u64, what: &str) -> Vec<String> {
     o.assert_ok(what);
     assert_eq!(o.raw["rcode"], rcode, "{what}: {}", o.raw);
     o.raw["addrs"]

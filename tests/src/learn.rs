@@ -4,22 +4,41 @@
 
 use std::{fs, net::TcpListener, os::unix::net::UnixListener, path::Path, process::Command};
 
+use fence_agent::dns::testing::a;
+
 use crate::{
     agent::{Agent, agent_binary},
+    dns::{Upstream, answered, query},
     env::{TempDir, TestCgroup, mechanism},
     harness::{Test, note},
     helper::{self, Outcome},
     kernel_fences::{Programs, s},
 };
 
+/// The name the workload resolves, and its address.
+const NAME: &str = "svc.learn.test";
+const NAME_IP: &str = "127.0.0.31";
+
 pub const TESTS: &[Test] = &[Test { name: "learn_suggest_from_audit_then_enforce", run: suggest_then_enforce }];
 
-/// The workload: a TCP connect, a credentials file, the container runtime's socket (stand-ins
-/// in the test's directory; the socket where the unix fence is enforced), a program not in the
-/// allow-list.
-fn workload(cg: &TestCgroup, to: &str, dir: &TempDir, program: &Path, unix: bool) -> Vec<(&'static str, Outcome)> {
+/// The workload: a TCP connect by address, a name resolved (through the agent's resolver, a
+/// test authority upstream) and connected to, a credentials file, the container runtime's
+/// socket (stand-ins in the test's directory; the socket where the unix fence is enforced), a
+/// program not in the allow-list.
+fn workload(
+    cg: &TestCgroup,
+    to: &str,
+    by_name: u16,
+    dir: &TempDir,
+    program: &Path,
+    unix: bool,
+) -> Vec<(&'static str, Outcome)> {
+    let q = query(Some(cg), "127.0.0.99:53", NAME, "A");
+    assert_eq!(answered(&q, 0, "the name"), [NAME_IP], "{}", q.raw);
     let mut done = vec![
         ("connect", helper::run(Some(cg), &["tcp-connect", to])),
+        ("dns-query", q),
+        ("connect", helper::run(Some(cg), &["tcp-connect", &format!("{NAME_IP}:{by_name}")])),
         ("open", helper::run(Some(cg), &["open", &s(&dir.path(".aws/credentials"))])),
         ("exec", helper::run(Some(cg), &["exec", &s(program), "helper", "noop"])),
     ];
@@ -34,6 +53,9 @@ fn suggest_then_enforce() {
     let unix = mechanism("unix-sockets").is_some();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let to = listener.local_addr().unwrap().to_string();
+    let named = TcpListener::bind((NAME_IP, 0)).unwrap();
+    let by_name = named.local_addr().unwrap().port();
+    let up = Upstream::start(vec![a(&format!("{NAME}."), 300, NAME_IP)]);
     let dir = TempDir::new("learn");
     fs::create_dir_all(dir.path(".aws")).unwrap();
     fs::write(dir.path(".aws/credentials"), "[default]\n").unwrap();
@@ -46,17 +68,26 @@ fn suggest_then_enforce() {
         cg.rel,
         s(&programs.allowed)
     );
-    let config = format!("[protect]\ndefaults = false\npaths = [{:?}]\n", s(&dir.path(".aws/credentials")));
+    let config = format!(
+        "[protect]\ndefaults = false\npaths = [{:?}]\n[dns]\nupstream = [\"{}\"]\n",
+        s(&dir.path(".aws/credentials")),
+        up.authority.addr
+    );
     let agent = Agent::start_with("learn", &policy, &config);
 
     // 1. Audit mode: everything works, and each is a would-deny event.
-    for (what, o) in workload(&cg, &to, &dir, &programs.denied, unix) {
+    for (what, o) in workload(&cg, &to, by_name, &dir, &programs.denied, unix) {
         o.assert_ok(&format!("{what} in audit mode"));
-        agent.wait_event(&format!("the would-deny {what}"), |e| {
+        let e = agent.wait_event(&format!("the would-deny {what}"), |e| {
             e["fence"]["identity"] == "learner"
                 && e["fence"]["operation"] == what
                 && e["fence"]["verdict"] == "would-deny"
+                && (what == "dns-query" || e["process"]["pid"] == o.pid)
         });
+        if what == "dns-query" {
+            // The question went upstream (audit mode): the event has what it resolved to.
+            assert_eq!(e["dns"]["resolved_ip"], serde_json::json!([NAME_IP]), "{e:#}");
+        }
     }
 
     // 2. The suggestion, from the event file and the policy as it stands.
@@ -84,7 +115,13 @@ fn suggest_then_enforce() {
     assert_eq!(id.mode, fence_agent::policy::model::Mode::Enforce);
     let port = listener.local_addr().unwrap().port();
     let egress: Vec<String> = id.egress.iter().map(|r| format!("{:?} {:?} {:?}", r.protocol, r.to, r.ports)).collect();
-    assert_eq!(egress, [format!("Tcp [\"127.0.0.1/32\"] [Number({port})]")], "{yaml}");
+    // The name's connect is the name's, with its own port: no address rule for it.
+    assert_eq!(
+        egress,
+        [format!("Tcp [\"127.0.0.1/32\"] [Number({port})]"), format!("Tcp [\"{NAME}\"] [Number({by_name})]")],
+        "{yaml}"
+    );
+    assert!(risks.iter().any(|r| r.contains(&format!("{NAME}, which resolved to {NAME_IP}"))), "{risks:#?}");
     assert_eq!(id.files.as_ref().map(|f| f.allow.clone()), Some(vec![s(&dir.path(".aws/credentials"))]));
     let sockets = if unix { vec![s(&dir.path("docker.sock"))] } else { vec![] };
     assert_eq!(id.unix.as_ref().map(|u| u.allow.clone()), Some(sockets));
@@ -98,7 +135,7 @@ fn suggest_then_enforce() {
     let status = agent.wait_settled(before);
     assert_eq!(status.handled.refused, 0, "the suggestion was refused:\n{}", agent.stderr_text());
     let seen = agent.events().len();
-    for (what, o) in workload(&cg, &to, &dir, &programs.denied, unix) {
+    for (what, o) in workload(&cg, &to, by_name, &dir, &programs.denied, unix) {
         o.assert_ok(&format!("{what} under the suggested policy"));
     }
     // A denial after the workload marks the end of what it could have caused.

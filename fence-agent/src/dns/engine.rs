@@ -133,13 +133,12 @@ impl<A: Send + Sync + 'static> Engine<A> {
         match self.decide.decide(incoming.identity, &q.qname) {
             Decision::Allow(allowance) => {
                 DnsMetrics::add(&self.metrics.allowed);
-                self.forward(incoming, &q, Some(&allowance)).await
+                self.forward(incoming, &q, Forward::Learn(&allowance)).await
             }
             Decision::Refuse => self.refuse(incoming, &q),
             Decision::AuditWouldRefuse => {
                 DnsMetrics::add(&self.metrics.would_refuse);
-                self.report(incoming, &q, Verdict::WouldRefuse);
-                self.forward(incoming, &q, None).await
+                self.forward(incoming, &q, Forward::Audit).await
             }
         }
     }
@@ -164,7 +163,7 @@ impl<A: Send + Sync + 'static> Engine<A> {
 
     fn refuse(&self, incoming: &Incoming<'_>, q: &ClientQuery) -> Option<Reply> {
         DnsMetrics::add(&self.metrics.refused);
-        self.report(incoming, q, Verdict::Refused);
+        self.report(incoming, q, Verdict::Refused, &[]);
         let code = match self.config.refusal {
             Refusal::Refused => ResponseCode::Refused,
             Refusal::NxDomain => ResponseCode::NXDomain,
@@ -172,8 +171,10 @@ impl<A: Send + Sync + 'static> Engine<A> {
         message::local_answer(q, code).map(Reply::local)
     }
 
-    /// Forwards `q`; with an allowance, learns the answer's addresses before returning it.
-    async fn forward(&self, incoming: &Incoming<'_>, q: &ClientQuery, allowance: Option<&A>) -> Option<Reply> {
+    /// Forwards `q`; with an allowance, learns the answer's addresses before returning it; in
+    /// audit mode, reports the would-refuse with the answer's addresses (learn mode ties the
+    /// name to the connects that follow).
+    async fn forward(&self, incoming: &Incoming<'_>, q: &ClientQuery, how: Forward<'_, A>) -> Option<Reply> {
         let id = random_id();
         let Some(bytes) = message::upstream_query(q, id) else { return servfail(q) };
         let own = self.own.snapshot();
@@ -188,17 +189,29 @@ impl<A: Send + Sync + 'static> Engine<A> {
         let Some((raw, answer)) = self.upstreams().exchange(&exchange).await else {
             warn!(identity = incoming.identity, qname = %q.qname, "no upstream resolver answered");
             DnsMetrics::add(&self.metrics.upstream_failures);
-            self.report(incoming, q, Verdict::UpstreamFailed);
+            if matches!(how, Forward::Audit) {
+                self.report(incoming, q, Verdict::WouldRefuse, &[]);
+            }
+            self.report(incoming, q, Verdict::UpstreamFailed, &[]);
             return servfail(q);
         };
         let upstream_at = Instant::now();
-        if let Some(allowance) = allowance
-            && let Err(e) = self.learn_answer(incoming, q, allowance, &answer).await
-        {
-            warn!(identity = incoming.identity, qname = %q.qname, error = %e, "answer not learned: SERVFAIL");
-            DnsMetrics::add(&self.metrics.learn_failures);
-            self.report(incoming, q, Verdict::LearnFailed);
-            return servfail(q);
+        match how {
+            Forward::Learn(allowance) => {
+                if let Err(e) = self.learn_answer(incoming, q, allowance, &answer).await {
+                    warn!(identity = incoming.identity, qname = %q.qname, error = %e, "answer not learned: SERVFAIL");
+                    DnsMetrics::add(&self.metrics.learn_failures);
+                    self.report(incoming, q, Verdict::LearnFailed, &[]);
+                    return servfail(q);
+                }
+            }
+            Forward::Audit => {
+                let mut addrs: Vec<IpAddr> =
+                    message::chain_addresses(q.query.name(), &answer.answers).into_iter().map(|(a, _)| a).collect();
+                addrs.sort_unstable();
+                addrs.dedup();
+                self.report(incoming, q, Verdict::WouldRefuse, &addrs);
+            }
         }
         let bytes = if incoming.transport == Transport::Udp && raw.len() > message::udp_limit(q) {
             message::truncated(&answer, q.metadata.id)?
@@ -246,7 +259,7 @@ impl<A: Send + Sync + 'static> Engine<A> {
         learned
     }
 
-    fn report(&self, incoming: &Incoming<'_>, q: &ClientQuery, verdict: Verdict) {
+    fn report(&self, incoming: &Incoming<'_>, q: &ClientQuery, verdict: Verdict, resolved: &[IpAddr]) {
         debug!(identity = incoming.identity, peer = %incoming.peer, qname = %q.qname, %verdict, "dns query reported");
         self.report.report(&QueryEvent {
             identity: incoming.identity,
@@ -255,8 +268,17 @@ impl<A: Send + Sync + 'static> Engine<A> {
             qname: &q.qname,
             qtype: q.query.query_type(),
             verdict,
+            resolved,
         });
     }
+}
+
+/// What is done with an answer from upstream.
+enum Forward<'a, A> {
+    /// Its addresses are learned for the identity first.
+    Learn(&'a A),
+    /// Audit mode: nothing learned; the would-refuse is reported with the addresses.
+    Audit,
 }
 
 fn servfail(q: &ClientQuery) -> Option<Reply> {

@@ -177,6 +177,8 @@ pub struct QueryEvent<'a> {
     pub qname: &'a str,
     pub qtype: RecordType,
     pub verdict: Verdict,
+    /// The answer's addresses: would-refuse (audit mode) only, where the question went upstream.
+    pub resolved: &'a [std::net::IpAddr],
 }
 
 /// Receives refusals, would-refusals and failures (the `dns` denial events). Called on the

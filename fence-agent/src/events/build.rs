@@ -67,7 +67,10 @@ fn dns_record(e: &DnsQueryEvent, head: &Head, dir: &Directory, host: &dyn HostVi
     r.event.reason = format!("no egress rule of the identity names {} (query type {})", e.name, e.qtype);
     r.event.event_type = vec![Cow::Borrowed("protocol"), r.event.event_type[1].clone()];
     r.message = message(&r.fence.identity, &r.event.reason);
-    r.dns = Some(Dns { question: Question { name: e.name.clone(), question_type: e.qtype.clone() } });
+    r.dns = Some(Dns {
+        question: Question { name: e.name.clone(), question_type: e.qtype.clone() },
+        resolved_ip: e.resolved.iter().map(ToString::to_string).collect(),
+    });
     r
 }
 

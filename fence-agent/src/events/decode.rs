@@ -39,6 +39,8 @@ pub struct DnsQueryEvent {
     pub name: String,
     /// The question's type (`A`, `AAAA`, `TXT`...).
     pub qtype: String,
+    /// The answer's addresses (audit mode, where the question went upstream).
+    pub resolved: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

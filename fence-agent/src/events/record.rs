@@ -80,6 +80,10 @@ impl Default for Agent {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Dns {
     pub question: Question,
+    /// The answer's addresses: in audit mode the question goes upstream and the would-deny
+    /// event carries what it resolved to (enforce mode refuses before asking: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolved_ip: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

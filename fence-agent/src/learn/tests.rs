@@ -124,7 +124,7 @@ fn the_suggestion_adds_exactly_what_was_seen_and_flags_the_risks() {
             r#"Tcp ["93.184.216.34/32", "93.184.216.35/32"] ["Number(443)"]"#,
             r#"Tcp ["10.1.2.3/32"] ["Number(5432)"]"#,
             r#"Udp ["169.254.169.254/32"] ["Number(80)"]"#,
-            r#"Tcp ["api.example.com"] ["Number(80)", "Number(443)", "Number(5432)"]"#,
+            r#"Tcp ["api.example.com"] ["Number(443)"]"#,
         ],
         "no CIDR wider than an address, the ports and protocol seen"
     );
@@ -144,7 +144,7 @@ fn the_suggestion_adds_exactly_what_was_seen_and_flags_the_risks() {
     has("exec /tmp/x/run.sh", "writable or temporary");
     has("socket-kind-not-allowed", "no policy allows");
     has("path .../lib/tool", "not added");
-    has("names api.example.com", "narrow");
+    has("names api.example.com", "no connect to what they resolved to was seen");
     assert!(!text.iter().any(|r| r.contains("93.184.216.34")), "a public address is not a risk by itself");
 
     // The agent takes it.
@@ -186,4 +186,47 @@ fn paths_relative_to_their_file_system_are_made_whole_through_the_mounts() {
     let mut seen = Observed::default();
     seen.add("ai", &r, &mounts);
     assert!(seen.unix.is_empty() && seen.partial_paths.contains("(on 0:99) /job/docker.sock"), "{seen:?}");
+}
+
+#[test]
+fn connects_to_what_a_name_resolved_to_are_the_names_with_their_own_ports() {
+    let mut seen = Observed::default();
+    let mounts = crate::mountinfo::MountInfo::default();
+    let dns = |name: &str, resolved: Value| {
+        record(fixtures::would_deny_exec(), |v| {
+            v["fence"]["identity"] = "ai".into();
+            v["fence"]["operation"] = "dns-query".into();
+            v["fence"]["reason"] = "name-not-allowed".into();
+            v["fence"]["target"] = Value::Null;
+            v["file"] = Value::Null;
+            v["dns"] = json!({"question": {"name": name, "type": "A"}, "resolved_ip": resolved});
+        })
+    };
+    for r in [
+        dns("api.example.com", json!(["93.184.216.34", "93.184.216.35"])),
+        dns("db.internal", json!(["10.1.2.3"])),
+        dns("unused.example.com", json!(["198.51.100.7"])),
+        connect("ai", "would-deny", "tcp", "93.184.216.34", 443),
+        connect("ai", "would-deny", "tcp", "::ffff:93.184.216.35", 8443),
+        connect("ai", "would-deny", "tcp", "10.1.2.3", 5432),
+        connect("ai", "would-deny", "udp", "192.0.2.9", 53),
+    ] {
+        seen.add("ai", &r, &mounts);
+    }
+    let (doc, risks) = suggest(&base(), &seen);
+    let rules: Vec<String> = doc.egress.iter().map(|r| format!("{:?} {:?} {:?}", r.protocol, r.to, r.ports)).collect();
+    assert_eq!(
+        rules,
+        [
+            r#"Udp ["192.0.2.9/32"] [Number(53)]"#,
+            r#"Tcp ["unused.example.com"] [Number(443)]"#,
+            r#"Tcp ["api.example.com"] [Number(443), Number(8443)]"#,
+            r#"Tcp ["db.internal"] [Number(5432)]"#,
+        ],
+        "each name gets the ports seen to its own addresses; no address rule for them"
+    );
+    let text: Vec<String> = risks.iter().map(ToString::to_string).collect();
+    assert!(text.iter().any(|r| r.contains("egress to db.internal, which resolved to 10.1.2.3")), "{text:#?}");
+    assert!(text.iter().any(|r| r.contains("names unused.example.com")), "{text:#?}");
+    assert!(!text.iter().any(|r| r.contains("names api.example.com")), "{text:#?}");
 }

@@ -155,7 +155,8 @@ impl Report for EventReport {
             sock_type: if tcp { 1 } else { 2 },
             addr,
         };
-        let event = DnsQueryEvent { net, name: q.qname.to_owned(), qtype: q.qtype.to_string() };
+        let event =
+            DnsQueryEvent { net, name: q.qname.to_owned(), qtype: q.qtype.to_string(), resolved: q.resolved.to_vec() };
         self.events.send(KernelEvent::Dns(Box::new(event)));
     }
 }

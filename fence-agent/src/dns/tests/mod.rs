@@ -99,12 +99,14 @@ impl Learner {
 /// One reported query: identity, transport, name, type, verdict.
 type Reported = (u32, Transport, String, RecordType, Verdict);
 
+/// The reported queries, and the addresses each carried.
 #[derive(Default)]
-struct Reports(Mutex<Vec<Reported>>);
+struct Reports(Mutex<Vec<Reported>>, Mutex<Vec<Vec<std::net::IpAddr>>>);
 
 impl Report for Reports {
     fn report(&self, e: &QueryEvent<'_>) {
         self.0.lock().expect("lock").push((e.identity, e.transport, e.qname.to_owned(), e.qtype, e.verdict));
+        self.1.lock().expect("lock").push(e.resolved.to_vec());
     }
 }
 
@@ -306,6 +308,8 @@ async fn audit_forwards_and_reports_but_learns_nothing() {
     assert_eq!(addresses(&parse(&bytes)), vec![ip("198.51.100.1")]);
     assert!(f.learner.calls().is_empty());
     assert_eq!(f.reports.all()[0].4, Verdict::WouldRefuse);
+    // The would-refuse carries what the name resolved to (learn mode ties connects to it).
+    assert_eq!(*f.reports.1.lock().expect("lock"), vec![vec![ip("198.51.100.1")]]);
     assert_eq!(upstream.queries().len(), 1);
 }
 
