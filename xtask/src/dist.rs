@@ -36,6 +36,7 @@ const DEB_FILES: &[(&str, &str, u32)] = &[
     ("README.md", "usr/share/doc/fence-agent/README.md", 0o644),
     ("examples/policy.yaml", "usr/share/doc/fence-agent/examples/policy.yaml", 0o644),
     ("fence-agent/schema/event.schema.json", "usr/share/doc/fence-agent/event.schema.json", 0o644),
+    ("fence-agent/schema/ocsf.schema.json", "usr/share/doc/fence-agent/ocsf.schema.json", 0o644),
     ("fence-agent/schema/audit.schema.json", "usr/share/doc/fence-agent/audit.schema.json", 0o644),
     ("fence-agent/packaging/debian/postinst", "DEBIAN/postinst", 0o755),
     ("fence-agent/packaging/debian/prerm", "DEBIAN/prerm", 0o755),
@@ -178,6 +179,7 @@ impl Packaging {
             ("fence-agent/packaging/policy.d/00-default.yaml", "etc/policy.d/00-default.yaml", 0o644),
             ("README.md", "README.md", 0o644),
             ("fence-agent/schema/event.schema.json", "event.schema.json", 0o644),
+            ("fence-agent/schema/ocsf.schema.json", "ocsf.schema.json", 0o644),
             ("fence-agent/schema/audit.schema.json", "audit.schema.json", 0o644),
         ];
         for (from, to, mode) in files {

@@ -419,15 +419,18 @@ impl Chain {
     }
 }
 
-/// The link of a line (`fence.chain`, or `chain` for a line whose last member is not an
-/// object), if it has one.
+/// The link of a line (`fence.chain`; `unmapped.chain` in an OCSF line; `chain` for a line
+/// whose last member is not an object), if it has one.
 pub fn link_of(line: &[u8]) -> Option<Link> {
     link_in(&serde_json::from_slice(line).ok()?)
 }
 
 /// The same, of a parsed line.
 pub fn link_in(value: &serde_json::Value) -> Option<Link> {
-    let link = value.get("fence").and_then(|f| f.get("chain")).or_else(|| value.get("chain"))?;
+    let link = ["fence", "unmapped"]
+        .iter()
+        .find_map(|last| value.get(last).and_then(|f| f.get("chain")))
+        .or_else(|| value.get("chain"))?;
     serde_json::from_value(link.clone()).ok()
 }
 

@@ -13,6 +13,32 @@ pub const DEFAULT_EVENTS_KEEP: u32 = 5;
 /// More rotated files than this is a mistake (each rotation renames every one of them).
 pub const MAX_EVENTS_KEEP: u32 = 1000;
 
+/// How events are written to a sink: `format` (stdout) and `file_format` (the file).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EventFormat {
+    /// One Elastic Common Schema line per event (`schema/event.schema.json`).
+    #[default]
+    Ecs,
+    /// One OCSF line per event (`schema/ocsf.schema.json`, see `events::ocsf`).
+    Ocsf,
+    /// Both lines per event: the ECS line, then the OCSF line of the same event (same
+    /// `event.id` / `metadata.uid`).
+    Both,
+}
+
+impl EventFormat {
+    /// Whether the sink gets ECS lines.
+    pub fn ecs(self) -> bool {
+        matches!(self, EventFormat::Ecs | EventFormat::Both)
+    }
+
+    /// Whether the sink gets OCSF lines.
+    pub fn ocsf(self) -> bool {
+        matches!(self, EventFormat::Ocsf | EventFormat::Both)
+    }
+}
+
 /// Where denial events go (see `events::sink`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -23,6 +49,13 @@ pub struct EventsConfig {
     /// The event file: append-only, never truncated, rotated by size.
     #[serde(default)]
     pub file: Option<PathBuf>,
+    /// The lines written for each event: `ecs` (the default), `ocsf` or `both`; for stdout, and
+    /// for the file unless `file_format` says otherwise.
+    #[serde(default)]
+    pub format: EventFormat,
+    /// The lines written to the file, if not `format`'s.
+    #[serde(default)]
+    pub file_format: Option<EventFormat>,
     /// Rotate the event file before a line would take it past this size; 0: never rotate.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: u64,
@@ -49,12 +82,21 @@ impl Default for EventsConfig {
         EventsConfig {
             stdout: true,
             file: None,
+            format: EventFormat::Ecs,
+            file_format: None,
             max_bytes: DEFAULT_EVENTS_MAX_BYTES,
             keep: DEFAULT_EVENTS_KEEP,
             rate_limit: DEFAULT_RATE_LIMIT,
             rate_burst: DEFAULT_RATE_BURST,
             summary_interval: default_summary_interval(),
         }
+    }
+}
+
+impl EventsConfig {
+    /// The format of the file's lines: `file_format`, else `format`.
+    pub fn file_format(&self) -> EventFormat {
+        self.file_format.unwrap_or(self.format)
     }
 }
 

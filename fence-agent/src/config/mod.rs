@@ -97,7 +97,7 @@ pub use self::{
     dns::{DnsConfig, RefuseWith},
     events::{
         DEFAULT_EVENTS_KEEP, DEFAULT_EVENTS_MAX_BYTES, DEFAULT_RATE_BURST, DEFAULT_RATE_LIMIT,
-        DEFAULT_SUMMARY_INTERVAL, EventsConfig, MAX_EVENTS_KEEP,
+        DEFAULT_SUMMARY_INTERVAL, EventFormat, EventsConfig, MAX_EVENTS_KEEP,
     },
     grants::GrantsConfig,
     vault::{

@@ -34,6 +34,21 @@ fn event_file_rotation_defaults_and_limits() {
 }
 
 #[test]
+fn event_formats_default_to_ecs_and_the_file_follows_stdout_unless_set() {
+    use super::events::EventFormat;
+    let c = Config::parse("").unwrap();
+    assert_eq!((c.events.format, c.events.file_format()), (EventFormat::Ecs, EventFormat::Ecs));
+    let c = Config::parse("[events]\nformat = \"both\"\n").unwrap();
+    assert_eq!((c.events.format, c.events.file_format()), (EventFormat::Both, EventFormat::Both));
+    let c = Config::parse("[events]\nformat = \"ocsf\"\nfile_format = \"ecs\"\n").unwrap();
+    assert_eq!((c.events.format, c.events.file_format()), (EventFormat::Ocsf, EventFormat::Ecs));
+    for (text, field) in [("format = \"OCSF1\"", "events.format"), ("file_format = \"json\"", "events.file_format")] {
+        let e = Config::parse(&format!("[events]\n{text}\n")).unwrap_err();
+        assert!(e.starts_with(field) && e.contains("`ecs`, `ocsf`, `both`"), "{e}");
+    }
+}
+
+#[test]
 fn unknown_and_mistyped_fields_name_the_field() {
     let e = Config::parse("[events]\nstdot = true\n").unwrap_err();
     assert!(e.contains("events") && e.contains("stdot"), "{e}");

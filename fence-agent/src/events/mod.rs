@@ -7,6 +7,7 @@
 pub mod build;
 pub mod decode;
 pub mod directory;
+pub mod ocsf;
 pub mod reader;
 pub mod record;
 pub mod sequence;

@@ -26,6 +26,7 @@ use super::{
     build::{HostView, build},
     decode::{KernelEvent, decode},
     sequence::Sequencer,
+    sink::EventLines,
     summary::{
         AgentEventsRx, Growth, KernelStats, Limiter, RateLimit, ReportedCounts, SummaryRecord, Tracker, USER_SPACE,
         cause, dropped_record, suppressed_record,
@@ -340,6 +341,7 @@ impl EventReader {
         (record.event.id, record.event.sequence) = self.sequence.take();
         match serde_json::to_string(&record) {
             Ok(line) => {
+                let ocsf = self.ocsf_line(|| super::ocsf::summary_line(&record));
                 let fields = super::sink::LineFields {
                     identity: record.fence.identity.as_deref().unwrap_or_default(),
                     verdict: record.fence.verdict.map_or("", |v| v.as_str()),
@@ -348,12 +350,21 @@ impl EventReader {
                     category: record.event.category.first().map_or("", |c| c.as_ref()),
                     pid: 0,
                 };
-                if let Err(errors) = self.sinks.write_event(&line, &fields) {
+                let lines = EventLines { ecs: &line, ocsf: ocsf.as_deref() };
+                if let Err(errors) = self.sinks.write_lines(lines, &fields) {
                     self.sink_errors(errors);
                 }
             }
             Err(e) => tracing::error!(error = %e, "serialising a summary failed"),
         }
+    }
+
+    /// The OCSF line of a record, if a sink wants one (the ECS line is written either way).
+    fn ocsf_line(&self, make: impl FnOnce() -> Result<String, super::ocsf::OcsfError>) -> Option<String> {
+        if !self.sinks.wants_ocsf() {
+            return None;
+        }
+        make().map_err(|e| tracing::error!(error = %e, "making an event's OCSF line failed")).ok()
     }
 
     /// Logs and counts what the sinks could not write.
@@ -450,7 +461,9 @@ impl EventReader {
         (record.event.id, record.event.sequence) = self.sequence.take();
         match serde_json::to_string(&record) {
             Ok(line) => {
-                if let Err(errors) = self.sinks.write_event(&line, &super::sink::LineFields::of(&record)) {
+                let ocsf = self.ocsf_line(|| super::ocsf::event_line(&record));
+                let lines = EventLines { ecs: &line, ocsf: ocsf.as_deref() };
+                if let Err(errors) = self.sinks.write_lines(lines, &super::sink::LineFields::of(&record)) {
                     self.sink_errors(errors);
                 }
                 self.written += 1;

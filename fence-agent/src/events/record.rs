@@ -403,25 +403,30 @@ pub fn types_not_expected(line: &serde_json::Value) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use serde_json::Value;
+
+    /// The strings of the list at `pointer` in `schema`, sorted.
+    pub(crate) fn schema_names(schema: &Value, pointer: &str) -> Vec<String> {
+        let list = schema.pointer(pointer).unwrap_or_else(|| panic!("no {pointer} in the schema"));
+        let mut v: Vec<String> = list.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect();
+        v.sort();
+        v
+    }
+
+    /// Names, sorted.
+    pub(crate) fn sorted(it: &mut dyn Iterator<Item = &'static str>) -> Vec<String> {
+        let mut v: Vec<String> = it.map(str::to_owned).collect();
+        v.sort();
+        v
+    }
 
     /// The schema's value lists are the enums' names, exactly.
     #[test]
     fn the_json_schema_names_exactly_the_enum_values() {
         use fence_common::{Mechanism, Operation, Reason, Verdict};
         let schema: Value = serde_json::from_str(include_str!("../../schema/event.schema.json")).unwrap();
-        let names = |pointer: &str| -> Vec<String> {
-            let list = schema.pointer(pointer).unwrap_or_else(|| panic!("no {pointer} in the schema"));
-            let mut v: Vec<String> = list.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect();
-            v.sort();
-            v
-        };
-        let sorted = |it: &mut dyn Iterator<Item = &'static str>| {
-            let mut v: Vec<String> = it.map(str::to_owned).collect();
-            v.sort();
-            v
-        };
+        let names = |pointer: &str| schema_names(&schema, pointer);
         assert_eq!(names("/$defs/operation/enum"), sorted(&mut Operation::ALL.iter().map(|o| o.as_str())));
         assert_eq!(names("/$defs/verdict/enum"), sorted(&mut Verdict::ALL.iter().map(|o| o.as_str())));
         assert_eq!(names("/$defs/mechanism/enum"), sorted(&mut Mechanism::ALL.iter().map(|o| o.as_str())));

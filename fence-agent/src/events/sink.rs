@@ -10,23 +10,25 @@
 //! `<file>.N+1`, the live file renamed to `<file>.1` and a new live file opened. Nothing is
 //! ever truncated; a failed rotation is logged and the line goes to the current file.
 
+mod console;
+
 use std::{
-    env,
     fs::{self, File, OpenOptions},
     io::{self, Write as _},
-    os::unix::{
-        fs::{DirBuilderExt as _, OpenOptionsExt as _},
-        net::UnixDatagram,
-    },
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
 use thiserror::Error;
 
+pub use self::console::JOURNAL_SOCKET;
+use self::console::{Console, Journal};
+#[cfg(test)]
+use self::console::{journal_entry, stream_is};
 use super::record::Record;
 use crate::{
     chain::{Chain, Checkpoints, LogKind},
-    config::EventsConfig,
+    config::{EventFormat, EventsConfig},
 };
 
 /// Lines for the file are written when this many bytes are waiting (or at [`Sinks::flush`]).
@@ -120,9 +122,30 @@ pub fn rotated_path(path: &Path, n: u32) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// The lines of one event: its ECS line, and its OCSF line where a sink wants one (see
+/// [`Sinks::wants_ocsf`]). Each is one JSON object without a newline.
+#[derive(Debug, Clone, Copy)]
+pub struct EventLines<'a> {
+    pub ecs: &'a str,
+    pub ocsf: Option<&'a str>,
+}
+
+impl<'a> EventLines<'a> {
+    /// The lines a sink of `format` gets, in order: ECS first. An OCSF line that could not be
+    /// made is left out.
+    fn for_format(&self, format: EventFormat) -> impl Iterator<Item = &'a str> {
+        let ecs = format.ecs().then_some(self.ecs);
+        let ocsf = if format.ocsf() { self.ocsf } else { None };
+        ecs.into_iter().chain(ocsf)
+    }
+}
+
 pub struct Sinks {
     console: Option<Console>,
     file: Option<EventFile>,
+    /// What stdout and the file get: `[events] format`, `file_format`.
+    console_format: EventFormat,
+    file_format: EventFormat,
 }
 
 impl Sinks {
@@ -136,7 +159,19 @@ impl Sinks {
     /// rotated as configured.
     pub fn from_config(events: &EventsConfig) -> Result<Sinks, SinkError> {
         let rotation = Rotation { max_bytes: events.max_bytes, keep: events.keep };
-        Sinks::open_rotating(events.stdout, events.file.as_deref(), rotation)
+        let sinks = Sinks::open_rotating(events.stdout, events.file.as_deref(), rotation)?;
+        Ok(sinks.formats(events.format, events.file_format()))
+    }
+
+    /// Writes `console` lines to stdout and `file` lines to the file (both ECS unless set).
+    pub fn formats(mut self, console: EventFormat, file: EventFormat) -> Sinks {
+        (self.console_format, self.file_format) = (console, file);
+        self
+    }
+
+    /// Whether a sink writes OCSF lines (the writer makes them only then).
+    pub fn wants_ocsf(&self) -> bool {
+        (self.console.is_some() && self.console_format.ocsf()) || (self.file.is_some() && self.file_format.ocsf())
     }
 
     /// Opens the sinks with `rotation` for the file. With `stdout`, events go to the journal's
@@ -150,25 +185,35 @@ impl Sinks {
             }
             None => Console::Stdout,
         });
-        Ok(Sinks { console, file })
+        Ok(Sinks { console, file, console_format: EventFormat::Ecs, file_format: EventFormat::Ecs })
     }
 
-    /// Writes one event (`json`, one line without its newline) to every sink. A failing sink
+    /// Writes one event (`json`, its ECS line without a newline) to every sink. A failing sink
     /// does not stop the others.
     pub fn write_event(&mut self, json: &str, fields: &LineFields<'_>) -> Result<(), Vec<SinkError>> {
-        let mut line = String::with_capacity(json.len() + 1);
-        line.push_str(json);
-        line.push('\n');
+        self.write_lines(EventLines { ecs: json, ocsf: None }, fields)
+    }
+
+    /// Writes one event to every sink, as the lines its format names (ECS, OCSF or both, ECS
+    /// first). A failing sink does not stop the others.
+    pub fn write_lines(&mut self, lines: EventLines<'_>, fields: &LineFields<'_>) -> Result<(), Vec<SinkError>> {
         let mut errors = Vec::new();
-        if let Some(console) = &mut self.console
-            && let Err(source) = console.write(&line, fields, &mut io::stdout().lock())
-        {
-            errors.push(SinkError::Write { sink: "stdout".into(), source, lines: 1 });
+        if let Some(console) = &mut self.console {
+            for json in lines.for_format(self.console_format) {
+                let mut line = String::with_capacity(json.len() + 1);
+                line.push_str(json);
+                line.push('\n');
+                if let Err(source) = console.write(&line, fields, &mut io::stdout().lock()) {
+                    errors.push(SinkError::Write { sink: "stdout".into(), source, lines: 1 });
+                }
+            }
         }
-        if let Some(f) = &mut self.file
-            && let Err((source, lines)) = f.write(json)
-        {
-            errors.push(SinkError::Write { sink: f.path.display().to_string(), source, lines });
+        if let Some(f) = &mut self.file {
+            for json in lines.for_format(self.file_format) {
+                if let Err((source, lines)) = f.write(json) {
+                    errors.push(SinkError::Write { sink: f.path.display().to_string(), source, lines });
+                }
+            }
         }
         if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
@@ -390,114 +435,6 @@ impl EventFile {
 
 fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new().append(true).create(true).mode(0o640).open(path)
-}
-
-/// Standard output: plain lines, or the journal's native protocol.
-enum Console {
-    Stdout,
-    Journal(Journal),
-}
-
-impl Console {
-    /// Writes `line` (with its newline): to the journal if that is where stdout goes, else (and
-    /// whenever the journal refuses it) to `out`.
-    fn write(&mut self, line: &str, fields: &LineFields<'_>, out: &mut dyn io::Write) -> io::Result<()> {
-        if let Console::Journal(j) = self {
-            match j.send(line.trim_end_matches('\n'), fields) {
-                Ok(()) => {
-                    j.failing = false;
-                    return Ok(());
-                }
-                Err(e) => {
-                    if !j.failing {
-                        tracing::warn!(socket = %j.path.display(), error = %e, "the journal refused an event; writing it to stdout instead");
-                    }
-                    j.failing = true;
-                }
-            }
-        }
-        out.write_all(line.as_bytes())?;
-        out.flush()
-    }
-}
-
-pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
-
-/// journald's native protocol (systemd's `sd_journal_send`): one datagram per entry.
-struct Journal {
-    socket: UnixDatagram,
-    path: PathBuf,
-    /// The last send failed (logged once until one succeeds).
-    failing: bool,
-}
-
-impl Journal {
-    /// The journal, when stdout is its stream: `JOURNAL_STREAM=<dev>:<ino>` names stdout's
-    /// device and inode (systemd.exec(5)); otherwise stdout was redirected and stays plain.
-    fn detect() -> Option<Journal> {
-        let stream = env::var("JOURNAL_STREAM").ok()?;
-        let st = nix::sys::stat::fstat(io::stdout()).ok()?;
-        if !stream_is(&stream, st.st_dev, st.st_ino) {
-            return None;
-        }
-        match Journal::new(Path::new(JOURNAL_SOCKET)) {
-            Ok(j) => Some(j),
-            Err(e) => {
-                tracing::warn!(error = %e, "stdout is the journal but no datagram socket could be made; events stay plain lines");
-                None
-            }
-        }
-    }
-
-    fn new(path: &Path) -> io::Result<Journal> {
-        Ok(Journal { socket: UnixDatagram::unbound()?, path: path.to_owned(), failing: false })
-    }
-
-    fn send(&self, json: &str, fields: &LineFields<'_>) -> io::Result<()> {
-        self.socket.send_to(&journal_entry(json, fields), &self.path).map(drop)
-    }
-}
-
-/// Whether `JOURNAL_STREAM`'s value names the file `dev`, `ino`.
-fn stream_is(value: &str, dev: u64, ino: u64) -> bool {
-    let parsed = value.trim().split_once(':').and_then(|(d, i)| Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?)));
-    parsed == Some((dev, ino))
-}
-
-/// One journal entry: `KEY=value\n` per field; a value with a newline in it as
-/// `KEY\n<u64 little-endian length><value>\n`.
-fn journal_entry(json: &str, f: &LineFields<'_>) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(json.len() + 160);
-    let priority = f.priority().to_string();
-    let pid = if f.pid == 0 { String::new() } else { f.pid.to_string() };
-    let fields = [
-        ("MESSAGE", json),
-        ("MESSAGE_ID", f.message_id()),
-        ("PRIORITY", priority.as_str()),
-        ("SYSLOG_IDENTIFIER", "fence-agent"),
-        // Not OBJECT_PID: journald would add the process's command line (OBJECT_CMDLINE),
-        // where workloads pass tokens, and a replayed event's pid may be reused by then.
-        ("FENCE_PID", pid.as_str()),
-        ("FENCE_IDENTITY", f.identity),
-        ("FENCE_VERDICT", f.verdict),
-        ("FENCE_OPERATION", f.operation),
-        ("FENCE_EVENT_ACTION", f.action),
-    ];
-    for (key, value) in fields {
-        if value.is_empty() && key != "MESSAGE" {
-            continue;
-        }
-        buf.extend_from_slice(key.as_bytes());
-        if value.contains('\n') {
-            buf.push(b'\n');
-            buf.extend_from_slice(&(value.len() as u64).to_le_bytes());
-        } else {
-            buf.push(b'=');
-        }
-        buf.extend_from_slice(value.as_bytes());
-        buf.push(b'\n');
-    }
-    buf
 }
 
 #[cfg(test)]

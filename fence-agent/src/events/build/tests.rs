@@ -34,6 +34,25 @@ pub(crate) fn as_written<T: serde::Serialize>(record: T) -> serde_json::Value {
 
 pub(crate) use crate::events::record::fields_not_in_ecs as not_in_ecs;
 
+/// The OCSF line of an ECS line as written (`[events] format = "ocsf"`) validates against
+/// `schema/ocsf.schema.json`.
+#[track_caller]
+pub(crate) fn assert_ocsf_valid(ecs: &serde_json::Value) {
+    use crate::{cmd::logs::Line, events::ocsf};
+    static V: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    let validator = V.get_or_init(|| {
+        let schema = serde_json::from_str(include_str!("../../../schema/ocsf.schema.json")).unwrap();
+        jsonschema::validator_for(&schema).expect("the schema compiles")
+    });
+    let line = match Line::parse(ecs.to_string().as_bytes()).unwrap() {
+        Line::Event(r) => ocsf::event_line(&r),
+        Line::Summary(s) => ocsf::summary_line(&s),
+    };
+    let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+    let errors: Vec<String> = validator.iter_errors(&v).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "{v:#}\n{errors:#?}");
+}
+
 fn directory(version: PolicyVersion) -> Directory {
     let mut d = Directory::default();
     d.update(&CompiledPolicy {
@@ -210,6 +229,7 @@ fn records_validate_against_the_json_schema() {
         assert!(errors.is_empty(), "{r:#}\n{errors:#?}");
         assert_eq!(not_in_ecs(r), Vec::<String>::new(), "{r:#}");
         assert_eq!(crate::events::record::types_not_expected(r), Vec::<String>::new(), "{r:#}");
+        assert_ocsf_valid(r);
     }
     // File and process records carry intrusion_detection, whose expected types include denied.
     assert_eq!(records[3]["event"]["category"], serde_json::json!(["file", "intrusion_detection"]));
@@ -305,6 +325,7 @@ fn check_bypass(event: KernelEvent, reason: &str, rule: &str) -> serde_json::Val
     assert!(errors.is_empty(), "{v:#}\n{errors:#?}");
     assert_eq!(not_in_ecs(&v), Vec::<String>::new(), "{v:#}");
     assert_eq!(crate::events::record::types_not_expected(&v), Vec::<String>::new(), "{v:#}");
+    assert_ocsf_valid(&v);
     assert_eq!(v["event"]["reason"].as_str().unwrap(), reason, "{v:#}");
     assert_eq!(v["fence"]["rule"], rule, "{v:#}");
     v

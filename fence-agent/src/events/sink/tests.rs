@@ -1,5 +1,7 @@
 //! The sinks' tests: appends, rotation, batching, the journal.
 
+use std::os::unix::net::UnixDatagram;
+
 use super::*;
 
 fn temp_dir() -> tempfile::TempDir {
@@ -254,4 +256,50 @@ fn a_chained_file_set_verifies_across_rotations_and_restarts_within_max_bytes() 
     assert_eq!(r.lines - r.checkpoints, 130, "every event line, once");
     assert!(r.checkpoints as usize > files.len(), "a checkpoint per rotation and stop: {}", r.checkpoints);
     assert_eq!((r.signed, r.after_last_checkpoint, r.unchained), (r.checkpoints, 0, 0));
+}
+
+#[test]
+fn each_sink_gets_the_lines_of_its_format_and_the_chain_covers_them_all() {
+    use crate::config::EventFormat;
+    let guard = temp_dir();
+    let path = guard.path().join("events.jsonl");
+    let lines = EventLines { ecs: "{\"ecs\":1,\"fence\":{}}", ocsf: Some("{\"ocsf\":1,\"unmapped\":{}}") };
+    for (format, want) in
+        [(EventFormat::Ecs, vec!["ecs"]), (EventFormat::Ocsf, vec!["ocsf"]), (EventFormat::Both, vec!["ecs", "ocsf"])]
+    {
+        let s = Sinks::open(false, Some(&path)).unwrap().formats(EventFormat::Ecs, format);
+        assert_eq!(s.wants_ocsf(), format.ocsf(), "{format:?}: stdout is off, the file decides");
+        let mut s = s;
+        let before = fs::read_to_string(&path).unwrap_or_default().lines().count();
+        s.write_lines(lines, &FIELDS).unwrap();
+        s.flush().unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        let got: Vec<String> = text
+            .lines()
+            .skip(before)
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .unwrap()
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .next()
+                    .unwrap()
+                    .clone()
+            })
+            .collect();
+        assert_eq!(got, want, "{format:?}");
+    }
+    // Every line, ECS or OCSF, is linked to the one before (`fence.chain`, `unmapped.chain`).
+    let text = fs::read_to_string(&path).unwrap();
+    let seqs: Vec<u64> = text.lines().map(|l| crate::chain::link_of(l.as_bytes()).unwrap().seq).collect();
+    assert_eq!(seqs, [0, 1, 2, 3]);
+    let r = crate::chain::verify::verify(std::slice::from_ref(&path), None, &[]).unwrap();
+    assert_eq!((r.lines, r.unchained), (4, 0));
+    assert!(r.findings.iter().all(|f| f.what.starts_with("no signed checkpoint")), "{:?}", r.findings);
+    // With no sink wanting OCSF, the writer makes no OCSF line; a missing one is left out.
+    let both = Sinks::open(true, None).unwrap().formats(EventFormat::Ecs, EventFormat::Both);
+    assert!(!both.wants_ocsf(), "no file: its format does not count");
+    let only_ecs = EventLines { ecs: "{}", ocsf: None };
+    assert_eq!(only_ecs.for_format(EventFormat::Both).collect::<Vec<_>>(), ["{}"]);
 }
