@@ -3,12 +3,12 @@
 
 use std::{fs, path::PathBuf, process::ExitCode};
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use clap::Args;
 use jiff::Timestamp;
 
 use crate::{
-    cmd::logs::{Line, parse_since, verify::rotated_set},
+    cmd::logs::{Line, OCSF_ONLY, Skips, parse_since, verify::rotated_set},
     config::Config,
     learn::{Observed, suggest},
     policy::{
@@ -79,24 +79,29 @@ fn run(args: SuggestArgs) -> anyhow::Result<ExitCode> {
     }
     let mut seen = Observed::default();
     let mounts = crate::mountinfo::MountInfo::read();
-    let mut unreadable = 0u64;
+    // OCSF lines (format both) are read through the ECS line of the same event.
+    let mut skips = Skips::default();
     for file in &files {
         let text = fs::read(file).with_context(|| format!("reading {}", file.display()))?;
         for raw in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             match Line::parse(raw) {
                 Ok(Line::Event(r)) => {
+                    skips.events += 1;
                     let recent = args.since.is_none_or(|s| r.timestamp.parse::<Timestamp>().is_ok_and(|t| t >= s));
                     if recent {
                         seen.add(&args.identity, &r, &mounts);
                     }
                 }
-                Ok(Line::Summary(_)) => {}
-                Err(_) => unreadable += u64::from(!crate::cmd::logs::is_checkpoint(raw)),
+                Ok(Line::Summary(_)) => skips.events += 1,
+                Err(_) => skips.skipped(raw),
             }
         }
     }
-    if unreadable > 0 {
-        eprintln!("fence-agent policy suggest: {unreadable} line(s) were not events and were skipped");
+    if skips.ocsf_only() {
+        bail!("{}: {OCSF_ONLY}", names(&files));
+    }
+    if skips.not_events > 0 {
+        eprintln!("fence-agent policy suggest: {} line(s) were not events and were skipped", skips.not_events);
     }
     if seen.is_empty() {
         eprintln!(

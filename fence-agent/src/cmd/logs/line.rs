@@ -16,6 +16,56 @@ pub fn is_checkpoint(raw: &[u8]) -> bool {
     serde_json::from_slice::<Value>(raw).is_ok_and(|v| v["event"]["action"] == "log-checkpoint")
 }
 
+/// What fence's readers say of a file that holds OCSF lines and no ECS line.
+pub const OCSF_ONLY: &str = "the event file holds OCSF lines only, and fence's readers (`logs`, `policy suggest`) \
+    read ECS lines: set [events] file_format = \"ecs\" or \"both\" (each event as its ECS line and its OCSF line)";
+
+/// A line that is not an event record: a signed checkpoint, an OCSF line (`format = "ocsf"` or
+/// `"both"`; the readers read the ECS line of each event), or something else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skipped {
+    Checkpoint,
+    Ocsf,
+    NotEvent,
+}
+
+impl Skipped {
+    /// Why `raw`, which [`Line::parse`] refused, is skipped.
+    pub fn of(raw: &[u8]) -> Skipped {
+        match serde_json::from_slice::<Value>(raw) {
+            Ok(v) if v["event"]["action"] == "log-checkpoint" => Skipped::Checkpoint,
+            Ok(v) if crate::events::ocsf::is_ocsf(&v) => Skipped::Ocsf,
+            _ => Skipped::NotEvent,
+        }
+    }
+}
+
+/// What a reader skipped, and whether the file held only OCSF events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Skips {
+    /// Lines read as events (ECS).
+    pub events: u64,
+    pub ocsf: u64,
+    /// Lines that were neither events, OCSF lines nor checkpoints.
+    pub not_events: u64,
+}
+
+impl Skips {
+    /// Counts a line [`Line::parse`] refused.
+    pub fn skipped(&mut self, raw: &[u8]) {
+        match Skipped::of(raw) {
+            Skipped::Checkpoint => {}
+            Skipped::Ocsf => self.ocsf += 1,
+            Skipped::NotEvent => self.not_events += 1,
+        }
+    }
+
+    /// The file held OCSF events and no ECS one: the reader cannot read it.
+    pub fn ocsf_only(&self) -> bool {
+        self.ocsf > 0 && self.events == 0
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Line {
     /// An enforcement event.
@@ -127,5 +177,22 @@ mod tests {
         for raw in [&b"not json"[..], b"[1,2]", b"{\"a\":1}", b"{\"cut", b"", b"null"] {
             assert!(Line::parse(raw).is_err(), "{}", String::from_utf8_lossy(raw));
         }
+    }
+
+    /// An OCSF line (format ocsf or both) is not read as an event, and is told apart from a
+    /// line that is not an event at all; a file of OCSF lines only is one readers refuse.
+    #[test]
+    fn ocsf_lines_are_skipped_and_a_file_of_them_only_is_named() {
+        let Line::Event(r) = fixtures::line(&fixtures::denied_connect()) else { panic!("an event") };
+        let ocsf = crate::events::ocsf::event_line(&r).unwrap();
+        assert!(Line::parse(ocsf.as_bytes()).is_err(), "an OCSF line is not an ECS record");
+        assert_eq!(Skipped::of(ocsf.as_bytes()), Skipped::Ocsf);
+        assert_eq!(Skipped::of(b"{\"a\":1}"), Skipped::NotEvent);
+        let mut only = Skips::default();
+        only.skipped(ocsf.as_bytes());
+        assert!(only.ocsf_only());
+        let both = Skips { events: 1, ..only };
+        assert!(!both.ocsf_only(), "format both: the ECS lines are read, the OCSF ones skipped");
+        assert!(!Skips::default().ocsf_only(), "an empty file is not an OCSF one");
     }
 }

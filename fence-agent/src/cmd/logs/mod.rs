@@ -28,7 +28,7 @@ pub use self::{
     filter::{Filter, VerdictFilter, parse_since},
     follow::Follower,
     format::format_text,
-    line::{Line, is_checkpoint},
+    line::{Line, OCSF_ONLY, Skips, is_checkpoint},
 };
 use crate::config::Config;
 
@@ -109,22 +109,32 @@ struct Printer {
     filter: Filter,
     json: bool,
     color: bool,
-    /// Lines that were not event records (not JSON, or not one of the records): skipped.
-    not_json: u64,
+    /// Lines read as events, and those skipped: OCSF lines (read through their ECS lines),
+    /// and lines that were not event records (not JSON, or not one of the records).
+    skips: Skips,
+    /// Whether `-f` has said that the file holds OCSF lines only so far.
+    warned_ocsf: bool,
 }
 
 impl Printer {
+    fn new(filter: Filter, json: bool, color: bool) -> Printer {
+        Printer { filter, json, color, skips: Skips::default(), warned_ocsf: false }
+    }
+
     fn render(&mut self, raw: &[u8]) -> Option<String> {
         if raw.iter().all(u8::is_ascii_whitespace) {
             return None;
         }
         let Ok(line) = Line::parse(raw) else {
-            // The log's own signed checkpoints are not events.
-            if !line::is_checkpoint(raw) {
-                self.not_json += 1;
+            // The log's own signed checkpoints are not events; OCSF lines are read through
+            // the ECS line of the same event (format both).
+            self.skips.skipped(raw);
+            if self.skips.ocsf_only() && !std::mem::replace(&mut self.warned_ocsf, true) {
+                eprintln!("fence-agent logs: {OCSF_ONLY}");
             }
             return None;
         };
+        self.skips.events += 1;
         if !self.filter.matches(&line) {
             return None;
         }
@@ -183,7 +193,7 @@ pub fn main(args: LogsArgs) -> anyhow::Result<ExitCode> {
         operations: args.operation.clone(),
         since: args.since,
     };
-    let mut printer = Printer { filter, json: args.json, color, not_json: 0 };
+    let mut printer = Printer::new(filter, args.json, color);
     // Signals are read between polls, so that -f ends with everything written out.
     let signals = if args.follow { Some(block_stop_signals()?) } else { None };
     let mut follower =
@@ -246,8 +256,12 @@ pub fn main(args: LogsArgs) -> anyhow::Result<ExitCode> {
             report_gaps(&follower, &mut gaps);
         }
     }
-    if printer.not_json > 0 {
-        eprintln!("fence-agent logs: {} line(s) were not JSON and were skipped", printer.not_json);
+    if printer.skips.not_events > 0 {
+        eprintln!("fence-agent logs: {} line(s) were not JSON and were skipped", printer.skips.not_events);
+    }
+    // Nothing to show from a file of OCSF lines: an error, not an empty log.
+    if printer.skips.ocsf_only() && !args.follow {
+        return Err(anyhow!("{}: {OCSF_ONLY}", path.display()));
     }
     match out.error {
         // The reader went away (`| head`): that is the end, not an error.
@@ -357,7 +371,7 @@ mod tests {
 
     #[test]
     fn printer_skips_and_counts_lines_that_are_not_json() {
-        let mut p = Printer { filter: Filter::default(), json: true, color: false, not_json: 0 };
+        let mut p = Printer::new(Filter::default(), true, false);
         let event = fixtures::denied_connect().to_string();
         assert_eq!(p.render(event.as_bytes()).as_deref(), Some(event.as_str()));
         let dropped = fixtures::dropped().to_string();
@@ -367,20 +381,26 @@ mod tests {
         assert_eq!(p.render(b"{\"cut"), None);
         assert_eq!(p.render(b""), None);
         assert_eq!(p.render(b"  "), None);
-        assert_eq!(p.not_json, 3);
+        assert_eq!(p.skips.not_events, 3);
         // JSON, but not a record: skipped and counted the same way.
         assert_eq!(p.render(b"{\"a\":1}"), None);
         let mut unknown = fixtures::denied_connect();
         unknown["fence"]["verdict"] = "allowed-by-grant".into();
         assert_eq!(p.render(unknown.to_string().as_bytes()), None);
-        assert_eq!(p.not_json, 5);
+        assert_eq!(p.skips.not_events, 5);
         // The bytes as read, not re-serialised.
         let spaced = format!(" {} ", fixtures::suppressed());
         assert_eq!(p.render(spaced.as_bytes()).as_deref(), Some(spaced.as_str()));
         // Filtered out: not printed, not counted.
         p.filter.verdicts = vec![VerdictFilter::Dropped];
         assert_eq!(p.render(event.as_bytes()), None);
-        assert_eq!(p.not_json, 5);
+        assert_eq!(p.skips.not_events, 5);
+        // An OCSF line (format both) is skipped apart: the ECS line of its event was shown.
+        let Line::Event(r) = fixtures::line(&fixtures::denied_connect()) else { panic!("an event") };
+        let ocsf = crate::events::ocsf::event_line(&r).unwrap();
+        assert_eq!(p.render(ocsf.as_bytes()), None);
+        assert_eq!((p.skips.ocsf, p.skips.not_events), (1, 5));
+        assert!(!p.skips.ocsf_only() && !p.warned_ocsf, "ECS lines were read");
     }
 
     use crate::events::build::tests::FakeHost;
@@ -433,7 +453,7 @@ mod tests {
             lines.push(text);
         }
 
-        let mut printer = Printer { filter: Filter::default(), json: false, color: false, not_json: 0 };
+        let mut printer = Printer::new(Filter::default(), false, false);
         let mut shown = |filter: Filter| -> Vec<String> {
             printer.filter = filter;
             lines.iter().filter_map(|l| printer.render(l.as_bytes())).collect()
@@ -455,6 +475,6 @@ mod tests {
         assert_eq!(shown(dropped), ["2027-01-15T08:00:10.000Z dropped    3 events dropped (ring-buffer-full)"]);
         let later = Filter { since: Some(at), ..Filter::default() };
         assert_eq!(shown(later).len(), 2);
-        assert_eq!(printer.not_json, 0);
+        assert_eq!(printer.skips.not_events, 0);
     }
 }
