@@ -51,6 +51,8 @@ pub struct Agent {
     pub stderr: PathBuf,
     /// Event lines already checked by [`Agent::events`].
     checked: std::sync::atomic::AtomicUsize,
+    /// Lines of stdout already checked by [`Agent::events`].
+    checked_stdout: std::sync::atomic::AtomicUsize,
 }
 
 impl Agent {
@@ -142,6 +144,10 @@ impl Agent {
         if !events_keys.contains("rate_limit") {
             events_keys.push_str("rate_limit = 0\n");
         }
+        // Every event in both formats on stdout (checked by `events`), ECS alone in the file.
+        if !events_keys.contains("format") {
+            events_keys.push_str("format = \"both\"\nfile_format = \"ecs\"\n");
+        }
         let audit = dir.path("audit.jsonl");
         let socket = dir.path("agent.sock");
         let workload = dir.path("workload.sock");
@@ -204,6 +210,7 @@ impl Agent {
             stdout,
             stderr,
             checked: std::sync::atomic::AtomicUsize::new(0),
+            checked_stdout: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -315,13 +322,19 @@ impl Agent {
     }
 
     /// Event lines in the event file, parsed; each new one checked against the schema and
-    /// the ECS field list ([`crate::schema::check_event`]).
+    /// the ECS field list, and its OCSF line against the OCSF schema
+    /// ([`crate::schema::check_event`]). The new OCSF lines on stdout (where the test agents
+    /// write both formats) are checked too ([`crate::schema::check_ocsf_pairs`]).
     #[track_caller]
     pub fn events(&self) -> Vec<Value> {
+        use std::sync::atomic::Ordering::Relaxed;
         let lines = read_jsonl(&self.events);
-        let from = self.checked.load(std::sync::atomic::Ordering::Relaxed).min(lines.len());
+        let from = self.checked.load(Relaxed).min(lines.len());
         lines[from..].iter().for_each(crate::schema::check_event);
-        self.checked.store(lines.len(), std::sync::atomic::Ordering::Relaxed);
+        self.checked.store(lines.len(), Relaxed);
+        let out = read_jsonl(&self.stdout);
+        crate::schema::check_ocsf_pairs(&out, self.checked_stdout.load(Relaxed).min(out.len()));
+        self.checked_stdout.store(out.len(), Relaxed);
         lines
     }
 

@@ -1,5 +1,6 @@
 //! The event file as ops teams read it: rotated by size while `fence-agent logs -f` follows it
-//! (every line once, in order), and `fence-agent logs` filters on a real agent's file.
+//! (every line once, in order), `fence-agent logs` filters on a real agent's file, and a file
+//! written in OCSF too (`file_format = "both"`) or only (`"ocsf"`) is read, verified or refused.
 
 use std::{
     fs,
@@ -25,6 +26,7 @@ use crate::{
 pub const TESTS: &[Test] = &[
     Test { name: "logs_follow_through_rotation", run: follow_through_rotation },
     Test { name: "logs_filters_on_a_real_file", run: filters_on_a_real_file },
+    Test { name: "logs_ocsf_file_formats", run: ocsf_file_formats },
 ];
 
 fn identity(name: &str, mode: &str, cg: &TestCgroup) -> String {
@@ -222,15 +224,30 @@ fn verify_tampering(agent: &mut Agent) {
     note(format!("logs verify: {} files intact; a changed, removed or moved line and a cut end found", files.len()));
 }
 
-fn filters_on_a_real_file() {
+/// A listener to connect to, and two identities, `<prefix>-enforced` (cgroup `<prefix>-a`) and
+/// `<prefix>-audited` (`<prefix>-b`), that may not.
+struct TwoIdentities {
+    _listener: TcpListener,
+    to: String,
+    a: TestCgroup,
+    b: TestCgroup,
+    policy: String,
+}
+
+fn enforced_and_audited(prefix: &str) -> TwoIdentities {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let to = listener.local_addr().unwrap().to_string();
-    let (a, b) = (TestCgroup::new("logs-a"), TestCgroup::new("logs-b"));
+    let (a, b) = (TestCgroup::new(&format!("{prefix}-a")), TestCgroup::new(&format!("{prefix}-b")));
     let policy = format!(
         "schema: 1\nidentities:\n{}{}",
-        identity("logs-enforced", "enforce", &a),
-        identity("logs-audited", "audit", &b)
+        identity(&format!("{prefix}-enforced"), "enforce", &a),
+        identity(&format!("{prefix}-audited"), "audit", &b)
     );
+    TwoIdentities { _listener: listener, to, a, b, policy }
+}
+
+fn filters_on_a_real_file() {
+    let TwoIdentities { to, a, b, policy, _listener } = enforced_and_audited("logs");
     let agent = Agent::start_with("logs-filters", &policy, "rate_limit = 0\n");
     helper::run(Some(&a), &["tcp-connect", &to]).assert_eperm("enforced connect");
     helper::run(Some(&a), &["socket", "inet", "raw"]).assert_eperm("enforced raw socket");
@@ -351,4 +368,71 @@ fn filters_on_a_real_file() {
     drop(head.stdout.take());
     let out = head.wait_with_output().unwrap();
     assert!(out.status.success(), "{}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+}
+
+/// The lines of the agent's event file once `n` are there.
+fn wait_lines(agent: &Agent, n: usize) -> Vec<Value> {
+    wait_for(Duration::from_secs(10 * u64::from(slow_factor())), || {
+        let lines = crate::agent::read_jsonl(&agent.events);
+        (lines.len() >= n).then_some(lines)
+    })
+    .unwrap_or_else(|| panic!("fewer than {n} lines in the event file:\n{}", agent.stderr_text()))
+}
+
+/// `file_format = "both"`: each event as its ECS line, then its OCSF line, both valid, both
+/// chained (`logs verify` passes); `logs` shows each event once. `file_format = "ocsf"`:
+/// OCSF lines only, and `logs` refuses the file, saying what to set.
+fn ocsf_file_formats() {
+    let TwoIdentities { to, a, b, policy, _listener } = enforced_and_audited("ocsf");
+    let mut agent =
+        Agent::start_with("logs-ocsf-both", &policy, "rate_limit = 0\nformat = \"ecs\"\nfile_format = \"both\"\n");
+    helper::run(Some(&a), &["tcp-connect", &to]).assert_eperm("enforced connect");
+    wait_lines(&agent, 2);
+    helper::run(Some(&b), &["tcp-connect", &to]).assert_ok("audited connect");
+    let lines = wait_lines(&agent, 4);
+    assert_eq!(lines.len(), 4, "two events, two lines each: {lines:#?}");
+    for pair in lines.chunks(2) {
+        crate::schema::check_event(&pair[0]);
+        assert!(fence_agent::events::ocsf::is_ocsf(&pair[1]), "ECS, then OCSF: {pair:#?}");
+        assert!(pair[1]["unmapped"]["chain"]["prev"].is_string(), "the OCSF line is chained: {}", pair[1]);
+    }
+    crate::schema::check_ocsf_pairs(&lines, 0);
+    let (denied, would) = (&lines[1], &lines[3]);
+    assert_eq!(
+        (denied["class_uid"].as_u64(), denied["unmapped"]["identity"].as_str()),
+        (Some(4001), Some("ocsf-enforced"))
+    );
+    assert_eq!((denied["action_id"].as_u64(), denied["disposition_id"].as_u64()), (Some(2), Some(2)), "blocked");
+    assert_eq!(
+        (would["action_id"].as_u64(), would["disposition_id"].as_u64()),
+        (Some(1), Some(15)),
+        "would-deny is detected, not blocked"
+    );
+    // The stdout of this agent is ECS only (format = "ecs").
+    let out = crate::agent::read_jsonl(&agent.stdout);
+    assert!(!out.is_empty() && out.iter().all(|l| !fence_agent::events::ocsf::is_ocsf(l)), "{out:#?}");
+    // `logs` reads the ECS lines and skips the OCSF ones without a word.
+    let file = agent.events.display().to_string();
+    let out = logs(&["--json", "--file", &file]);
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown = parse(&String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect::<Vec<_>>());
+    assert_eq!(shown, [lines[0].clone(), lines[2].clone()]);
+    agent.stop();
+    let out = Command::new(agent_binary()).args(["logs", "verify", "-c"]).arg(&agent.config).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(text.matches("OK: intact").count(), 2, "the event file (ECS and OCSF lines) and the audit log: {text}");
+
+    let agent =
+        Agent::start_with("logs-ocsf-only", &policy, "rate_limit = 0\nformat = \"ecs\"\nfile_format = \"ocsf\"\n");
+    helper::run(Some(&a), &["tcp-connect", &to]).assert_eperm("enforced connect");
+    let lines = wait_lines(&agent, 1);
+    assert!(lines.iter().all(fence_agent::events::ocsf::is_ocsf), "{lines:#?}");
+    lines.iter().for_each(crate::schema::check_ocsf);
+    let out = logs(&["--file", &agent.events.display().to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("file_format = \"ecs\" or \"both\""), "{stderr}");
+    note(
+        "file_format both: ECS + OCSF lines, chained and verified, logs shows each event once; ocsf alone: logs refuses",
+    );
 }
