@@ -153,7 +153,12 @@ pub fn event(r: &Record) -> Result<Ocsf<'_>, OcsfError> {
     if finding {
         severity_id += 1;
     }
-    let failed = r.event.outcome == "failure";
+    // A finding's status is its own (New); an activity's, whether the operation succeeded.
+    let (status_id, status) = match (finding, r.event.outcome == "failure") {
+        (true, _) => (1, "New"),
+        (false, true) => (2, "Failure"),
+        (false, false) => (1, "Success"),
+    };
     let p = &r.process;
     let actor = || Actor {
         process: Process {
@@ -186,20 +191,8 @@ pub fn event(r: &Record) -> Result<Ocsf<'_>, OcsfError> {
         severity: severity_name(severity_id),
         time: millis(&r.timestamp)?,
         message: &r.message,
-        status_id: if finding {
-            1
-        } else if failed {
-            2
-        } else {
-            1
-        },
-        status: if finding {
-            "New"
-        } else if failed {
-            "Failure"
-        } else {
-            "Success"
-        },
+        status_id,
+        status,
         status_detail: Some(&r.event.reason),
         action_id,
         action,
