@@ -207,6 +207,7 @@ pub fn event(r: &Record) -> Result<Ocsf<'_>, OcsfError> {
         dst_endpoint: None,
         connection_info: None,
         query: None,
+        answers: Vec::new(),
         file: None,
         process: None,
         finding_info: None,
@@ -253,6 +254,12 @@ pub fn event(r: &Record) -> Result<Ocsf<'_>, OcsfError> {
             });
             ocsf.query =
                 r.dns.as_ref().map(|d| Query { hostname: &d.question.name, query_type: &d.question.question_type });
+            ocsf.answers = r
+                .dns
+                .iter()
+                .flat_map(|d| &d.resolved_ip)
+                .map(|ip| Answer { rdata: ip, record_type: if ip.contains(':') { "AAAA" } else { "A" } })
+                .collect();
             // A unix socket with no address: the socket file stands in (Network Activity needs
             // an endpoint).
             if ocsf.dst_endpoint.is_none() && class.uid == NETWORK_ACTIVITY.uid {
@@ -336,6 +343,7 @@ pub fn summary(s: &SummaryRecord) -> Result<Ocsf<'_>, OcsfError> {
         dst_endpoint: None,
         connection_info: None,
         query: None,
+        answers: Vec::new(),
         file: None,
         process: None,
         finding_info: Some(FindingInfo {

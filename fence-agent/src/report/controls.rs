@@ -400,7 +400,7 @@ fn logical_access(inputs: &Inputs) -> Vec<Finding> {
     if !inputs.event_file {
         out.push(finding(
             Status::Partial,
-            "log events",
+            "event file",
             "no event file ([events] file): events go to stdout or the journal only, outside the signed chain",
         ));
     }
@@ -428,10 +428,17 @@ fn logical_access(inputs: &Inputs) -> Vec<Finding> {
             }
         });
     }
+    if inputs.logs.ocsf_lines > 0 && inputs.logs.event_lines == 0 {
+        out.push(finding(
+            Status::Partial,
+            "event file",
+            format!("denials not counted: {}", crate::cmd::logs::OCSF_ONLY),
+        ));
+    }
     if inputs.logs.dropped > 0 {
         out.push(finding(
             Status::Partial,
-            "log events",
+            "event delivery",
             format!(
                 "{} event(s) lost before they were written {} (counted in events-dropped lines)",
                 inputs.logs.dropped,

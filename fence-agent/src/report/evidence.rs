@@ -9,7 +9,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cmd::logs::{Line, is_checkpoint};
+use crate::cmd::logs::{Line, Skipped};
 
 /// Operations of one kind: refused by the kernel (denied, or the task killed) and, in audit
 /// mode, allowed but logged as would-deny.
@@ -72,6 +72,11 @@ pub struct LogEvidence {
     pub oldest: Option<String>,
     /// Lines that were neither events nor audit records (skipped).
     pub unreadable: u64,
+    /// Event lines read (ECS), and OCSF lines skipped (`[events] file_format`).
+    #[serde(default)]
+    pub event_lines: u64,
+    #[serde(default)]
+    pub ocsf_lines: u64,
 }
 
 impl LogEvidence {
@@ -91,10 +96,15 @@ impl LogEvidence {
         let line = match Line::parse(raw) {
             Ok(l) => l,
             Err(_) => {
-                self.unreadable += u64::from(!is_checkpoint(raw));
+                match Skipped::of(raw) {
+                    Skipped::Checkpoint => {}
+                    Skipped::Ocsf => self.ocsf_lines += 1,
+                    Skipped::NotEvent => self.unreadable += 1,
+                }
                 return;
             }
         };
+        self.event_lines += 1;
         if !Self::in_period(since, line.timestamp()) {
             return;
         }

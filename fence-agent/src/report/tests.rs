@@ -289,3 +289,18 @@ fn a_published_report_reads_back_as_it_was() {
     let back: Report = serde_json::from_value(json.clone()).expect("a report reads back");
     assert_eq!(serde_json::to_value(&back).unwrap(), json);
 }
+
+#[test]
+fn an_event_file_of_ocsf_lines_only_is_said_not_counted() {
+    let mut i = inputs();
+    let mut logs = LogEvidence::default();
+    let record: crate::events::record::Record = serde_json::from_value(fixtures::denied_connect()).unwrap();
+    let ocsf = serde_json::to_string(&crate::events::ocsf::event(&record).unwrap()).unwrap();
+    logs.event_line(ocsf.as_bytes(), None);
+    assert_eq!((logs.ocsf_lines, logs.event_lines, logs.unreadable), (1, 0, 0));
+    i.logs = logs;
+    let r = build(i);
+    let (status, reason) = status_of(&r, "CC6.1", "event file");
+    assert_eq!(status, Status::Partial);
+    assert!(reason.contains("file_format"), "{reason}");
+}

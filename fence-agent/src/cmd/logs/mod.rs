@@ -28,7 +28,7 @@ pub use self::{
     filter::{Filter, VerdictFilter, parse_since},
     follow::Follower,
     format::format_text,
-    line::{Line, OCSF_ONLY, Skips, is_checkpoint},
+    line::{Line, OCSF_ONLY, Skipped, Skips, is_checkpoint},
 };
 use crate::config::Config;
 

@@ -53,6 +53,9 @@ pub struct Ocsf<'a> {
     pub connection_info: Option<ConnectionInfo<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub query: Option<Query<'a>>,
+    /// DNS Activity: the answer's addresses (audit mode, where the question went upstream).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<Answer<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<File<'a>>,
     /// The process acted on (Process Activity): the program launched, the process traced.
@@ -171,6 +174,15 @@ pub struct Query<'a> {
     pub hostname: &'a str,
     #[serde(rename = "type")]
     pub query_type: &'a str,
+}
+
+/// One address of a DNS answer.
+#[derive(Debug, Serialize)]
+pub struct Answer<'a> {
+    pub rdata: &'a str,
+    /// `A` or `AAAA`.
+    #[serde(rename = "type")]
+    pub record_type: &'static str,
 }
 
 #[derive(Debug, Serialize)]

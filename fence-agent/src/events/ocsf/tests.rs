@@ -42,7 +42,7 @@ fn record(operation: Operation, verdict: Verdict) -> Record {
         v["destination"] = json!({"address":"10.0.0.1","ip":"10.0.0.1","port":53});
     }
     if operation == Operation::DnsQuery {
-        v["dns"] = json!({"question":{"name":"example.com","type":"A"}});
+        v["dns"] = json!({"question":{"name":"example.com","type":"A"},"resolved_ip":["192.0.2.1","2001:db8::1"]});
     }
     if class == FILE_SYSTEM_ACTIVITY || socket || operation == Operation::Exec {
         v["file"] = json!({"path":"/srv/x","name":"x","inode":"42","device":"8:1"});
@@ -99,6 +99,7 @@ fn the_classes_hold_what_their_class_needs() {
     assert_eq!(net["actor"]["user"]["uid"], "0", "the effective user");
     let dns = serde_json::to_value(event(&record(Operation::DnsQuery, Verdict::WouldDeny)).unwrap()).unwrap();
     assert_eq!(dns["query"], json!({"hostname":"example.com","type":"A"}));
+    assert_eq!(dns["answers"], json!([{"rdata":"192.0.2.1","type":"A"},{"rdata":"2001:db8::1","type":"AAAA"}]));
     let unix = serde_json::to_value(event(&record(Operation::UnixConnect, Verdict::Denied)).unwrap()).unwrap();
     assert_eq!(unix["dst_endpoint"], json!({"name":"/srv/x"}));
     let open = serde_json::to_value(event(&record(Operation::Open, Verdict::Denied)).unwrap()).unwrap();
