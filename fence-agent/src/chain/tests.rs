@@ -423,3 +423,33 @@ fn checkpoint_and_linked_lines_follow_the_schemas_and_ecs() {
         check(&audit, line);
     }
 }
+
+#[test]
+fn the_schemas_know_every_start_of_a_chain() {
+    let all = [Start::New, Start::Unchained, Start::Incomplete, Start::Truncated, Start::Unvouched];
+    let names: Vec<&str> = all.iter().map(|s| s.as_str()).collect();
+    for file in ["event.schema.json", "audit.schema.json"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schema").join(file);
+        let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut found = Vec::new();
+        find_start_enums(&schema, &mut found);
+        assert!(!found.is_empty(), "{file}: no chain start enum");
+        for e in found {
+            assert_eq!(e, names, "{file}");
+        }
+    }
+}
+
+/// Every `"start": {"enum": [...]}` in a schema.
+fn find_start_enums(v: &serde_json::Value, out: &mut Vec<Vec<String>>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if let Some(list) = m.get("start").and_then(|s| s["enum"].as_array()) {
+                out.push(list.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect());
+            }
+            m.values().for_each(|x| find_start_enums(x, out));
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| find_start_enums(x, out)),
+        _ => {}
+    }
+}
