@@ -146,7 +146,8 @@ pub fn suggest(base: &IdentityDoc, seen: &Observed) -> (IdentityDoc, Vec<Risk>) 
     let mut by_ports: BTreeMap<(Proto, Vec<u16>), Vec<IpAddr>> = BTreeMap::new();
     for ((proto, ip), ports) in &seen.egress {
         match seen.resolved.get(ip) {
-            Some(names) => {
+            // One name answered with it: the connect is the name's.
+            Some(names) if names.len() == 1 => {
                 for name in names {
                     by_name.entry((*proto, name.clone())).or_default().extend(ports);
                     if let Some(why) = address_risk(*ip) {
@@ -154,7 +155,16 @@ pub fn suggest(base: &IdentityDoc, seen: &Observed) -> (IdentityDoc, Vec<Risk>) 
                     }
                 }
             }
-            None => {
+            other => {
+                if let Some(names) = other {
+                    risks.insert(Risk {
+                        what: format!(
+                            "egress to {ip}, an answer for several names ({})",
+                            names.iter().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                        why: "kept as an address: which name it was for cannot be told",
+                    });
+                }
                 by_ports.entry((*proto, ports.iter().copied().collect())).or_default().push(*ip);
                 if let Some(why) = address_risk(*ip) {
                     risks.insert(Risk { what: format!("egress to {ip} ({})", proto_str(*proto)), why });
@@ -168,6 +178,10 @@ pub fn suggest(base: &IdentityDoc, seen: &Observed) -> (IdentityDoc, Vec<Risk>) 
     }
     let mut names_rules: BTreeMap<(Proto, Vec<u16>), Vec<String>> = BTreeMap::new();
     for ((proto, name), ports) in by_name {
+        risks.insert(Risk {
+            what: format!("egress to {name} ({})", proto_str(proto)),
+            why: "by name: enforced, it reaches whatever the name resolves to then, not only the addresses seen",
+        });
         names_rules.entry((proto, ports.into_iter().collect())).or_default().push(name);
     }
     // Names asked for whose addresses no connect was seen to (enforce mode, or an answer

@@ -61,10 +61,10 @@ pub struct ReportArgs {
     /// --config with [vault]), with a table of each control's status per host.
     #[arg(long, conflicts_with_all = ["since", "socket"])]
     pub hosts: bool,
-    /// With --hosts: a configuration with a [vault] table. Else: the agent's configuration (its
-    /// socket, logs and state directory). Default: /etc/fence/agent.toml.
-    #[command(flatten)]
-    pub vault: VaultArgs,
+    /// The agent's configuration (its socket, logs and state directory); with --hosts, a
+    /// configuration with a [vault] table. Default: /etc/fence/agent.toml.
+    #[arg(long, short = 'c', value_name = "PATH")]
+    pub config: Option<PathBuf>,
 }
 
 /// Exit status when some finding is not met.
@@ -86,14 +86,11 @@ fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
         } else {
             Format::Text
         };
-        return reports(&args.vault, format);
+        return reports(&VaultArgs { config: args.config }, format);
     }
-    let config = match &args.vault.config {
-        Some(p) => Config::load(Some(p))?,
-        None => Config::load(None).unwrap_or_default(),
-    };
-    let socket =
-        crate::cmd::socket_of(args.socket.clone(), args.vault.config.as_deref(), crate::cmd::SocketKind::Control)?;
+    // A configuration that does not load is an error: defaults would read other files.
+    let config = Config::load(args.config.as_deref())?;
+    let socket = crate::cmd::socket_of(args.socket.clone(), args.config.as_deref(), crate::cmd::SocketKind::Control)?;
     let status: StatusReply = call(&socket, &Request::Status).context("asking the agent for its status")?;
     let identities = call::<IdentitiesReply>(&socket, &Request::Identities)
         .context("asking the agent for its identities")?

@@ -176,7 +176,12 @@ impl<A: Send + Sync + 'static> Engine<A> {
     /// name to the connects that follow).
     async fn forward(&self, incoming: &Incoming<'_>, q: &ClientQuery, how: Forward<'_, A>) -> Option<Reply> {
         let id = random_id();
-        let Some(bytes) = message::upstream_query(q, id) else { return servfail(q) };
+        let Some(bytes) = message::upstream_query(q, id) else {
+            if matches!(how, Forward::Audit) {
+                self.report(incoming, q, Verdict::WouldRefuse, &[]);
+            }
+            return servfail(q);
+        };
         let own = self.own.snapshot();
         let exchange = Exchange {
             bytes: &bytes,
@@ -206,10 +211,16 @@ impl<A: Send + Sync + 'static> Engine<A> {
                 }
             }
             Forward::Audit => {
-                let mut addrs: Vec<IpAddr> =
-                    message::chain_addresses(q.query.name(), &answer.answers).into_iter().map(|(a, _)| a).collect();
+                // What enforce mode would learn (a NOERROR, untruncated answer's chain), at
+                // most RESOLVED_IN_EVENT of it: one answer must not make a huge event line.
+                let mut addrs: Vec<IpAddr> = if answer.response_code == ResponseCode::NoError && !answer.truncation {
+                    message::chain_addresses(q.query.name(), &answer.answers).into_iter().map(|(a, _)| a).collect()
+                } else {
+                    Vec::new()
+                };
                 addrs.sort_unstable();
                 addrs.dedup();
+                addrs.truncate(RESOLVED_IN_EVENT);
                 self.report(incoming, q, Verdict::WouldRefuse, &addrs);
             }
         }
@@ -272,6 +283,9 @@ impl<A: Send + Sync + 'static> Engine<A> {
         });
     }
 }
+
+/// The most addresses an audit-mode `dns-query` event carries (`dns.resolved_ip`).
+pub const RESOLVED_IN_EVENT: usize = 16;
 
 /// What is done with an answer from upstream.
 enum Forward<'a, A> {

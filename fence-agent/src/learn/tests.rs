@@ -227,6 +227,30 @@ fn connects_to_what_a_name_resolved_to_are_the_names_with_their_own_ports() {
     );
     let text: Vec<String> = risks.iter().map(ToString::to_string).collect();
     assert!(text.iter().any(|r| r.contains("egress to db.internal, which resolved to 10.1.2.3")), "{text:#?}");
+    assert!(text.iter().any(|r| r.contains("egress to api.example.com (tcp): by name")), "{text:#?}");
     assert!(text.iter().any(|r| r.contains("names unused.example.com")), "{text:#?}");
     assert!(!text.iter().any(|r| r.contains("names api.example.com")), "{text:#?}");
+}
+
+#[test]
+fn an_address_several_names_answered_with_stays_an_address() {
+    let mut seen = Observed::default();
+    let mounts = crate::mountinfo::MountInfo::default();
+    for (name, ip) in [("evil.example", "10.0.0.5"), ("db.internal", "10.0.0.5")] {
+        let r = record(fixtures::would_deny_exec(), |v| {
+            v["fence"]["identity"] = "ai".into();
+            v["fence"]["operation"] = "dns-query".into();
+            v["fence"]["reason"] = "name-not-allowed".into();
+            v["fence"]["target"] = Value::Null;
+            v["file"] = Value::Null;
+            v["dns"] = json!({"question": {"name": name, "type": "A"}, "resolved_ip": [ip]});
+        });
+        seen.add("ai", &r, &mounts);
+    }
+    seen.add("ai", &connect("ai", "would-deny", "tcp", "10.0.0.5", 5432), &mounts);
+    let (doc, risks) = suggest(&base(), &seen);
+    let rules: Vec<String> = doc.egress.iter().map(|r| format!("{:?} {:?}", r.to, r.ports)).collect();
+    assert_eq!(rules[0], r#"["10.0.0.5/32"] [Number(5432)]"#, "{rules:?}");
+    let text: Vec<String> = risks.iter().map(ToString::to_string).collect();
+    assert!(text.iter().any(|r| r.contains("an answer for several names (db.internal, evil.example)")), "{text:#?}");
 }

@@ -10,7 +10,7 @@ use crate::{
 
 /// The controls, in the order they are reported, with the fences whose mechanism row belongs
 /// to each (every fence belongs to one).
-const CONTROLS: &[(&str, &str, &str, &str, &[&str])] = &[
+pub const CONTROLS: &[(&str, &str, &str, &str, &[&str])] = &[
     (
         "AC-6",
         "NIST SP 800-53 Rev. 5",
@@ -110,6 +110,17 @@ fn fence_findings(inputs: &Inputs, fences: &[&str]) -> Vec<Finding> {
     fences
         .iter()
         .map(|&name| match rows.iter().find(|r| r.fence == name) {
+            // A fallback (the doctor gives a fix): enforced, with the gaps its notes name.
+            Some(r) if r.enforced && r.remedy.is_some() => finding(
+                Status::Partial,
+                format!("fence {name}"),
+                format!(
+                    "enforced by a fallback: {}; {}; fix: {}",
+                    r.mechanism,
+                    r.notes,
+                    r.remedy.as_deref().unwrap_or_default()
+                ),
+            ),
             Some(r) if r.enforced => {
                 finding(Status::Met, format!("fence {name}"), format!("enforced: {}", r.mechanism))
             }
@@ -137,6 +148,16 @@ fn kinds(inputs: &Inputs, name: &str, which: fn(&Counts) -> u64, only: Option<&[
     let total = listed.iter().map(|(_, n)| n).sum();
     let text = listed.iter().map(|(op, n)| format!("{op} {n}")).collect::<Vec<_>>().join(", ");
     (total, if text.is_empty() { "none".into() } else { text })
+}
+
+/// Whether a standing egress rule reaches any address: a /0 or /1 network among its
+/// destinations (`10.0.0.0/8 0.0.0.0/0 443/tcp`).
+fn wide_egress(i: &IdentityStatus) -> bool {
+    i.standing.egress.iter().flat_map(|e| e.split_whitespace()).any(|t| {
+        t.split_once('/').is_some_and(|(addr, len)| {
+            addr.parse::<std::net::IpAddr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 1)
+        })
+    })
 }
 
 fn denied(c: &Counts) -> u64 {
@@ -187,8 +208,8 @@ fn least_privilege(inputs: &Inputs) -> Vec<Finding> {
         if i.standing.exec_allow.is_none() {
             wide.push("exec unrestricted (any program may run)");
         }
-        if i.standing.egress.iter().any(|e| e.starts_with("0.0.0.0/0") || e.starts_with("::/0")) {
-            wide.push("egress to any address");
+        if wide_egress(i) {
+            wide.push("egress to any address (a /0 or /1 rule)");
         }
         let status = if wide.is_empty() { Status::Met } else { Status::Partial };
         let wide = if wide.is_empty() { String::new() } else { format!("{}; ", wide.join("; ")) };
@@ -211,6 +232,7 @@ fn least_privilege(inputs: &Inputs) -> Vec<Finding> {
             ("revoked", _, Some(e)) => format!("revoked at {e}"),
             ("denied", _, Some(e)) => format!("request denied at {e}"),
             ("active", Some(a), _) => format!("in force since {a}"),
+            ("approved", _, _) => "approved, not yet in force".to_owned(),
             _ => "requested, not approved".to_owned(),
         };
         out.push(finding(
@@ -218,6 +240,19 @@ fn least_privilege(inputs: &Inputs) -> Vec<Finding> {
             format!("grant {}", g.id),
             format!("{} for {}, {}s, approval {}{by}; {life}{uses}", g.target, g.identity, g.ttl_seconds, g.approval),
         ));
+    }
+    // Grants in force now that began before the period.
+    for i in &inputs.identities {
+        for g in i.granted.iter().filter(|g| !inputs.logs.grants.iter().any(|l| l.id == g.id)) {
+            out.push(finding(
+                Status::Met,
+                format!("grant {}", g.id),
+                format!(
+                    "{} for {}, in force now (from before the period); the kernel ends it in {}s",
+                    g.target, i.name, g.seconds_left
+                ),
+            ));
+        }
     }
     out
 }
@@ -251,6 +286,17 @@ fn authenticators(inputs: &Inputs) -> Vec<Finding> {
             }
         }
         Err(e) => out.push(finding(Status::Partial, "environment scan", format!("could not be made: {e}"))),
+    }
+    if inputs.env_unreadable > 0 {
+        out.push(finding(
+            Status::Partial,
+            "environment scan",
+            format!(
+                "{} process(es) exited or could not be read during the scan; the scan is evidence of practice, \
+                 not enforcement (a process can rewrite its own environment)",
+                inputs.env_unreadable
+            ),
+        ));
     }
     for (who, secrets) in &inputs.logs.secrets {
         let list: Vec<String> = secrets
@@ -304,7 +350,7 @@ fn boundary(inputs: &Inputs) -> Vec<Finding> {
             }
             let (n, k) = kinds(inputs, &i.name, denied, Some(NET));
             finding(
-                Status::Met,
+                if wide_egress(i) { Status::Partial } else { Status::Met },
                 identity(i),
                 format!("egress limited to: {egress}; {n} network operation(s) denied ({k}) {}", period(inputs)),
             )

@@ -113,7 +113,7 @@ impl LogEvidence {
             Line::Event(r) => (1, Some(r.fence.verdict)),
             Line::Summary(s) => {
                 if let Some(d) = &s.fence.dropped {
-                    self.dropped += d.count;
+                    self.dropped = self.dropped.saturating_add(d.count);
                 }
                 (s.fence.suppressed.unwrap_or(0), s.fence.verdict)
             }
@@ -124,8 +124,8 @@ impl LogEvidence {
         }
         let c = self.denials.entry(identity.to_owned()).or_default().entry(op.as_str().to_owned()).or_default();
         match verdict {
-            Verdict::WouldDeny => c.would_deny += n,
-            _ => c.denied += n,
+            Verdict::WouldDeny => c.would_deny = c.would_deny.saturating_add(n),
+            _ => c.denied = c.denied.saturating_add(n),
         }
     }
 
@@ -207,8 +207,8 @@ impl LogEvidence {
     /// The denials of `identity`, summed over kinds.
     pub fn totals(&self, identity: &str) -> Counts {
         self.denials.get(identity).into_iter().flat_map(|m| m.values()).fold(Counts::default(), |a, c| Counts {
-            denied: a.denied + c.denied,
-            would_deny: a.would_deny + c.would_deny,
+            denied: a.denied.saturating_add(c.denied),
+            would_deny: a.would_deny.saturating_add(c.would_deny),
         })
     }
 }

@@ -33,11 +33,13 @@ pub fn local(
     since: Option<Timestamp>,
 ) -> Result<Inputs, GatherError> {
     let logs = read_logs(config, since)?;
+    let (env, env_unreadable) = env_scan(&identities);
     Ok(Inputs {
         host,
         generated: Timestamp::now().to_string(),
         since: since.map(|s| s.to_string()),
-        env: env_scan(&identities),
+        env,
+        env_unreadable,
         integrity: integrity(config),
         event_file: config.events.file.is_some(),
         retention: (config.events.max_bytes, config.events.keep),
@@ -125,9 +127,13 @@ fn integrity(config: &Config) -> Vec<LogIntegrity> {
         .collect()
 }
 
-/// Credential-looking variables of the identities' processes: names, why, where.
-fn env_scan(identities: &[IdentityStatus]) -> Result<Vec<EnvCredentials>, String> {
-    let (found, _) = env_findings(identities).map_err(|e| format!("{e:#}"))?;
+/// Credential-looking variables of the identities' processes: names, why, where; and how many
+/// processes could not be read.
+fn env_scan(identities: &[IdentityStatus]) -> (Result<Vec<EnvCredentials>, String>, usize) {
+    let (found, unreadable) = match env_findings(identities) {
+        Ok(f) => f,
+        Err(e) => return (Err(format!("{e:#}")), 0),
+    };
     let mut out: Vec<EnvCredentials> = Vec::new();
     for f in found {
         let vars =
@@ -137,5 +143,5 @@ fn env_scan(identities: &[IdentityStatus]) -> Result<Vec<EnvCredentials>, String
             None => out.push(EnvCredentials { identity: f.identity.clone(), variables: vars.collect() }),
         }
     }
-    Ok(out)
+    (Ok(out), unreadable)
 }

@@ -101,6 +101,8 @@ pub struct Inputs {
     pub integrity: Vec<LogIntegrity>,
     /// The environment scan; an error says why it could not be made.
     pub env: Result<Vec<EnvCredentials>, String>,
+    /// Processes that exited or could not be read during the scan.
+    pub env_unreadable: usize,
 }
 
 /// The report.
@@ -169,5 +171,28 @@ pub fn build(inputs: Inputs) -> Report {
             integrity: inputs.integrity,
             env_credentials: inputs.env.unwrap_or_default(),
         },
+    }
+}
+
+impl Report {
+    /// A report read from elsewhere (the vault), made safe to print and to trust as far as it
+    /// goes: every section must be one of [`controls::CONTROLS`], once, in order (framework,
+    /// title and text become this program's own), and the sections' and the report's statuses
+    /// are worked out again from the findings. An error says why it is not a report.
+    pub fn checked(mut self) -> Result<Report, String> {
+        if self.controls.len() != controls::CONTROLS.len() {
+            return Err(format!("{} control sections, expected {}", self.controls.len(), controls::CONTROLS.len()));
+        }
+        for (s, &(control, framework, title, enforces, _)) in self.controls.iter_mut().zip(controls::CONTROLS) {
+            if s.control != control {
+                return Err(format!("section {:?} where {control} belongs", crate::names::printable(&s.control)));
+            }
+            s.framework = framework.into();
+            s.title = title.into();
+            s.enforces = enforces.into();
+            s.status = s.findings.iter().map(|f| f.status).max().unwrap_or(Status::Met);
+        }
+        self.status = self.controls.iter().map(|s| s.status).max().unwrap_or(Status::Met);
+        Ok(self)
     }
 }

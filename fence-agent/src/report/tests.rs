@@ -164,6 +164,7 @@ pub(crate) fn inputs() -> Inputs {
                 problem: Some("audit.jsonl line 3: does not link to the line before it".into()),
             },
         ],
+        env_unreadable: 0,
         env: Ok(vec![EnvCredentials {
             identity: "ci-runner".into(),
             variables: vec!["GITHUB_TOKEN (known-name) in pid 9 (sh)".into()],
@@ -303,4 +304,40 @@ fn an_event_file_of_ocsf_lines_only_is_said_not_counted() {
     let (status, reason) = status_of(&r, "CC6.1", "event file");
     assert_eq!(status, Status::Partial);
     assert!(reason.contains("file_format"), "{reason}");
+}
+
+#[test]
+fn wide_egress_and_fallback_fences_are_partial() {
+    let mut i = inputs();
+    i.identities[1].standing.egress = vec!["10.0.0.0/8 0.0.0.0/0 443/tcp".into()];
+    i.status.fences[0].remedy = Some("boot with BPF LSM".into());
+    let r = build(i);
+    let (status, reason) = status_of(&r, "AC-6", "identity granted");
+    assert_eq!(status, Status::Partial, "{reason}");
+    assert!(reason.contains("egress to any address"), "{reason}");
+    assert_eq!(status_of(&r, "SC-7", "identity granted").0, Status::Partial);
+    assert_eq!(status_of(&r, "SC-7", "identity ci-runner").0, Status::Met, "a /32 is not wide");
+    let (status, reason) = status_of(&r, "SC-7", "fence egress");
+    assert_eq!(status, Status::Partial);
+    assert!(reason.contains("fallback") && reason.contains("fix: boot with BPF LSM"), "{reason}");
+}
+
+#[test]
+fn a_report_from_elsewhere_is_checked_and_its_statuses_worked_out_again() {
+    let good = build(inputs());
+    // Forged statuses and headings give way to what the findings and this program say.
+    let mut forged = good.clone();
+    forged.status = Status::Met;
+    forged.controls[0].status = Status::Met;
+    forged.controls[0].title = "Least privilege\n\n## IA-5 all fine".into();
+    let checked = forged.checked().unwrap();
+    assert_eq!(checked.status, Status::NotMet);
+    assert_eq!(checked.controls[0].status, good.controls[0].status);
+    assert_eq!(checked.controls[0].title, "Least privilege");
+    let mut unknown = good.clone();
+    unknown.controls[2].control = "XX-1".into();
+    assert!(unknown.checked().unwrap_err().contains("XX-1"));
+    let mut short = good;
+    short.controls.pop();
+    assert!(short.checked().is_err());
 }

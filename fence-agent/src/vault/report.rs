@@ -2,8 +2,8 @@
 //! `fence-agent report --hosts`: built by the same code as `fence-agent report` on the host
 //! (see [`crate::report`]), from the policy service's answers and the agent's own logs. Written
 //! after the first poll that reaches the vault, whenever the policy in force changes, and at
-//! least every [`REPORT_EVERY`]; best effort (a failure is logged once and tried again at the
-//! next poll).
+//! least every [`REPORT_EVERY`]; best effort (a failure is logged once and tried again after
+//! [`RETRY_AFTER`]).
 
 use std::{sync::Arc, time::Duration, time::Instant};
 
@@ -20,6 +20,9 @@ use crate::{
 
 /// The longest a published report goes without being rewritten.
 pub const REPORT_EVERY: Duration = Duration::from_secs(3600);
+/// After a failed publish (the vault refuses the path, the report is too big...), the next try
+/// waits this long: building the report reads every log file, and the polls go on meanwhile.
+const RETRY_AFTER: Duration = Duration::from_secs(600);
 
 /// What the agent needs to publish its report, and what it published last.
 pub struct Publisher {
@@ -28,15 +31,20 @@ pub struct Publisher {
     last: Option<(Instant, Option<u64>)>,
     /// A failure was logged (logged once until a write succeeds).
     warned: bool,
+    /// No try before this (after a failure).
+    not_before: Option<Instant>,
 }
 
 impl Publisher {
     pub fn new(config: Config) -> Publisher {
-        Publisher { config: Arc::new(config), last: None, warned: false }
+        Publisher { config: Arc::new(config), last: None, warned: false, not_before: None }
     }
 
     /// Publishes the report if it is due.
     pub async fn poll(&mut self, client: &VaultClient, service: &ServiceHandle) {
+        if self.not_before.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
         let Some(status) = ask::<StatusReply>(service, Request::Status).await else { return };
         if let Some((at, seq)) = self.last
             && seq == status.sequence
@@ -65,13 +73,16 @@ impl Publisher {
         match written {
             Ok(()) => {
                 self.warned = false;
+                self.not_before = None;
                 self.last = Some((Instant::now(), sequence));
             }
-            Err(e) if !self.warned => {
-                self.warned = true;
-                tracing::warn!(error = %e, "publishing this host's compliance report to the vault failed (report --hosts will not show it); trying again at the next poll");
+            Err(e) => {
+                self.not_before = Some(Instant::now() + RETRY_AFTER);
+                if !self.warned {
+                    self.warned = true;
+                    tracing::warn!(error = %e, "publishing this host's compliance report to the vault failed (report --hosts shows it as missing); trying again in 10 minutes");
+                }
             }
-            Err(_) => {}
         }
     }
 }

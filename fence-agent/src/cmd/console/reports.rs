@@ -7,7 +7,7 @@ use jiff::Timestamp;
 
 use super::{VaultArgs, runtime, vault_config};
 use crate::{
-    report::{Report, Status, render},
+    report::{Report, Status, controls::CONTROLS, render},
     vault::{
         client::VaultClient,
         layout::{REPORT, STATUS_DIR},
@@ -37,23 +37,36 @@ pub fn reports(args: &VaultArgs, format: Format) -> anyhow::Result<ExitCode> {
         let mut reports = Vec::new();
         let mut unreadable = Vec::new();
         // `status/` lists each host's status (`host`) and, once it published a report, its
-        // folder (`host/`).
-        for name in client.kv_list(STATUS_DIR).await? {
-            let Some(host) = name.strip_suffix('/') else { continue };
-            let Some(doc) = client.kv_read(&format!("{STATUS_DIR}/{host}/{REPORT}"), None).await? else { continue };
-            match serde_json::from_value::<Report>(doc.data) {
-                Ok(r) if r.host == host => reports.push(r),
-                Ok(r) => unreadable.push(Unreadable {
-                    host: host.to_owned(),
-                    why: format!("the report names another host ({:?})", r.host),
-                }),
-                Err(e) => unreadable.push(Unreadable { host: host.to_owned(), why: format!("not a report: {e}") }),
+        // folder (`host/`): every host with either is listed, a missing report as such.
+        let names = client.kv_list(STATUS_DIR).await?;
+        let mut hosts: Vec<&str> = names.iter().map(|n| n.strip_suffix('/').unwrap_or(n)).collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        for host in hosts {
+            let mut bad = |why: String| unreadable.push(Unreadable { host: host.to_owned(), why });
+            match client.kv_read(&format!("{STATUS_DIR}/{host}/{REPORT}"), None).await {
+                Ok(None) => bad(format!(
+                    "no report published (an agent older than this one, or its ACL lacks {STATUS_DIR}/<host>/{REPORT})"
+                )),
+                Err(e) => bad(format!("cannot be read: {e}")),
+                Ok(Some(doc)) => match serde_json::from_value::<Report>(doc.data).map_err(|e| e.to_string()) {
+                    Ok(r) if r.host != host => bad("the report names another host".into()),
+                    Ok(r) => match r.checked() {
+                        Ok(r) => reports.push(r),
+                        Err(why) => bad(format!("not a report: {why}")),
+                    },
+                    Err(e) => bad(format!("not a report: {e}")),
+                },
             }
         }
         anyhow::Ok((reports, unreadable))
     })?;
     for u in &unreadable {
-        eprintln!("fence-agent report --hosts: {}: {}", crate::names::printable(&u.host), u.why);
+        eprintln!(
+            "fence-agent report --hosts: {}: {}",
+            crate::names::printable(&u.host),
+            crate::names::printable(&u.why)
+        );
     }
     let now = Timestamp::now();
     match format {
@@ -63,29 +76,32 @@ pub fn reports(args: &VaultArgs, format: Format) -> anyhow::Result<ExitCode> {
     }
     Ok(if !unreadable.is_empty() {
         ExitCode::from(2)
-    } else if reports.iter().any(|r| r.status == Status::NotMet) {
+    } else if reports.iter().any(|r| r.status == Status::NotMet || stale(r, now)) {
         ExitCode::from(3)
     } else {
         ExitCode::SUCCESS
     })
 }
 
-/// `generated`, marked when the agent has not rewritten it for two periods (stopped, or cut off
-/// from the vault).
-fn age(r: &Report, now: Timestamp) -> String {
-    let stale = r
-        .generated
+/// Whether the agent has not rewritten its report for two periods (stopped, or cut off from
+/// the vault): it is no evidence of now.
+fn stale(r: &Report, now: Timestamp) -> bool {
+    r.generated
         .parse::<Timestamp>()
         .ok()
         .and_then(|t| now.duration_since(t).try_into().ok())
-        .is_none_or(|d: std::time::Duration| d > 2 * REPORT_EVERY);
-    if stale { format!("{} (STALE)", r.generated) } else { r.generated.clone() }
+        .is_none_or(|d: std::time::Duration| d > 2 * REPORT_EVERY)
+}
+
+/// `generated`, marked when stale.
+fn age(r: &Report, now: Timestamp) -> String {
+    let generated = crate::names::printable(&r.generated);
+    if stale(r, now) { format!("{generated} (STALE)") } else { generated }
 }
 
 fn fleet_markdown(reports: &[Report], unreadable: &[Unreadable], now: Timestamp) -> String {
     let mut out = format!("# fence compliance report: {} host(s)\n\n", reports.len());
-    let controls: Vec<&str> =
-        reports.first().map(|r| r.controls.iter().map(|c| c.control.as_str()).collect()).unwrap_or_default();
+    let controls: Vec<&str> = CONTROLS.iter().map(|c| c.0).collect();
     let mut head = vec!["Host", "Generated", "Overall"];
     head.extend(&controls);
     let mut rows = Vec::new();
