@@ -4,6 +4,7 @@
 
 pub mod attest;
 pub mod protocol;
+pub mod replies;
 
 use std::{io, path::Path, time::Duration};
 
