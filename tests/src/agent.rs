@@ -8,7 +8,8 @@ use std::{
     os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    time::Duration,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
 };
 
 use fence_agent::control::{
@@ -53,6 +54,27 @@ pub struct Agent {
     checked: std::sync::atomic::AtomicUsize,
     /// Lines of stdout already checked by [`Agent::events`].
     checked_stdout: std::sync::atomic::AtomicUsize,
+    spawned: Instant,
+}
+
+/// Agents this test process started, and the time they took to report READY=1 and to stop
+/// (milliseconds): the runner prints them next to the test's time, to show where a tier's
+/// time goes.
+static STARTED: AtomicU64 = AtomicU64::new(0);
+static READY_MS: AtomicU64 = AtomicU64::new(0);
+static STOP_MS: AtomicU64 = AtomicU64::new(0);
+
+/// "N agents: ready A s, stopped B s", or `None` when the test started no agent.
+pub fn timing() -> Option<String> {
+    let n = STARTED.load(Ordering::Relaxed);
+    (n > 0).then(|| {
+        let s = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1000.0;
+        format!("{n} agent(s): ready {:.1}s, stopped {:.1}s", s(&READY_MS), s(&STOP_MS))
+    })
+}
+
+fn count_ms(counter: &AtomicU64, since: Instant) {
+    counter.fetch_add(u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
 }
 
 impl Agent {
@@ -211,6 +233,7 @@ impl Agent {
             stderr,
             checked: std::sync::atomic::AtomicUsize::new(0),
             checked_stdout: std::sync::atomic::AtomicUsize::new(0),
+            spawned: Instant::now(),
         }
     }
 
@@ -228,7 +251,7 @@ impl Agent {
     fn ready(&mut self) -> bool {
         let socket = self.notify.take().expect("notify socket");
         socket.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
-        wait_for(Duration::from_secs(60 * u64::from(slow_factor())), || {
+        let ready = wait_for(Duration::from_secs(60 * u64::from(slow_factor())), || {
             let mut buf = [0u8; 512];
             if let Ok(n) = socket.recv(&mut buf)
                 && String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1")
@@ -237,7 +260,12 @@ impl Agent {
             }
             self.try_exit_status().map(|_| false)
         })
-        .unwrap_or(false)
+        .unwrap_or(false);
+        if ready {
+            STARTED.fetch_add(1, Ordering::Relaxed);
+            count_ms(&READY_MS, self.spawned);
+        }
+        ready
     }
 
     pub fn pid(&self) -> Pid {
@@ -246,7 +274,11 @@ impl Agent {
 
     /// Stops the agent (SIGTERM, as systemd does) and waits for it; its files stay.
     pub fn stop(&mut self) {
-        crate::env::stop_child(self.child.take());
+        let since = Instant::now();
+        if self.child.is_some() {
+            crate::env::stop_child(self.child.take());
+            count_ms(&STOP_MS, since);
+        }
     }
 
     pub fn try_exit_status(&mut self) -> Option<ExitStatus> {
@@ -357,7 +389,7 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        crate::env::stop_child(self.child.take());
+        self.stop();
     }
 }
 

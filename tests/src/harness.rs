@@ -31,6 +31,8 @@ struct Skip(String);
 
 pub const RESULT_TAG: &str = "FENCE-RESULT";
 pub const SUMMARY_TAG: &str = "FENCE-SUMMARY";
+/// A test process's line saying where its time went (agents started and stopped).
+const TIMING_TAG: &str = "FENCE-TIMING";
 const EXIT_SKIP: u8 = 77;
 
 static PANIC_MESSAGE: Mutex<Option<String>> = Mutex::new(None);
@@ -72,6 +74,9 @@ pub fn run_one(tests: &[Test], name: &str) -> ExitCode {
         *PANIC_MESSAGE.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg);
     }));
     let outcome = panic::catch_unwind(AssertUnwindSafe(test.run));
+    if let Some(t) = crate::agent::timing() {
+        println!("{TIMING_TAG}\t{t}");
+    }
     match outcome {
         Ok(()) => {
             println!("{RESULT_TAG}\t{name}\tPASS\t{}", NOTE.lock().unwrap_or_else(|p| p.into_inner()));
@@ -163,7 +168,8 @@ pub fn run_all(tests: &[Test], filter: Option<&str>, per_test: Duration, kernel_
             eprintln!("-----");
         }
         println!("{line}");
-        eprintln!("    {} in {:.1}s", verdict, started.elapsed().as_secs_f64());
+        let timing = stdout.lines().find_map(|l| l.strip_prefix(TIMING_TAG)).map(|t| format!(" ({})", t.trim()));
+        eprintln!("    {} in {:.1}s{}", verdict, started.elapsed().as_secs_f64(), timing.unwrap_or_default());
     }
     let _ = std::fs::remove_file(&doctor_cache);
     println!("{SUMMARY_TAG}\tpassed={passed}\tfailed={failed}\tskipped={skipped}");

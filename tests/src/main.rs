@@ -47,6 +47,8 @@ mod vault_sync;
 /// what they end in, a policy applied to the kernel, is what every other test checks in both.
 fn all_tests() -> impl Iterator<Item = &'static harness::Test> {
     let in_vm = std::env::var("FENCE_TEST_TIER").is_ok_and(|t| t == "vm");
+    // And so do the tests of [`HOST_ONLY`].
+    let host_only = move |t: &&'static harness::Test| !(in_vm && HOST_ONLY.contains(&t.name));
     let vault: &[&'static [harness::Test]] = if in_vm {
         &[]
     } else {
@@ -69,7 +71,22 @@ fn all_tests() -> impl Iterator<Item = &'static harness::Test> {
         .chain(broker::TESTS)
         .chain(chaos::TESTS)
         .chain(vault.iter().flat_map(|t| t.iter()))
+        .filter(host_only)
 }
+
+/// Tests that run in the host tier only: log files, their formats and the CLI that reads them,
+/// the lifecycle audit log, identity listing and the compliance report. What they test is user
+/// space, the same on every kernel; every event they read comes from programs the vm tier's
+/// other tests exercise on the BPF LSM kernel. Each cost the vm tier 40 s or more of agent
+/// starts under emulation.
+const HOST_ONLY: &[&str] = &[
+    "logs_follow_through_rotation",
+    "logs_filters_on_a_real_file",
+    "logs_ocsf_file_formats",
+    "identity_listing",
+    "identity_lifecycle_audit_log",
+    "report_findings_from_live_state",
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
