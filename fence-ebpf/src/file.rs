@@ -108,6 +108,13 @@ fn writes_allowed_program(who: &Fenced, o: &fence_common::KernelOffsets, file: u
 
 /// Whether the file is protected (its rule's inode goes to `rule`) and the identity has no
 /// exception for it (on the file or any directory above it).
+///
+/// Two walks, each ending at its first match, rather than one carrying "protected" and
+/// "excepted" flags: with the flags, the verifier explored every level once per combination of
+/// them, and the rest of the program once per outcome. On Debian's 6.1 kernel this took the
+/// instructions verified from 410k to 157k for file_open, 634k to 296k for inode_rename and
+/// 227k to 92k for the other four (they were most of the agent's start-up there). A file that
+/// nothing protects (most opens) takes the first walk only, with one lookup per level.
 #[inline(always)]
 fn protected_without_exception(
     who: &Fenced,
@@ -116,59 +123,67 @@ fn protected_without_exception(
     dentry: u64,
     rule: &mut Inode,
 ) -> Walk {
-    let mut protected = false;
+    let found = protection(who, o, inode, dentry, rule);
+    if found == Walk::Free || excepted(who, o, inode, dentry) { Walk::Free } else { found }
+}
+
+/// The protection of the file: `Protected` by the file's own entry or the nearest protected
+/// directory above it (its inode goes to `rule`), `TooDeep` when none was found within
+/// `MAX_WALK` levels and the file system's root was not reached, else `Free`.
+#[inline(always)]
+fn protection(who: &Fenced, o: &fence_common::KernelOffsets, inode: &Inode, dentry: u64, rule: &mut Inode) -> Walk {
     if let Some(flags) = lookup(&FENCE_PROTECTED, &key(who, 0, inode))
         && flags & (PROTECT_FILE | PROTECT_TREE) != 0
     {
-        protected = true;
         *rule = *inode;
+        return Walk::Protected;
     }
-    let mut excepted =
-        grants::inode_rule(lookup(&FENCE_FILE_EXCEPT, &key(who, who.identity, inode)), who.identity).is_some();
     let is_env = dentry != 0 && kernel::name_is_env(o, dentry);
-    // After the walk only `protected`, `excepted`, `too_deep` and `rule` are read: where it
-    // stopped (`level`, `d`) is dead there, so the verifier need not explore the rest of the
-    // program once per level the walk can stop at. On Debian's 6.1 kernel this cut the
-    // instructions it verifies for file_open from 410k to 300k, for inode_rename from 634k to
-    // 500k (these programs are most of the agent's start-up there).
-    let mut too_deep = false;
     let mut d = dentry;
     let mut level = 0;
     while level < MAX_WALK {
         if d == 0 {
-            break;
+            return Walk::Free;
         }
-        let Some(p) = kernel::parent(o, d) else { break };
-        let Some(dir) = kernel::dentry_inode(o, p) else { break };
-        if !protected
-            && let Some(flags) = lookup(&FENCE_PROTECTED, &key(who, 0, &dir))
+        let Some(p) = kernel::parent(o, d) else { return Walk::Free };
+        let Some(dir) = kernel::dentry_inode(o, p) else { return Walk::Free };
+        if let Some(flags) = lookup(&FENCE_PROTECTED, &key(who, 0, &dir))
             && (flags & PROTECT_TREE != 0 || (is_env && flags & PROTECT_ENV_ROOT != 0))
         {
-            protected = true;
             *rule = dir;
-        }
-        if !excepted
-            && let Some(flags) =
-                grants::inode_rule(lookup(&FENCE_FILE_EXCEPT, &key(who, who.identity, &dir)), who.identity)
-            && flags & PROTECT_TREE != 0
-        {
-            excepted = true;
+            return Walk::Protected;
         }
         d = p;
         level += 1;
-        if level == MAX_WALK && kernel::parent(o, d).is_some() {
-            too_deep = true;
+    }
+    if d != 0 && kernel::parent(o, d).is_some() { Walk::TooDeep } else { Walk::Free }
+}
+
+/// Whether the identity has an exception for the file: on the file itself, or a tree
+/// exception on a directory above it (within `MAX_WALK` levels). A grant's exception counts
+/// as used when it lets a protected file through.
+#[inline(always)]
+fn excepted(who: &Fenced, o: &fence_common::KernelOffsets, inode: &Inode, dentry: u64) -> bool {
+    if grants::inode_rule(lookup(&FENCE_FILE_EXCEPT, &key(who, who.identity, inode)), who.identity).is_some() {
+        return true;
+    }
+    let mut d = dentry;
+    let mut level = 0;
+    while level < MAX_WALK {
+        if d == 0 {
+            return false;
         }
+        let Some(p) = kernel::parent(o, d) else { return false };
+        let Some(dir) = kernel::dentry_inode(o, p) else { return false };
+        if let Some(flags) = grants::inode_rule(lookup(&FENCE_FILE_EXCEPT, &key(who, who.identity, &dir)), who.identity)
+            && flags & PROTECT_TREE != 0
+        {
+            return true;
+        }
+        d = p;
+        level += 1;
     }
-    if excepted {
-        Walk::Free
-    } else if protected {
-        Walk::Protected
-    } else if too_deep {
-        Walk::TooDeep
-    } else {
-        Walk::Free
-    }
+    false
 }
 
 /// An LSM hook's answer when an earlier LSM already refused (`previous`), else `check`'s.
