@@ -231,7 +231,7 @@ fn expiry_identities_and_agent_down() {
         a("only.x.test.", 300, "127.0.0.29"),
         a("shared.y.test.", 2 * slow, "127.0.0.28"),
         a("short.x.test.", slow, "127.0.0.30"),
-        a("medium.x.test.", 8 * slow, "127.0.0.31"),
+        a("medium.x.test.", 4 * slow, "127.0.0.31"),
     ]);
     let (cx, cy) = (TestCgroup::new("dns-x"), TestCgroup::new("dns-y"));
     let policy = format!(
