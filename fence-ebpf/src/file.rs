@@ -160,8 +160,9 @@ fn protection(who: &Fenced, o: &fence_common::KernelOffsets, inode: &Inode, dent
 }
 
 /// Whether the identity has an exception for the file: on the file itself, or a tree
-/// exception on a directory above it (within `MAX_WALK` levels). A grant's exception counts
-/// as used when it lets a protected file through.
+/// exception on a directory above it (within `MAX_WALK` levels). Asked only for a protected
+/// (or too deep) file; a live grant's exception this walk looks at is counted as used (see
+/// `grants::inode_rule`).
 #[inline(always)]
 fn excepted(who: &Fenced, o: &fence_common::KernelOffsets, inode: &Inode, dentry: u64) -> bool {
     if grants::inode_rule(lookup(&FENCE_FILE_EXCEPT, &key(who, who.identity, inode)), who.identity).is_some() {

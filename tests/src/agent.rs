@@ -55,6 +55,8 @@ pub struct Agent {
     /// Lines of stdout already checked by [`Agent::events`].
     checked_stdout: std::sync::atomic::AtomicUsize,
     spawned: Instant,
+    /// Counted in [`timing`] (it reported READY=1): its stop is counted too.
+    counted: bool,
 }
 
 /// Agents this test process started, and the time they took to report READY=1 and to stop
@@ -64,7 +66,9 @@ static STARTED: AtomicU64 = AtomicU64::new(0);
 static READY_MS: AtomicU64 = AtomicU64::new(0);
 static STOP_MS: AtomicU64 = AtomicU64::new(0);
 
-/// "N agents: ready A s, stopped B s", or `None` when the test started no agent.
+/// "N agent(s): ready A s, stopped B s" (totals over the test's agents that reported READY=1;
+/// one stopped by a signal of the test's own counts 0 for its stop), or `None` when the test
+/// started none.
 pub fn timing() -> Option<String> {
     let n = STARTED.load(Ordering::Relaxed);
     (n > 0).then(|| {
@@ -234,6 +238,7 @@ impl Agent {
             checked: std::sync::atomic::AtomicUsize::new(0),
             checked_stdout: std::sync::atomic::AtomicUsize::new(0),
             spawned: Instant::now(),
+            counted: false,
         }
     }
 
@@ -261,7 +266,8 @@ impl Agent {
             self.try_exit_status().map(|_| false)
         })
         .unwrap_or(false);
-        if ready {
+        if ready && !self.counted {
+            self.counted = true;
             STARTED.fetch_add(1, Ordering::Relaxed);
             count_ms(&READY_MS, self.spawned);
         }
@@ -277,7 +283,9 @@ impl Agent {
         let since = Instant::now();
         if self.child.is_some() {
             crate::env::stop_child(self.child.take());
-            count_ms(&STOP_MS, since);
+            if self.counted {
+                count_ms(&STOP_MS, since);
+            }
         }
     }
 

@@ -221,7 +221,9 @@ fn expires_while_running() {
     // The agent starts with an expiry far away (its start takes as long as the machine makes
     // it); the short one comes by reload, which is quick, so "before expiry" is before it.
     let agent = Agent::start("expiring", &policy_expiring(3600));
-    let window = 2 * i64::from(slow_factor());
+    // Long enough for the reload to apply before the expiry (else the audit line's trigger is
+    // the reload, not the expiry), with a margin for a busy machine.
+    let window = 3 * i64::from(slow_factor());
     fs::write(&agent.policy, policy_expiring(window)).expect("writing the policy");
     let reloaded = std::time::Instant::now();
     agent.reload();

@@ -265,6 +265,8 @@ impl Loader {
             self.lsm_refusal.get_or_insert_with(|| why.clone());
             return Err(why);
         }
+        let verified = p.info().ok().and_then(|i| i.verified_instruction_count());
+        tracing::debug!(program, verified, "BPF LSM program verified");
         self.record(Loaded { program, hook, kind: HookKind::Lsm }, started);
         Ok(())
     }
