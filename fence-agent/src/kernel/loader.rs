@@ -25,7 +25,11 @@ use aya_obj::generated::bpf_attach_type;
 use fence_common::{EventLimit, KernelOffsets, Map, globals};
 use thiserror::Error;
 
-use super::{AyaPolicyMaps, MapsError, link::CgroupLink};
+use super::{
+    AyaPolicyMaps, MapsError,
+    link::CgroupLink,
+    verifier::{log_lsm_loaded, refusal},
+};
 use crate::{cgroup::Cgroups, ebpf_object, events::summary::KernelStats};
 
 #[derive(Debug, Error)]
@@ -265,9 +269,8 @@ impl Loader {
             self.lsm_refusal.get_or_insert_with(|| why.clone());
             return Err(why);
         }
-        let verified = p.info().ok().and_then(|i| i.verified_instruction_count());
-        tracing::debug!(program, verified, "BPF LSM program verified");
-        self.record(Loaded { program, hook, kind: HookKind::Lsm }, started);
+        log_lsm_loaded(program, p, started);
+        self.loaded.push(Loaded { program, hook, kind: HookKind::Lsm });
         Ok(())
     }
 
@@ -307,9 +310,7 @@ impl Loader {
                                 let started = std::time::Instant::now();
                                 let loaded = p.load(hook, btf);
                                 if loaded.is_ok() {
-                                    let verified = p.info().ok().and_then(|i| i.verified_instruction_count());
-                                    let ms = started.elapsed().as_millis() as u64;
-                                    tracing::debug!(program = name, ms, verified, "program loaded");
+                                    log_lsm_loaded(name, p, started);
                                 }
                                 (i, loaded)
                             })
@@ -569,27 +570,6 @@ where
         .ok_or(LoadError::MissingProgram(name))?
         .try_into()
         .map_err(|source| LoadError::Program { name, source })
-}
-
-/// The kernel's answer, in one line: the verifier's complaint (the lines before its closing
-/// statistics), not the whole log, which goes to the debug log.
-fn refusal(e: &ProgramError) -> String {
-    match e {
-        ProgramError::LoadError { io_error, verifier_log } => {
-            let log = verifier_log.to_string();
-            tracing::debug!(verifier_log = %log, "BPF_PROG_LOAD refused");
-            let lines: Vec<&str> = log
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with("processed ") && !l.starts_with("verification time"))
-                .collect();
-            match lines.len() {
-                0 => format!("BPF_PROG_LOAD: {io_error} (empty verifier log)"),
-                n => format!("BPF_PROG_LOAD: {io_error}; verifier: {}", lines[n.saturating_sub(2)..].join(" | ")),
-            }
-        }
-        other => other.to_string(),
-    }
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones to the memory cgroup.

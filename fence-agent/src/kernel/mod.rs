@@ -21,6 +21,7 @@ mod generations;
 pub mod grant_maps;
 mod link;
 pub mod loader;
+mod verifier;
 
 pub use aya_maps::AyaPolicyMaps;
 pub use entries::{EntryView, MapEntry, NetEntry, port_rules_text};
