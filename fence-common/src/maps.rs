@@ -77,6 +77,10 @@ pub enum Map {
     /// found it for one policy generation and sequence. Makes "is this task fenced?" one
     /// lookup; a new policy (a new sequence) starts an empty cache.
     IdentityCache,
+    /// `LruHashMap<VerdictKey, u32>`: egress destinations the prefix rules allowed, with the
+    /// allowing rule's grant slot (0: standing), per policy generation and sequence. Makes an
+    /// allowed connect or sendmsg one lookup whatever the policy's size.
+    Verdicts,
     /// `HashMap<u32, u32>`: the agent's own process ids (tgid -> 1). The agent's tasks are
     /// never fenced, and no fenced task may signal or trace them, whatever their cgroup.
     AgentTasks,
@@ -117,7 +121,7 @@ pub enum Map {
 impl Map {
     /// Every map the object defines; the policy maps among them in the order a generation is
     /// written (bindings last: an identity is only reachable once its rules are in place).
-    pub const ALL: [Map; 27] = [
+    pub const ALL: [Map; 28] = [
         Map::Active,
         Map::Identities,
         Map::Net4,
@@ -135,6 +139,7 @@ impl Map {
         Map::Events,
         Map::Counters,
         Map::IdentityCache,
+        Map::Verdicts,
         Map::AgentTasks,
         Map::Reporter,
         Map::DnsResolvers,
@@ -190,6 +195,7 @@ impl Map {
             Map::Events => other("FENCE_EVENTS", MapKind::RingBuf, 1 << 22, "event byte"),
             Map::Counters => other("FENCE_COUNTERS", MapKind::PerCpuArray, crate::counter::COUNT, "counter"),
             Map::IdentityCache => other("FENCE_IDENTITY_CACHE", MapKind::LruHash, 65_536, "cached cgroup"),
+            Map::Verdicts => other("FENCE_VERDICTS", MapKind::LruHash, 16_384, "cached egress verdict"),
             Map::AgentTasks => other("FENCE_AGENT_TASKS", MapKind::Hash, 64, "agent process"),
             Map::Reporter => other("FENCE_REPORTER", MapKind::Array, 1, "reporting run"),
             Map::DnsResolvers => other("FENCE_DNS_RESOLVERS", MapKind::Hash, 8_192, "identity resolver"),
@@ -229,7 +235,7 @@ mod tests {
         assert!(Map::POLICY.iter().all(|m| m.spec().policy));
         assert_eq!(Map::ALL.iter().filter(|m| m.spec().policy).count(), Map::POLICY.len());
         assert_eq!(Map::POLICY.last(), Some(&Map::Cgroups));
-        let mut names: [&str; 27] = Map::ALL.map(Map::name);
+        let mut names: [&str; 28] = Map::ALL.map(Map::name);
         names.sort();
         assert!(names.windows(2).all(|w| w[0] != w[1]), "map names are unique");
     }

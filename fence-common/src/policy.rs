@@ -63,6 +63,27 @@ pub struct CacheKey {
     pub generation: u32,
 }
 
+/// Key of [`crate::Map::Verdicts`]: a destination that an identity's egress rules (the prefix
+/// maps, not learned names) allowed under one policy generation and apply sequence. A new
+/// policy (a new sequence) starts an empty cache; a rule's grant slot, the value, is checked
+/// again on every hit, so an ended grant stops allowing at once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VerdictKey {
+    /// The low 32 bits of `ActiveState::sequence`.
+    pub sequence: u32,
+    pub generation: u32,
+    pub identity: u32,
+    /// Host byte order.
+    pub port: u16,
+    /// A `PROTO_*` bit.
+    pub protocol: u8,
+    /// 4: `addr` holds an IPv4 address (IPv4-mapped destinations included) in its first 4
+    /// bytes; 6: an IPv6 address.
+    pub family: u8,
+    pub addr: [u8; 16],
+}
+
 /// Key of [`crate::Map::Identities`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -275,6 +296,7 @@ const _: () = {
     assert!(core::mem::size_of::<Scope>() == 8 + 16 * SCOPE_POINTS);
     assert!(core::mem::size_of::<CacheKey>() == 16);
     assert!(core::mem::size_of::<IdentityKey>() == 8);
+    assert!(core::mem::size_of::<VerdictKey>() == 32);
     assert!(core::mem::size_of::<IdentityInfo>() == 8);
     assert!(core::mem::size_of::<Net4Key>() == 12);
     assert!(core::mem::size_of::<Net6Key>() == 24);

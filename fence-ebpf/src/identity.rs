@@ -5,7 +5,8 @@ use aya_ebpf::helpers::{
     generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
 };
 use fence_common::{
-    CacheKey, CgroupKey, IdentityInfo, IdentityKey, MAX_CGROUP_DEPTH, MODE_AUDIT, NO_IDENTITY, SCOPE_ALL, SCOPE_POINTS,
+    ActiveState, CacheKey, CgroupKey, IdentityInfo, IdentityKey, MAX_CGROUP_DEPTH, MODE_AUDIT, NO_IDENTITY, SCOPE_ALL,
+    SCOPE_POINTS,
 };
 
 use crate::maps::{
@@ -15,6 +16,9 @@ use crate::maps::{
 /// A fenced task's identity in the live generation.
 pub struct Fenced {
     pub generation: u32,
+    /// The low 32 bits of the apply sequence read with `generation`, when the two are from
+    /// the same apply (see [`consistent`]): only then may the caches be used.
+    pub sequence: Option<u32>,
     pub identity: u32,
     pub cgroup_id: u64,
     pub info: IdentityInfo,
@@ -35,30 +39,54 @@ impl Fenced {
 #[inline(always)]
 pub fn current() -> Option<Fenced> {
     let active = FENCE_ACTIVE.get(0)?;
-    let (generation, sequence) = (active.generation, active.sequence as u32);
+    let generation = active.generation;
+    let sequence = consistent(active);
     if !in_scope(generation) {
         return None;
     }
     // SAFETY: helpers without pointer arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let key = CacheKey { cgroup_id, sequence, generation };
-    // SAFETY: the value is copied out at once.
-    let identity = match unsafe { FENCE_IDENTITY_CACHE.get(&key) } {
-        Some(&id) => id,
-        None => {
-            let id = bound(cgroup_id, generation).or_else(|| nearest_bound_ancestor(generation)).unwrap_or(NO_IDENTITY);
-            // A full cache evicts its least recently used entry; a failed insert only means
-            // the walk is done again next time.
-            let _ = FENCE_IDENTITY_CACHE.insert(&key, &id, 0);
-            id
+    let identity = match sequence {
+        Some(sequence) => {
+            let key = CacheKey { cgroup_id, sequence, generation };
+            // SAFETY: the value is copied out at once.
+            match unsafe { FENCE_IDENTITY_CACHE.get(&key) } {
+                Some(&id) => id,
+                None => {
+                    let id = walk(cgroup_id, generation);
+                    // A full cache evicts its least recently used entry; a failed insert
+                    // only means the walk is done again next time.
+                    let _ = FENCE_IDENTITY_CACHE.insert(&key, &id, 0);
+                    id
+                }
+            }
         }
+        None => walk(cgroup_id, generation),
     };
     if identity == NO_IDENTITY || is_agent(current_tgid()) {
         return None;
     }
     // SAFETY: the value is copied out at once.
     let info = *unsafe { FENCE_IDENTITIES.get(&IdentityKey { generation, identity }) }?;
-    Some(Fenced { generation, identity, cgroup_id, info })
+    Some(Fenced { generation, sequence, identity, cgroup_id, info })
+}
+
+/// The low 32 bits of the apply sequence, when `active` was read whole: the agent writes the
+/// generation and the sequence of each apply together (generation = sequence mod 2), but a
+/// program may read the entry while the agent's write is half done. A generation and a
+/// sequence from two different applies would let a cache entry made under one policy be found
+/// under another, so such a read uses no cache (`None`).
+#[inline(always)]
+pub fn consistent(active: &ActiveState) -> Option<u32> {
+    let sequence = active.sequence as u32;
+    (sequence & 1 == active.generation).then_some(sequence)
+}
+
+/// The identity of the cgroup `cgroup_id` of the current task, or of its nearest bound
+/// ancestor, in `generation`.
+#[inline(always)]
+fn walk(cgroup_id: u64, generation: u32) -> u32 {
+    bound(cgroup_id, generation).or_else(|| nearest_bound_ancestor(generation)).unwrap_or(NO_IDENTITY)
 }
 
 /// Whether the current task's cgroup is in a subtree of `generation`'s scope (or the scope is
@@ -127,13 +155,13 @@ fn nearest_bound_ancestor(generation: u32) -> Option<u32> {
 
 /// `identity` (of a task in cgroup `cgroup_id`) as a fenced identity of the live generation.
 #[inline(always)]
-pub fn fenced(identity: u32, generation: u32, cgroup_id: u64) -> Option<Fenced> {
+pub fn fenced(identity: u32, generation: u32, sequence: Option<u32>, cgroup_id: u64) -> Option<Fenced> {
     if identity == NO_IDENTITY {
         return None;
     }
     // SAFETY: the value is copied out at once.
     let info = *unsafe { FENCE_IDENTITIES.get(&IdentityKey { generation, identity }) }?;
-    Some(Fenced { generation, identity, cgroup_id, info })
+    Some(Fenced { generation, sequence, identity, cgroup_id, info })
 }
 
 /// The identity of another task (the nearest bound cgroup above its own), in `generation`;

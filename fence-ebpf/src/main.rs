@@ -24,6 +24,7 @@ mod route;
 mod sysctl;
 mod units;
 mod unix;
+mod verdicts;
 
 /// The kernel refuses GPL-only helpers (and LSM programs) without a GPL-compatible license.
 #[unsafe(link_section = "license")]

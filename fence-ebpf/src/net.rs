@@ -20,6 +20,7 @@ use crate::{
     events, grants,
     identity::{self, Fenced},
     maps::{FENCE_NET4, FENCE_NET6},
+    verdicts,
 };
 
 /// Program verdict: let the operation proceed.
@@ -219,6 +220,12 @@ fn allowed_v4(who: &Fenced, addr: [u8; 4], d: &Dest) -> Option<Reason> {
         return Some(Reason::IdentityDenyAll);
     }
     let proto = protocol_bit(d.sock_type, d.protocol);
+    let mut full = [0u8; 16];
+    full[..4].copy_from_slice(&addr);
+    let cache = verdicts::key(who, verdicts::V4, full, proto, d.port);
+    if let Some(slot) = verdicts::cached(&cache) {
+        return allowed_by(Some(slot));
+    }
     let key = aya_ebpf::maps::lpm_trie::Key::new(
         NET_KEY_PREFIX_BITS + 32,
         Net4Key { generation: who.generation, identity: who.identity, addr },
@@ -227,6 +234,7 @@ fn allowed_v4(who: &Fenced, addr: [u8; 4], d: &Dest) -> Option<Reason> {
         Some(rules) => rules.allows_where(proto, d.port, |slot| grants::live(slot, who.identity)),
         None => None,
     };
+    verdicts::remember(&cache, slot);
     allowed_by(slot.or_else(|| dns::learned_v4(who.identity, addr, proto, d.port)))
 }
 
@@ -236,6 +244,10 @@ fn allowed_v6(who: &Fenced, addr: [u8; 16], d: &Dest) -> Option<Reason> {
         return Some(Reason::IdentityDenyAll);
     }
     let proto = protocol_bit(d.sock_type, d.protocol);
+    let cache = verdicts::key(who, verdicts::V6, addr, proto, d.port);
+    if let Some(slot) = verdicts::cached(&cache) {
+        return allowed_by(Some(slot));
+    }
     let key = aya_ebpf::maps::lpm_trie::Key::new(
         NET_KEY_PREFIX_BITS + 128,
         Net6Key { generation: who.generation, identity: who.identity, addr },
@@ -244,6 +256,7 @@ fn allowed_v6(who: &Fenced, addr: [u8; 16], d: &Dest) -> Option<Reason> {
         Some(rules) => rules.allows_where(proto, d.port, |slot| grants::live(slot, who.identity)),
         None => None,
     };
+    verdicts::remember(&cache, slot);
     allowed_by(slot.or_else(|| dns::learned_v6(who.identity, addr, proto, d.port)))
 }
 

@@ -65,34 +65,47 @@ pub fn fence_skb_egress(ctx: SkBuffContext) -> i32 {
 #[inline(always)]
 fn identity_of_socket(skb: *mut __sk_buff) -> Option<(u32, u32, u64)> {
     let active = FENCE_ACTIVE.get(0)?;
-    let (generation, sequence) = (active.generation, active.sequence as u32);
+    let generation = active.generation;
     // SAFETY: the helper takes the context pointer the kernel gave the program.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
-    let key = CacheKey { cgroup_id, sequence, generation };
-    // SAFETY: the value is copied out at once.
-    let identity = match unsafe { FENCE_IDENTITY_CACHE.get(&key) } {
-        Some(&id) => id,
-        None => {
-            let mut found = NO_IDENTITY;
-            let mut level = 1;
-            while level <= MAX_CGROUP_DEPTH {
-                // SAFETY: as above; returns 0 past the socket cgroup's own level.
-                let id = unsafe { bpf_skb_ancestor_cgroup_id(skb, level as i32) };
-                if id == 0 {
-                    break;
+    let identity = match crate::identity::consistent(active) {
+        Some(sequence) => {
+            let key = CacheKey { cgroup_id, sequence, generation };
+            // SAFETY: the value is copied out at once.
+            match unsafe { FENCE_IDENTITY_CACHE.get(&key) } {
+                Some(&id) => id,
+                None => {
+                    let found = walk(skb, generation);
+                    let _ = FENCE_IDENTITY_CACHE.insert(&key, &found, 0);
+                    found
                 }
-                let ck = fence_common::CgroupKey { cgroup_id: id, generation, _pad: 0 };
-                // SAFETY: the value is copied out at once.
-                if let Some(&i) = unsafe { FENCE_CGROUPS.get(&ck) } {
-                    found = i;
-                }
-                level += 1;
             }
-            let _ = FENCE_IDENTITY_CACHE.insert(&key, &found, 0);
-            found
         }
+        None => walk(skb, generation),
     };
     (identity != NO_IDENTITY).then_some((identity, generation, cgroup_id))
+}
+
+/// The identity of the socket's cgroup or its nearest bound ancestor in `generation`.
+#[inline(always)]
+fn walk(skb: *mut __sk_buff, generation: u32) -> u32 {
+    let mut found = NO_IDENTITY;
+    let mut level = 1;
+    while level <= MAX_CGROUP_DEPTH {
+        // SAFETY: the helper takes the context pointer the kernel gave the program; returns 0
+        // past the socket cgroup's own level.
+        let id = unsafe { bpf_skb_ancestor_cgroup_id(skb, level as i32) };
+        if id == 0 {
+            break;
+        }
+        let ck = fence_common::CgroupKey { cgroup_id: id, generation, _pad: 0 };
+        // SAFETY: the value is copied out at once.
+        if let Some(&i) = unsafe { FENCE_CGROUPS.get(&ck) } {
+            found = i;
+        }
+        level += 1;
+    }
+    found
 }
 
 /// An IPv4 header with options. Fenced sockets may send none: the ones that matter (loose and

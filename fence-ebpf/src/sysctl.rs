@@ -43,7 +43,7 @@ pub fn fence_sysctl(ctx: SysctlContext) -> i32 {
     }
     let id = identity::of_task(o, generation, task);
     let cgroup_id = kernel::task_cgroup(o, task).and_then(|c| kernel::cgroup_id(o, c)).unwrap_or(0);
-    let Some(who) = identity::fenced(id, generation, cgroup_id) else { return ALLOW };
+    let Some(who) = identity::fenced(id, generation, identity::consistent(active), cgroup_id) else { return ALLOW };
     report(&who, o, task, sysctl);
     if who.audit() { ALLOW } else { DENY }
 }

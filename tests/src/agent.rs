@@ -401,9 +401,12 @@ impl Drop for Agent {
     }
 }
 
+/// The complete lines of a JSON-lines file: a last line without its newline is one the agent
+/// is still writing (a reader may see a write(2) in part), and is left for the next read.
 pub fn read_jsonl(path: &std::path::Path) -> Vec<Value> {
-    fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("event line is not JSON ({e}): {l}")))

@@ -11,6 +11,7 @@ use std::{
 };
 
 use aya::{
+    Pod,
     maps::{HashMap as BpfHashMap, Map, MapData, loaded_maps},
     programs::loaded_programs,
 };
@@ -46,18 +47,24 @@ fn held_ids(pid: i32, field: &str) -> BTreeSet<u32> {
     ids
 }
 
-/// The cgroup ids in the agent's identity cache (`FENCE_IDENTITY_CACHE`: key cgroup id,
-/// sequence, generation): every cgroup some hook has asked "which identity?" about.
-fn cached_cgroups(pid: i32) -> BTreeSet<u64> {
+/// The entries of the agent's hash map `name` (the kernel keeps the first 15 bytes of a map's
+/// name), read through the kernel by map id: what its programs wrote, not what the agent says.
+pub fn agent_hash_entries<K: Pod, V: Pod>(pid: i32, name: &str) -> Vec<(K, V)> {
     let held = held_ids(pid, "map_id:");
     let info = loaded_maps()
         .flatten()
-        .find(|m| held.contains(&m.id()) && m.name_as_str().is_some_and(|n| "FENCE_IDENTITY_CACHE".starts_with(n)))
-        .expect("the agent holds FENCE_IDENTITY_CACHE");
-    let data = MapData::from_id(info.id()).expect("opening FENCE_IDENTITY_CACHE");
-    let map = Map::from_map_data(data).expect("FENCE_IDENTITY_CACHE as a map");
-    let cache: BpfHashMap<MapData, [u64; 2], u32> = BpfHashMap::try_from(map).expect("FENCE_IDENTITY_CACHE as a hash");
-    cache.keys().flatten().map(|k| k[0]).collect()
+        .find(|m| held.contains(&m.id()) && m.name_as_str().is_some_and(|n| name.starts_with(n)))
+        .unwrap_or_else(|| panic!("the agent holds {name}"));
+    let data = MapData::from_id(info.id()).unwrap_or_else(|e| panic!("opening {name}: {e}"));
+    let map = Map::from_map_data(data).unwrap_or_else(|e| panic!("{name} as a map: {e}"));
+    let hash: BpfHashMap<MapData, K, V> = BpfHashMap::try_from(map).unwrap_or_else(|e| panic!("{name} as a hash: {e}"));
+    hash.iter().flatten().collect()
+}
+
+/// The cgroup ids in the agent's identity cache (`FENCE_IDENTITY_CACHE`: key cgroup id,
+/// sequence, generation): every cgroup some hook has asked "which identity?" about.
+fn cached_cgroups(pid: i32) -> BTreeSet<u64> {
+    agent_hash_entries::<[u64; 2], u32>(pid, "FENCE_IDENTITY_CACHE").into_iter().map(|(k, _)| k[0]).collect()
 }
 
 /// (runs, ns) so far of each of the agent's programs, by name: its cgroup programs (`cgroup`)

@@ -350,6 +350,12 @@ fn sighup_bad_reload_keeps_old_policy() {
     let to_b = s(b.local_addr().unwrap());
     tcp_connect(Some(&cg), &to_a).assert_ok("A allowed before the reload");
     tcp_connect(Some(&cg), &to_b).assert_eperm("B denied before the reload");
+    // The allowed destination is in the kernel's verdict cache (standing rule: slot 0); the
+    // refused one is not.
+    let before = cached_verdicts(&agent);
+    let (pa, pb) = (port(&a), port(&b));
+    assert!(before.iter().any(|v| v.port == pa && v.slot == 0), "A cached after its connect: {before:?}");
+    assert!(!before.iter().any(|v| v.port == pb), "a refused destination is never cached: {before:?}");
     // A broken file (one bad port among good changes): nothing of it may apply.
     let bad = policy(&cg, "audit", "", &rule("127.0.0.1", &format!("{}, 70000", port(&b)), "tcp"));
     std::fs::write(&agent.policy, bad).unwrap();
@@ -367,7 +373,47 @@ fn sighup_bad_reload_keeps_old_policy() {
     let log = agent.reload();
     assert_eq!(log.matches("reload refused").count(), 1, "{log}");
     tcp_connect(Some(&cg), &to_b).assert_ok("B allowed after the good reload");
-    tcp_connect(Some(&cg), &to_a).assert_eperm("A denied after the good reload");
+    // A's entry from the earlier policy is still in the cache (nothing evicted it), under the
+    // earlier policy's sequence: the new policy does not find it.
+    let after = cached_verdicts(&agent);
+    let old = before.iter().find(|v| v.port == pa).expect("A's entry");
+    assert!(after.contains(old), "the earlier policy's entry for A stays: {after:?}");
+    assert!(old.family == 4 && old.addr[..4] == [127, 0, 0, 1], "A's destination: {old:?}");
+    assert!(
+        after.iter().any(|v| v.port == pb && v.sequence > old.sequence && v.identity == old.identity),
+        "B cached under the new policy: {after:?}"
+    );
+    let o = tcp_connect(Some(&cg), &to_a);
+    o.assert_eperm("A denied after the good reload, its earlier verdict cached");
+    agent.wait_event("for A refused after the reload", |e| e["process"]["pid"] == o.pid && to_port(e, pa));
+}
+
+/// An entry of the kernel's egress verdict cache (`FENCE_VERDICTS`, fence-common's
+/// `VerdictKey`): a destination a rule allowed under one policy sequence, and the rule's grant
+/// slot.
+#[derive(Debug, PartialEq)]
+struct CachedVerdict {
+    sequence: u32,
+    identity: u32,
+    port: u16,
+    family: u8,
+    addr: [u8; 16],
+    slot: u32,
+}
+
+fn cached_verdicts(agent: &Agent) -> Vec<CachedVerdict> {
+    let word = |k: &[u8; 32], at: usize| u32::from_ne_bytes([k[at], k[at + 1], k[at + 2], k[at + 3]]);
+    crate::fastpath::agent_hash_entries::<[u8; 32], u32>(agent.pid().as_raw(), "FENCE_VERDICTS")
+        .into_iter()
+        .map(|(k, slot)| CachedVerdict {
+            sequence: word(&k, 0),
+            identity: word(&k, 8),
+            port: u16::from_ne_bytes([k[12], k[13]]),
+            family: k[15],
+            addr: k[16..].try_into().expect("16 bytes"),
+            slot,
+        })
+        .collect()
 }
 
 /// The test identity's entries of `map` in a dump: (key, value), sorted.

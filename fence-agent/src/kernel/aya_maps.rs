@@ -175,6 +175,7 @@ impl PolicyMaps for AyaPolicyMaps {
             | Map::Events
             | Map::Counters
             | Map::IdentityCache
+            | Map::Verdicts
             | Map::AgentTasks
             | Map::Reporter
             | Map::DnsResolvers
@@ -256,6 +257,7 @@ impl PolicyMaps for AyaPolicyMaps {
             | Map::Events
             | Map::Counters
             | Map::IdentityCache
+            | Map::Verdicts
             | Map::AgentTasks
             | Map::Reporter
             | Map::DnsResolvers
