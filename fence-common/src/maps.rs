@@ -77,9 +77,10 @@ pub enum Map {
     /// found it for one policy generation and sequence. Makes "is this task fenced?" one
     /// lookup; a new policy (a new sequence) starts an empty cache.
     IdentityCache,
-    /// `LruHashMap<VerdictKey, u32>`: egress destinations the prefix rules allowed, with the
-    /// allowing rule's grant slot (0: standing), per policy generation and sequence. Makes an
-    /// allowed connect or sendmsg one lookup whatever the policy's size.
+    /// `PerCpuArray<VerdictEntry>`: egress destinations the prefix rules allowed, with the
+    /// allowing rule's grant slot (0: standing), per policy generation and sequence, each at
+    /// the index of its hash. Makes an allowed connect or sendmsg one array read whatever the
+    /// policy's size.
     Verdicts,
     /// `HashMap<u32, u32>`: the agent's own process ids (tgid -> 1). The agent's tasks are
     /// never fenced, and no fenced task may signal or trace them, whatever their cgroup.
@@ -195,7 +196,9 @@ impl Map {
             Map::Events => other("FENCE_EVENTS", MapKind::RingBuf, 1 << 22, "event byte"),
             Map::Counters => other("FENCE_COUNTERS", MapKind::PerCpuArray, crate::counter::COUNT, "counter"),
             Map::IdentityCache => other("FENCE_IDENTITY_CACHE", MapKind::LruHash, 65_536, "cached cgroup"),
-            Map::Verdicts => other("FENCE_VERDICTS", MapKind::LruHash, 16_384, "cached egress verdict"),
+            Map::Verdicts => {
+                other("FENCE_VERDICTS", MapKind::PerCpuArray, crate::VERDICT_SLOTS, "cached egress verdict")
+            }
             Map::AgentTasks => other("FENCE_AGENT_TASKS", MapKind::Hash, 64, "agent process"),
             Map::Reporter => other("FENCE_REPORTER", MapKind::Array, 1, "reporting run"),
             Map::DnsResolvers => other("FENCE_DNS_RESOLVERS", MapKind::Hash, 8_192, "identity resolver"),

@@ -63,10 +63,9 @@ pub struct CacheKey {
     pub generation: u32,
 }
 
-/// Key of [`crate::Map::Verdicts`]: a destination that an identity's egress rules (the prefix
-/// maps, not learned names) allowed under one policy generation and apply sequence. A new
-/// policy (a new sequence) starts an empty cache; a rule's grant slot, the value, is checked
-/// again on every hit, so an ended grant stops allowing at once.
+/// A destination that an identity's egress rules (the prefix maps, not learned names) allowed
+/// under one policy generation and apply sequence: the key of an entry of
+/// [`crate::Map::Verdicts`]. A new policy (a new sequence) never finds an older one's entries.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct VerdictKey {
@@ -82,6 +81,62 @@ pub struct VerdictKey {
     /// bytes; 6: an IPv6 address.
     pub family: u8,
     pub addr: [u8; 16],
+}
+
+/// Entries per CPU of [`crate::Map::Verdicts`] (a power of two: the index is the key's hash
+/// masked).
+pub const VERDICT_SLOTS: u32 = 4_096;
+
+/// One entry of [`crate::Map::Verdicts`], a per-CPU array indexed by the key's hash: the
+/// destination, the grant slot of the rule that allowed it (0: standing), and a check over
+/// both. A program may be preempted while it writes or reads an entry and another program on
+/// the same CPU write it meanwhile; an entry read in pieces of two writes does not match its
+/// check (but for one chance in 2^32) and counts as absent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerdictEntry {
+    pub key: VerdictKey,
+    pub slot: u32,
+    pub check: u32,
+}
+
+impl VerdictKey {
+    /// A 64-bit hash of the key (multiply and xor-shift per 32-bit word).
+    #[inline(always)]
+    pub fn hash(&self) -> u64 {
+        let a = &self.addr;
+        let words = [
+            self.sequence,
+            self.generation,
+            self.identity,
+            u32::from(self.port) | u32::from(self.protocol) << 16 | u32::from(self.family) << 24,
+            u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+            u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+            u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+            u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+        ];
+        let mut h: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut i = 0;
+        while i < words.len() {
+            h = (h ^ u64::from(words[i])).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            h ^= h >> 31;
+            i += 1;
+        }
+        h
+    }
+
+    /// The entry's index in a CPU's array, from [`VerdictKey::hash`].
+    #[inline(always)]
+    pub fn index(hash: u64) -> u32 {
+        (hash as u32) & (VERDICT_SLOTS - 1)
+    }
+
+    /// The entry's check, from the key's hash and the slot.
+    #[inline(always)]
+    pub fn check(hash: u64, slot: u32) -> u32 {
+        let h = (hash ^ u64::from(slot) << 17).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((h ^ (h >> 29)) >> 32) as u32
+    }
 }
 
 /// Key of [`crate::Map::Identities`].
@@ -297,6 +352,8 @@ const _: () = {
     assert!(core::mem::size_of::<CacheKey>() == 16);
     assert!(core::mem::size_of::<IdentityKey>() == 8);
     assert!(core::mem::size_of::<VerdictKey>() == 32);
+    assert!(core::mem::size_of::<VerdictEntry>() == 40);
+    assert!(VERDICT_SLOTS.is_power_of_two());
     assert!(core::mem::size_of::<IdentityInfo>() == 8);
     assert!(core::mem::size_of::<Net4Key>() == 12);
     assert!(core::mem::size_of::<Net6Key>() == 24);
@@ -349,6 +406,43 @@ mod tests {
         assert_eq!(r.allows_where(PROTO_TCP, 5432, |_| false), None);
         assert_eq!(r.allows_where(PROTO_TCP, 443, |_| false), Some(0));
         assert!(!r.allows(PROTO_TCP, 5432), "allows() is standing rules only");
+    }
+
+    #[test]
+    fn verdict_hash_spreads_and_check_binds_the_slot() {
+        let key = |port: u16, last: u8| VerdictKey {
+            sequence: 7,
+            generation: 1,
+            identity: 3,
+            port,
+            protocol: PROTO_TCP,
+            family: 4,
+            addr: [127, 0, 0, last, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        };
+        let a = key(443, 1);
+        assert_eq!(a.hash(), key(443, 1).hash());
+        // Neighbouring destinations land on different entries (most of them).
+        let mut seen = [false; VERDICT_SLOTS as usize];
+        for port in 0..1024u16 {
+            seen[VerdictKey::index(key(port, 1).hash()) as usize] = true;
+        }
+        let distinct = seen.iter().filter(|&&s| s).count();
+        assert!(distinct > 800, "{distinct} distinct indices of 1024");
+        // Every field counts.
+        let h = a.hash();
+        for other in [
+            VerdictKey { sequence: 8, ..a },
+            VerdictKey { generation: 0, ..a },
+            VerdictKey { identity: 4, ..a },
+            VerdictKey { protocol: PROTO_UDP, ..a },
+            VerdictKey { family: 6, ..a },
+            key(443, 2),
+        ] {
+            assert_ne!(other.hash(), h, "{other:?}");
+        }
+        // The check binds the slot: the same key with another slot does not match.
+        assert_ne!(VerdictKey::check(h, 0), VerdictKey::check(h, 5));
+        assert_ne!(VerdictKey::check(h, 0), VerdictKey::check(key(443, 2).hash(), 0));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use fence_common::{
     AbstractKey, ActiveState, CacheKey, CgroupKey, DnsResolver, DnsSteered, EventLimit, ExecCaller, GrantState,
     IdentityInfo, IdentityKey, InodeKey, Learned4Key, Learned6Key, LearnedRules, Map, Net4Key, Net6Key, NetRules,
-    RateKey, RateState, Scope, UnitKey, VerdictKey,
+    RateKey, RateState, Scope, UnitKey, VerdictEntry,
 };
 
 /// The live policy generation (index 0). Written by the agent after a complete policy has been
@@ -89,11 +89,12 @@ pub static FENCE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Map:
 pub static FENCE_IDENTITY_CACHE: LruHashMap<CacheKey, u32> =
     LruHashMap::with_max_entries(Map::IdentityCache.capacity(), 0);
 
-/// (sequence, generation, identity, destination) -> grant slot of the rule that allowed it
-/// (0: standing). An allowed connect or sendmsg is one lookup here instead of the prefix
-/// trie's walk, whose length grows with the policy; see `verdicts`.
+/// Per CPU, at the index of the destination's hash: (sequence, generation, identity,
+/// destination), the grant slot of the rule that allowed it (0: standing) and a check. An
+/// allowed connect or sendmsg is one array read here instead of the prefix trie's walk, whose
+/// length grows with the policy; see `verdicts`.
 #[map]
-pub static FENCE_VERDICTS: LruHashMap<VerdictKey, u32> = LruHashMap::with_max_entries(Map::Verdicts.capacity(), 0);
+pub static FENCE_VERDICTS: PerCpuArray<VerdictEntry> = PerCpuArray::with_max_entries(Map::Verdicts.capacity(), 0);
 
 /// The agent's process ids: never fenced, never signalled or traced by fenced tasks.
 #[map]

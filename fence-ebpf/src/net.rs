@@ -222,7 +222,7 @@ fn allowed_v4(who: &Fenced, addr: [u8; 4], d: &Dest) -> Option<Reason> {
     let proto = protocol_bit(d.sock_type, d.protocol);
     let mut full = [0u8; 16];
     full[..4].copy_from_slice(&addr);
-    let cache = verdicts::key(who, verdicts::V4, full, proto, d.port);
+    let cache = verdicts::dest(who, verdicts::V4, full, proto, d.port);
     if let Some(slot) = verdicts::cached(&cache) {
         return allowed_by(Some(slot));
     }
@@ -234,8 +234,11 @@ fn allowed_v4(who: &Fenced, addr: [u8; 4], d: &Dest) -> Option<Reason> {
         Some(rules) => rules.allows_where(proto, d.port, |slot| grants::live(slot, who.identity)),
         None => None,
     };
-    verdicts::remember(&cache, slot);
-    allowed_by(slot.or_else(|| dns::learned_v4(who.identity, addr, proto, d.port)))
+    if let Some(slot) = slot {
+        verdicts::remember(&cache, slot);
+        return allowed_by(Some(slot));
+    }
+    allowed_by(dns::learned_v4(who.identity, addr, proto, d.port))
 }
 
 #[inline(always)]
@@ -244,7 +247,7 @@ fn allowed_v6(who: &Fenced, addr: [u8; 16], d: &Dest) -> Option<Reason> {
         return Some(Reason::IdentityDenyAll);
     }
     let proto = protocol_bit(d.sock_type, d.protocol);
-    let cache = verdicts::key(who, verdicts::V6, addr, proto, d.port);
+    let cache = verdicts::dest(who, verdicts::V6, addr, proto, d.port);
     if let Some(slot) = verdicts::cached(&cache) {
         return allowed_by(Some(slot));
     }
@@ -256,8 +259,11 @@ fn allowed_v6(who: &Fenced, addr: [u8; 16], d: &Dest) -> Option<Reason> {
         Some(rules) => rules.allows_where(proto, d.port, |slot| grants::live(slot, who.identity)),
         None => None,
     };
-    verdicts::remember(&cache, slot);
-    allowed_by(slot.or_else(|| dns::learned_v6(who.identity, addr, proto, d.port)))
+    if let Some(slot) = slot {
+        verdicts::remember(&cache, slot);
+        return allowed_by(Some(slot));
+    }
+    allowed_by(dns::learned_v6(who.identity, addr, proto, d.port))
 }
 
 /// `None` (allowed) when a rule of grant slot `slot` allowed it (the use is counted), else the

@@ -12,7 +12,7 @@ use std::{
 
 use aya::{
     Pod,
-    maps::{HashMap as BpfHashMap, Map, MapData, loaded_maps},
+    maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, loaded_maps},
     programs::loaded_programs,
 };
 
@@ -47,18 +47,32 @@ fn held_ids(pid: i32, field: &str) -> BTreeSet<u32> {
     ids
 }
 
-/// The entries of the agent's hash map `name` (the kernel keeps the first 15 bytes of a map's
-/// name), read through the kernel by map id: what its programs wrote, not what the agent says.
-pub fn agent_hash_entries<K: Pod, V: Pod>(pid: i32, name: &str) -> Vec<(K, V)> {
+/// The agent's map `name` (the kernel keeps the first 15 bytes of a map's name), opened by id.
+fn agent_map(pid: i32, name: &str) -> Map {
     let held = held_ids(pid, "map_id:");
     let info = loaded_maps()
         .flatten()
         .find(|m| held.contains(&m.id()) && m.name_as_str().is_some_and(|n| name.starts_with(n)))
         .unwrap_or_else(|| panic!("the agent holds {name}"));
     let data = MapData::from_id(info.id()).unwrap_or_else(|e| panic!("opening {name}: {e}"));
-    let map = Map::from_map_data(data).unwrap_or_else(|e| panic!("{name} as a map: {e}"));
+    Map::from_map_data(data).unwrap_or_else(|e| panic!("{name} as a map: {e}"))
+}
+
+/// The entries of the agent's hash map `name`, read through the kernel by map id: what its
+/// programs wrote, not what the agent says.
+fn agent_hash_entries<K: Pod, V: Pod>(pid: i32, name: &str) -> Vec<(K, V)> {
+    let map = agent_map(pid, name);
     let hash: BpfHashMap<MapData, K, V> = BpfHashMap::try_from(map).unwrap_or_else(|e| panic!("{name} as a hash: {e}"));
     hash.iter().flatten().collect()
+}
+
+/// Every CPU's value of each element of the agent's per-CPU array `name`, read through the
+/// kernel by map id.
+pub fn agent_percpu_values<V: Pod>(pid: i32, name: &str) -> Vec<V> {
+    let map = agent_map(pid, name);
+    let array: PerCpuArray<MapData, V> =
+        PerCpuArray::try_from(map).unwrap_or_else(|e| panic!("{name} as a per-CPU array: {e}"));
+    array.iter().flatten().flat_map(|values| values.iter().copied().collect::<Vec<V>>()).collect()
 }
 
 /// The cgroup ids in the agent's identity cache (`FENCE_IDENTITY_CACHE`: key cgroup id,

@@ -253,12 +253,13 @@ fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
             drop(unsafe { OwnedFd::from_raw_fd(fd) });
             Ok(json!({}))
         }
-        "bench-tcp" | "bench-udp" | "bench-open" | "bench-exec" => {
+        "bench-tcp" | "bench-tcp-spread" | "bench-udp" | "bench-open" | "bench-exec" => {
             let target = args.first().copied().ok_or_else(|| io::Error::other("target"))?;
             let n: u64 = args.get(1).and_then(|n| n.parse().ok()).ok_or_else(|| io::Error::other("count"))?;
             let started = std::time::Instant::now();
             match action {
                 "bench-tcp" => bench_tcp(addr(Some(&target))?, n)?,
+                "bench-tcp-spread" => bench_tcp_spread(addr(Some(&target))?, n)?,
                 "bench-udp" => bench_udp(addr(Some(&target))?, n)?,
                 "bench-open" => bench_open(target, n)?,
                 _ => bench_exec(target, n)?,
@@ -523,6 +524,23 @@ fn bench_tcp(to: SocketAddr, n: u64) -> io::Result<()> {
     for _ in 0..n {
         let s = TcpStream::connect(to)?;
         nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Linger, &linger).map_err(io::Error::from)?;
+    }
+    Ok(())
+}
+
+/// `n` TCP connects, each to the next of 65,535 addresses after `base` (an IPv4 address and
+/// a port where nothing listens): every connect is to a destination not seen for the last
+/// 65,534, and the loopback refuses it at once. A connect the fence refuses fails the run.
+fn bench_tcp_spread(base: SocketAddr, n: u64) -> io::Result<()> {
+    let SocketAddr::V4(base) = base else { return Err(io::Error::other("an IPv4 base address")) };
+    let first = u32::from(*base.ip());
+    for i in 0..n {
+        let ip = std::net::Ipv4Addr::from(first + 1 + (i % 65_535) as u32);
+        match TcpStream::connect((ip, base.port())) {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+            Err(e) => return Err(io::Error::other(format!("connect to {ip}: {e}"))),
+            Ok(_) => return Err(io::Error::other(format!("{ip}:{} accepted a connection", base.port()))),
+        }
     }
     Ok(())
 }

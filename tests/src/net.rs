@@ -373,11 +373,14 @@ fn sighup_bad_reload_keeps_old_policy() {
     let log = agent.reload();
     assert_eq!(log.matches("reload refused").count(), 1, "{log}");
     tcp_connect(Some(&cg), &to_b).assert_ok("B allowed after the good reload");
-    // A's entry from the earlier policy is still in the cache (nothing evicted it), under the
-    // earlier policy's sequence: the new policy does not find it.
+    // A's entry from the earlier policy is still in the cache, under the earlier policy's
+    // sequence: the new policy does not find it. (Unless B's entry took its place: one chance
+    // in 4,096 that their hashes share an index.)
     let after = cached_verdicts(&agent);
     let old = before.iter().find(|v| v.port == pa).expect("A's entry");
-    assert!(after.contains(old), "the earlier policy's entry for A stays: {after:?}");
+    if !after.contains(old) {
+        crate::harness::note(format!("A's earlier entry was replaced (same index as B's): {after:?}"));
+    }
     assert!(old.family == 4 && old.addr[..4] == [127, 0, 0, 1], "A's destination: {old:?}");
     assert!(
         after.iter().any(|v| v.port == pb && v.sequence > old.sequence && v.identity == old.identity),
@@ -389,8 +392,8 @@ fn sighup_bad_reload_keeps_old_policy() {
 }
 
 /// An entry of the kernel's egress verdict cache (`FENCE_VERDICTS`, fence-common's
-/// `VerdictKey`): a destination a rule allowed under one policy sequence, and the rule's grant
-/// slot.
+/// `VerdictEntry`, any CPU's): a destination a rule allowed under one policy sequence, and the
+/// rule's grant slot.
 #[derive(Debug, PartialEq)]
 struct CachedVerdict {
     sequence: u32,
@@ -402,16 +405,17 @@ struct CachedVerdict {
 }
 
 fn cached_verdicts(agent: &Agent) -> Vec<CachedVerdict> {
-    let word = |k: &[u8; 32], at: usize| u32::from_ne_bytes([k[at], k[at + 1], k[at + 2], k[at + 3]]);
-    crate::fastpath::agent_hash_entries::<[u8; 32], u32>(agent.pid().as_raw(), "FENCE_VERDICTS")
+    let word = |k: &[u8; 40], at: usize| u32::from_ne_bytes([k[at], k[at + 1], k[at + 2], k[at + 3]]);
+    crate::fastpath::agent_percpu_values::<[u8; 40]>(agent.pid().as_raw(), "FENCE_VERDICTS")
         .into_iter()
-        .map(|(k, slot)| CachedVerdict {
-            sequence: word(&k, 0),
-            identity: word(&k, 8),
-            port: u16::from_ne_bytes([k[12], k[13]]),
-            family: k[15],
-            addr: k[16..].try_into().expect("16 bytes"),
-            slot,
+        .filter(|e| word(e, 8) != 0)
+        .map(|e| CachedVerdict {
+            sequence: word(&e, 0),
+            identity: word(&e, 8),
+            port: u16::from_ne_bytes([e[12], e[13]]),
+            family: e[15],
+            addr: e[16..32].try_into().expect("16 bytes"),
+            slot: word(&e, 32),
         })
         .collect()
 }

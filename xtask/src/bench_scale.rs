@@ -16,9 +16,9 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    bench::{Env, calibrate},
+    bench::{Env, Workload, calibrate},
     host::{Agent, Cgroup},
-    kstats::{Programs, StatsEnabled},
+    kstats::{Counter, Programs, StatsEnabled},
     report::{Spread, Table},
     util::{poll, step},
 };
@@ -57,7 +57,9 @@ const CASES: [Case; 5] = [
 /// separate rules in the kernel). The fillers surround the listener's address: the kernel's
 /// longest-prefix lookup for the workload goes through the densest part of the trie (fillers
 /// elsewhere, 10.x say, would leave 127.0.0.1 near its root and the rule count unmeasured).
-/// 127.0.0.1 itself carries the same 4 filler ports in every case.
+/// 127.0.0.1 itself carries the same 4 filler ports in every case. Rule 1 allows
+/// [`SPREAD_PREFIX`] on [`SPREAD_PORT`] (no listener): the spread workload's destinations,
+/// each new to the verdict cache.
 fn policy(case: Case, ids: &[Cgroup], tcp_port: u16) -> String {
     let rule = |to: String, port: usize| serde_json::json!({"to": [to], "ports": [port], "protocol": "tcp"});
     let identities: Vec<serde_json::Value> = ids
@@ -65,8 +67,11 @@ fn policy(case: Case, ids: &[Cgroup], tcp_port: u16) -> String {
         .take(case.identities)
         .enumerate()
         .map(|(i, cg)| {
-            let mut egress = vec![rule("127.0.0.1".to_owned(), usize::from(tcp_port))];
-            egress.extend((0..case.rules.saturating_sub(1)).map(|j| {
+            let mut egress = vec![
+                rule("127.0.0.1".to_owned(), usize::from(tcp_port)),
+                rule(SPREAD_PREFIX.to_owned(), usize::from(SPREAD_PORT)),
+            ];
+            egress.extend((0..case.rules.saturating_sub(2)).map(|j| {
                 let p = j / PORTS_PER_PREFIX;
                 rule(
                     format!("127.{}.{}.{}", (p >> 16) & 0xff, (p >> 8) & 0xff, p & 0xff),
@@ -148,6 +153,14 @@ fn memory_kib(pid: u32, key: &str) -> Result<u64> {
         .with_context(|| format!("no {key} in /proc/{pid}/status"))
 }
 
+/// The spread workload: TCP connects to the addresses of this prefix in turn (65,535 of them,
+/// more than the kernel's verdict cache holds), on a port where nothing listens, so that each
+/// is a destination the cache has not seen (its cost: the prefix trie's walk and an insert).
+const SPREAD_PREFIX: &str = "127.0.0.0/16";
+const SPREAD_PORT: u16 = 9;
+/// Connects per spread run.
+const SPREAD_COUNT: u64 = 20_000;
+
 /// An apply that takes longer than this is not repeated in every round or repetition: at most
 /// [`SLOW_ROUNDS`] times (one sample of something that slow is precise enough, and each costs
 /// that long).
@@ -169,14 +182,24 @@ pub fn policy_size(env: &Env<'_>, rounds: u32) -> Result<Table> {
     env.run(cg, w, w.count / 10 + 1)?;
     let count = calibrate(env, cg, w)?;
     let n = CASES.len();
-    // Per case and round: CPU ns per connect, fence_connect4 ns per call, their ratios to
-    // the baseline of the same round, and the time from SIGHUP to the policy applied.
+    let spread = Workload {
+        name: "TCP connects to new destinations",
+        short: "spread",
+        action: "bench-tcp-spread",
+        count: SPREAD_COUNT,
+        quick: SPREAD_COUNT / 10,
+        target: format!("{}:{SPREAD_PORT}", SPREAD_PREFIX.trim_end_matches("/16")),
+    };
+    // Per case and round: CPU ns per connect, fence_connect4 ns per call (a cached destination,
+    // and new ones), their ratios to the baseline of the same round, and the time from SIGHUP
+    // to the policy applied.
     let (mut wall, mut hook) = (vec![Vec::new(); n], vec![Vec::new(); n]);
     let (mut wall_ratio, mut hook_ratio) = (vec![Vec::new(); n], vec![Vec::new(); n]);
+    let (mut fresh, mut fresh_ratio) = (vec![Vec::new(); n], vec![Vec::new(); n]);
     let mut apply_ms: Vec<Vec<f64>> = vec![Vec::new(); n];
     let mut slow = vec![false; n];
     for round in 0..rounds as usize {
-        let mut this: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
+        let mut this: BTreeMap<usize, (f64, f64, f64)> = BTreeMap::new();
         for i in 0..n {
             let c = (round + i) % n;
             if slow[c] && wall[c].len() >= SLOW_ROUNDS {
@@ -188,25 +211,30 @@ pub fn policy_size(env: &Env<'_>, rounds: u32) -> Result<Table> {
             let s0 = programs.snapshot()?;
             let ns = env.run(cg, w, count)?.cpu;
             let s1 = programs.snapshot()?;
-            let per_call = programs
-                .delta(&s0, &s1)
-                .get(CONNECT4)
-                .and_then(|c| c.ns_per_call())
-                .context("fence_connect4 did not run")?;
-            this.insert(c, (ns, per_call));
+            let per_call = connect4_ns(&programs, &s0, &s1)?;
+            env.run(cg, &spread, spread.count)?;
+            let s2 = programs.snapshot()?;
+            let new_dest = connect4_ns(&programs, &s1, &s2)?;
+            this.insert(c, (ns, per_call, new_dest));
             // The first apply of the baseline is of the policy the agent started with.
             if !(round == 0 && c == 0) {
                 apply_ms[c].push(took.as_secs_f64() * 1e3);
             }
         }
-        let (base_ns, base_hook) = this[&0];
+        let (base_ns, base_hook, base_new) = this[&0];
         let mut line = format!("    round {}:", round + 1);
-        for (c, (ns, per_call)) in &this {
+        for (c, (ns, per_call, new_dest)) in &this {
             wall[*c].push(*ns);
             hook[*c].push(*per_call);
+            fresh[*c].push(*new_dest);
             wall_ratio[*c].push(ns / base_ns);
             hook_ratio[*c].push(per_call / base_hook);
-            let _ = write!(line, " [{}] {ns:.0} CPU ns/op, connect4 {per_call:.0} ns;", CASES[*c].label);
+            fresh_ratio[*c].push(new_dest / base_new);
+            let _ = write!(
+                line,
+                " [{}] {ns:.0} CPU ns/op, connect4 {per_call:.0} ns, new destinations {new_dest:.0} ns;",
+                CASES[*c].label
+            );
         }
         eprintln!("{line}");
     }
@@ -218,13 +246,28 @@ pub fn policy_size(env: &Env<'_>, rounds: u32) -> Result<Table> {
              policy; one agent, its policy switched by SIGHUP between the cases in an order that rotates, {rounds} \
              rounds (a case whose apply takes over {} s: {SLOW_ROUNDS} at most). A rule is one egress item with one \
              address and one port ({PORTS_PER_PREFIX} ports per address: 127.0.0.0 upwards, around the listener's \
-             127.0.0.1, so that its lookup goes through the densest part of the kernel's prefix trie). Connect: CPU time (user + system) of the \
+             127.0.0.1, so that its lookup goes through the densest part of the kernel's prefix trie). The loop's \
+             destination is in the kernel's verdict cache after its first connect. New destinations: \
+             fence_connect4 in {} connects to the addresses of {SPREAD_PREFIX} in turn, more than the cache holds \
+             (port {SPREAD_PORT}, allowed by one rule of each policy; nothing listens): each destination is one the \
+             cache has not seen. Connect: CPU time (user + system) of the \
              workload process per connect. Ratios to the 10-rule case of the same round: median ± half the IQR \
              in percent. Apply: from SIGHUP to the status op's `handled` count \
              growing, from the case before it in the rotation.",
-            SLOW.as_secs()
+            SLOW.as_secs(),
+            spread.count
         ),
-        &["policy", "rounds", "connect, CPU ns/op", "ratio", "fence_connect4, ns/call", "ratio", "apply"],
+        &[
+            "policy",
+            "rounds",
+            "connect, CPU ns/op",
+            "ratio",
+            "fence_connect4, ns/call",
+            "ratio",
+            "new destinations, ns/call",
+            "ratio",
+            "apply",
+        ],
     );
     let med = |v: &[f64]| Spread::of(v).map_or("–".to_owned(), |s| format!("{:.0}", s.median));
     let ratio = |v: &[f64]| Spread::of(v).map_or("–".to_owned(), |s| s.show(3));
@@ -236,10 +279,17 @@ pub fn policy_size(env: &Env<'_>, rounds: u32) -> Result<Table> {
             ratio(&wall_ratio[c]),
             med(&hook[c]),
             ratio(&hook_ratio[c]),
+            med(&fresh[c]),
+            ratio(&fresh_ratio[c]),
             Spread::of(&apply_ms[c]).map_or("–".to_owned(), |s| format!("{:.0} ms", s.median)),
         ]);
     }
     Ok(t)
+}
+
+/// fence_connect4's ns per call between two snapshots.
+fn connect4_ns(programs: &Programs, before: &BTreeMap<u32, Counter>, after: &BTreeMap<u32, Counter>) -> Result<f64> {
+    programs.delta(before, after).get(CONNECT4).and_then(|c| c.ns_per_call()).context("fence_connect4 did not run")
 }
 
 /// What the agent needs: memory, start-up (spawn to READY=1), and the time from SIGHUP to the
@@ -345,6 +395,7 @@ mod tests {
             let egress = identity["egress"].as_array().unwrap();
             assert_eq!(egress.len(), 10);
             assert_eq!(egress[0]["ports"][0], 4242);
+            assert_eq!(egress[1]["to"][0], SPREAD_PREFIX);
             // Distinct (address, port) pairs: none merge.
             let mut rules: Vec<String> = egress.iter().map(|r| format!("{}:{}", r["to"][0], r["ports"][0])).collect();
             rules.sort();
