@@ -46,13 +46,29 @@ pub fn dest(who: &Fenced, family: u8, addr: [u8; 16], protocol: u8, port: u16) -
 #[inline(always)]
 pub fn cached(d: &Option<Lookup>) -> Option<u16> {
     let d = d.as_ref()?;
-    let ptr = FENCE_VERDICTS.get_ptr(VerdictKey::index(d.hash))?;
-    // SAFETY: a per-CPU array element, valid for the program's run; copied out at once.
-    let e: VerdictEntry = unsafe { *ptr };
-    if e.key != d.key || e.check != VerdictKey::check(d.hash, e.slot) {
+    let words = FENCE_VERDICTS.get_ptr(VerdictKey::index(d.hash))? as *const u64;
+    // SAFETY: VerdictKey is 32 bytes of plain integers (no padding): four words, by value.
+    let key: [u64; 4] = unsafe { core::mem::transmute(d.key) };
+    // The entry is read word by word, each word once (volatile: the compiler may not read one
+    // again after the check, when another program on this CPU may have rewritten the entry),
+    // with no copy on the stack. Its last word holds the slot and the check, read together.
+    // SAFETY: a per-CPU array element of 40 bytes (five words, 8-byte aligned as the kernel
+    // aligns array values), valid for the program's run.
+    let tail = unsafe { core::ptr::read_volatile(words.add(4)) }.to_ne_bytes();
+    let slot = u32::from_ne_bytes([tail[0], tail[1], tail[2], tail[3]]);
+    let check = u32::from_ne_bytes([tail[4], tail[5], tail[6], tail[7]]);
+    let mut i = 0;
+    while i < 4 {
+        // SAFETY: as above.
+        if unsafe { core::ptr::read_volatile(words.add(i)) } != key[i] {
+            return None;
+        }
+        i += 1;
+    }
+    if check != VerdictKey::check(d.hash, slot) {
         return None;
     }
-    let slot = e.slot as u16;
+    let slot = slot as u16;
     grants::live(slot, d.key.identity).then_some(slot)
 }
 
