@@ -50,6 +50,8 @@ impl<M: PolicyMaps> Generations<M> {
         self.clear(next)?;
         let flipped =
             self.write(next, entries).and_then(|()| self.follow_units(next, entries, current)).and_then(|()| {
+                // generation == sequence mod 2 in every state written: the programs' caches tell
+                // a whole read of this entry from a torn one by it.
                 let state = ActiveState { generation: next, abi: ABI_VERSION, sequence: self.sequence + 1 };
                 self.maps.set_active(state)
             });
@@ -146,6 +148,24 @@ mod tests {
         assert_eq!((r.generation, r.sequence), (0, 2));
         assert_eq!(k.dump_live().unwrap(), vec![cgroup(2, 1), cgroup(3, 2)]);
         assert!(k.maps().generation(1).is_empty(), "the old generation is cleared");
+    }
+
+    /// The kernel's caches rely on it: a read of the active entry whose generation is not its
+    /// sequence mod 2 is half of one write and half of another (`identity::consistent` in
+    /// fence-ebpf), and uses no cache.
+    #[test]
+    fn every_active_state_written_has_the_generation_of_its_sequence_parity() {
+        let mut k = Generations::new(FakeMaps::default()).unwrap();
+        for i in 0..5u64 {
+            if i == 2 {
+                k.maps.fail_after = Some(0);
+                assert!(k.apply(&[cgroup(9, 1)]).is_err());
+                k.maps.fail_after = None;
+            }
+            k.apply(&[cgroup(i + 1, 1)]).unwrap();
+            let active = k.maps().active().unwrap();
+            assert_eq!(u64::from(active.generation), active.sequence % 2, "{active:?}");
+        }
     }
 
     #[test]
