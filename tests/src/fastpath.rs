@@ -196,3 +196,32 @@ fn unfenced_processes_run_no_cgroup_program() {
     }
     let _ = fs::remove_file(&file);
 }
+
+/// An entry of the kernel's egress verdict cache (`FENCE_VERDICTS`, fence-common's
+/// `VerdictEntry`, any CPU's): a destination a rule allowed under one policy sequence, and the
+/// rule's grant slot.
+#[derive(Debug, PartialEq)]
+pub struct CachedVerdict {
+    pub sequence: u32,
+    pub identity: u32,
+    pub port: u16,
+    pub family: u8,
+    pub addr: [u8; 16],
+    pub slot: u32,
+}
+
+pub fn cached_verdicts(agent: &Agent) -> Vec<CachedVerdict> {
+    let word = |k: &[u8; 40], at: usize| u32::from_ne_bytes([k[at], k[at + 1], k[at + 2], k[at + 3]]);
+    agent_percpu_values::<[u8; 40]>(agent.pid().as_raw(), "FENCE_VERDICTS")
+        .into_iter()
+        .filter(|e| word(e, 8) != 0)
+        .map(|e| CachedVerdict {
+            sequence: word(&e, 0),
+            identity: word(&e, 8),
+            port: u16::from_ne_bytes([e[12], e[13]]),
+            family: e[15],
+            addr: e[16..32].try_into().expect("16 bytes"),
+            slot: word(&e, 32),
+        })
+        .collect()
+}

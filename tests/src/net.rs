@@ -352,7 +352,7 @@ fn sighup_bad_reload_keeps_old_policy() {
     tcp_connect(Some(&cg), &to_b).assert_eperm("B denied before the reload");
     // The allowed destination is in the kernel's verdict cache (standing rule: slot 0); the
     // refused one is not.
-    let before = cached_verdicts(&agent);
+    let before = crate::fastpath::cached_verdicts(&agent);
     let (pa, pb) = (port(&a), port(&b));
     assert!(before.iter().any(|v| v.port == pa && v.slot == 0), "A cached after its connect: {before:?}");
     assert!(!before.iter().any(|v| v.port == pb), "a refused destination is never cached: {before:?}");
@@ -376,7 +376,7 @@ fn sighup_bad_reload_keeps_old_policy() {
     // A's entry from the earlier policy is still in the cache, under the earlier policy's
     // sequence: the new policy does not find it. (Unless B's entry took its place: one chance
     // in 4,096 that their hashes share an index.)
-    let after = cached_verdicts(&agent);
+    let after = crate::fastpath::cached_verdicts(&agent);
     let old = before.iter().find(|v| v.port == pa).expect("A's entry");
     if !after.contains(old) {
         crate::harness::note(format!("A's earlier entry was replaced (same index as B's): {after:?}"));
@@ -389,35 +389,6 @@ fn sighup_bad_reload_keeps_old_policy() {
     let o = tcp_connect(Some(&cg), &to_a);
     o.assert_eperm("A denied after the good reload, its earlier verdict cached");
     agent.wait_event("for A refused after the reload", |e| e["process"]["pid"] == o.pid && to_port(e, pa));
-}
-
-/// An entry of the kernel's egress verdict cache (`FENCE_VERDICTS`, fence-common's
-/// `VerdictEntry`, any CPU's): a destination a rule allowed under one policy sequence, and the
-/// rule's grant slot.
-#[derive(Debug, PartialEq)]
-struct CachedVerdict {
-    sequence: u32,
-    identity: u32,
-    port: u16,
-    family: u8,
-    addr: [u8; 16],
-    slot: u32,
-}
-
-fn cached_verdicts(agent: &Agent) -> Vec<CachedVerdict> {
-    let word = |k: &[u8; 40], at: usize| u32::from_ne_bytes([k[at], k[at + 1], k[at + 2], k[at + 3]]);
-    crate::fastpath::agent_percpu_values::<[u8; 40]>(agent.pid().as_raw(), "FENCE_VERDICTS")
-        .into_iter()
-        .filter(|e| word(e, 8) != 0)
-        .map(|e| CachedVerdict {
-            sequence: word(&e, 0),
-            identity: word(&e, 8),
-            port: u16::from_ne_bytes([e[12], e[13]]),
-            family: e[15],
-            addr: e[16..32].try_into().expect("16 bytes"),
-            slot: word(&e, 32),
-        })
-        .collect()
 }
 
 /// The test identity's entries of `map` in a dump: (key, value), sorted.
