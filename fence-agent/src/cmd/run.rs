@@ -285,6 +285,9 @@ async fn start(
         Err(ApplyError::Policy(errors)) => return Ok(Err(errors)),
         Err(e) => return Err(e.into()),
     }
+    // Before any grant can be approved (the control sockets and the vault task start below):
+    // a slot this run opens must not find an earlier run's programs, whose policy may still
+    // tag rules of an ended grant with it, attached.
     if let Some(run) = &run {
         take_over(run, &mut reader, &mut reporter, config)?;
     }

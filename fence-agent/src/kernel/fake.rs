@@ -14,6 +14,21 @@ pub struct FakeMaps {
     pub fail_after: Option<usize>,
     /// Every entry inserted, in order.
     pub inserted: Vec<MapEntry>,
+    /// How `set_active` fails (`None`: it does not).
+    pub set_active_errs: Option<SetActiveErr>,
+    /// The next `active` fails (set by [`SetActiveErr::AfterWriteUnreadable`]).
+    active_unreadable: std::cell::Cell<bool>,
+}
+
+/// A failure of `set_active` to inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetActiveErr {
+    /// Nothing written.
+    BeforeWrite,
+    /// Written, then an error.
+    AfterWrite,
+    /// Written, then an error, and the next `active` fails.
+    AfterWriteUnreadable,
 }
 
 impl FakeMaps {
@@ -51,10 +66,27 @@ impl PolicyMaps for FakeMaps {
     }
 
     fn active(&self) -> Result<ActiveState, MapsError> {
+        if self.active_unreadable.replace(false) {
+            return Err(MapsError::Injected { map: Map::Active.name() });
+        }
         Ok(self.active)
     }
 
     fn set_active(&mut self, state: ActiveState) -> Result<(), MapsError> {
+        let injected = Err(MapsError::Injected { map: Map::Active.name() });
+        match self.set_active_errs {
+            None => {}
+            Some(SetActiveErr::BeforeWrite) => return injected,
+            Some(SetActiveErr::AfterWrite) => {
+                self.active = state;
+                return injected;
+            }
+            Some(SetActiveErr::AfterWriteUnreadable) => {
+                self.active = state;
+                self.active_unreadable.set(true);
+                return injected;
+            }
+        }
         self.active = state;
         Ok(())
     }

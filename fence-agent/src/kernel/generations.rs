@@ -15,6 +15,14 @@ pub struct ApplyReport {
     pub entries: usize,
 }
 
+/// How a flip failed.
+enum Flip {
+    /// The previous policy is still live.
+    NotLive(MapsError),
+    /// The write failed and the active state could not be read back.
+    Unknown(MapsError),
+}
+
 /// The policy maps with their two generations.
 pub struct Generations<M> {
     maps: M,
@@ -45,21 +53,29 @@ impl<M: PolicyMaps> Generations<M> {
         entries: &[MapEntry],
         current: &dyn Fn(&str) -> Option<u64>,
     ) -> Result<ApplyReport, MapsError> {
+        self.follow_kernel()?;
         let next = 1 - self.live;
         // Leftovers of an interrupted apply, or of the generation before last.
         self.clear(next)?;
-        let flipped =
-            self.write(next, entries).and_then(|()| self.follow_units(next, entries, current)).and_then(|()| {
-                // generation == sequence mod 2 in every state written: the programs' caches tell
-                // a whole read of this entry from a torn one by it.
-                let state = ActiveState { generation: next, abi: ABI_VERSION, sequence: self.sequence + 1 };
-                self.maps.set_active(state)
-            });
-        if let Err(e) = flipped {
-            if let Err(clear) = self.clear(next) {
-                tracing::warn!(error = %clear, "clearing a half-written policy generation failed; it is not live");
+        // generation == sequence mod 2 in every state written: the programs' caches tell a
+        // whole read of this entry from a torn one by it.
+        let state = ActiveState { generation: next, abi: ABI_VERSION, sequence: self.sequence + 1 };
+        let written = self.write(next, entries).and_then(|()| self.follow_units(next, entries, current));
+        let flipped = match written {
+            Ok(()) => self.flip(state),
+            Err(e) => Err(Flip::NotLive(e)),
+        };
+        match flipped {
+            Ok(()) => {}
+            Err(Flip::NotLive(e)) => {
+                if let Err(clear) = self.clear(next) {
+                    tracing::warn!(error = %clear, "clearing a half-written policy generation failed; it is not live");
+                }
+                return Err(e);
             }
-            return Err(e);
+            // Whether the kernel took the flip is unknown: the generation is left as it is (it
+            // may be live), and the next apply starts from what the kernel says.
+            Err(Flip::Unknown(e)) => return Err(e),
         }
         let old = self.live;
         self.live = next;
@@ -121,6 +137,43 @@ impl<M: PolicyMaps> Generations<M> {
         Ok(())
     }
 
+    /// Starts an apply from the kernel's active state. It is ours unless a flip whose outcome
+    /// was unknown did take effect after all; then its generation is live and its sequence
+    /// number spent (programs may have cached verdicts under it).
+    fn follow_kernel(&mut self) -> Result<(), MapsError> {
+        let active = self.maps.active()?;
+        if (active.generation & 1, active.sequence) != (self.live, self.sequence) {
+            tracing::warn!(
+                generation = active.generation,
+                sequence = active.sequence,
+                expected_generation = self.live,
+                expected_sequence = self.sequence,
+                "the kernel's live policy generation is not the one this agent last wrote; continuing from the kernel's"
+            );
+            self.live = active.generation & 1;
+            self.sequence = active.sequence;
+        }
+        Ok(())
+    }
+
+    /// Writes `state` as the active one. A write reported as failed is read back: a map
+    /// update that took effect but returned an error must not have its generation cleared
+    /// under the programs, nor its sequence number given to another policy.
+    fn flip(&mut self, state: ActiveState) -> Result<(), Flip> {
+        let Err(e) = self.maps.set_active(state) else { return Ok(()) };
+        match self.maps.active() {
+            Ok(now) if now == state => {
+                tracing::warn!(error = %e, sequence = state.sequence, "the kernel took the policy flip although the write reported an error");
+                Ok(())
+            }
+            Ok(_) => Err(Flip::NotLive(e)),
+            Err(read) => {
+                tracing::warn!(error = %read, "reading the active policy generation back after a failed flip failed");
+                Err(Flip::Unknown(e))
+            }
+        }
+    }
+
     fn clear(&mut self, g: u32) -> Result<(), MapsError> {
         for map in Map::POLICY {
             self.maps.clear(map, g)?;
@@ -132,7 +185,7 @@ impl<M: PolicyMaps> Generations<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::fake::FakeMaps;
+    use crate::kernel::fake::{FakeMaps, SetActiveErr};
 
     fn cgroup(id: u64, identity: u32) -> MapEntry {
         MapEntry::Cgroup { cgroup_id: id, identity }
@@ -166,6 +219,36 @@ mod tests {
             let active = k.maps().active().unwrap();
             assert_eq!(u64::from(active.generation), active.sequence % 2, "{active:?}");
         }
+    }
+
+    /// A flip the kernel took although the write reported an error is live: its generation is
+    /// kept and its sequence number is not given to the next policy.
+    #[test]
+    fn a_flip_that_took_effect_despite_an_error_is_followed() {
+        let mut k = Generations::new(FakeMaps::default()).unwrap();
+        k.apply(&[cgroup(1, 1)]).unwrap();
+        k.maps.set_active_errs = Some(SetActiveErr::AfterWrite);
+        assert_eq!(k.apply(&[cgroup(2, 1)]).unwrap().sequence, 2, "read back: it is live");
+        assert_eq!(k.maps().live(), &[cgroup(2, 1)]);
+
+        // Not readable back either: nothing is cleared, and the next apply follows the kernel.
+        k.maps.set_active_errs = Some(SetActiveErr::AfterWriteUnreadable);
+        assert!(k.apply(&[cgroup(3, 1)]).is_err());
+        k.maps.set_active_errs = None;
+        assert_eq!(k.maps().live(), &[cgroup(3, 1)], "the kernel's live generation was not cleared");
+        let r = k.apply(&[cgroup(4, 1)]).unwrap();
+        assert_eq!(r.sequence, 4, "sequence 3 was spent by the flip the kernel took");
+        assert_eq!(k.maps().live(), &[cgroup(4, 1)]);
+        let active = k.maps().active().unwrap();
+        assert_eq!(u64::from(active.generation), active.sequence % 2);
+
+        // A write that failed before taking effect: the old policy stays, its sequence reused.
+        k.maps.set_active_errs = Some(SetActiveErr::BeforeWrite);
+        assert!(k.apply(&[cgroup(5, 1)]).is_err());
+        k.maps.set_active_errs = None;
+        assert_eq!(k.maps().live(), &[cgroup(4, 1)]);
+        assert!(k.maps().generation(1).is_empty(), "the unflipped generation is cleared");
+        assert_eq!(k.apply(&[cgroup(6, 1)]).unwrap().sequence, 5);
     }
 
     #[test]
