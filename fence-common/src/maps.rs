@@ -48,9 +48,16 @@ pub enum Map {
     /// `HashMap<UnitKey, u32>`: cgroup paths of units followed by identity selectors; a cgroup
     /// created at such a path is bound to the identity by the kernel, at creation.
     Units,
-    /// `LpmTrie<Net4Key, NetRules>`: IPv4 egress allow-list.
+    /// `LpmTrie<Net4Key, NetRules>`: IPv4 egress allow-list (but the single addresses of
+    /// identities with `IDENTITY_HOSTS4`).
     Net4,
-    /// `LpmTrie<Net6Key, NetRules>`: IPv6 egress allow-list.
+    /// `HashMap<Net4Key, NetRules>`: IPv4 egress allow-list, the single addresses (/32) of
+    /// identities with many (`IDENTITY_HOSTS4`): one hash lookup whatever their number, before
+    /// the prefixes are searched.
+    Host4,
+    /// `HashMap<Net6Key, NetRules>`: as `Host4`, IPv6 (/128).
+    Host6,
+    /// `LpmTrie<Net6Key, NetRules>`: IPv6 egress allow-list, as `Net4`.
     Net6,
     /// `HashMap<InodeKey, u32>`: programs an identity may execute (value 1).
     Exec,
@@ -122,9 +129,11 @@ pub enum Map {
 impl Map {
     /// Every map the object defines; the policy maps among them in the order a generation is
     /// written (bindings last: an identity is only reachable once its rules are in place).
-    pub const ALL: [Map; 28] = [
+    pub const ALL: [Map; 30] = [
         Map::Active,
         Map::Identities,
+        Map::Host4,
+        Map::Host6,
         Map::Net4,
         Map::Net6,
         Map::Exec,
@@ -154,8 +163,8 @@ impl Map {
     ];
 
     /// The policy maps (two generations), in [`Map::ALL`]'s order.
-    pub const POLICY: [Map; 11] = {
-        let mut out = [Map::Active; 11];
+    pub const POLICY: [Map; 13] = {
+        let mut out = [Map::Active; 13];
         let (mut n, mut i) = (0, 0);
         while i < Map::ALL.len() {
             if Map::ALL[i].spec().policy {
@@ -183,6 +192,9 @@ impl Map {
             Map::Units => policy("FENCE_UNITS", MapKind::Hash, 4_096, "followed unit"),
             Map::Net4 => policy("FENCE_NET4", MapKind::LpmTrie, 65_536, "IPv4 prefix"),
             Map::Net6 => policy("FENCE_NET6", MapKind::LpmTrie, 65_536, "IPv6 prefix"),
+            // Not preallocated (`BPF_F_NO_PREALLOC`): kernel memory as the policy uses it.
+            Map::Host4 => policy("FENCE_HOST4", MapKind::Hash, 65_536, "IPv4 address"),
+            Map::Host6 => policy("FENCE_HOST6", MapKind::Hash, 65_536, "IPv6 address"),
             Map::Exec => policy("FENCE_EXEC", MapKind::Hash, 65_536, "exec program"),
             Map::Protected => policy("FENCE_PROTECTED", MapKind::Hash, 65_536, "protected file"),
             Map::FileExcept => policy("FENCE_FILE_EXCEPT", MapKind::Hash, 16_384, "file exception"),
@@ -238,7 +250,7 @@ mod tests {
         assert!(Map::POLICY.iter().all(|m| m.spec().policy));
         assert_eq!(Map::ALL.iter().filter(|m| m.spec().policy).count(), Map::POLICY.len());
         assert_eq!(Map::POLICY.last(), Some(&Map::Cgroups));
-        let mut names: [&str; 28] = Map::ALL.map(Map::name);
+        let mut names: [&str; 30] = Map::ALL.map(Map::name);
         names.sort();
         assert!(names.windows(2).all(|w| w[0] != w[1]), "map names are unique");
     }

@@ -161,6 +161,11 @@ pub const IDENTITY_FILELESS_OK: u8 = 4;
 /// `IdentityInfo::flags`: the identity has a unix-socket allow-list; other sockets are denied.
 /// Without it only the host's default-deny sockets are denied.
 pub const IDENTITY_UNIX_ALLOWLIST: u8 = 8;
+/// `IdentityInfo::flags`: the identity's single IPv4 addresses are in [`crate::Map::Host4`]
+/// (it has many); without it every IPv4 rule of the identity is in [`crate::Map::Net4`].
+pub const IDENTITY_HOSTS4: u8 = 16;
+/// `IdentityInfo::flags`: as [`IDENTITY_HOSTS4`], IPv6 ([`crate::Map::Host6`]).
+pub const IDENTITY_HOSTS6: u8 = 32;
 
 /// Value of [`crate::Map::Identities`].
 #[repr(C)]

@@ -33,12 +33,27 @@ pub static FENCE_IDENTITIES: HashMap<IdentityKey, IdentityInfo> =
 
 /// IPv4 egress allow-list: (generation, identity, prefix) -> port rules. The compiler merges
 /// the rules of less specific prefixes into each prefix, so the longest match says it all.
+/// The single addresses of an identity with many (`IDENTITY_HOSTS4`) are in `FENCE_HOST4`.
 #[map]
 pub static FENCE_NET4: LpmTrie<Net4Key, NetRules> = LpmTrie::with_max_entries(Map::Net4.capacity(), 0);
 
 /// IPv6 egress allow-list, as `FENCE_NET4`. IPv4-mapped destinations use `FENCE_NET4`.
 #[map]
 pub static FENCE_NET6: LpmTrie<Net6Key, NetRules> = LpmTrie::with_max_entries(Map::Net6.capacity(), 0);
+
+/// The kernel's `BPF_F_NO_PREALLOC`: entries are allocated as they are written.
+const NO_PREALLOC: u32 = 1;
+
+/// IPv4 egress allow-list, the single addresses of identities with many (`IDENTITY_HOSTS4`):
+/// (generation, identity, address) -> port rules, with the rules of every prefix that holds
+/// the address merged in, so that a hit says it all. One hash lookup whatever their number; a
+/// miss goes on to `FENCE_NET4`.
+#[map]
+pub static FENCE_HOST4: HashMap<Net4Key, NetRules> = HashMap::with_max_entries(Map::Host4.capacity(), NO_PREALLOC);
+
+/// IPv6 egress allow-list, single addresses, as `FENCE_HOST4`.
+#[map]
+pub static FENCE_HOST6: HashMap<Net6Key, NetRules> = HashMap::with_max_entries(Map::Host6.capacity(), NO_PREALLOC);
 
 /// (generation, identity, inode) of programs the identity may execute -> 1.
 /// Consulted only for identities with `IDENTITY_EXEC_ALLOWLIST`.

@@ -8,18 +8,19 @@
 
 use aya_ebpf::{
     macros::{cgroup_sock, cgroup_sock_addr, lsm},
+    maps::lpm_trie::Key,
     programs::{LsmContext, SockAddrContext, SockContext},
 };
 use fence_common::{
-    EventKind, IDENTITY_DENY_ALL, Mechanism, NET_KEY_PREFIX_BITS, Net4Key, Net6Key, NetEvent, Operation, PROTO_TCP,
-    PROTO_UDP, Reason,
+    EventKind, IDENTITY_DENY_ALL, IDENTITY_HOSTS4, IDENTITY_HOSTS6, Mechanism, NET_KEY_PREFIX_BITS, Net4Key, Net6Key,
+    NetEvent, Operation, PROTO_TCP, PROTO_UDP, Reason,
 };
 
 use crate::{
     dns::{self, Named},
     events, grants,
     identity::{self, Fenced},
-    maps::{FENCE_NET4, FENCE_NET6},
+    maps::{FENCE_HOST4, FENCE_HOST6, FENCE_NET4, FENCE_NET6},
     verdicts,
 };
 
@@ -226,11 +227,16 @@ fn allowed_v4(who: &Fenced, addr: [u8; 4], d: &Dest) -> Option<Reason> {
     if let Some(slot) = verdicts::cached(&cache) {
         return allowed_by(Some(slot));
     }
-    let key = aya_ebpf::maps::lpm_trie::Key::new(
-        NET_KEY_PREFIX_BITS + 32,
-        Net4Key { generation: who.generation, identity: who.identity, addr },
-    );
-    let slot = match FENCE_NET4.get(&key) {
+    let key = Net4Key { generation: who.generation, identity: who.identity, addr };
+    // An identity with many single addresses has them in the host map (one lookup, however
+    // many); a miss there, or an identity without, goes to the prefix trie.
+    // SAFETY: the value is only read, within this program's run.
+    let rules = if who.info.flags & IDENTITY_HOSTS4 != 0 { unsafe { FENCE_HOST4.get(&key) } } else { None };
+    let rules = match rules {
+        Some(rules) => Some(rules),
+        None => FENCE_NET4.get(&Key::new(NET_KEY_PREFIX_BITS + 32, key)),
+    };
+    let slot = match rules {
         Some(rules) => rules.allows_where(proto, d.port, |slot| grants::live(slot, who.identity)),
         None => None,
     };
@@ -251,11 +257,15 @@ fn allowed_v6(who: &Fenced, addr: [u8; 16], d: &Dest) -> Option<Reason> {
     if let Some(slot) = verdicts::cached(&cache) {
         return allowed_by(Some(slot));
     }
-    let key = aya_ebpf::maps::lpm_trie::Key::new(
-        NET_KEY_PREFIX_BITS + 128,
-        Net6Key { generation: who.generation, identity: who.identity, addr },
-    );
-    let slot = match FENCE_NET6.get(&key) {
+    let key = Net6Key { generation: who.generation, identity: who.identity, addr };
+    // As in `allowed_v4`.
+    // SAFETY: the value is only read, within this program's run.
+    let rules = if who.info.flags & IDENTITY_HOSTS6 != 0 { unsafe { FENCE_HOST6.get(&key) } } else { None };
+    let rules = match rules {
+        Some(rules) => Some(rules),
+        None => FENCE_NET6.get(&Key::new(NET_KEY_PREFIX_BITS + 128, key)),
+    };
+    let slot = match rules {
         Some(rules) => rules.allows_where(proto, d.port, |slot| grants::live(slot, who.identity)),
         None => None,
     };

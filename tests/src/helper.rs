@@ -528,14 +528,17 @@ fn bench_tcp(to: SocketAddr, n: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// `n` TCP connects, each to the next of 65,535 addresses after `base` (an IPv4 address and
-/// a port where nothing listens): every connect is to a destination not seen for the last
+/// `n` TCP connects, each to another of the 65,535 addresses after `base` (an IPv4 address
+/// and a port where nothing listens): every connect is to a destination not seen for the last
 /// 65,534, and the loopback refuses it at once. A connect the fence refuses fails the run.
 fn bench_tcp_spread(base: SocketAddr, n: u64) -> io::Result<()> {
     let SocketAddr::V4(base) = base else { return Err(io::Error::other("an IPv4 base address")) };
     let first = u32::from(*base.ip());
     for i in 0..n {
-        let ip = std::net::Ipv4Addr::from(first + 1 + (i % 65_535) as u32);
+        // The 65,535 addresses after `base` in a scattered order (48,271 is prime to 65,535:
+        // each once per 65,535 connects), as destinations come, not in address order, whose
+        // neighbours share the CPU cache lines of the kernel's lookups.
+        let ip = std::net::Ipv4Addr::from(first + 1 + ((i * 48_271) % 65_535) as u32);
         match TcpStream::connect((ip, base.port())) {
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
             Err(e) => return Err(io::Error::other(format!("connect to {ip}: {e}"))),

@@ -32,6 +32,7 @@ mod kernel_fences;
 mod learn;
 mod logs;
 mod net;
+mod net_lookup;
 mod persist;
 mod postgres;
 mod probes;
@@ -66,6 +67,7 @@ fn all_tests() -> impl Iterator<Item = &'static harness::Test> {
         .chain(report::TESTS)
         .chain(bypass::TESTS)
         .chain(fastpath::TESTS)
+        .chain(net_lookup::TESTS)
         .chain(dns::TESTS)
         .chain(grants::TESTS)
         .chain(broker::TESTS)

@@ -28,6 +28,10 @@ use crate::{
 /// several ports per prefix (25,000 prefixes here).
 const PORTS_PER_PREFIX: usize = 4;
 
+/// fence-agent's `fences::net::HOST_MAP_MIN` (xtask does not build the agent's crate): an
+/// identity with this many single addresses has them in the kernel's host map.
+const HOST_MAP_MIN: usize = 256;
+
 /// The program whose cost the policy-size table reports (fence-common's `programs::CONNECT4`).
 const CONNECT4: &str = "fence_connect4";
 
@@ -38,15 +42,19 @@ struct Case {
     label: &'static str,
     identities: usize,
     rules: usize,
+    /// Prefix length of the filler rules: 32, single addresses (the kernel's host map), or
+    /// shorter (its prefix trie).
+    filler_len: u8,
 }
 
-const BASELINE: Case = Case { label: "1 identity, 10 rules", identities: 1, rules: 10 };
-const CASES: [Case; 5] = [
+const BASELINE: Case = Case { label: "1 identity, 10 rules", identities: 1, rules: 10, filler_len: 32 };
+const CASES: [Case; 6] = [
     BASELINE,
-    Case { label: "1 identity, 1,000 rules", identities: 1, rules: 1_000 },
-    Case { label: "1 identity, 100,000 rules", identities: 1, rules: 100_000 },
-    Case { label: "100 identities × 10 rules", identities: 100, rules: 10 },
-    Case { label: "1,000 identities × 10 rules", identities: 1_000, rules: 10 },
+    Case { label: "1 identity, 1,000 rules", identities: 1, rules: 1_000, filler_len: 32 },
+    Case { label: "1 identity, 100,000 rules", identities: 1, rules: 100_000, filler_len: 32 },
+    Case { label: "100 identities × 10 rules", identities: 100, rules: 10, filler_len: 32 },
+    Case { label: "1,000 identities × 10 rules", identities: 1_000, rules: 10, filler_len: 32 },
+    Case { label: "1 identity, 100,000 rules on /30 prefixes", identities: 1, rules: 100_000, filler_len: 30 },
 ];
 
 /// The policy document of a case, as JSON: the agent's YAML parser refuses documents of more
@@ -57,7 +65,9 @@ const CASES: [Case; 5] = [
 /// separate rules in the kernel). The fillers surround the listener's address: the kernel's
 /// longest-prefix lookup for the workload goes through the densest part of the trie (fillers
 /// elsewhere, 10.x say, would leave 127.0.0.1 near its root and the rule count unmeasured).
-/// 127.0.0.1 itself carries the same 4 filler ports in every case. Rule 1 allows
+/// 127.0.0.1 itself carries the same 4 filler ports in every case. A case whose fillers are
+/// shorter prefixes (`filler_len` < 32) has them at 127.0.0.0/30, 127.0.0.4/30, ...: they are
+/// in the kernel's prefix trie, where single addresses are in its host map. Rule 1 allows
 /// [`SPREAD_PREFIX`] on [`SPREAD_PORT`] (no listener): the spread workload's destinations,
 /// each new to the verdict cache.
 fn policy(case: Case, ids: &[Cgroup], tcp_port: u16) -> String {
@@ -72,11 +82,10 @@ fn policy(case: Case, ids: &[Cgroup], tcp_port: u16) -> String {
                 rule(SPREAD_PREFIX.to_owned(), usize::from(SPREAD_PORT)),
             ];
             egress.extend((0..case.rules.saturating_sub(2)).map(|j| {
-                let p = j / PORTS_PER_PREFIX;
-                rule(
-                    format!("127.{}.{}.{}", (p >> 16) & 0xff, (p >> 8) & 0xff, p & 0xff),
-                    1000 + 2 * (j % PORTS_PER_PREFIX),
-                )
+                let p = (j / PORTS_PER_PREFIX) << (32 - u32::from(case.filler_len));
+                let net = format!("127.{}.{}.{}", (p >> 16) & 0xff, (p >> 8) & 0xff, p & 0xff);
+                let to = if case.filler_len == 32 { net } else { format!("{net}/{}", case.filler_len) };
+                rule(to, 1000 + 2 * (j % PORTS_PER_PREFIX))
             }));
             serde_json::json!({
                 "name": format!("bench-{i}"),
@@ -246,15 +255,17 @@ pub fn policy_size(env: &Env<'_>, rounds: u32) -> Result<Table> {
              policy; one agent, its policy switched by SIGHUP between the cases in an order that rotates, {rounds} \
              rounds (a case whose apply takes over {} s: {SLOW_ROUNDS} at most). A rule is one egress item with one \
              address and one port ({PORTS_PER_PREFIX} ports per address: 127.0.0.0 upwards, around the listener's \
-             127.0.0.1, so that its lookup goes through the densest part of the kernel's prefix trie). The loop's \
-             destination is in the kernel's verdict cache after its first connect. New destinations: \
-             fence_connect4 in {} connects to the addresses of {SPREAD_PREFIX} in turn, more than the cache holds \
-             (port {SPREAD_PORT}, allowed by one rule of each policy; nothing listens): each destination is one the \
-             cache has not seen. Connect: CPU time (user + system) of the \
+             127.0.0.1, so that its lookup goes through the densest part of the kernel's prefix trie; an identity \
+             with {} single addresses or more has them in the kernel's host map instead), or in the last case one \
+             /30 prefix (all in the trie). The loop's destination is in the kernel's verdict cache after its first \
+             connect. New destinations: fence_connect4 in {} connects to the addresses of {SPREAD_PREFIX} in a \
+             scattered order, more than the cache holds (port {SPREAD_PORT}, allowed by one rule of each policy; \
+             nothing listens): each destination is one the cache has not seen. Connect: CPU time (user + system) of the \
              workload process per connect. Ratios to the 10-rule case of the same round: median ± half the IQR \
              in percent. Apply: from SIGHUP to the status op's `handled` count \
              growing, from the case before it in the rotation.",
             SLOW.as_secs(),
+            HOST_MAP_MIN,
             spread.count
         ),
         &[
@@ -388,7 +399,8 @@ mod tests {
             .map(|i| Cgroup { rel: format!("/x/id-{i}"), dir: std::path::PathBuf::from("/nonexistent") })
             .collect();
         let doc: serde_json::Value =
-            serde_json::from_str(&policy(Case { label: "", identities: 2, rules: 10 }, &ids, 4242)).unwrap();
+            serde_json::from_str(&policy(Case { label: "", identities: 2, rules: 10, filler_len: 32 }, &ids, 4242))
+                .unwrap();
         let identities = doc["identities"].as_array().unwrap();
         assert_eq!(identities.len(), 2);
         for identity in identities {
@@ -405,6 +417,11 @@ mod tests {
         let big = policy(CASES[2], &ids, 1);
         assert_eq!(big.matches("\"protocol\"").count(), 100_000);
         assert!(big.len() < 16 << 20, "under the agent's policy file limit");
+        let prefixes: serde_json::Value = serde_json::from_str(&policy(CASES[5], &ids, 1)).unwrap();
+        let egress = prefixes["identities"][0]["egress"].as_array().unwrap();
+        assert_eq!(egress.len(), 100_000);
+        assert_eq!(egress[2]["to"][0], "127.0.0.0/30");
+        assert_eq!(egress[2 + PORTS_PER_PREFIX]["to"][0], "127.0.0.4/30");
         std::mem::forget(ids);
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! | unit | row | programs | maps |
 //! |---|---|---|---|
-//! | [`net`] | egress | cgroup connect4/6, sendmsg4/6, sock_create, cgroup_skb/egress; lsm/socket_create | `Net4`, `Net6` |
+//! | [`net`] | egress | cgroup connect4/6, sendmsg4/6, sock_create, cgroup_skb/egress; lsm/socket_create | `Host4`, `Host6`, `Net4`, `Net6` |
 //! | [`dns`] | dns | cgroup recvmsg4/6, getpeername4/6 (steering in the egress programs) | `DnsResolvers`, `DnsSteered`, `Learned4`, `Learned6` (not generational) |
 //! | [`exec`] | exec | lsm/bprm_check_security, else tp_btf/sched_process_exec + SIGKILL | `Exec` |
 //! | [`files`] | credential-files | lsm/file_open, inode_unlink, inode_rmdir, inode_rename, inode_link, path_truncate; else fanotify in the agent | `Protected`, `FileExcept` |

@@ -4,15 +4,16 @@
 //!
 //! Egress rules become LPM-trie entries keyed by (identity, prefix). The kernel finds only the
 //! longest matching prefix, so each prefix's entry carries the port rules of every rule whose
-//! network contains it (a /16 inside an allowed /8 keeps the /8's ports).
+//! network contains it (a /16 inside an allowed /8 keeps the /8's ports). An identity with
+//! many single addresses ([`HOST_MAP_MIN`]) has those in a hash map instead, looked up first.
 
 use fence_common::events::Mechanism;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aya_obj::generated::bpf_attach_type;
-use fence_common::{MAX_PORT_RULES, Map, NetRules, Operation, PortRule, programs};
+use fence_common::{IDENTITY_HOSTS4, IDENTITY_HOSTS6, MAX_PORT_RULES, Map, NetRules, Operation, PortRule, programs};
 
-use super::{Availability, FenceReport, IdentityInput, LoadContext, ReportContext, Unit, no_flags, no_host_entries};
+use super::{Availability, FenceReport, IdentityInput, LoadContext, ReportContext, Unit, no_host_entries};
 use crate::{
     kernel::{MapEntry, NetEntry},
     policy::{
@@ -23,12 +24,12 @@ use crate::{
 
 pub const UNIT: Unit = Unit {
     name: "egress",
-    maps: &[Map::Net4, Map::Net6],
+    maps: &[Map::Host4, Map::Host6, Map::Net4, Map::Net6],
     operations: &[Operation::Connect, Operation::Sendmsg, Operation::Socket, Operation::Packet],
     load,
     required: true,
     report,
-    flags: no_flags,
+    flags,
     compile_host: no_host_entries,
     compile_identity,
     keeps_expired: false,
@@ -93,9 +94,44 @@ fn report(a: &Availability, ctx: &ReportContext<'_>) -> FenceReport {
     }
 }
 
+/// An identity with at least this many single addresses of a family has them in the kernel's
+/// host map: one hash lookup, whatever their number, where the prefix trie's walk grows with
+/// them. With fewer, they stay in the trie: its walk over a few entries costs less than the
+/// hash table's read of a bucket that is not in the CPU's cache (about 80 ns here), which a
+/// destination that is not a single address would pay before the trie's walk as well.
+pub const HOST_MAP_MIN: usize = 256;
+
+/// Which families' single addresses go to the host map.
+#[derive(Debug, Clone, Copy)]
+struct Hosts {
+    v4: bool,
+    v6: bool,
+}
+
+impl Hosts {
+    fn of(identity: &Identity) -> Hosts {
+        let singles: BTreeSet<&IpNet> = identity
+            .egress
+            .iter()
+            .flat_map(|r| r.nets.iter())
+            .filter(|n| matches!(n, IpNet::V4 { len: 32, .. } | IpNet::V6 { len: 128, .. }))
+            .collect();
+        let v4 = singles.iter().filter(|n| matches!(n, IpNet::V4 { .. })).count();
+        Hosts { v4: v4 >= HOST_MAP_MIN, v6: singles.len() - v4 >= HOST_MAP_MIN }
+    }
+}
+
+/// `IDENTITY_HOSTS4`/`6`: the programs look the identity's destinations up in the host map
+/// first.
+fn flags(identity: &Identity) -> u8 {
+    let hosts = Hosts::of(identity);
+    (if hosts.v4 { IDENTITY_HOSTS4 } else { 0 }) | (if hosts.v6 { IDENTITY_HOSTS6 } else { 0 })
+}
+
 fn compile_identity(input: &IdentityInput<'_>, out: &mut Vec<MapEntry>) -> Result<(), PolicyError> {
     let identity = input.identity;
     let id = input.compiled.id;
+    let hosts = Hosts::of(identity);
     // Every distinct prefix of the identity, in order, with the ports of the rules that name it.
     // The order (IPv4 before IPv6, then address, then length) puts every network before the
     // networks inside it, and the networks inside it right after it: a walk in this order with
@@ -128,14 +164,20 @@ fn compile_identity(input: &IdentityInput<'_>, out: &mut Vec<MapEntry>) -> Resul
             let inherited = stack.iter().rev().find(|(outer, _)| outer.contains(prefix)).map(|(_, p)| p);
             Ports::of(inherited, &[]).rules()
         };
-        out.push(entry(identity, id, prefix, &ports)?);
+        out.push(entry(identity, id, prefix, &ports, hosts)?);
     }
     Ok(())
 }
 
 /// The map entry of `prefix` with its merged port rules, or the error naming the prefix when
 /// they do not fit in one entry.
-fn entry(identity: &Identity, id: u32, prefix: &IpNet, merged: &[PortRule]) -> Result<MapEntry, PolicyError> {
+fn entry(
+    identity: &Identity,
+    id: u32,
+    prefix: &IpNet,
+    merged: &[PortRule],
+    hosts: Hosts,
+) -> Result<MapEntry, PolicyError> {
     if merged.len() > MAX_PORT_RULES {
         return Err(PolicyError {
             file: identity.source.clone(),
@@ -151,8 +193,12 @@ fn entry(identity: &Identity, id: u32, prefix: &IpNet, merged: &[PortRule]) -> R
     let mut rules = NetRules { count: merged.len() as u32, ..NetRules::default() };
     rules.rules[..merged.len()].copy_from_slice(merged);
     Ok(match *prefix {
-        IpNet::V4 { addr, len } => MapEntry::Net4(NetEntry { identity: id, prefix_len: len, addr, rules }),
-        IpNet::V6 { addr, len } => MapEntry::Net6(NetEntry { identity: id, prefix_len: len, addr, rules }),
+        IpNet::V4 { addr, len } => {
+            MapEntry::Net4(NetEntry { identity: id, prefix_len: len, addr, rules, hashed: hosts.v4 && len == 32 })
+        }
+        IpNet::V6 { addr, len } => {
+            MapEntry::Net6(NetEntry { identity: id, prefix_len: len, addr, rules, hashed: hosts.v6 && len == 128 })
+        }
     })
 }
 
@@ -201,8 +247,12 @@ mod tests {
             let mut rules = NetRules { count: merged.len() as u32, ..NetRules::default() };
             rules.rules[..merged.len()].copy_from_slice(&merged);
             out.push(match *prefix {
-                IpNet::V4 { addr, len } => MapEntry::Net4(NetEntry { identity: id, prefix_len: len, addr, rules }),
-                IpNet::V6 { addr, len } => MapEntry::Net6(NetEntry { identity: id, prefix_len: len, addr, rules }),
+                IpNet::V4 { addr, len } => {
+                    MapEntry::Net4(NetEntry { identity: id, prefix_len: len, addr, rules, hashed: false })
+                }
+                IpNet::V6 { addr, len } => {
+                    MapEntry::Net6(NetEntry { identity: id, prefix_len: len, addr, rules, hashed: false })
+                }
             });
         }
         Ok(())
@@ -340,6 +390,52 @@ mod tests {
         .unwrap();
         assert_eq!(rules_of(&c, "127.0.0.1/32"), vec![(8080, 8080, PROTO_TCP)]);
         assert_eq!(rules_of(&c, "::1/128"), vec![(8080, 8080, PROTO_TCP)]);
+    }
+
+    /// An identity with [`HOST_MAP_MIN`] single addresses of a family has them, and only them,
+    /// in the host map, with the flag that makes the programs look there; one with fewer has
+    /// everything in the trie. Each family is counted on its own.
+    #[test]
+    fn many_single_addresses_go_to_the_host_map() {
+        let addrs = |n: usize| -> Vec<String> { (0..n).map(|i| format!("10.9.{}.{}", i / 256, i % 256)).collect() };
+        let compiled = |n: usize| {
+            let v4 = addrs(n);
+            let mut nets: Vec<&str> = v4.iter().map(String::as_str).collect();
+            nets.extend(["10.0.0.0/8", "::1"]);
+            compile_plain(&set(vec![identity("a", vec![rule("r", &nets, &[(443, 443)], PROTO_TCP)])])).unwrap()
+        };
+        let few = compiled(HOST_MAP_MIN - 1);
+        assert_eq!(few.identities[0].info.flags & (IDENTITY_HOSTS4 | IDENTITY_HOSTS6), 0);
+        let hashed = |e: &MapEntry| {
+            matches!(e, MapEntry::Net4(NetEntry { hashed: true, .. }) | MapEntry::Net6(NetEntry { hashed: true, .. }))
+        };
+        assert!(!few.entries.iter().any(hashed));
+        let many = compiled(HOST_MAP_MIN);
+        assert_eq!(many.identities[0].info.flags & (IDENTITY_HOSTS4 | IDENTITY_HOSTS6), IDENTITY_HOSTS4);
+        let count = |map: Map| many.entries.iter().filter(|e| e.map() == map).count();
+        assert_eq!(count(Map::Host4), HOST_MAP_MIN, "every single IPv4 address");
+        assert_eq!(count(Map::Net4), 1, "the /8 stays in the trie");
+        assert_eq!((count(Map::Host6), count(Map::Net6)), (0, 1), "one IPv6 address: in the trie");
+        assert!(many.entries.iter().all(|e| match e {
+            MapEntry::Net4(n) => n.hashed == (n.prefix_len == 32),
+            _ => true,
+        }));
+        // The wider prefix's ports are folded into each address's entry, wherever it is.
+        let first = many
+            .entries
+            .iter()
+            .find_map(|e| match e {
+                MapEntry::Net4(n) if n.hashed && n.addr == [10, 9, 0, 0] => Some(n.rules),
+                _ => None,
+            })
+            .expect("10.9.0.0's entry");
+        assert_eq!(first.count, 1, "443/tcp from both rules, merged: {first:?}");
+        // The identity's entry carries the flag the programs read.
+        assert!(
+            many.entries
+                .iter()
+                .any(|e| matches!(e, MapEntry::Identity { info, .. } if info.flags & IDENTITY_HOSTS4 != 0))
+        );
     }
 
     #[test]

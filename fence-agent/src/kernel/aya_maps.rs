@@ -114,11 +114,17 @@ impl PolicyMaps for AyaPolicyMaps {
             }
             MapEntry::Net4(e) => {
                 let key = Net4Key { generation: g, identity: e.identity, addr: e.addr };
-                self.put_lpm(map, &Key::new(NET_KEY_PREFIX_BITS + u32::from(e.prefix_len), key), &e.rules)
+                match map {
+                    Map::Host4 => self.put(map, &key, &e.rules),
+                    _ => self.put_lpm(map, &Key::new(NET_KEY_PREFIX_BITS + u32::from(e.prefix_len), key), &e.rules),
+                }
             }
             MapEntry::Net6(e) => {
                 let key = Net6Key { generation: g, identity: e.identity, addr: e.addr };
-                self.put_lpm(map, &Key::new(NET_KEY_PREFIX_BITS + u32::from(e.prefix_len), key), &e.rules)
+                match map {
+                    Map::Host6 => self.put(map, &key, &e.rules),
+                    _ => self.put_lpm(map, &Key::new(NET_KEY_PREFIX_BITS + u32::from(e.prefix_len), key), &e.rules),
+                }
             }
             MapEntry::Exec { identity, object, grant } | MapEntry::Unix { identity, object, grant } => {
                 self.put(map, &inode(*identity, object), &inode_value(1, *grant))
@@ -163,6 +169,8 @@ impl PolicyMaps for AyaPolicyMaps {
             Map::Cgroups => self.clear_hash::<CgroupKey, u32>(map, g),
             Map::Identities => self.clear_hash::<IdentityKey, IdentityInfo>(map, g),
             Map::Units => self.clear_hash::<UnitKey, u32>(map, g),
+            Map::Host4 => self.clear_hash::<Net4Key, NetRules>(map, g),
+            Map::Host6 => self.clear_hash::<Net6Key, NetRules>(map, g),
             Map::Net4 => self.clear_lpm::<Net4Key>(map, g),
             Map::Net6 => self.clear_lpm::<Net6Key>(map, g),
             Map::Exec | Map::Protected | Map::FileExcept | Map::Unix => self.clear_hash::<InodeKey, u32>(map, g),
@@ -210,18 +218,38 @@ impl PolicyMaps for AyaPolicyMaps {
                     MapEntry::Unit { path: String::from_utf8_lossy(&k.path[..end]).into_owned(), identity }
                 })
                 .collect(),
+            Map::Host4 => self
+                .entries::<Net4Key, NetRules>(map, g)?
+                .into_iter()
+                .map(|(k, rules)| {
+                    MapEntry::Net4(NetEntry { identity: k.identity, prefix_len: 32, addr: k.addr, rules, hashed: true })
+                })
+                .collect(),
+            Map::Host6 => self
+                .entries::<Net6Key, NetRules>(map, g)?
+                .into_iter()
+                .map(|(k, rules)| {
+                    MapEntry::Net6(NetEntry {
+                        identity: k.identity,
+                        prefix_len: 128,
+                        addr: k.addr,
+                        rules,
+                        hashed: true,
+                    })
+                })
+                .collect(),
             Map::Net4 => self
                 .lpm_entries::<Net4Key>(map, g)?
                 .into_iter()
                 .map(|(prefix_len, k, rules)| {
-                    MapEntry::Net4(NetEntry { identity: k.identity, prefix_len, addr: k.addr, rules })
+                    MapEntry::Net4(NetEntry { identity: k.identity, prefix_len, addr: k.addr, rules, hashed: false })
                 })
                 .collect(),
             Map::Net6 => self
                 .lpm_entries::<Net6Key>(map, g)?
                 .into_iter()
                 .map(|(prefix_len, k, rules)| {
-                    MapEntry::Net6(NetEntry { identity: k.identity, prefix_len, addr: k.addr, rules })
+                    MapEntry::Net6(NetEntry { identity: k.identity, prefix_len, addr: k.addr, rules, hashed: false })
                 })
                 .collect(),
             Map::Exec | Map::Protected | Map::FileExcept | Map::Unix => self

@@ -5,13 +5,16 @@ use serde::Serialize;
 
 use crate::resolve::ObjectId;
 
-/// One LPM entry: destinations in `addr/prefix_len` may use `rules`.
+/// One egress entry: destinations in `addr/prefix_len` may use `rules`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetEntry<const N: usize> {
     pub identity: u32,
     pub prefix_len: u8,
     pub addr: [u8; N],
     pub rules: NetRules,
+    /// In the host map ([`Map::Host4`], [`Map::Host6`]; a single address of an identity with
+    /// `IDENTITY_HOSTS4`/`6`), else in the prefix trie.
+    pub hashed: bool,
 }
 
 /// One entry of a policy map (see [`fence_common::Map::POLICY`]), without its generation.
@@ -73,7 +76,9 @@ impl MapEntry {
     pub fn map(&self) -> Map {
         match self {
             MapEntry::Identity { .. } => Map::Identities,
+            MapEntry::Net4(e) if e.hashed => Map::Host4,
             MapEntry::Net4(_) => Map::Net4,
+            MapEntry::Net6(e) if e.hashed => Map::Host6,
             MapEntry::Net6(_) => Map::Net6,
             MapEntry::Exec { .. } => Map::Exec,
             MapEntry::Protected { .. } => Map::Protected,
@@ -91,8 +96,12 @@ impl MapEntry {
         use MapEntry as E;
         match (self, other) {
             (E::Identity { identity: a, .. }, E::Identity { identity: b, .. }) => a == b,
-            (E::Net4(a), E::Net4(b)) => (a.identity, a.prefix_len, a.addr) == (b.identity, b.prefix_len, b.addr),
-            (E::Net6(a), E::Net6(b)) => (a.identity, a.prefix_len, a.addr) == (b.identity, b.prefix_len, b.addr),
+            (E::Net4(a), E::Net4(b)) => {
+                (a.hashed, a.identity, a.prefix_len, a.addr) == (b.hashed, b.identity, b.prefix_len, b.addr)
+            }
+            (E::Net6(a), E::Net6(b)) => {
+                (a.hashed, a.identity, a.prefix_len, a.addr) == (b.hashed, b.identity, b.prefix_len, b.addr)
+            }
             (E::Exec { identity: a, object: x, .. }, E::Exec { identity: b, object: y, .. })
             | (E::FileExcept { identity: a, object: x, .. }, E::FileExcept { identity: b, object: y, .. })
             | (E::Unix { identity: a, object: x, .. }, E::Unix { identity: b, object: y, .. }) => (a, x) == (b, y),
