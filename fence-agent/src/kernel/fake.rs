@@ -16,8 +16,8 @@ pub struct FakeMaps {
     pub inserted: Vec<MapEntry>,
     /// How `set_active` fails (`None`: it does not).
     pub set_active_errs: Option<SetActiveErr>,
-    /// The next `active` fails (set by [`SetActiveErr::AfterWriteUnreadable`]).
-    active_unreadable: std::cell::Cell<bool>,
+    /// This many next `active` reads fail (set by [`SetActiveErr::AfterWriteUnreadable`]).
+    active_unreadable: std::cell::Cell<u32>,
 }
 
 /// A failure of `set_active` to inject.
@@ -27,7 +27,7 @@ pub enum SetActiveErr {
     BeforeWrite,
     /// Written, then an error.
     AfterWrite,
-    /// Written, then an error, and the next `active` fails.
+    /// Written, then an error, and the next three `active` reads fail (every read-back).
     AfterWriteUnreadable,
 }
 
@@ -66,7 +66,9 @@ impl PolicyMaps for FakeMaps {
     }
 
     fn active(&self) -> Result<ActiveState, MapsError> {
-        if self.active_unreadable.replace(false) {
+        let unreadable = self.active_unreadable.get();
+        if unreadable > 0 {
+            self.active_unreadable.set(unreadable - 1);
             return Err(MapsError::Injected { map: Map::Active.name() });
         }
         Ok(self.active)
@@ -83,7 +85,7 @@ impl PolicyMaps for FakeMaps {
             }
             Some(SetActiveErr::AfterWriteUnreadable) => {
                 self.active = state;
-                self.active_unreadable.set(true);
+                self.active_unreadable.set(3);
                 return injected;
             }
         }

@@ -19,7 +19,11 @@ pub struct ApplyReport {
 enum Flip {
     /// The previous policy is still live.
     NotLive(MapsError),
-    /// The write failed and the active state could not be read back.
+    /// The write failed and the active state could not be read back, three times. Taken as not
+    /// live by the caller (the policy service undoes what it prepared): the kernel copies an
+    /// array value in before it updates, so an update that fails has not written. Should it
+    /// have, the new generation is left in place (not cleared under the programs), and the
+    /// next apply follows the kernel ([`Generations::follow_kernel`]).
     Unknown(MapsError),
 }
 
@@ -38,7 +42,9 @@ impl<M: PolicyMaps> Generations<M> {
     }
 
     /// Makes `entries` the live policy. On error the previous policy stays live and untouched
-    /// (the half-written generation is cleared again).
+    /// (the half-written generation is cleared again), with one exception no kernel is known
+    /// to produce: the flip's write reports an error and the active state cannot be read back
+    /// (see [`Flip::Unknown`]).
     pub fn apply(&mut self, entries: &[MapEntry]) -> Result<ApplyReport, MapsError> {
         self.apply_following(entries, &|_| None)
     }
@@ -151,7 +157,12 @@ impl<M: PolicyMaps> Generations<M> {
                 "the kernel's live policy generation is not the one this agent last wrote; continuing from the kernel's"
             );
             self.live = active.generation & 1;
-            self.sequence = active.sequence;
+            // The next flip writes sequence + 1 with the other generation: generation ==
+            // sequence mod 2 must hold there too (the programs' caches rely on it).
+            self.sequence = active.sequence + u64::from(active.sequence % 2 != u64::from(self.live));
+            // The generation about to be cleared was live until that flip: hooks that read it
+            // just before finish first.
+            self.maps.grace_period();
         }
         Ok(())
     }
@@ -161,7 +172,15 @@ impl<M: PolicyMaps> Generations<M> {
     /// under the programs, nor its sequence number given to another policy.
     fn flip(&mut self, state: ActiveState) -> Result<(), Flip> {
         let Err(e) = self.maps.set_active(state) else { return Ok(()) };
-        match self.maps.active() {
+        let mut read = self.maps.active();
+        for _ in 1..3 {
+            if read.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            read = self.maps.active();
+        }
+        match read {
             Ok(now) if now == state => {
                 tracing::warn!(error = %e, sequence = state.sequence, "the kernel took the policy flip although the write reported an error");
                 Ok(())
@@ -231,7 +250,8 @@ mod tests {
         assert_eq!(k.apply(&[cgroup(2, 1)]).unwrap().sequence, 2, "read back: it is live");
         assert_eq!(k.maps().live(), &[cgroup(2, 1)]);
 
-        // Not readable back either: nothing is cleared, and the next apply follows the kernel.
+        // Not readable back either (three reads): nothing is cleared, and the next apply follows
+        // the kernel.
         k.maps.set_active_errs = Some(SetActiveErr::AfterWriteUnreadable);
         assert!(k.apply(&[cgroup(3, 1)]).is_err());
         k.maps.set_active_errs = None;
@@ -249,6 +269,18 @@ mod tests {
         assert_eq!(k.maps().live(), &[cgroup(4, 1)]);
         assert!(k.maps().generation(1).is_empty(), "the unflipped generation is cleared");
         assert_eq!(k.apply(&[cgroup(6, 1)]).unwrap().sequence, 5);
+    }
+
+    /// A kernel state this agent did not write, whose sequence has the other parity: the next
+    /// flip still writes generation == sequence mod 2, and a higher sequence.
+    #[test]
+    fn following_the_kernel_keeps_the_parity() {
+        let mut k = Generations::new(FakeMaps::default()).unwrap();
+        k.apply(&[cgroup(1, 1)]).unwrap();
+        k.maps_mut().set_active(ActiveState { generation: 1, abi: ABI_VERSION, sequence: 4 }).unwrap();
+        let r = k.apply(&[cgroup(2, 1)]).unwrap();
+        assert_eq!((r.generation, r.sequence), (0, 6));
+        assert_eq!(k.maps().live(), &[cgroup(2, 1)]);
     }
 
     #[test]
