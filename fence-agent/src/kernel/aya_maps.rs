@@ -66,7 +66,9 @@ impl AyaPolicyMaps {
     ) -> Result<Vec<(K, V)>, MapsError> {
         let err = |source| MapsError::Map { map: map.name(), source };
         let h: HashMap<&MapData, K, V> = HashMap::try_from(self.raw(map)?).map_err(err)?;
-        h.iter().filter_map(Result::ok).filter(|(k, _)| k.generation() == generation).map(Ok).collect()
+        // An error ends the kernel's iteration: it is returned, never taken for the end.
+        let all: Vec<(K, V)> = h.iter().collect::<Result<_, _>>().map_err(err)?;
+        Ok(all.into_iter().filter(|(k, _)| k.generation() == generation).collect())
     }
 
     fn lpm_entries<K: aya::Pod + Generational>(
@@ -76,8 +78,9 @@ impl AyaPolicyMaps {
     ) -> Result<Vec<(u8, K, NetRules)>, MapsError> {
         let err = |source| MapsError::Map { map: map.name(), source };
         let t: LpmTrie<&MapData, K, NetRules> = LpmTrie::try_from(self.raw(map)?).map_err(err)?;
-        Ok(t.iter()
-            .filter_map(Result::ok)
+        let all: Vec<(Key<K>, NetRules)> = t.iter().collect::<Result<_, _>>().map_err(err)?;
+        Ok(all
+            .into_iter()
             .filter(|(k, _)| k.data().generation() == generation)
             .map(|(k, v)| ((k.prefix_len() - NET_KEY_PREFIX_BITS) as u8, k.data(), v))
             .collect())
@@ -86,7 +89,10 @@ impl AyaPolicyMaps {
     fn clear_hash<K: aya::Pod + Generational, V: aya::Pod>(&mut self, map: Map, g: u32) -> Result<(), MapsError> {
         let err = |source| MapsError::Map { map: map.name(), source };
         let mut h: HashMap<&mut MapData, K, V> = HashMap::try_from(self.raw_mut(map)?).map_err(err)?;
-        let keys: Vec<K> = h.keys().filter_map(Result::ok).filter(|k| k.generation() == g).collect();
+        // A key the iteration did not reach would stay, and be live again when this generation
+        // is next written: an error fails the clear (and so the apply), never ends it early.
+        let keys: Vec<K> = h.keys().collect::<Result<Vec<K>, _>>().map_err(err)?;
+        let keys: Vec<K> = keys.into_iter().filter(|k| k.generation() == g).collect();
         for k in keys {
             remove_ok_if_gone(h.remove(&k)).map_err(err)?;
         }
@@ -96,7 +102,8 @@ impl AyaPolicyMaps {
     fn clear_lpm<K: aya::Pod + Generational>(&mut self, map: Map, g: u32) -> Result<(), MapsError> {
         let err = |source| MapsError::Map { map: map.name(), source };
         let mut t: LpmTrie<&mut MapData, K, NetRules> = LpmTrie::try_from(self.raw_mut(map)?).map_err(err)?;
-        let keys: Vec<Key<K>> = t.keys().filter_map(Result::ok).filter(|k| k.data().generation() == g).collect();
+        let keys: Vec<Key<K>> = t.keys().collect::<Result<Vec<_>, _>>().map_err(err)?;
+        let keys: Vec<Key<K>> = keys.into_iter().filter(|k| k.data().generation() == g).collect();
         for k in keys {
             remove_ok_if_gone(t.remove(&k)).map_err(err)?;
         }

@@ -87,8 +87,14 @@ impl DnsKernel for AyaDnsMaps {
     }
 
     fn learned(&self) -> Result<Vec<(u32, IpAddr, LearnedRules)>, MapsError> {
-        let v4 = self.learned4.iter().filter_map(Result::ok).map(|(k, v)| (k.identity, IpAddr::from(k.addr), v));
-        let v6 = self.learned6.iter().filter_map(Result::ok).map(|(k, v)| (k.identity, IpAddr::from(k.addr), v));
+        // An error ends the kernel's iteration: returned, never taken for the end (an address
+        // not adopted would never be forgotten when its name is revoked, only at its expiry).
+        let v4: Vec<(Learned4Key, LearnedRules)> =
+            self.learned4.iter().collect::<Result<_, _>>().map_err(err(Map::Learned4))?;
+        let v6: Vec<(Learned6Key, LearnedRules)> =
+            self.learned6.iter().collect::<Result<_, _>>().map_err(err(Map::Learned6))?;
+        let v4 = v4.into_iter().map(|(k, v)| (k.identity, IpAddr::from(k.addr), v));
+        let v6 = v6.into_iter().map(|(k, v)| (k.identity, IpAddr::from(k.addr), v));
         Ok(v4.chain(v6).collect())
     }
 }
