@@ -95,12 +95,24 @@ pub fn verify(files: &[PathBuf], key: Option<&PublicKey>, refs: &[Reference]) ->
     // Per reference: None not seen, Some(matches).
     let mut found: Vec<Option<bool>> = vec![None; refs.len()];
     for path in files {
-        let bytes = fs::read(path)?;
-        let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
-        // The piece after the last newline: empty for a whole file, else a line cut short.
-        let tail = lines.pop().unwrap_or_default();
-        for (i, line) in lines.iter().enumerate() {
-            let at = |what: String| Finding { file: path.clone(), line: i as u64 + 1, what };
+        // A line at a time: a log of any size in constant memory. The piece after the last
+        // newline (empty for a whole file, else a line cut short) ends the loop.
+        let mut reader = io::BufReader::with_capacity(1 << 16, fs::File::open(path)?);
+        let mut buf = Vec::new();
+        let mut whole_lines: u64 = 0;
+        let tail: Vec<u8> = loop {
+            buf.clear();
+            if io::BufRead::read_until(&mut reader, b'\n', &mut buf)? == 0 {
+                break Vec::new();
+            }
+            if buf.last() != Some(&b'\n') {
+                break std::mem::take(&mut buf);
+            }
+            buf.pop();
+            let line: &[u8] = &buf;
+            whole_lines += 1;
+            let number = whole_lines;
+            let at = |what: String| Finding { file: path.clone(), line: number, what };
             r.lines += 1;
             let hash = line_hash(line);
             let value: Option<serde_json::Value> = serde_json::from_slice(line).ok();
@@ -189,12 +201,12 @@ pub fn verify(files: &[PathBuf], key: Option<&PublicKey>, refs: &[Reference]) ->
                 }
             }
             before = Some((Some(link.seq), hash));
-        }
+        };
         if !tail.is_empty() {
             r.lines += 1;
             r.findings.push(Finding {
                 file: path.clone(),
-                line: lines.len() as u64 + 1,
+                line: whole_lines + 1,
                 what: "the last line is cut short (no newline): the file was truncated or a write failed".into(),
             });
         }

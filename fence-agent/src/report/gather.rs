@@ -59,11 +59,28 @@ pub fn host_name(status: &StatusReply) -> String {
         .unwrap_or_default()
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, GatherError> {
-    match std::fs::read(path) {
-        Ok(b) => Ok(b),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(source) => Err(GatherError::Read { path: path.to_owned(), source }),
+/// Each non-empty line of `path` (without its newline), one at a time: a log of any size is
+/// read in constant memory (the agent gathers its own report to publish it). A missing file
+/// has no lines.
+fn each_line(path: &Path, mut f: impl FnMut(&[u8])) -> Result<(), GatherError> {
+    use std::io::BufRead as _;
+    let err = |source| GatherError::Read { path: path.to_owned(), source };
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(err(e)),
+    };
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).map_err(err)? == 0 {
+            return Ok(());
+        }
+        let raw = line.strip_suffix(b"\n").unwrap_or(&line);
+        if !raw.is_empty() {
+            f(raw);
+        }
     }
 }
 
@@ -72,14 +89,10 @@ fn read_logs(config: &Config, since: Option<Timestamp>) -> Result<LogEvidence, G
     let mut logs = LogEvidence::default();
     if let Some(events) = &config.events.file {
         for file in rotated_set(events, config.events.keep) {
-            for raw in read(&file)?.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                logs.event_line(raw, since);
-            }
+            each_line(&file, |raw| logs.event_line(raw, since))?;
         }
     }
-    for raw in read(&config.audit.file)?.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        logs.audit_line(raw, since);
-    }
+    each_line(&config.audit.file, |raw| logs.audit_line(raw, since))?;
     Ok(logs)
 }
 
@@ -144,4 +157,25 @@ fn env_scan(identities: &[IdentityStatus]) -> (Result<Vec<EnvCredentials>, Strin
         }
     }
     (Ok(out), unreadable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_read_one_at_a_time_without_their_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let long = "x".repeat(200_000);
+        std::fs::write(&path, format!("one\n\n{long}\nlast without newline")).unwrap();
+        let mut seen = Vec::new();
+        each_line(&path, |l| seen.push(String::from_utf8_lossy(l).into_owned())).unwrap();
+        assert_eq!(seen, ["one", long.as_str(), "last without newline"]);
+        let mut none = 0;
+        each_line(&dir.path().join("missing"), |_| none += 1).unwrap();
+        assert_eq!(none, 0, "a missing file has no lines");
+        let e = each_line(dir.path(), |_| {}).unwrap_err();
+        assert!(e.to_string().starts_with(&format!("reading {}", dir.path().display())), "{e}");
+    }
 }

@@ -169,9 +169,10 @@ pub(crate) fn check_set(
 
 /// The log a set is of, from its first line that says (`event.dataset`).
 fn kind_of(files: &[PathBuf]) -> Option<LogKind> {
-    let text = std::fs::read_to_string(files.first()?).ok()?;
-    text.lines().find_map(|l| {
-        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+    use std::io::BufRead as _;
+    let file = std::fs::File::open(files.first()?).ok()?;
+    std::io::BufReader::new(file).lines().map_while(Result::ok).find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(&l).ok()?;
         match v.pointer("/event/dataset")?.as_str()? {
             "fence.audit" => Some(LogKind::Audit),
             "fence.enforcement" => Some(LogKind::Events),
