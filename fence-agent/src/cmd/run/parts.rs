@@ -97,7 +97,7 @@ pub(super) fn dns_state(
     let maps = loader.take_dns_maps().context("the DNS maps")?;
     let runtime = tokio::runtime::Handle::current();
     let state = DnsState::new(Box::new(maps), config.dns.clone(), runtime, engine, in_force)
-        .context("turning DNS steering on")?;
+        .context("adopting the learned addresses and turning DNS steering on")?;
     tracing::info!(upstream = ?state.engine().upstreams().servers(), "DNS of fenced identities answered by fence");
     Ok(Some(state))
 }
