@@ -89,8 +89,10 @@ pub enum Map {
     /// the index of its hash. Makes an allowed connect or sendmsg one array read whatever the
     /// policy's size.
     Verdicts,
-    /// `HashMap<u32, u32>`: the agent's own process ids (tgid -> 1). The agent's tasks are
-    /// never fenced, and no fenced task may signal or trace them, whatever their cgroup.
+    /// `HashMap<u32, u64>`: the agent's own process ids (tgid -> the agent's cgroup id). The
+    /// agent's tasks are never fenced while in that cgroup (a process id alone can be reused
+    /// once the agent stops), and no fenced task may signal or trace them, whatever their
+    /// cgroup.
     AgentTasks,
     /// `Array<u64>`, one entry: the token ([`crate::globals::RUN`]) of the run whose programs
     /// report events. With persistence every run of one ABI shares this map (pinned beside

@@ -63,7 +63,7 @@ pub fn current() -> Option<Fenced> {
         }
         None => walk(cgroup_id, generation),
     };
-    if identity == NO_IDENTITY || is_agent(current_tgid()) {
+    if identity == NO_IDENTITY || is_agent_here(current_tgid(), cgroup_id) {
         return None;
     }
     // SAFETY: the value is copied out at once.
@@ -118,11 +118,23 @@ fn current_tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
-/// Whether `tgid` is one of the agent's processes (never fenced; protected from fenced tasks).
+/// Whether `tgid` is one of the agent's processes, as a target: protected from fenced tasks
+/// (a stale entry of a stopped agent protects whoever has its number since, from fenced
+/// tasks only).
 #[inline(always)]
 pub fn is_agent(tgid: u32) -> bool {
     // SAFETY: the value is only tested for presence.
     unsafe { FENCE_AGENT_TASKS.get(&tgid) }.is_some()
+}
+
+/// Whether the current task, `tgid` in cgroup `cgroup_id`, is the agent, exempt from every
+/// hook. The number alone would not do: with persistence, a stopped agent's programs keep
+/// enforcing, and a fenced task that got the agent's process id would be exempt; it is in a
+/// fenced cgroup, not the agent's.
+#[inline(always)]
+pub fn is_agent_here(tgid: u32, cgroup_id: u64) -> bool {
+    // SAFETY: the value is copied out at once.
+    unsafe { FENCE_AGENT_TASKS.get(&tgid) }.is_some_and(|&agent_cgroup| agent_cgroup == cgroup_id)
 }
 
 #[inline(always)]

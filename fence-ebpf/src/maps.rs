@@ -111,9 +111,10 @@ pub static FENCE_IDENTITY_CACHE: LruHashMap<CacheKey, u32> =
 #[map]
 pub static FENCE_VERDICTS: PerCpuArray<VerdictEntry> = PerCpuArray::with_max_entries(Map::Verdicts.capacity(), 0);
 
-/// The agent's process ids: never fenced, never signalled or traced by fenced tasks.
+/// The agent's process ids -> the agent's cgroup id: never fenced (while in that cgroup),
+/// never signalled or traced by fenced tasks.
 #[map]
-pub static FENCE_AGENT_TASKS: HashMap<u32, u32> = HashMap::with_max_entries(Map::AgentTasks.capacity(), 0);
+pub static FENCE_AGENT_TASKS: HashMap<u32, u64> = HashMap::with_max_entries(Map::AgentTasks.capacity(), 0);
 
 /// The token of the run whose programs report events (see `fence_common::Map::Reporter`):
 /// shared by every run with persistence, so that one write moves the reporting.

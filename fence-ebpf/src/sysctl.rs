@@ -38,11 +38,11 @@ pub fn fence_sysctl(ctx: SysctlContext) -> i32 {
     // SAFETY: helper without arguments.
     let task = unsafe { bpf_get_current_task() };
     let tgid = read::<i32>(task, o.task_tgid).unwrap_or(0) as u32;
-    if identity::is_agent(tgid) {
+    let cgroup_id = kernel::task_cgroup(o, task).and_then(|c| kernel::cgroup_id(o, c)).unwrap_or(0);
+    if identity::is_agent_here(tgid, cgroup_id) {
         return ALLOW;
     }
     let id = identity::of_task(o, generation, task);
-    let cgroup_id = kernel::task_cgroup(o, task).and_then(|c| kernel::cgroup_id(o, c)).unwrap_or(0);
     let Some(who) = identity::fenced(id, generation, identity::consistent(active), cgroup_id) else { return ALLOW };
     report(&who, o, task, sysctl);
     if who.audit() { ALLOW } else { DENY }

@@ -48,7 +48,7 @@ fn held_ids(pid: i32, field: &str) -> BTreeSet<u32> {
 }
 
 /// The agent's map `name` (the kernel keeps the first 15 bytes of a map's name), opened by id.
-fn agent_map(pid: i32, name: &str) -> Map {
+pub fn agent_map(pid: i32, name: &str) -> Map {
     let held = held_ids(pid, "map_id:");
     let info = loaded_maps()
         .flatten()

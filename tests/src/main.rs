@@ -88,6 +88,9 @@ const HOST_ONLY: &[&str] = &[
     "logs_ocsf_file_formats",
     "identity_listing",
     "identity_lifecycle_audit_log",
+    // The agent's exemption, checked in `identity::current`, the same code on every kernel
+    // (the host tier's cgroup connect program runs it).
+    "agent_exemption_is_bound_to_its_cgroup",
 ];
 
 fn main() -> ExitCode {

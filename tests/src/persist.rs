@@ -17,7 +17,10 @@ use crate::{
     harness::Test,
 };
 
-pub const TESTS: &[Test] = &[Test { name: "persist_no_gap_on_sigkill_restart_and_stop", run: no_gap }];
+pub const TESTS: &[Test] = &[
+    Test { name: "persist_no_gap_on_sigkill_restart_and_stop", run: no_gap },
+    Test { name: "agent_exemption_is_bound_to_its_cgroup", run: agent_exemption_is_bound_to_its_cgroup },
+];
 
 /// Connect attempts the prober makes in each phase (the first agent running, none running)
 /// before the test moves on.
@@ -113,6 +116,12 @@ impl Probe {
         );
     }
 
+    /// The outcome of each attempt so far, one character each (`d` denied, `s` succeeded,
+    /// `o` other).
+    fn outcomes(&self) -> String {
+        fs::read_to_string(&self.progress).unwrap_or_default().lines().map(|l| l.trim()).collect()
+    }
+
     /// Tells the prober to stop; what it counted.
     fn finish(mut self) -> Value {
         fs::write(&self.stop, "").expect("writing the prober's stop file");
@@ -182,4 +191,46 @@ fn no_gap() {
         r["succeeded"].as_u64().unwrap() > 0 && r["denied"] == 0,
         "uninstalled, the process is no longer fenced: {r}"
     );
+}
+
+/// The agent's process is exempt from the fence only in the agent's own cgroup. With
+/// persistence a stopped agent's programs keep enforcing, and its process id, still in its
+/// exemption map, can be given to a fenced process: that process must stay fenced. Simulated
+/// by writing a fenced prober's process id into the agent's map, as the stopped agent's entry
+/// would be (another cgroup's id): its connects are still refused. With the prober's own
+/// cgroup written instead, they are let through: the map is what the programs consult.
+fn agent_exemption_is_bound_to_its_cgroup() {
+    use aya::maps::{HashMap as BpfHashMap, MapData};
+    let denied = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = denied.local_addr().unwrap().to_string();
+    drop(denied);
+    let cg = TestCgroup::new("exempt");
+    let policy = format!(
+        "schema: 1\nidentities:\n  - name: exempt-bot\n    owner: fence-tests\n    purpose: integration test\n    \
+         selectors: [{{cgroup: \"{}\"}}]\n    egress: []\n",
+        cg.rel
+    );
+    let agent = Agent::start("exempt", &policy);
+    let mut probe = Probe::start(&cg, &to);
+    let pid = probe.child.as_ref().map(|c| c.id()).expect("prober running");
+    probe.wait_attempts(PHASE_ATTEMPTS, "before any exemption");
+    let map = crate::fastpath::agent_map(agent.pid().as_raw(), "FENCE_AGENT_TASKS");
+    let mut tasks: BpfHashMap<MapData, u32, u64> = BpfHashMap::try_from(map).expect("FENCE_AGENT_TASKS as a hash");
+    // As a stopped agent's entry would be: its number, another cgroup (the host's root).
+    tasks.insert(&pid, &1u64, 0).expect("writing the prober's pid with another cgroup");
+    let before = probe.outcomes();
+    probe.wait_attempts(PHASE_ATTEMPTS, "with the agent's number in another cgroup");
+    let stale = probe.outcomes()[before.len()..].to_owned();
+    assert!(stale.chars().all(|c| c == 'd'), "the prober's connects must stay denied: {stale:?}");
+    // The same number in the prober's own cgroup is the agent's exemption: let through.
+    tasks.insert(&pid, &cg.id(), 0).expect("writing the prober's pid with its own cgroup");
+    // An attempt already under way when the entry was written may still be refused.
+    probe.wait_attempts(2, "after the write");
+    let before = probe.outcomes();
+    probe.wait_attempts(PHASE_ATTEMPTS, "exempt");
+    let exempt = probe.outcomes()[before.len()..].to_owned();
+    tasks.remove(&pid).expect("removing the prober's pid");
+    assert!(!exempt.contains('d'), "with its own cgroup the entry exempts it (the map is consulted): {exempt:?}");
+    let counts = probe.finish();
+    assert!(counts["denied"].as_u64().unwrap_or(0) >= 2 * PHASE_ATTEMPTS as u64, "{counts}");
 }

@@ -189,7 +189,11 @@ async fn start(
     let reporting = Reporting { token, shared: run.as_ref().map(|_| config.persist.pin_dir.clone()) };
     let mut loader = Loader::open(offsets, &reporting).context("loading the eBPF programs")?;
     let plan = fences::load(&mut loader).context("loading the eBPF programs")?;
-    loader.protect_agent(std::process::id()).context("registering the agent's process")?;
+    let own_cgroup = Cgroups::path_of_process("self")
+        .context("no cgroup v2 path in /proc/self/cgroup")
+        .and_then(|path| crate::cgroup::id_of(&cgroups.dir(&path)).with_context(|| format!("cgroup {path}")))
+        .context("finding the agent's own cgroup (its exemption from the fence is bound to it)")?;
+    loader.protect_agent(std::process::id(), own_cgroup).context("registering the agent's process")?;
     let mut reporter = loader.take_reporter(token).context("the reporter map")?;
     if let Some(run) = &run {
         loader.pin_under(run.links());

@@ -378,14 +378,14 @@ impl Loader {
         AyaPolicyMaps::take(&mut self.bpf)
     }
 
-    /// Marks process `tgid` as the agent: never fenced, and protected from fenced tasks
-    /// (signals, ptrace) whatever cgroup it ends up in.
-    pub fn protect_agent(&mut self, tgid: u32) -> Result<(), MapsError> {
+    /// Marks process `tgid`, in cgroup `cgroup_id`, as the agent: never fenced while in that
+    /// cgroup, and protected from fenced tasks (signals, ptrace) whatever cgroup it ends up in.
+    pub fn protect_agent(&mut self, tgid: u32, cgroup_id: u64) -> Result<(), MapsError> {
         let map = Map::AgentTasks;
         let err = |source| MapsError::Map { map: map.name(), source };
         let raw = self.bpf.map_mut(map.name()).ok_or(MapsError::Missing(map.name()))?;
-        let mut tasks: HashMap<&mut MapData, u32, u32> = HashMap::try_from(raw).map_err(err)?;
-        tasks.insert(&tgid, &1u32, 0).map_err(err)
+        let mut tasks: HashMap<&mut MapData, u32, u64> = HashMap::try_from(raw).map_err(err)?;
+        tasks.insert(&tgid, &cgroup_id, 0).map_err(err)
     }
 
     /// Hands over the maps of egress by name (resolvers, learned addresses).
