@@ -18,6 +18,18 @@ pub fn kernel_release() -> String {
     nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_else(|_| "unknown".into())
 }
 
+/// Whether the running kernel has the LSM hook `hook` (its BPF LSM attach point
+/// `bpf_lsm_<hook>` in /proc/kallsyms), read a line at a time.
+pub fn kernel_has_lsm_hook(hook: &str) -> bool {
+    use std::io::BufRead as _;
+    let Ok(f) = fs::File::open("/proc/kallsyms") else { return false };
+    let want = format!("bpf_lsm_{hook}");
+    std::io::BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.split_whitespace().nth(2).is_some_and(|name| name == want))
+}
+
 /// The active LSMs, mounting securityfs first if it is not (read-only information).
 pub fn lsm_list() -> Option<String> {
     let path = "/sys/kernel/security/lsm";

@@ -148,6 +148,9 @@ named_u8_enum! {
         DnsQuery = 21 => "dns-query",
         /// A request to the credential broker (judged by the agent).
         SecretGet = 22 => "secret-get",
+        /// A write to a control file of a cgroup outside the identity (`cgroup.kill`,
+        /// `cgroup.freeze`, limits), other than `cgroup.procs`/`cgroup.threads`.
+        CgroupWrite = 23 => "cgroup-write",
     }
 }
 
@@ -186,6 +189,9 @@ named_u8_enum! {
         Resolver = 28 => "fence/resolver",
         /// Decided by the agent's credential broker.
         Broker = 29 => "fence/broker",
+        /// The 32-bit ioctl(2) of a 64-bit kernel (Linux 6.8, and stable backports, give it a
+        /// hook of its own).
+        LsmFileIoctlCompat = 30 => "lsm/file_ioctl_compat",
     }
 }
 
@@ -208,6 +214,7 @@ impl Mechanism {
                 | Mechanism::LsmBpf
                 | Mechanism::LsmSocketCreate
                 | Mechanism::LsmFileIoctl
+                | Mechanism::LsmFileIoctlCompat
                 | Mechanism::LsmFileFcntl
                 | Mechanism::LsmFileSendSigiotask
                 | Mechanism::LsmInodeUnlink

@@ -44,6 +44,9 @@ pub const LSM_SOCKET_CREATE: &str = "fence_lsm_socket_create";
 /// lsm/file_ioctl: no terminal input injection (TIOCSTI, TIOCLINUX) nor SIGIO targets outside
 /// the identity (FIOSETOWN, SIOCSPGRP).
 pub const LSM_FILE_IOCTL: &str = "fence_lsm_file_ioctl";
+/// lsm/file_ioctl_compat: the same for the 32-bit ioctl(2) (`int 0x80`), which kernels that
+/// have this hook (6.8, and stable backports) no longer pass through file_ioctl.
+pub const LSM_FILE_IOCTL_COMPAT: &str = "fence_lsm_file_ioctl_compat";
 /// lsm/file_fcntl: no SIGIO/SIGURG targets outside the identity (F_SETOWN, F_SETOWN_EX).
 pub const LSM_FILE_FCNTL: &str = "fence_lsm_file_fcntl";
 /// lsm/file_send_sigiotask: no SIGIO from a fenced task to a task outside its identity.
@@ -87,6 +90,7 @@ pub const ALL: &[&str] = &[
     SYSCTL,
     LSM_SOCKET_CREATE,
     LSM_FILE_IOCTL,
+    LSM_FILE_IOCTL_COMPAT,
     LSM_FILE_FCNTL,
     LSM_SIGIOTASK,
     LSM_INODE_UNLINK,

@@ -1,12 +1,14 @@
 //! No way out, and no tampering (BPF LSM only). A fenced task, even as root, cannot:
 //! - move itself or another task out of its identity, or into another identity, by writing to
 //!   a `cgroup.procs`/`cgroup.threads` file (checked in `file::fence_lsm_file_open`, which
-//!   calls [`cgroup_write`]);
+//!   calls [`cgroup_write`]), or write any other control file of a cgroup outside its
+//!   identity (`cgroup.kill`, `cgroup.freeze`, limits);
 //! - start a child in another cgroup with clone3(CLONE_INTO_CGROUP);
 //! - trace, or send signals to, processes outside its identity (the agent included);
 //! - use bpf(2) (which could detach fence's programs or rewrite its maps);
 //! - make a file's SIGIO/SIGURG go to a process outside its identity (F_SETOWN, F_SETOWN_EX,
-//!   FIOSETOWN, SIOCSPGRP), or send one (`file_send_sigiotask`);
+//!   FIOSETOWN, SIOCSPGRP, also through the 32-bit ioctl), or send another signal chosen with
+//!   F_SETSIG to one (`file_send_sigiotask`; the default signals go where their owner chose);
 //! - push input into a terminal (TIOCSTI, TIOCLINUX), which the terminal's shell would run
 //!   outside the fence;
 //! - move a task across a cgroup outside its identity: out of its identity, a task from
@@ -75,7 +77,10 @@ pub fn cgroup_write(who: &Fenced, o: &KernelOffsets, file: u64, inode: u64, dent
 }
 
 /// For a `cgroup.procs`/`cgroup.threads` file: allow a write that keeps the task in its
-/// identity, refuse (and report) one that takes it out. `None` for any other file.
+/// identity, refuse (and report) one that takes it out. Any other control file of a cgroup
+/// outside the identity is refused too: `cgroup.kill` and `cgroup.freeze` would kill or stop
+/// another service's processes (the agent's included) without a signal the kill hook sees,
+/// and its limits starve them. `None` for the identity's own cgroups' other files.
 #[inline(always)]
 fn cgroup_target(who: &Fenced, o: &KernelOffsets, dentry: u64, mech: Mechanism) -> Option<i32> {
     if dentry == 0 {
@@ -85,17 +90,19 @@ fn cgroup_target(who: &Fenced, o: &KernelOffsets, dentry: u64, mech: Mechanism) 
     let name = read::<[u8; 15]>(name_ptr, 0)?;
     let procs = &name[..13] == b"cgroup.procs\0";
     let threads = &name[..15] == b"cgroup.threads\0";
-    if !procs && !threads {
-        return None;
-    }
     // The cgroup the file belongs to is its directory.
     let dir = kernel::parent(o, dentry)?;
     let target = identity::of_cgroup_dentry(o, who.generation, dir);
+    let migrate = procs || threads;
     if target == who.identity {
-        return Some(ALLOW);
+        return if migrate { Some(ALLOW) } else { None };
     }
     let cgroup = kernel::dentry_inode(o, dir).map_or(0, |i| i.ino);
-    Some(refuse(who, o, Operation::CgroupMigrate, mech, Reason::LeaveFence, cgroup, target, dir))
+    Some(if migrate {
+        refuse(who, o, Operation::CgroupMigrate, mech, Reason::LeaveFence, cgroup, target, dir)
+    } else {
+        refuse(who, o, Operation::CgroupWrite, mech, Reason::OutsideIdentity, cgroup, target, dentry)
+    })
 }
 
 #[lsm(hook = "task_alloc")]
@@ -178,6 +185,18 @@ const F_OWNER_PGRP: i32 = 2;
 
 #[lsm(hook = "file_ioctl")]
 pub fn fence_lsm_file_ioctl(ctx: LsmContext) -> i32 {
+    ioctl(&ctx, Mechanism::LsmFileIoctl)
+}
+
+/// The 32-bit ioctl(2) of a 64-bit kernel: the same commands, the same numbers (the argument
+/// a 32-bit user address), judged alike.
+#[lsm(hook = "file_ioctl_compat")]
+pub fn fence_lsm_file_ioctl_compat(ctx: LsmContext) -> i32 {
+    ioctl(&ctx, Mechanism::LsmFileIoctlCompat)
+}
+
+#[inline(always)]
+fn ioctl(ctx: &LsmContext, mech: Mechanism) -> i32 {
     // (struct file *file, unsigned int cmd, unsigned long arg, int ret)
     let previous: i32 = ctx.arg(3);
     if previous != ALLOW {
@@ -192,12 +211,12 @@ pub fn fence_lsm_file_ioctl(ctx: LsmContext) -> i32 {
     if cmd == TIOCSTI || cmd == TIOCLINUX {
         let file: u64 = ctx.arg(0);
         let dentry = kernel::file_dentry(o, file).unwrap_or(0);
-        return refuse(&who, o, Operation::Ioctl, Mechanism::LsmFileIoctl, Reason::TerminalInput, 0, cmd, dentry);
+        return refuse(&who, o, Operation::Ioctl, mech, Reason::TerminalInput, 0, cmd, dentry);
     }
     let arg: u64 = ctx.arg(2);
     // SAFETY: the helper checks the user address; a failed read refuses.
     let target = unsafe { bpf_probe_read_user(arg as *const i32) }.ok();
-    set_owner(&who, o, Mechanism::LsmFileIoctl, cmd, target)
+    set_owner(&who, o, mech, cmd, target)
 }
 
 #[lsm(hook = "file_fcntl")]
@@ -248,8 +267,20 @@ pub fn fence_lsm_file_send_sigiotask(ctx: LsmContext) -> i32 {
         return previous;
     }
     let sig: u32 = ctx.arg(2);
+    // The file's own signals go where its owner chose: a fenced task cannot choose an owner
+    // outside its identity (`set_owner`), so an owner outside is one that process set for
+    // itself, and wants them. The hook runs in whatever task causes the I/O (a fenced writer
+    // into a daemon's pipe) or is current when an interrupt does: refusing here would take
+    // an unfenced process's own SIGIO away. A signal chosen with F_SETSIG is judged.
+    if sig == SIGIO || sig == SIGURG {
+        return ALLOW;
+    }
     other_task(ctx.arg(0), Operation::Signal, Mechanism::LsmFileSendSigiotask, sig)
 }
+
+/// The default signals of `O_ASYNC` files (SIGPOLL) and of sockets' urgent data.
+const SIGIO: u32 = 29;
+const SIGURG: u32 = 23;
 
 /// `MAY_WRITE` in `inode_permission`'s mask.
 const MAY_WRITE: i32 = 0x2;

@@ -352,13 +352,46 @@ fn signals_terminals_cgroups_sockets() {
         helper::run(None, &["procs-fd-leave", &s(&outside.dir), &s(&other.dir)])
             .assert_ok("the same from an unfenced cgroup");
 
+        // B14: another cgroup's control files: cgroup.kill would end its processes (the
+        // agent's, say) with no signal the kill hook sees, cgroup.freeze stop them.
+        let mut victim = Command::new("sleep").arg("30").stdout(Stdio::null()).spawn().unwrap();
+        fs::write(outside.dir.join("cgroup.procs"), victim.id().to_string()).expect("moving the victim (unfenced)");
+        for file in ["cgroup.kill", "cgroup.freeze"] {
+            let o = fenced(&["write-file", &s(&outside.dir.join(file)), "1"]);
+            o.assert_eperm(&format!("{file} of a cgroup outside the identity"));
+            let e = denied_event(&agent, &o, "cgroup-write");
+            assert_eq!(e["fence"]["target"]["path"], format!("{}/{file}", outside.rel), "{e:#}");
+        }
+        let frozen = fs::read_to_string(outside.dir.join("cgroup.events")).unwrap_or_default();
+        let alive = victim.try_wait().expect("the victim's status").is_none();
+        let _ = victim.kill();
+        let _ = victim.wait();
+        assert!(alive && frozen.contains("frozen 0"), "the victim is alive and not frozen: {frozen}");
+        // The identity's own cgroup is its own business (as the README's Limits say).
+        fenced(&["write-file", &s(&cg.dir.join("cgroup.freeze")), "0"]).assert_ok("its own cgroup.freeze");
+
         // B6 with BPF LSM: no TIOCSTI at all (root has CAP_SYS_ADMIN, which the kernel accepts).
         let o = fenced(&["tiocsti"]);
         o.assert_eperm("TIOCSTI on a terminal");
         assert_eq!(denied_event(&agent, &o, "ioctl")["fence"]["reason"], "terminal-input");
         helper::run(None, &["tiocsti"]).assert_ok("unfenced TIOCSTI");
+        // The same through the 32-bit ioctl (int 0x80), which kernels with a compat hook of
+        // their own (6.8, and stable backports) no longer pass through file_ioctl.
+        let o = fenced(&["tiocsti", "--compat"]);
+        if let Some(sig) = o.signal {
+            note(format!("no 32-bit system calls on this kernel (signal {sig}): the compat TIOCSTI was not tried"));
+        } else {
+            o.assert_eperm("TIOCSTI through the 32-bit ioctl");
+            let e = denied_event(&agent, &o, "ioctl");
+            assert_eq!(e["fence"]["reason"], "terminal-input", "{e:#}");
+            assert!(
+                ["lsm/file_ioctl", "lsm/file_ioctl_compat"].contains(&e["fence"]["mechanism"].as_str().unwrap_or("")),
+                "{e:#}"
+            );
+            helper::run(None, &["tiocsti", "--compat"]).assert_ok("unfenced TIOCSTI through the 32-bit ioctl");
+        }
     } else {
-        note("B4, B5, B13 and TIOCSTI refusal need BPF LSM (refused here); see README Limits");
+        note("B4, B5, B13, B14 and TIOCSTI refusal need BPF LSM (refused here); see README Limits");
     }
 
     // B6 on every kernel: `fence-agent exec --new-session` leaves no controlling terminal to

@@ -339,6 +339,10 @@ fn escape_record(
                 format!("moving a task into cgroup {path}, outside the identity's cgroups")
             },
         ),
+        Operation::CgroupWrite => (
+            Target { kind: target_kind("cgroup"), path: path.clone(), cgroup_id: Some(e.ino), ..Target::default() },
+            format!("writing {path}, a control file of a cgroup outside the identity's cgroups"),
+        ),
         Operation::CloneIntoCgroup => (
             Target { kind: target_kind("cgroup"), ..Target::default() },
             "clone3(CLONE_INTO_CGROUP): starting a child in another cgroup".to_owned(),

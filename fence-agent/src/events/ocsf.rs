@@ -9,7 +9,7 @@
 //! - dns-query: DNS Activity (4003), activity Query;
 //! - open, unlink, rename, link, truncate: File System Activity (1001);
 //! - exec, ptrace, signal: Process Activity (1007), the process acted on as `process`;
-//! - attempts to leave the fence (cgroup-migrate, clone-into-cgroup, bpf, sysctl-write, ioctl
+//! - attempts to leave the fence (cgroup-migrate, cgroup-write, clone-into-cgroup, bpf, sysctl-write, ioctl
 //!   terminal input, set-owner), sockets of a forbidden kind (socket: no endpoint yet), refused
 //!   secrets (secret-get) and the log's own summaries (events-suppressed, events-dropped):
 //!   Detection Finding (2004): none of the activity classes fits them (they lack the endpoint
@@ -95,6 +95,7 @@ pub fn class_of(operation: Operation) -> (Class, u32, &'static str) {
         | O::Ioctl
         | O::SetOwner
         | O::CgroupMigrate
+        | O::CgroupWrite
         | O::CloneIntoCgroup
         | O::Bpf
         | O::SysctlWrite

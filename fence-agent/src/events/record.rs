@@ -332,9 +332,11 @@ pub fn category(operation: Operation) -> &'static str {
         | Operation::DnsQuery => "network",
         Operation::Open | Operation::Unlink | Operation::Rename | Operation::Link | Operation::Truncate => "file",
         Operation::Exec | Operation::Ptrace | Operation::Signal | Operation::Ioctl | Operation::SetOwner => "process",
-        Operation::CgroupMigrate | Operation::CloneIntoCgroup | Operation::Bpf | Operation::SysctlWrite => {
-            "configuration"
-        }
+        Operation::CgroupMigrate
+        | Operation::CgroupWrite
+        | Operation::CloneIntoCgroup
+        | Operation::Bpf
+        | Operation::SysctlWrite => "configuration",
         Operation::SecretGet => "iam",
     }
 }

@@ -16,6 +16,7 @@ pub const UNIT: Unit = Unit {
     maps: &[],
     operations: &[
         Operation::CgroupMigrate,
+        Operation::CgroupWrite,
         Operation::CloneIntoCgroup,
         Operation::Ptrace,
         Operation::Signal,
@@ -50,14 +51,23 @@ fn load(ctx: &mut LoadContext<'_>) -> Availability {
     if global != Availability::Lsm {
         return global;
     }
+    let mut gaps = Vec::new();
+    // Kernels without this hook pass 32-bit ioctls through file_ioctl; those with it do not.
+    if crate::host::kernel_has_lsm_hook("file_ioctl_compat")
+        && let Err(e) = ctx.loader.load_lsm_all(&[(programs::LSM_FILE_IOCTL_COMPAT, "file_ioctl_compat")])
+    {
+        gaps.push(format!(
+            "lsm/file_ioctl_compat refused ({e}): TIOCSTI and SIGIO owners through a 32-bit ioctl are not refused"
+        ));
+    }
     // lsm_cgroup programs need Linux 6.0: without them, the rest still holds.
-    match ctx.loader.load_lsm_cgroup(programs::LSM_CGROUP_INODE_PERMISSION, "inode_permission") {
-        Ok(()) => Availability::Lsm,
-        Err(e) => Availability::LsmPartly(format!(
+    if let Err(e) = ctx.loader.load_lsm_cgroup(programs::LSM_CGROUP_INODE_PERMISSION, "inode_permission") {
+        gaps.push(format!(
             "lsm_cgroup/inode_permission refused ({e}): moves through a cgroup.procs descriptor opened before the \
              task was fenced, and pulling a process from outside into the fence, are not refused"
-        )),
+        ));
     }
+    if gaps.is_empty() { Availability::Lsm } else { Availability::LsmPartly(gaps.join("; ")) }
 }
 
 /// The event mechanism values of [`LSM_HOOKS`].
@@ -68,6 +78,7 @@ const LSM_EVENTS: &[Mechanism] = &[
     Mechanism::LsmTaskKill,
     Mechanism::LsmBpf,
     Mechanism::LsmFileIoctl,
+    Mechanism::LsmFileIoctlCompat,
     Mechanism::LsmFileFcntl,
     Mechanism::LsmFileSendSigiotask,
 ];
@@ -80,8 +91,8 @@ fn report(a: &Availability, ctx: &ReportContext<'_>) -> FenceReport {
             UNIT.name,
             &format!("{LSM_HOOKS}+lsm_cgroup/inode_permission"),
             "a fenced process, even root, cannot move a task across a cgroup outside its identity (leaving it, \
-             pulling a process in, or through a cgroup.procs descriptor opened before it was fenced), clone3 into \
-             another cgroup, trace or signal processes outside its identity (the agent included, wherever it is; \
+             pulling a process in, or through a cgroup.procs descriptor opened before it was fenced), write another \
+             cgroup's control files (cgroup.kill, cgroup.freeze, limits), clone3 into another cgroup, trace or signal processes outside its identity (the agent included, wherever it is; \
              SIGIO and SIGURG included), push input into a terminal (TIOCSTI), or use bpf(2)",
         )
         .with_events(&[LSM_EVENTS, &[Mechanism::LsmCgroupInodePermission]].concat()),

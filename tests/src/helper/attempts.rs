@@ -108,8 +108,9 @@ pub(super) fn setown(ex: bool, pid: i32) -> io::Result<Value> {
 /// none is given; fd 0 with `-`), as if typed. `--drop-cap` first drops CAP_SYS_ADMIN, with
 /// which the kernel allows TIOCSTI on any terminal.
 pub(super) fn tiocsti(args: &[&str]) -> io::Result<Value> {
-    let drop_cap = args.first() == Some(&"--drop-cap");
-    let target = args.iter().copied().find(|a| *a != "--drop-cap");
+    let drop_cap = args.contains(&"--drop-cap");
+    let compat = args.contains(&"--compat");
+    let target = args.iter().copied().find(|a| !a.starts_with("--"));
     let _pty;
     let fd = match target {
         Some("-") => 0,
@@ -135,6 +136,9 @@ pub(super) fn tiocsti(args: &[&str]) -> io::Result<Value> {
         // CAP_SYS_ADMIN is capability 21.
         drop_capability(21)?;
     }
+    if compat {
+        return ioctl_32bit(fd, libc::TIOCSTI as u32, b'#');
+    }
     let c: u8 = b'#';
     // SAFETY: TIOCSTI reads one byte from the pointer.
     if unsafe { libc::ioctl(fd, libc::TIOCSTI, &c as *const u8) } == 0 {
@@ -142,6 +146,46 @@ pub(super) fn tiocsti(args: &[&str]) -> io::Result<Value> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// ioctl(`fd`, `cmd`, &`byte`) through the 32-bit system call (`int 0x80`, i386's ioctl is 54),
+/// which a 64-bit process may make where the kernel has 32-bit emulation: the kernel's compat
+/// path. The byte sits below 4 GiB (MAP_32BIT), where a 32-bit pointer reaches it.
+#[cfg(target_arch = "x86_64")]
+fn ioctl_32bit(fd: i32, cmd: u32, byte: u8) -> io::Result<Value> {
+    // SAFETY: an anonymous private mapping of one page, unmapped below.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+            -1,
+            0,
+        )
+    };
+    if page == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the page is ours and writable.
+    unsafe { *page.cast::<u8>() = byte };
+    let ret: i32;
+    // SAFETY: the i386 system call ABI: eax the number, ebx, ecx, edx the arguments; rbx is
+    // LLVM's, so it is swapped in and out around the call.
+    unsafe {
+        std::arch::asm!(
+            "xchg {fd:r}, rbx",
+            "int 0x80",
+            "xchg {fd:r}, rbx",
+            fd = inout(reg) u64::from(fd as u32) => _,
+            inlateout("eax") 54i32 => ret,
+            in("ecx") cmd,
+            in("edx") page as u64 as u32,
+        );
+    }
+    // SAFETY: the mapping made above.
+    unsafe { libc::munmap(page, 4096) };
+    if ret < 0 { Err(io::Error::from_raw_os_error(-ret)) } else { Ok(json!({"compat": true})) }
 }
 
 /// Drops `cap` from this process's effective and permitted sets (capset(2)).
@@ -248,4 +292,9 @@ fn srh(hop: &std::net::Ipv6Addr) -> Vec<u8> {
     let mut h = vec![0u8, 2, 4, 0, 0, 0, 0, 0];
     h.extend_from_slice(&hop.octets());
     h
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn ioctl_32bit(_fd: i32, _cmd: u32, _byte: u8) -> io::Result<Value> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
 }
