@@ -255,10 +255,15 @@ impl<A: Send + Sync + 'static> Engine<A> {
         }
     }
 
-    /// Each address once (the longest TTL), with its lifetime.
+    /// Each address once (the longest TTL), with its lifetime; not those that [`learnable`]
+    /// refuses.
     fn learned(&self, addrs: Vec<(IpAddr, u32)>) -> Vec<Learned> {
         let mut by_addr: HashMap<IpAddr, u32> = HashMap::new();
         for (addr, ttl) in addrs {
+            if !learnable(addr) {
+                warn!(%addr, "an answer names the unspecified address, which a connect reaches as this host itself: not learned");
+                continue;
+            }
             let e = by_addr.entry(addr).or_insert(ttl);
             *e = (*e).max(ttl);
         }
@@ -281,6 +286,17 @@ impl<A: Send + Sync + 'static> Engine<A> {
             verdict,
             resolved,
         });
+    }
+}
+
+/// Whether an answer's address may be learned: not the unspecified address (0.0.0.0, ::, and
+/// ::ffff:0.0.0.0), which the kernel judges as given but connects to as the host itself (the
+/// loopback): a filtering resolver's answer for a blocked name, or one an attacker controls,
+/// would open the host's local services on the name's ports.
+pub fn learnable(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => !a.is_unspecified(),
+        IpAddr::V6(a) => !a.is_unspecified() && !a.to_ipv4_mapped().is_some_and(|v| v.is_unspecified()),
     }
 }
 

@@ -264,6 +264,29 @@ async fn allowed_name_is_learned_before_the_client_sees_the_answer() {
     assert!(seen[0].1.recursion_desired);
 }
 
+/// A filtering resolver answers a blocked name with 0.0.0.0 and ::; the kernel would judge a
+/// connect to them as given, then connect to the host itself. The client gets the answer;
+/// nothing of it is learned (and the real address beside it is).
+#[tokio::test]
+async fn unspecified_addresses_are_never_learned() {
+    let zone = zone()
+        .with(a("sink.example.com.", 60, "0.0.0.0"))
+        .with(a("sink.example.com.", 60, "192.0.2.9"))
+        .with(aaaa("sink.example.com.", 60, "::"))
+        .with(aaaa("sink.example.com.", 60, "::ffff:0.0.0.0"));
+    let upstream = Authority::start(V4, zone).await;
+    let f = Setup::new(upstream.addr).start().await;
+    for qtype in [RecordType::A, RecordType::AAAA] {
+        let (bytes, _) = udp_ask(f.addr(V4), &query(7, "sink.example.com", qtype, None)).await.expect("answer");
+        assert_eq!(parse(&bytes).response_code, ResponseCode::NoError);
+    }
+    let learned: Vec<IpAddr> = learned(&f).into_iter().map(|(addr, _, _)| addr).collect();
+    assert_eq!(learned, vec![ip("192.0.2.9")], "only the real address");
+    assert!(
+        !crate::dns::engine::learnable(ip("::ffff:0.0.0.0")) && crate::dns::engine::learnable(ip("::ffff:192.0.2.9"))
+    );
+}
+
 #[tokio::test]
 async fn refused_name_never_leaves_the_host() {
     let upstream = Authority::start(V4, zone()).await;
