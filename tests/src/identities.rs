@@ -174,6 +174,25 @@ fn unit_restart_is_fenced_again() {
     helper::run(Some(&late_cg), &["tcp-connect", &to]).assert_eperm("a unit started after the agent");
     helper::run(Some(&late_cg), &["tcp-connect", &format!("127.0.0.1:{}", port(&allowed))])
         .assert_ok("its allowed port");
+    // The slice itself goes and comes back (a new cgroup id), the policy unchanged: the
+    // programs attached at the old slice and the kernel's scope follow it, so a unit started
+    // in the new slice is fenced once the agent has seen it (inotify, then an apply).
+    let old_slice = slice.id();
+    for dir in [&late_cg.dir, &unit_cg.dir, &slice.dir] {
+        fs::remove_dir(dir).expect("removing the slice and its units' cgroups");
+    }
+    fs::create_dir(&slice.dir).expect("re-creating the slice");
+    assert_ne!(slice.id(), old_slice, "a new slice cgroup");
+    fs::create_dir(&late_cg.dir).expect("starting the late unit in the new slice");
+    let fenced = wait_for(Duration::from_secs(10 * u64::from(slow_factor())), || {
+        let o = helper::run(Some(&late_cg), &["tcp-connect", &to]);
+        (o.errno == Some(libc::EPERM)).then_some(o)
+    });
+    let o = fenced.expect("the unit in the re-created slice is fenced again (without a SIGHUP)");
+    let e = agent.wait_event("for the denial in the new slice", |e| e["process"]["pid"] == o.pid);
+    assert_eq!(e["fence"]["identity"], "unit-bot", "{e:#}");
+    helper::run(Some(&late_cg), &["tcp-connect", &format!("127.0.0.1:{}", port(&allowed))])
+        .assert_ok("its allowed port, in the new slice");
 }
 
 fn child_cgroup_made_by_fenced_process() {

@@ -62,6 +62,11 @@ pub struct Resolved {
     /// Current cgroup ids of unit and managed selectors, by cgroup path (absent: the unit is
     /// not running).
     pub cgroup_ids: BTreeMap<String, u64>,
+    /// Current cgroup ids of those selectors' parents (a unit's slice), by cgroup path: where
+    /// the cgroup programs are attached and what the kernel's scope names. A parent made
+    /// again (a stopped slice started, a user's slice after a logout) has a new id, and so is
+    /// a new resolution, applied again.
+    pub parent_ids: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -226,7 +231,17 @@ fn selector_cgroups(set: &PolicySet, cgroup_root: &Path, r: &mut Resolved) {
                 SelectorKind::Unit(_) => {}
             }
             if let Some(parent) = dir.parent() {
-                r.watch.insert(parent.to_owned());
+                // While the parent is missing, its nearest existing ancestor is watched, to
+                // see it made again.
+                let mut watched = parent;
+                while !watched.exists() && watched != cgroup_root {
+                    let Some(up) = watched.parent() else { break };
+                    watched = up;
+                }
+                r.watch.insert(watched.to_owned());
+                if let (Ok(id), Some(rel)) = (crate::cgroup::id_of(parent), Path::new(&cg.path).parent()) {
+                    r.parent_ids.insert(rel.display().to_string(), id);
+                }
             }
             if let Ok(id) = crate::cgroup::id_of(&dir) {
                 r.cgroup_ids.insert(cg.path.clone(), id);
