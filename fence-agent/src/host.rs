@@ -19,15 +19,18 @@ pub fn kernel_release() -> String {
 }
 
 /// Whether the running kernel has the LSM hook `hook` (its BPF LSM attach point
-/// `bpf_lsm_<hook>` in /proc/kallsyms), read a line at a time.
-pub fn kernel_has_lsm_hook(hook: &str) -> bool {
+/// `bpf_lsm_<hook>` in /proc/kallsyms), read a line at a time; `None` when kallsyms cannot be
+/// read whole (the caller then tries the hook and reports a failure).
+pub fn kernel_has_lsm_hook(hook: &str) -> Option<bool> {
     use std::io::BufRead as _;
-    let Ok(f) = fs::File::open("/proc/kallsyms") else { return false };
+    let f = fs::File::open("/proc/kallsyms").ok()?;
     let want = format!("bpf_lsm_{hook}");
-    std::io::BufReader::new(f)
-        .lines()
-        .map_while(Result::ok)
-        .any(|l| l.split_whitespace().nth(2).is_some_and(|name| name == want))
+    for line in std::io::BufReader::new(f).lines() {
+        if line.ok()?.split_whitespace().nth(2).is_some_and(|name| name == want) {
+            return Some(true);
+        }
+    }
+    Some(false)
 }
 
 /// The active LSMs, mounting securityfs first if it is not (read-only information).

@@ -7,8 +7,7 @@
 //! - trace, or send signals to, processes outside its identity (the agent included);
 //! - use bpf(2) (which could detach fence's programs or rewrite its maps);
 //! - make a file's SIGIO/SIGURG go to a process outside its identity (F_SETOWN, F_SETOWN_EX,
-//!   FIOSETOWN, SIOCSPGRP, also through the 32-bit ioctl), or send another signal chosen with
-//!   F_SETSIG to one (`file_send_sigiotask`; the default signals go where their owner chose);
+//!   FIOSETOWN, SIOCSPGRP, also through the 32-bit ioctl), or send one (`file_send_sigiotask`);
 //! - push input into a terminal (TIOCSTI, TIOCLINUX), which the terminal's shell would run
 //!   outside the fence;
 //! - move a task across a cgroup outside its identity: out of its identity, a task from
@@ -266,21 +265,14 @@ pub fn fence_lsm_file_send_sigiotask(ctx: LsmContext) -> i32 {
     if previous != ALLOW {
         return previous;
     }
+    // The owner checks at F_SETOWN and the like read a user pointer the kernel reads again
+    // (a second thread can swap it in between), and an owner may have been set before the
+    // task was fenced: so every file signal a fenced task causes is judged here too. The hook
+    // runs in whichever task causes the I/O or is current when an interrupt does, which can
+    // take an unfenced owner's own SIGIO away (README, Limits).
     let sig: u32 = ctx.arg(2);
-    // The file's own signals go where its owner chose: a fenced task cannot choose an owner
-    // outside its identity (`set_owner`), so an owner outside is one that process set for
-    // itself, and wants them. The hook runs in whatever task causes the I/O (a fenced writer
-    // into a daemon's pipe) or is current when an interrupt does: refusing here would take
-    // an unfenced process's own SIGIO away. A signal chosen with F_SETSIG is judged.
-    if sig == SIGIO || sig == SIGURG {
-        return ALLOW;
-    }
     other_task(ctx.arg(0), Operation::Signal, Mechanism::LsmFileSendSigiotask, sig)
 }
-
-/// The default signals of `O_ASYNC` files (SIGPOLL) and of sockets' urgent data.
-const SIGIO: u32 = 29;
-const SIGURG: u32 = 23;
 
 /// `MAY_WRITE` in `inode_permission`'s mask.
 const MAY_WRITE: i32 = 0x2;

@@ -53,7 +53,7 @@ fn load(ctx: &mut LoadContext<'_>) -> Availability {
     }
     let mut gaps = Vec::new();
     // Kernels without this hook pass 32-bit ioctls through file_ioctl; those with it do not.
-    if crate::host::kernel_has_lsm_hook("file_ioctl_compat")
+    if crate::host::kernel_has_lsm_hook("file_ioctl_compat") != Some(false)
         && let Err(e) = ctx.loader.load_lsm_all(&[(programs::LSM_FILE_IOCTL_COMPAT, "file_ioctl_compat")])
     {
         gaps.push(format!(
