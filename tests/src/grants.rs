@@ -237,9 +237,12 @@ fn wall_clock_changes_neither_end_nor_extend(agent: &Agent, cg: &TestCgroup, db_
         return;
     }
     let ttl = 6 * slow();
+    // Before the request: the grant's clock starts when the agent approves it, which is
+    // before the request returns (an instant taken after it made "ended early" fail when the
+    // end was seen at once).
+    let started = Instant::now();
     let r = grant_cli(agent, Some(cg), &["request", "db", "--for", &format!("{ttl}s"), "--reason", "clock", "--json"]);
     assert_eq!(r.code, 0, "{}{}", r.out, r.err);
-    let started = Instant::now();
     shift_wall_clock(3 * 3600);
     connect(cg, db_addr).assert_ok("the wall clock three hours ahead does not end the grant");
     shift_wall_clock(-2 * 3 * 3600);
