@@ -138,7 +138,9 @@ fn names_steered_answered_and_enforced() {
     let cg = TestCgroup::new("dns");
     let names = ["api.allowed.test", "alias.allowed.test", "*.wild.test", "**.deep.test", "v6.allowed.test"];
     let policy = format!("schema: 1\nidentities:\n{}", identity("dns-bot", &cg, &rule(&names, port)));
-    let config = format!("[dns]\nupstream = [\"{}\"]\n", up.authority.addr);
+    // Every address here is loopback (tests reach nothing else), which [dns] learns only when
+    // told to; `expiry_identities_and_agent_down` checks the default.
+    let config = format!("[dns]\nupstream = [\"{}\"]\nlearn_local_addresses = true\n", up.authority.addr);
     let agent = Agent::start_with("dns", &policy, &config);
 
     // Before any answer, the address is as denied as any other.
@@ -243,8 +245,8 @@ fn expiry_identities_and_agent_down() {
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/fence-dns-test-{}", std::process::id()));
     let _pins = Pins(pin_dir.clone());
     let config = format!(
-        "[dns]\nupstream = [\"{}\"]\nttl_grace = 0\nttl_floor = 1\n[persist]\nenabled = true\npin_dir = {:?}\n\
-         state_dir = {:?}\n",
+        "[dns]\nupstream = [\"{}\"]\nttl_grace = 0\nttl_floor = 1\nlearn_local_addresses = true\n[persist]\n\
+         enabled = true\npin_dir = {:?}\nstate_dir = {:?}\n",
         up.authority.addr,
         pin_dir.display().to_string(),
         state.0.display().to_string()
@@ -306,8 +308,29 @@ fn expiry_identities_and_agent_down() {
     nix::sys::signal::kill(again.pid(), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     let mut again = again;
     again.wait_exit(Duration::from_secs(10 * u64::from(slow)));
-    uninstall(&again, &pin_dir);
-    drop(agent);
+
+    // By default an answer naming the host's own addresses (all of these are loopback) opens
+    // nothing: what the earlier runs learned is forgotten at start, and a new answer reaches the
+    // client without being learned (a name that rebinds to 127.0.0.1 or 169.254.169.254).
+    let strict = config.replace("learn_local_addresses = true\n", "");
+    let mut strict = Agent::start_with("dns-expiry-strict", &policy, &strict);
+    connect(&cx, "127.0.0.29", px).assert_eperm("a loopback address an earlier run learned, forgotten at start");
+    let listed = dns_listing(&strict);
+    assert!(
+        listed["learned"].as_array().is_some_and(|l| !l.iter().any(|e| e["address"] == "127.0.0.29")),
+        "{listed:#}"
+    );
+    assert_eq!(ask(&cx, "only.x.test"), ["127.0.0.29"], "the client still gets the answer");
+    connect(&cx, "127.0.0.29", px).assert_eperm("a loopback address in an answer, not learned by default");
+    let log = strict.stderr_text();
+    assert!(
+        log.contains("not learnable now: forgotten") && log.contains("a loopback address (this host): not learned"),
+        "the agent says what it forgot and refused: {log}"
+    );
+    nix::sys::signal::kill(strict.pid(), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    strict.wait_exit(Duration::from_secs(10 * u64::from(slow)));
+    uninstall(&strict, &pin_dir);
+    drop((agent, again));
 }
 
 /// `fence-agent dns --json` of `agent`.

@@ -69,7 +69,7 @@ fn suggest_then_enforce() {
         s(&programs.allowed)
     );
     let config = format!(
-        "[protect]\ndefaults = false\npaths = [{:?}]\n[dns]\nupstream = [\"{}\"]\n",
+        "[protect]\ndefaults = false\npaths = [{:?}]\n[dns]\nupstream = [\"{}\"]\nlearn_local_addresses = true\n",
         s(&dir.path(".aws/credentials")),
         up.authority.addr
     );

@@ -57,7 +57,9 @@ pub fn dns(env: &Env<'_>, rounds: u32) -> Result<Table> {
          - {{to: [127.0.0.1], ports: [{}], protocol: tcp}}\n",
         env.fenced.rel, env.tcp_port
     );
-    let config = format!("[dns]\nupstream = [\"{upstream}\"]\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n");
+    let config = format!(
+        "[dns]\nupstream = [\"{upstream}\"]\nlearn_local_addresses = true\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
+    );
     let _agent = Agent::start(&env.art.agent, &env.agent_dir("dns"), &policy, false, &config)?;
     let (mut p50, mut p99) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
     for _ in 0..rounds {

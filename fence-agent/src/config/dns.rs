@@ -36,6 +36,9 @@ pub struct DnsConfig {
     pub ttl_cap: Duration,
     pub max_addresses_per_name: usize,
     pub max_addresses_per_identity: usize,
+    /// Learn answers that name this host's own addresses: loopback, link-local and the cloud
+    /// metadata services (off: such answers reach the client but open nothing).
+    pub learn_local_addresses: bool,
 }
 
 impl Default for DnsConfig {
@@ -66,6 +69,8 @@ pub struct DnsSection {
     max_addresses_per_name: usize,
     #[serde(default = "default_per_identity")]
     max_addresses_per_identity: usize,
+    #[serde(default)]
+    learn_local_addresses: bool,
 }
 
 impl Default for DnsSection {
@@ -80,6 +85,7 @@ impl Default for DnsSection {
             ttl_cap: default_cap(),
             max_addresses_per_name: default_per_name(),
             max_addresses_per_identity: default_per_identity(),
+            learn_local_addresses: false,
         }
     }
 }
@@ -144,6 +150,7 @@ impl TryFrom<DnsSection> for DnsConfig {
             ttl_cap: Duration::from_secs(s.ttl_cap),
             max_addresses_per_name: s.max_addresses_per_name,
             max_addresses_per_identity: s.max_addresses_per_identity,
+            learn_local_addresses: s.learn_local_addresses,
         })
     }
 }

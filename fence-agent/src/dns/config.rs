@@ -36,6 +36,9 @@ pub struct EngineConfig {
     pub max_tcp_connections: usize,
     /// How long a TCP connection may wait for the next query, or take to send one (10 s).
     pub tcp_idle_timeout: Duration,
+    /// Whether answers may open this host's own addresses: loopback, link-local and the cloud
+    /// metadata services (off). See [`crate::dns::unlearnable`].
+    pub learn_local: bool,
 }
 
 impl Default for EngineConfig {
@@ -50,6 +53,7 @@ impl Default for EngineConfig {
             max_in_flight: 64,
             max_tcp_connections: 16,
             tcp_idle_timeout: Duration::from_secs(10),
+            learn_local: false,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{Arc, Mutex, PoisonError, RwLock},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -255,13 +255,13 @@ impl<A: Send + Sync + 'static> Engine<A> {
         }
     }
 
-    /// Each address once (the longest TTL), with its lifetime; not those that [`learnable`]
+    /// Each address once (the longest TTL), with its lifetime; not those that [`unlearnable`]
     /// refuses.
     fn learned(&self, addrs: Vec<(IpAddr, u32)>) -> Vec<Learned> {
         let mut by_addr: HashMap<IpAddr, u32> = HashMap::new();
         for (addr, ttl) in addrs {
-            if !learnable(addr) {
-                warn!(%addr, "an answer names the unspecified address, which a connect reaches as this host itself: not learned");
+            if let Some(why) = unlearnable(addr, self.config.learn_local) {
+                warn!(%addr, "an answer names {why}: not learned");
                 continue;
             }
             let e = by_addr.entry(addr).or_insert(ttl);
@@ -289,15 +289,39 @@ impl<A: Send + Sync + 'static> Engine<A> {
     }
 }
 
-/// Whether an answer's address may be learned: not the unspecified address (0.0.0.0, ::, and
-/// ::ffff:0.0.0.0), which the kernel judges as given but connects to as the host itself (the
-/// loopback): a filtering resolver's answer for a blocked name, or one an attacker controls,
-/// would open the host's local services on the name's ports.
-pub fn learnable(addr: IpAddr) -> bool {
-    match addr {
-        IpAddr::V4(a) => !a.is_unspecified(),
-        IpAddr::V6(a) => !a.is_unspecified() && !a.to_ipv4_mapped().is_some_and(|v| v.is_unspecified()),
+/// Why an answer's address must not be learned, or `None` when it may be. Never the unspecified
+/// address (0.0.0.0, ::), which the kernel judges as given but connects to as the host itself:
+/// a filtering resolver's answer for a blocked name, or one an attacker controls, would open
+/// the host's local services on the name's ports. Unless `learn_local`, neither this host's
+/// other own addresses: loopback (127.0.0.0/8, ::1), link-local (169.254.0.0/16, fe80::/10, where
+/// the cloud metadata service hands out instance credentials) and the metadata services at
+/// other addresses (fd00:ec2::254, 100.100.100.200). An allowed name whose answers an attacker
+/// controls (a wildcard over names anyone can register, or DNS rebinding) would otherwise reach
+/// them. IPv4-mapped IPv6 addresses are judged as the IPv4 address. A CIDR rule can still allow
+/// any of them by address.
+pub fn unlearnable(addr: IpAddr, learn_local: bool) -> Option<&'static str> {
+    let addr = match addr {
+        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    };
+    if addr.is_unspecified() {
+        return Some("the unspecified address, which a connect reaches as this host itself");
     }
+    if learn_local {
+        return None;
+    }
+    let local = match addr {
+        IpAddr::V4(a) if a.is_loopback() => "a loopback address (this host)",
+        IpAddr::V4(a) if a.is_link_local() => "a link-local address (the cloud metadata service's network)",
+        IpAddr::V4(a) if a == Ipv4Addr::new(100, 100, 100, 200) => "a cloud metadata service's address",
+        IpAddr::V6(a) if a.is_loopback() => "a loopback address (this host)",
+        IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 => "a link-local address",
+        IpAddr::V6(a) if a == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) => {
+            "a cloud metadata service's address"
+        }
+        _ => return None,
+    };
+    Some(local)
 }
 
 /// The most addresses an audit-mode `dns-query` event carries (`dns.resolved_ip`).

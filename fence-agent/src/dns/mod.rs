@@ -76,7 +76,7 @@ mod tests;
 use std::{fmt, future::Future, net::SocketAddr, pin::Pin};
 
 pub use config::{EngineConfig, Refusal};
-pub use engine::{Engine, Incoming, Reply};
+pub use engine::{Engine, Incoming, Reply, unlearnable};
 pub use hickory_proto::rr::RecordType;
 pub use message::MAX_CNAME_CHAIN;
 pub use metrics::{DnsMetrics, DnsMetricsSnapshot};

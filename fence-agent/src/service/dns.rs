@@ -171,6 +171,7 @@ pub fn engine_config(c: &DnsConfig) -> EngineConfig {
         ttl_grace: c.ttl_grace,
         ttl_floor: c.ttl_floor,
         ttl_cap: c.ttl_cap,
+        learn_local: c.learn_local_addresses,
         ..EngineConfig::default()
     }
 }
@@ -213,7 +214,17 @@ impl DnsState {
     ) -> Result<DnsState, MapsError> {
         let caps = Caps { per_name: config.max_addresses_per_name, per_identity: config.max_addresses_per_identity };
         let mut learned = Learned::new(caps);
-        learned.adopt(kernel.learned()?);
+        // An earlier run (or another configuration) may have learned what this one refuses:
+        // forgotten now, not left to open the host until it expires.
+        let (adopted, refused): (Vec<_>, Vec<_>) = kernel
+            .learned()?
+            .into_iter()
+            .partition(|(_, addr, _)| dns::unlearnable(*addr, config.learn_local_addresses).is_none());
+        for (identity, addr, _) in refused {
+            tracing::warn!(identity, %addr, "an address learned by an earlier run is not learnable now: forgotten");
+            kernel.forget(identity, addr)?;
+        }
+        learned.adopt(adopted);
         kernel.steer(true)?;
         let stats = Arc::default();
         Ok(DnsState { kernel, learned, config, runtime, engine, in_force, running: HashMap::new(), stats })

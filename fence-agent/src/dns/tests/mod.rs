@@ -19,6 +19,7 @@ use tokio::{
     time::timeout,
 };
 
+use super::engine::unlearnable;
 use super::testing::{Authority, Zone, a, aaaa, cname, name};
 use super::{
     Decide, Decision, Engine, EngineConfig, Learn, LearnError, LearnFuture, Learned, Listeners, QueryEvent, Refusal,
@@ -282,9 +283,47 @@ async fn unspecified_addresses_are_never_learned() {
     }
     let learned: Vec<IpAddr> = learned(&f).into_iter().map(|(addr, _, _)| addr).collect();
     assert_eq!(learned, vec![ip("192.0.2.9")], "only the real address");
-    assert!(
-        !crate::dns::engine::learnable(ip("::ffff:0.0.0.0")) && crate::dns::engine::learnable(ip("::ffff:192.0.2.9"))
-    );
+    assert!(unlearnable(ip("::ffff:0.0.0.0"), true).is_some() && unlearnable(ip("::ffff:192.0.2.9"), false).is_none());
+}
+
+/// An allowed name answered with the host's own addresses (loopback, link-local, a cloud
+/// metadata service): the client gets the answer, nothing of it is learned unless the operator
+/// opts in, and the unspecified address never is.
+#[tokio::test]
+async fn local_addresses_are_learned_only_when_allowed() {
+    let local = ["127.0.0.1", "169.254.169.254", "100.100.100.200", "::1", "fe80::1", "fd00:ec2::254"];
+    let mut zone = zone().with(a("rebind.example.com.", 60, "192.0.2.9")).with(a("rebind.example.com.", 60, "0.0.0.0"));
+    for addr in local {
+        zone = match ip(addr) {
+            IpAddr::V4(_) => zone.with(a("rebind.example.com.", 60, addr)),
+            IpAddr::V6(_) => zone.with(aaaa("rebind.example.com.", 60, addr)),
+        };
+    }
+    zone = zone.with(aaaa("rebind.example.com.", 60, "::ffff:169.254.169.254"));
+    let upstream = Authority::start(V4, zone).await;
+    for learn_local in [false, true] {
+        let mut setup = Setup::new(upstream.addr);
+        setup.config.learn_local = learn_local;
+        let f = setup.start().await;
+        for qtype in [RecordType::A, RecordType::AAAA] {
+            let (bytes, _) = udp_ask(f.addr(V4), &query(7, "rebind.example.com", qtype, None)).await.expect("answer");
+            assert_eq!(parse(&bytes).response_code, ResponseCode::NoError);
+        }
+        let mut learned: Vec<IpAddr> = learned(&f).into_iter().map(|(addr, _, _)| addr).collect();
+        learned.sort();
+        let mut expected = vec![ip("192.0.2.9")];
+        if learn_local {
+            expected.extend(local.iter().map(|a| ip(a)).chain([ip("::ffff:169.254.169.254")]));
+            expected.sort();
+        }
+        assert_eq!(learned, expected, "learn_local = {learn_local}");
+    }
+    for (addr, local) in [("127.255.0.1", true), ("169.254.0.1", true), ("fe80::abcd", true), ("febf::1", true)] {
+        assert_eq!(unlearnable(ip(addr), false).is_some(), local, "{addr}");
+    }
+    for addr in ["128.0.0.1", "169.255.0.1", "fec0::1", "fd00:ec2::253", "100.100.100.201", "::2"] {
+        assert_eq!(unlearnable(ip(addr), false), None, "{addr}");
+    }
 }
 
 #[tokio::test]
