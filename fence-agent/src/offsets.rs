@@ -1,6 +1,6 @@
 //! The kernel field offsets the exec, file and unix programs need, read from BTF.
 
-use fence_common::KernelOffsets;
+use fence_common::{FOWN_EMBEDDED, FOWN_POINTER, KernelOffsets};
 
 use crate::btf::{Btf, BtfError};
 
@@ -49,7 +49,18 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         task_cred: btf.offset_of("task_struct", &["cred"])?,
         cred_euid: btf.offset_of("cred", &["euid", "val"])?,
         cred_egid: btf.offset_of("cred", &["egid", "val"])?,
+        fown_kind: fown(btf).map_or(0, |(kind, _)| kind),
+        fown_file: fown(btf).map_or(0, |(_, offset)| offset),
     })
+}
+
+/// How a `fown_struct` leads to its file (see [`KernelOffsets::fown_kind`]), or `None`: the
+/// SIGIO programs then judge every signal a fenced task raises, as they would with no record.
+fn fown(btf: &Btf) -> Option<(u32, u32)> {
+    match btf.offset_of("fown_struct", &["file"]) {
+        Ok(offset) => Some((FOWN_POINTER, offset)),
+        Err(_) => btf.offset_of("file", &["f_owner"]).ok().map(|offset| (FOWN_EMBEDDED, offset)),
+    }
 }
 
 #[cfg(test)]
@@ -63,5 +74,6 @@ mod tests {
         assert_eq!(o.valid, 1);
         assert!(o.file_f_inode > 0 && o.dentry_d_name_name > o.dentry_d_parent);
         assert!(o.task_cred > 0 && o.cred_egid > o.cred_euid, "{o:?}");
+        assert!(matches!(o.fown_kind, FOWN_EMBEDDED | FOWN_POINTER), "{o:?}");
     }
 }

@@ -94,8 +94,9 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// steered sockets and learned addresses, which outlive a restart or an upgrade (a learned
 /// address keeps its expiry; a socket steered by the earlier run still gets its replies
 /// rewritten), and the grant table, which the programs of every run judge (a grant ends, or is
-/// revoked, for all of them at once).
-pub const SHARED_MAPS: [(fence_common::Map, &str); 7] = [
+/// revoked, for all of them at once), and which unfenced process chose each file's signal
+/// receiver (a choice made before a restart still counts).
+pub const SHARED_MAPS: [(fence_common::Map, &str); 8] = [
     (fence_common::Map::Reporter, "reporter"),
     (fence_common::Map::DnsResolvers, "dns-resolvers"),
     (fence_common::Map::DnsSteered, "dns-steered"),
@@ -103,6 +104,7 @@ pub const SHARED_MAPS: [(fence_common::Map, &str); 7] = [
     (fence_common::Map::Learned6, "learned6"),
     (fence_common::Map::Grants, "grants"),
     (fence_common::Map::GrantUses, "grant-uses"),
+    (fence_common::Map::FileOwners, "file-owners"),
 ];
 
 /// Where shared map `name` (of [`SHARED_MAPS`]) is pinned in `pin_dir`.

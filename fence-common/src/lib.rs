@@ -30,7 +30,7 @@ pub use dns::*;
 pub use events::*;
 pub use grants::*;
 pub use maps::{GENERATIONS, Map, MapKind, MapSpec};
-pub use offsets::{KernelOffsets, globals};
+pub use offsets::{FOWN_EMBEDDED, FOWN_POINTER, KernelOffsets, globals};
 pub use policy::*;
 
 /// Version of the layouts in this crate. The agent refuses pinned state of another version.

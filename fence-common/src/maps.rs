@@ -126,12 +126,16 @@ pub enum Map {
     /// `PerCpuArray<ExecCaller>`, one entry: where an `ExecCaller` is built (too big for the
     /// BPF stack).
     ExecScratch,
+    /// `LruHashMap<u64, u32>`: file (its kernel address) -> the process id of the unfenced
+    /// task that last chose who gets the file's SIGIO/SIGURG. A signal such a task chose for
+    /// itself is its own, whoever's I/O raises it; see `escape::fence_lsm_file_send_sigiotask`.
+    FileOwners,
 }
 
 impl Map {
     /// Every map the object defines; the policy maps among them in the order a generation is
     /// written (bindings last: an identity is only reachable once its rules are in place).
-    pub const ALL: [Map; 30] = [
+    pub const ALL: [Map; 31] = [
         Map::Active,
         Map::Identities,
         Map::Host4,
@@ -162,6 +166,7 @@ impl Map {
         Map::GrantUses,
         Map::ExecCaller,
         Map::ExecScratch,
+        Map::FileOwners,
     ];
 
     /// The policy maps (two generations), in [`Map::ALL`]'s order.
@@ -225,6 +230,9 @@ impl Map {
             }
             Map::ExecCaller => other("FENCE_EXEC_CALLER", MapKind::LruHash, 1_024, "exec caller"),
             Map::ExecScratch => other("FENCE_EXEC_SCRATCH", MapKind::PerCpuArray, 1, "exec caller being built"),
+            // Least recently used goes first: a file whose record is gone is judged as any
+            // other (closed, never open).
+            Map::FileOwners => other("FENCE_FILE_OWNERS", MapKind::LruHash, 16_384, "file signal owner"),
         }
     }
 
@@ -252,7 +260,7 @@ mod tests {
         assert!(Map::POLICY.iter().all(|m| m.spec().policy));
         assert_eq!(Map::ALL.iter().filter(|m| m.spec().policy).count(), Map::POLICY.len());
         assert_eq!(Map::POLICY.last(), Some(&Map::Cgroups));
-        let mut names: [&str; 30] = Map::ALL.map(Map::name);
+        let mut names: [&str; 31] = Map::ALL.map(Map::name);
         names.sort();
         assert!(names.windows(2).all(|w| w[0] != w[1]), "map names are unique");
     }

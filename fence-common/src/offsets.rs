@@ -65,7 +65,17 @@ pub struct KernelOffsets {
     /// `cred.euid` and `cred.egid` (`kuid_t`/`kgid_t`: the id at offset 0).
     pub cred_euid: u32,
     pub cred_egid: u32,
+    /// How a `fown_struct` leads to its file: [`FOWN_EMBEDDED`] (before 6.12, `file.f_owner`
+    /// is the struct itself, at offset `fown_file`), [`FOWN_POINTER`] (since 6.12,
+    /// `fown_struct.file` at offset `fown_file`), or 0: unknown.
+    pub fown_kind: u32,
+    pub fown_file: u32,
 }
+
+/// [`KernelOffsets::fown_kind`]: `struct file` holds its `fown_struct`.
+pub const FOWN_EMBEDDED: u32 = 1;
+/// [`KernelOffsets::fown_kind`]: `fown_struct` points to its file.
+pub const FOWN_POINTER: u32 = 2;
 
 impl KernelOffsets {
     /// All zero, `valid` 0: what the programs see until the agent sets the real offsets.
@@ -110,7 +120,9 @@ impl KernelOffsets {
         task_cred: 0,
         cred_euid: 0,
         cred_egid: 0,
+        fown_kind: 0,
+        fown_file: 0,
     };
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 160);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 168);

@@ -51,6 +51,9 @@ pub const LSM_FILE_IOCTL_COMPAT: &str = "fence_lsm_file_ioctl_compat";
 pub const LSM_FILE_FCNTL: &str = "fence_lsm_file_fcntl";
 /// lsm/file_send_sigiotask: no SIGIO from a fenced task to a task outside its identity.
 pub const LSM_SIGIOTASK: &str = "fence_lsm_file_send_sigiotask";
+/// lsm/file_set_fowner: records which unfenced process chose a file's signal receiver, so that
+/// file_send_sigiotask lets that process's own SIGIO through whoever raises it.
+pub const LSM_FILE_SET_FOWNER: &str = "fence_lsm_file_set_fowner";
 /// lsm/inode_unlink, inode_rmdir, inode_rename, inode_link: protected files and fence's pins
 /// cannot be removed, renamed or given new names by fenced identities.
 pub const LSM_INODE_UNLINK: &str = "fence_lsm_inode_unlink";
@@ -93,6 +96,7 @@ pub const ALL: &[&str] = &[
     LSM_FILE_IOCTL_COMPAT,
     LSM_FILE_FCNTL,
     LSM_SIGIOTASK,
+    LSM_FILE_SET_FOWNER,
     LSM_INODE_UNLINK,
     LSM_INODE_RMDIR,
     LSM_INODE_RENAME,

@@ -22,12 +22,13 @@ use aya_ebpf::{
     macros::{lsm, lsm_cgroup},
     programs::LsmContext,
 };
-use fence_common::{EventKind, KernelOffsets, Mechanism, NO_IDENTITY, Operation, Reason};
+use fence_common::{EventKind, FOWN_EMBEDDED, FOWN_POINTER, KernelOffsets, Mechanism, NO_IDENTITY, Operation, Reason};
 
 use crate::{
     events,
     identity::{self, Fenced},
     kernel::{self, read},
+    maps::FENCE_FILE_OWNERS,
 };
 
 const ALLOW: i32 = 0;
@@ -148,13 +149,19 @@ pub fn fence_lsm_task_kill(ctx: LsmContext) -> i32 {
 fn other_task(task: u64, operation: Operation, mech: Mechanism, detail: u32) -> i32 {
     let Some(who) = identity::current() else { return ALLOW };
     let Some(o) = kernel::offsets() else { return ALLOW };
+    judge_task(&who, o, task, operation, mech, detail)
+}
+
+/// [`other_task`] once the current task is known to be `who`.
+#[inline(always)]
+fn judge_task(who: &Fenced, o: &KernelOffsets, task: u64, operation: Operation, mech: Mechanism, detail: u32) -> i32 {
     let pid = read::<i32>(task, o.task_tgid).unwrap_or(0);
     // The agent is protected whatever its cgroup (a fenced root could move it into its own).
     let target = identity::of_task(o, who.generation, task);
     if target == who.identity && target != NO_IDENTITY && !identity::is_agent(pid as u32) {
         return ALLOW;
     }
-    refuse(&who, o, operation, mech, Reason::OutsideIdentity, pid as u64, detail, 0)
+    refuse(who, o, operation, mech, Reason::OutsideIdentity, pid as u64, detail, 0)
 }
 
 #[lsm(hook = "bpf")]
@@ -268,10 +275,56 @@ pub fn fence_lsm_file_send_sigiotask(ctx: LsmContext) -> i32 {
     // The owner checks at F_SETOWN and the like read a user pointer the kernel reads again
     // (a second thread can swap it in between), and an owner may have been set before the
     // task was fenced: so every file signal a fenced task causes is judged here too. The hook
-    // runs in whichever task causes the I/O or is current when an interrupt does, which can
-    // take an unfenced owner's own SIGIO away (README, Limits).
+    // runs in whichever task causes the I/O, or is current when an interrupt does: a signal an
+    // unfenced task chose for itself is its own, and passes (a daemon's SIGIO when a fenced
+    // writer fills its pipe).
+    let Some(who) = identity::current() else { return ALLOW };
+    let Some(o) = kernel::offsets() else { return ALLOW };
+    let (task, fown): (u64, u64) = (ctx.arg(0), ctx.arg(1));
+    if chosen_by_itself(o, fown, task) {
+        return ALLOW;
+    }
     let sig: u32 = ctx.arg(2);
-    other_task(ctx.arg(0), Operation::Signal, Mechanism::LsmFileSendSigiotask, sig)
+    judge_task(&who, o, task, Operation::Signal, Mechanism::LsmFileSendSigiotask, sig)
+}
+
+/// Whether the file of `fown` last had its signal receiver chosen by an unfenced task of
+/// `task`'s process (see [`fence_lsm_file_set_fowner`]). The task a signal goes to is found
+/// through the owner's `struct pid`, which is not reused while the file holds it, so a later
+/// process with the same number is never taken for the one that chose.
+#[inline(always)]
+fn chosen_by_itself(o: &KernelOffsets, fown: u64, task: u64) -> bool {
+    let file = match o.fown_kind {
+        // Masked: the verifier refuses a variable offset that could take the pointer more
+        // than 2^29 bytes back (a u32 could); a struct file is far smaller.
+        FOWN_EMBEDDED => fown.wrapping_sub(u64::from(o.fown_file & 0xffff)),
+        FOWN_POINTER => match read::<u64>(fown, o.fown_file) {
+            Some(f) => f,
+            None => return false,
+        },
+        _ => return false,
+    };
+    // SAFETY: a map lookup; the value is copied out at once.
+    let Some(chooser) = (unsafe { FENCE_FILE_OWNERS.get(&file) }).copied() else { return false };
+    read::<i32>(task, o.task_tgid).is_some_and(|tgid| tgid as u32 == chooser)
+}
+
+/// Records who chooses a file's SIGIO/SIGURG receiver. Every way to choose one passes here
+/// just before the owner is set (F_SETOWN, F_SETOWN_EX, FIOSETOWN, SIOCSPGRP, O_ASYNC on a
+/// terminal, F_NOTIFY, F_SETLEASE): an unfenced task's process id is kept for the file, a
+/// fenced task's choice removes it (its signals are judged when sent). The hook cannot refuse
+/// (it returns nothing), and runs only when an owner is chosen, which is rare.
+#[lsm(hook = "file_set_fowner")]
+pub fn fence_lsm_file_set_fowner(ctx: LsmContext) -> i32 {
+    // (struct file *file)
+    let file: u64 = ctx.arg(0);
+    if identity::current().is_some() {
+        let _ = FENCE_FILE_OWNERS.remove(&file);
+    } else {
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        let _ = FENCE_FILE_OWNERS.insert(&file, &tgid, 0);
+    }
+    ALLOW
 }
 
 /// `MAY_WRITE` in `inode_permission`'s mask.

@@ -153,6 +153,11 @@ pub static FENCE_EXEC_CALLER: LruHashMap<u32, ExecCaller> = LruHashMap::with_max
 #[map]
 pub static FENCE_EXEC_SCRATCH: PerCpuArray<ExecCaller> = PerCpuArray::with_max_entries(Map::ExecScratch.capacity(), 0);
 
+/// file -> the process id of the unfenced task that last chose its signal receiver; see
+/// `escape::fence_lsm_file_set_fowner`.
+#[map]
+pub static FENCE_FILE_OWNERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(Map::FileOwners.capacity(), 0);
+
 /// Looks `key` up; the value is copied out.
 #[inline(always)]
 pub fn lookup<K, V: Copy>(map: &HashMap<K, V>, key: &K) -> Option<V> {

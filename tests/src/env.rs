@@ -224,6 +224,12 @@ pub fn mechanism(fence: &str) -> Option<String> {
     (row["enforced"] == true).then(|| row["mechanism"].as_str().unwrap_or_default().to_owned())
 }
 
+/// The doctor's notes for `fence` (why it is not enforced, when it is not).
+pub fn doctor_notes(fence: &str) -> String {
+    let rows = doctor()["fences"].as_array().cloned().unwrap_or_default();
+    rows.iter().find(|r| r["fence"] == fence).map(|r| r["notes"].to_string()).unwrap_or_default()
+}
+
 /// Processes in a test cgroup.
 pub fn procs_in(cg: &TestCgroup) -> usize {
     fs::read_to_string(cg.dir.join("cgroup.procs")).map(|s| s.lines().count()).unwrap_or(0)

@@ -18,7 +18,9 @@ mod attempts;
 mod bench;
 mod net;
 
-use attempts::{clone_into_cgroup, memfd_exec, open_through_bind_mount, setown, source_routed_send, tiocsti};
+use attempts::{
+    clone_into_cgroup, memfd_exec, open_through_bind_mount, setown, sigio_from, source_routed_send, tiocsti,
+};
 use bench::{bench_exec, bench_open, bench_tcp, bench_tcp_spread, bench_udp};
 use net::{dns_query, local_any, sendmmsg_two, tcp_fastopen, unix_connect, unix_send};
 
@@ -504,6 +506,11 @@ fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
         "setown" | "setown-ex" => {
             let pid: i32 = args.first().and_then(|p| p.parse().ok()).ok_or_else(|| io::Error::other("PID"))?;
             setown(action == "setown-ex", pid)
+        }
+        "sigio-from" => {
+            let cgroup = args.first().ok_or_else(|| io::Error::other("sigio-from CGROUP [OWNER]"))?;
+            let owner = args.get(1).map(|p| p.parse().map_err(io::Error::other)).transpose()?;
+            sigio_from(cgroup, owner)
         }
         "tiocsti" => tiocsti(args),
         "udp-rthdr" | "udp-rthdr-cmsg" | "udp-lsrr" => {

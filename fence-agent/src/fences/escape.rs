@@ -52,6 +52,13 @@ fn load(ctx: &mut LoadContext<'_>) -> Availability {
         return global;
     }
     let mut gaps = Vec::new();
+    // Without it every file signal a fenced task raises is judged, an unfenced owner's own too.
+    if let Err(e) = ctx.loader.load_lsm_all(&[(programs::LSM_FILE_SET_FOWNER, "file_set_fowner")]) {
+        gaps.push(format!(
+            "lsm/file_set_fowner refused ({e}): an unfenced process's own SIGIO, raised by a fenced process's I/O, \
+             is refused"
+        ));
+    }
     // Kernels without this hook pass 32-bit ioctls through file_ioctl; those with it do not.
     if crate::host::kernel_has_lsm_hook("file_ioctl_compat") != Some(false)
         && let Err(e) = ctx.loader.load_lsm_all(&[(programs::LSM_FILE_IOCTL_COMPAT, "file_ioctl_compat")])
@@ -82,8 +89,7 @@ const LSM_EVENTS: &[Mechanism] = &[
     Mechanism::LsmFileFcntl,
     Mechanism::LsmFileSendSigiotask,
 ];
-const LSM_HOOKS: &str =
-    "lsm/file_open+task_alloc+ptrace_access_check+task_kill+bpf+file_ioctl+file_fcntl+file_send_sigiotask";
+const LSM_HOOKS: &str = "lsm/file_open+task_alloc+ptrace_access_check+task_kill+bpf+file_ioctl+file_fcntl+file_send_sigiotask+file_set_fowner";
 
 fn report(a: &Availability, ctx: &ReportContext<'_>) -> FenceReport {
     match a {

@@ -9,7 +9,7 @@
 //! | [`exec`] | exec | lsm/bprm_check_security, else tp_btf/sched_process_exec + SIGKILL | `Exec` |
 //! | [`files`] | credential-files | lsm/file_open, inode_unlink, inode_rmdir, inode_rename, inode_link, path_truncate; else fanotify in the agent | `Protected`, `FileExcept` |
 //! | [`unix`] | unix-sockets | lsm/unix_stream_connect, unix_may_send | `Unix`, `UnixAbstract` |
-//! | [`escape`] | no-way-out | lsm/task_alloc, ptrace_access_check, task_kill, bpf, file_ioctl, file_fcntl, file_send_sigiotask, lsm_cgroup/inode_permission (+ file_open) | |
+//! | [`escape`] | no-way-out | lsm/task_alloc, ptrace_access_check, task_kill, bpf, file_ioctl, file_fcntl, file_send_sigiotask, file_set_fowner, lsm_cgroup/inode_permission (+ file_open) | |
 //! | [`sysctl`] | host-settings | cgroup/sysctl | |
 //! | [`grants`] | grants | (none: every fence's program checks a grant slot's end) | (`Grants`, `GrantUses`, not generational) |
 //! | [`secrets`] | secrets | (none: the agent's broker, its callers attested by the kernel) | |

@@ -200,7 +200,8 @@ impl PolicyMaps for AyaPolicyMaps {
             | Map::Grants
             | Map::GrantUses
             | Map::ExecCaller
-            | Map::ExecScratch => Ok(()),
+            | Map::ExecScratch
+            | Map::FileOwners => Ok(()),
         }
     }
 
@@ -302,7 +303,8 @@ impl PolicyMaps for AyaPolicyMaps {
             | Map::Grants
             | Map::GrantUses
             | Map::ExecCaller
-            | Map::ExecScratch => Vec::new(),
+            | Map::ExecScratch
+            | Map::FileOwners => Vec::new(),
         })
     }
 

@@ -104,6 +104,82 @@ pub(super) fn setown(ex: bool, pid: i32) -> io::Result<Value> {
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(json!({})) }
 }
 
+/// `sigio-from CGROUP [OWNER]`: asks (unfenced) for SIGIO on a pipe's read end, to itself or
+/// to OWNER, then forks a child that enters CGROUP and writes into the pipe, which raises the
+/// signal in the child's context. Reports whether this process got its SIGIO within two
+/// seconds (blocked, so that it waits pending: the kernel judges it when sent), and the
+/// child's pid and exit code (0: wrote; 1: could not enter CGROUP; 2: could not write).
+pub(super) fn sigio_from(cgroup: &str, owner: Option<i32>) -> io::Result<Value> {
+    let (read, write) = nix::unistd::pipe().map_err(io::Error::from)?;
+    let me = std::process::id() as i32;
+    let procs = std::ffi::CString::new(format!("{cgroup}/cgroup.procs")).map_err(io::Error::other)?;
+    // SAFETY: plain fcntls on our own descriptor, and the signal mask of this thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGIO);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if libc::fcntl(read.as_raw_fd(), libc::F_SETOWN, owner.unwrap_or(me)) < 0
+            || libc::fcntl(read.as_raw_fd(), libc::F_SETFL, libc::O_ASYNC | libc::O_NONBLOCK) < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: the child only makes system calls on memory prepared before the fork.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if child == 0 {
+        // SAFETY: async-signal-safe calls only, then _exit.
+        unsafe {
+            let mut pid = [0u8; 12];
+            let mut n = 0;
+            let mut v = libc::getpid() as u32;
+            let mut digits = [0u8; 12];
+            loop {
+                digits[n] = b'0' + (v % 10) as u8;
+                n += 1;
+                v /= 10;
+                if v == 0 {
+                    break;
+                }
+            }
+            for i in 0..n {
+                pid[i] = digits[n - 1 - i];
+            }
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 || libc::write(fd, pid.as_ptr().cast(), n) != n as isize {
+                libc::_exit(1);
+            }
+            let byte = *b"x";
+            if libc::write(write.as_raw_fd(), byte.as_ptr().cast(), 1) != 1 {
+                libc::_exit(2);
+            }
+            libc::_exit(0);
+        }
+    }
+    let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None).map_err(io::Error::from)?;
+    let code = match status {
+        nix::sys::wait::WaitStatus::Exited(_, code) => code,
+        other => return Err(io::Error::other(format!("the writer ended as {other:?}"))),
+    };
+    let got = owner.is_none() && {
+        // SAFETY: waits for a blocked signal of this thread.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGIO);
+            let wait = libc::timespec { tv_sec: 2, tv_nsec: 0 };
+            libc::sigtimedwait(&set, std::ptr::null_mut(), &wait) == libc::SIGIO
+        }
+    };
+    // Closing the pipe raises SIGIO too (here, unfenced): the receiver is cleared first.
+    // SAFETY: a plain fcntl on our own descriptor.
+    unsafe { libc::fcntl(read.as_raw_fd(), libc::F_SETOWN, 0) };
+    Ok(json!({ "sigio": got, "child": child, "child_exit": code }))
+}
+
 /// `tiocsti [--drop-cap] [TTY]`: pushes a character into the terminal TTY (a new pty when
 /// none is given; fd 0 with `-`), as if typed. `--drop-cap` first drops CAP_SYS_ADMIN, with
 /// which the kernel allows TIOCSTI on any terminal.
