@@ -186,6 +186,12 @@ const SIOCSPGRP: u32 = 0x8902;
 /// fcntls that choose a file's SIGIO/SIGURG receiver.
 const F_SETOWN: u32 = 8;
 const F_SETOWN_EX: u32 = 15;
+/// fcntls and the ioctl that change which signal a file sends, or whether it sends SIGIO at
+/// all (O_ASYNC): on a file whose receiver an unfenced process chose, a fenced task's change
+/// makes the signals it raises judged again (see [`chosen_by_itself`]).
+const F_SETFL: u32 = 4;
+const F_SETSIG: u32 = 10;
+const FIOASYNC: u32 = 0x5452;
 /// `struct f_owner_ex.type`: a thread, a process, a process group.
 const F_OWNER_PGRP: i32 = 2;
 
@@ -209,10 +215,13 @@ fn ioctl(ctx: &LsmContext, mech: Mechanism) -> i32 {
         return previous;
     }
     let cmd: u32 = ctx.arg(1);
-    if !matches!(cmd, TIOCSTI | TIOCLINUX | FIOSETOWN | SIOCSPGRP) {
+    if !matches!(cmd, TIOCSTI | TIOCLINUX | FIOSETOWN | SIOCSPGRP | FIOASYNC) {
         return ALLOW;
     }
     let Some(who) = identity::current() else { return ALLOW };
+    if cmd == FIOASYNC {
+        return not_chosen_by_itself(ctx.arg(0));
+    }
     let Some(o) = kernel::offsets() else { return ALLOW };
     if cmd == TIOCSTI || cmd == TIOCLINUX {
         let file: u64 = ctx.arg(0);
@@ -233,10 +242,13 @@ pub fn fence_lsm_file_fcntl(ctx: LsmContext) -> i32 {
         return previous;
     }
     let cmd: u32 = ctx.arg(1);
-    if cmd != F_SETOWN && cmd != F_SETOWN_EX {
+    if !matches!(cmd, F_SETOWN | F_SETOWN_EX | F_SETFL | F_SETSIG) {
         return ALLOW;
     }
     let Some(who) = identity::current() else { return ALLOW };
+    if cmd == F_SETFL || cmd == F_SETSIG {
+        return not_chosen_by_itself(ctx.arg(0));
+    }
     let Some(o) = kernel::offsets() else { return ALLOW };
     let arg: u64 = ctx.arg(2);
     let target = if cmd == F_SETOWN {
@@ -307,6 +319,16 @@ fn chosen_by_itself(o: &KernelOffsets, fown: u64, task: u64) -> bool {
     // SAFETY: a map lookup; the value is copied out at once.
     let Some(chooser) = (unsafe { FENCE_FILE_OWNERS.get(&file) }).copied() else { return false };
     read::<i32>(task, o.task_tgid).is_some_and(|tgid| tgid as u32 == chooser)
+}
+
+/// A fenced task changes which signal `file` sends, or turns its SIGIO on: whatever an
+/// unfenced process chose for itself no longer holds alone (a fenced task could otherwise make
+/// it SIGKILL, or send SIGIO, whose default ends a process, to one that never asked for it),
+/// so the file's signals are judged again. Allowed: the change itself is the file's business.
+#[inline(always)]
+fn not_chosen_by_itself(file: u64) -> i32 {
+    let _ = FENCE_FILE_OWNERS.remove(&file);
+    ALLOW
 }
 
 /// Records who chooses a file's SIGIO/SIGURG receiver. Every way to choose one passes here

@@ -338,6 +338,15 @@ fn signals_terminals_cgroups_sockets() {
         let o = helper::run(None, &["sigio-from", &cgroup]);
         o.assert_ok("an unfenced owner of its own pipe");
         assert_eq!((o.raw["child_exit"].as_i64(), o.raw["sigio"].as_bool()), (Some(0), Some(true)), "{}", o.raw);
+        // A fenced task that changes the file's signal (F_SETSIG: SIGKILL, say) makes it the
+        // fenced task's choice: refused, and logged.
+        let o = helper::run(None, &["sigio-from", &cgroup, "--setsig"]);
+        o.assert_ok("an unfenced owner of its own pipe, whose signal a fenced task changed");
+        assert_eq!((o.raw["child_exit"].as_i64(), o.raw["sigio"].as_bool()), (Some(0), Some(false)), "{}", o.raw);
+        let e = agent.wait_event("for the signal a fenced task chose", |e| {
+            e["process"]["pid"] == o.raw["child"] && e["fence"]["operation"] == "signal"
+        });
+        assert_eq!(e["fence"]["mechanism"], "lsm/file_send_sigiotask", "{e:#}");
         // The same pipe with another process as the receiver, chosen by the unfenced writer's
         // parent: refused when the fenced child's write raises it (the receiver lives).
         let mut receiver = Command::new("sleep").arg("30").stdout(Stdio::null()).spawn().unwrap();

@@ -508,9 +508,11 @@ fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
             setown(action == "setown-ex", pid)
         }
         "sigio-from" => {
-            let cgroup = args.first().ok_or_else(|| io::Error::other("sigio-from CGROUP [OWNER]"))?;
+            let setsig = args.contains(&"--setsig");
+            let args: Vec<&str> = args.iter().copied().filter(|a| *a != "--setsig").collect();
+            let cgroup = args.first().ok_or_else(|| io::Error::other("sigio-from CGROUP [OWNER] [--setsig]"))?;
             let owner = args.get(1).map(|p| p.parse().map_err(io::Error::other)).transpose()?;
-            sigio_from(cgroup, owner)
+            sigio_from(cgroup, owner, setsig)
         }
         "tiocsti" => tiocsti(args),
         "udp-rthdr" | "udp-rthdr-cmsg" | "udp-lsrr" => {

@@ -104,12 +104,14 @@ pub(super) fn setown(ex: bool, pid: i32) -> io::Result<Value> {
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(json!({})) }
 }
 
-/// `sigio-from CGROUP [OWNER]`: asks (unfenced) for SIGIO on a pipe's read end, to itself or
-/// to OWNER, then forks a child that enters CGROUP and writes into the pipe, which raises the
-/// signal in the child's context. Reports whether this process got its SIGIO within two
-/// seconds (blocked, so that it waits pending: the kernel judges it when sent), and the
-/// child's pid and exit code (0: wrote; 1: could not enter CGROUP; 2: could not write).
-pub(super) fn sigio_from(cgroup: &str, owner: Option<i32>) -> io::Result<Value> {
+/// `sigio-from CGROUP [OWNER] [--setsig]`: asks (unfenced) for SIGIO on a pipe's read end, to
+/// itself or to OWNER, then forks a child that enters CGROUP and writes into the pipe, which
+/// raises the signal in the child's context; with `--setsig` the child first makes the file
+/// send SIGUSR1 instead (F_SETSIG). Reports whether this process got its SIGIO (or SIGUSR1)
+/// within two seconds (blocked, so that it waits pending: the kernel judges it when sent), and
+/// the child's pid and exit code (0: wrote; 1: could not enter CGROUP; 2: could not write; 3:
+/// F_SETSIG failed).
+pub(super) fn sigio_from(cgroup: &str, owner: Option<i32>, setsig: bool) -> io::Result<Value> {
     let (read, write) = nix::unistd::pipe().map_err(io::Error::from)?;
     let me = std::process::id() as i32;
     let procs = std::ffi::CString::new(format!("{cgroup}/cgroup.procs")).map_err(io::Error::other)?;
@@ -118,6 +120,7 @@ pub(super) fn sigio_from(cgroup: &str, owner: Option<i32>) -> io::Result<Value> 
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGIO);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
         libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         if libc::fcntl(read.as_raw_fd(), libc::F_SETOWN, owner.unwrap_or(me)) < 0
             || libc::fcntl(read.as_raw_fd(), libc::F_SETFL, libc::O_ASYNC | libc::O_NONBLOCK) < 0
@@ -152,6 +155,10 @@ pub(super) fn sigio_from(cgroup: &str, owner: Option<i32>) -> io::Result<Value> 
             if fd < 0 || libc::write(fd, pid.as_ptr().cast(), n) != n as isize {
                 libc::_exit(1);
             }
+            const F_SETSIG: libc::c_int = 10;
+            if setsig && libc::fcntl(read.as_raw_fd(), F_SETSIG, libc::SIGUSR1) < 0 {
+                libc::_exit(3);
+            }
             let byte = *b"x";
             if libc::write(write.as_raw_fd(), byte.as_ptr().cast(), 1) != 1 {
                 libc::_exit(2);
@@ -170,8 +177,9 @@ pub(super) fn sigio_from(cgroup: &str, owner: Option<i32>) -> io::Result<Value> 
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGIO);
+            libc::sigaddset(&mut set, libc::SIGUSR1);
             let wait = libc::timespec { tv_sec: 2, tv_nsec: 0 };
-            libc::sigtimedwait(&set, std::ptr::null_mut(), &wait) == libc::SIGIO
+            libc::sigtimedwait(&set, std::ptr::null_mut(), &wait) > 0
         }
     };
     // Closing the pipe raises SIGIO too (here, unfenced): the receiver is cleared first.
