@@ -279,12 +279,7 @@ fn host_cidr(ip: IpAddr) -> String {
 }
 
 fn address_risk(ip: IpAddr) -> Option<&'static str> {
-    let metadata = |ip: IpAddr| match ip {
-        IpAddr::V4(v4) => v4.octets() == [169, 254, 169, 254],
-        // AWS's IPv6 instance metadata address.
-        IpAddr::V6(v6) => v6.segments() == [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254],
-    };
-    if metadata(ip) {
+    if crate::local_addrs::metadata(ip) {
         return Some("cloud instance metadata: the host's cloud credentials are one request away");
     }
     match ip {

@@ -32,6 +32,7 @@ pub mod hold;
 pub mod host;
 pub mod kernel;
 pub mod learn;
+pub mod local_addrs;
 pub mod logging;
 pub mod metrics;
 pub mod mountinfo;

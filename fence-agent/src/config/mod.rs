@@ -49,7 +49,7 @@
 //! ttl_grace = 30                             # seconds a learned address outlives its TTL
 //! ttl_floor = 5                              # ... at least
 //! ttl_cap = 3600                             # ... at most
-//! learn_local_addresses = false              # answers naming loopback/link-local/metadata
+//! learn_local_addresses = false              # answers naming loopback/link-local/metadata/this host
 //!
 //! [grants]                                   # just-in-time grants (see `grants`)
 //! max_ttl = "8h"                             # the longest grant, whatever a policy says

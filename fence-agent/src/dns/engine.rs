@@ -2,14 +2,16 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex, PoisonError, RwLock},
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use hickory_proto::op::{Message, ResponseCode};
 use tokio::time::{Instant, timeout};
 use tracing::{debug, warn};
+
+use crate::local_addrs::{Interfaces, Local, classify};
 
 use super::{
     Decide, Decision, EngineConfig, Learn, LearnError, Learned, QueryEvent, Refusal, Report, Transport, Upstreams,
@@ -73,7 +75,20 @@ pub struct Engine<A> {
     report: Arc<dyn Report>,
     metrics: DnsMetrics,
     own: Arc<OwnAddrs>,
+    interfaces: Interfaces,
+    unlearned: Mutex<Unlearned>,
 }
+
+/// Addresses refused since the last warning: one warning at most every [`UNLEARNED_WARN_EVERY`]
+/// (a resolver that answers blocked names with 127.0.0.1, asked in a loop, must not flood
+/// the log).
+#[derive(Debug, Default)]
+struct Unlearned {
+    last_warning: Option<Instant>,
+    since: u64,
+}
+
+const UNLEARNED_WARN_EVERY: Duration = Duration::from_secs(10);
 
 impl<A: Send + Sync + 'static> Engine<A> {
     pub fn new(
@@ -91,6 +106,8 @@ impl<A: Send + Sync + 'static> Engine<A> {
             report,
             metrics: DnsMetrics::default(),
             own: Arc::default(),
+            interfaces: Interfaces::default(),
+            unlearned: Mutex::default(),
         }
     }
 
@@ -211,10 +228,15 @@ impl<A: Send + Sync + 'static> Engine<A> {
                 }
             }
             Forward::Audit => {
-                // What enforce mode would learn (a NOERROR, untruncated answer's chain), at
-                // most RESOLVED_IN_EVENT of it: one answer must not make a huge event line.
+                // What enforce mode would learn (a NOERROR, untruncated answer's chain, not what
+                // `unlearnable` refuses), at most RESOLVED_IN_EVENT of it: one answer must not
+                // make a huge event line.
                 let mut addrs: Vec<IpAddr> = if answer.response_code == ResponseCode::NoError && !answer.truncation {
-                    message::chain_addresses(q.query.name(), &answer.answers).into_iter().map(|(a, _)| a).collect()
+                    message::chain_addresses(q.query.name(), &answer.answers)
+                        .into_iter()
+                        .map(|(a, _)| a)
+                        .filter(|&a| unlearnable(a, self.config.learn_local, &self.interfaces).is_none())
+                        .collect()
                 } else {
                     Vec::new()
                 };
@@ -260,8 +282,8 @@ impl<A: Send + Sync + 'static> Engine<A> {
     fn learned(&self, addrs: Vec<(IpAddr, u32)>) -> Vec<Learned> {
         let mut by_addr: HashMap<IpAddr, u32> = HashMap::new();
         for (addr, ttl) in addrs {
-            if let Some(why) = unlearnable(addr, self.config.learn_local) {
-                warn!(%addr, "an answer names {why}: not learned");
+            if let Some(why) = unlearnable(addr, self.config.learn_local, &self.interfaces) {
+                self.unlearned(addr, why);
                 continue;
             }
             let e = by_addr.entry(addr).or_insert(ttl);
@@ -273,6 +295,17 @@ impl<A: Send + Sync + 'static> Engine<A> {
             .collect();
         learned.sort_by_key(|l| l.addr);
         learned
+    }
+
+    fn unlearned(&self, addr: IpAddr, why: Local) {
+        let mut u = self.unlearned.lock().unwrap_or_else(PoisonError::into_inner);
+        u.since += 1;
+        if u.last_warning.is_some_and(|t| t.elapsed() < UNLEARNED_WARN_EVERY) {
+            return;
+        }
+        let refused = std::mem::take(&mut u.since);
+        u.last_warning = Some(Instant::now());
+        warn!(%addr, refused, "an answer names {}: not learned (dns.learn_local_addresses)", why.describe());
     }
 
     fn report(&self, incoming: &Incoming<'_>, q: &ClientQuery, verdict: Verdict, resolved: &[IpAddr]) {
@@ -292,36 +325,19 @@ impl<A: Send + Sync + 'static> Engine<A> {
 /// Why an answer's address must not be learned, or `None` when it may be. Never the unspecified
 /// address (0.0.0.0, ::), which the kernel judges as given but connects to as the host itself:
 /// a filtering resolver's answer for a blocked name, or one an attacker controls, would open
-/// the host's local services on the name's ports. Unless `learn_local`, neither this host's
-/// other own addresses: loopback (127.0.0.0/8, ::1), link-local (169.254.0.0/16, fe80::/10, where
-/// the cloud metadata service hands out instance credentials) and the metadata services at
-/// other addresses (fd00:ec2::254, 100.100.100.200). An allowed name whose answers an attacker
-/// controls (a wildcard over names anyone can register, or DNS rebinding) would otherwise reach
-/// them. IPv4-mapped IPv6 addresses are judged as the IPv4 address. A CIDR rule can still allow
-/// any of them by address.
-pub fn unlearnable(addr: IpAddr, learn_local: bool) -> Option<&'static str> {
-    let addr = match addr {
-        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(addr, IpAddr::V4),
-        v4 => v4,
-    };
-    if addr.is_unspecified() {
-        return Some("the unspecified address, which a connect reaches as this host itself");
+/// the host's local services on the name's ports. Unless `learn_local`, neither any other
+/// address of the host or its cloud ([`crate::local_addrs`]): loopback, link-local, the cloud
+/// metadata services, this host's interface addresses. An allowed name whose answers an
+/// attacker controls (a wildcard over names anyone can register, or DNS rebinding) would
+/// otherwise reach them. IPv6 forms carrying an IPv4 address are judged by it. A CIDR rule can
+/// still allow any of them by address.
+pub fn unlearnable(addr: IpAddr, learn_local: bool, interfaces: &Interfaces) -> Option<Local> {
+    match classify(addr) {
+        Some(Local::Unspecified) => Some(Local::Unspecified),
+        Some(local) if !learn_local => Some(local),
+        None if !learn_local && interfaces.contains(addr) => Some(Local::Interface),
+        _ => None,
     }
-    if learn_local {
-        return None;
-    }
-    let local = match addr {
-        IpAddr::V4(a) if a.is_loopback() => "a loopback address (this host)",
-        IpAddr::V4(a) if a.is_link_local() => "a link-local address (the cloud metadata service's network)",
-        IpAddr::V4(a) if a == Ipv4Addr::new(100, 100, 100, 200) => "a cloud metadata service's address",
-        IpAddr::V6(a) if a.is_loopback() => "a loopback address (this host)",
-        IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 => "a link-local address",
-        IpAddr::V6(a) if a == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) => {
-            "a cloud metadata service's address"
-        }
-        _ => return None,
-    };
-    Some(local)
 }
 
 /// The most addresses an audit-mode `dns-query` event carries (`dns.resolved_ip`).

@@ -25,7 +25,10 @@
 //! and of every CNAME between the question name and its owner (the address stays right for the
 //! question only as long as every link does). The engine hands [`Learn`] that TTL and the time
 //! to keep the entry, `clamp(ttl + grace, floor, cap)` ([`EngineConfig`]). An address that
-//! appears twice is learned once, with the longer of the two.
+//! appears twice is learned once, with the longer of the two. Addresses of the host and its
+//! cloud ([`unlearnable`]: loopback, link-local, metadata services, this host's interfaces) are
+//! not learned unless [`EngineConfig::learn_local`], and the unspecified address never is; the
+//! client still gets them in its answer.
 //!
 //! # Order
 //!

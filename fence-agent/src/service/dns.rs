@@ -216,15 +216,22 @@ impl DnsState {
         let mut learned = Learned::new(caps);
         // An earlier run (or another configuration) may have learned what this one refuses:
         // forgotten now, not left to open the host until it expires.
+        let interfaces = crate::local_addrs::Interfaces::default();
         let (adopted, refused): (Vec<_>, Vec<_>) = kernel
             .learned()?
             .into_iter()
-            .partition(|(_, addr, _)| dns::unlearnable(*addr, config.learn_local_addresses).is_none());
-        for (identity, addr, _) in refused {
+            .partition(|(_, addr, _)| dns::unlearnable(*addr, config.learn_local_addresses, &interfaces).is_none());
+        let mut kept = Vec::new();
+        for (identity, addr, rules) in refused {
             tracing::warn!(identity, %addr, "an address learned by an earlier run is not learnable now: forgotten");
-            kernel.forget(identity, addr)?;
+            // Should the map refuse, the entry is adopted instead: it lives to its expiry, and
+            // the agent still starts (it would close nothing by stopping).
+            if let Err(e) = kernel.forget(identity, addr) {
+                tracing::error!(identity, %addr, error = %e, "forgetting it failed: kept until it expires");
+                kept.push((identity, addr, rules));
+            }
         }
-        learned.adopt(adopted);
+        learned.adopt(adopted.into_iter().chain(kept).collect());
         kernel.steer(true)?;
         let stats = Arc::default();
         Ok(DnsState { kernel, learned, config, runtime, engine, in_force, running: HashMap::new(), stats })

@@ -39,24 +39,24 @@ fn resolv_conf_without_nameserver_is_an_error() {
     let path = dir.path().join("resolv.conf");
     std::fs::write(&path, "options ndots:2\n").expect("write");
     assert!(matches!(Upstreams::from_resolv_conf(&path), Err(UpstreamError::NoNameserver { .. })));
-    std::fs::write(&path, "nameserver 192.0.2.53\n").expect("write");
-    assert_eq!(Upstreams::from_resolv_conf(&path).expect("read").servers(), &[sock("192.0.2.53:53")]);
+    std::fs::write(&path, "nameserver 198.51.100.53\n").expect("write");
+    assert_eq!(Upstreams::from_resolv_conf(&path).expect("read").servers(), &[sock("198.51.100.53:53")]);
     assert!(matches!(Upstreams::from_resolv_conf(&dir.path().join("absent")), Err(UpstreamError::Read { .. })));
 }
 
 #[test]
 fn configured_upstreams() {
-    let list = ["192.0.2.1", "192.0.2.2:5353", "2001:db8::1", "[2001:db8::2]:5353", "[fe80::1%4]:53"];
+    let list = ["198.51.100.1", "198.51.100.2:5353", "2001:db8::1", "[2001:db8::2]:5353", "[fe80::1%4]:53"];
     let servers = Upstreams::parse_list(&list).expect("valid");
     let expected = [
-        sock("192.0.2.1:53"),
-        sock("192.0.2.2:5353"),
+        sock("198.51.100.1:53"),
+        sock("198.51.100.2:5353"),
         sock("[2001:db8::1]:53"),
         sock("[2001:db8::2]:5353"),
         SocketAddr::V6(SocketAddrV6::new("fe80::1".parse().expect("v6"), 53, 0, 4)),
     ];
     assert_eq!(servers.servers(), expected.as_slice());
-    for bad in ["dns.example", "192.0.2.1:x", "[2001:db8::1]", "fe80::1%no-such-if0", "300.0.0.1"] {
+    for bad in ["dns.example", "198.51.100.1:x", "[2001:db8::1]", "fe80::1%no-such-if0", "300.0.0.1"] {
         assert!(Upstreams::parse_list(&[bad]).is_err(), "{bad} accepted");
     }
     assert!(matches!(Upstreams::parse_list::<&str>(&[]), Err(UpstreamError::Empty)));
@@ -87,21 +87,21 @@ fn chain_follows_cnames_case_insensitively_and_ignores_other_names() {
         a("Other.Example.", 10, "198.51.100.1"),
         aaaa("edge.CDN.net.", 100, "2001:db8::7"),
         cname("www.example.com.", 50, "EDGE.cdn.net."),
-        a("www.example.com.", 5, "192.0.2.1"),
+        a("www.example.com.", 5, "198.51.100.1"),
     ];
-    assert_eq!(addrs("WWW.example.com.", &answers), vec![(ip("2001:db8::7"), 50), (ip("192.0.2.1"), 5)]);
+    assert_eq!(addrs("WWW.example.com.", &answers), vec![(ip("2001:db8::7"), 50), (ip("198.51.100.1"), 5)]);
 }
 
 #[test]
 fn chain_loops_and_long_chains_end() {
-    let looped = [cname("a.test.", 60, "b.test."), cname("b.test.", 60, "a.test."), a("b.test.", 60, "192.0.2.1")];
-    assert_eq!(addrs("a.test.", &looped), vec![(ip("192.0.2.1"), 60)]);
+    let looped = [cname("a.test.", 60, "b.test."), cname("b.test.", 60, "a.test."), a("b.test.", 60, "198.51.100.1")];
+    assert_eq!(addrs("a.test.", &looped), vec![(ip("198.51.100.1"), 60)]);
 
     let mut long: Vec<Record> =
         (0..20).map(|i| cname(&format!("n{i}.test."), 60, &format!("n{}.test.", i + 1))).collect();
-    long.push(a("n16.test.", 60, "192.0.2.16"));
-    long.push(a("n17.test.", 60, "192.0.2.17"));
-    assert_eq!(addrs("n0.test.", &long), vec![(ip("192.0.2.16"), 60)], "16 links, no more");
+    long.push(a("n16.test.", 60, "198.51.100.16"));
+    long.push(a("n17.test.", 60, "198.51.100.17"));
+    assert_eq!(addrs("n0.test.", &long), vec![(ip("198.51.100.16"), 60)], "16 links, no more");
 }
 
 #[test]
@@ -143,7 +143,7 @@ fn truncated_answer_keeps_the_question_and_a_bare_opt() {
     let mut reply = Message::response(77, OpCode::Query);
     reply.add_query(Query::query(name("big.example.com."), RecordType::A));
     for i in 0..100u8 {
-        reply.add_answer(a("big.example.com.", 60, &format!("192.0.2.{i}")));
+        reply.add_answer(a("big.example.com.", 60, &format!("198.51.100.{i}")));
     }
     let mut edns = Edns::new();
     edns.set_max_payload(4096).set_dnssec_ok(true);
