@@ -51,6 +51,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         cred_egid: btf.offset_of("cred", &["egid", "val"])?,
         fown_kind: fown(btf).map_or(0, |(kind, _)| kind),
         fown_file: fown(btf).map_or(0, |(_, offset)| offset),
+        inode_i_mode: btf.offset_of("inode", &["i_mode"])?,
     })
 }
 

@@ -70,6 +70,8 @@ pub struct KernelOffsets {
     /// `fown_struct.file` at offset `fown_file`), or 0: unknown.
     pub fown_kind: u32,
     pub fown_file: u32,
+    /// `inode.i_mode` (a u16: the file type and permissions).
+    pub inode_i_mode: u32,
 }
 
 /// [`KernelOffsets::fown_kind`]: `struct file` holds its `fown_struct`.
@@ -122,7 +124,8 @@ impl KernelOffsets {
         cred_egid: 0,
         fown_kind: 0,
         fown_file: 0,
+        inode_i_mode: 0,
     };
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 168);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 172);

@@ -186,12 +186,22 @@ const SIOCSPGRP: u32 = 0x8902;
 /// fcntls that choose a file's SIGIO/SIGURG receiver.
 const F_SETOWN: u32 = 8;
 const F_SETOWN_EX: u32 = 15;
-/// fcntls and the ioctl that change which signal a file sends, or whether it sends SIGIO at
-/// all (O_ASYNC): on a file whose receiver an unfenced process chose, a fenced task's change
-/// makes the signals it raises judged again (see [`chosen_by_itself`]).
+/// fcntls and the ioctl that change which signal a file sends, or make it send one (O_ASYNC,
+/// a directory notification, a lease): on a file whose receiver an unfenced process chose, a
+/// fenced task's change makes the signals judged again for good (see [`chosen_by_itself`]).
+/// The numbers are those of x86 and arm64.
 const F_SETFL: u32 = 4;
 const F_SETSIG: u32 = 10;
+const F_SETLEASE: u32 = 1024;
+const F_NOTIFY: u32 = 1026;
 const FIOASYNC: u32 = 0x5452;
+/// `O_ASYNC` in F_SETFL's argument.
+const O_ASYNC: u64 = 0o20000;
+/// The file type bits of `i_mode`, and a character device's (terminals among them).
+const S_IFMT: u16 = 0o170000;
+const S_IFCHR: u16 = 0o020000;
+/// `FENCE_FILE_OWNERS`' value for a file a fenced task touched: no process's own.
+const TOUCHED: u32 = 0;
 /// `struct f_owner_ex.type`: a thread, a process, a process group.
 const F_OWNER_PGRP: i32 = 2;
 
@@ -219,10 +229,12 @@ fn ioctl(ctx: &LsmContext, mech: Mechanism) -> i32 {
         return ALLOW;
     }
     let Some(who) = identity::current() else { return ALLOW };
-    if cmd == FIOASYNC {
-        return not_chosen_by_itself(ctx.arg(0));
-    }
     let Some(o) = kernel::offsets() else { return ALLOW };
+    if cmd == FIOASYNC {
+        // The argument is a user pointer the kernel reads again: on a terminal, refused
+        // whatever it says now.
+        return async_on(&who, o, mech, cmd, ctx.arg(0));
+    }
     if cmd == TIOCSTI || cmd == TIOCLINUX {
         let file: u64 = ctx.arg(0);
         let dentry = kernel::file_dentry(o, file).unwrap_or(0);
@@ -242,15 +254,20 @@ pub fn fence_lsm_file_fcntl(ctx: LsmContext) -> i32 {
         return previous;
     }
     let cmd: u32 = ctx.arg(1);
-    if !matches!(cmd, F_SETOWN | F_SETOWN_EX | F_SETFL | F_SETSIG) {
+    if !matches!(cmd, F_SETOWN | F_SETOWN_EX | F_SETFL | F_SETSIG | F_SETLEASE | F_NOTIFY) {
+        return ALLOW;
+    }
+    let arg: u64 = ctx.arg(2);
+    if cmd == F_SETFL && arg & O_ASYNC == 0 {
         return ALLOW;
     }
     let Some(who) = identity::current() else { return ALLOW };
-    if cmd == F_SETFL || cmd == F_SETSIG {
-        return not_chosen_by_itself(ctx.arg(0));
-    }
     let Some(o) = kernel::offsets() else { return ALLOW };
-    let arg: u64 = ctx.arg(2);
+    match cmd {
+        F_SETFL => return async_on(&who, o, Mechanism::LsmFileFcntl, cmd, ctx.arg(0)),
+        F_SETSIG | F_SETLEASE | F_NOTIFY => return touched(ctx.arg(0)),
+        _ => {}
+    }
     let target = if cmd == F_SETOWN {
         Some(arg as i32)
     } else {
@@ -318,34 +335,51 @@ fn chosen_by_itself(o: &KernelOffsets, fown: u64, task: u64) -> bool {
     };
     // SAFETY: a map lookup; the value is copied out at once.
     let Some(chooser) = (unsafe { FENCE_FILE_OWNERS.get(&file) }).copied() else { return false };
-    read::<i32>(task, o.task_tgid).is_some_and(|tgid| tgid as u32 == chooser)
+    chooser != TOUCHED && read::<i32>(task, o.task_tgid).is_some_and(|tgid| tgid as u32 == chooser)
 }
 
-/// A fenced task changes which signal `file` sends, or turns its SIGIO on: whatever an
-/// unfenced process chose for itself no longer holds alone (a fenced task could otherwise make
-/// it SIGKILL, or send SIGIO, whose default ends a process, to one that never asked for it),
-/// so the file's signals are judged again. Allowed: the change itself is the file's business.
+/// A fenced task changes which signal `file` sends, or makes it send one: whatever an unfenced
+/// process chose for itself no longer holds alone (a fenced task could otherwise make it
+/// SIGKILL, or send SIGIO, whose default ends a process, to one that never asked for it), so
+/// the file's signals are judged from now on; a later choice by an unfenced process does not
+/// undo that. Allowed: the change itself is the file's business.
 #[inline(always)]
-fn not_chosen_by_itself(file: u64) -> i32 {
-    let _ = FENCE_FILE_OWNERS.remove(&file);
+fn touched(file: u64) -> i32 {
+    let _ = FENCE_FILE_OWNERS.insert(&file, &TOUCHED, 0);
     ALLOW
 }
 
-/// Records who chooses a file's SIGIO/SIGURG receiver. Every way to choose one passes here
-/// just before the owner is set (F_SETOWN, F_SETOWN_EX, FIOSETOWN, SIOCSPGRP, O_ASYNC on a
-/// terminal, F_NOTIFY, F_SETLEASE): an unfenced task's process id is kept for the file, a
-/// fenced task's choice removes it (its signals are judged when sent). The hook cannot refuse
-/// (it returns nothing), and runs only when an owner is chosen, which is rare.
+/// A fenced task turns on O_ASYNC (F_SETFL, FIOASYNC). On a character device (a terminal) that
+/// makes the terminal's foreground process group the receiver, outside the identity, and the
+/// signal is raised by whoever types, which nothing here judges: refused. Elsewhere [`touched`].
+#[inline(always)]
+fn async_on(who: &Fenced, o: &KernelOffsets, mech: Mechanism, cmd: u32, file: u64) -> i32 {
+    let mode = read::<u64>(file, o.file_f_inode).and_then(|inode| read::<u16>(inode, o.inode_i_mode));
+    match mode {
+        Some(m) if m & S_IFMT != S_IFCHR => touched(file),
+        _ => refuse(who, o, Operation::SetOwner, mech, Reason::OutsideIdentity, 0, cmd, 0),
+    }
+}
+
+/// Records who chooses a file's SIGIO/SIGURG receiver. Every way to set one passes here (F_SETOWN,
+/// F_SETOWN_EX, FIOSETOWN, SIOCSPGRP, O_ASYNC on a terminal, F_NOTIFY, F_SETLEASE): before the
+/// owner is stored on older kernels, after it and only when it changes on newer ones (6.1.113,
+/// 6.12). An unfenced task's process id is kept for the file, unless a fenced task touched it
+/// (then its signals stay judged); a fenced task's choice marks it touched. The hook cannot
+/// refuse (it returns nothing), and runs only when an owner is chosen, which is rare.
 #[lsm(hook = "file_set_fowner")]
 pub fn fence_lsm_file_set_fowner(ctx: LsmContext) -> i32 {
     // (struct file *file)
     let file: u64 = ctx.arg(0);
     if identity::current().is_some() {
-        let _ = FENCE_FILE_OWNERS.remove(&file);
-    } else {
-        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        let _ = FENCE_FILE_OWNERS.insert(&file, &tgid, 0);
+        return touched(file);
     }
+    // SAFETY: a map lookup; the value is copied out at once.
+    if unsafe { FENCE_FILE_OWNERS.get(&file) }.copied() == Some(TOUCHED) {
+        return ALLOW;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let _ = FENCE_FILE_OWNERS.insert(&file, &tgid, 0);
     ALLOW
 }
 

@@ -367,6 +367,14 @@ fn signals_terminals_cgroups_sockets() {
             "{e:#}"
         );
         assert!(alive, "SIGIO (whose default ends a process) never reached the receiver");
+        // O_ASYNC on a terminal makes its foreground process group (an administrator's job)
+        // the receiver, raised by whoever types: refused, by fcntl and by ioctl.
+        for how in [&["async-tty"][..], &["async-tty", "--ioctl"]] {
+            let o = fenced(how);
+            o.assert_eperm(&format!("{how:?}: O_ASYNC on a terminal"));
+            denied_event(&agent, &o, "set-owner");
+            helper::run(None, how).assert_ok(&format!("{how:?} unfenced"));
+        }
 
         // B5: the agent (or any process outside) pulled into the fenced cgroup.
         let procs = s(&cg.dir.join("cgroup.procs"));

@@ -19,7 +19,7 @@ mod bench;
 mod net;
 
 use attempts::{
-    clone_into_cgroup, memfd_exec, open_through_bind_mount, setown, sigio_from, source_routed_send, tiocsti,
+    async_tty, clone_into_cgroup, memfd_exec, open_through_bind_mount, setown, sigio_from, source_routed_send, tiocsti,
 };
 use bench::{bench_exec, bench_open, bench_tcp, bench_tcp_spread, bench_udp};
 use net::{dns_query, local_any, sendmmsg_two, tcp_fastopen, unix_connect, unix_send};
@@ -515,6 +515,7 @@ fn perform(action: &str, args: &[&str]) -> io::Result<Value> {
             sigio_from(cgroup, owner, setsig)
         }
         "tiocsti" => tiocsti(args),
+        "async-tty" => async_tty(args.contains(&"--ioctl")),
         "udp-rthdr" | "udp-rthdr-cmsg" | "udp-lsrr" => {
             let to = addr(args.first())?;
             source_routed_send(action, to)

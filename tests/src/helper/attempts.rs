@@ -188,6 +188,29 @@ pub(super) fn sigio_from(cgroup: &str, owner: Option<i32>, setsig: bool) -> io::
     Ok(json!({ "sigio": got, "child": child, "child_exit": code }))
 }
 
+/// `async-tty [--ioctl]`: turns on O_ASYNC (F_SETFL, or FIOASYNC) on a new terminal, which
+/// makes its foreground process group the receiver of its SIGIO.
+pub(super) fn async_tty(ioctl: bool) -> io::Result<Value> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let master =
+        nix::pty::posix_openpt(nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY).map_err(io::Error::from)?;
+    nix::pty::grantpt(&master).map_err(io::Error::from)?;
+    nix::pty::unlockpt(&master).map_err(io::Error::from)?;
+    let name = nix::pty::ptsname_r(&master).map_err(io::Error::from)?;
+    let slave = fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOCTTY).open(&name)?;
+    let fd = slave.as_raw_fd();
+    let on: libc::c_int = 1;
+    // SAFETY: plain fcntl/ioctl on our own descriptor; FIOASYNC reads an int.
+    let r = unsafe {
+        if ioctl {
+            libc::ioctl(fd, libc::FIOASYNC, &on as *const libc::c_int)
+        } else {
+            libc::fcntl(fd, libc::F_SETFL, libc::fcntl(fd, libc::F_GETFL) | libc::O_ASYNC)
+        }
+    };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(json!({})) }
+}
+
 /// `tiocsti [--drop-cap] [TTY]`: pushes a character into the terminal TTY (a new pty when
 /// none is given; fd 0 with `-`), as if typed. `--drop-cap` first drops CAP_SYS_ADMIN, with
 /// which the kernel allows TIOCSTI on any terminal.
