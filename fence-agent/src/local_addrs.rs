@@ -91,8 +91,9 @@ fn unwrap_v4(ip: IpAddr) -> IpAddr {
     if compatible || nat64 { IpAddr::V4(embedded) } else { ip }
 }
 
-/// This host's interface addresses, read again when a second has passed since the last read
-/// (a connect to any of them reaches the host's services on every address).
+/// The addresses of this host's interfaces that are up, read again when a second has passed
+/// since the last read (a connect to any of them reaches the host's services on every
+/// address).
 #[derive(Debug, Default)]
 pub struct Interfaces {
     cache: Mutex<Option<(Instant, HashSet<IpAddr>)>>,
@@ -119,7 +120,10 @@ fn read_interfaces() -> HashSet<IpAddr> {
         tracing::warn!("the host's interface addresses are not readable: DNS answers naming them are not recognised");
         return HashSet::new();
     };
+    // Interfaces that are down are left out: kube-proxy's kube-ipvs0, down by design, holds
+    // every Service's cluster IP, which names legitimately resolve to.
     addrs
+        .filter(|a| a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP))
         .filter_map(|a| a.address)
         .filter_map(|s| {
             s.as_sockaddr_in()

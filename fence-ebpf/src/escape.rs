@@ -188,7 +188,7 @@ const F_SETOWN: u32 = 8;
 const F_SETOWN_EX: u32 = 15;
 /// fcntls and the ioctl that change which signal a file sends, or make it send one (O_ASYNC,
 /// a directory notification, a lease): on a file whose receiver an unfenced process chose, a
-/// fenced task's change makes the signals judged again for good (see [`chosen_by_itself`]).
+/// fenced task's change makes the signals judged again (see [`chosen_by_itself`]).
 /// The numbers are those of x86 and arm64.
 const F_SETFL: u32 = 4;
 const F_SETSIG: u32 = 10;
@@ -341,8 +341,8 @@ fn chosen_by_itself(o: &KernelOffsets, fown: u64, task: u64) -> bool {
 /// A fenced task changes which signal `file` sends, or makes it send one: whatever an unfenced
 /// process chose for itself no longer holds alone (a fenced task could otherwise make it
 /// SIGKILL, or send SIGIO, whose default ends a process, to one that never asked for it), so
-/// the file's signals are judged from now on; a later choice by an unfenced process does not
-/// undo that. Allowed: the change itself is the file's business.
+/// the file's signals are judged until an unfenced process chooses itself again (README,
+/// Limits). Allowed: the change itself is the file's business.
 #[inline(always)]
 fn touched(file: u64) -> i32 {
     let _ = FENCE_FILE_OWNERS.insert(&file, &TOUCHED, 0);
@@ -365,7 +365,7 @@ fn async_on(who: &Fenced, o: &KernelOffsets, mech: Mechanism, cmd: u32, file: u6
 /// F_SETOWN_EX, FIOSETOWN, SIOCSPGRP, O_ASYNC on a terminal, F_NOTIFY, F_SETLEASE): before the
 /// owner is stored on older kernels, after it and only when it changes on newer ones (6.1.113,
 /// 6.12). An unfenced task's process id is kept for the file, unless a fenced task touched it
-/// (then its signals stay judged); a fenced task's choice marks it touched. The hook cannot
+/// (see [`touched`]); a fenced task's choice marks it touched. The hook cannot
 /// refuse (it returns nothing), and runs only when an owner is chosen, which is rare.
 #[lsm(hook = "file_set_fowner")]
 pub fn fence_lsm_file_set_fowner(ctx: LsmContext) -> i32 {
@@ -374,10 +374,8 @@ pub fn fence_lsm_file_set_fowner(ctx: LsmContext) -> i32 {
     if identity::current().is_some() {
         return touched(file);
     }
-    // SAFETY: a map lookup; the value is copied out at once.
-    if unsafe { FENCE_FILE_OWNERS.get(&file) }.copied() == Some(TOUCHED) {
-        return ALLOW;
-    }
+    // A mark is overwritten: nothing removes an entry when its file is freed, and the next
+    // file at the same address must not inherit it (an unfenced daemon would lose its SIGIO).
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let _ = FENCE_FILE_OWNERS.insert(&file, &tgid, 0);
     ALLOW

@@ -11,6 +11,9 @@ use fence_common::{EventHeader, EventKind, NAME_LEN, NO_ID, NetEvent, ObjectEven
 
 /// The terminal ioctl whose escape events name it (the other is TIOCLINUX).
 const TIOCSTI: u32 = 0x5412;
+/// F_SETFL and FIOASYNC, the commands of an O_ASYNC refusal (`set-owner`).
+const F_SETFL: u32 = 4;
+const FIOASYNC: u32 = 0x5452;
 use jiff::Timestamp;
 
 use super::{
@@ -374,6 +377,13 @@ fn escape_record(
                 format!("{what} on {path}: pushing input into a terminal, which its shell would run"),
             )
         }
+        // O_ASYNC on a terminal (F_SETFL, FIOASYNC): its foreground job would get the SIGIO.
+        Operation::SetOwner if e.dev == F_SETFL || e.dev == FIOASYNC => (
+            Target { kind: target_kind("terminal"), detail: Some(e.dev), ..Target::default() },
+            "turning on O_ASYNC on a terminal or other character device, whose foreground process group would get \
+             its SIGIO"
+                .to_owned(),
+        ),
         Operation::SetOwner => {
             // The kernel's pid argument: negative for a process group, or 0 when unreadable.
             let pid = e.ino as u32 as i32;

@@ -302,11 +302,17 @@ async fn local_addresses_are_learned_only_when_allowed() {
         .map(|a| ip(a))
         .collect();
     local.push(ip("::ffff:169.254.169.254"));
-    // This host's own interface address, where it has one besides loopback.
+    // This host's own interface address, where it has one that no other class covers.
     let interface = nix::ifaddrs::getifaddrs()
         .expect("the host's interfaces")
+        .filter(|i| i.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP))
         .filter_map(|i| i.address.and_then(|a| a.as_sockaddr_in().map(|v4| IpAddr::V4(v4.ip()))))
-        .find(|a| !a.is_loopback());
+        .find(|&a| crate::local_addrs::classify(a).is_none());
+    if let Some(addr) = interface {
+        assert_eq!(unlearnable(addr, false, &Interfaces::default()), Some(crate::local_addrs::Local::Interface));
+    } else {
+        eprintln!("this host has no up IPv4 interface besides loopback and link-local: that class is not checked");
+    }
     local.extend(interface);
     let mut zone =
         zone().with(a("rebind.example.com.", 60, "198.51.100.9")).with(a("rebind.example.com.", 60, "0.0.0.0"));
