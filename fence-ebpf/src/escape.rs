@@ -364,9 +364,9 @@ fn async_on(who: &Fenced, o: &KernelOffsets, mech: Mechanism, cmd: u32, file: u6
 /// Records who chooses a file's SIGIO/SIGURG receiver. Every way to set one passes here (F_SETOWN,
 /// F_SETOWN_EX, FIOSETOWN, SIOCSPGRP, O_ASYNC on a terminal, F_NOTIFY, F_SETLEASE): before the
 /// owner is stored on older kernels, after it and only when it changes on newer ones (6.1.113,
-/// 6.12). An unfenced task's process id is kept for the file, unless a fenced task touched it
-/// (see [`touched`]); a fenced task's choice marks it touched. The hook cannot
-/// refuse (it returns nothing), and runs only when an owner is chosen, which is rare.
+/// 6.12). An unfenced task's process id is kept for the file, over a fenced mark (see below);
+/// a fenced task's choice marks it ([`touched`]). The hook cannot refuse (it returns
+/// nothing), and runs only when an owner is chosen, which is rare.
 #[lsm(hook = "file_set_fowner")]
 pub fn fence_lsm_file_set_fowner(ctx: LsmContext) -> i32 {
     // (struct file *file)
