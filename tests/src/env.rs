@@ -215,19 +215,23 @@ fn run_doctor() -> serde_json::Value {
     d
 }
 
-/// How this host enforces `fence` (a row of `doctor`): `None` when it does not.
-pub fn mechanism(fence: &str) -> Option<String> {
-    let row = doctor()["fences"]
+/// `doctor`'s row for `fence` (every fence has one).
+fn doctor_row(fence: &str) -> &'static serde_json::Value {
+    doctor()["fences"]
         .as_array()
         .and_then(|rows| rows.iter().find(|r| r["fence"] == fence))
-        .unwrap_or_else(|| panic!("doctor has no row for {fence}"));
+        .unwrap_or_else(|| panic!("doctor has no row for {fence}"))
+}
+
+/// How this host enforces `fence` (a row of `doctor`): `None` when it does not.
+pub fn mechanism(fence: &str) -> Option<String> {
+    let row = doctor_row(fence);
     (row["enforced"] == true).then(|| row["mechanism"].as_str().unwrap_or_default().to_owned())
 }
 
 /// The doctor's notes for `fence` (why it is not enforced, when it is not).
 pub fn doctor_notes(fence: &str) -> String {
-    let rows = doctor()["fences"].as_array().cloned().unwrap_or_default();
-    rows.iter().find(|r| r["fence"] == fence).map(|r| r["notes"].to_string()).unwrap_or_default()
+    doctor_row(fence)["notes"].to_string()
 }
 
 /// Processes in a test cgroup.
